@@ -1,0 +1,84 @@
+//! The typed handle through which the gateway talks to a tenant's coordinator.
+
+use super::{BINDING, RESOURCE};
+use crate::error::ActorError;
+use crate::rpc;
+use protocol::coordinator::{
+    CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, GetTenant, Inspect,
+    SettingsPatch, TenantRecord, UpdateSettings,
+};
+use protocol::{Envelope, RequestId, TenantId};
+use worker::{Env, Stub};
+
+/// A tenant's coordinator, reached by its name `${tenantId}:coordinator`.
+pub struct CoordinatorHandle {
+    stub: Stub,
+    tenant: TenantId,
+}
+
+impl CoordinatorHandle {
+    /// The coordinator of `tenant`.
+    pub fn new(env: &Env, tenant: &TenantId) -> Result<Self, ActorError> {
+        let stub = env
+            .durable_object(BINDING)?
+            .get_by_name(&tenant.object_name(RESOURCE))?;
+        Ok(Self {
+            stub,
+            tenant: tenant.clone(),
+        })
+    }
+
+    async fn send(
+        &self,
+        request_id: &RequestId,
+        message: CoordinatorRequest,
+    ) -> Result<CoordinatorResponse, ActorError> {
+        let envelope = Envelope::new(request_id.clone(), self.tenant.clone(), message);
+        rpc::call(&self.stub, &envelope).await
+    }
+
+    /// The tenant's record.
+    pub async fn get_tenant(&self, request_id: &RequestId) -> Result<TenantRecord, ActorError> {
+        match self
+            .send(request_id, CoordinatorRequest::GetTenant(GetTenant {}))
+            .await?
+        {
+            CoordinatorResponse::Tenant(record) => Ok(record),
+            other => Err(unexpected("Tenant", &other)),
+        }
+    }
+
+    /// Applies `patch` to the tenant's settings and returns the new record.
+    pub async fn update_settings(
+        &self,
+        request_id: &RequestId,
+        patch: SettingsPatch,
+    ) -> Result<TenantRecord, ActorError> {
+        let message = CoordinatorRequest::UpdateSettings(UpdateSettings { patch });
+        match self.send(request_id, message).await? {
+            CoordinatorResponse::Tenant(record) => Ok(record),
+            other => Err(unexpected("Tenant", &other)),
+        }
+    }
+
+    /// The coordinator's state, for operators.
+    pub async fn inspect(&self, request_id: &RequestId) -> Result<CoordinatorSnapshot, ActorError> {
+        match self
+            .send(request_id, CoordinatorRequest::Inspect(Inspect {}))
+            .await?
+        {
+            CoordinatorResponse::Snapshot(snapshot) => Ok(snapshot),
+            other => Err(unexpected("Snapshot", &other)),
+        }
+    }
+}
+
+fn unexpected(expected: &'static str, got: &CoordinatorResponse) -> ActorError {
+    ActorError::UnexpectedReply {
+        expected,
+        got: match got {
+            CoordinatorResponse::Tenant(_) => "Tenant",
+            CoordinatorResponse::Snapshot(_) => "Snapshot",
+        },
+    }
+}

@@ -1,0 +1,90 @@
+//! The transport between the gateway and the actors: one `POST` per message,
+//! a MessagePack [`protocol::Envelope`] in, a [`protocol::ReplyEnvelope`] out.
+//!
+//! Both sides live here so that the request shape is built in one place.
+
+use crate::error::ActorError;
+use protocol::{Envelope, ErrorCode, ErrorReply, ReplyEnvelope, RequestId};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use worker::{Headers, Method, Request, RequestInit, Response, Stub};
+
+/// Content type of every actor message.
+pub const CONTENT_TYPE: &str = "application/msgpack";
+
+/// The URL actors are called at; the host is never resolved, only the path is read.
+const RPC_URL: &str = "https://actor.internal/rpc";
+
+/// Sends `envelope` to the object behind `stub` and decodes its reply.
+pub async fn call<M: Serialize, R: DeserializeOwned>(
+    stub: &Stub,
+    envelope: &Envelope<M>,
+) -> Result<R, ActorError> {
+    let body = protocol::encode(envelope)?;
+    let headers = Headers::new();
+    headers.set("content-type", CONTENT_TYPE)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(
+            worker::js_sys::Uint8Array::from(body.as_slice()).into(),
+        ));
+    let request = Request::new_with_init(RPC_URL, &init)?;
+    let mut response = stub.fetch_with_request(request).await?;
+    let bytes = response.bytes().await?;
+    let reply: ReplyEnvelope<R> = protocol::decode_reply(&bytes)?;
+    reply.reply.map_err(ActorError::Refused)
+}
+
+/// Reads an incoming actor request. On failure, returns the response to send
+/// back instead (a typed `Protocol` refusal), so a shell never panics on input.
+pub async fn read_request<M: DeserializeOwned, R: Serialize>(
+    mut req: Request,
+) -> Result<Envelope<M>, Response> {
+    if req.method() != Method::Post || req.path() != "/rpc" {
+        return Err(reply_response::<R>(
+            None,
+            Err(ErrorReply::new(
+                ErrorCode::Protocol,
+                "actors answer POST /rpc only",
+            )),
+        ));
+    }
+    let bytes = match req.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            return Err(reply_response::<R>(
+                None,
+                Err(ErrorReply::new(ErrorCode::Protocol, e.to_string())),
+            ))
+        }
+    };
+    protocol::decode(&bytes).map_err(|e| {
+        reply_response::<R>(
+            None,
+            Err(ErrorReply::new(ErrorCode::Protocol, e.to_string())),
+        )
+    })
+}
+
+/// Encodes a reply as the HTTP response of an actor.
+pub fn reply_response<R: Serialize>(
+    request_id: Option<RequestId>,
+    reply: Result<R, ErrorReply>,
+) -> Response {
+    let envelope = ReplyEnvelope::new(request_id, reply);
+    let bytes = match protocol::encode_reply(&envelope) {
+        Ok(bytes) => bytes,
+        // Encoding our own reply cannot fail for the types we use; if it ever
+        // does, answer with an encodable refusal instead of panicking.
+        Err(e) => protocol::encode_reply(&ReplyEnvelope::<()>::new(
+            envelope.request_id,
+            Err(ErrorReply::new(ErrorCode::Internal, e.to_string())),
+        ))
+        .unwrap_or_default(),
+    };
+    let headers = Headers::new();
+    // Setting a constant, valid header cannot fail.
+    let _ = headers.set("content-type", CONTENT_TYPE);
+    Response::builder().with_headers(headers).fixed(bytes)
+}

@@ -1,0 +1,185 @@
+//! Every way a request can fail, and the one place where failures become HTTP.
+
+use actors::ActorError;
+use protocol::ErrorCode;
+use serde_json::json;
+
+/// A failure answered to the client as
+/// `{"error":{"code":"<snake_case>","message":"<human text>"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input: 400.
+    #[error("{message}")]
+    BadRequest {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Human explanation.
+        message: String,
+    },
+    /// Missing or wrong credentials: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Credentials fine, access not allowed: 403.
+    #[error("{message}")]
+    Forbidden {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Human explanation.
+        message: String,
+    },
+    /// Unknown route, tenant or resource: 404.
+    #[error("{message}")]
+    NotFound {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Human explanation.
+        message: String,
+    },
+    /// The route exists but not for this method: 405 with `Allow`.
+    #[error("method {method} is not allowed here; allowed: {}", .allow.join(", "))]
+    MethodNotAllowed {
+        /// The method the client used.
+        method: String,
+        /// The methods the route accepts.
+        allow: Vec<&'static str>,
+    },
+    /// The body is larger than the route accepts: 413.
+    #[error("the request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body has the wrong content type: 415.
+    #[error("expected content-type {expected}")]
+    UnsupportedMediaType {
+        /// The content type the route accepts.
+        expected: &'static str,
+    },
+    /// The deployment is missing something it needs (a var, a secret): 503.
+    #[error("{0}")]
+    NotConfigured(String),
+    /// An actor could not be reached or failed on its side: 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// An actor answered something it should not have: 502.
+    #[error("{0}")]
+    BadUpstream(String),
+}
+
+impl ApiError {
+    /// Shorthand for a 400.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for a 404.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::NotFound {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest { .. } => 400,
+            Self::Unauthorized(_) => 401,
+            Self::Forbidden { .. } => 403,
+            Self::NotFound { .. } => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::PayloadTooLarge { .. } => 413,
+            Self::UnsupportedMediaType { .. } => 415,
+            Self::BadUpstream(_) => 502,
+            Self::NotConfigured(_) | Self::Unavailable(_) => 503,
+        }
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. }
+            | Self::Forbidden { code, .. }
+            | Self::NotFound { code, .. } => code,
+            Self::Unauthorized(_) => "unauthorized",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Self::NotConfigured(_) => "not_configured",
+            Self::Unavailable(_) => "actor_unavailable",
+            Self::BadUpstream(_) => "bad_upstream",
+        }
+    }
+
+    /// The `Allow` header value, for a 405.
+    pub fn allow_header(&self) -> Option<String> {
+        match self {
+            Self::MethodNotAllowed { allow, .. } => Some(allow.join(", ")),
+            _ => None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        json!({ "error": { "code": self.code(), "message": self.to_string() } })
+    }
+}
+
+impl From<ActorError> for ApiError {
+    fn from(e: ActorError) -> Self {
+        match e {
+            ActorError::Refused(reply) => match reply.code {
+                ErrorCode::InvalidRequest => Self::bad_request("invalid_request", reply.message),
+                ErrorCode::NotFound => Self::not_found("not_found", reply.message),
+                ErrorCode::WrongTenant => Self::Forbidden {
+                    code: "wrong_tenant",
+                    message: reply.message,
+                },
+                ErrorCode::Protocol => Self::BadUpstream(reply.message),
+                ErrorCode::Internal => Self::Unavailable(reply.message),
+            },
+            ActorError::Protocol(e) => Self::BadUpstream(e.to_string()),
+            ActorError::UnexpectedReply { .. } => Self::BadUpstream(e.to_string()),
+            ActorError::Runtime(message) => Self::Unavailable(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::ErrorReply;
+
+    #[test]
+    fn json_shape_and_status() {
+        let e = ApiError::bad_request("invalid_tenant", "bad id");
+        assert_eq!(e.status(), 400);
+        assert_eq!(
+            e.body(),
+            json!({"error":{"code":"invalid_tenant","message":"bad id"}})
+        );
+        let e = ApiError::MethodNotAllowed {
+            method: "PUT".into(),
+            allow: vec!["GET", "PATCH"],
+        };
+        assert_eq!(e.status(), 405);
+        assert_eq!(e.allow_header().as_deref(), Some("GET, PATCH"));
+        assert_eq!(e.body()["error"]["code"], "method_not_allowed");
+    }
+
+    #[test]
+    fn actor_refusals_map_to_client_errors() {
+        let refused = |code| ApiError::from(ActorError::Refused(ErrorReply::new(code, "m")));
+        assert_eq!(refused(ErrorCode::InvalidRequest).status(), 400);
+        assert_eq!(refused(ErrorCode::NotFound).status(), 404);
+        assert_eq!(refused(ErrorCode::WrongTenant).status(), 403);
+        assert_eq!(refused(ErrorCode::Internal).status(), 503);
+        assert_eq!(
+            ApiError::from(ActorError::Runtime("x".into())).status(),
+            503
+        );
+    }
+}

@@ -1,0 +1,36 @@
+//! What every actor shares.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The kinds of actor, as they appear in operator routes
+/// (`/admin/actors/<kind>/<name>`) and in Durable Object names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    /// `TenantCoordinator`, one per tenant, named `${tenantId}:coordinator`.
+    Coordinator,
+}
+
+impl ActorKind {
+    /// Every kind, in a stable order (for listings and error messages).
+    pub const ALL: &'static [ActorKind] = &[ActorKind::Coordinator];
+
+    /// The kind's name in routes and Durable Object names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::Coordinator => "coordinator",
+        }
+    }
+
+    /// Looks a kind up by its route name.
+    pub fn from_route(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for ActorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,267 @@
+//! Messages of the `TenantCoordinator` actor (`${tenantId}:coordinator`),
+//! which owns the tenant's record and settings.
+
+use crate::ids::{RequestId, TenantId};
+use serde::{Deserialize, Serialize};
+
+/// The chat model a new tenant starts with (a function-calling model).
+pub const DEFAULT_CHAT_MODEL: &str = "@cf/meta/llama-3.3-70b-instruct-fp8-fast";
+/// The embedding model a new tenant starts with (768 dimensions).
+pub const DEFAULT_EMBEDDING_MODEL: &str = "@cf/baai/bge-base-en-v1.5";
+/// The longest display name accepted, in characters.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 100;
+/// The longest model name accepted, in bytes.
+pub const MAX_MODEL_NAME_LEN: usize = 128;
+
+/// A request to the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorRequest {
+    /// Read the tenant's record.
+    GetTenant(GetTenant),
+    /// Change some of the tenant's settings.
+    UpdateSettings(UpdateSettings),
+    /// An operator's look at the actor's whole state.
+    Inspect(Inspect),
+}
+
+/// Payload of [`CoordinatorRequest::GetTenant`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetTenant {}
+
+/// Payload of [`CoordinatorRequest::UpdateSettings`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateSettings {
+    /// The fields to change; absent fields keep their value.
+    pub patch: SettingsPatch,
+}
+
+/// Payload of [`CoordinatorRequest::Inspect`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inspect {}
+
+/// A reply of the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorResponse {
+    /// The tenant's record (answers `GetTenant` and `UpdateSettings`).
+    Tenant(TenantRecord),
+    /// The actor's state (answers `Inspect`).
+    Snapshot(CoordinatorSnapshot),
+}
+
+/// What the platform knows about a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantRecord {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// When the coordinator first saw the tenant, in ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When the settings last changed, in ms since the Unix epoch.
+    pub updated_at_ms: u64,
+    /// The tenant's settings.
+    pub settings: TenantSettings,
+}
+
+/// A tenant's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSettings {
+    /// A name for people; the tenant id until an operator sets one.
+    pub display_name: String,
+    /// The models used when a request names none.
+    pub default_models: DefaultModels,
+}
+
+impl TenantSettings {
+    /// The settings a new tenant starts with.
+    pub fn initial(tenant: &TenantId) -> Self {
+        Self {
+            display_name: tenant.as_str().to_owned(),
+            default_models: DefaultModels {
+                chat: DEFAULT_CHAT_MODEL.to_owned(),
+                embedding: DEFAULT_EMBEDDING_MODEL.to_owned(),
+            },
+        }
+    }
+
+    /// Applies a validated patch; returns whether anything changed.
+    pub fn apply(&mut self, patch: &SettingsPatch) -> bool {
+        let before = self.clone();
+        if let Some(name) = &patch.display_name {
+            name.trim().clone_into(&mut self.display_name);
+        }
+        if let Some(models) = &patch.default_models {
+            if let Some(chat) = &models.chat {
+                chat.clone_into(&mut self.default_models.chat);
+            }
+            if let Some(embedding) = &models.embedding {
+                embedding.clone_into(&mut self.default_models.embedding);
+            }
+        }
+        before != *self
+    }
+}
+
+/// The models a tenant uses by default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultModels {
+    /// Text generation (chat) model.
+    pub chat: String,
+    /// Embedding model.
+    pub embedding: String,
+}
+
+/// A partial change of [`TenantSettings`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsPatch {
+    /// New display name.
+    pub display_name: Option<String>,
+    /// New default models.
+    pub default_models: Option<DefaultModelsPatch>,
+}
+
+/// A partial change of [`DefaultModels`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultModelsPatch {
+    /// New chat model.
+    pub chat: Option<String>,
+    /// New embedding model.
+    pub embedding: Option<String>,
+}
+
+/// Why a [`SettingsPatch`] is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// The patch changes nothing at all.
+    #[error("the patch names no setting to change")]
+    Empty,
+    /// The display name is empty, too long or has control characters.
+    #[error("displayName must be 1 to {MAX_DISPLAY_NAME_CHARS} printable characters")]
+    DisplayName,
+    /// A model name is empty, too long or has characters a model name never has.
+    #[error("defaultModels.{field} must be 1 to {MAX_MODEL_NAME_LEN} characters of A-Z a-z 0-9 @ . _ / : -")]
+    ModelName {
+        /// Which model field.
+        field: &'static str,
+    },
+}
+
+impl SettingsPatch {
+    /// Checks every field of the patch.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let models = self.default_models.as_ref();
+        let empty_models = models.is_none_or(|m| m.chat.is_none() && m.embedding.is_none());
+        if self.display_name.is_none() && empty_models {
+            return Err(SettingsError::Empty);
+        }
+        if let Some(name) = &self.display_name {
+            let trimmed = name.trim();
+            let chars = trimmed.chars().count();
+            if chars == 0 || chars > MAX_DISPLAY_NAME_CHARS || trimmed.chars().any(char::is_control)
+            {
+                return Err(SettingsError::DisplayName);
+            }
+        }
+        if let Some(models) = models {
+            for (field, value) in [("chat", &models.chat), ("embedding", &models.embedding)] {
+                if let Some(value) = value {
+                    if !valid_model_name(value) {
+                        return Err(SettingsError::ModelName { field });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_MODEL_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@._/:-".contains(&b))
+}
+
+/// An operator's view of the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoordinatorSnapshot {
+    /// The tenant's record.
+    pub record: TenantRecord,
+    /// Requests handled since the record was created.
+    pub requests_handled: u64,
+    /// The id of the last request handled before this one.
+    pub last_request_id: Option<RequestId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patch(name: Option<&str>, chat: Option<&str>) -> SettingsPatch {
+        SettingsPatch {
+            display_name: name.map(str::to_owned),
+            default_models: chat.map(|c| DefaultModelsPatch {
+                chat: Some(c.to_owned()),
+                embedding: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(
+            SettingsPatch::default().validate(),
+            Err(SettingsError::Empty)
+        );
+        assert_eq!(
+            SettingsPatch {
+                display_name: None,
+                default_models: Some(DefaultModelsPatch::default())
+            }
+            .validate(),
+            Err(SettingsError::Empty)
+        );
+        assert_eq!(patch(Some("Acme"), None).validate(), Ok(()));
+        assert_eq!(
+            patch(Some("  "), None).validate(),
+            Err(SettingsError::DisplayName)
+        );
+        assert_eq!(
+            patch(Some("a\u{7}b"), None).validate(),
+            Err(SettingsError::DisplayName)
+        );
+        assert_eq!(
+            patch(Some(&"é".repeat(100)), None).validate(),
+            Ok(()),
+            "the limit counts characters, not bytes"
+        );
+        assert_eq!(
+            patch(Some(&"é".repeat(101)), None).validate(),
+            Err(SettingsError::DisplayName)
+        );
+        assert_eq!(
+            patch(None, Some("@cf/qwen/qwen3-30b-a3b-fp8")).validate(),
+            Ok(())
+        );
+        assert_eq!(
+            patch(None, Some("model with spaces")).validate(),
+            Err(SettingsError::ModelName { field: "chat" })
+        );
+    }
+
+    #[test]
+    fn apply_reports_change_and_trims() {
+        let mut settings = TenantSettings::initial(&TenantId::parse("acme").unwrap());
+        assert!(settings.apply(&patch(Some("  Acme Corp "), None)));
+        assert_eq!(settings.display_name, "Acme Corp");
+        assert!(!settings.apply(&patch(Some("Acme Corp"), None)));
+        assert!(settings.apply(&patch(None, Some("@cf/x/y"))));
+        assert_eq!(settings.default_models.chat, "@cf/x/y");
+        assert_eq!(settings.default_models.embedding, DEFAULT_EMBEDDING_MODEL);
+    }
+}

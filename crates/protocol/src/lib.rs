@@ -1,0 +1,29 @@
+//! The messages that cross every actor boundary of the platform.
+//!
+//! The gateway Worker and the Durable Object actors talk in MessagePack
+//! (`rmp_serde::to_vec_named`, so a field added later does not break an older
+//! reader). Encoding and decoding live only in this crate.
+//!
+//! Layout:
+//! - [`ids`]: validated identifiers ([`TenantId`], [`RequestId`]) that are
+//!   prefixes of Durable Object names, KV keys and Vectorize namespaces;
+//! - [`envelope`]: the versioned [`Envelope`] around every request, the
+//!   [`ReplyEnvelope`] around every answer, and [`encode`]/[`decode`];
+//! - [`error`]: [`ProtocolError`] (the wire failed) and [`ErrorReply`] (an
+//!   actor refused a well-formed request);
+//! - [`coordinator`]: the `TenantCoordinator` actor's requests and replies;
+//! - [`actor`]: what every actor shares, such as [`ActorKind`].
+
+pub mod actor;
+pub mod coordinator;
+pub mod envelope;
+pub mod error;
+pub mod ids;
+
+pub use actor::ActorKind;
+pub use envelope::{
+    decode, decode_reply, encode, encode_reply, Envelope, ReplyEnvelope, MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+};
+pub use error::{ErrorCode, ErrorReply, ProtocolError};
+pub use ids::{IdError, RequestId, TenantId};
