@@ -1,1 +1,262 @@
-//! e2e
+//! The end-to-end harness: starts the built Worker under the real runtime
+//! (`wrangler dev`, i.e. workerd) on a free loopback port with a fresh
+//! `--persist-to` folder, waits until it answers, and stops exactly the
+//! processes it started (by process group, also when a test panics).
+//!
+//! The Worker must be built first: `cargo xtask test` does that before it runs
+//! these tests (or `cargo xtask build`, then `cargo test -p e2e`).
+
+pub mod http;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// The admin token every test server is started with.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+/// The ingest token every test server is started with.
+pub const INGEST_TOKEN: &str = "e2e-ingest-token";
+
+/// Which deployment to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    /// A tenant's dedicated Worker (`tenants/<id>/wrangler.toml`).
+    Dedicated(&'static str),
+    /// The shared Worker (`tenants/_shared/wrangler.toml`).
+    Shared,
+}
+
+impl Deployment {
+    fn config(self) -> PathBuf {
+        match self {
+            Deployment::Dedicated(id) => xtask::config_path(Some(id)),
+            Deployment::Shared => xtask::config_path(None),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Deployment::Dedicated(id) => id,
+            Deployment::Shared => "shared",
+        }
+    }
+
+    /// A tenant this deployment serves, for readiness probes.
+    fn probe_tenant(self) -> &'static str {
+        match self {
+            Deployment::Dedicated(id) => id,
+            Deployment::Shared => "mrrainbowsmoke",
+        }
+    }
+}
+
+/// A folder for one server's state, removed when dropped.
+#[derive(Debug)]
+pub struct PersistDir {
+    path: PathBuf,
+}
+
+impl PersistDir {
+    /// A new, empty folder under the system's temporary directory.
+    pub fn new(label: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir()
+            .join("tenant-platform-e2e")
+            .join(format!("{label}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create the persist folder");
+        Self { path }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PersistDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running `wrangler dev`; dropping it stops it and everything it spawned.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    deployment: Deployment,
+    /// Owned state folder of a server started by [`shared`].
+    _owned_dir: Option<PersistDir>,
+}
+
+impl Server {
+    /// Starts `deployment` with its state in `dir` and waits until it answers.
+    pub fn start(deployment: Deployment, dir: &PersistDir) -> Self {
+        Self::start_in(deployment, dir.path(), None)
+    }
+
+    fn start_in(deployment: Deployment, dir: &Path, owned: Option<PersistDir>) -> Self {
+        let shim = xtask::worker_shim();
+        assert!(
+            shim.is_file(),
+            "{} is missing: build the Worker first (cargo xtask build), or run everything with cargo xtask test",
+            shim.display()
+        );
+        let env_file = dir.join("e2e.dev.vars");
+        std::fs::write(
+            &env_file,
+            format!("ADMIN_TOKEN={ADMIN_TOKEN}\nINGEST_TOKEN={INGEST_TOKEN}\n"),
+        )
+        .expect("write the secrets file");
+        let state = dir.join("state");
+        let port = free_port();
+        let opts = xtask::wrangler::DevOptions {
+            config: deployment.config(),
+            ip: "127.0.0.1".into(),
+            port,
+            inspector_port: Some(free_port()),
+            persist_to: state,
+            env_file,
+        };
+        let log_dir = xtask::repo_root().join("target/e2e-logs");
+        std::fs::create_dir_all(&log_dir).expect("create target/e2e-logs");
+        let log = log_dir.join(format!(
+            "{}-{}-{port}.log",
+            deployment.label(),
+            std::process::id()
+        ));
+        let log_file = std::fs::File::create(&log).expect("create the server log");
+        let mut cmd = xtask::wrangler::dev(&opts);
+        cmd.stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log handle"))
+            .stderr(log_file)
+            // Logs of wrangler itself go next to ours, not to the home folder.
+            .env("WRANGLER_LOG_PATH", &log_dir);
+        // Its own process group, so that stopping it also stops the workerd
+        // it spawns, and nothing else.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let child = cmd
+            .spawn()
+            .expect("start wrangler dev (run cargo xtask setup first)");
+        let mut server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            deployment,
+            _owned_dir: owned,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let url = self.url("/health");
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "wrangler dev exited early ({status}); log {}:\n{}",
+                    self.log.display(),
+                    self.log_tail()
+                );
+            }
+            let probe = ureq::get(&url)
+                .set("x-tenant-id", self.deployment.probe_tenant())
+                .timeout(Duration::from_secs(5))
+                .call();
+            match probe {
+                Ok(_) | Err(ureq::Error::Status(..)) => return,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => panic!(
+                    "wrangler dev did not answer within 120 s ({e}); log {}:\n{}",
+                    self.log.display(),
+                    self.log_tail()
+                ),
+            }
+        }
+    }
+
+    /// The server's address, `http://127.0.0.1:<port>`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The last lines the server logged.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn stop(&mut self) {
+        let pgid = format!("-{}", self.child.id());
+        let signal = |sig: &str| {
+            let _ = Command::new("kill")
+                .args([sig, "--", &pgid])
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Whatever of the group is left (workerd may outlive wrangler briefly).
+        signal("-KILL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A server of `deployment` shared by the tests of one test binary that run
+/// at the same time; it stops when the last of them drops its handle.
+pub fn shared(deployment: Deployment) -> Arc<Server> {
+    static SERVERS: Mutex<Vec<(Deployment, Weak<Server>)>> = Mutex::new(Vec::new());
+    let mut servers = SERVERS.lock().unwrap_or_else(|p| p.into_inner());
+    servers.retain(|(_, weak)| weak.strong_count() > 0);
+    if let Some(server) = servers
+        .iter()
+        .find(|(d, _)| *d == deployment)
+        .and_then(|(_, weak)| weak.upgrade())
+    {
+        return server;
+    }
+    let dir = PersistDir::new(deployment.label());
+    let path = dir.path().to_path_buf();
+    let server = Arc::new(Server::start_in(deployment, &path, Some(dir)));
+    servers.push((deployment, Arc::downgrade(&server)));
+    server
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free loopback port")
+}

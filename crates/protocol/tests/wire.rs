@@ -1,6 +1,9 @@
 //! Wire tests: every message round-trips, a few have golden bytes so an
 //! accidental change of the wire format fails here, and bad input is an `Err`.
 
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 use protocol::coordinator::*;
 use protocol::*;
 

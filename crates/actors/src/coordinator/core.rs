@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn invalid_patch_is_refused_and_changes_nothing() {
         let mut core = CoordinatorCore::new(None);
-        core.handle(env("acme", "r1", rename("Acme")), 1);
+        core.handle(env("acme", "r1", rename("Acme")), 1).0.unwrap();
         let (reply, effects) = core.handle(env("acme", "r2", rename("")), 2);
         assert_eq!(reply.unwrap_err().code, ErrorCode::InvalidRequest);
         assert_eq!(effects.persist, None);
@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn another_tenants_message_is_refused() {
         let mut core = CoordinatorCore::new(None);
-        core.handle(env("acme", "r1", rename("Acme")), 1);
+        core.handle(env("acme", "r1", rename("Acme")), 1).0.unwrap();
         let (reply, effects) = core.handle(env("evil", "r2", rename("Pwned")), 2);
         assert_eq!(reply.unwrap_err().code, ErrorCode::WrongTenant);
         assert_eq!(effects.persist, None);

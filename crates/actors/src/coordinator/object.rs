@@ -77,7 +77,7 @@ impl worker::DurableObject for TenantCoordinator {
             Err(response) => return Ok(response),
         };
         let request_id = envelope.request_id.clone();
-        let now_ms = u64::try_from(Date::now().as_millis()).unwrap_or(0);
+        let now_ms = Date::now().as_millis();
 
         // Everything below is synchronous (SQL storage is), so no borrow is
         // held across an await.

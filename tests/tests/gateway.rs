@@ -1,0 +1,397 @@
+//! The gateway end to end: tenant resolution in both modes, invalid ids,
+//! routing errors, body limits, request ids and admin authentication, all
+//! through HTTP against the real Worker under `wrangler dev`.
+
+use e2e::http::{get, raw, send, Reply};
+use e2e::{shared, Deployment, ADMIN_TOKEN};
+use serde_json::json;
+
+const A: &str = "mrrainbowsmoke";
+const B: &str = "rainbowsmokeofficial";
+const DEDICATED_A: Deployment = Deployment::Dedicated(A);
+const DEDICATED_B: Deployment = Deployment::Dedicated(B);
+const BEARER: &str = "Bearer e2e-admin-token";
+
+/// Invalid tenant ids that a client library will send as is.
+const INVALID_IDS: &[&str] = &[
+    "a:b",
+    ":",
+    "a/b",
+    "..",
+    "../etc",
+    "Mrrainbowsmoke",
+    "MRRAINBOWSMOKE",
+    "-leading-dash",
+    "has space",
+    "a.b",
+    "mrrainbowsmoke:coordinator",
+];
+
+#[test]
+fn health_in_dedicated_mode() {
+    for (deployment, tenant, other) in [(DEDICATED_A, A, B), (DEDICATED_B, B, A)] {
+        let server = shared(deployment);
+        let expected = json!({ "ok": true, "tenantId": tenant });
+        // The header is optional in dedicated mode.
+        let r = get(&server.url("/health"), &[]);
+        assert_eq!((r.status, r.json()), (200, expected.clone()));
+        assert_eq!(r.body, format!(r#"{{"ok":true,"tenantId":"{tenant}"}}"#));
+        // Present and equal.
+        let r = get(&server.url("/health"), &[("x-tenant-id", tenant)]);
+        assert_eq!((r.status, r.json()), (200, expected));
+        // Present and different: forbidden, not served as the other tenant.
+        let r = get(&server.url("/health"), &[("x-tenant-id", other)]);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (403, "tenant_mismatch")
+        );
+    }
+}
+
+#[test]
+fn health_in_shared_mode() {
+    let server = shared(Deployment::Shared);
+    for tenant in [A, B] {
+        let r = get(&server.url("/health"), &[("x-tenant-id", tenant)]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json(), json!({ "ok": true, "tenantId": tenant }));
+    }
+    let r = get(&server.url("/health"), &[]);
+    assert_eq!((r.status, r.error_code().as_str()), (400, "missing_tenant"));
+    let r = get(&server.url("/health"), &[("x-tenant-id", "not-registered")]);
+    assert_eq!((r.status, r.error_code().as_str()), (404, "unknown_tenant"));
+}
+
+fn assert_invalid(r: &Reply, what: &str) {
+    assert_eq!(r.status, 400, "{what}: {}", r.body);
+    assert_eq!(r.error_code(), "invalid_tenant", "{what}");
+}
+
+#[test]
+fn invalid_tenant_ids_are_400_in_both_modes() {
+    let long = "a".repeat(64);
+    for deployment in [DEDICATED_A, Deployment::Shared] {
+        let server = shared(deployment);
+        for id in INVALID_IDS.iter().copied().chain([long.as_str()]) {
+            let r = get(&server.url("/health"), &[("x-tenant-id", id)]);
+            assert_invalid(&r, &format!("{deployment:?} {id:?}"));
+        }
+        // Empty, unicode and repeated headers, written byte for byte.
+        let cases: &[(&str, &[&[u8]])] = &[
+            ("empty", &[b"x-tenant-id: "]),
+            ("unicode", &["x-tenant-id: mrrainbowsmokë".as_bytes()]),
+            (
+                "repeated, different",
+                &[
+                    b"x-tenant-id: mrrainbowsmoke",
+                    b"x-tenant-id: rainbowsmokeofficial",
+                ],
+            ),
+            (
+                "repeated, equal",
+                &[
+                    b"x-tenant-id: mrrainbowsmoke",
+                    b"x-tenant-id: mrrainbowsmoke",
+                ],
+            ),
+        ];
+        for (what, lines) in cases {
+            let r = raw(server.base(), "GET", "/health", lines);
+            assert_invalid(&r, &format!("{deployment:?} {what}"));
+        }
+        // The longest valid id is accepted by validation (63 characters).
+        let r = get(&server.url("/health"), &[("x-tenant-id", &"a".repeat(63))]);
+        assert_ne!(r.status, 400, "a 63-character id is valid");
+    }
+}
+
+#[test]
+fn an_invalid_id_touches_nothing() {
+    // An id that would address another object if it got through is refused
+    // before any actor is reached, even on admin routes with a valid token.
+    let server = shared(Deployment::Shared);
+    for id in ["mrrainbowsmoke:coordinator", "rainbowsmokeofficial:x"] {
+        let r = get(
+            &server.url("/admin/tenant"),
+            &[("x-tenant-id", id), ("authorization", BEARER)],
+        );
+        assert_invalid(&r, id);
+    }
+}
+
+#[test]
+fn unknown_routes_and_methods() {
+    let server = shared(DEDICATED_A);
+    for path in ["/", "/nope", "/health/extra", "/admin", "/api/unknown"] {
+        let r = get(&server.url(path), &[]);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (404, "not_found"),
+            "{path}"
+        );
+    }
+    let r = send("POST", &server.url("/health"), &[], Some(b"{}"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
+    assert_eq!(r.header("allow"), Some("GET"));
+    let r = send(
+        "DELETE",
+        &server.url("/admin/tenant"),
+        &[("authorization", BEARER)],
+        None,
+    );
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, PATCH"));
+    let r = send(
+        "PUT",
+        &server.url("/admin/actors/coordinator/mrrainbowsmoke"),
+        &[],
+        Some(b""),
+    );
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+}
+
+#[test]
+fn request_ids() {
+    let server = shared(DEDICATED_A);
+    let r = get(&server.url("/health"), &[("x-request-id", "client-id-42")]);
+    assert_eq!(r.header("x-request-id"), Some("client-id-42"));
+    // Errors carry it too.
+    let r = get(&server.url("/nope"), &[("x-request-id", "client.id_43")]);
+    assert_eq!(
+        (r.status, r.header("x-request-id")),
+        (404, Some("client.id_43"))
+    );
+    // A missing or unsafe id is replaced by a fresh one.
+    let generated = |r: &Reply| {
+        r.header("x-request-id")
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let first = generated(&get(&server.url("/health"), &[]));
+    let second = generated(&get(
+        &server.url("/health"),
+        &[("x-request-id", "has spaces and ;")],
+    ));
+    let third = generated(&get(
+        &server.url("/health"),
+        &[("x-request-id", &"x".repeat(129))],
+    ));
+    for id in [&first, &second, &third] {
+        assert_eq!(id.len(), 32, "{id:?}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id:?}");
+    }
+    assert!(
+        first != second && second != third,
+        "ids must differ per request"
+    );
+}
+
+#[test]
+fn admin_requires_the_admin_token() {
+    let server = shared(DEDICATED_A);
+    let url = server.url("/admin/tenant");
+    for (what, headers) in [
+        ("none", vec![]),
+        ("wrong", vec![("authorization", "Bearer wrong-token")]),
+        (
+            "prefix of the right one",
+            vec![("authorization", "Bearer e2e-admin")],
+        ),
+        ("not bearer", vec![("authorization", "Basic ZTJlOmUyZQ==")]),
+        ("bare token", vec![("authorization", ADMIN_TOKEN)]),
+    ] {
+        let r = get(&url, &headers);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (401, "unauthorized"),
+            "{what}"
+        );
+    }
+    let r = get(&url, &[("authorization", BEARER)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let tenant = &r.json()["tenant"];
+    assert_eq!(tenant["tenantId"], A);
+    assert!(tenant["createdAtMs"]
+        .as_u64()
+        .is_some_and(|t| t > 1_600_000_000_000));
+    assert!(tenant["settings"]["defaultModels"]["chat"].is_string());
+    // Inspection needs the token too.
+    let r = get(&server.url("/admin/actors/coordinator/mrrainbowsmoke"), &[]);
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn settings_patch_validation() {
+    let server = shared(DEDICATED_B);
+    let url = server.url("/admin/tenant");
+    let auth = ("authorization", BEARER);
+    let json_ct = ("content-type", "application/json");
+    let before = get(&url, &[auth]).json();
+
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "no content type",
+            vec![auth],
+            br#"{"displayName":"X"}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "text/plain",
+            vec![auth, ("content-type", "text/plain")],
+            br#"{"displayName":"X"}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "too large",
+            vec![auth, json_ct],
+            format!(r#"{{"displayName":"{}"}}"#, "x".repeat(20_000)).into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "not json",
+            vec![auth, json_ct],
+            b"{displayName".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "wrong type",
+            vec![auth, json_ct],
+            br#"{"displayName":5}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "unknown field",
+            vec![auth, json_ct],
+            br#"{"displayname":"X"}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "empty patch",
+            vec![auth, json_ct],
+            b"{}".to_vec(),
+            400,
+            "invalid_settings",
+        ),
+        (
+            "blank name",
+            vec![auth, json_ct],
+            br#"{"displayName":"   "}"#.to_vec(),
+            400,
+            "invalid_settings",
+        ),
+        (
+            "bad model",
+            vec![auth, json_ct],
+            br#"{"defaultModels":{"chat":"rm -rf /"}}"#.to_vec(),
+            400,
+            "invalid_settings",
+        ),
+        (
+            "no token",
+            vec![json_ct],
+            br#"{"displayName":"X"}"#.to_vec(),
+            401,
+            "unauthorized",
+        ),
+    ];
+    for (what, headers, body, status, code) in cases {
+        let r = send("PATCH", &url, &headers, Some(&body));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{what}: {}",
+            r.body
+        );
+    }
+    assert_eq!(
+        get(&url, &[auth]).json(),
+        before,
+        "refused patches change nothing"
+    );
+
+    let r = send(
+        "PATCH",
+        &url,
+        &[auth, ("content-type", "application/json; charset=utf-8")],
+        Some(br#"{"displayName":"  Rainbow Smoke  ","defaultModels":{"chat":"@cf/qwen/qwen3-30b-a3b-fp8"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let settings = &r.json()["tenant"]["settings"];
+    assert_eq!(settings["displayName"], "Rainbow Smoke");
+    assert_eq!(
+        settings["defaultModels"]["chat"],
+        "@cf/qwen/qwen3-30b-a3b-fp8"
+    );
+    assert_eq!(
+        settings["defaultModels"]["embedding"],
+        before["tenant"]["settings"]["defaultModels"]["embedding"]
+    );
+    assert_eq!(get(&url, &[auth]).json()["tenant"]["settings"], *settings);
+}
+
+#[test]
+fn tenants_do_not_share_coordinators_in_shared_mode() {
+    let server = shared(Deployment::Shared);
+    let url = server.url("/admin/tenant");
+    let r = send(
+        "PATCH",
+        &url,
+        &[
+            ("x-tenant-id", A),
+            ("authorization", BEARER),
+            ("content-type", "application/json"),
+        ],
+        Some(br#"{"displayName":"Only A"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let a = get(&url, &[("x-tenant-id", A), ("authorization", BEARER)]).json();
+    let b = get(&url, &[("x-tenant-id", B), ("authorization", BEARER)]).json();
+    assert_eq!(a["tenant"]["settings"]["displayName"], "Only A");
+    assert_eq!(b["tenant"]["tenantId"], B);
+    assert_eq!(
+        b["tenant"]["settings"]["displayName"], B,
+        "B keeps its own settings"
+    );
+}
+
+#[test]
+fn operators_inspect_actors() {
+    let server = shared(Deployment::Shared);
+    let auth = ("authorization", BEARER);
+    let r = get(
+        &server.url("/admin/actors/coordinator/rainbowsmokeofficial"),
+        &[("x-tenant-id", B), auth],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["kind"], "coordinator");
+    assert_eq!(body["name"], "rainbowsmokeofficial:coordinator");
+    assert_eq!(body["state"]["record"]["tenantId"], B);
+    assert!(body["state"]["requestsHandled"]
+        .as_u64()
+        .is_some_and(|n| n >= 1));
+    // Another tenant's coordinator is not reachable from this tenant.
+    let r = get(
+        &server.url("/admin/actors/coordinator/mrrainbowsmoke"),
+        &[("x-tenant-id", B), auth],
+    );
+    assert_eq!((r.status, r.error_code().as_str()), (404, "unknown_actor"));
+    let r = get(
+        &server.url("/admin/actors/spaceship/x"),
+        &[("x-tenant-id", B), auth],
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "unknown_actor_kind")
+    );
+}
