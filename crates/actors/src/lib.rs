@@ -11,11 +11,25 @@
 //!   build the envelope, reach the right object by its tenant-scoped name and
 //!   decode the reply, so no call site builds a request by hand.
 //!
-//! Actors: [`coordinator`] (`TenantCoordinator`, one per tenant).
+//! Actors: [`coordinator`] (`TenantCoordinator`) and [`ingest`]
+//! (`IngestQueue`), one of each per tenant.
+//!
+//! Around them: the [`ports`] (embedder, vector index, KV, clock) with their
+//! [`cloudflare`] and embedded implementations, and the pure pieces of
+//! retrieval: [`chunking`], [`embedding`] (the hashed embedder),
+//! [`retrieval`] (exact cosine, filters, FTS queries, rank fusion).
 
+pub mod chunking;
+pub mod cloudflare;
 pub mod coordinator;
+pub mod embedding;
+pub mod entropy;
 pub mod error;
+pub mod ingest;
+pub mod ports;
+pub mod retrieval;
 pub mod rpc;
 
 pub use coordinator::{CoordinatorHandle, TenantCoordinator};
 pub use error::ActorError;
+pub use ingest::{IngestHandle, IngestQueue};

@@ -10,16 +10,19 @@ use std::fmt;
 pub enum ActorKind {
     /// `TenantCoordinator`, one per tenant, named `${tenantId}:coordinator`.
     Coordinator,
+    /// `IngestQueue`, one per tenant, named `${tenantId}:ingest`.
+    Ingest,
 }
 
 impl ActorKind {
     /// Every kind, in a stable order (for listings and error messages).
-    pub const ALL: &'static [ActorKind] = &[ActorKind::Coordinator];
+    pub const ALL: &'static [ActorKind] = &[ActorKind::Coordinator, ActorKind::Ingest];
 
     /// The kind's name in routes and Durable Object names.
     pub fn as_str(self) -> &'static str {
         match self {
             ActorKind::Coordinator => "coordinator",
+            ActorKind::Ingest => "ingest",
         }
     }
 

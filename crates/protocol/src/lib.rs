@@ -12,6 +12,7 @@
 //! - [`error`]: [`ProtocolError`] (the wire failed) and [`ErrorReply`] (an
 //!   actor refused a well-formed request);
 //! - [`coordinator`]: the `TenantCoordinator` actor's requests and replies;
+//! - [`ingest`]: the `IngestQueue` actor's requests and replies (ingest, search);
 //! - [`actor`]: what every actor shares, such as [`ActorKind`].
 
 pub mod actor;
@@ -19,6 +20,7 @@ pub mod coordinator;
 pub mod envelope;
 pub mod error;
 pub mod ids;
+pub mod ingest;
 
 pub use actor::ActorKind;
 pub use envelope::{

@@ -1,0 +1,20 @@
+//! The Cloudflare implementations of the ports: Workers AI through the `AI`
+//! binding, Vectorize through the `VECTORS` binding (bound by hand: workers-rs
+//! has no wrapper), KV through `CACHE`.
+//!
+//! The request and response shapes are plain serde types, unit-tested
+//! natively; only the calls themselves need the runtime.
+
+pub mod kv;
+pub mod vectorize;
+pub mod workers_ai;
+
+/// Converts a serde value to a JS value the way JSON would (plain objects,
+/// not `Map`s), which is what the bindings expect.
+pub(crate) fn to_js<T: serde::Serialize>(
+    value: &T,
+) -> Result<worker::wasm_bindgen::JsValue, String> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,123 @@
+//! The platform services an actor uses, each behind a small trait with a
+//! Cloudflare implementation ([`crate::cloudflare`]) and an embedded one
+//! (hashed embeddings, SQLite vector index), chosen by configuration.
+//!
+//! No `Send` bounds: JavaScript futures are not `Send`, and a Durable Object
+//! runs on one thread.
+
+use protocol::ingest::{Metadata, SearchMode};
+
+/// A platform service failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// The service answered with an error or could not be reached.
+    #[error("{service}: {message}")]
+    Failed {
+        /// Which service.
+        service: &'static str,
+        /// What it said.
+        message: String,
+    },
+    /// The service answered something of the wrong shape.
+    #[error("{service} answered an unexpected shape: {message}")]
+    BadShape {
+        /// Which service.
+        service: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// The backend cannot do what was asked (for example keyword search on Vectorize).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Turns texts into vectors.
+#[allow(async_fn_in_trait)]
+pub trait Embedder {
+    /// The model name, as reported to operators.
+    fn model(&self) -> &str;
+    /// Embeds up to 100 texts; one vector per text, in order.
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, PortError>;
+}
+
+/// A chunk's vector on its way into an index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorRecord {
+    /// The vector id (at most 64 bytes).
+    pub id: String,
+    /// The embedding.
+    pub values: Vec<f32>,
+    /// The chunk's metadata, `text` and `tenantId` included.
+    pub metadata: Metadata,
+}
+
+/// A query against an index.
+#[derive(Debug, Clone, Copy)]
+pub struct VectorQuery<'a> {
+    /// The query's embedding (needed by vector and hybrid modes).
+    pub vector: Option<&'a [f32]>,
+    /// The query's text (needed by keyword and hybrid modes).
+    pub text: &'a str,
+    /// How many matches.
+    pub top_k: usize,
+    /// Metadata equality filter.
+    pub filter: &'a Metadata,
+    /// How to search.
+    pub mode: SearchMode,
+}
+
+/// A match from an index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorHit {
+    /// The vector id.
+    pub id: String,
+    /// Higher is better.
+    pub score: f64,
+    /// The chunk's metadata.
+    pub metadata: Metadata,
+}
+
+/// One tenant's vector index; the tenant is fixed when the index is built, so
+/// no call can reach another tenant's vectors.
+#[allow(async_fn_in_trait)]
+pub trait VectorIndex {
+    /// The backend's name, as reported to operators.
+    fn backend(&self) -> &'static str;
+    /// Whether the backend can search in `mode`.
+    fn supports(&self, mode: SearchMode) -> bool;
+    /// Inserts or replaces records (at most 1000 a call).
+    async fn upsert(&self, records: &[VectorRecord]) -> Result<(), PortError>;
+    /// Removes records by id; unknown ids are ignored.
+    async fn delete(&self, ids: &[String]) -> Result<(), PortError>;
+    /// The best matches for a query.
+    async fn query(&self, query: VectorQuery<'_>) -> Result<Vec<VectorHit>, PortError>;
+}
+
+/// A key-value cache (keys are already tenant-scoped by the caller).
+#[allow(async_fn_in_trait)]
+pub trait Kv {
+    /// The value of `key`, if present and not expired.
+    async fn get(&self, key: &str) -> Result<Option<String>, PortError>;
+    /// Stores `value` under `key` for `ttl_secs` seconds (at least 60).
+    async fn put(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), PortError>;
+}
+
+/// The current time.
+pub trait Clock {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The embedded embedder ([`crate::embedding`]), usable natively and in wasm.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HashedEmbedder;
+
+impl Embedder for HashedEmbedder {
+    fn model(&self) -> &str {
+        crate::embedding::HASHED_MODEL
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, PortError> {
+        Ok(texts.iter().map(|t| crate::embedding::embed(t)).collect())
+    }
+}

@@ -1,0 +1,513 @@
+//! Messages of the `IngestQueue` actor (`${tenantId}:ingest`), which owns the
+//! tenant's documents: ingestion jobs, the index, deletes and search.
+//!
+//! Validation of every request lives here too, so the gateway (for early,
+//! clear 4xx answers) and the actor (defence in depth) apply the same rules.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Most documents in one ingest request.
+pub const MAX_DOCUMENTS: usize = 100;
+/// Longest document id, in bytes.
+pub const MAX_DOC_ID_LEN: usize = 128;
+/// Largest document text, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024 * 1024;
+/// Most metadata keys on a document.
+pub const MAX_METADATA_KEYS: usize = 32;
+/// Longest metadata key, in bytes.
+pub const MAX_METADATA_KEY_LEN: usize = 64;
+/// Largest metadata of one document, as compact JSON.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// Longest search query, in characters.
+pub const MAX_QUERY_CHARS: usize = 2000;
+/// Largest `topK` (Vectorize's limit when metadata is returned).
+pub const MAX_TOP_K: u32 = 20;
+/// `topK` when a search names none.
+pub const DEFAULT_TOP_K: u32 = 5;
+/// Metadata keys the platform sets on every chunk; a client may not set them,
+/// so that no document can claim another tenant or another document.
+pub const RESERVED_METADATA_KEYS: &[&str] = &["text", "tenantId", "docId", "chunk"];
+
+/// A metadata value: a string, a number or a boolean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MetaValue {
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A number with a fraction.
+    Float(f64),
+    /// A string.
+    Str(String),
+}
+
+/// Metadata of a document or a chunk.
+pub type Metadata = BTreeMap<String, MetaValue>;
+
+/// A document to ingest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    /// The client's id of the document; re-ingesting an id replaces it.
+    pub id: String,
+    /// The text.
+    pub text: String,
+    /// Scalar metadata, returned with every match.
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// How to search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMode {
+    /// Nearest neighbours of the query's embedding.
+    Vector,
+    /// Full-text (BM25) over the chunks.
+    Keyword,
+    /// Both, fused by reciprocal rank.
+    Hybrid,
+}
+
+impl SearchMode {
+    /// The mode's name on the wire and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchMode::Vector => "vector",
+            SearchMode::Keyword => "keyword",
+            SearchMode::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// A request to the ingest queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum IngestRequest {
+    /// Store documents durably and queue them for indexing.
+    Enqueue(Enqueue),
+    /// Status of a job.
+    GetJob(GetJob),
+    /// Remove a document and its chunks.
+    DeleteDocument(DeleteDocument),
+    /// Search the tenant's documents.
+    Search(Search),
+    /// An operator's look at the queue.
+    Inspect(Inspect),
+    /// Make the next embedder calls fail (only where the deployment allows it).
+    InjectFaults(InjectFaults),
+}
+
+/// Payload of [`IngestRequest::Enqueue`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enqueue {
+    /// The documents, 1 to [`MAX_DOCUMENTS`].
+    pub documents: Vec<Document>,
+}
+
+/// Payload of [`IngestRequest::GetJob`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetJob {
+    /// The job id returned by `Enqueue`.
+    pub job_id: String,
+}
+
+/// Payload of [`IngestRequest::DeleteDocument`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteDocument {
+    /// The document id.
+    pub doc_id: String,
+}
+
+/// Payload of [`IngestRequest::Search`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Search {
+    /// The query text.
+    pub query: String,
+    /// How many matches, 1 to [`MAX_TOP_K`].
+    pub top_k: u32,
+    /// Metadata equality filter: every entry must match.
+    #[serde(default)]
+    pub filter: Metadata,
+    /// The mode; `None` is the backend's best (hybrid where it can).
+    pub mode: Option<SearchMode>,
+}
+
+/// Payload of [`IngestRequest::Inspect`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inspect {}
+
+/// Payload of [`IngestRequest::InjectFaults`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectFaults {
+    /// How many of the next embedder calls fail.
+    pub embed_failures: u32,
+}
+
+/// A reply of the ingest queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum IngestResponse {
+    /// Answers `Enqueue`: the documents are stored and queued.
+    Accepted(JobAccepted),
+    /// Answers `GetJob`.
+    Job(JobView),
+    /// Answers `DeleteDocument`.
+    Deleted(DocumentDeleted),
+    /// Answers `Search`.
+    Results(SearchResults),
+    /// Answers `Inspect`.
+    Snapshot(IngestSnapshot),
+    /// Answers `InjectFaults`.
+    FaultsInjected(InjectFaults),
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Stored, not started.
+    Queued,
+    /// Some documents indexed.
+    Running,
+    /// The last attempt failed; another is scheduled.
+    Retrying,
+    /// Every document indexed.
+    Done,
+}
+
+/// The answer to an accepted ingest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobAccepted {
+    /// The job's id.
+    pub job_id: String,
+    /// Documents accepted.
+    pub count: u32,
+    /// `queued`, or `done` when the job finished before the answer.
+    pub status: JobStatus,
+}
+
+/// A job's progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    /// The job's id.
+    pub job_id: String,
+    /// Where it is.
+    pub status: JobStatus,
+    /// Documents in the job.
+    pub documents_total: u32,
+    /// Documents indexed.
+    pub documents_done: u32,
+    /// Chunks written so far.
+    pub chunks_done: u32,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+    /// When the job was accepted (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When it last changed.
+    pub updated_at_ms: u64,
+    /// When the next attempt is due, if one is scheduled.
+    pub next_attempt_at_ms: Option<u64>,
+}
+
+/// The answer to a delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentDeleted {
+    /// The document id.
+    pub doc_id: String,
+    /// Chunks removed from the index.
+    pub chunks_removed: u32,
+}
+
+/// Search results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchResults {
+    /// Whether the answer came from the KV cache.
+    pub cached: bool,
+    /// The mode used.
+    pub mode: SearchMode,
+    /// The tenant's index version the answer reflects.
+    pub index_version: u64,
+    /// Best first.
+    pub matches: Vec<SearchMatch>,
+}
+
+/// One search match (a chunk).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchMatch {
+    /// The chunk's vector id.
+    pub id: String,
+    /// Higher is better; cosine similarity, BM25, or fused rank score by mode.
+    pub score: f64,
+    /// `text`, `tenantId`, `docId`, `chunk`, and the document's own metadata.
+    pub metadata: Metadata,
+}
+
+/// An operator's view of the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestSnapshot {
+    /// Bumped by every indexed document and delete; part of every cache key.
+    pub index_version: u64,
+    /// Documents in the index.
+    pub documents: u64,
+    /// Chunks in the index.
+    pub chunks: u64,
+    /// Jobs not yet done, oldest first.
+    pub pending_jobs: Vec<JobView>,
+    /// The most recently finished jobs.
+    pub recent_jobs: Vec<JobView>,
+    /// The embedding model (`local/hashed-768` for the embedded one).
+    pub embedder: String,
+    /// The vector backend (`embedded-sqlite` or `vectorize`).
+    pub vector_backend: String,
+    /// Embedder failures still to inject (tests only).
+    pub pending_faults: u32,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// `documents` is empty.
+    #[error("documents must hold at least one document")]
+    NoDocuments,
+    /// More than [`MAX_DOCUMENTS`].
+    #[error("documents holds {0} documents; at most {MAX_DOCUMENTS} per request")]
+    TooManyDocuments(usize),
+    /// A document id is not acceptable.
+    #[error("documents[{index}].id must be 1 to {MAX_DOC_ID_LEN} characters of A-Z a-z 0-9 . _ -")]
+    DocId {
+        /// Position in the request.
+        index: usize,
+    },
+    /// Two documents of one request share an id.
+    #[error("documents[{index}].id {id:?} appears twice in the request")]
+    DuplicateId {
+        /// Position of the second one.
+        index: usize,
+        /// The id.
+        id: String,
+    },
+    /// A text is empty or only whitespace.
+    #[error("documents[{index}].text must not be empty")]
+    EmptyText {
+        /// Position in the request.
+        index: usize,
+    },
+    /// A text is too large.
+    #[error("documents[{index}].text is larger than {MAX_TEXT_BYTES} bytes")]
+    TextTooLarge {
+        /// Position in the request.
+        index: usize,
+    },
+    /// Metadata is not acceptable.
+    #[error("documents[{index}].metadata: {reason}")]
+    Metadata {
+        /// Position in the request.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A search query is empty or too long.
+    #[error("query must be 1 to {MAX_QUERY_CHARS} characters")]
+    Query,
+    /// `topK` out of range.
+    #[error("topK must be between 1 and {MAX_TOP_K}")]
+    TopK,
+    /// The filter is not acceptable.
+    #[error("filter: {0}")]
+    Filter(String),
+}
+
+/// Checks a document id (also used for `DELETE /api/documents/<id>`).
+pub fn valid_doc_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_DOC_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_metadata(metadata: &Metadata, allow_reserved: bool) -> Result<(), String> {
+    if metadata.len() > MAX_METADATA_KEYS {
+        return Err(format!("at most {MAX_METADATA_KEYS} keys"));
+    }
+    for (key, value) in metadata {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_METADATA_KEY_LEN
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !key_ok {
+            return Err(format!(
+                "key {key:?} must be 1 to {MAX_METADATA_KEY_LEN} characters of A-Z a-z 0-9 _ - ."
+            ));
+        }
+        if !allow_reserved && RESERVED_METADATA_KEYS.contains(&key.as_str()) {
+            return Err(format!("key {key:?} is set by the platform"));
+        }
+        if let MetaValue::Float(f) = value {
+            if !f.is_finite() {
+                return Err(format!("value of {key:?} must be a finite number"));
+            }
+        }
+    }
+    let size = serde_json::to_vec(metadata)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_METADATA_BYTES {
+        return Err(format!("at most {MAX_METADATA_BYTES} bytes as JSON"));
+    }
+    Ok(())
+}
+
+impl Enqueue {
+    /// Checks every document.
+    pub fn validate(&self) -> Result<(), IngestError> {
+        if self.documents.is_empty() {
+            return Err(IngestError::NoDocuments);
+        }
+        if self.documents.len() > MAX_DOCUMENTS {
+            return Err(IngestError::TooManyDocuments(self.documents.len()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (index, doc) in self.documents.iter().enumerate() {
+            if !valid_doc_id(&doc.id) {
+                return Err(IngestError::DocId { index });
+            }
+            if !seen.insert(doc.id.as_str()) {
+                return Err(IngestError::DuplicateId {
+                    index,
+                    id: doc.id.clone(),
+                });
+            }
+            if doc.text.trim().is_empty() {
+                return Err(IngestError::EmptyText { index });
+            }
+            if doc.text.len() > MAX_TEXT_BYTES {
+                return Err(IngestError::TextTooLarge { index });
+            }
+            check_metadata(&doc.metadata, false)
+                .map_err(|reason| IngestError::Metadata { index, reason })?;
+        }
+        Ok(())
+    }
+}
+
+impl Search {
+    /// Checks the query, `topK` and filter.
+    pub fn validate(&self) -> Result<(), IngestError> {
+        let chars = self.query.trim().chars().count();
+        if chars == 0 || chars > MAX_QUERY_CHARS {
+            return Err(IngestError::Query);
+        }
+        if self.top_k == 0 || self.top_k > MAX_TOP_K {
+            return Err(IngestError::TopK);
+        }
+        check_metadata(&self.filter, true).map_err(IngestError::Filter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(id: &str, text: &str) -> Document {
+        Document {
+            id: id.into(),
+            text: text.into(),
+            metadata: Metadata::new(),
+        }
+    }
+
+    #[test]
+    fn enqueue_validation() {
+        let ok = Enqueue {
+            documents: vec![doc("a-1.md", "hello")],
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let cases = [
+            (vec![], IngestError::NoDocuments),
+            (vec![doc("a", "x"); 101], IngestError::TooManyDocuments(101)),
+            (vec![doc("", "x")], IngestError::DocId { index: 0 }),
+            (
+                vec![doc("a", "x"), doc("a/b", "x")],
+                IngestError::DocId { index: 1 },
+            ),
+            (
+                vec![doc(&"a".repeat(129), "x")],
+                IngestError::DocId { index: 0 },
+            ),
+            (
+                vec![doc("a", "x"), doc("a", "y")],
+                IngestError::DuplicateId {
+                    index: 1,
+                    id: "a".into(),
+                },
+            ),
+            (vec![doc("a", "  \n ")], IngestError::EmptyText { index: 0 }),
+            (
+                vec![doc("a", &"x".repeat(MAX_TEXT_BYTES + 1))],
+                IngestError::TextTooLarge { index: 0 },
+            ),
+        ];
+        for (documents, want) in cases {
+            assert_eq!(Enqueue { documents }.validate(), Err(want));
+        }
+    }
+
+    #[test]
+    fn metadata_rules() {
+        let with = |k: &str, v: MetaValue| {
+            let mut d = doc("a", "x");
+            d.metadata.insert(k.into(), v);
+            Enqueue { documents: vec![d] }.validate()
+        };
+        assert_eq!(with("source", MetaValue::Str("a.md".into())), Ok(()));
+        assert_eq!(with("page", MetaValue::Int(3)), Ok(()));
+        for reserved in RESERVED_METADATA_KEYS {
+            assert!(
+                with(reserved, MetaValue::Str("x".into())).is_err(),
+                "{reserved}"
+            );
+        }
+        assert!(with("bad key", MetaValue::Bool(true)).is_err());
+        assert!(with("big", MetaValue::Str("x".repeat(5000))).is_err());
+        assert!(with("nan", MetaValue::Float(f64::NAN)).is_err());
+    }
+
+    #[test]
+    fn metadata_values_parse_from_json() {
+        let m: Metadata = serde_json::from_str(r#"{"a":"s","b":2,"c":2.5,"d":true}"#).unwrap();
+        assert_eq!(m["a"], MetaValue::Str("s".into()));
+        assert_eq!(m["b"], MetaValue::Int(2));
+        assert_eq!(m["c"], MetaValue::Float(2.5));
+        assert_eq!(m["d"], MetaValue::Bool(true));
+        assert!(serde_json::from_str::<Metadata>(r#"{"a":{"nested":1}}"#).is_err());
+        assert!(serde_json::from_str::<Metadata>(r#"{"a":null}"#).is_err());
+        assert!(serde_json::from_str::<Metadata>(r#"{"a":[1]}"#).is_err());
+    }
+
+    #[test]
+    fn search_validation() {
+        let s = |q: &str, k: u32| Search {
+            query: q.into(),
+            top_k: k,
+            filter: Metadata::new(),
+            mode: None,
+        };
+        assert_eq!(s("hello", 5).validate(), Ok(()));
+        assert_eq!(s("  ", 5).validate(), Err(IngestError::Query));
+        assert_eq!(s(&"q".repeat(2001), 5).validate(), Err(IngestError::Query));
+        assert_eq!(s("q", 0).validate(), Err(IngestError::TopK));
+        assert_eq!(s("q", 21).validate(), Err(IngestError::TopK));
+        let mut f = s("q", 1);
+        f.filter.insert("docId".into(), MetaValue::Str("x".into()));
+        assert_eq!(f.validate(), Ok(()), "filters may name platform keys");
+    }
+}
