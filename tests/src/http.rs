@@ -145,3 +145,20 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// A request that must be refused: a label, headers, body, and the expected
+/// status and `error.code`.
+pub type RefusalCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+
+/// Sends each case as `method url` and checks its status and error code.
+pub fn assert_refusals(method: &str, url: &str, cases: Vec<RefusalCase<'_>>) {
+    for (what, headers, body, status, code) in cases {
+        let r = send(method, url, &headers, Some(&body));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{what}: {}",
+            r.body
+        );
+    }
+}

@@ -126,6 +126,9 @@ impl Server {
             inspector_port: Some(free_port()),
             persist_to: state,
             env_file,
+            // The tests inject embedder failures; deployed configurations
+            // never set this, and it only works with the embedded embedder.
+            vars: vec![("FAULT_INJECTION".into(), "enabled".into())],
         };
         let log_dir = xtask::repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&log_dir).expect("create target/e2e-logs");

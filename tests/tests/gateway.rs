@@ -2,7 +2,7 @@
 //! routing errors, body limits, request ids and admin authentication, all
 //! through HTTP against the real Worker under `wrangler dev`.
 
-use e2e::http::{get, raw, send, Reply};
+use e2e::http::{assert_refusals, get, raw, send, RefusalCase, Reply};
 use e2e::{shared, Deployment, ADMIN_TOKEN};
 use serde_json::json;
 
@@ -231,8 +231,7 @@ fn settings_patch_validation() {
     let json_ct = ("content-type", "application/json");
     let before = get(&url, &[auth]).json();
 
-    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
-    let cases: Vec<Case> = vec![
+    let cases: Vec<RefusalCase> = vec![
         (
             "no content type",
             vec![auth],
@@ -304,15 +303,7 @@ fn settings_patch_validation() {
             "unauthorized",
         ),
     ];
-    for (what, headers, body, status, code) in cases {
-        let r = send("PATCH", &url, &headers, Some(&body));
-        assert_eq!(
-            (r.status, r.error_code().as_str()),
-            (status, code),
-            "{what}: {}",
-            r.body
-        );
-    }
+    assert_refusals("PATCH", &url, cases);
     assert_eq!(
         get(&url, &[auth]).json(),
         before,

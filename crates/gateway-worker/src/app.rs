@@ -2,12 +2,13 @@
 //! handler, which forwards tenant-scoped work to the actors' typed handles.
 
 use crate::admin::SettingsPatchBody;
+use crate::api::{self, FaultsBody, IngestBody, SearchBody};
 use crate::errors::ApiError;
 use crate::request_id::REQUEST_ID_HEADER;
-use crate::routing::Route;
+use crate::routing::{Credential, Route};
 use crate::tenant::{TenantMode, TENANT_HEADER};
 use crate::{auth, body, routing};
-use actors::CoordinatorHandle;
+use actors::{CoordinatorHandle, IngestHandle};
 use protocol::{ActorKind, RequestId, TenantId};
 use serde::Serialize;
 use serde_json::json;
@@ -44,11 +45,16 @@ async fn serve(
     )?;
     let tenant = mode.resolve(header(&req, TENANT_HEADER).as_deref())?;
     let route = routing::route(req.method().as_ref(), &req.path())?;
-    if route.is_admin() {
+    let secret = match route.credential() {
+        Credential::Public => None,
+        Credential::Admin => Some("ADMIN_TOKEN"),
+        Credential::Ingest => Some("INGEST_TOKEN"),
+    };
+    if let Some(secret) = secret {
         auth::check_bearer(
             header(&req, "authorization").as_deref(),
-            var(env, "ADMIN_TOKEN").as_deref(),
-            "ADMIN_TOKEN",
+            var(env, secret).as_deref(),
+            secret,
         )?;
     }
     match route {
@@ -60,16 +66,8 @@ async fn serve(
             ok_json(&json!({ "tenant": record }))
         }
         Route::PatchTenant => {
-            body::require_json(header(&req, "content-type").as_deref())?;
-            body::check_declared_length(
-                header(&req, "content-length").as_deref(),
-                body::MAX_ADMIN_BODY_BYTES,
-            )?;
-            let bytes = req
-                .bytes()
-                .await
-                .map_err(|e| ApiError::bad_request("unreadable_body", e.to_string()))?;
-            let patch = body::parse_json::<SettingsPatchBody>(&bytes, body::MAX_ADMIN_BODY_BYTES)?
+            let patch = read_json::<SettingsPatchBody>(&mut req, body::MAX_ADMIN_BODY_BYTES)
+                .await?
                 .into_patch()?;
             let record = CoordinatorHandle::new(env, &tenant)?
                 .update_settings(request_id, patch)
@@ -77,7 +75,63 @@ async fn serve(
             ok_json(&json!({ "tenant": record }))
         }
         Route::InspectActor { kind, name } => inspect(env, &tenant, kind, &name, request_id).await,
+        Route::InjectFaults => {
+            let faults = read_json::<FaultsBody>(&mut req, body::MAX_ADMIN_BODY_BYTES).await?;
+            let armed = IngestHandle::new(env, &tenant)?
+                .inject_faults(request_id, faults.embed_failures)
+                .await?;
+            ok_json(&json!({ "ok": true, "embedFailures": armed.embed_failures }))
+        }
+        Route::Ingest => {
+            let enqueue = read_json::<IngestBody>(&mut req, api::MAX_INGEST_BODY_BYTES)
+                .await?
+                .into_enqueue()?;
+            let job = IngestHandle::new(env, &tenant)?
+                .enqueue(request_id, enqueue)
+                .await?;
+            Ok(api::accepted(&job))
+        }
+        Route::IngestJob { job_id } => {
+            api::check_job_id(&job_id)?;
+            let job = IngestHandle::new(env, &tenant)?
+                .job(request_id, job_id)
+                .await?;
+            ok_json(&job)
+        }
+        Route::DeleteDocument { doc_id } => {
+            api::check_doc_id(&doc_id)?;
+            let deleted = IngestHandle::new(env, &tenant)?
+                .delete_document(request_id, doc_id)
+                .await?;
+            ok_json(
+                &json!({ "ok": true, "docId": deleted.doc_id, "chunksRemoved": deleted.chunks_removed }),
+            )
+        }
+        Route::Search => {
+            let search = read_json::<SearchBody>(&mut req, api::MAX_SEARCH_BODY_BYTES)
+                .await?
+                .into_search()?;
+            let results = IngestHandle::new(env, &tenant)?
+                .search(request_id, search)
+                .await?;
+            ok_json(&results)
+        }
     }
+}
+
+/// Reads a JSON body: content type (415), declared and actual size (413),
+/// then syntax and shape (400).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: &mut Request,
+    limit: usize,
+) -> Result<T, ApiError> {
+    body::require_json(header(req, "content-type").as_deref())?;
+    body::check_declared_length(header(req, "content-length").as_deref(), limit)?;
+    let bytes = req
+        .bytes()
+        .await
+        .map_err(|e| ApiError::bad_request("unreadable_body", e.to_string()))?;
+    body::parse_json::<T>(&bytes, limit)
 }
 
 /// `GET /admin/actors/<kind>/<name>`: `{"kind","name","state"}` where `name`
@@ -105,6 +159,20 @@ async fn inspect(
             ok_json(&json!({
                 "kind": kind,
                 "name": tenant.object_name(actors::coordinator::RESOURCE),
+                "state": state,
+            }))
+        }
+        ActorKind::Ingest => {
+            if name != tenant.as_str() {
+                return Err(ApiError::not_found(
+                    "unknown_actor",
+                    format!("this tenant's ingest queue is /admin/actors/ingest/{tenant}"),
+                ));
+            }
+            let state = IngestHandle::new(env, tenant)?.inspect(request_id).await?;
+            ok_json(&json!({
+                "kind": kind,
+                "name": tenant.object_name(actors::ingest::RESOURCE),
                 "state": state,
             }))
         }

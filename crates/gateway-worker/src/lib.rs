@@ -11,6 +11,7 @@
 //! here, so this crate builds the one Worker.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod body;
@@ -19,7 +20,7 @@ pub mod request_id;
 pub mod routing;
 pub mod tenant;
 
-pub use actors::TenantCoordinator;
+pub use actors::{IngestQueue, TenantCoordinator};
 
 #[cfg(target_arch = "wasm32")]
 #[worker::event(fetch)]
@@ -34,7 +35,7 @@ async fn fetch(
             .ok()
             .flatten()
             .as_deref(),
-        request_id::random_bytes,
+        actors::entropy::random_bytes,
     );
     Ok(app::handle(req, env, request_id).await)
 }

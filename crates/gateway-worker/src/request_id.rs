@@ -12,20 +12,6 @@ pub fn choose(header: Option<&str>, fresh: impl FnOnce() -> [u8; 16]) -> Request
         .unwrap_or_else(|| RequestId::from_random(fresh()))
 }
 
-/// 16 random bytes from the runtime's CSPRNG (`crypto.getRandomValues`).
-#[cfg(target_arch = "wasm32")]
-pub fn random_bytes() -> [u8; 16] {
-    use wasm_bindgen::prelude::wasm_bindgen;
-    #[wasm_bindgen]
-    extern "C" {
-        #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
-        fn get_random_values(buf: &mut [u8]);
-    }
-    let mut buf = [0u8; 16];
-    get_random_values(&mut buf);
-    buf
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,12 +19,48 @@ pub enum Route {
         /// The actor's name within the tenant (for per-tenant actors, the tenant id).
         name: String,
     },
+    /// `POST /admin/faults`: arm injected embedder failures (test deployments only).
+    InjectFaults,
+    /// `POST /api/ingest`: store and queue documents.
+    Ingest,
+    /// `GET /api/ingest/<jobId>`: a job's progress.
+    IngestJob {
+        /// The job id.
+        job_id: String,
+    },
+    /// `DELETE /api/documents/<id>`: remove a document.
+    DeleteDocument {
+        /// The document id.
+        doc_id: String,
+    },
+    /// `POST /api/search`.
+    Search,
+}
+
+/// The credential a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// None.
+    Public,
+    /// `Bearer <ADMIN_TOKEN>`.
+    Admin,
+    /// `Bearer <INGEST_TOKEN>`.
+    Ingest,
 }
 
 impl Route {
-    /// Whether the route is for operators (needs the admin token).
-    pub fn is_admin(&self) -> bool {
-        !matches!(self, Route::Health)
+    /// The credential the route needs.
+    pub fn credential(&self) -> Credential {
+        match self {
+            Route::Health | Route::Search => Credential::Public,
+            Route::GetTenant
+            | Route::PatchTenant
+            | Route::InspectActor { .. }
+            | Route::InjectFaults => Credential::Admin,
+            Route::Ingest | Route::IngestJob { .. } | Route::DeleteDocument { .. } => {
+                Credential::Ingest
+            }
+        }
     }
 }
 
@@ -41,6 +77,21 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
                 _ => None,
             },
         ),
+        ["admin", "faults"] => (&["POST"], (method == "POST").then_some(Route::InjectFaults)),
+        ["api", "ingest"] => (&["POST"], (method == "POST").then_some(Route::Ingest)),
+        ["api", "ingest", job_id] => (
+            &["GET"],
+            (method == "GET").then(|| Route::IngestJob {
+                job_id: (*job_id).to_owned(),
+            }),
+        ),
+        ["api", "documents", doc_id] => (
+            &["DELETE"],
+            (method == "DELETE").then(|| Route::DeleteDocument {
+                doc_id: (*doc_id).to_owned(),
+            }),
+        ),
+        ["api", "search"] => (&["POST"], (method == "POST").then_some(Route::Search)),
         ["admin", "actors", kind, name] => {
             let kind = ActorKind::from_route(kind).ok_or_else(|| {
                 let known: Vec<&str> = ActorKind::ALL.iter().map(|k| k.as_str()).collect();
@@ -86,8 +137,29 @@ mod tests {
                 name: "acme".into()
             })
         );
-        assert!(!Route::Health.is_admin());
-        assert!(Route::GetTenant.is_admin());
+        assert_eq!(route("POST", "/api/ingest"), Ok(Route::Ingest));
+        assert_eq!(
+            route("GET", "/api/ingest/job-1"),
+            Ok(Route::IngestJob {
+                job_id: "job-1".into()
+            })
+        );
+        assert_eq!(
+            route("DELETE", "/api/documents/d1"),
+            Ok(Route::DeleteDocument {
+                doc_id: "d1".into()
+            })
+        );
+        assert_eq!(route("POST", "/api/search"), Ok(Route::Search));
+        assert_eq!(route("POST", "/admin/faults"), Ok(Route::InjectFaults));
+        assert_eq!(Route::Health.credential(), Credential::Public);
+        assert_eq!(Route::Search.credential(), Credential::Public);
+        assert_eq!(Route::GetTenant.credential(), Credential::Admin);
+        assert_eq!(Route::Ingest.credential(), Credential::Ingest);
+        assert_eq!(
+            Route::DeleteDocument { doc_id: "x".into() }.credential(),
+            Credential::Ingest
+        );
     }
 
     #[test]
@@ -115,5 +187,15 @@ mod tests {
         assert_eq!(e.allow_header(), Some("GET, PATCH".into()));
         let e = route("PUT", "/admin/actors/coordinator/a").unwrap_err();
         assert_eq!(e.allow_header(), Some("GET".into()));
+        assert_eq!(
+            route("GET", "/api/search").unwrap_err().allow_header(),
+            Some("POST".into())
+        );
+        assert_eq!(
+            route("POST", "/api/documents/x")
+                .unwrap_err()
+                .allow_header(),
+            Some("DELETE".into())
+        );
     }
 }

@@ -264,6 +264,7 @@ xtask: try:
         inspector_port: None,
         persist_to,
         env_file,
+        vars: Vec::new(),
     };
     run(&mut wrangler::dev(&opts), "wrangler dev")
 }

@@ -51,6 +51,8 @@ pub struct DevOptions {
     pub persist_to: PathBuf,
     /// The dotenv file with the secrets (`ADMIN_TOKEN`, `INGEST_TOKEN`).
     pub env_file: PathBuf,
+    /// Extra vars (`--var NAME:VALUE`), such as the tests' `FAULT_INJECTION`.
+    pub vars: Vec<(String, String)>,
 }
 
 /// `wrangler dev` for the `local` environment of a configuration: no remote
@@ -75,6 +77,10 @@ pub fn dev(opts: &DevOptions) -> Command {
     let inspector = opts.inspector_port.map(|p| p.to_string());
     if let Some(p) = &inspector {
         args.extend([OsStr::new("--inspector-port"), OsStr::new(p)]);
+    }
+    let vars: Vec<String> = opts.vars.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    for var in &vars {
+        args.extend([OsStr::new("--var"), OsStr::new(var)]);
     }
     command(args)
 }

@@ -375,6 +375,8 @@ mod tests {
         assert_eq!(q.state().recent.len(), RECENT_JOBS);
         assert!(q.job("j0").is_none());
         assert!(q.job(&format!("j{}", RECENT_JOBS + 4)).is_some());
-        assert_eq!(q.document_deleted().persist, true);
+        let before = q.index_version();
+        assert!(q.document_deleted().persist);
+        assert_eq!(q.index_version(), before + 1);
     }
 }

@@ -1,0 +1,218 @@
+//! The clients' JSON: ingest and search bodies, checked with the protocol's
+//! rules before anything is forwarded, and the shapes of the answers.
+
+use crate::errors::ApiError;
+use protocol::ingest::{
+    Document, Enqueue, IngestError, JobAccepted, JobStatus, Metadata, Search, SearchMode,
+    DEFAULT_TOP_K,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The largest ingest body: 100 documents of real size, with room for JSON.
+pub const MAX_INGEST_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// The largest search body.
+pub const MAX_SEARCH_BODY_BYTES: usize = 16 * 1024;
+
+/// `POST /api/ingest`: `{"documents":[{"id","text","metadata"?}]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestBody {
+    documents: Vec<DocumentBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocumentBody {
+    id: String,
+    text: String,
+    #[serde(default)]
+    metadata: Metadata,
+}
+
+impl IngestBody {
+    /// The validated protocol request.
+    pub fn into_enqueue(self) -> Result<Enqueue, ApiError> {
+        let enqueue = Enqueue {
+            documents: self
+                .documents
+                .into_iter()
+                .map(|d| Document {
+                    id: d.id,
+                    text: d.text,
+                    metadata: d.metadata,
+                })
+                .collect(),
+        };
+        enqueue.validate().map_err(invalid)?;
+        Ok(enqueue)
+    }
+}
+
+/// `POST /api/search`: `{"query", "topK"?, "filter"?, "mode"?}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SearchBody {
+    query: String,
+    top_k: Option<u32>,
+    #[serde(default)]
+    filter: Metadata,
+    mode: Option<SearchMode>,
+}
+
+impl SearchBody {
+    /// The validated protocol request.
+    pub fn into_search(self) -> Result<Search, ApiError> {
+        let search = Search {
+            query: self.query,
+            top_k: self.top_k.unwrap_or(DEFAULT_TOP_K),
+            filter: self.filter,
+            mode: self.mode,
+        };
+        search.validate().map_err(invalid)?;
+        Ok(search)
+    }
+}
+
+/// `POST /admin/faults`: `{"embedFailures": n}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultsBody {
+    /// How many of the next embedder calls fail.
+    pub embed_failures: u32,
+}
+
+fn invalid(e: IngestError) -> ApiError {
+    let code = match e {
+        IngestError::Query | IngestError::TopK | IngestError::Filter(_) => "invalid_search",
+        _ => "invalid_documents",
+    };
+    ApiError::bad_request(code, e.to_string())
+}
+
+/// Checks a job id from a path (`job-` and 24 hex digits) before it goes anywhere.
+pub fn check_job_id(job_id: &str) -> Result<(), ApiError> {
+    let ok = job_id
+        .strip_prefix("job-")
+        .is_some_and(|hex| hex.len() == 24 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_job_id",
+            "a job id is job- followed by 24 hex digits",
+        ))
+    }
+}
+
+/// Checks a document id from a path.
+pub fn check_doc_id(doc_id: &str) -> Result<(), ApiError> {
+    if protocol::ingest::valid_doc_id(doc_id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_document_id",
+            "a document id is 1 to 128 characters of A-Z a-z 0-9 . _ -",
+        ))
+    }
+}
+
+/// The answer to an ingest: the seed's `ok` and `count`, plus the job.
+/// 200 when the job is already done, 202 while it is queued.
+pub fn accepted(job: &JobAccepted) -> (u16, Value) {
+    let status = if job.status == JobStatus::Done {
+        200
+    } else {
+        202
+    };
+    (
+        status,
+        json!({ "ok": true, "count": job.count, "jobId": job.job_id, "status": job.status }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingest(json: &str) -> Result<Enqueue, ApiError> {
+        serde_json::from_str::<IngestBody>(json)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+            .into_enqueue()
+    }
+
+    fn search(json: &str) -> Result<Search, ApiError> {
+        serde_json::from_str::<SearchBody>(json)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+            .into_search()
+    }
+
+    #[test]
+    fn ingest_bodies() {
+        let e = ingest(r#"{"documents":[{"id":"d1","text":"hi","metadata":{"source":"a.md"}}]}"#)
+            .unwrap();
+        assert_eq!(e.documents[0].id, "d1");
+        for (bad, code) in [
+            (r#"{"documents":[]}"#, "invalid_documents"),
+            (
+                r#"{"documents":[{"id":"d/1","text":"hi"}]}"#,
+                "invalid_documents",
+            ),
+            (
+                r#"{"documents":[{"id":"d1","text":""}]}"#,
+                "invalid_documents",
+            ),
+            (
+                r#"{"documents":[{"id":"d1","text":"x","metadata":{"tenantId":"other"}}]}"#,
+                "invalid_documents",
+            ),
+            (r#"{"documents":[{"id":"d1"}]}"#, "invalid_json"),
+            (r#"{"documents":[{"id":5,"text":"x"}]}"#, "invalid_json"),
+            (r#"{"docs":[]}"#, "invalid_json"),
+            (
+                r#"{"documents":[{"id":"d1","text":"x","metadata":{"a":{"b":1}}}]}"#,
+                "invalid_json",
+            ),
+        ] {
+            let err = ingest(bad).unwrap_err();
+            assert_eq!((err.status(), err.code()), (400, code), "{bad}");
+        }
+    }
+
+    #[test]
+    fn search_bodies() {
+        let s = search(r#"{"query":"hello"}"#).unwrap();
+        assert_eq!((s.top_k, s.mode), (DEFAULT_TOP_K, None));
+        let s = search(r#"{"query":"hello","topK":20,"mode":"keyword","filter":{"source":"a"}}"#)
+            .unwrap();
+        assert_eq!((s.top_k, s.mode), (20, Some(SearchMode::Keyword)));
+        for bad in [
+            r#"{"query":""}"#,
+            r#"{"query":"x","topK":21}"#,
+            r#"{"query":"x","topK":0}"#,
+            r#"{"query":"x","topK":-1}"#,
+            r#"{"query":"x","topK":"5"}"#,
+            r#"{"query":"x","mode":"semantic"}"#,
+            r#"{"query":5}"#,
+            r#"{}"#,
+            r#"{"query":"x","extra":1}"#,
+        ] {
+            assert_eq!(search(bad).unwrap_err().status(), 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn path_ids() {
+        assert!(check_job_id("job-0123456789abcdef01234567").is_ok());
+        for bad in [
+            "job-",
+            "job-xyz",
+            "0123456789abcdef01234567",
+            "job-0123456789abcdef012345678",
+        ] {
+            assert_eq!(check_job_id(bad).unwrap_err().status(), 400);
+        }
+        assert!(check_doc_id("book-ch04-03.1").is_ok());
+        assert!(check_doc_id("a%2Fb").is_err());
+    }
+}

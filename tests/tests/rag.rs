@@ -1,0 +1,510 @@
+//! Ingestion and search end to end against `wrangler dev`, with the embedded
+//! embedder and the embedded SQLite/FTS5 index: jobs, retrieval in every mode,
+//! the KV cache and its invalidation, replace and delete, tenant isolation,
+//! bad input, injected embedder failures, and a restart in the middle of a job.
+
+use e2e::http::{assert_refusals, get, send, RefusalCase, Reply};
+use e2e::{shared, Deployment, PersistDir, Server};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const A: &str = "mrrainbowsmoke";
+const B: &str = "rainbowsmokeofficial";
+const INGEST: &str = "Bearer e2e-ingest-token";
+const ADMIN: &str = "Bearer e2e-admin-token";
+
+struct Client<'a> {
+    server: &'a Server,
+    tenant: &'a str,
+}
+
+impl Client<'_> {
+    fn post(&self, path: &str, auth: Option<&str>, body: &Value) -> Reply {
+        let mut headers = vec![
+            ("x-tenant-id", self.tenant),
+            ("content-type", "application/json"),
+        ];
+        if let Some(auth) = auth {
+            headers.push(("authorization", auth));
+        }
+        send(
+            "POST",
+            &self.server.url(path),
+            &headers,
+            Some(body.to_string().as_bytes()),
+        )
+    }
+
+    fn ingest(&self, docs: Value) -> Reply {
+        self.post("/api/ingest", Some(INGEST), &json!({ "documents": docs }))
+    }
+
+    /// Ingests and waits until the job is done; returns the job.
+    fn ingest_done(&self, docs: Value) -> Value {
+        let r = self.ingest(docs);
+        assert!(matches!(r.status, 200 | 202), "{}", r.body);
+        let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+        self.wait_job(&job_id)
+    }
+
+    fn job(&self, job_id: &str) -> Reply {
+        get(
+            &self.server.url(&format!("/api/ingest/{job_id}")),
+            &[("x-tenant-id", self.tenant), ("authorization", INGEST)],
+        )
+    }
+
+    fn wait_job(&self, job_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self.job(job_id);
+            assert_eq!(r.status, 200, "{}", r.body);
+            let job = r.json();
+            if job["status"] == "done" {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job not done in 60 s: {job}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn search(&self, body: Value) -> Reply {
+        self.post("/api/search", None, &body)
+    }
+
+    fn search_ok(&self, body: Value) -> Value {
+        let r = self.search(body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+
+    fn delete(&self, doc_id: &str) -> Reply {
+        send(
+            "DELETE",
+            &self.server.url(&format!("/api/documents/{doc_id}")),
+            &[("x-tenant-id", self.tenant), ("authorization", INGEST)],
+            None,
+        )
+    }
+
+    fn inspect(&self) -> Value {
+        let r = get(
+            &self
+                .server
+                .url(&format!("/admin/actors/ingest/{}", self.tenant)),
+            &[("x-tenant-id", self.tenant), ("authorization", ADMIN)],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["state"].clone()
+    }
+
+    fn inject_faults(&self, n: u32) {
+        let r = self.post("/admin/faults", Some(ADMIN), &json!({ "embedFailures": n }));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+fn doc_ids(results: &Value) -> Vec<String> {
+    results["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["metadata"]["docId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const DOCS: &[(&str, &str)] = &[
+    ("ownership", "Ownership is a set of rules that govern how a Rust program manages memory. Each value has an owner, and the value is dropped when the owner goes out of scope."),
+    ("borrowing", "References let you refer to a value without taking ownership of it. The borrow checker enforces that you have either one mutable reference or any number of immutable references."),
+    ("cargo-build", "Cargo is the Rust package manager. cargo build compiles the package and its dependencies, and cargo test runs the unit and integration tests."),
+    ("closures", "Closures are anonymous functions you can save in a variable or pass as arguments. They capture values from the scope in which they are defined."),
+    ("traits", "A trait defines functionality a type has and can share with other types. Trait bounds specify that a generic type can be any type with certain behavior."),
+];
+
+fn corpus() -> Value {
+    Value::Array(
+        DOCS.iter()
+            .map(|(id, text)| json!({ "id": id, "text": text, "metadata": { "source": format!("{id}.md") } }))
+            .collect(),
+    )
+}
+
+#[test]
+fn ingest_then_search_in_every_mode() {
+    let server = shared(Deployment::Dedicated(B));
+    let c = Client {
+        server: &server,
+        tenant: B,
+    };
+    let job = c.ingest_done(corpus());
+    assert_eq!(job["documentsTotal"], 5);
+    assert_eq!(job["documentsDone"], 5);
+    assert_eq!(job["attempts"], 0);
+    let queries = [
+        (
+            "ownership",
+            "how does a rust program manage memory with an owner",
+        ),
+        ("borrowing", "mutable reference rules of the borrow checker"),
+        ("cargo-build", "compile the package with cargo build"),
+        ("closures", "anonymous functions that capture values"),
+    ];
+    for mode in ["vector", "keyword", "hybrid"] {
+        for (want, query) in queries {
+            let r = c.search_ok(json!({ "query": query, "topK": 3, "mode": mode }));
+            assert_eq!(r["mode"], mode);
+            assert_eq!(
+                doc_ids(&r).first().map(String::as_str),
+                Some(want),
+                "{mode}: {query}: {r}"
+            );
+            let top = &r["matches"][0];
+            assert_eq!(top["metadata"]["tenantId"], B);
+            assert_eq!(top["metadata"]["source"], format!("{want}.md"));
+            assert!(top["metadata"]["text"].as_str().unwrap().len() > 20);
+            assert!(top["id"].as_str().unwrap().len() <= 64);
+        }
+    }
+    // The default mode is hybrid, topK defaults to 5, and a filter narrows.
+    let r = c.search_ok(json!({ "query": "rust values and references" }));
+    assert_eq!(r["mode"], "hybrid");
+    assert!(r["matches"].as_array().unwrap().len() <= 5);
+    let r = c.search_ok(
+        json!({ "query": "rust values and references", "filter": { "source": "traits.md" } }),
+    );
+    assert_eq!(doc_ids(&r), vec!["traits"]);
+}
+
+#[test]
+fn cache_hits_and_invalidation() {
+    let server = shared(Deployment::Dedicated(A));
+    let c = Client {
+        server: &server,
+        tenant: A,
+    };
+    c.ingest_done(json!([{ "id": "cache-1", "text": "Workers KV is an eventually consistent key value store." }]));
+    let q = json!({ "query": "eventually consistent key value store", "topK": 2 });
+    let first = c.search_ok(q.clone());
+    assert_eq!(first["cached"], false);
+    let second = c.search_ok(q.clone());
+    assert_eq!(second["cached"], true);
+    assert_eq!(second["matches"], first["matches"]);
+    // Whitespace and case do not change the question.
+    let same =
+        c.search_ok(json!({ "query": "  Eventually consistent KEY value store ", "topK": 2 }));
+    assert_eq!(same["cached"], true);
+    // New content bumps the index version: the cached answer is bypassed.
+    c.ingest_done(json!([{ "id": "cache-2", "text": "A key value store that is strongly consistent: Durable Objects storage." }]));
+    let third = c.search_ok(q);
+    assert_eq!(third["cached"], false);
+    assert!(third["indexVersion"].as_u64() > first["indexVersion"].as_u64());
+    assert!(doc_ids(&third).contains(&"cache-2".to_owned()), "{third}");
+}
+
+#[test]
+fn reingest_replaces_and_delete_removes() {
+    let server = shared(Deployment::Dedicated(A));
+    let c = Client {
+        server: &server,
+        tenant: A,
+    };
+    // Three paragraphs of 480 to 840 characters, no two fitting one chunk.
+    let para = |word: &str| format!("{word} ").repeat(120);
+    let long = format!("{}\n\n{}\n\n{}", para("zebra"), para("yak"), para("walrus"));
+    let job = c.ingest_done(json!([{ "id": "replace-me", "text": long }]));
+    assert_eq!(job["chunksDone"], 3);
+    let r = c.search_ok(json!({ "query": "walrus", "mode": "keyword" }));
+    assert_eq!(doc_ids(&r), vec!["replace-me"]);
+    let chunks_before = c.inspect()["chunks"].as_u64().unwrap();
+
+    let job = c.ingest_done(json!([{ "id": "replace-me", "text": "Only a zebra is left." }]));
+    assert_eq!(job["chunksDone"], 1);
+    let r = c.search_ok(json!({ "query": "walrus", "mode": "keyword" }));
+    assert!(doc_ids(&r).is_empty(), "old chunks must be gone: {r}");
+    let r = c.search_ok(json!({ "query": "zebra", "mode": "keyword" }));
+    assert_eq!(r["matches"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["matches"][0]["metadata"]["text"], "Only a zebra is left.");
+    assert_eq!(c.inspect()["chunks"].as_u64().unwrap(), chunks_before - 2);
+
+    let r = c.delete("replace-me");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({ "ok": true, "docId": "replace-me", "chunksRemoved": 1 })
+    );
+    for mode in ["keyword", "vector", "hybrid"] {
+        let r = c.search_ok(json!({ "query": "zebra", "mode": mode }));
+        assert!(
+            !doc_ids(&r).contains(&"replace-me".to_owned()),
+            "{mode}: {r}"
+        );
+    }
+    let r = c.delete("replace-me");
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+}
+
+#[test]
+fn tenants_never_see_each_other() {
+    let server = shared(Deployment::Shared);
+    let a = Client {
+        server: &server,
+        tenant: A,
+    };
+    let b = Client {
+        server: &server,
+        tenant: B,
+    };
+    // Same document id, same query, different texts.
+    let job_a = a.ingest_done(
+        json!([{ "id": "same-id", "text": "Alpha tenant secret: the launch code is marigold." }]),
+    );
+    b.ingest_done(
+        json!([{ "id": "same-id", "text": "Beta tenant notes: the launch is delayed to spring." }]),
+    );
+    let q = json!({ "query": "launch code", "topK": 5 });
+    let ra = a.search_ok(q.clone());
+    let rb = b.search_ok(q.clone());
+    assert_eq!(ra["cached"], false);
+    assert_eq!(rb["cached"], false, "B must not get A's cache entry");
+    for (r, tenant, word) in [(&ra, A, "marigold"), (&rb, B, "spring")] {
+        let matches = r["matches"].as_array().unwrap();
+        assert!(!matches.is_empty());
+        for m in matches {
+            assert_eq!(m["metadata"]["tenantId"], tenant, "{r}");
+        }
+        assert!(matches[0]["metadata"]["text"]
+            .as_str()
+            .unwrap()
+            .contains(word));
+    }
+    assert_ne!(
+        ra["matches"][0]["id"], rb["matches"][0]["id"],
+        "vector ids differ per tenant"
+    );
+    assert!(!rb.to_string().contains("marigold"));
+    // A's job id means nothing to B.
+    let job_id = job_a["jobId"].as_str().unwrap();
+    assert_eq!(b.job(job_id).status, 404);
+    assert_eq!(a.job(job_id).status, 200);
+    // Deleting in B leaves A's document alone.
+    assert_eq!(b.delete("same-id").status, 200);
+    let ra2 = a.search_ok(json!({ "query": "marigold", "mode": "keyword" }));
+    assert_eq!(doc_ids(&ra2), vec!["same-id"]);
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let server = shared(Deployment::Dedicated(B));
+    let c = Client {
+        server: &server,
+        tenant: B,
+    };
+    c.ingest_done(json!([{ "id": "keep", "text": "Kept document." }]));
+    let before = c.inspect();
+    let url = server.url("/api/ingest");
+    let auth = ("authorization", INGEST);
+    let ct = ("content-type", "application/json");
+    let big_text = "x".repeat(1024 * 1024 + 1);
+    let cases: Vec<RefusalCase> = vec![
+        (
+            "no token",
+            vec![ct],
+            br#"{"documents":[{"id":"a","text":"b"}]}"#.to_vec(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "admin token",
+            vec![ct, ("authorization", ADMIN)],
+            br#"{"documents":[{"id":"a","text":"b"}]}"#.to_vec(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "text/plain",
+            vec![auth, ("content-type", "text/plain")],
+            b"x".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "bad json",
+            vec![auth, ct],
+            b"{\"documents\":".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "wrong type",
+            vec![auth, ct],
+            br#"{"documents":"a"}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "missing field",
+            vec![auth, ct],
+            br#"{"documents":[{"id":"a"}]}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "no documents",
+            vec![auth, ct],
+            br#"{"documents":[]}"#.to_vec(),
+            400,
+            "invalid_documents",
+        ),
+        (
+            "bad id",
+            vec![auth, ct],
+            br#"{"documents":[{"id":"../x","text":"b"}]}"#.to_vec(),
+            400,
+            "invalid_documents",
+        ),
+        (
+            "empty text",
+            vec![auth, ct],
+            br#"{"documents":[{"id":"a","text":"  "}]}"#.to_vec(),
+            400,
+            "invalid_documents",
+        ),
+        (
+            "spoofed tenant",
+            vec![auth, ct],
+            br#"{"documents":[{"id":"a","text":"b","metadata":{"tenantId":"mrrainbowsmoke"}}]}"#
+                .to_vec(),
+            400,
+            "invalid_documents",
+        ),
+        (
+            "oversized text",
+            vec![auth, ct],
+            json!({"documents":[{"id":"a","text":big_text}]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "invalid_documents",
+        ),
+        (
+            "oversized body",
+            vec![auth, ct],
+            vec![b' '; 9 * 1024 * 1024],
+            413,
+            "payload_too_large",
+        ),
+    ];
+    assert_refusals("POST", &url, cases);
+    for (what, body, code) in [
+        (
+            "huge topK",
+            json!({"query":"x","topK":1000}),
+            "invalid_search",
+        ),
+        ("zero topK", json!({"query":"x","topK":0}), "invalid_search"),
+        ("empty query", json!({"query":""}), "invalid_search"),
+        ("missing query", json!({"topK":3}), "invalid_json"),
+        ("wrong type", json!({"query":["x"]}), "invalid_json"),
+        (
+            "unknown mode",
+            json!({"query":"x","mode":"magic"}),
+            "invalid_json",
+        ),
+    ] {
+        let r = c.search(body);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (400, code),
+            "{what}: {}",
+            r.body
+        );
+    }
+    let r = c.job("job-000000000000000000000000");
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+    let r = c.job("not-a-job");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_job_id"));
+    assert_eq!(c.delete("no-such-doc").status, 404);
+    let r = send(
+        "DELETE",
+        &server.url("/api/documents/keep"),
+        &[("x-tenant-id", B)],
+        None,
+    );
+    assert_eq!(r.status, 401, "delete needs the ingest token");
+    // Nothing above changed the index.
+    let after = c.inspect();
+    assert_eq!(after["indexVersion"], before["indexVersion"]);
+    assert_eq!(after["documents"], before["documents"]);
+    assert_eq!(after["chunks"], before["chunks"]);
+}
+
+#[test]
+fn embedder_failures_are_retried_and_nothing_is_lost() {
+    let server = shared(Deployment::Dedicated(B));
+    let c = Client {
+        server: &server,
+        tenant: B,
+    };
+    c.inject_faults(2);
+    let r = c.ingest(json!([
+        { "id": "retry-1", "text": "Retried document about lighthouses." },
+        { "id": "retry-2", "text": "Second retried document about harbours." }
+    ]));
+    assert_eq!(
+        r.status, 202,
+        "the first attempt fails, so the job is queued: {}",
+        r.body
+    );
+    assert_eq!(r.json()["status"], "queued");
+    let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+    let pending = c.job(&job_id).json();
+    assert_eq!(pending["status"], "retrying", "{pending}");
+    assert!(pending["lastError"].as_str().unwrap().contains("injected"));
+    let job = c.wait_job(&job_id);
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert_eq!(job["documentsDone"], 2);
+    assert_eq!(job["chunksDone"], 2, "no chunk duplicated");
+    for (q, want) in [("lighthouses", "retry-1"), ("harbours", "retry-2")] {
+        let r = c.search_ok(json!({ "query": q, "mode": "keyword" }));
+        assert_eq!(doc_ids(&r), vec![want]);
+    }
+}
+
+#[test]
+fn a_restart_in_the_middle_of_a_job_resumes_it() {
+    let dir = PersistDir::new("rag-restart");
+    let job_id;
+    {
+        let server = Server::start(Deployment::Dedicated(A), &dir);
+        let c = Client {
+            server: &server,
+            tenant: A,
+        };
+        // Failures keep the job waiting (1 s, then 2 s, then 4 s backoff).
+        c.inject_faults(3);
+        let r = c.ingest(json!([
+            { "id": "survivor-1", "text": "Persisted through a restart: pelicans." },
+            { "id": "survivor-2", "text": "Also persisted through a restart: flamingos." }
+        ]));
+        assert_eq!(r.status, 202, "{}", r.body);
+        job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+        assert_eq!(c.job(&job_id).json()["status"], "retrying");
+    } // wrangler dev stops here, mid-job
+    let server = Server::start(Deployment::Dedicated(A), &dir);
+    let c = Client {
+        server: &server,
+        tenant: A,
+    };
+    // Nothing wakes the object but its alarm.
+    let job = c.wait_job(&job_id);
+    assert_eq!(job["documentsDone"], 2);
+    assert_eq!(job["attempts"], 3);
+    let state = c.inspect();
+    assert_eq!(state["documents"], 2);
+    assert_eq!(state["chunks"], 2);
+    assert_eq!(state["pendingJobs"], json!([]));
+    for (q, want) in [("pelicans", "survivor-1"), ("flamingos", "survivor-2")] {
+        let r = c.search_ok(json!({ "query": q, "mode": "keyword" }));
+        assert_eq!(doc_ids(&r), vec![want]);
+    }
+}
