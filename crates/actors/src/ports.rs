@@ -102,10 +102,115 @@ pub trait Kv {
     async fn put(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), PortError>;
 }
 
+/// Who said a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// The person.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool's result.
+    Tool,
+}
+
+/// A tool call the model asked for.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ToolCall {
+    /// The call's id, echoed in the tool's result message.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, parsed from the model's JSON.
+    pub arguments: serde_json::Value,
+}
+
+/// One message of a conversation, in the shape Workers AI chat models take
+/// (an assistant message may carry tool calls; a tool message answers one).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    /// Who said it.
+    pub role: Role,
+    /// The text.
+    pub content: String,
+    /// Tool calls of an assistant message.
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool message answers.
+    pub tool_call_id: Option<String>,
+    /// The tool's name, on a tool message.
+    pub name: Option<String>,
+}
+
+/// A tool the model may call, with JSON-schema parameters.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ToolSpec {
+    /// Name.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// JSON schema of the arguments.
+    pub parameters: serde_json::Value,
+}
+
+/// A generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    /// The model.
+    pub model: String,
+    /// The conversation so far.
+    pub messages: Vec<ChatMessage>,
+    /// Tools the model may call.
+    pub tools: Vec<ToolSpec>,
+    /// Always explicit (Workers AI's default is small).
+    pub max_tokens: u32,
+}
+
+/// What a streaming generation produces, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// A piece of the answer's text.
+    Text(String),
+    /// A complete tool call (streamed fragments already joined).
+    ToolCall(ToolCall),
+    /// Token counts, when the model reports them.
+    Usage {
+        /// Prompt tokens.
+        prompt_tokens: u32,
+        /// Completion tokens.
+        completion_tokens: u32,
+    },
+}
+
+/// Generates text, streaming, with tool calls. Its implementations (Workers AI
+/// and an embedded, deterministic generator) arrive with the chat actor.
+#[allow(async_fn_in_trait)]
+pub trait Generator {
+    /// The model name, as reported to operators.
+    fn model(&self) -> &str;
+    /// Runs one generation, handing each event to `on_event` as it arrives.
+    async fn generate(
+        &self,
+        request: &GenerateRequest,
+        on_event: &mut dyn FnMut(GenerationEvent),
+    ) -> Result<(), PortError>;
+}
+
 /// The current time.
 pub trait Clock {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+}
+
+/// The runtime's clock (`Date.now()`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        worker::Date::now().as_millis()
+    }
 }
 
 /// The embedded embedder ([`crate::embedding`]), usable natively and in wasm.

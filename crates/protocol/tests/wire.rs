@@ -211,3 +211,136 @@ fn oversized_input_is_rejected_before_parsing() {
         Err(ProtocolError::TooLarge { .. })
     ));
 }
+
+mod ingest_messages {
+    use super::{hex, rid, tenant};
+    use protocol::ingest::*;
+    use protocol::*;
+
+    fn meta() -> Metadata {
+        Metadata::from([
+            ("source".to_owned(), MetaValue::Str("a.md".into())),
+            ("page".to_owned(), MetaValue::Int(3)),
+            ("weight".to_owned(), MetaValue::Float(0.5)),
+            ("draft".to_owned(), MetaValue::Bool(false)),
+        ])
+    }
+
+    fn job() -> JobView {
+        JobView {
+            job_id: "job-1".into(),
+            status: JobStatus::Retrying,
+            documents_total: 2,
+            documents_done: 1,
+            chunks_done: 4,
+            attempts: 1,
+            last_error: Some("embedder down".into()),
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            next_attempt_at_ms: Some(3),
+        }
+    }
+
+    fn requests() -> Vec<IngestRequest> {
+        vec![
+            IngestRequest::Enqueue(Enqueue {
+                documents: vec![Document {
+                    id: "d1".into(),
+                    text: "héllo 🦀".into(),
+                    metadata: meta(),
+                }],
+            }),
+            IngestRequest::GetJob(GetJob {
+                job_id: "job-1".into(),
+            }),
+            IngestRequest::DeleteDocument(DeleteDocument {
+                doc_id: "d1".into(),
+            }),
+            IngestRequest::Search(Search {
+                query: "q".into(),
+                top_k: 5,
+                filter: meta(),
+                mode: Some(SearchMode::Keyword),
+            }),
+            IngestRequest::Search(Search {
+                query: "q".into(),
+                top_k: 1,
+                filter: Metadata::new(),
+                mode: None,
+            }),
+            IngestRequest::Inspect(Inspect {}),
+            IngestRequest::InjectFaults(InjectFaults { embed_failures: 2 }),
+        ]
+    }
+
+    fn replies() -> Vec<IngestResponse> {
+        vec![
+            IngestResponse::Accepted(JobAccepted {
+                job_id: "job-1".into(),
+                count: 1,
+                status: JobStatus::Queued,
+            }),
+            IngestResponse::Job(job()),
+            IngestResponse::Deleted(DocumentDeleted {
+                doc_id: "d1".into(),
+                chunks_removed: 3,
+            }),
+            IngestResponse::Results(SearchResults {
+                cached: true,
+                mode: SearchMode::Hybrid,
+                index_version: 9,
+                matches: vec![SearchMatch {
+                    id: "abc".into(),
+                    score: 0.25,
+                    metadata: meta(),
+                }],
+            }),
+            IngestResponse::Snapshot(IngestSnapshot {
+                index_version: 9,
+                documents: 1,
+                chunks: 4,
+                pending_jobs: vec![job()],
+                recent_jobs: vec![],
+                embedder: "local/hashed-768".into(),
+                vector_backend: "embedded-sqlite".into(),
+                pending_faults: 0,
+            }),
+            IngestResponse::FaultsInjected(InjectFaults { embed_failures: 1 }),
+        ]
+    }
+
+    #[test]
+    fn every_ingest_message_round_trips() {
+        for message in requests() {
+            let env = Envelope::new(rid(), tenant(), message);
+            let back: Envelope<IngestRequest> = decode(&encode(&env).unwrap()).unwrap();
+            assert_eq!(back, env);
+        }
+        for reply in replies() {
+            let env = ReplyEnvelope::new(Some(rid()), Ok(reply));
+            let back: ReplyEnvelope<IngestResponse> =
+                decode_reply(&encode_reply(&env).unwrap()).unwrap();
+            assert_eq!(back, env);
+        }
+    }
+
+    #[test]
+    fn golden_get_job() {
+        let env = Envelope::new(
+            rid(),
+            tenant(),
+            IngestRequest::GetJob(GetJob { job_id: "j".into() }),
+        );
+        // ... "message":{"GetJob":{"job_id":"j"}}
+        assert!(hex(&encode(&env).unwrap()).ends_with("81a64765744a6f6281a66a6f625f6964a16a"));
+    }
+
+    #[test]
+    fn truncated_ingest_messages_fail() {
+        let env = Envelope::new(rid(), tenant(), requests().remove(0));
+        let bytes = encode(&env).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(decode::<IngestRequest>(&bytes[..cut]).is_err(), "{cut}");
+        }
+    }
+}

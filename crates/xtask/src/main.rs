@@ -22,6 +22,7 @@ tasks:
   build install what is missing and build the Worker
   setup install what is missing (wasm32 target, wasm-bindgen-cli, worker-build, npm packages)
   size  build and report the bundle size of every tenant (wrangler deploy --dry-run)
+  bench build, then run the benchmarks against wrangler dev (results: docs/benchmarks.md)
   deploy (ID | --all) [--dry-run]
         build and deploy one tenant or all of them (needs a Cloudflare login)";
 
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         Some("build") => Toolchain::ensure().and_then(|t| t.build_worker()),
         Some("setup") => Toolchain::ensure().map(|_| ()),
         Some("size") => size(),
+        Some("bench") => bench(),
         Some("deploy") => deploy(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -291,6 +293,17 @@ fn ensure_dev_vars(path: &std::path::Path) -> Result<(), ToolError> {
         .map_err(|e| ToolError(format!("cannot write {}: {e}", path.display())))?;
     step(&format!("created {} with random tokens", path.display()));
     Ok(())
+}
+
+fn bench() -> Result<(), ToolError> {
+    let tools = Toolchain::ensure()?;
+    step("building the Worker");
+    tools.build_worker()?;
+    step("RAG benchmark (ingest throughput, search latency, retrieval quality)");
+    run(
+        cargo().args(["bench", "-p", "e2e", "--bench", "rag"]),
+        "cargo bench",
+    )
 }
 
 fn size() -> Result<(), ToolError> {

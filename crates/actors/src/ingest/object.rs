@@ -14,7 +14,9 @@ use super::providers::{self, AnyEmbedder, AnyIndex, Settings};
 use super::records::{chunk_ids, chunk_metadata};
 use super::sql_index;
 use crate::chunking;
-use crate::ports::{Embedder, Kv, PortError, VectorIndex, VectorQuery, VectorRecord};
+use crate::ports::{
+    Clock, Embedder, Kv, PortError, SystemClock, VectorIndex, VectorQuery, VectorRecord,
+};
 use crate::retrieval::MemIndex;
 use crate::rpc;
 use protocol::ingest::{
@@ -26,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use worker::{
-    durable_object, Date, Env, Request, Response, Result, ScheduledTime, SqlStorage,
-    SqlStorageValue, State,
+    durable_object, Env, Request, Response, Result, ScheduledTime, SqlStorage, SqlStorageValue,
+    State,
 };
 
 const SCHEMA: &[&str] = &[
@@ -55,7 +57,7 @@ struct Saved {
 }
 
 fn now_ms() -> u64 {
-    Date::now().as_millis()
+    SystemClock.now_ms()
 }
 
 fn internal(e: impl std::fmt::Display) -> ErrorReply {
@@ -473,12 +475,13 @@ impl IngestQueue {
                 })
                 .collect(),
         };
-        if let Some(cache) = &cache {
-            if let Ok(json) = serde_json::to_string(&results) {
+        if let (Some(cache), Ok(json)) = (cache, serde_json::to_string(&results)) {
+            // The answer does not wait for the cache write.
+            self.state.wait_until(async move {
                 if let Err(e) = cache.put(&key, &json, CACHE_TTL_SECS).await {
                     worker::console_warn!("search cache write failed: {e}");
                 }
-            }
+            });
         }
         Ok(IngestResponse::Results(results))
     }

@@ -1,0 +1,349 @@
+//! RAG benchmark through HTTP against `wrangler dev` (embedded embedder and
+//! index): ingest throughput over the real documentation corpus, search
+//! latency at about 1k and 10k chunks, and retrieval quality per mode.
+//!
+//! Run with `cargo xtask bench` (builds the Worker first). The corpus is
+//! `../shared/corpus/rust-docs.jsonl`, or the file named by `RAG_CORPUS`.
+//! Results go to stdout as Markdown for `docs/benchmarks.md`.
+
+use e2e::http::{get, send};
+use e2e::{Deployment, PersistDir, Server};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const TENANT: &str = "mrrainbowsmoke";
+const INGEST: &str = "Bearer e2e-ingest-token";
+const ADMIN: &str = "Bearer e2e-admin-token";
+const MAX_BATCH_DOCS: usize = 100;
+const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024;
+
+/// Questions of our own over the corpus, with the section that answers each.
+const QUESTIONS: &[(&str, &str)] = &[
+    (
+        "How do I run code when a value goes out of scope?",
+        "book-ch15-03-drop-0",
+    ),
+    ("What is a string slice?", "book-ch04-03-slices-1"),
+    (
+        "How does the borrow checker compare scopes to decide whether borrows are valid?",
+        "book-ch10-03-lifetime-syntax-2",
+    ),
+    (
+        "What is a virtual workspace without a package section?",
+        "cargo-reference-workspaces-2",
+    ),
+    (
+        "How do members inherit dependencies from the workspace?",
+        "cargo-reference-workspaces-7",
+    ),
+    (
+        "What does the lto setting of a profile control?",
+        "cargo-reference-profiles-7",
+    ),
+    (
+        "Which panic strategy does a profile use, unwind or abort?",
+        "cargo-reference-profiles-8",
+    ),
+    (
+        "How do I create a new thread with spawn?",
+        "book-ch16-01-threads-1",
+    ),
+    (
+        "Why use move closures with threads?",
+        "book-ch16-01-threads-3",
+    ),
+    (
+        "Perform all checks without uploading when publishing a crate",
+        "cargo-commands-cargo-publish-1",
+    ),
+    (
+        "Pattern matching on union fields",
+        "reference-items-unions-3",
+    ),
+    (
+        "Propagating errors to the calling code with the ? operator",
+        "book-ch09-02-recoverable-errors-with-result-2",
+    ),
+    (
+        "What do the Send and Sync traits mean?",
+        "nomicon-send-and-sync-0",
+    ),
+    (
+        "Set the maximum type length limit with an attribute",
+        "reference-attributes-limits-1",
+    ),
+];
+
+fn headers(auth: Option<&str>) -> Vec<(&str, &str)> {
+    let mut h = vec![
+        ("x-tenant-id", TENANT),
+        ("content-type", "application/json"),
+    ];
+    if let Some(a) = auth {
+        h.push(("authorization", a));
+    }
+    h
+}
+
+fn load_corpus() -> Vec<Value> {
+    let path = std::env::var("RAG_CORPUS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| xtask::repo_root().join("../shared/corpus/rust-docs.jsonl"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read the corpus {}: {e} (set RAG_CORPUS)",
+            path.display()
+        )
+    });
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn with_prefix(docs: &[Value], prefix: &str) -> Vec<Value> {
+    docs.iter()
+        .map(|d| {
+            let mut d = d.clone();
+            let id = format!("{prefix}{}", d["id"].as_str().unwrap_or_default());
+            d["id"] = json!(id);
+            d
+        })
+        .collect()
+}
+
+/// Posts `docs` in batches and waits until every job is done. Returns the
+/// chunks written and the seconds it took.
+fn ingest(server: &Server, docs: &[Value]) -> (u64, f64) {
+    let started = Instant::now();
+    let mut jobs = Vec::new();
+    let mut batch: Vec<Value> = Vec::new();
+    let mut bytes = 0;
+    let flush = |batch: &mut Vec<Value>, jobs: &mut Vec<String>| {
+        if batch.is_empty() {
+            return;
+        }
+        let body = json!({ "documents": batch }).to_string();
+        let r = send(
+            "POST",
+            &server.url("/api/ingest"),
+            &headers(Some(INGEST)),
+            Some(body.as_bytes()),
+        );
+        assert!(matches!(r.status, 200 | 202), "ingest failed: {}", r.body);
+        jobs.push(r.json()["jobId"].as_str().unwrap_or_default().to_owned());
+        batch.clear();
+    };
+    for doc in docs {
+        let size = doc.to_string().len();
+        if batch.len() == MAX_BATCH_DOCS || bytes + size > MAX_BATCH_BYTES {
+            flush(&mut batch, &mut jobs);
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(doc.clone());
+    }
+    flush(&mut batch, &mut jobs);
+    let mut chunks = 0;
+    for job in &jobs {
+        loop {
+            let r = get(
+                &server.url(&format!("/api/ingest/{job}")),
+                &headers(Some(INGEST)),
+            );
+            let j = r.json();
+            if j["status"] == "done" {
+                chunks += j["chunksDone"].as_u64().unwrap_or(0);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    (chunks, started.elapsed().as_secs_f64())
+}
+
+fn index_chunks(server: &Server) -> u64 {
+    let r = get(
+        &server.url(&format!("/admin/actors/ingest/{TENANT}")),
+        &headers(Some(ADMIN)),
+    );
+    r.json()["state"]["chunks"].as_u64().unwrap_or(0)
+}
+
+fn search(server: &Server, query: &str, mode: &str, top_k: u32) -> (Value, f64) {
+    let body = json!({ "query": query, "mode": mode, "topK": top_k }).to_string();
+    let t = Instant::now();
+    let r = send(
+        "POST",
+        &server.url("/api/search"),
+        &headers(None),
+        Some(body.as_bytes()),
+    );
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (r.json(), ms)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Latency of distinct (uncached) queries and of repeated (cached) ones.
+fn latency_rows(server: &Server, docs: &[Value], label: &str, salt: &str) -> Vec<String> {
+    let queries: Vec<String> = docs
+        .iter()
+        .step_by((docs.len() / 150).max(1))
+        .take(150)
+        .map(|d| {
+            format!(
+                "{} {salt}",
+                d["metadata"]["title"].as_str().unwrap_or("rust")
+            )
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for mode in ["hybrid", "vector", "keyword"] {
+        let mut times: Vec<f64> = queries
+            .iter()
+            .map(|q| search(server, &format!("{q} {mode}"), mode, 5).1)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        rows.push(format!(
+            "| {label} | {mode}, uncached | {} | {:.1} | {:.1} |",
+            times.len(),
+            percentile(&times, 50.0),
+            percentile(&times, 99.0)
+        ));
+    }
+    let mut cached: Vec<f64> = queries
+        .iter()
+        .take(100)
+        .map(|q| search(server, &format!("{q} hybrid"), "hybrid", 5))
+        .map(|(v, ms)| {
+            assert_eq!(v["cached"], true);
+            ms
+        })
+        .collect();
+    cached.sort_by(f64::total_cmp);
+    rows.push(format!(
+        "| {label} | hybrid, cached | {} | {:.1} | {:.1} |",
+        cached.len(),
+        percentile(&cached, 50.0),
+        percentile(&cached, 99.0)
+    ));
+    rows
+}
+
+fn quality(server: &Server) -> Vec<String> {
+    let mut rows = Vec::new();
+    for mode in ["vector", "keyword", "hybrid"] {
+        let mut hits = 0;
+        let mut firsts = 0;
+        let mut misses = Vec::new();
+        for (q, want) in QUESTIONS {
+            let (r, _) = search(server, q, mode, 5);
+            let ids: Vec<&str> = r["matches"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|m| m["metadata"]["docId"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if ids.contains(want) {
+                hits += 1;
+            } else {
+                misses.push(*want);
+            }
+            if ids.first() == Some(want) {
+                firsts += 1;
+            }
+        }
+        rows.push(format!(
+            "| {mode} | {hits}/{} | {firsts}/{} | {} |",
+            QUESTIONS.len(),
+            QUESTIONS.len(),
+            if misses.is_empty() {
+                "-".to_owned()
+            } else {
+                misses.join(", ")
+            }
+        ));
+    }
+    rows
+}
+
+/// Ingests `docs` slice by slice, from `*next`, until the index holds at
+/// least `target` chunks or `docs` runs out. Returns (chunks, seconds).
+fn ingest_until(server: &Server, docs: &[Value], next: &mut usize, target: u64) -> (u64, f64) {
+    let (mut chunks, mut secs) = (0, 0.0);
+    while *next < docs.len() && index_chunks(server) < target {
+        let end = (*next + MAX_BATCH_DOCS).min(docs.len());
+        let (c, s) = ingest(server, &docs[*next..end]);
+        chunks += c;
+        secs += s;
+        *next = end;
+    }
+    (chunks, secs)
+}
+
+fn main() {
+    let corpus = load_corpus();
+    let dir = PersistDir::new("bench-rag");
+    let server = Server::start(Deployment::Dedicated(TENANT), &dir);
+    println!("corpus: {} documents", corpus.len());
+
+    // About 1k chunks first.
+    let mut next = 0;
+    let (c1, s1) = ingest_until(&server, &corpus, &mut next, 1_000);
+    let at_1k = index_chunks(&server);
+    let mut latency = latency_rows(&server, &corpus[..next], &format!("{at_1k} chunks"), "a");
+
+    // The rest of the corpus: throughput over the whole first pass, then
+    // quality over one copy of every section.
+    let (c2, s2) = ingest_until(&server, &corpus, &mut next, u64::MAX);
+    let pass_chunks = c1 + c2;
+    let pass_secs = s1 + s2;
+    let quality_rows = quality(&server);
+
+    // A copy under other ids until the index holds 10k chunks.
+    let copy = with_prefix(&corpus, "copy-");
+    let mut next_copy = 0;
+    let (copy_chunks, copy_secs) = ingest_until(&server, &copy, &mut next_copy, 10_000);
+    let at_10k = index_chunks(&server);
+    latency.extend(latency_rows(
+        &server,
+        &corpus,
+        &format!("{at_10k} chunks"),
+        "b",
+    ));
+
+    println!("\n### Ingest throughput\n");
+    println!("| what | documents | chunks | seconds | chunks/s |\n| --- | --- | --- | --- | --- |");
+    println!(
+        "| corpus, first pass | {} | {pass_chunks} | {pass_secs:.1} | {:.0} |",
+        corpus.len(),
+        pass_chunks as f64 / pass_secs
+    );
+    println!(
+        "| copy of the corpus into the grown index | {next_copy} | {copy_chunks} | {copy_secs:.1} | {:.0} |",
+        copy_chunks as f64 / copy_secs
+    );
+    println!("\n### Search latency through HTTP (ms)\n");
+    println!("| index | mode | queries | p50 | p99 |\n| --- | --- | --- | --- | --- |");
+    for row in latency {
+        println!("{row}");
+    }
+    println!(
+        "\n### Retrieval quality ({} questions, right section in the top 5 / first)\n",
+        QUESTIONS.len()
+    );
+    println!("| mode | top 5 | first | missed |\n| --- | --- | --- | --- |");
+    for row in quality_rows {
+        println!("{row}");
+    }
+}
