@@ -4,16 +4,51 @@
 //! Both sides live here so that the request shape is built in one place.
 
 use crate::error::ActorError;
-use protocol::{Envelope, ErrorCode, ErrorReply, ReplyEnvelope, RequestId};
+use protocol::{Envelope, ErrorCode, ErrorReply, ReplyEnvelope, RequestId, TenantId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use worker::{Headers, Method, Request, RequestInit, Response, Stub};
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
 
 /// Content type of every actor message.
 pub const CONTENT_TYPE: &str = "application/msgpack";
 
 /// The URL actors are called at; the host is never resolved, only the path is read.
 const RPC_URL: &str = "https://actor.internal/rpc";
+
+/// One tenant's object of one actor class, reached by its tenant-scoped name
+/// (`${tenantId}:${resource}`); what every typed handle is built on.
+pub struct ActorStub {
+    stub: Stub,
+    tenant: TenantId,
+}
+
+impl ActorStub {
+    /// The object `${tenant}:${resource}` of the namespace bound as `binding`.
+    pub fn new(
+        env: &Env,
+        binding: &str,
+        resource: &str,
+        tenant: &TenantId,
+    ) -> Result<Self, ActorError> {
+        let stub = env
+            .durable_object(binding)?
+            .get_by_name(&tenant.object_name(resource))?;
+        Ok(Self {
+            stub,
+            tenant: tenant.clone(),
+        })
+    }
+
+    /// Sends `message` in an envelope for this tenant and decodes the reply.
+    pub async fn send<M: Serialize, R: DeserializeOwned>(
+        &self,
+        request_id: &RequestId,
+        message: M,
+    ) -> Result<R, ActorError> {
+        let envelope = Envelope::new(request_id.clone(), self.tenant.clone(), message);
+        call(&self.stub, &envelope).await
+    }
+}
 
 /// Sends `envelope` to the object behind `stub` and decodes its reply.
 pub async fn call<M: Serialize, R: DeserializeOwned>(

@@ -2,29 +2,24 @@
 
 use super::{BINDING, RESOURCE};
 use crate::error::ActorError;
-use crate::rpc;
+use crate::rpc::ActorStub;
 use protocol::coordinator::{
     CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, GetTenant, Inspect,
     SettingsPatch, TenantRecord, UpdateSettings,
 };
-use protocol::{Envelope, RequestId, TenantId};
-use worker::{Env, Stub};
+use protocol::{RequestId, TenantId};
+use worker::Env;
 
 /// A tenant's coordinator, reached by its name `${tenantId}:coordinator`.
 pub struct CoordinatorHandle {
-    stub: Stub,
-    tenant: TenantId,
+    actor: ActorStub,
 }
 
 impl CoordinatorHandle {
     /// The coordinator of `tenant`.
     pub fn new(env: &Env, tenant: &TenantId) -> Result<Self, ActorError> {
-        let stub = env
-            .durable_object(BINDING)?
-            .get_by_name(&tenant.object_name(RESOURCE))?;
         Ok(Self {
-            stub,
-            tenant: tenant.clone(),
+            actor: ActorStub::new(env, BINDING, RESOURCE, tenant)?,
         })
     }
 
@@ -33,8 +28,7 @@ impl CoordinatorHandle {
         request_id: &RequestId,
         message: CoordinatorRequest,
     ) -> Result<CoordinatorResponse, ActorError> {
-        let envelope = Envelope::new(request_id.clone(), self.tenant.clone(), message);
-        rpc::call(&self.stub, &envelope).await
+        self.actor.send(request_id, message).await
     }
 
     /// The tenant's record.

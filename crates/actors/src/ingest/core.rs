@@ -16,48 +16,9 @@ pub const BACKOFF_MAX_MS: u64 = 60_000;
 /// Finished jobs remembered for `GET /api/ingest/<jobId>`.
 pub const RECENT_JOBS: usize = 200;
 
-/// One job's bookkeeping.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Job {
-    /// The job id.
-    pub id: String,
-    /// Where it is.
-    pub status: JobStatus,
-    /// Documents in the job.
-    pub documents_total: u32,
-    /// Documents indexed; the next one to work on has this index.
-    pub documents_done: u32,
-    /// Chunks written so far.
-    pub chunks_done: u32,
-    /// Failed attempts so far (reset by nothing: a history for operators).
-    pub attempts: u32,
-    /// Error of the last failed attempt.
-    pub last_error: Option<String>,
-    /// Accepted at.
-    pub created_at_ms: u64,
-    /// Last changed at.
-    pub updated_at_ms: u64,
-    /// Not to be worked on before this time.
-    pub next_attempt_at_ms: u64,
-}
-
-impl Job {
-    /// The client's view of the job.
-    pub fn view(&self) -> JobView {
-        JobView {
-            job_id: self.id.clone(),
-            status: self.status,
-            documents_total: self.documents_total,
-            documents_done: self.documents_done,
-            chunks_done: self.chunks_done,
-            attempts: self.attempts,
-            last_error: self.last_error.clone(),
-            created_at_ms: self.created_at_ms,
-            updated_at_ms: self.updated_at_ms,
-            next_attempt_at_ms: (self.status != JobStatus::Done).then_some(self.next_attempt_at_ms),
-        }
-    }
-}
+/// One job's bookkeeping, kept in the shape clients see. While the job is
+/// unfinished, `next_attempt_at_ms` is always set: not before then.
+pub type Job = JobView;
 
 /// What the core persists.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +86,7 @@ impl QueueCore {
     /// Accepts a job of `count` documents that the shell has stored.
     pub fn enqueue(&mut self, job_id: String, count: u32, now_ms: u64) -> (JobAccepted, Effects) {
         self.state.pending.push_back(Job {
-            id: job_id.clone(),
+            job_id: job_id.clone(),
             status: JobStatus::Queued,
             documents_total: count,
             documents_done: 0,
@@ -134,7 +95,7 @@ impl QueueCore {
             last_error: None,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
-            next_attempt_at_ms: now_ms,
+            next_attempt_at_ms: Some(now_ms),
         });
         let accepted = JobAccepted {
             job_id,
@@ -155,7 +116,7 @@ impl QueueCore {
             .pending
             .iter()
             .chain(self.state.recent.iter())
-            .find(|j| j.id == job_id)
+            .find(|j| j.job_id == job_id)
     }
 
     /// The work due at `now_ms`: the next document of the oldest unfinished
@@ -163,15 +124,18 @@ impl QueueCore {
     /// re-ingest in a later job always wins over an earlier one.
     pub fn next_work(&self, now_ms: u64) -> Option<WorkItem> {
         let job = self.state.pending.front()?;
-        (job.next_attempt_at_ms <= now_ms).then(|| WorkItem {
-            job_id: job.id.clone(),
+        (job.next_attempt_at_ms.unwrap_or(0) <= now_ms).then(|| WorkItem {
+            job_id: job.job_id.clone(),
             doc_index: job.documents_done,
         })
     }
 
     /// When the alarm must next fire, if any work remains.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.state.pending.front().map(|j| j.next_attempt_at_ms)
+        self.state
+            .pending
+            .front()
+            .map(|j| j.next_attempt_at_ms.unwrap_or(0))
     }
 
     /// A document of `item` was indexed with `chunks` chunks.
@@ -179,7 +143,7 @@ impl QueueCore {
         let Some(job) = self.state.pending.front_mut() else {
             return Effects::default();
         };
-        if job.id != item.job_id || job.documents_done != item.doc_index {
+        if job.job_id != item.job_id || job.documents_done != item.doc_index {
             // Stale report (the work was already recorded): ignore it.
             return Effects::default();
         }
@@ -191,8 +155,9 @@ impl QueueCore {
         let mut finished_job = None;
         if job.documents_done >= job.documents_total {
             job.status = JobStatus::Done;
+            job.next_attempt_at_ms = None;
             if let Some(done) = self.state.pending.pop_front() {
-                finished_job = Some(done.id.clone());
+                finished_job = Some(done.job_id.clone());
                 self.state.recent.push_back(done);
                 while self.state.recent.len() > RECENT_JOBS {
                     self.state.recent.pop_front();
@@ -211,14 +176,14 @@ impl QueueCore {
         let Some(job) = self.state.pending.front_mut() else {
             return Effects::default();
         };
-        if job.id != item.job_id {
+        if job.job_id != item.job_id {
             return Effects::default();
         }
         job.attempts += 1;
         job.status = JobStatus::Retrying;
         job.last_error = Some(error);
         job.updated_at_ms = now_ms;
-        job.next_attempt_at_ms = now_ms + backoff_ms(job.attempts);
+        job.next_attempt_at_ms = Some(now_ms + backoff_ms(job.attempts));
         Effects {
             persist: true,
             wake_at: self.next_deadline(),
@@ -281,7 +246,7 @@ mod tests {
         let fx = q.document_done(&item("j1", 1), 2, 120);
         assert_eq!(fx.finished_job.as_deref(), Some("j1"));
         assert_eq!(fx.wake_at, None, "nothing left");
-        let job = q.job("j1").unwrap().view();
+        let job = q.job("j1").unwrap();
         assert_eq!(
             (job.status, job.documents_done, job.chunks_done),
             (JobStatus::Done, 2, 5)

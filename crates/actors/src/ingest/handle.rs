@@ -2,18 +2,17 @@
 
 use super::{BINDING, RESOURCE};
 use crate::error::ActorError;
-use crate::rpc;
+use crate::rpc::ActorStub;
 use protocol::ingest::{
     DeleteDocument, DocumentDeleted, Enqueue, GetJob, IngestRequest, IngestResponse,
     IngestSnapshot, InjectFaults, Inspect, JobAccepted, JobView, Search, SearchResults,
 };
-use protocol::{Envelope, RequestId, TenantId};
-use worker::{Env, Stub};
+use protocol::{RequestId, TenantId};
+use worker::Env;
 
 /// A tenant's ingest queue, reached by its name `${tenantId}:ingest`.
 pub struct IngestHandle {
-    stub: Stub,
-    tenant: TenantId,
+    actor: ActorStub,
 }
 
 macro_rules! expect_reply {
@@ -42,12 +41,8 @@ fn variant_name(reply: &IngestResponse) -> &'static str {
 impl IngestHandle {
     /// The ingest queue of `tenant`.
     pub fn new(env: &Env, tenant: &TenantId) -> Result<Self, ActorError> {
-        let stub = env
-            .durable_object(BINDING)?
-            .get_by_name(&tenant.object_name(RESOURCE))?;
         Ok(Self {
-            stub,
-            tenant: tenant.clone(),
+            actor: ActorStub::new(env, BINDING, RESOURCE, tenant)?,
         })
     }
 
@@ -56,8 +51,7 @@ impl IngestHandle {
         request_id: &RequestId,
         message: IngestRequest,
     ) -> Result<IngestResponse, ActorError> {
-        let envelope = Envelope::new(request_id.clone(), self.tenant.clone(), message);
-        rpc::call(&self.stub, &envelope).await
+        self.actor.send(request_id, message).await
     }
 
     /// Stores documents and queues them for indexing.

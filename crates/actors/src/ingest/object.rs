@@ -502,14 +502,8 @@ impl IngestQueue {
                 index_version: state.index_version,
                 documents,
                 chunks,
-                pending_jobs: state.pending.iter().map(|j| j.view()).collect(),
-                recent_jobs: state
-                    .recent
-                    .iter()
-                    .rev()
-                    .take(20)
-                    .map(|j| j.view())
-                    .collect(),
+                pending_jobs: state.pending.iter().cloned().collect(),
+                recent_jobs: state.recent.iter().rev().take(20).cloned().collect(),
                 embedder: if settings.workers_ai {
                     settings.embedding_model.clone()
                 } else {
@@ -534,7 +528,7 @@ impl IngestQueue {
         match envelope.message {
             IngestRequest::Enqueue(enqueue) => self.enqueue(&tenant, enqueue).await,
             IngestRequest::GetJob(get) => self
-                .with_core(|c| c.job(&get.job_id).map(|j| j.view()))?
+                .with_core(|c| c.job(&get.job_id).cloned())?
                 .map(IngestResponse::Job)
                 .ok_or_else(|| {
                     ErrorReply::new(ErrorCode::NotFound, format!("no job {:?}", get.job_id))

@@ -87,6 +87,25 @@ impl SqlVectorIndex {
         Ok(None)
     }
 
+    /// Removes a row's full-text entry and, with `row_too`, the row itself.
+    fn remove_row(&self, rid: i64, row_too: bool) -> Result<(), PortError> {
+        self.sql
+            .exec(
+                "DELETE FROM chunk_fts WHERE rowid = ?",
+                vec![SqlStorageValue::Integer(rid)],
+            )
+            .map_err(failed)?;
+        if row_too {
+            self.sql
+                .exec(
+                    "DELETE FROM vectors WHERE rid = ?",
+                    vec![SqlStorageValue::Integer(rid)],
+                )
+                .map_err(failed)?;
+        }
+        Ok(())
+    }
+
     fn vector_hits(&self, vector: &[f32], k: usize, filter: &Metadata) -> Vec<VectorHit> {
         let mem = self.mem.borrow();
         let Some(index) = mem.as_ref() else {
@@ -192,12 +211,7 @@ impl VectorIndex for SqlVectorIndex {
         for r in records {
             let meta = serde_json::to_string(&r.metadata).map_err(failed)?;
             if let Some(rid) = self.rid(&r.id)? {
-                self.sql
-                    .exec(
-                        "DELETE FROM chunk_fts WHERE rowid = ?",
-                        vec![SqlStorageValue::Integer(rid)],
-                    )
-                    .map_err(failed)?;
+                self.remove_row(rid, false)?;
                 self.sql
                     .exec(
                         "UPDATE vectors SET embedding = ?, metadata = ? WHERE rid = ?",
@@ -237,18 +251,7 @@ impl VectorIndex for SqlVectorIndex {
         self.ensure_loaded()?;
         for id in ids {
             if let Some(rid) = self.rid(id)? {
-                self.sql
-                    .exec(
-                        "DELETE FROM chunk_fts WHERE rowid = ?",
-                        vec![SqlStorageValue::Integer(rid)],
-                    )
-                    .map_err(failed)?;
-                self.sql
-                    .exec(
-                        "DELETE FROM vectors WHERE rid = ?",
-                        vec![SqlStorageValue::Integer(rid)],
-                    )
-                    .map_err(failed)?;
+                self.remove_row(rid, true)?;
             }
             if let Some(mem) = self.mem.borrow_mut().as_mut() {
                 mem.remove(id);
