@@ -19,17 +19,20 @@
 //! retrieval: [`chunking`], [`embedding`] (the hashed embedder),
 //! [`retrieval`] (exact cosine, filters, FTS queries, rank fusion).
 
+pub mod chat;
 pub mod chunking;
 pub mod cloudflare;
 pub mod coordinator;
 pub mod embedding;
 pub mod entropy;
 pub mod error;
+pub mod generation;
 pub mod ingest;
 pub mod ports;
 pub mod retrieval;
 pub mod rpc;
 
+pub use chat::{ChatHandle, ChatSession};
 pub use coordinator::{CoordinatorHandle, TenantCoordinator};
 pub use error::ActorError;
 pub use ingest::{IngestHandle, IngestQueue};

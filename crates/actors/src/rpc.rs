@@ -55,6 +55,18 @@ pub async fn call<M: Serialize, R: DeserializeOwned>(
     stub: &Stub,
     envelope: &Envelope<M>,
 ) -> Result<R, ActorError> {
+    let mut response = post(stub, envelope).await?;
+    let bytes = response.bytes().await?;
+    let reply: ReplyEnvelope<R> = protocol::decode_reply(&bytes)?;
+    reply.reply.map_err(ActorError::Refused)
+}
+
+/// Posts `envelope` to the object behind `stub`; the raw response (for
+/// replies that stream).
+pub async fn post<M: Serialize>(
+    stub: &Stub,
+    envelope: &Envelope<M>,
+) -> Result<Response, ActorError> {
     let body = protocol::encode(envelope)?;
     let headers = Headers::new();
     headers.set("content-type", CONTENT_TYPE)?;
@@ -65,10 +77,7 @@ pub async fn call<M: Serialize, R: DeserializeOwned>(
             worker::js_sys::Uint8Array::from(body.as_slice()).into(),
         ));
     let request = Request::new_with_init(RPC_URL, &init)?;
-    let mut response = stub.fetch_with_request(request).await?;
-    let bytes = response.bytes().await?;
-    let reply: ReplyEnvelope<R> = protocol::decode_reply(&bytes)?;
-    reply.reply.map_err(ActorError::Refused)
+    Ok(stub.fetch_with_request(request).await?)
 }
 
 /// Reads an incoming actor request. On failure, returns the response to send

@@ -2,10 +2,12 @@
 //! rules before anything is forwarded, and the shapes of the answers.
 
 use crate::errors::ApiError;
+use protocol::chat::{Turn, MAX_HISTORY_PAGE};
 use protocol::ingest::{
     Document, Enqueue, IngestError, JobAccepted, JobStatus, Metadata, Search, SearchMode,
     DEFAULT_TOP_K,
 };
+use protocol::SessionId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -72,6 +74,65 @@ impl SearchBody {
         search.validate().map_err(invalid)?;
         Ok(search)
     }
+}
+
+/// `POST /api/chat`: `{"sessionId", "message", "model"?, "maxTokens"?}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChatBody {
+    session_id: String,
+    message: String,
+    model: Option<String>,
+    max_tokens: Option<u32>,
+}
+
+impl ChatBody {
+    /// The validated protocol turn.
+    pub fn into_turn(self) -> Result<Turn, ApiError> {
+        let turn = Turn {
+            session_id: session_id(&self.session_id)?,
+            message: self.message,
+            model: self.model,
+            max_tokens: self.max_tokens,
+        };
+        turn.validate()
+            .map_err(|e| ApiError::bad_request("invalid_message", e.to_string()))?;
+        Ok(turn)
+    }
+}
+
+/// Checks a session id (`^[a-z0-9][a-z0-9-]{0,127}$`).
+pub fn session_id(raw: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(raw).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_session",
+            format!("sessionId must match ^[a-z0-9][a-z0-9-]{{0,127}}$: {e}"),
+        )
+    })
+}
+
+/// The `before` and `limit` of a history page, from the query string.
+pub fn history_page(
+    before: Option<&str>,
+    limit: Option<&str>,
+) -> Result<(Option<u64>, u32), ApiError> {
+    let before = before.map(|b| b.parse::<u64>()).transpose().map_err(|_| {
+        ApiError::bad_request("invalid_query", "before must be a message sequence number")
+    })?;
+    let limit = limit
+        .map(|l| l.parse::<u32>())
+        .transpose()
+        .ok()
+        .flatten()
+        .or(if limit.is_none() { Some(50) } else { None })
+        .filter(|l| (1..=MAX_HISTORY_PAGE).contains(l))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("limit must be 1 to {MAX_HISTORY_PAGE}"),
+            )
+        })?;
+    Ok((before, limit))
 }
 
 /// `POST /admin/faults`: `{"embedFailures": n}`.
@@ -198,6 +259,46 @@ mod tests {
             r#"{"query":"x","extra":1}"#,
         ] {
             assert_eq!(search(bad).unwrap_err().status(), 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn chat_bodies() {
+        let turn = |json: &str| {
+            serde_json::from_str::<ChatBody>(json)
+                .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+                .and_then(ChatBody::into_turn)
+        };
+        assert!(turn(r#"{"sessionId":"user-123","message":"hi"}"#).is_ok());
+        for (bad, code) in [
+            (r#"{"sessionId":"User","message":"hi"}"#, "invalid_session"),
+            (r#"{"sessionId":"a:b","message":"hi"}"#, "invalid_session"),
+            (r#"{"sessionId":"s","message":""}"#, "invalid_message"),
+            (
+                r#"{"sessionId":"s","message":"hi","maxTokens":99999}"#,
+                "invalid_message",
+            ),
+            (r#"{"sessionId":"s"}"#, "invalid_json"),
+            (
+                r#"{"sessionId":"s","message":"hi","extra":1}"#,
+                "invalid_json",
+            ),
+        ] {
+            assert_eq!(turn(bad).unwrap_err().code(), code, "{bad}");
+        }
+    }
+
+    #[test]
+    fn history_query() {
+        assert_eq!(history_page(None, None), Ok((None, 50)));
+        assert_eq!(history_page(Some("7"), Some("10")), Ok((Some(7), 10)));
+        for (b, l) in [
+            (Some("x"), None),
+            (None, Some("0")),
+            (None, Some("201")),
+            (None, Some("a")),
+        ] {
+            assert_eq!(history_page(b, l).unwrap_err().status(), 400);
         }
     }
 

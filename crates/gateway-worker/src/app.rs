@@ -6,19 +6,37 @@ use crate::api::{self, FaultsBody, IngestBody, SearchBody};
 use crate::errors::ApiError;
 use crate::request_id::REQUEST_ID_HEADER;
 use crate::routing::{Credential, Route};
+use crate::sse;
 use crate::tenant::{TenantMode, TENANT_HEADER};
 use crate::{auth, body, routing};
-use actors::{CoordinatorHandle, IngestHandle};
+use actors::{ChatHandle, CoordinatorHandle, IngestHandle};
+use futures::StreamExt;
+use protocol::chat::{ChatEvent, FrameDecoder};
 use protocol::{ActorKind, RequestId, TenantId};
 use serde::Serialize;
 use serde_json::json;
 use worker::{Env, Headers, Request, Response};
 
+/// What a handler answers.
+enum Reply {
+    /// A JSON body with a status.
+    Json(u16, serde_json::Value),
+    /// A response built by the handler (an event stream, a WebSocket upgrade).
+    Raw(Response),
+}
+
+impl From<(u16, serde_json::Value)> for Reply {
+    fn from((status, body): (u16, serde_json::Value)) -> Self {
+        Reply::Json(status, body)
+    }
+}
+
 /// Serves one request; never fails: every error becomes a JSON response.
 pub async fn handle(req: Request, env: Env, request_id: RequestId) -> Response {
     let result = serve(req, &env, &request_id).await;
     let (status, body, allow) = match result {
-        Ok((status, body)) => (status, body, None),
+        Ok(Reply::Raw(response)) => return response,
+        Ok(Reply::Json(status, body)) => (status, body, None),
         Err(e) => (e.status(), e.body(), e.allow_header()),
     };
     let headers = Headers::new();
@@ -34,16 +52,24 @@ pub async fn handle(req: Request, env: Env, request_id: RequestId) -> Response {
         .fixed(body.to_string().into_bytes())
 }
 
-async fn serve(
-    mut req: Request,
-    env: &Env,
-    request_id: &RequestId,
-) -> Result<(u16, serde_json::Value), ApiError> {
+async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Reply, ApiError> {
     let mode = TenantMode::from_vars(
         var(env, "TENANT_ID").as_deref(),
         var(env, "TENANTS").as_deref(),
     )?;
-    let tenant = mode.resolve(header(&req, TENANT_HEADER).as_deref())?;
+    // Browsers cannot set headers on a WebSocket request: there, and only
+    // there, the tenant may come as `?tenant=` instead, validated the same way.
+    let claimed = match (header(&req, TENANT_HEADER), query(&req, "tenant")) {
+        (Some(h), Some(q)) if req.path() == "/api/chat/ws" && h != q => {
+            return Err(ApiError::bad_request(
+                "invalid_tenant",
+                "the x-tenant-id header and the tenant parameter disagree",
+            ))
+        }
+        (None, Some(q)) if req.path() == "/api/chat/ws" => Some(q),
+        (h, _) => h,
+    };
+    let tenant = mode.resolve(claimed.as_deref())?;
     let route = routing::route(req.method().as_ref(), &req.path())?;
     let secret = match route.credential() {
         Credential::Public => None,
@@ -57,7 +83,61 @@ async fn serve(
             secret,
         )?;
     }
+    let json_route = match route {
+        Route::Chat => {
+            let turn = read_json::<api::ChatBody>(&mut req, body::MAX_ADMIN_BODY_BYTES)
+                .await?
+                .into_turn()?;
+            let session = turn.session_id.clone();
+            let frames = ChatHandle::new(env, &tenant, &session)?
+                .turn(request_id, turn)
+                .await?;
+            return event_stream(frames, request_id).map(Reply::Raw);
+        }
+        Route::ChatSocket => {
+            let upgrade = header(&req, "upgrade").unwrap_or_default();
+            if !upgrade.eq_ignore_ascii_case("websocket") {
+                return Err(ApiError::UpgradeRequired);
+            }
+            let session = api::session_id(&query(&req, "sessionId").unwrap_or_default())?;
+            let response = ChatHandle::new(env, &tenant, &session)?.connect().await?;
+            return Ok(Reply::Raw(response));
+        }
+        other => other,
+    };
+    json_reply(json_route, req, env, &tenant, request_id)
+        .await
+        .map(Reply::from)
+}
+
+async fn json_reply(
+    route: Route,
+    mut req: Request,
+    env: &Env,
+    tenant: &TenantId,
+    request_id: &RequestId,
+) -> Result<(u16, serde_json::Value), ApiError> {
+    let tenant = tenant.clone();
     match route {
+        Route::Chat | Route::ChatSocket => Err(ApiError::not_found("not_found", "no such route")),
+        Route::History { session } => {
+            let session = api::session_id(&session)?;
+            let (before, limit) = api::history_page(
+                query(&req, "before").as_deref(),
+                query(&req, "limit").as_deref(),
+            )?;
+            let page = ChatHandle::new(env, &tenant, &session)?
+                .history(request_id, before, limit)
+                .await?;
+            ok_json(&page)
+        }
+        Route::ClearSession { session } => {
+            let session = api::session_id(&session)?;
+            let cleared = ChatHandle::new(env, &tenant, &session)?
+                .clear(request_id)
+                .await?;
+            ok_json(&json!({ "ok": true, "messagesRemoved": cleared.messages_removed }))
+        }
         Route::Health => Ok((200, json!({ "ok": true, "tenantId": tenant }))),
         Route::GetTenant => {
             let record = CoordinatorHandle::new(env, &tenant)?
@@ -162,6 +242,17 @@ async fn inspect(
                 "state": state,
             }))
         }
+        ActorKind::Chat => {
+            let session = api::session_id(name)?;
+            let state = ChatHandle::new(env, tenant, &session)?
+                .inspect(request_id)
+                .await?;
+            ok_json(&json!({
+                "kind": kind,
+                "name": tenant.object_name(session.as_str()),
+                "state": state,
+            }))
+        }
         ActorKind::Ingest => {
             if name != tenant.as_str() {
                 return Err(ApiError::not_found(
@@ -183,6 +274,81 @@ fn ok_json<T: Serialize>(value: &T) -> Result<(u16, serde_json::Value), ApiError
     serde_json::to_value(value)
         .map(|v| (200, v))
         .map_err(|e| ApiError::BadUpstream(e.to_string()))
+}
+
+/// Turns a session's event frames into Server-Sent Events as they arrive. A
+/// stream that breaks or ends without `done`/`error` ends with an `error` event.
+fn event_stream(
+    frames: actors::chat::TurnStream,
+    request_id: &RequestId,
+) -> Result<Response, ApiError> {
+    struct State {
+        frames: actors::chat::TurnStream,
+        decoder: FrameDecoder,
+        next_id: u64,
+        finished: bool,
+        closed: bool,
+    }
+    let state = State {
+        frames,
+        decoder: FrameDecoder::new(),
+        next_id: 0,
+        finished: false,
+        closed: false,
+    };
+    let stream = futures::stream::unfold(state, |mut st| async move {
+        if st.closed {
+            return None;
+        }
+        let mut out = String::new();
+        let mut push = |st: &mut State, event: &ChatEvent| {
+            st.next_id += 1;
+            st.finished |= matches!(event, ChatEvent::Done { .. } | ChatEvent::Error { .. });
+            out.push_str(&sse::event(st.next_id, event));
+        };
+        match st.frames.next().await {
+            Some(Ok(bytes)) => match st.decoder.push(&bytes) {
+                Ok(events) => events.iter().for_each(|e| push(&mut st, e)),
+                Err(e) => {
+                    push(&mut st, &ChatEvent::error("bad_upstream", e.to_string()));
+                    st.closed = true;
+                }
+            },
+            Some(Err(e)) => {
+                push(&mut st, &ChatEvent::error("stream_failed", e.to_string()));
+                st.closed = true;
+            }
+            None => {
+                st.closed = true;
+                if !st.finished {
+                    push(
+                        &mut st,
+                        &ChatEvent::error("stream_cut", "the answer ended early"),
+                    );
+                } else {
+                    return None;
+                }
+            }
+        }
+        Some((Ok::<Vec<u8>, worker::Error>(out.into_bytes()), st))
+    });
+    let headers = Headers::new();
+    for (name, value) in sse::HEADERS {
+        let _ = headers.set(name, value);
+    }
+    let _ = headers.set(REQUEST_ID_HEADER, request_id.as_str());
+    Response::from_stream(stream)
+        .map(|r| r.with_headers(headers))
+        .map_err(|e| ApiError::Unavailable(e.to_string()))
+}
+
+fn query(req: &Request, name: &str) -> Option<String> {
+    let url = req.url().ok()?;
+    let value = url
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned());
+    value
 }
 
 fn header(req: &Request, name: &str) -> Option<String> {

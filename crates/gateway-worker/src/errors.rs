@@ -43,6 +43,12 @@ pub enum ApiError {
         /// The methods the route accepts.
         allow: Vec<&'static str>,
     },
+    /// The resource is busy with an earlier request: 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The route needs a WebSocket upgrade: 426.
+    #[error("this route needs a WebSocket upgrade (Upgrade: websocket)")]
+    UpgradeRequired,
     /// The body is larger than the route accepts: 413.
     #[error("the request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -91,6 +97,8 @@ impl ApiError {
             Self::Forbidden { .. } => 403,
             Self::NotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
+            Self::Conflict(_) => 409,
+            Self::UpgradeRequired => 426,
             Self::PayloadTooLarge { .. } => 413,
             Self::UnsupportedMediaType { .. } => 415,
             Self::BadUpstream(_) => 502,
@@ -106,6 +114,8 @@ impl ApiError {
             | Self::NotFound { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Conflict(_) => "busy",
+            Self::UpgradeRequired => "upgrade_required",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::NotConfigured(_) => "not_configured",
@@ -139,6 +149,7 @@ impl From<ActorError> for ApiError {
                     message: reply.message,
                 },
                 ErrorCode::Protocol => Self::BadUpstream(reply.message),
+                ErrorCode::Busy => Self::Conflict(reply.message),
                 ErrorCode::Internal => Self::Unavailable(reply.message),
             },
             ActorError::Protocol(e) => Self::BadUpstream(e.to_string()),
@@ -177,6 +188,7 @@ mod tests {
         assert_eq!(refused(ErrorCode::NotFound).status(), 404);
         assert_eq!(refused(ErrorCode::WrongTenant).status(), 403);
         assert_eq!(refused(ErrorCode::Internal).status(), 503);
+        assert_eq!(refused(ErrorCode::Busy).status(), 409);
         assert_eq!(
             ApiError::from(ActorError::Runtime("x".into())).status(),
             503

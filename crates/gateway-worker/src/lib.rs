@@ -18,9 +18,10 @@ pub mod body;
 pub mod errors;
 pub mod request_id;
 pub mod routing;
+pub mod sse;
 pub mod tenant;
 
-pub use actors::{IngestQueue, TenantCoordinator};
+pub use actors::{ChatSession, IngestQueue, TenantCoordinator};
 
 #[cfg(target_arch = "wasm32")]
 #[worker::event(fetch)]

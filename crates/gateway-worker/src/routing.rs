@@ -35,6 +35,20 @@ pub enum Route {
     },
     /// `POST /api/search`.
     Search,
+    /// `POST /api/chat`: a turn, answered as Server-Sent Events.
+    Chat,
+    /// `GET /api/chat/ws?sessionId=..`: a WebSocket to a session.
+    ChatSocket,
+    /// `GET /api/sessions/<id>/history`.
+    History {
+        /// The session id, unvalidated.
+        session: String,
+    },
+    /// `DELETE /api/sessions/<id>`.
+    ClearSession {
+        /// The session id, unvalidated.
+        session: String,
+    },
 }
 
 /// The credential a route needs.
@@ -52,7 +66,12 @@ impl Route {
     /// The credential the route needs.
     pub fn credential(&self) -> Credential {
         match self {
-            Route::Health | Route::Search => Credential::Public,
+            Route::Health
+            | Route::Search
+            | Route::Chat
+            | Route::ChatSocket
+            | Route::History { .. }
+            | Route::ClearSession { .. } => Credential::Public,
             Route::GetTenant
             | Route::PatchTenant
             | Route::InspectActor { .. }
@@ -92,6 +111,20 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             }),
         ),
         ["api", "search"] => (&["POST"], (method == "POST").then_some(Route::Search)),
+        ["api", "chat"] => (&["POST"], (method == "POST").then_some(Route::Chat)),
+        ["api", "chat", "ws"] => (&["GET"], (method == "GET").then_some(Route::ChatSocket)),
+        ["api", "sessions", session, "history"] => (
+            &["GET"],
+            (method == "GET").then(|| Route::History {
+                session: (*session).to_owned(),
+            }),
+        ),
+        ["api", "sessions", session] => (
+            &["DELETE"],
+            (method == "DELETE").then(|| Route::ClearSession {
+                session: (*session).to_owned(),
+            }),
+        ),
         ["admin", "actors", kind, name] => {
             let kind = ActorKind::from_route(kind).ok_or_else(|| {
                 let known: Vec<&str> = ActorKind::ALL.iter().map(|k| k.as_str()).collect();
@@ -152,6 +185,21 @@ mod tests {
         );
         assert_eq!(route("POST", "/api/search"), Ok(Route::Search));
         assert_eq!(route("POST", "/admin/faults"), Ok(Route::InjectFaults));
+        assert_eq!(route("POST", "/api/chat"), Ok(Route::Chat));
+        assert_eq!(route("GET", "/api/chat/ws"), Ok(Route::ChatSocket));
+        assert_eq!(
+            route("GET", "/api/sessions/s1/history"),
+            Ok(Route::History {
+                session: "s1".into()
+            })
+        );
+        assert_eq!(
+            route("DELETE", "/api/sessions/s1"),
+            Ok(Route::ClearSession {
+                session: "s1".into()
+            })
+        );
+        assert_eq!(Route::Chat.credential(), Credential::Public);
         assert_eq!(Route::Health.credential(), Credential::Public);
         assert_eq!(Route::Search.credential(), Credential::Public);
         assert_eq!(Route::GetTenant.credential(), Credential::Admin);

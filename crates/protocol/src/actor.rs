@@ -12,17 +12,21 @@ pub enum ActorKind {
     Coordinator,
     /// `IngestQueue`, one per tenant, named `${tenantId}:ingest`.
     Ingest,
+    /// `ChatSession`, one per session, named `${tenantId}:${sessionId}`.
+    Chat,
 }
 
 impl ActorKind {
     /// Every kind, in a stable order (for listings and error messages).
-    pub const ALL: &'static [ActorKind] = &[ActorKind::Coordinator, ActorKind::Ingest];
+    pub const ALL: &'static [ActorKind] =
+        &[ActorKind::Coordinator, ActorKind::Ingest, ActorKind::Chat];
 
     /// The kind's name in routes and Durable Object names.
     pub fn as_str(self) -> &'static str {
         match self {
             ActorKind::Coordinator => "coordinator",
             ActorKind::Ingest => "ingest",
+            ActorKind::Chat => "chat",
         }
     }
 

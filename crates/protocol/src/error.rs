@@ -39,6 +39,8 @@ pub enum ErrorCode {
     NotFound,
     /// The request does not belong to this actor (for example another tenant's).
     WrongTenant,
+    /// The actor is busy with an earlier request that must finish first.
+    Busy,
     /// The request could not be decoded or spoke another protocol version.
     Protocol,
     /// The actor failed for a reason of its own (storage, a platform service).

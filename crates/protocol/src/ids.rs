@@ -46,28 +46,34 @@ pub enum IdError {
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
 
+/// Checks `^[a-z0-9][a-z0-9-]{0,max-1}$`, the shape of tenant and session ids.
+fn check_slug(raw: &str, max: usize) -> Result<(), IdError> {
+    let bytes = raw.as_bytes();
+    let first = bytes.first().ok_or(IdError::Empty)?;
+    if bytes.len() > max {
+        return Err(IdError::TooLong {
+            max,
+            len: bytes.len(),
+        });
+    }
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return Err(IdError::BadStart);
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+    {
+        return Err(IdError::BadChar {
+            allowed: "a-z, 0-9 and '-'",
+        });
+    }
+    Ok(())
+}
+
 impl TenantId {
     /// Validates `raw` and wraps it.
     pub fn parse(raw: &str) -> Result<Self, IdError> {
-        let bytes = raw.as_bytes();
-        let first = bytes.first().ok_or(IdError::Empty)?;
-        if bytes.len() > MAX_TENANT_ID_LEN {
-            return Err(IdError::TooLong {
-                max: MAX_TENANT_ID_LEN,
-                len: bytes.len(),
-            });
-        }
-        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
-            return Err(IdError::BadStart);
-        }
-        if !bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        {
-            return Err(IdError::BadChar {
-                allowed: "a-z, 0-9 and '-'",
-            });
-        }
+        check_slug(raw, MAX_TENANT_ID_LEN)?;
         Ok(Self(raw.to_owned()))
     }
 
@@ -102,6 +108,47 @@ impl From<TenantId> for String {
 }
 
 impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The longest chat session id accepted (`^[a-z0-9][a-z0-9-]{0,127}$`).
+pub const MAX_SESSION_ID_LEN: usize = 128;
+
+/// A chat session id: like a tenant id, up to 128 characters. It is the
+/// second half of the session object's name, `${tenantId}:${sessionId}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// Validates `raw` and wraps it.
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        check_slug(raw, MAX_SESSION_ID_LEN)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SessionId {
+    type Error = IdError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<SessionId> for String {
+    fn from(value: SessionId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -267,6 +314,19 @@ mod tests {
         assert!(bad.is_err());
         let good: Result<TenantId, _> = serde_json::from_str("\"ab\"");
         assert_eq!(good.unwrap().as_str(), "ab");
+    }
+
+    #[test]
+    fn session_ids() {
+        assert!(SessionId::parse("user-123").is_ok());
+        assert!(SessionId::parse(&"s".repeat(128)).is_ok());
+        assert_eq!(
+            SessionId::parse(&"s".repeat(129)),
+            Err(IdError::TooLong { max: 128, len: 129 })
+        );
+        for bad in ["", "User", "a:b", "a/b", "..", "-a", "ü"] {
+            assert!(SessionId::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,9 +13,11 @@
 //!   actor refused a well-formed request);
 //! - [`coordinator`]: the `TenantCoordinator` actor's requests and replies;
 //! - [`ingest`]: the `IngestQueue` actor's requests and replies (ingest, search);
+//! - [`chat`]: the `ChatSession` actor's requests, its streamed events and their frames;
 //! - [`actor`]: what every actor shares, such as [`ActorKind`].
 
 pub mod actor;
+pub mod chat;
 pub mod coordinator;
 pub mod envelope;
 pub mod error;
@@ -28,4 +30,4 @@ pub use envelope::{
     PROTOCOL_VERSION,
 };
 pub use error::{ErrorCode, ErrorReply, ProtocolError};
-pub use ids::{IdError, RequestId, TenantId};
+pub use ids::{IdError, RequestId, SessionId, TenantId};

@@ -1,0 +1,17 @@
+//! `ChatSession`: one per conversation (`${tenantId}:${sessionId}`), owner of
+//! its history, its turns (over SSE or hibernating WebSockets) and the tool
+//! calls the model makes.
+
+pub mod core;
+mod handle;
+mod object;
+pub mod tools;
+
+pub use handle::{ChatHandle, TurnStream};
+pub use object::ChatSession;
+
+/// The Durable Object binding name in every wrangler config.
+pub const BINDING: &str = "CHAT_SESSIONS";
+
+/// Content type of a streamed turn (frames of `protocol::chat`).
+pub const FRAMES_CONTENT_TYPE: &str = "application/x-chat-frames";

@@ -1,0 +1,149 @@
+//! The built-in tools: their JSON-schema specs and the checks on their
+//! arguments. Running them needs the runtime and lives in the shell.
+
+use crate::ports::ToolSpec;
+use protocol::ingest::{Metadata, Search, SearchResults, MAX_TOP_K};
+use protocol::TenantId;
+use serde_json::{json, Value};
+
+/// The KV key prefix `kv_get` may read (after the tenant's own prefix).
+pub const KV_ALLOWED_PREFIX: &str = "config:";
+/// The longest key `kv_get` reads.
+pub const MAX_KV_KEY_LEN: usize = 256;
+
+/// The tools offered to the model.
+pub fn specs() -> Vec<ToolSpec> {
+    vec![
+        ToolSpec {
+            name: "vector_search".into(),
+            description: "Search this tenant's documents; returns passages with chunk ids, scores and text.".into(),
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "query": { "type": "string", "description": "What to look for." },
+                    "topK": { "type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "description": "How many passages (default 3)." }
+                },
+                "required": ["query"]
+            }),
+        },
+        ToolSpec {
+            name: "kv_get".into(),
+            description: format!("Read one of this tenant's configuration values; keys start with {KV_ALLOWED_PREFIX}"),
+            parameters: json!({
+                "type": "object",
+                "properties": { "key": { "type": "string", "description": "For example config:support_email." } },
+                "required": ["key"]
+            }),
+        },
+    ]
+}
+
+/// The search a `vector_search` call asks for, or why it is refused.
+pub fn search_request(arguments: &Value) -> Result<Search, String> {
+    let query = arguments["query"]
+        .as_str()
+        .ok_or("query must be a string")?
+        .to_owned();
+    let top_k = match &arguments["topK"] {
+        Value::Null => 3,
+        v => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or("topK must be a whole number")?,
+    };
+    let search = Search {
+        query,
+        top_k,
+        filter: Metadata::new(),
+        mode: None,
+    };
+    search.validate().map_err(|e| e.to_string())?;
+    Ok(search)
+}
+
+/// The tool result of a search: chunk ids, scores, document ids and text.
+pub fn search_result(results: &SearchResults) -> Value {
+    let matches: Vec<Value> = results
+        .matches
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "score": m.score,
+                "docId": m.metadata.get("docId"),
+                "text": m.metadata.get("text"),
+            })
+        })
+        .collect();
+    json!({ "matches": matches })
+}
+
+/// The full KV key a `kv_get` call may read for `tenant`, or why not: only
+/// keys under [`KV_ALLOWED_PREFIX`], made of safe characters, always inside
+/// the tenant's own `${tenantId}:` prefix.
+pub fn kv_key(tenant: &TenantId, arguments: &Value) -> Result<String, String> {
+    let key = arguments["key"].as_str().ok_or("key must be a string")?;
+    if !key.starts_with(KV_ALLOWED_PREFIX) || key.len() == KV_ALLOWED_PREFIX.len() {
+        return Err(format!("only keys under {KV_ALLOWED_PREFIX} can be read"));
+    }
+    let safe = key.len() <= MAX_KV_KEY_LEN
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'));
+    if !safe {
+        return Err(format!(
+            "a key is at most {MAX_KV_KEY_LEN} characters of A-Z a-z 0-9 : . _ -"
+        ));
+    }
+    Ok(tenant.kv_key(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_keys_stay_in_the_tenant_and_the_prefix() {
+        let t = TenantId::parse("acme").unwrap();
+        assert_eq!(
+            kv_key(&t, &json!({"key":"config:theme"})),
+            Ok("acme:config:theme".into())
+        );
+        for bad in [
+            json!({"key":"secret:x"}),
+            json!({"key":"config:"}),
+            json!({"key":"other-tenant:config:x"}),
+            json!({"key":"config:a b"}),
+            json!({"key":"config:../x"}),
+            json!({"key": 5}),
+            json!({}),
+        ] {
+            assert!(kv_key(&t, &bad).is_err(), "{bad}");
+        }
+        assert!(kv_key(&t, &json!({"key": format!("config:{}", "a".repeat(300))})).is_err());
+    }
+
+    #[test]
+    fn search_arguments() {
+        let s = search_request(&json!({"query":"rust"})).unwrap();
+        assert_eq!((s.query.as_str(), s.top_k), ("rust", 3));
+        assert_eq!(
+            search_request(&json!({"query":"rust","topK":5}))
+                .unwrap()
+                .top_k,
+            5
+        );
+        assert!(search_request(&json!({"query":""})).is_err());
+        assert!(search_request(&json!({"query":"x","topK":99})).is_err());
+        assert!(search_request(&json!({"query":"x","topK":"a"})).is_err());
+        assert!(search_request(&json!({"q":"x"})).is_err());
+    }
+
+    #[test]
+    fn specs_are_json_schema_objects() {
+        for spec in specs() {
+            assert_eq!(spec.parameters["type"], "object");
+            assert!(spec.parameters["required"].is_array());
+        }
+    }
+}

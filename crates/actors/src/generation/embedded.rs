@@ -1,0 +1,296 @@
+//! The embedded generator: deterministic, and honest about what it is — it
+//! is not a language model. It decides like a tool-using model would (search
+//! the tenant's documents, or read a KV key the user names), then answers by
+//! quoting the passages it found, with numbered citations, streamed word by
+//! word. It exercises every path a real model does: tool calls, tool results
+//! fed back, streamed text, usage.
+
+use crate::ports::{
+    ChatMessage, GenerateRequest, GenerationEvent, Generator, PortError, Role, ToolCall,
+};
+use serde_json::{json, Value};
+
+/// The name it reports wherever a model name appears.
+pub const EXTRACTIVE_MODEL: &str = "local/extractive";
+
+/// See the module documentation.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExtractiveGenerator;
+
+/// A `prefix:rest` word of `text` that looks like a KV key (`config:theme`).
+pub fn kv_key_in(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .map(|w| w.trim_matches(|c: char| "`'\".,;!?()[]{}".contains(c)))
+        .find(|w| {
+            let Some((prefix, rest)) = w.split_once(':') else {
+                return false;
+            };
+            !prefix.is_empty()
+                && prefix.bytes().all(|b| b.is_ascii_lowercase())
+                && !rest.is_empty()
+                && !rest.starts_with('/')
+        })
+        .map(str::to_owned)
+}
+
+fn first_sentence(text: &str, max_chars: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let end = flat
+        .char_indices()
+        .find(|&(i, c)| c == '.' && i > 20)
+        .map(|(i, _)| i + 1)
+        .unwrap_or(flat.len());
+    let sentence = flat.get(..end).unwrap_or(&flat);
+    if sentence.chars().count() > max_chars {
+        let cut: String = sentence.chars().take(max_chars).collect();
+        format!("{}…", cut.trim_end())
+    } else {
+        sentence.to_owned()
+    }
+}
+
+/// The answer to the tool results since the last user message.
+pub fn compose_answer(results: &[&ChatMessage]) -> String {
+    let mut parts = Vec::new();
+    for msg in results {
+        let value: Value = serde_json::from_str(&msg.content).unwrap_or(Value::Null);
+        match msg.name.as_deref() {
+            Some("vector_search") => {
+                let matches = value["matches"].as_array().cloned().unwrap_or_default();
+                if matches.is_empty() {
+                    parts.push("I found nothing about that in this tenant's documents.".to_owned());
+                    continue;
+                }
+                let mut answer = String::from("From this tenant's documents:");
+                let mut sources = String::from("Sources:");
+                for (n, m) in matches.iter().take(3).enumerate() {
+                    let text = m["text"].as_str().unwrap_or_default();
+                    answer.push_str(&format!(" {} [{}]", first_sentence(text, 160), n + 1));
+                    sources.push_str(&format!(
+                        " [{}] {} ({})",
+                        n + 1,
+                        m["docId"].as_str().unwrap_or("?"),
+                        m["id"].as_str().unwrap_or("?")
+                    ));
+                }
+                parts.push(format!("{answer} {sources}"));
+            }
+            Some("kv_get") => {
+                let key = value["key"].as_str().unwrap_or("?");
+                let text = match (&value["error"], &value["value"]) {
+                    (Value::String(e), _) => format!("I could not read that key: {e}"),
+                    (_, Value::String(v)) => format!("The value of {key} is {v}."),
+                    _ => format!("There is no value stored for {key}."),
+                };
+                parts.push(text);
+            }
+            _ => parts.push("A tool answered, but I cannot use its result.".to_owned()),
+        }
+    }
+    parts.join(" ")
+}
+
+/// Rough token count: words.
+fn words(text: &str) -> u32 {
+    u32::try_from(text.split_whitespace().count()).unwrap_or(u32::MAX)
+}
+
+impl Generator for ExtractiveGenerator {
+    fn model(&self) -> &str {
+        EXTRACTIVE_MODEL
+    }
+
+    async fn generate(
+        &self,
+        request: &GenerateRequest,
+        on_event: &mut dyn FnMut(GenerationEvent),
+    ) -> Result<(), PortError> {
+        let has_tool = |name: &str| request.tools.iter().any(|t| t.name == name);
+        let last_user = request.messages.iter().rposition(|m| m.role == Role::User);
+        let tool_results: Vec<&ChatMessage> = match last_user {
+            Some(i) => request
+                .messages
+                .iter()
+                .skip(i + 1)
+                .filter(|m| m.role == Role::Tool)
+                .collect(),
+            None => Vec::new(),
+        };
+        let question = last_user
+            .and_then(|i| request.messages.get(i))
+            .map(|m| m.content.as_str())
+            .unwrap_or_default();
+        let answer = if tool_results.is_empty() {
+            let call = match kv_key_in(question) {
+                Some(key) if has_tool("kv_get") => Some(("kv_get", json!({ "key": key }))),
+                _ if has_tool("vector_search") => {
+                    Some(("vector_search", json!({ "query": question, "topK": 3 })))
+                }
+                _ => None,
+            };
+            if let Some((name, arguments)) = call {
+                on_event(GenerationEvent::ToolCall(ToolCall {
+                    id: format!("call-{}", request.messages.len()),
+                    name: name.to_owned(),
+                    arguments,
+                }));
+                return Ok(());
+            }
+            "I can only answer from this tenant's documents, and I have no tool to read them."
+                .to_owned()
+        } else {
+            compose_answer(&tool_results)
+        };
+        let mut emitted = 0;
+        for (i, word) in answer.split(' ').enumerate() {
+            if emitted >= request.max_tokens {
+                break;
+            }
+            let piece = if i == 0 {
+                word.to_owned()
+            } else {
+                format!(" {word}")
+            };
+            on_event(GenerationEvent::Text(piece));
+            emitted += 1;
+        }
+        let prompt: u32 = request.messages.iter().map(|m| words(&m.content)).sum();
+        on_event(GenerationEvent::Usage {
+            prompt_tokens: prompt,
+            completion_tokens: emitted,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::ToolSpec;
+
+    fn msg(role: Role, content: &str, name: Option<&str>) -> ChatMessage {
+        ChatMessage {
+            role,
+            content: content.into(),
+            tool_calls: vec![],
+            tool_call_id: None,
+            name: name.map(str::to_owned),
+        }
+    }
+
+    fn request(messages: Vec<ChatMessage>) -> GenerateRequest {
+        let tool = |n: &str| ToolSpec {
+            name: n.into(),
+            description: String::new(),
+            parameters: json!({}),
+        };
+        GenerateRequest {
+            model: EXTRACTIVE_MODEL.into(),
+            messages,
+            tools: vec![tool("vector_search"), tool("kv_get")],
+            max_tokens: 100,
+        }
+    }
+
+    fn run(req: &GenerateRequest) -> Vec<GenerationEvent> {
+        let mut out = Vec::new();
+        futures::executor::block_on(ExtractiveGenerator.generate(req, &mut |e| out.push(e)))
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_question_becomes_a_search() {
+        let events = run(&request(vec![msg(
+            Role::User,
+            "How do lifetimes work?",
+            None,
+        )]));
+        let [GenerationEvent::ToolCall(call)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(call.name, "vector_search");
+        assert_eq!(call.arguments["query"], "How do lifetimes work?");
+    }
+
+    #[test]
+    fn a_key_becomes_a_kv_read() {
+        assert_eq!(
+            kv_key_in("what is `config:theme`?").as_deref(),
+            Some("config:theme")
+        );
+        assert_eq!(kv_key_in("see https://example.com"), None);
+        assert_eq!(kv_key_in("no keys here"), None);
+        let events = run(&request(vec![msg(
+            Role::User,
+            "read config:theme please",
+            None,
+        )]));
+        let [GenerationEvent::ToolCall(call)] = events.as_slice() else {
+            panic!()
+        };
+        assert_eq!(
+            (call.name.as_str(), &call.arguments["key"]),
+            ("kv_get", &json!("config:theme"))
+        );
+    }
+
+    #[test]
+    fn results_become_a_cited_streamed_answer() {
+        let result = json!({"matches":[
+            {"id":"v1","docId":"doc-a","score":0.9,"text":"Lifetimes ensure references stay valid. More text."},
+            {"id":"v2","docId":"doc-b","score":0.5,"text":"The borrow checker compares scopes."}
+        ]});
+        let mut req = request(vec![
+            msg(Role::User, "lifetimes?", None),
+            msg(Role::Assistant, "", None),
+            msg(Role::Tool, &result.to_string(), Some("vector_search")),
+        ]);
+        let events = run(&req);
+        let text: String = events
+            .iter()
+            .filter_map(|e| match e {
+                GenerationEvent::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            text.contains("Lifetimes ensure references stay valid. [1]"),
+            "{text}"
+        );
+        assert!(text.contains("[2] doc-b (v2)"), "{text}");
+        assert!(events.len() > 10, "streamed word by word");
+        assert!(matches!(events.last(), Some(GenerationEvent::Usage { .. })));
+        // The token budget is honoured.
+        req.max_tokens = 3;
+        let n = run(&req)
+            .iter()
+            .filter(|e| matches!(e, GenerationEvent::Text(_)))
+            .count();
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn empty_results_and_kv_answers() {
+        let none = msg(Role::Tool, r#"{"matches":[]}"#, Some("vector_search"));
+        assert!(compose_answer(&[&none]).contains("found nothing"));
+        let kv = msg(
+            Role::Tool,
+            r#"{"key":"config:a","value":"blue"}"#,
+            Some("kv_get"),
+        );
+        assert_eq!(compose_answer(&[&kv]), "The value of config:a is blue.");
+        let refused = msg(
+            Role::Tool,
+            r#"{"key":"secret:a","error":"not allowed"}"#,
+            Some("kv_get"),
+        );
+        assert!(compose_answer(&[&refused]).contains("could not read"));
+        let missing = msg(
+            Role::Tool,
+            r#"{"key":"config:b","value":null}"#,
+            Some("kv_get"),
+        );
+        assert!(compose_answer(&[&missing]).contains("no value"));
+    }
+}

@@ -1,0 +1,424 @@
+//! Workers AI chat models, streamed (`stream: true`), with tools.
+//!
+//! [`StreamParser`] reads the Server-Sent Events a model streams and handles
+//! every shape seen from Workers AI: `{"response": "..."}` deltas, OpenAI-style
+//! `choices[0].delta.content`, tool calls streamed as partials keyed by
+//! `index` whose `function.arguments` fragments are joined, complete tool calls
+//! in either shape (`{name, arguments}` or `{id, type, function}`), `usage` on
+//! a late chunk, and the closing `[DONE]`.
+
+use crate::ports::{
+    ChatMessage, GenerateRequest, GenerationEvent, Generator, PortError, Role, ToolCall,
+};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+const SERVICE: &str = "Workers AI";
+
+fn bad(message: impl Into<String>) -> PortError {
+    PortError::BadShape {
+        service: SERVICE,
+        message: message.into(),
+    }
+}
+
+/// The request body of a chat model.
+#[derive(Debug, Serialize)]
+pub struct ChatInput {
+    /// The conversation.
+    pub messages: Vec<Value>,
+    /// Tools, OpenAI-style.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Value>,
+    /// Always `true` here.
+    pub stream: bool,
+    /// Always explicit.
+    pub max_tokens: u32,
+}
+
+/// One message in the documented format: assistant tool calls as
+/// `{id, type: "function", function: {name, arguments: "<json>"}}`, tool
+/// results as `{role: "tool", name, tool_call_id, content}`.
+pub fn message_json(m: &ChatMessage) -> Value {
+    let role = match m.role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    };
+    let mut v = json!({ "role": role, "content": m.content });
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments.to_string() } }))
+            .collect();
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = json!(id);
+    }
+    if let Some(name) = &m.name {
+        v["name"] = json!(name);
+    }
+    v
+}
+
+/// The whole request body for `request`.
+pub fn chat_input(request: &GenerateRequest) -> ChatInput {
+    ChatInput {
+        messages: request.messages.iter().map(message_json).collect(),
+        tools: request
+            .tools
+            .iter()
+            .map(|t| json!({ "type": "function", "function": { "name": t.name, "description": t.description, "parameters": t.parameters } }))
+            .collect(),
+        stream: true,
+        max_tokens: request.max_tokens,
+    }
+}
+
+#[derive(Debug, Default)]
+struct PartialCall {
+    id: Option<String>,
+    name: String,
+    arguments: String,
+}
+
+/// Incremental parser of a model's SSE stream.
+#[derive(Debug, Default)]
+pub struct StreamParser {
+    line: Vec<u8>,
+    partial_calls: BTreeMap<u64, PartialCall>,
+    complete_calls: Vec<ToolCall>,
+    done: bool,
+}
+
+fn arguments_value(raw: &Value) -> Result<Value, PortError> {
+    match raw {
+        Value::String(s) if s.trim().is_empty() => Ok(json!({})),
+        Value::String(s) => {
+            serde_json::from_str(s).map_err(|e| bad(format!("tool arguments are not JSON: {e}")))
+        }
+        Value::Null => Ok(json!({})),
+        other => Ok(other.clone()),
+    }
+}
+
+impl StreamParser {
+    /// A parser at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes; returns the text and usage events now complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<GenerationEvent>, PortError> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if b == b'\n' {
+                let line = std::mem::take(&mut self.line);
+                self.line_done(&line, &mut out)?;
+            } else {
+                self.line.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    fn line_done(&mut self, line: &[u8], out: &mut Vec<GenerationEvent>) -> Result<(), PortError> {
+        let line = std::str::from_utf8(line)
+            .map_err(|e| bad(e.to_string()))?
+            .trim_end_matches('\r');
+        let Some(data) = line.strip_prefix("data:") else {
+            return Ok(()); // comments, event names, blank separators
+        };
+        let data = data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let chunk: Value = serde_json::from_str(data)
+            .map_err(|e| bad(format!("a stream chunk is not JSON: {e}")))?;
+        if let Some(text) = chunk["response"].as_str() {
+            if !text.is_empty() {
+                out.push(GenerationEvent::Text(text.to_owned()));
+            }
+        }
+        let delta = &chunk["choices"][0]["delta"];
+        if let Some(text) = delta["content"].as_str() {
+            if !text.is_empty() {
+                out.push(GenerationEvent::Text(text.to_owned()));
+            }
+        }
+        for calls in [&chunk["tool_calls"], &delta["tool_calls"]] {
+            for call in calls.as_array().into_iter().flatten() {
+                self.tool_call_piece(call)?;
+            }
+        }
+        let usage = &chunk["usage"];
+        if usage.is_object() {
+            let n = |k: &str| u32::try_from(usage[k].as_u64().unwrap_or(0)).unwrap_or(u32::MAX);
+            out.push(GenerationEvent::Usage {
+                prompt_tokens: n("prompt_tokens"),
+                completion_tokens: n("completion_tokens"),
+            });
+        }
+        Ok(())
+    }
+
+    fn tool_call_piece(&mut self, call: &Value) -> Result<(), PortError> {
+        let function = if call["function"].is_object() {
+            &call["function"]
+        } else {
+            call
+        };
+        if let Some(index) = call["index"].as_u64() {
+            let p = self.partial_calls.entry(index).or_default();
+            if let Some(id) = call["id"].as_str() {
+                p.id = Some(id.to_owned());
+            }
+            if let Some(name) = function["name"].as_str() {
+                p.name.push_str(name);
+            }
+            match &function["arguments"] {
+                Value::String(s) => p.arguments.push_str(s),
+                Value::Null => {}
+                other => p.arguments.push_str(&other.to_string()),
+            }
+            return Ok(());
+        }
+        let name = function["name"]
+            .as_str()
+            .ok_or_else(|| bad("a tool call without a name"))?;
+        let id = call["id"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("call-{}", self.complete_calls.len()));
+        self.complete_calls.push(ToolCall {
+            id,
+            name: name.to_owned(),
+            arguments: arguments_value(&function["arguments"])?,
+        });
+        Ok(())
+    }
+
+    /// Ends the stream: the tool calls, joined and parsed. A stream cut in the
+    /// middle of a line, or tool arguments that are not JSON, are errors.
+    pub fn finish(mut self) -> Result<Vec<ToolCall>, PortError> {
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            let mut ignored = Vec::new();
+            self.line_done(&line, &mut ignored)
+                .map_err(|_| bad("the stream ended in the middle of a chunk"))?;
+        }
+        let mut calls = std::mem::take(&mut self.complete_calls);
+        for (index, p) in std::mem::take(&mut self.partial_calls) {
+            if p.name.is_empty() {
+                return Err(bad("a streamed tool call never got a name"));
+            }
+            calls.push(ToolCall {
+                id: p.id.unwrap_or_else(|| format!("call-{index}")),
+                name: p.name,
+                arguments: arguments_value(&Value::String(p.arguments))?,
+            });
+        }
+        Ok(calls)
+    }
+}
+
+/// A Workers AI chat model.
+pub struct WorkersAiGenerator {
+    ai: worker::Ai,
+    model: String,
+}
+
+impl WorkersAiGenerator {
+    /// `model` behind the `AI` binding.
+    pub fn new(ai: worker::Ai, model: String) -> Self {
+        Self { ai, model }
+    }
+}
+
+impl Generator for WorkersAiGenerator {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    async fn generate(
+        &self,
+        request: &GenerateRequest,
+        on_event: &mut dyn FnMut(GenerationEvent),
+    ) -> Result<(), PortError> {
+        let failed = |e: worker::Error| PortError::Failed {
+            service: SERVICE,
+            message: e.to_string(),
+        };
+        let mut stream = self
+            .ai
+            .run_bytes(&request.model, chat_input(request))
+            .await
+            .map_err(failed)?;
+        let mut parser = StreamParser::new();
+        while let Some(chunk) = stream.next().await {
+            for event in parser.push(&chunk.map_err(failed)?)? {
+                on_event(event);
+            }
+        }
+        for call in parser.finish()? {
+            on_event(GenerationEvent::ToolCall(call));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&str]) -> (Vec<GenerationEvent>, Result<Vec<ToolCall>, PortError>) {
+        let mut p = StreamParser::new();
+        let mut events = Vec::new();
+        for c in chunks {
+            events.extend(p.push(c.as_bytes()).unwrap());
+        }
+        (events, p.finish())
+    }
+
+    fn text(events: &[GenerationEvent]) -> String {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                GenerationEvent::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn response_deltas_and_late_usage() {
+        let (events, calls) = parse_all(&[
+            "data: {\"response\":\"Hel\"}\n\ndata: {\"respo",
+            "nse\":\"lo\"}\n\n",
+            "data: {\"response\":\"\",\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\n",
+            "data: [DONE]\n\n",
+        ]);
+        assert_eq!(text(&events), "Hello");
+        assert!(events.contains(&GenerationEvent::Usage {
+            prompt_tokens: 7,
+            completion_tokens: 2
+        }));
+        assert!(calls.unwrap().is_empty());
+    }
+
+    #[test]
+    fn openai_style_deltas() {
+        let (events, _) = parse_all(&[
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"Hi \"}}]}\r\n\r\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"there\"}}]}\n\n",
+            "data: [DONE]\n",
+        ]);
+        assert_eq!(text(&events), "Hi there");
+    }
+
+    #[test]
+    fn partial_tool_calls_are_joined_by_index() {
+        let (_, calls) = parse_all(&[
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"vector_search\",\"arguments\":\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"que\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"c2\",\"function\":{\"name\":\"kv_get\",\"arguments\":\"{\\\"key\\\":\\\"config:a\\\"}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"ry\\\":\\\"rust\\\"}\"}}]}}]}\n\n",
+            "data: [DONE]\n\n",
+        ]);
+        let calls = calls.unwrap();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            (calls[0].id.as_str(), calls[0].name.as_str()),
+            ("c1", "vector_search")
+        );
+        assert_eq!(calls[0].arguments, json!({"query": "rust"}));
+        assert_eq!(calls[1].arguments, json!({"key": "config:a"}));
+    }
+
+    #[test]
+    fn complete_tool_calls_in_both_shapes() {
+        let (_, calls) = parse_all(&[
+            "data: {\"response\":\"\",\"tool_calls\":[{\"name\":\"vector_search\",\"arguments\":{\"query\":\"a\"}}]}\n\n",
+            "data: {\"tool_calls\":[{\"id\":\"x9\",\"type\":\"function\",\"function\":{\"name\":\"kv_get\",\"arguments\":\"{\\\"key\\\":\\\"config:b\\\"}\"}}]}\n\n",
+            "data: [DONE]\n\n",
+        ]);
+        let calls = calls.unwrap();
+        assert_eq!(calls[0].name, "vector_search");
+        assert_eq!(calls[0].arguments, json!({"query": "a"}));
+        assert_eq!(calls[1].id, "x9");
+        assert_eq!(calls[1].arguments, json!({"key": "config:b"}));
+    }
+
+    #[test]
+    fn malformed_streams_are_errors() {
+        let mut p = StreamParser::new();
+        assert!(p.push(b"data: {not json}\n").is_err());
+        let (_, calls) = parse_all(&["data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"kv_get\",\"arguments\":\"{\\\"key\"}}]}}]}\n\n"]);
+        assert!(calls.is_err(), "arguments cut short");
+        let (_, calls) = parse_all(&["data: {\"response\":\"a\"}\n\ndata: {\"resp"]);
+        assert!(calls.is_err(), "stream cut in a chunk");
+    }
+
+    #[test]
+    fn request_shape() {
+        let req = GenerateRequest {
+            model: "@cf/meta/llama-3.3-70b-instruct-fp8-fast".into(),
+            messages: vec![
+                ChatMessage {
+                    role: Role::User,
+                    content: "q".into(),
+                    tool_calls: vec![],
+                    tool_call_id: None,
+                    name: None,
+                },
+                ChatMessage {
+                    role: Role::Assistant,
+                    content: String::new(),
+                    tool_calls: vec![ToolCall {
+                        id: "c1".into(),
+                        name: "kv_get".into(),
+                        arguments: json!({"key":"config:a"}),
+                    }],
+                    tool_call_id: None,
+                    name: None,
+                },
+                ChatMessage {
+                    role: Role::Tool,
+                    content: "{}".into(),
+                    tool_calls: vec![],
+                    tool_call_id: Some("c1".into()),
+                    name: Some("kv_get".into()),
+                },
+            ],
+            tools: vec![crate::ports::ToolSpec {
+                name: "kv_get".into(),
+                description: "d".into(),
+                parameters: json!({"type":"object"}),
+            }],
+            max_tokens: 256,
+        };
+        let v = serde_json::to_value(chat_input(&req)).unwrap();
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["max_tokens"], 256);
+        assert_eq!(
+            v["tools"][0],
+            json!({"type":"function","function":{"name":"kv_get","description":"d","parameters":{"type":"object"}}})
+        );
+        assert_eq!(
+            v["messages"][1]["tool_calls"][0]["function"]["arguments"],
+            "{\"key\":\"config:a\"}"
+        );
+        assert_eq!(
+            v["messages"][2],
+            json!({"role":"tool","content":"{}","tool_call_id":"c1","name":"kv_get"})
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! Messages of the `ChatSession` actor (`${tenantId}:${sessionId}`), and the
+//! frames in which it streams a turn's events to the gateway.
+//!
+//! A turn is streamed as a sequence of frames, each a big-endian `u32` length
+//! and a named-MessagePack [`ChatEvent`]; [`FrameDecoder`] reassembles them
+//! from chunks of any size. The gateway turns each event into one SSE event;
+//! WebSocket clients get the same events as JSON text frames.
+
+use crate::error::ProtocolError;
+use crate::ids::SessionId;
+use serde::{Deserialize, Serialize};
+
+/// Longest user message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 8000;
+/// Largest `maxTokens` a request may ask for.
+pub const MAX_MAX_TOKENS: u32 = 2048;
+/// `maxTokens` when a request names none.
+pub const DEFAULT_MAX_TOKENS: u32 = 512;
+/// Largest frame accepted by [`FrameDecoder`].
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Most history messages in one page.
+pub const MAX_HISTORY_PAGE: u32 = 200;
+
+/// A request to a chat session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ChatRequest {
+    /// A user message; answered by a stream of frames.
+    Turn(Turn),
+    /// A page of the history.
+    History(GetHistory),
+    /// Erase the history.
+    Clear(ClearHistory),
+    /// An operator's look at the session.
+    Inspect(Inspect),
+}
+
+/// Payload of [`ChatRequest::Turn`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// The session.
+    pub session_id: SessionId,
+    /// The user's message.
+    pub message: String,
+    /// A model other than the tenant's default.
+    pub model: Option<String>,
+    /// The answer's token budget.
+    pub max_tokens: Option<u32>,
+}
+
+/// Payload of [`ChatRequest::History`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetHistory {
+    /// The session.
+    pub session_id: SessionId,
+    /// Only messages with a sequence number below this (for the next page).
+    pub before: Option<u64>,
+    /// Most messages to return (1 to [`MAX_HISTORY_PAGE`]).
+    pub limit: u32,
+}
+
+/// Payload of [`ChatRequest::Clear`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearHistory {
+    /// The session.
+    pub session_id: SessionId,
+}
+
+/// Payload of [`ChatRequest::Inspect`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inspect {
+    /// The session.
+    pub session_id: SessionId,
+}
+
+/// A non-streamed reply of a chat session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ChatResponse {
+    /// Answers `History`.
+    History(HistoryPage),
+    /// Answers `Clear`.
+    Cleared(Cleared),
+    /// Answers `Inspect`.
+    Snapshot(ChatSnapshot),
+}
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage {
+    /// Position in the session, from 1.
+    pub seq: u64,
+    /// `user`, `assistant` or `tool`.
+    pub role: String,
+    /// The text (for a tool message, the result as JSON).
+    pub content: String,
+    /// Tool calls of an assistant message.
+    pub tool_calls: Vec<ToolCallRecord>,
+    /// The call a tool message answers.
+    pub tool_call_id: Option<String>,
+    /// The tool of a tool message.
+    pub name: Option<String>,
+    /// Token usage of an assistant message, when the model reported it.
+    pub usage: Option<Usage>,
+    /// When it was stored (ms since the Unix epoch).
+    pub created_at_ms: u64,
+}
+
+/// A tool call as stored and streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    /// The call's id.
+    pub id: String,
+    /// The tool.
+    pub name: String,
+    /// The arguments, as JSON text.
+    pub arguments: String,
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Completion tokens.
+    pub completion_tokens: u32,
+}
+
+/// A page of history, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPage {
+    /// The messages.
+    pub messages: Vec<StoredMessage>,
+    /// Pass as `before` for the previous page; `None` at the start.
+    pub next_before: Option<u64>,
+}
+
+/// The answer to `Clear`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cleared {
+    /// Messages erased.
+    pub messages_removed: u64,
+}
+
+/// An operator's view of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatSnapshot {
+    /// Messages stored.
+    pub message_count: u64,
+    /// When the last message was stored.
+    pub last_activity_ms: Option<u64>,
+    /// WebSockets connected now.
+    pub connected_sockets: u32,
+    /// Whether a turn is being answered.
+    pub in_flight: bool,
+    /// The generator in use.
+    pub generator: String,
+}
+
+/// One event of a turn, in order: any number of `tool_call` / `tool_result`
+/// pairs, `message` pieces, then `done` (or `error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChatEvent {
+    /// The model called a tool.
+    ToolCall {
+        /// The call's id.
+        id: String,
+        /// The tool.
+        tool: String,
+        /// The arguments, as JSON text.
+        arguments: String,
+    },
+    /// A tool's result.
+    ToolResult {
+        /// The call it answers.
+        id: String,
+        /// The tool.
+        tool: String,
+        /// The result, as JSON text.
+        result: String,
+        /// Whether the tool refused or failed.
+        is_error: bool,
+    },
+    /// A piece of the answer.
+    Message {
+        /// The text of this piece.
+        content: String,
+    },
+    /// The answer is complete and stored.
+    Done {
+        /// Always true.
+        ok: bool,
+        /// Sequence number of the stored answer.
+        message_seq: u64,
+    },
+    /// The turn failed; what was stored stays consistent.
+    Error {
+        /// Machine-readable code.
+        code: String,
+        /// Human explanation.
+        message: String,
+    },
+}
+
+impl ChatEvent {
+    /// The SSE event name (`tool_call`, `tool_result`, `message`, `done`, `error`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChatEvent::ToolCall { .. } => "tool_call",
+            ChatEvent::ToolResult { .. } => "tool_result",
+            ChatEvent::Message { .. } => "message",
+            ChatEvent::Done { .. } => "done",
+            ChatEvent::Error { .. } => "error",
+        }
+    }
+
+    /// An `error` event.
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        ChatEvent::Error {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a turn or history request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatError {
+    /// The message is empty or too long.
+    #[error("message must be 1 to {MAX_MESSAGE_CHARS} characters")]
+    Message,
+    /// `maxTokens` out of range.
+    #[error("maxTokens must be between 1 and {MAX_MAX_TOKENS}")]
+    MaxTokens,
+    /// The model name is not acceptable.
+    #[error("model must be 1 to 128 characters of A-Z a-z 0-9 @ . _ / : -")]
+    Model,
+    /// The page size is out of range.
+    #[error("limit must be between 1 and {MAX_HISTORY_PAGE}")]
+    Limit,
+}
+
+impl Turn {
+    /// Checks the message, model and token budget.
+    pub fn validate(&self) -> Result<(), ChatError> {
+        let chars = self.message.trim().chars().count();
+        if chars == 0 || self.message.chars().count() > MAX_MESSAGE_CHARS {
+            return Err(ChatError::Message);
+        }
+        if self
+            .max_tokens
+            .is_some_and(|t| t == 0 || t > MAX_MAX_TOKENS)
+        {
+            return Err(ChatError::MaxTokens);
+        }
+        if let Some(model) = &self.model {
+            let ok = !model.is_empty()
+                && model.len() <= 128
+                && model
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"@._/:-".contains(&b));
+            if !ok {
+                return Err(ChatError::Model);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GetHistory {
+    /// Checks the page size.
+    pub fn validate(&self) -> Result<(), ChatError> {
+        if self.limit == 0 || self.limit > MAX_HISTORY_PAGE {
+            return Err(ChatError::Limit);
+        }
+        Ok(())
+    }
+}
+
+/// Encodes one event as a frame: big-endian `u32` length, then named MessagePack.
+pub fn encode_frame(event: &ChatEvent) -> Result<Vec<u8>, ProtocolError> {
+    let body = rmp_serde::to_vec_named(event)?;
+    let len = u32::try_from(body.len()).map_err(|_| ProtocolError::TooLarge {
+        len: body.len(),
+        max: MAX_FRAME_BYTES,
+    })?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Reassembles frames from a byte stream cut anywhere.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds bytes and returns every event now complete, in order. A frame
+    /// larger than [`MAX_FRAME_BYTES`] or one that does not decode is an error.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<ChatEvent>, ProtocolError> {
+        self.buf.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(head) = self.buf.get(..4) {
+            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            if len > MAX_FRAME_BYTES {
+                return Err(ProtocolError::TooLarge {
+                    len,
+                    max: MAX_FRAME_BYTES,
+                });
+            }
+            let Some(body) = self.buf.get(4..4 + len) else {
+                break;
+            };
+            events.push(rmp_serde::from_slice(body)?);
+            self.buf.drain(..4 + len);
+        }
+        Ok(events)
+    }
+
+    /// Whether bytes of an unfinished frame are left (a stream cut short).
+    pub fn has_partial(&self) -> bool {
+        !self.buf.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events() -> Vec<ChatEvent> {
+        vec![
+            ChatEvent::ToolCall {
+                id: "c1".into(),
+                tool: "vector_search".into(),
+                arguments: r#"{"query":"x"}"#.into(),
+            },
+            ChatEvent::ToolResult {
+                id: "c1".into(),
+                tool: "vector_search".into(),
+                result: "{}".into(),
+                is_error: false,
+            },
+            ChatEvent::Message {
+                content: "héllo ".into(),
+            },
+            ChatEvent::Done {
+                ok: true,
+                message_seq: 4,
+            },
+            ChatEvent::error("model_failed", "boom"),
+        ]
+    }
+
+    #[test]
+    fn frames_survive_any_cut() {
+        let all: Vec<u8> = events()
+            .iter()
+            .flat_map(|e| encode_frame(e).unwrap())
+            .collect();
+        for step in [1, 2, 3, 5, 7, 64, all.len()] {
+            let mut d = FrameDecoder::new();
+            let mut out = Vec::new();
+            for piece in all.chunks(step) {
+                out.extend(d.push(piece).unwrap());
+            }
+            assert_eq!(out, events(), "step {step}");
+            assert!(!d.has_partial());
+        }
+        let mut d = FrameDecoder::new();
+        assert!(d.push(&all[..all.len() - 1]).unwrap().len() == 4);
+        assert!(d.has_partial());
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let mut d = FrameDecoder::new();
+        assert!(d.push(&[0xff, 0xff, 0xff, 0xff]).is_err(), "too large");
+        let mut d = FrameDecoder::new();
+        assert!(d.push(&[0, 0, 0, 2, 0xc1, 0xc1]).is_err(), "garbage body");
+    }
+
+    #[test]
+    fn events_as_json_carry_their_type() {
+        let json = serde_json::to_value(&events()[0]).unwrap();
+        assert_eq!(json["type"], "tool_call");
+        assert_eq!(json["tool"], "vector_search");
+        assert_eq!(events()[3].name(), "done");
+        let done = serde_json::to_value(&events()[3]).unwrap();
+        assert_eq!(
+            done,
+            serde_json::json!({"type":"done","ok":true,"message_seq":4})
+        );
+    }
+
+    #[test]
+    fn turn_validation() {
+        let turn = |m: &str, t: Option<u32>, model: Option<&str>| Turn {
+            session_id: SessionId::parse("s").unwrap(),
+            message: m.into(),
+            model: model.map(str::to_owned),
+            max_tokens: t,
+        };
+        assert_eq!(turn("hi", None, None).validate(), Ok(()));
+        assert_eq!(turn("  ", None, None).validate(), Err(ChatError::Message));
+        assert_eq!(
+            turn(&"x".repeat(8001), None, None).validate(),
+            Err(ChatError::Message)
+        );
+        assert_eq!(
+            turn("hi", Some(0), None).validate(),
+            Err(ChatError::MaxTokens)
+        );
+        assert_eq!(
+            turn("hi", Some(4096), None).validate(),
+            Err(ChatError::MaxTokens)
+        );
+        assert_eq!(
+            turn("hi", None, Some("a b")).validate(),
+            Err(ChatError::Model)
+        );
+        assert_eq!(turn("hi", Some(64), Some("@cf/x/y")).validate(), Ok(()));
+    }
+}
