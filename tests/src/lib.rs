@@ -6,6 +6,7 @@
 //! The Worker must be built first: `cargo xtask test` does that before it runs
 //! these tests (or `cargo xtask build`, then `cargo test -p e2e`).
 
+pub mod chat;
 pub mod http;
 
 use std::net::TcpListener;

@@ -45,6 +45,9 @@ const SCHEMA: &[&str] = &[
 const COLUMNS: &str = "seq, role, content, tool_calls, tool_call_id, name, usage, created_at";
 /// Messages read back to build the model's context (then trimmed to the budget).
 const CONTEXT_ROWS: u32 = 200;
+/// In a test deployment (`FAULT_INJECTION`), a message containing this makes
+/// the model fail after it has streamed part of its answer.
+pub const FAIL_MODEL_MARKER: &str = "[[fail-model]]";
 /// Largest WebSocket frame accepted from a client.
 pub const MAX_WS_FRAME_BYTES: usize = 16 * 1024;
 
@@ -338,6 +341,9 @@ impl Inner {
         };
         let generator = AnyGenerator::new(&self.env, settings.workers_ai, &model)
             .map_err(|e| ChatEvent::error("model_unavailable", e.to_string()))?;
+        // Tests only (FAULT_INJECTION, embedded generator): a model that fails
+        // in the middle of its answer.
+        let fail_midway = settings.fault_injection && turn.message.contains(FAIL_MODEL_MARKER);
         let user = ChatMessage {
             role: Role::User,
             content: turn.message.clone(),
@@ -378,6 +384,14 @@ impl Inner {
                     }
                 })
                 .await;
+            let generated = match generated {
+                Ok(()) if fail_midway && iteration > 0 => Err(crate::ports::PortError::Failed {
+                    service: "embedded generator",
+                    message: "injected failure in the middle of the answer (FAULT_INJECTION)"
+                        .into(),
+                }),
+                other => other,
+            };
             // A failed generation stores nothing of its partial answer: the
             // history keeps the user message and every complete tool round.
             generated.map_err(|e| ChatEvent::error("model_failed", e.to_string()))?;

@@ -1,0 +1,533 @@
+//! Chat end to end against `wrangler dev`: SSE turns parsed with a real SSE
+//! parser, WebSocket conversations with two sockets on one session, tools,
+//! history (paged, erased, surviving a restart), the concurrency rule, model
+//! failures, isolation, and bad input.
+
+use e2e::chat::{parse_sse, Socket};
+use e2e::http::{get, send, Reply};
+use e2e::{shared, Deployment, PersistDir, Server};
+use serde_json::{json, Value};
+
+const A: &str = "mrrainbowsmoke";
+const B: &str = "rainbowsmokeofficial";
+
+fn ingest(server: &Server, tenant: &str, docs: Value) {
+    let r = send(
+        "POST",
+        &server.url("/api/ingest"),
+        &[
+            ("x-tenant-id", tenant),
+            ("content-type", "application/json"),
+            ("authorization", "Bearer e2e-ingest-token"),
+        ],
+        Some(json!({ "documents": docs }).to_string().as_bytes()),
+    );
+    assert_eq!(
+        r.status, 200,
+        "small jobs finish before the answer: {}",
+        r.body
+    );
+}
+
+fn chat(server: &Server, tenant: &str, body: Value) -> Reply {
+    send(
+        "POST",
+        &server.url("/api/chat"),
+        &[
+            ("x-tenant-id", tenant),
+            ("content-type", "application/json"),
+        ],
+        Some(body.to_string().as_bytes()),
+    )
+}
+
+fn history(server: &Server, tenant: &str, session: &str, query: &str) -> Reply {
+    get(
+        &server.url(&format!("/api/sessions/{session}/history{query}")),
+        &[("x-tenant-id", tenant)],
+    )
+}
+
+fn names(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+/// Checks the order tool_call → tool_result → message+ → done.
+fn assert_turn_shape(types: &[String]) {
+    assert!(types.len() >= 4, "{types:?}");
+    assert_eq!(types[0], "tool_call", "{types:?}");
+    assert_eq!(types[1], "tool_result", "{types:?}");
+    assert!(
+        types[2..types.len() - 1].iter().all(|t| t == "message"),
+        "{types:?}"
+    );
+    assert_eq!(types.last().map(String::as_str), Some("done"), "{types:?}");
+}
+
+fn answer_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .filter_map(|e| e["content"].as_str())
+        .collect()
+}
+
+#[test]
+fn sse_turn_streams_tool_calls_then_a_cited_answer() {
+    let server = shared(Deployment::Dedicated(B));
+    ingest(
+        &server,
+        B,
+        json!([
+            { "id": "sse-doc-1", "text": "The lighthouse keeper trims the wick every evening before sunset." },
+            { "id": "sse-doc-2", "text": "Harbour pilots guide ships through the narrow channel at high tide." }
+        ]),
+    );
+    let r = chat(
+        &server,
+        B,
+        json!({ "sessionId": "sse-1", "message": "when does the lighthouse keeper trim the wick?" }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert_eq!(r.header("cache-control"), Some("no-cache, no-transform"));
+    assert_eq!(r.header("x-accel-buffering"), Some("no"));
+    assert!(r.header("x-request-id").is_some());
+    let sse = parse_sse(r.body.as_bytes());
+    let ids: Vec<u64> = sse.iter().map(|e| e.id.parse().unwrap()).collect();
+    assert_eq!(
+        ids,
+        (1..=sse.len() as u64).collect::<Vec<_>>(),
+        "every event has an increasing id"
+    );
+    for e in &sse {
+        assert_eq!(e.event, e.data["type"], "SSE event name matches the data");
+    }
+    let events: Vec<Value> = sse.into_iter().map(|e| e.data).collect();
+    assert_turn_shape(&names(&events));
+    assert_eq!(events[0]["tool"], "vector_search");
+    let result: Value = serde_json::from_str(events[1]["result"].as_str().unwrap()).unwrap();
+    let cited: Vec<&str> = result["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["docId"].as_str().unwrap())
+        .collect();
+    assert_eq!(cited.first(), Some(&"sse-doc-1"), "{result}");
+    let text = answer_text(&events);
+    assert!(
+        text.contains("trims the wick every evening before sunset. [1]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[1] sse-doc-1"),
+        "citations point at the ingested document: {text}"
+    );
+
+    // History: the user message, the tool round, the answer; paged.
+    let h = history(&server, B, "sse-1", "").json();
+    let roles: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, vec!["user", "assistant", "tool", "assistant"]);
+    assert_eq!(h["messages"][3]["content"].as_str().unwrap(), text);
+    assert_eq!(
+        events.last().unwrap()["message_seq"],
+        h["messages"][3]["seq"]
+    );
+    let page = history(&server, B, "sse-1", "?limit=2").json();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(page["messages"][0]["role"], "tool");
+    let before = page["nextBefore"].as_u64().unwrap();
+    let older = history(&server, B, "sse-1", &format!("?limit=2&before={before}")).json();
+    assert_eq!(older["messages"][0]["role"], "user");
+}
+
+#[test]
+fn kv_get_reads_only_allowed_keys() {
+    let server = shared(Deployment::Dedicated(B));
+    let r = chat(
+        &server,
+        B,
+        json!({ "sessionId": "kv-1", "message": "what is config:support_email ?" }),
+    );
+    let events: Vec<Value> = parse_sse(r.body.as_bytes())
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_turn_shape(&names(&events));
+    assert_eq!(events[0]["tool"], "kv_get");
+    assert_eq!(events[1]["is_error"], false);
+    assert!(answer_text(&events).contains("no value stored for config:support_email"));
+    // Outside config: the tool refuses; the turn still completes.
+    let r = chat(
+        &server,
+        B,
+        json!({ "sessionId": "kv-1", "message": "read secret:admin_token" }),
+    );
+    let events: Vec<Value> = parse_sse(r.body.as_bytes())
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_turn_shape(&names(&events));
+    assert_eq!(events[1]["is_error"], true);
+    assert!(events[1]["result"]
+        .as_str()
+        .unwrap()
+        .contains("only keys under config:"));
+}
+
+#[test]
+fn websocket_conversation_reaches_every_socket() {
+    let server = shared(Deployment::Dedicated(A));
+    ingest(
+        &server,
+        A,
+        json!([{ "id": "ws-doc", "text": "Pelicans scoop fish into the pouch under their bills." }]),
+    );
+    let url = format!(
+        "{}/api/chat/ws?sessionId=ws-1",
+        server.base().replace("http://", "ws://")
+    );
+    let mut first = Socket::connect(&url, &[]).expect("connect the first socket");
+    let mut second =
+        Socket::connect(&url, &[("x-tenant-id", A)]).expect("connect the second socket");
+    // Bad frames: an error event, and the socket stays usable.
+    for bad in [
+        "not json",
+        r#"{"type":"shout","content":"x"}"#,
+        r#"{"type":"message"}"#,
+        r#"{"type":"message","content":""}"#,
+    ] {
+        first.send(bad);
+        let e = first.next_event();
+        assert_eq!(e["type"], "error", "{bad}: {e}");
+    }
+    first.send(&json!({ "type": "message", "content": "x".repeat(20_000) }).to_string());
+    assert_eq!(first.next_event()["code"], "frame_too_large");
+
+    first.send(r#"{"type":"message","content":"how do pelicans catch fish?"}"#);
+    let a = first.events_until_end();
+    let b = second.events_until_end();
+    assert_turn_shape(&names(&a));
+    assert_eq!(a, b, "both sockets see the same answer");
+    assert!(answer_text(&a).contains("[1] ws-doc"));
+
+    // The operator sees two sockets; the history is the same as over SSE.
+    let inspect = get(
+        &server.url("/admin/actors/chat/ws-1"),
+        &[("authorization", "Bearer e2e-admin-token")],
+    )
+    .json();
+    assert_eq!(inspect["name"], "mrrainbowsmoke:ws-1");
+    assert_eq!(inspect["state"]["connectedSockets"], 2);
+    assert_eq!(inspect["state"]["inFlight"], false);
+    assert_eq!(inspect["state"]["messageCount"], 4);
+    let h = history(&server, A, "ws-1", "").json();
+    assert_eq!(h["messages"].as_array().unwrap().len(), 4);
+    first.close();
+    second.close();
+}
+
+#[test]
+fn websocket_tenant_by_query_in_shared_mode() {
+    let server = shared(Deployment::Shared);
+    let ws = server.base().replace("http://", "ws://");
+    let mut s = Socket::connect(&format!("{ws}/api/chat/ws?sessionId=q-1&tenant={B}"), &[])
+        .expect("connect");
+    s.send(r#"{"type":"message","content":"anything there?"}"#);
+    assert_eq!(s.events_until_end().last().unwrap()["type"], "done");
+    s.close();
+    for (query, what) in [
+        ("sessionId=q-1", "no tenant"),
+        ("sessionId=q-1&tenant=Bad:Tenant", "invalid tenant"),
+        ("sessionId=q-1&tenant=unknown-tenant", "unregistered tenant"),
+        ("sessionId=BAD&tenant=mrrainbowsmoke", "invalid session"),
+    ] {
+        assert!(
+            Socket::connect(&format!("{ws}/api/chat/ws?{query}"), &[]).is_err(),
+            "{what}"
+        );
+    }
+    // Header and query must agree when both are given.
+    let err = Socket::connect(
+        &format!("{ws}/api/chat/ws?sessionId=q-1&tenant={A}"),
+        &[("x-tenant-id", B)],
+    );
+    assert!(err.is_err());
+    // Without an upgrade the route says so.
+    let r = get(
+        &server.url(&format!("/api/chat/ws?sessionId=q-1&tenant={A}")),
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (426, "upgrade_required")
+    );
+}
+
+#[test]
+fn sessions_and_tenants_are_isolated() {
+    let server = shared(Deployment::Shared);
+    ingest(
+        &server,
+        A,
+        json!([{ "id": "iso-a", "text": "Marigold is the launch code of tenant A." }]),
+    );
+    ingest(
+        &server,
+        B,
+        json!([{ "id": "iso-b", "text": "Tenant B launches in spring." }]),
+    );
+    let ask = |tenant: &str, session: &str| {
+        let r = chat(
+            &server,
+            tenant,
+            json!({ "sessionId": session, "message": "what about the launch code?" }),
+        );
+        parse_sse(r.body.as_bytes())
+            .into_iter()
+            .map(|e| e.data)
+            .collect::<Vec<Value>>()
+    };
+    let a = ask(A, "same-session");
+    let b = ask(B, "same-session");
+    assert!(answer_text(&a).contains("iso-a") && !answer_text(&a).contains("iso-b"));
+    assert!(answer_text(&b).contains("iso-b") && !answer_text(&b).contains("Marigold"));
+    let ha = history(&server, A, "same-session", "").json();
+    let hb = history(&server, B, "same-session", "").json();
+    assert_eq!(ha["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(hb["messages"].as_array().unwrap().len(), 4);
+    assert!(!hb.to_string().contains("Marigold"));
+    // Another session of the same tenant starts empty.
+    assert_eq!(
+        history(&server, A, "other-session", "").json()["messages"],
+        json!([])
+    );
+    // Erasing one session leaves the other tenant's alone.
+    let r = send(
+        "DELETE",
+        &server.url("/api/sessions/same-session"),
+        &[("x-tenant-id", A)],
+        None,
+    );
+    assert_eq!(r.json(), json!({ "ok": true, "messagesRemoved": 4 }));
+    assert_eq!(
+        history(&server, A, "same-session", "").json()["messages"],
+        json!([])
+    );
+    assert_eq!(
+        history(&server, B, "same-session", "").json()["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+#[test]
+fn concurrent_turns_never_interleave() {
+    let server = shared(Deployment::Dedicated(A));
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let url = server.url("/api/chat");
+            std::thread::spawn(move || {
+                send(
+                    "POST",
+                    &url,
+                    &[("x-tenant-id", A), ("content-type", "application/json")],
+                    Some(
+                        json!({ "sessionId": "busy-1", "message": format!("question {i}") })
+                            .to_string()
+                            .as_bytes(),
+                    ),
+                )
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for h in handles {
+        let r = h.join().unwrap();
+        match r.status {
+            200 => {
+                let events: Vec<Value> = parse_sse(r.body.as_bytes())
+                    .into_iter()
+                    .map(|e| e.data)
+                    .collect();
+                assert_eq!(names(&events).last().map(String::as_str), Some("done"));
+                answered += 1;
+            }
+            409 => assert_eq!(r.error_code(), "busy"),
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert!(answered >= 1);
+    // Every stored turn is whole: user, tool round, answer, in that order.
+    let h = history(&server, A, "busy-1", "?limit=200").json();
+    let roles: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles.len(), answered * 4, "{roles:?}");
+    for turn in roles.chunks(4) {
+        assert_eq!(turn, ["user", "assistant", "tool", "assistant"]);
+    }
+}
+
+#[test]
+fn a_failing_model_ends_with_an_error_and_keeps_history_consistent() {
+    let server = shared(Deployment::Dedicated(B));
+    let r = chat(
+        &server,
+        B,
+        json!({ "sessionId": "fail-1", "message": "explain harbours [[fail-model]]" }),
+    );
+    assert_eq!(r.status, 200);
+    let events: Vec<Value> = parse_sse(r.body.as_bytes())
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    let types = names(&events);
+    assert_eq!(types.last().map(String::as_str), Some("error"), "{types:?}");
+    assert_eq!(events.last().unwrap()["code"], "model_failed");
+    assert!(!types.contains(&"done".to_owned()));
+    // The user message and the complete tool round are kept; the half answer is not.
+    let h = history(&server, B, "fail-1", "").json();
+    let roles: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, vec!["user", "assistant", "tool"]);
+    // The session is usable again.
+    let r = chat(
+        &server,
+        B,
+        json!({ "sessionId": "fail-1", "message": "and now?" }),
+    );
+    let events: Vec<Value> = parse_sse(r.body.as_bytes())
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(names(&events).last().map(String::as_str), Some("done"));
+}
+
+#[test]
+fn history_survives_a_restart() {
+    let dir = PersistDir::new("chat-restart");
+    let before;
+    {
+        let server = Server::start(Deployment::Dedicated(A), &dir);
+        let r = chat(
+            &server,
+            A,
+            json!({ "sessionId": "durable-1", "message": "remember me" }),
+        );
+        assert_eq!(r.status, 200);
+        before = history(&server, A, "durable-1", "").json();
+        assert_eq!(before["messages"].as_array().unwrap().len(), 4);
+    }
+    let server = Server::start(Deployment::Dedicated(A), &dir);
+    assert_eq!(history(&server, A, "durable-1", "").json(), before);
+}
+
+#[test]
+fn bad_chat_input_is_refused() {
+    let server = shared(Deployment::Dedicated(A));
+    let url = server.url("/api/chat");
+    let ct = ("content-type", "application/json");
+    for (what, headers, body, status, code) in [
+        (
+            "bad session",
+            vec![ct],
+            json!({"sessionId":"Not Valid","message":"hi"}).to_string(),
+            400,
+            "invalid_session",
+        ),
+        (
+            "long session",
+            vec![ct],
+            json!({"sessionId":"s".repeat(129),"message":"hi"}).to_string(),
+            400,
+            "invalid_session",
+        ),
+        (
+            "empty message",
+            vec![ct],
+            json!({"sessionId":"s","message":"  "}).to_string(),
+            400,
+            "invalid_message",
+        ),
+        (
+            "long message",
+            vec![ct],
+            json!({"sessionId":"s","message":"x".repeat(9000)}).to_string(),
+            400,
+            "invalid_message",
+        ),
+        (
+            "huge body",
+            vec![ct],
+            json!({"sessionId":"s","message":"x".repeat(20_000)}).to_string(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "maxTokens",
+            vec![ct],
+            json!({"sessionId":"s","message":"hi","maxTokens":100000}).to_string(),
+            400,
+            "invalid_message",
+        ),
+        (
+            "bad model",
+            vec![ct],
+            json!({"sessionId":"s","message":"hi","model":"rm -rf"}).to_string(),
+            400,
+            "invalid_message",
+        ),
+        (
+            "missing field",
+            vec![ct],
+            json!({"message":"hi"}).to_string(),
+            400,
+            "invalid_json",
+        ),
+        ("not json", vec![ct], "{".to_owned(), 400, "invalid_json"),
+        (
+            "text/plain",
+            vec![("content-type", "text/plain")],
+            "hi".to_owned(),
+            415,
+            "unsupported_media_type",
+        ),
+    ] {
+        let r = send("POST", &url, &headers, Some(body.as_bytes()));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{what}: {}",
+            r.body
+        );
+    }
+    let r = get(&url, &[]);
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    for query in ["?limit=0", "?limit=500", "?before=x"] {
+        assert_eq!(history(&server, A, "s", query).status, 400, "{query}");
+    }
+    assert_eq!(history(&server, A, "Bad", "").status, 400);
+    // Nothing above created a message.
+    assert_eq!(history(&server, A, "s", "").json()["messages"], json!([]));
+}
