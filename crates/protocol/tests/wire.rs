@@ -344,3 +344,116 @@ mod ingest_messages {
         }
     }
 }
+
+mod chat_messages {
+    use super::{hex, rid, tenant};
+    use protocol::chat::*;
+    use protocol::*;
+
+    fn session() -> SessionId {
+        SessionId::parse("user-123").unwrap()
+    }
+
+    fn stored() -> StoredMessage {
+        StoredMessage {
+            seq: 2,
+            role: "assistant".into(),
+            content: String::new(),
+            tool_calls: vec![ToolCallRecord {
+                id: "c1".into(),
+                name: "vector_search".into(),
+                arguments: r#"{"query":"x"}"#.into(),
+            }],
+            tool_call_id: None,
+            name: None,
+            usage: Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 1,
+            }),
+            created_at_ms: 9,
+        }
+    }
+
+    #[test]
+    fn every_chat_message_round_trips() {
+        let requests = vec![
+            ChatRequest::Turn(Turn {
+                session_id: session(),
+                message: "hi 🦀".into(),
+                model: Some("@cf/x/y".into()),
+                max_tokens: Some(64),
+            }),
+            ChatRequest::History(GetHistory {
+                session_id: session(),
+                before: Some(10),
+                limit: 50,
+            }),
+            ChatRequest::Clear(ClearHistory {
+                session_id: session(),
+            }),
+            ChatRequest::Inspect(Inspect {
+                session_id: session(),
+            }),
+        ];
+        for message in requests {
+            let env = Envelope::new(rid(), tenant(), message);
+            let back: Envelope<ChatRequest> = decode(&encode(&env).unwrap()).unwrap();
+            assert_eq!(back, env);
+        }
+        let replies = vec![
+            ChatResponse::History(HistoryPage {
+                messages: vec![stored()],
+                next_before: Some(2),
+            }),
+            ChatResponse::Cleared(Cleared {
+                messages_removed: 4,
+            }),
+            ChatResponse::Snapshot(ChatSnapshot {
+                message_count: 4,
+                last_activity_ms: Some(9),
+                connected_sockets: 2,
+                in_flight: false,
+                generator: "local/extractive".into(),
+            }),
+        ];
+        for reply in replies {
+            let env = ReplyEnvelope::new(Some(rid()), Ok(reply));
+            let back: ReplyEnvelope<ChatResponse> =
+                decode_reply(&encode_reply(&env).unwrap()).unwrap();
+            assert_eq!(back, env);
+        }
+    }
+
+    #[test]
+    fn golden_frame() {
+        let frame = encode_frame(&ChatEvent::Message {
+            content: "hi".into(),
+        })
+        .unwrap();
+        // length 0x19 (25), then {"type":"message","content":"hi"}
+        assert_eq!(
+            hex(&frame),
+            "0000001982a474797065a76d657373616765a7636f6e74656e74a26869"
+        );
+    }
+
+    #[test]
+    fn an_invalid_session_on_the_wire_is_rejected() {
+        let env = Envelope::new(
+            rid(),
+            tenant(),
+            ChatRequest::Clear(ClearHistory {
+                session_id: session(),
+            }),
+        );
+        let bytes = encode(&env).unwrap();
+        let tampered: Vec<u8> = hex(&bytes)
+            .replace(&hex(b"user-123"), &hex(b"user:123"))
+            .as_bytes()
+            .chunks(2)
+            .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+            .collect();
+        assert_ne!(tampered, bytes);
+        assert!(decode::<ChatRequest>(&tampered).is_err());
+    }
+}

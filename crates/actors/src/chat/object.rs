@@ -79,6 +79,8 @@ struct Inner {
     state: State,
     env: Env,
     core: RefCell<SessionCore>,
+    /// The tenant and session this object is bound to, once checked.
+    bound: RefCell<Option<(TenantId, SessionId)>>,
 }
 
 /// A conversation.
@@ -167,6 +169,15 @@ impl Inner {
     /// Creates the tables and binds the object to its tenant and session on
     /// first use; refuses any other tenant or session afterwards.
     fn bind(&self, tenant: &TenantId, session: &SessionId) -> std::result::Result<(), ErrorReply> {
+        if let Some((t, s)) = self.bound.borrow().as_ref() {
+            if t != tenant || s != session {
+                return Err(ErrorReply::new(
+                    ErrorCode::WrongTenant,
+                    "this session belongs to another tenant or session",
+                ));
+            }
+            return Ok(());
+        }
         for statement in SCHEMA {
             self.exec(statement, vec![])?;
         }
@@ -626,6 +637,7 @@ impl worker::DurableObject for ChatSession {
                 state,
                 env,
                 core: RefCell::new(SessionCore::default()),
+                bound: RefCell::new(None),
             }),
         }
     }

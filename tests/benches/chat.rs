@@ -1,0 +1,185 @@
+//! Chat benchmark through the gateway against `wrangler dev` with the
+//! embedded generator: time to first event and to the full answer, over SSE
+//! and over a WebSocket (50 turns on one session, answers capped at 40
+//! tokens), and 50 concurrent sessions over WebSockets.
+//!
+//! Run with `cargo xtask bench`. Results go to stdout as Markdown.
+
+use e2e::chat::Socket;
+use e2e::http::send;
+use e2e::{Deployment, PersistDir, Server};
+use serde_json::json;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+const TENANT: &str = "mrrainbowsmoke";
+const TURNS: usize = 50;
+const SESSIONS: usize = 50;
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (v.len().saturating_sub(1)) as f64).round() as usize;
+    v.get(rank.min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn row(label: &str, first: &mut [f64], full: &mut [f64], tokens: &[usize]) -> String {
+    let avg_tokens = tokens.iter().sum::<usize>() as f64 / tokens.len().max(1) as f64;
+    format!(
+        "| {label} | {} | {avg_tokens:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        first.len(),
+        percentile(first, 50.0),
+        percentile(first, 99.0),
+        percentile(full, 50.0),
+        percentile(full, 99.0),
+    )
+}
+
+/// One SSE turn: (ms to the first event, ms to the end, message events).
+fn sse_turn(server: &Server, session: &str, n: usize) -> (f64, f64, usize) {
+    let body = json!({ "sessionId": session, "message": format!("how do lighthouses guide ships, question {n}?"), "maxTokens": 40 });
+    let started = Instant::now();
+    let response = ureq::post(&server.url("/api/chat"))
+        .set("x-tenant-id", TENANT)
+        .set("content-type", "application/json")
+        .timeout(Duration::from_secs(30))
+        .send_string(&body.to_string())
+        .expect("chat request");
+    let mut reader = response.into_reader();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut first = None;
+    loop {
+        let n = reader.read(&mut chunk).expect("read the stream");
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if first.is_none() && buf.windows(2).any(|w| w == b"\n\n") {
+            first = Some(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let full = started.elapsed().as_secs_f64() * 1000.0;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.contains("event: done"), "turn did not finish: {text}");
+    (
+        first.unwrap_or(full),
+        full,
+        text.matches("event: message").count(),
+    )
+}
+
+/// One WebSocket turn on `socket`.
+fn ws_turn(socket: &mut Socket, n: usize) -> (f64, f64, usize) {
+    let started = Instant::now();
+    socket.send(&json!({ "type": "message", "content": format!("how do lighthouses guide ships, question {n}?"), "maxTokens": 40 }).to_string());
+    let first_event = socket.next_event();
+    let first = started.elapsed().as_secs_f64() * 1000.0;
+    let mut events = vec![first_event];
+    if !matches!(events[0]["type"].as_str(), Some("done" | "error")) {
+        events.extend(socket.events_until_end());
+    }
+    let full = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(events.last().unwrap()["type"], "done", "{events:?}");
+    (
+        first,
+        full,
+        events.iter().filter(|e| e["type"] == "message").count(),
+    )
+}
+
+fn main() {
+    let dir = PersistDir::new("bench-chat");
+    let server = Server::start(Deployment::Dedicated(TENANT), &dir);
+    let docs: Vec<_> = (0..20)
+        .map(|i| json!({ "id": format!("light-{i}"), "text": format!("Lighthouse {i} guides ships past the reef with a rotating lamp and a foghorn. Keepers log every ship that passes.") }))
+        .collect();
+    let r = send(
+        "POST",
+        &server.url("/api/ingest"),
+        &[
+            ("x-tenant-id", TENANT),
+            ("content-type", "application/json"),
+            ("authorization", "Bearer e2e-ingest-token"),
+        ],
+        Some(json!({ "documents": docs }).to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Warm up the objects and the isolate.
+    for i in 0..3 {
+        sse_turn(&server, "warmup", i);
+    }
+
+    let mut rows = Vec::new();
+    let (mut first, mut full, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 0..TURNS {
+        let (a, b, t) = sse_turn(&server, "sse-bench", n);
+        first.push(a);
+        full.push(b);
+        tokens.push(t);
+    }
+    rows.push(row(
+        &format!("SSE, {TURNS} turns on one session"),
+        &mut first,
+        &mut full,
+        &tokens,
+    ));
+
+    let ws_url = format!(
+        "{}/api/chat/ws?sessionId=ws-bench",
+        server.base().replace("http://", "ws://")
+    );
+    let mut socket = Socket::connect(&ws_url, &[("x-tenant-id", TENANT)]).expect("connect");
+    let (mut first, mut full, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 0..TURNS {
+        let (a, b, t) = ws_turn(&mut socket, n);
+        first.push(a);
+        full.push(b);
+        tokens.push(t);
+    }
+    socket.close();
+    rows.push(row(
+        &format!("WebSocket, {TURNS} turns on one session"),
+        &mut first,
+        &mut full,
+        &tokens,
+    ));
+
+    let base = server.base().replace("http://", "ws://");
+    let started = Instant::now();
+    let threads: Vec<_> = (0..SESSIONS)
+        .map(|i| {
+            let url = format!("{base}/api/chat/ws?sessionId=concurrent-{i}");
+            std::thread::spawn(move || {
+                let mut socket =
+                    Socket::connect(&url, &[("x-tenant-id", TENANT)]).expect("connect");
+                let result = ws_turn(&mut socket, i);
+                socket.close();
+                result
+            })
+        })
+        .collect();
+    let results: Vec<(f64, f64, usize)> = threads
+        .into_iter()
+        .map(|t| t.join().expect("a session thread"))
+        .collect();
+    let wall = started.elapsed().as_secs_f64();
+    let mut first: Vec<f64> = results.iter().map(|r| r.0).collect();
+    let mut full: Vec<f64> = results.iter().map(|r| r.1).collect();
+    let tokens: Vec<usize> = results.iter().map(|r| r.2).collect();
+    rows.push(row(
+        &format!("WebSocket, {SESSIONS} concurrent sessions (one turn each)"),
+        &mut first,
+        &mut full,
+        &tokens,
+    ));
+
+    println!("\n### Chat latency through the gateway (ms)\n");
+    println!("| what | turns | message events per answer | first event p50 | first event p99 | full answer p50 | full answer p99 |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for r in rows {
+        println!("{r}");
+    }
+    println!("\n{SESSIONS} concurrent sessions: all answered in {wall:.2} s of wall time (connects included).");
+}
