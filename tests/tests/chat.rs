@@ -48,6 +48,14 @@ fn history(server: &Server, tenant: &str, session: &str, query: &str) -> Reply {
     )
 }
 
+/// The `data` of every SSE event of a reply, parsed with a real SSE parser.
+fn events_of(r: &Reply) -> Vec<Value> {
+    parse_sse(r.body.as_bytes())
+        .into_iter()
+        .map(|e| e.data)
+        .collect()
+}
+
 fn names(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -160,10 +168,7 @@ fn kv_get_reads_only_allowed_keys() {
         B,
         json!({ "sessionId": "kv-1", "message": "what is config:support_email ?" }),
     );
-    let events: Vec<Value> = parse_sse(r.body.as_bytes())
-        .into_iter()
-        .map(|e| e.data)
-        .collect();
+    let events: Vec<Value> = events_of(&r);
     assert_turn_shape(&names(&events));
     assert_eq!(events[0]["tool"], "kv_get");
     assert_eq!(events[1]["is_error"], false);
@@ -174,10 +179,7 @@ fn kv_get_reads_only_allowed_keys() {
         B,
         json!({ "sessionId": "kv-1", "message": "read secret:admin_token" }),
     );
-    let events: Vec<Value> = parse_sse(r.body.as_bytes())
-        .into_iter()
-        .map(|e| e.data)
-        .collect();
+    let events: Vec<Value> = events_of(&r);
     assert_turn_shape(&names(&events));
     assert_eq!(events[1]["is_error"], true);
     assert!(events[1]["result"]
@@ -212,7 +214,7 @@ fn websocket_conversation_reaches_every_socket() {
         let e = first.next_event();
         assert_eq!(e["type"], "error", "{bad}: {e}");
     }
-    first.send(&json!({ "type": "message", "content": "x".repeat(20_000) }).to_string());
+    first.send(&json!({ "type": "message", "content": "x".repeat(70_000) }).to_string());
     assert_eq!(first.next_event()["code"], "frame_too_large");
 
     first.send(r#"{"type":"message","content":"how do pelicans catch fish?"}"#);
@@ -294,10 +296,7 @@ fn sessions_and_tenants_are_isolated() {
             tenant,
             json!({ "sessionId": session, "message": "what about the launch code?" }),
         );
-        parse_sse(r.body.as_bytes())
-            .into_iter()
-            .map(|e| e.data)
-            .collect::<Vec<Value>>()
+        events_of(&r)
     };
     let a = ask(A, "same-session");
     let b = ask(B, "same-session");
@@ -359,10 +358,7 @@ fn concurrent_turns_never_interleave() {
         let r = h.join().unwrap();
         match r.status {
             200 => {
-                let events: Vec<Value> = parse_sse(r.body.as_bytes())
-                    .into_iter()
-                    .map(|e| e.data)
-                    .collect();
+                let events: Vec<Value> = events_of(&r);
                 assert_eq!(names(&events).last().map(String::as_str), Some("done"));
                 answered += 1;
             }
@@ -394,10 +390,7 @@ fn a_failing_model_ends_with_an_error_and_keeps_history_consistent() {
         json!({ "sessionId": "fail-1", "message": "explain harbours [[fail-model]]" }),
     );
     assert_eq!(r.status, 200);
-    let events: Vec<Value> = parse_sse(r.body.as_bytes())
-        .into_iter()
-        .map(|e| e.data)
-        .collect();
+    let events: Vec<Value> = events_of(&r);
     let types = names(&events);
     assert_eq!(types.last().map(String::as_str), Some("error"), "{types:?}");
     assert_eq!(events.last().unwrap()["code"], "model_failed");
@@ -417,10 +410,7 @@ fn a_failing_model_ends_with_an_error_and_keeps_history_consistent() {
         B,
         json!({ "sessionId": "fail-1", "message": "and now?" }),
     );
-    let events: Vec<Value> = parse_sse(r.body.as_bytes())
-        .into_iter()
-        .map(|e| e.data)
-        .collect();
+    let events: Vec<Value> = events_of(&r);
     assert_eq!(names(&events).last().map(String::as_str), Some("done"));
 }
 
@@ -480,7 +470,7 @@ fn bad_chat_input_is_refused() {
         (
             "huge body",
             vec![ct],
-            json!({"sessionId":"s","message":"x".repeat(20_000)}).to_string(),
+            json!({"sessionId":"s","message":"x".repeat(70_000)}).to_string(),
             413,
             "payload_too_large",
         ),

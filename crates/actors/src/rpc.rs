@@ -39,6 +39,16 @@ impl ActorStub {
         })
     }
 
+    /// The object's stub, for calls that are not one envelope and one reply.
+    pub fn stub(&self) -> &Stub {
+        &self.stub
+    }
+
+    /// The tenant the object belongs to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
     /// Sends `message` in an envelope for this tenant and decodes the reply.
     pub async fn send<M: Serialize, R: DeserializeOwned>(
         &self,

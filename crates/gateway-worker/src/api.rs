@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 
 /// The largest ingest body: 100 documents of real size, with room for JSON.
 pub const MAX_INGEST_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// The largest chat body: an 8000-character message of 4-byte characters, with room.
+pub const MAX_CHAT_BODY_BYTES: usize = 64 * 1024;
 /// The largest search body.
 pub const MAX_SEARCH_BODY_BYTES: usize = 16 * 1024;
 

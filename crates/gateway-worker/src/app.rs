@@ -85,7 +85,7 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
     }
     let json_route = match route {
         Route::Chat => {
-            let turn = read_json::<api::ChatBody>(&mut req, body::MAX_ADMIN_BODY_BYTES)
+            let turn = read_json::<api::ChatBody>(&mut req, api::MAX_CHAT_BODY_BYTES)
                 .await?
                 .into_turn()?;
             let session = turn.session_id.clone();

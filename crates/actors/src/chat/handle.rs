@@ -8,13 +8,11 @@ use protocol::chat::{
     Inspect, Turn,
 };
 use protocol::{Envelope, RequestId, SessionId, TenantId};
-use worker::{ByteStream, Env, Headers, Method, Request, RequestInit, Response, Stub};
+use worker::{ByteStream, Env, Headers, Method, Request, RequestInit, Response};
 
 /// A chat session, reached by its name `${tenantId}:${sessionId}`.
 pub struct ChatHandle {
     actor: ActorStub,
-    stub: Stub,
-    tenant: TenantId,
     session: SessionId,
 }
 
@@ -25,14 +23,8 @@ pub type TurnStream = ByteStream;
 impl ChatHandle {
     /// The session `session` of `tenant`.
     pub fn new(env: &Env, tenant: &TenantId, session: &SessionId) -> Result<Self, ActorError> {
-        let resource = session.as_str();
-        let stub = env
-            .durable_object(BINDING)?
-            .get_by_name(&tenant.object_name(resource))?;
         Ok(Self {
-            actor: ActorStub::new(env, BINDING, resource, tenant)?,
-            stub,
-            tenant: tenant.clone(),
+            actor: ActorStub::new(env, BINDING, session.as_str(), tenant)?,
             session: session.clone(),
         })
     }
@@ -42,10 +34,10 @@ impl ChatHandle {
     pub async fn turn(&self, request_id: &RequestId, turn: Turn) -> Result<TurnStream, ActorError> {
         let envelope = Envelope::new(
             request_id.clone(),
-            self.tenant.clone(),
+            self.actor.tenant().clone(),
             ChatRequest::Turn(turn),
         );
-        let mut response = rpc::post(&self.stub, &envelope).await?;
+        let mut response = rpc::post(self.actor.stub(), &envelope).await?;
         let content_type = response.headers().get("content-type")?.unwrap_or_default();
         if content_type == FRAMES_CONTENT_TYPE {
             return Ok(response.stream()?);
@@ -109,11 +101,11 @@ impl ChatHandle {
         init.with_method(Method::Get).with_headers(headers);
         let url = format!(
             "https://actor.internal/ws?tenant={}&session={}",
-            self.tenant.as_str(),
+            self.actor.tenant().as_str(),
             self.session.as_str()
         );
         let request = Request::new_with_init(&url, &init)?;
-        Ok(self.stub.fetch_with_request(request).await?)
+        Ok(self.actor.stub().fetch_with_request(request).await?)
     }
 }
 

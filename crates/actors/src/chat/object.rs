@@ -49,7 +49,7 @@ const CONTEXT_ROWS: u32 = 200;
 /// the model fail after it has streamed part of its answer.
 pub const FAIL_MODEL_MARKER: &str = "[[fail-model]]";
 /// Largest WebSocket frame accepted from a client.
-pub const MAX_WS_FRAME_BYTES: usize = 16 * 1024;
+pub const MAX_WS_FRAME_BYTES: usize = 64 * 1024;
 
 fn internal(e: impl std::fmt::Display) -> ErrorReply {
     ErrorReply::new(ErrorCode::Internal, e.to_string())
