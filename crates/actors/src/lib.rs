@@ -36,3 +36,53 @@ pub use chat::{ChatHandle, ChatSession};
 pub use coordinator::{CoordinatorHandle, TenantCoordinator};
 pub use error::ActorError;
 pub use ingest::{IngestHandle, IngestQueue};
+
+/// Tests of the JS glue and of the wasm-only code paths, run in Node with
+/// `wasm-bindgen-test-runner` (`cargo xtask test` does).
+#[cfg(all(test, target_arch = "wasm32"))]
+#[allow(clippy::unwrap_used)] // test code: a panic is a failed test
+mod wasm_tests {
+    use crate::cloudflare::to_js;
+    use protocol::ingest::{MetaValue, Metadata};
+    use wasm_bindgen_test::wasm_bindgen_test;
+    use worker::js_sys::{Array, Map, Object, Reflect};
+    use worker::wasm_bindgen::{JsCast, JsValue};
+
+    #[wasm_bindgen_test]
+    fn simd_dot_matches_the_plain_sum() {
+        for n in [0usize, 3, 8, 13, 768] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            let got = crate::retrieval::dot(&a, &b);
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "n={n}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[wasm_bindgen_test]
+    fn bindings_get_plain_objects_not_maps() {
+        // Vectorize and Workers AI read plain JS objects; serde_wasm_bindgen's
+        // default would turn a map into a JS `Map`, which they ignore.
+        let meta = Metadata::from([
+            ("source".to_owned(), MetaValue::Str("a.md".into())),
+            ("chunk".to_owned(), MetaValue::Int(2)),
+        ]);
+        let value = to_js(&meta).unwrap();
+        assert!(value.is_instance_of::<Object>());
+        assert!(!value.is_instance_of::<Map>());
+        assert_eq!(
+            Reflect::get(&value, &JsValue::from_str("source")).unwrap(),
+            JsValue::from_str("a.md")
+        );
+        assert_eq!(
+            Reflect::get(&value, &JsValue::from_str("chunk")).unwrap(),
+            JsValue::from_f64(2.0)
+        );
+        let ids = to_js(&["a", "b"]).unwrap();
+        assert!(Array::is_array(&ids));
+        assert_eq!(ids.unchecked_into::<Array>().length(), 2);
+    }
+}

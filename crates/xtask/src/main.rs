@@ -81,6 +81,7 @@ fn test() -> Result<(), ToolError> {
     run(
         cargo().args([
             "clippy",
+            "--all-targets",
             "--target",
             WASM_TARGET,
             "-p",
@@ -100,6 +101,17 @@ fn test() -> Result<(), ToolError> {
         cargo().args(["test", "--workspace", "--exclude", "e2e"]),
         "native tests",
     )?;
+    step("wasm tests (wasm-bindgen-test in Node: SIMD search, JS glue)");
+    let runner = tools
+        .wasm_bindgen
+        .with_file_name("wasm-bindgen-test-runner");
+    counts = counts.add(run_tests(
+        cargo()
+            .args(["test", "--target", WASM_TARGET, "-p", "actors", "--lib"])
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", runner)
+            .env("PATH", tools.path_env()),
+        "wasm tests",
+    )?);
     step("building the Worker");
     tools.build_worker()?;
     step("end-to-end tests against wrangler dev");
