@@ -87,8 +87,9 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
 
 /// Sends a request written byte for byte (for what a well-behaved client
 /// library refuses to send: repeated headers, non-ASCII header values).
-/// `head_lines` are the header lines after the request line, without CRLF.
-pub fn raw(base: &str, method: &str, path: &str, head_lines: &[&[u8]]) -> Reply {
+/// `head_lines` are the header lines after the request line, without CRLF;
+/// `body` follows the blank line as is (frame it yourself, e.g. chunked).
+pub fn raw(base: &str, method: &str, path: &str, head_lines: &[&[u8]], body: &[u8]) -> Reply {
     let addr = base.trim_start_matches("http://");
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
@@ -101,6 +102,7 @@ pub fn raw(base: &str, method: &str, path: &str, head_lines: &[&[u8]]) -> Reply 
         request.extend_from_slice(b"\r\n");
     }
     request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(body);
     stream.write_all(&request).expect("write the request");
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes).expect("read the response");

@@ -96,7 +96,7 @@ fn invalid_tenant_ids_are_400_in_both_modes() {
             ),
         ];
         for (what, lines) in cases {
-            let r = raw(server.base(), "GET", "/health", lines);
+            let r = raw(server.base(), "GET", "/health", lines, b"");
             assert_invalid(&r, &format!("{deployment:?} {what}"));
         }
         // The longest valid id is accepted by validation (63 characters).

@@ -383,6 +383,13 @@ fn bad_input_is_refused_and_changes_nothing() {
             "invalid_documents",
         ),
         (
+            "dotted metadata key",
+            vec![auth, ct],
+            br#"{"documents":[{"id":"a","text":"b","metadata":{"a.b":1}}]}"#.to_vec(),
+            400,
+            "invalid_documents",
+        ),
+        (
             "spoofed tenant",
             vec![auth, ct],
             br#"{"documents":[{"id":"a","text":"b","metadata":{"tenantId":"mrrainbowsmoke"}}]}"#
@@ -473,6 +480,14 @@ fn embedder_failures_are_retried_and_nothing_is_lost() {
     let pending = c.job(&job_id).json();
     assert_eq!(pending["status"], "retrying", "{pending}");
     assert!(pending["lastError"].as_str().unwrap().contains("injected"));
+    // A document with an unfinished job cannot be deleted under it.
+    let r = c.delete("retry-1");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (409, "busy"),
+        "{}",
+        r.body
+    );
     let job = c.wait_job(&job_id);
     assert_eq!(job["attempts"], 2, "{job}");
     assert_eq!(job["documentsDone"], 2);

@@ -207,10 +207,19 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     body::require_json(header(req, "content-type").as_deref())?;
     body::check_declared_length(header(req, "content-length").as_deref(), limit)?;
-    let bytes = req
-        .bytes()
-        .await
-        .map_err(|e| ApiError::bad_request("unreadable_body", e.to_string()))?;
+    // Read with a running cap: a body sent without content-length (chunked)
+    // is refused as soon as it passes the limit, not after it is all in memory.
+    let mut bytes = Vec::new();
+    if let Ok(mut stream) = req.stream() {
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request("unreadable_body", e.to_string()))?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+    }
     body::parse_json::<T>(&bytes, limit)
 }
 

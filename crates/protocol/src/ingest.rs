@@ -19,6 +19,8 @@ pub const MAX_METADATA_KEYS: usize = 32;
 pub const MAX_METADATA_KEY_LEN: usize = 64;
 /// Largest metadata of one document, as compact JSON.
 pub const MAX_METADATA_BYTES: usize = 4096;
+/// Largest search filter, as compact JSON (Vectorize refuses 2 KiB or more).
+pub const MAX_FILTER_BYTES: usize = 2000;
 /// Longest search query, in characters.
 pub const MAX_QUERY_CHARS: usize = 2000;
 /// Largest `topK` (Vectorize's limit when metadata is returned).
@@ -173,6 +175,9 @@ pub enum JobStatus {
     Retrying,
     /// Every document indexed.
     Done,
+    /// Gave up after too many failed attempts; its documents stay stored and
+    /// the last error says why.
+    Failed,
 }
 
 /// The answer to an accepted ingest.
@@ -342,10 +347,11 @@ fn check_metadata(metadata: &Metadata, allow_reserved: bool) -> Result<(), Strin
             && key.len() <= MAX_METADATA_KEY_LEN
             && key
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
         if !key_ok {
+            // No '.': Vectorize reads it as a path into nested metadata.
             return Err(format!(
-                "key {key:?} must be 1 to {MAX_METADATA_KEY_LEN} characters of A-Z a-z 0-9 _ - ."
+                "key {key:?} must be 1 to {MAX_METADATA_KEY_LEN} characters of A-Z a-z 0-9 _ -"
             ));
         }
         if !allow_reserved && RESERVED_METADATA_KEYS.contains(&key.as_str()) {
@@ -409,7 +415,16 @@ impl Search {
         if self.top_k == 0 || self.top_k > MAX_TOP_K {
             return Err(IngestError::TopK);
         }
-        check_metadata(&self.filter, true).map_err(IngestError::Filter)
+        check_metadata(&self.filter, true).map_err(IngestError::Filter)?;
+        let size = serde_json::to_vec(&self.filter)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_FILTER_BYTES {
+            return Err(IngestError::Filter(format!(
+                "at most {MAX_FILTER_BYTES} bytes as JSON"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -477,6 +492,10 @@ mod tests {
             );
         }
         assert!(with("bad key", MetaValue::Bool(true)).is_err());
+        assert!(
+            with("a.b", MetaValue::Bool(true)).is_err(),
+            "dots are paths to Vectorize"
+        );
         assert!(with("big", MetaValue::Str("x".repeat(5000))).is_err());
         assert!(with("nan", MetaValue::Float(f64::NAN)).is_err());
     }
@@ -509,5 +528,13 @@ mod tests {
         let mut f = s("q", 1);
         f.filter.insert("docId".into(), MetaValue::Str("x".into()));
         assert_eq!(f.validate(), Ok(()), "filters may name platform keys");
+        for i in 0..30 {
+            f.filter
+                .insert(format!("k{i}"), MetaValue::Str("v".repeat(60)));
+        }
+        assert!(
+            matches!(f.validate(), Err(IngestError::Filter(_))),
+            "over 2000 bytes"
+        );
     }
 }

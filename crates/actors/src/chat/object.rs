@@ -193,16 +193,16 @@ impl Inner {
                         "this session belongs to another tenant or session",
                     ));
                 }
-                Ok(())
             }
             _ => {
                 self.exec(
                     "INSERT INTO session_meta (id, tenant, session) VALUES (1, ?, ?)",
                     vec![tenant.as_str().into(), session.as_str().into()],
                 )?;
-                Ok(())
             }
         }
+        *self.bound.borrow_mut() = Some((tenant.clone(), session.clone()));
+        Ok(())
     }
 
     fn store(&self, m: &ChatMessage, usage: Option<Usage>) -> std::result::Result<u64, ErrorReply> {
@@ -230,7 +230,10 @@ impl Inner {
     }
 
     fn page(&self, get: &GetHistory) -> std::result::Result<HistoryPage, ErrorReply> {
-        let before = get.before.map(|b| b as i64).unwrap_or(i64::MAX);
+        let before = get
+            .before
+            .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
+            .unwrap_or(i64::MAX);
         let rows = self.exec(
             &format!("SELECT {COLUMNS} FROM messages WHERE seq < ? ORDER BY seq DESC LIMIT ?"),
             vec![
@@ -620,7 +623,17 @@ impl ChatSession {
             return bad("tenant and session are required");
         };
         if let Err(e) = self.inner.bind(&tenant, &session) {
-            return Response::error(e.message, 403);
+            let status = if e.code == ErrorCode::WrongTenant {
+                403
+            } else {
+                503
+            };
+            let body = serde_json::json!({ "error": { "code": "session_unavailable", "message": e.message } });
+            let headers = Headers::new();
+            headers.set("content-type", "application/json")?;
+            return Ok(Response::from_bytes(body.to_string().into_bytes())?
+                .with_status(status)
+                .with_headers(headers));
         }
         let pair = WebSocketPair::new()?;
         self.inner.state.accept_web_socket(&pair.server);

@@ -15,6 +15,11 @@ pub const BACKOFF_BASE_MS: u64 = 1_000;
 pub const BACKOFF_MAX_MS: u64 = 60_000;
 /// Finished jobs remembered for `GET /api/ingest/<jobId>`.
 pub const RECENT_JOBS: usize = 200;
+/// Failed attempts after which a job is given up (`failed`), so one document
+/// that can never be indexed does not hold up the tenant's queue forever.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Unfinished jobs a tenant may have; more are refused until some finish.
+pub const MAX_PENDING_JOBS: usize = 500;
 
 /// One job's bookkeeping, kept in the shape clients see. While the job is
 /// unfinished, `next_attempt_at_ms` is always set: not before then.
@@ -31,6 +36,9 @@ pub struct QueueState {
     pub index_version: u64,
     /// Embedder failures still to inject (tests only).
     pub pending_faults: u32,
+    /// When the index version last changed (ms since the Unix epoch).
+    #[serde(default)]
+    pub index_changed_at_ms: u64,
 }
 
 /// The next unit of work: one document of one job.
@@ -81,6 +89,16 @@ impl QueueCore {
     /// The index version (part of every search cache key).
     pub fn index_version(&self) -> u64 {
         self.state.index_version
+    }
+
+    /// Whether another job can be accepted now.
+    pub fn has_room(&self) -> bool {
+        self.state.pending.len() < MAX_PENDING_JOBS
+    }
+
+    /// When the index version last changed.
+    pub fn index_changed_at(&self) -> u64 {
+        self.state.index_changed_at_ms
     }
 
     /// Accepts a job of `count` documents that the shell has stored.
@@ -152,6 +170,7 @@ impl QueueCore {
         job.updated_at_ms = now_ms;
         job.status = JobStatus::Running;
         self.state.index_version += 1;
+        self.state.index_changed_at_ms = now_ms;
         let mut finished_job = None;
         if job.documents_done >= job.documents_total {
             job.status = JobStatus::Done;
@@ -184,6 +203,18 @@ impl QueueCore {
         job.last_error = Some(error);
         job.updated_at_ms = now_ms;
         job.next_attempt_at_ms = Some(now_ms + backoff_ms(job.attempts));
+        if job.attempts >= MAX_ATTEMPTS {
+            // Given up: the job moves to the finished ones as `failed`. Its
+            // documents are not deleted (`finished_job` stays `None`).
+            job.status = JobStatus::Failed;
+            job.next_attempt_at_ms = None;
+            if let Some(failed) = self.state.pending.pop_front() {
+                self.state.recent.push_back(failed);
+                while self.state.recent.len() > RECENT_JOBS {
+                    self.state.recent.pop_front();
+                }
+            }
+        }
         Effects {
             persist: true,
             wake_at: self.next_deadline(),
@@ -192,8 +223,9 @@ impl QueueCore {
     }
 
     /// A document was deleted from the index.
-    pub fn document_deleted(&mut self) -> Effects {
+    pub fn document_deleted(&mut self, now_ms: u64) -> Effects {
         self.state.index_version += 1;
+        self.state.index_changed_at_ms = now_ms;
         Effects {
             persist: true,
             ..Effects::default()
@@ -280,6 +312,37 @@ mod tests {
     }
 
     #[test]
+    fn a_job_that_keeps_failing_is_given_up_and_the_queue_moves_on() {
+        let mut q = QueueCore::new(None);
+        q.enqueue("bad".into(), 1, 0);
+        q.enqueue("good".into(), 1, 0);
+        let mut now = 0;
+        for attempt in 1..=MAX_ATTEMPTS {
+            assert_eq!(q.next_work(now), Some(item("bad", 0)), "attempt {attempt}");
+            q.attempt_failed(&item("bad", 0), format!("error {attempt}"), now);
+            now = q.next_deadline().unwrap_or(now);
+        }
+        let bad = q.job("bad").unwrap();
+        assert_eq!(
+            (bad.status, bad.attempts),
+            (JobStatus::Failed, MAX_ATTEMPTS)
+        );
+        assert_eq!(bad.last_error.as_deref(), Some("error 10"));
+        assert_eq!(bad.next_attempt_at_ms, None);
+        assert_eq!(q.next_work(now), Some(item("good", 0)));
+    }
+
+    #[test]
+    fn the_queue_has_a_bound() {
+        let mut q = QueueCore::new(None);
+        for i in 0..MAX_PENDING_JOBS {
+            assert!(q.has_room());
+            q.enqueue(format!("j{i}"), 1, 0);
+        }
+        assert!(!q.has_room());
+    }
+
+    #[test]
     fn backoff_doubles_and_caps() {
         assert_eq!(backoff_ms(1), 1_000);
         assert_eq!(backoff_ms(2), 2_000);
@@ -341,7 +404,8 @@ mod tests {
         assert!(q.job("j0").is_none());
         assert!(q.job(&format!("j{}", RECENT_JOBS + 4)).is_some());
         let before = q.index_version();
-        assert!(q.document_deleted().persist);
+        assert!(q.document_deleted(7).persist);
+        assert_eq!(q.index_changed_at(), 7);
         assert_eq!(q.index_version(), before + 1);
     }
 }

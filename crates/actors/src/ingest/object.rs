@@ -43,6 +43,15 @@ const SCHEMA: &[&str] = &[
 /// How long an enqueue keeps working before it answers `queued` and leaves
 /// the rest to the alarm.
 const INLINE_BUDGET_MS: u64 = 2_000;
+/// Chunks an enqueue indexes before it answers. `Date.now()` only moves on
+/// I/O in Workers, and the embedded providers do none, so the time budgets
+/// alone would not stop a run: this bounds its CPU time too.
+const INLINE_MAX_CHUNKS: u32 = 1_000;
+/// Chunks one alarm run indexes before it re-arms.
+const ALARM_MAX_CHUNKS: u32 = 10_000;
+/// How long after an index change a Vectorize search is not cached (its
+/// writes become visible to queries only after a few seconds).
+const VECTORIZE_SETTLE_MS: u64 = 10_000;
 /// How long one alarm run works before it re-arms and yields.
 const ALARM_BUDGET_MS: u64 = 20_000;
 /// How long a search stays in the KV cache.
@@ -211,28 +220,41 @@ impl IngestQueue {
         enqueue: Enqueue,
     ) -> std::result::Result<IngestResponse, ErrorReply> {
         enqueue.validate().map_err(invalid)?;
+        if !self.with_core(|c| c.has_room())? {
+            return Err(ErrorReply::new(
+                ErrorCode::Busy,
+                format!(
+                    "this tenant has {} unfinished ingest jobs; retry when some are done",
+                    super::core::MAX_PENDING_JOBS
+                ),
+            ));
+        }
         let job_id = format!("job-{}", crate::entropy::random_hex(12));
         let count = u32::try_from(enqueue.documents.len()).map_err(internal)?;
         // Store every document, then the job, with no await in between: the
-        // runtime commits them together before the answer leaves.
-        for (idx, doc) in enqueue.documents.iter().enumerate() {
-            let metadata = serde_json::to_string(&doc.metadata).map_err(internal)?;
-            self.exec(
-                "INSERT INTO job_docs (job_id, idx, doc_id, text, metadata) VALUES (?, ?, ?, ?, ?)",
-                vec![
-                    job_id.as_str().into(),
-                    SqlStorageValue::Integer(idx as i64),
-                    doc.id.as_str().into(),
-                    doc.text.as_str().into(),
-                    metadata.into(),
-                ],
-            )?;
-        }
-        let (accepted, effects) = self.with_core(|c| c.enqueue(job_id.clone(), count, now_ms()))?;
-        self.apply(&effects)?;
+        // runtime commits them together before the answer leaves. A failure
+        // part way removes what was written, so no document is left without
+        // a job.
+        let stored = self.store_documents(&job_id, &enqueue);
+        let accepted = stored.and_then(|()| {
+            let (accepted, effects) =
+                self.with_core(|c| c.enqueue(job_id.clone(), count, now_ms()))?;
+            self.apply(&effects)?;
+            Ok(accepted)
+        });
+        let accepted = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                let _ = self.exec(
+                    "DELETE FROM job_docs WHERE job_id = ?",
+                    vec![job_id.as_str().into()],
+                );
+                return Err(e);
+            }
+        };
         self.rearm().await;
         // A head start: small jobs are done before the answer.
-        self.work(tenant, INLINE_BUDGET_MS).await;
+        self.work(tenant, INLINE_BUDGET_MS, INLINE_MAX_CHUNKS).await;
         let status = self
             .with_core(|c| c.job(&job_id).map(|j| j.status))?
             .filter(|s| *s == JobStatus::Done)
@@ -240,18 +262,42 @@ impl IngestQueue {
         Ok(IngestResponse::Accepted(JobAccepted { status, ..accepted }))
     }
 
-    /// Works through due documents for up to `budget_ms`, then re-arms.
-    async fn work(&self, tenant: &TenantId, budget_ms: u64) {
+    fn store_documents(
+        &self,
+        job_id: &str,
+        enqueue: &Enqueue,
+    ) -> std::result::Result<(), ErrorReply> {
+        for (idx, doc) in enqueue.documents.iter().enumerate() {
+            let metadata = serde_json::to_string(&doc.metadata).map_err(internal)?;
+            self.exec(
+                "INSERT INTO job_docs (job_id, idx, doc_id, text, metadata) VALUES (?, ?, ?, ?, ?)",
+                vec![
+                    job_id.into(),
+                    SqlStorageValue::Integer(idx as i64),
+                    doc.id.as_str().into(),
+                    doc.text.as_str().into(),
+                    metadata.into(),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Works through due documents for up to `budget_ms` or `max_chunks`
+    /// chunks, whichever comes first, then re-arms.
+    async fn work(&self, tenant: &TenantId, budget_ms: u64, max_chunks: u32) {
         if self.working.replace(true) {
             return;
         }
         let started = now_ms();
-        while now_ms().saturating_sub(started) < budget_ms {
+        let mut chunks_done: u32 = 0;
+        while now_ms().saturating_sub(started) < budget_ms && chunks_done < max_chunks {
             let Ok(Some(item)) = self.with_core(|c| c.next_work(now_ms())) else {
                 break;
             };
             let outcome = self.process(tenant, &item).await;
             let failed = outcome.is_err();
+            chunks_done = chunks_done.saturating_add(*outcome.as_ref().unwrap_or(&0));
             let effects = self.with_core(|c| match outcome {
                 Ok(chunks) => c.document_done(&item, chunks, now_ms()),
                 Err(e) => c.attempt_failed(&item, e, now_ms()),
@@ -368,6 +414,18 @@ impl IngestQueue {
                 "the document id must be 1 to 128 characters of A-Z a-z 0-9 . _ -",
             ));
         }
+        // A document that an unfinished job will (re)write cannot be deleted
+        // now: the job would bring it back, or race the delete.
+        let pending = self.exec(
+            "SELECT job_id FROM job_docs WHERE doc_id = ? LIMIT 1",
+            vec![doc_id.into()],
+        )?;
+        if let Some([SqlStorageValue::String(job)]) = pending.first().map(Vec::as_slice) {
+            return Err(ErrorReply::new(
+                ErrorCode::Busy,
+                format!("document {doc_id:?} has an unfinished ingest job ({job}); delete it when the job is done"),
+            ));
+        }
         let rows = self.exec(
             "SELECT chunks FROM documents WHERE doc_id = ?",
             vec![doc_id.into()],
@@ -392,7 +450,7 @@ impl IngestQueue {
             "DELETE FROM documents WHERE doc_id = ?",
             vec![doc_id.into()],
         )?;
-        let effects = self.with_core(|c| c.document_deleted())?;
+        let effects = self.with_core(|c| c.document_deleted(now_ms()))?;
         self.apply(&effects)?;
         Ok(IngestResponse::Deleted(DocumentDeleted {
             doc_id: doc_id.to_owned(),
@@ -475,7 +533,13 @@ impl IngestQueue {
                 })
                 .collect(),
         };
-        if let (Some(cache), Ok(json)) = (cache, serde_json::to_string(&results)) {
+        // Vectorize shows new writes to queries only after a few seconds: an
+        // answer computed right after a change may not reflect it yet, so it
+        // is not cached.
+        let settled = !settings.vectorize
+            || now_ms().saturating_sub(self.with_core(|c| c.index_changed_at())?)
+                > VECTORIZE_SETTLE_MS;
+        if let (Some(cache), Ok(json), true) = (cache, serde_json::to_string(&results), settled) {
             // The answer does not wait for the cache write.
             self.state.wait_until(async move {
                 if let Err(e) = cache.put(&key, &json, CACHE_TTL_SECS).await {
@@ -525,6 +589,11 @@ impl IngestQueue {
         envelope: Envelope<IngestRequest>,
     ) -> std::result::Result<IngestResponse, ErrorReply> {
         let tenant = self.load(Some(&envelope.tenant_id))?;
+        // Unfinished work must always have an alarm, even if setting one
+        // failed earlier: any request makes sure it does.
+        if self.with_core(|c| c.next_deadline().is_some())? && !self.working.get() {
+            self.rearm().await;
+        }
         match envelope.message {
             IngestRequest::Enqueue(enqueue) => self.enqueue(&tenant, enqueue).await,
             IngestRequest::GetJob(get) => self
@@ -586,9 +655,15 @@ impl worker::DurableObject for IngestQueue {
 
     async fn alarm(&self) -> Result<Response> {
         match self.load(None) {
-            Ok(tenant) => self.work(&tenant, ALARM_BUDGET_MS).await,
-            Err(e) => worker::console_error!("ingest queue alarm: {}", e.message),
+            Ok(tenant) => {
+                self.work(&tenant, ALARM_BUDGET_MS, ALARM_MAX_CHUNKS).await;
+                Response::ok("done")
+            }
+            // An error makes the runtime retry the alarm later.
+            Err(e) => Err(worker::Error::RustError(format!(
+                "ingest queue alarm: {}",
+                e.message
+            ))),
         }
-        Response::ok("done")
     }
 }
