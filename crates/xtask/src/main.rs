@@ -314,7 +314,12 @@ fn bench() -> Result<(), ToolError> {
     step("RAG benchmark (ingest throughput, search latency, retrieval quality)");
     run(
         cargo().args(["bench", "-p", "e2e", "--bench", "rag"]),
-        "cargo bench",
+        "cargo bench (rag)",
+    )?;
+    step("chat benchmark (first event and full answer over SSE and WebSocket)");
+    run(
+        cargo().args(["bench", "-p", "e2e", "--bench", "chat"]),
+        "cargo bench (chat)",
     )
 }
 
