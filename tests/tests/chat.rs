@@ -163,29 +163,64 @@ fn sse_turn_streams_tool_calls_then_a_cited_answer() {
 #[test]
 fn kv_get_reads_only_allowed_keys() {
     let server = shared(Deployment::Dedicated(B));
-    let r = chat(
-        &server,
-        B,
-        json!({ "sessionId": "kv-1", "message": "what is config:support_email ?" }),
+    let admin = ("authorization", "Bearer e2e-admin-token");
+    let ct = ("content-type", "application/json");
+    let url = server.url("/admin/config/support_email");
+    // Operators set configuration values; kv_get reads them.
+    let r = send(
+        "PUT",
+        &url,
+        &[admin, ct],
+        Some(br#"{"value":"help@example.com"}"#),
     );
-    let events: Vec<Value> = events_of(&r);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({ "ok": true, "key": "config:support_email", "value": "help@example.com" })
+    );
+    let ask = |message: &str| {
+        events_of(&chat(
+            &server,
+            B,
+            json!({ "sessionId": "kv-1", "message": message }),
+        ))
+    };
+    let events = ask("what is config:support_email ?");
     assert_turn_shape(&names(&events));
     assert_eq!(events[0]["tool"], "kv_get");
     assert_eq!(events[1]["is_error"], false);
+    assert!(
+        answer_text(&events).contains("The value of config:support_email is help@example.com."),
+        "{events:?}"
+    );
+    // Removed: the tool answers that there is no value.
+    let r = send("DELETE", &url, &[admin], None);
+    assert_eq!(r.json()["value"], Value::Null);
+    let events = ask("and config:support_email now?");
     assert!(answer_text(&events).contains("no value stored for config:support_email"));
     // Outside config: the tool refuses; the turn still completes.
-    let r = chat(
-        &server,
-        B,
-        json!({ "sessionId": "kv-1", "message": "read secret:admin_token" }),
-    );
-    let events: Vec<Value> = events_of(&r);
+    let events = ask("read secret:admin_token");
     assert_turn_shape(&names(&events));
     assert_eq!(events[1]["is_error"], true);
     assert!(events[1]["result"]
         .as_str()
         .unwrap()
         .contains("only keys under config:"));
+    // The config routes check their input and credentials.
+    let bad = send(
+        "PUT",
+        &server.url("/admin/config/a%20b"),
+        &[admin, ct],
+        Some(br#"{"value":"x"}"#),
+    );
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (400, "invalid_request")
+    );
+    let r = send("PUT", &url, &[ct], Some(br#"{"value":"x"}"#));
+    assert_eq!(r.status, 401);
+    let r = send("PUT", &url, &[admin, ct], Some(br#"{"value":5}"#));
+    assert_eq!(r.status, 400);
 }
 
 #[test]

@@ -100,6 +100,10 @@ pub trait Kv {
     async fn get(&self, key: &str) -> Result<Option<String>, PortError>;
     /// Stores `value` under `key` for `ttl_secs` seconds (at least 60).
     async fn put(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), PortError>;
+    /// Stores `value` under `key` with no expiry.
+    async fn set(&self, key: &str, value: &str) -> Result<(), PortError>;
+    /// Removes `key` (absent keys are fine).
+    async fn delete(&self, key: &str) -> Result<(), PortError>;
 }
 
 /// Who said a chat message.

@@ -137,6 +137,14 @@ pub fn history_page(
     Ok((before, limit))
 }
 
+/// `PUT /admin/config/<name>`: `{"value": "..."}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigBody {
+    /// The value.
+    pub value: String,
+}
+
 /// `POST /admin/faults`: `{"embedFailures": n}`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -155,6 +155,19 @@ async fn json_reply(
             ok_json(&json!({ "tenant": record }))
         }
         Route::InspectActor { kind, name } => inspect(env, &tenant, kind, &name, request_id).await,
+        Route::SetConfig { name } => {
+            let body = read_json::<api::ConfigBody>(&mut req, body::MAX_ADMIN_BODY_BYTES).await?;
+            let entry = CoordinatorHandle::new(env, &tenant)?
+                .set_config(request_id, name, Some(body.value))
+                .await?;
+            ok_json(&json!({ "ok": true, "key": entry.key, "value": entry.value }))
+        }
+        Route::DeleteConfig { name } => {
+            let entry = CoordinatorHandle::new(env, &tenant)?
+                .set_config(request_id, name, None)
+                .await?;
+            ok_json(&json!({ "ok": true, "key": entry.key, "value": entry.value }))
+        }
         Route::InjectFaults => {
             let faults = read_json::<FaultsBody>(&mut req, body::MAX_ADMIN_BODY_BYTES).await?;
             let armed = IngestHandle::new(env, &tenant)?

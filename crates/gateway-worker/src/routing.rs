@@ -21,6 +21,16 @@ pub enum Route {
     },
     /// `POST /admin/faults`: arm injected embedder failures (test deployments only).
     InjectFaults,
+    /// `PUT /admin/config/<name>`: set a configuration value (read by `kv_get`).
+    SetConfig {
+        /// The name after `config:`, unvalidated.
+        name: String,
+    },
+    /// `DELETE /admin/config/<name>`.
+    DeleteConfig {
+        /// The name after `config:`, unvalidated.
+        name: String,
+    },
     /// `POST /api/ingest`: store and queue documents.
     Ingest,
     /// `GET /api/ingest/<jobId>`: a job's progress.
@@ -75,7 +85,9 @@ impl Route {
             Route::GetTenant
             | Route::PatchTenant
             | Route::InspectActor { .. }
-            | Route::InjectFaults => Credential::Admin,
+            | Route::InjectFaults
+            | Route::SetConfig { .. }
+            | Route::DeleteConfig { .. } => Credential::Admin,
             Route::Ingest | Route::IngestJob { .. } | Route::DeleteDocument { .. } => {
                 Credential::Ingest
             }
@@ -93,6 +105,18 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             match method {
                 "GET" => Some(Route::GetTenant),
                 "PATCH" => Some(Route::PatchTenant),
+                _ => None,
+            },
+        ),
+        ["admin", "config", name] => (
+            &["PUT", "DELETE"],
+            match method {
+                "PUT" => Some(Route::SetConfig {
+                    name: (*name).to_owned(),
+                }),
+                "DELETE" => Some(Route::DeleteConfig {
+                    name: (*name).to_owned(),
+                }),
                 _ => None,
             },
         ),
@@ -185,6 +209,22 @@ mod tests {
         );
         assert_eq!(route("POST", "/api/search"), Ok(Route::Search));
         assert_eq!(route("POST", "/admin/faults"), Ok(Route::InjectFaults));
+        assert_eq!(
+            route("PUT", "/admin/config/theme"),
+            Ok(Route::SetConfig {
+                name: "theme".into()
+            })
+        );
+        assert_eq!(
+            route("DELETE", "/admin/config/theme"),
+            Ok(Route::DeleteConfig {
+                name: "theme".into()
+            })
+        );
+        assert_eq!(
+            Route::SetConfig { name: "x".into() }.credential(),
+            Credential::Admin
+        );
         assert_eq!(route("POST", "/api/chat"), Ok(Route::Chat));
         assert_eq!(route("GET", "/api/chat/ws"), Ok(Route::ChatSocket));
         assert_eq!(

@@ -22,6 +22,66 @@ pub enum CoordinatorRequest {
     UpdateSettings(UpdateSettings),
     /// An operator's look at the actor's whole state.
     Inspect(Inspect),
+    /// Set or remove one of the tenant's configuration values.
+    SetConfig(SetConfig),
+}
+
+/// The prefix of configuration keys in KV (after the tenant's own prefix):
+/// `${tenantId}:config:<name>`. The chat tool `kv_get` reads only these.
+pub const CONFIG_PREFIX: &str = "config:";
+/// The longest configuration name (the part after `config:`).
+pub const MAX_CONFIG_NAME_LEN: usize = 200;
+/// The largest configuration value, in bytes.
+pub const MAX_CONFIG_VALUE_BYTES: usize = 4096;
+
+/// Payload of [`CoordinatorRequest::SetConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetConfig {
+    /// The name after `config:` (1 to 200 of `A-Z a-z 0-9 : . _ -`).
+    pub name: String,
+    /// The value, or `None` to remove it.
+    pub value: Option<String>,
+}
+
+/// Why a configuration change is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The name is empty, too long or has characters outside the set.
+    #[error(
+        "a configuration name is 1 to {MAX_CONFIG_NAME_LEN} characters of A-Z a-z 0-9 : . _ -"
+    )]
+    Name,
+    /// The value is too large.
+    #[error("a configuration value is at most {MAX_CONFIG_VALUE_BYTES} bytes")]
+    Value,
+}
+
+impl SetConfig {
+    /// Checks the name and value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= MAX_CONFIG_NAME_LEN
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'));
+        if !name_ok {
+            return Err(ConfigError::Name);
+        }
+        if self
+            .value
+            .as_ref()
+            .is_some_and(|v| v.len() > MAX_CONFIG_VALUE_BYTES)
+        {
+            return Err(ConfigError::Value);
+        }
+        Ok(())
+    }
+
+    /// The key within the tenant's prefix: `config:<name>`.
+    pub fn key(&self) -> String {
+        format!("{CONFIG_PREFIX}{}", self.name)
+    }
 }
 
 /// Payload of [`CoordinatorRequest::GetTenant`].
@@ -46,6 +106,17 @@ pub enum CoordinatorResponse {
     Tenant(TenantRecord),
     /// The actor's state (answers `Inspect`).
     Snapshot(CoordinatorSnapshot),
+    /// Answers `SetConfig`.
+    ConfigSet(ConfigEntry),
+}
+
+/// A configuration value as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEntry {
+    /// `config:<name>`.
+    pub key: String,
+    /// The value, or `None` when it was removed.
+    pub value: Option<String>,
 }
 
 /// What the platform knows about a tenant.
@@ -251,6 +322,31 @@ mod tests {
         assert_eq!(
             patch(None, Some("model with spaces")).validate(),
             Err(SettingsError::ModelName { field: "chat" })
+        );
+    }
+
+    #[test]
+    fn config_validation() {
+        let c = |name: &str, value: Option<&str>| SetConfig {
+            name: name.into(),
+            value: value.map(str::to_owned),
+        };
+        assert_eq!(c("support_email", Some("a@b")).validate(), Ok(()));
+        assert_eq!(
+            c("support_email", Some("a@b")).key(),
+            "config:support_email"
+        );
+        assert_eq!(c("x", None).validate(), Ok(()));
+        for bad in ["", "a b", "a/b", &"n".repeat(201)] {
+            assert_eq!(
+                c(bad, Some("v")).validate(),
+                Err(ConfigError::Name),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            c("x", Some(&"v".repeat(4097))).validate(),
+            Err(ConfigError::Value)
         );
     }
 

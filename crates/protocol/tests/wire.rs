@@ -457,3 +457,27 @@ mod chat_messages {
         assert!(decode::<ChatRequest>(&tampered).is_err());
     }
 }
+
+#[test]
+fn config_messages_round_trip() {
+    let env = Envelope::new(
+        rid(),
+        tenant(),
+        CoordinatorRequest::SetConfig(SetConfig {
+            name: "support_email".into(),
+            value: Some("a@b".into()),
+        }),
+    );
+    let back: Envelope<CoordinatorRequest> = decode(&encode(&env).unwrap()).unwrap();
+    assert_eq!(back, env);
+    let reply = ReplyEnvelope::new(
+        Some(rid()),
+        Ok(CoordinatorResponse::ConfigSet(ConfigEntry {
+            key: "config:support_email".into(),
+            value: None,
+        })),
+    );
+    let back: ReplyEnvelope<CoordinatorResponse> =
+        decode_reply(&encode_reply(&reply).unwrap()).unwrap();
+    assert_eq!(back, reply);
+}

@@ -40,4 +40,17 @@ impl Kv for WorkersKv {
             .await
             .map_err(failed)
     }
+
+    async fn set(&self, key: &str, value: &str) -> Result<(), PortError> {
+        self.store
+            .put(key, value)
+            .map_err(failed)?
+            .execute()
+            .await
+            .map_err(failed)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), PortError> {
+        self.store.delete(key).await.map_err(failed)
+    }
 }

@@ -1,7 +1,8 @@
 //! The coordinator's pure core: plain data in, reply and effects out.
 
 use protocol::coordinator::{
-    CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, TenantRecord, TenantSettings,
+    ConfigEntry, CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, TenantRecord,
+    TenantSettings,
 };
 use protocol::{Envelope, ErrorCode, ErrorReply, RequestId};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,8 @@ pub struct CoordinatorState {
 pub struct Effects {
     /// Write this state to storage before answering.
     pub persist: Option<CoordinatorState>,
+    /// Write (or, with `None`, remove) this configuration value in KV.
+    pub config_write: Option<ConfigEntry>,
 }
 
 /// The coordinator's in-memory state.
@@ -84,6 +87,17 @@ impl CoordinatorCore {
                         effects.persist = Some(state.clone());
                     }
                     Ok(CoordinatorResponse::Tenant(state.record.clone()))
+                }
+            },
+            CoordinatorRequest::SetConfig(set) => match set.validate() {
+                Err(e) => Err(ErrorReply::new(ErrorCode::InvalidRequest, e.to_string())),
+                Ok(()) => {
+                    let entry = ConfigEntry {
+                        key: set.key(),
+                        value: set.value,
+                    };
+                    effects.config_write = Some(entry.clone());
+                    Ok(CoordinatorResponse::ConfigSet(entry))
                 }
             },
             CoordinatorRequest::Inspect(_) => {
@@ -193,6 +207,27 @@ mod tests {
             panic!()
         };
         assert_eq!(snap.record.settings.display_name, "Acme");
+    }
+
+    #[test]
+    fn config_writes_are_effects() {
+        let mut core = CoordinatorCore::new(None);
+        let set = |name: &str, value: Option<&str>| {
+            CoordinatorRequest::SetConfig(SetConfig {
+                name: name.into(),
+                value: value.map(str::to_owned),
+            })
+        };
+        let (reply, effects) = core.handle(env("acme", "r1", set("theme", Some("dark"))), 1);
+        let want = ConfigEntry {
+            key: "config:theme".into(),
+            value: Some("dark".into()),
+        };
+        assert_eq!(reply.unwrap(), CoordinatorResponse::ConfigSet(want.clone()));
+        assert_eq!(effects.config_write, Some(want));
+        let (reply, effects) = core.handle(env("acme", "r2", set("bad name", Some("x"))), 2);
+        assert_eq!(reply.unwrap_err().code, ErrorCode::InvalidRequest);
+        assert_eq!(effects.config_write, None);
     }
 
     #[test]

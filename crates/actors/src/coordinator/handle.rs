@@ -4,8 +4,8 @@ use super::{BINDING, RESOURCE};
 use crate::error::ActorError;
 use crate::rpc::ActorStub;
 use protocol::coordinator::{
-    CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, GetTenant, Inspect,
-    SettingsPatch, TenantRecord, UpdateSettings,
+    ConfigEntry, CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, GetTenant, Inspect,
+    SetConfig, SettingsPatch, TenantRecord, UpdateSettings,
 };
 use protocol::{RequestId, TenantId};
 use worker::Env;
@@ -55,6 +55,20 @@ impl CoordinatorHandle {
         }
     }
 
+    /// Sets (or with `None` removes) `config:<name>` for the tenant.
+    pub async fn set_config(
+        &self,
+        request_id: &RequestId,
+        name: String,
+        value: Option<String>,
+    ) -> Result<ConfigEntry, ActorError> {
+        let message = CoordinatorRequest::SetConfig(SetConfig { name, value });
+        match self.send(request_id, message).await? {
+            CoordinatorResponse::ConfigSet(entry) => Ok(entry),
+            other => Err(unexpected("ConfigSet", &other)),
+        }
+    }
+
     /// The coordinator's state, for operators.
     pub async fn inspect(&self, request_id: &RequestId) -> Result<CoordinatorSnapshot, ActorError> {
         match self
@@ -73,6 +87,7 @@ fn unexpected(expected: &'static str, got: &CoordinatorResponse) -> ActorError {
         got: match got {
             CoordinatorResponse::Tenant(_) => "Tenant",
             CoordinatorResponse::Snapshot(_) => "Snapshot",
+            CoordinatorResponse::ConfigSet(_) => "ConfigSet",
         },
     }
 }

@@ -1,9 +1,10 @@
 //! The `TenantCoordinator` Durable Object: the shell around [`CoordinatorCore`].
 
-use super::core::{CoordinatorCore, CoordinatorState};
+use super::core::{CoordinatorCore, CoordinatorState, Effects};
+use crate::ports::Kv;
 use crate::rpc;
-use protocol::coordinator::{CoordinatorRequest, CoordinatorResponse};
-use protocol::{ErrorCode, ErrorReply};
+use protocol::coordinator::{ConfigEntry, CoordinatorRequest, CoordinatorResponse};
+use protocol::{ErrorCode, ErrorReply, TenantId};
 use serde::Deserialize;
 use std::cell::RefCell;
 use worker::{durable_object, Date, Env, Request, Response, Result, SqlStorage, State};
@@ -17,6 +18,7 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS coordinator_state (
 #[durable_object]
 pub struct TenantCoordinator {
     state: State,
+    env: Env,
     /// Loaded on the first message; dropped when a write fails so that the
     /// next message starts again from what storage really holds.
     core: RefCell<Option<CoordinatorCore>>,
@@ -62,10 +64,65 @@ impl TenantCoordinator {
     }
 }
 
+impl TenantCoordinator {
+    /// Loads the core if needed, handles the message and persists the record,
+    /// all synchronously (SQL storage is), so no borrow outlives it.
+    fn handle_sync(
+        &self,
+        envelope: protocol::Envelope<CoordinatorRequest>,
+        now_ms: u64,
+    ) -> std::result::Result<
+        (
+            std::result::Result<CoordinatorResponse, ErrorReply>,
+            Effects,
+        ),
+        ErrorReply,
+    > {
+        let mut slot = self.core.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(
+                self.load()
+                    .map_err(|e| ErrorReply::new(ErrorCode::Internal, e))?,
+            );
+        }
+        let core = slot
+            .as_mut()
+            .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "coordinator not loaded"))?;
+        let (mut reply, mut effects) = core.handle(envelope, now_ms);
+        if let Some(state) = effects.persist.take() {
+            if let Err(e) = self.save(&state) {
+                *slot = None;
+                reply = Err(ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!("could not save the tenant record: {e}"),
+                ));
+            }
+        }
+        Ok((reply, effects))
+    }
+
+    /// Writes or removes `${tenantId}:config:<name>` in the `CACHE` namespace.
+    async fn write_config(
+        &self,
+        tenant: &TenantId,
+        entry: &ConfigEntry,
+    ) -> std::result::Result<(), String> {
+        let kv = crate::ingest::providers::cache(&self.env)
+            .ok_or("this deployment has no KV namespace")?;
+        let key = tenant.kv_key(&entry.key);
+        match &entry.value {
+            Some(value) => kv.set(&key, value).await,
+            None => kv.delete(&key).await,
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
 impl worker::DurableObject for TenantCoordinator {
-    fn new(state: State, _env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
         Self {
             state,
+            env,
             core: RefCell::new(None),
         }
     }
@@ -79,38 +136,17 @@ impl worker::DurableObject for TenantCoordinator {
         let request_id = envelope.request_id.clone();
         let now_ms = Date::now().as_millis();
 
-        // Everything below is synchronous (SQL storage is), so no borrow is
-        // held across an await.
-        let mut slot = self.core.borrow_mut();
-        if slot.is_none() {
-            match self.load() {
-                Ok(core) => *slot = Some(core),
-                Err(e) => {
-                    let reply = Err(ErrorReply::new(ErrorCode::Internal, e));
-                    return Ok(rpc::reply_response::<CoordinatorResponse>(
-                        Some(request_id),
-                        reply,
-                    ));
-                }
-            }
-        }
-        let Some(core) = slot.as_mut() else {
-            let reply = Err(ErrorReply::new(
-                ErrorCode::Internal,
-                "coordinator not loaded",
-            ));
-            return Ok(rpc::reply_response::<CoordinatorResponse>(
-                Some(request_id),
-                reply,
-            ));
+        let tenant = envelope.tenant_id.clone();
+        let (mut reply, effects) = match self.handle_sync(envelope, now_ms) {
+            Ok(done) => done,
+            Err(reply) => (Err(reply), Effects::default()),
         };
-        let (mut reply, effects) = core.handle(envelope, now_ms);
-        if let Some(state) = effects.persist {
-            if let Err(e) = self.save(&state) {
-                *slot = None;
+        // The one effect that needs I/O runs after the core's borrow ended.
+        if let (Ok(_), Some(entry)) = (&reply, effects.config_write) {
+            if let Err(e) = self.write_config(&tenant, &entry).await {
                 reply = Err(ErrorReply::new(
                     ErrorCode::Internal,
-                    format!("could not save the tenant record: {e}"),
+                    format!("could not write {}: {e}", entry.key),
                 ));
             }
         }
