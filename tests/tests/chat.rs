@@ -56,6 +56,18 @@ fn events_of(r: &Reply) -> Vec<Value> {
         .collect()
 }
 
+/// The roles of a history page's messages, in order.
+fn roles(history: &Value) -> Vec<String> {
+    history["messages"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| m["role"].as_str().unwrap_or("?").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn names(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -140,12 +152,7 @@ fn sse_turn_streams_tool_calls_then_a_cited_answer() {
 
     // History: the user message, the tool round, the answer; paged.
     let h = history(&server, B, "sse-1", "").json();
-    let roles: Vec<&str> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["role"].as_str().unwrap())
-        .collect();
+    let roles = roles(&h);
     assert_eq!(roles, vec!["user", "assistant", "tool", "assistant"]);
     assert_eq!(h["messages"][3]["content"].as_str().unwrap(), text);
     assert_eq!(
@@ -404,12 +411,7 @@ fn concurrent_turns_never_interleave() {
     assert!(answered >= 1);
     // Every stored turn is whole: user, tool round, answer, in that order.
     let h = history(&server, A, "busy-1", "?limit=200").json();
-    let roles: Vec<&str> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["role"].as_str().unwrap())
-        .collect();
+    let roles = roles(&h);
     assert_eq!(roles.len(), answered * 4, "{roles:?}");
     for turn in roles.chunks(4) {
         assert_eq!(turn, ["user", "assistant", "tool", "assistant"]);
@@ -432,12 +434,7 @@ fn a_failing_model_ends_with_an_error_and_keeps_history_consistent() {
     assert!(!types.contains(&"done".to_owned()));
     // The user message and the complete tool round are kept; the half answer is not.
     let h = history(&server, B, "fail-1", "").json();
-    let roles: Vec<&str> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["role"].as_str().unwrap())
-        .collect();
+    let roles = roles(&h);
     assert_eq!(roles, vec!["user", "assistant", "tool"]);
     // The session is usable again.
     let r = chat(
