@@ -21,8 +21,8 @@ use crate::ports::{
 use crate::rpc;
 use futures::channel::mpsc;
 use protocol::chat::{
-    encode_frame, ChatEvent, ChatRequest, ChatResponse, ChatSnapshot, Cleared, GetHistory,
-    HistoryPage, StoredMessage, ToolCallRecord, Turn, Usage, DEFAULT_MAX_TOKENS,
+    encode_frame, ChatEvent, ChatRequest, ChatResponse, ChatSnapshot, Cleared, HistoryPage,
+    StoredMessage, ToolCallRecord, Turn, Usage, DEFAULT_MAX_TOKENS,
 };
 use protocol::coordinator::DEFAULT_CHAT_MODEL;
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
@@ -229,22 +229,26 @@ impl Inner {
         Ok(rows.first().and_then(|r| r.first()).map(int).unwrap_or(0))
     }
 
-    fn page(&self, get: &GetHistory) -> std::result::Result<HistoryPage, ErrorReply> {
-        let before = get
-            .before
+    /// Up to `limit` messages before sequence number `before`, oldest first.
+    fn page(
+        &self,
+        before: Option<u64>,
+        limit: u32,
+    ) -> std::result::Result<HistoryPage, ErrorReply> {
+        let before = before
             .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
             .unwrap_or(i64::MAX);
         let rows = self.exec(
             &format!("SELECT {COLUMNS} FROM messages WHERE seq < ? ORDER BY seq DESC LIMIT ?"),
             vec![
                 SqlStorageValue::Integer(before),
-                SqlStorageValue::Integer(i64::from(get.limit)),
+                SqlStorageValue::Integer(i64::from(limit)),
             ],
         )?;
         let mut messages: Vec<StoredMessage> =
             rows.iter().filter_map(|r| stored_from_row(r)).collect();
         messages.reverse();
-        let next_before = (messages.len() == get.limit as usize)
+        let next_before = (messages.len() == limit as usize)
             .then(|| messages.first().map(|m| m.seq))
             .flatten();
         Ok(HistoryPage {
@@ -254,11 +258,7 @@ impl Inner {
     }
 
     fn recent(&self) -> std::result::Result<Vec<ChatMessage>, ErrorReply> {
-        let page = self.page(&GetHistory {
-            session_id: SessionId::parse("x").map_err(internal)?,
-            before: None,
-            limit: CONTEXT_ROWS,
-        })?;
+        let page = self.page(None, CONTEXT_ROWS)?;
         Ok(page.messages.iter().map(to_port).collect())
     }
 
@@ -570,7 +570,7 @@ impl ChatSession {
                 reply(
                     inner
                         .bind(&tenant, &get.session_id)
-                        .and_then(|_| inner.page(&get))
+                        .and_then(|_| inner.page(get.before, get.limit))
                         .map(ChatResponse::History),
                 )
             }
