@@ -61,6 +61,18 @@ pub enum ApiError {
         /// The content type the route accepts.
         expected: &'static str,
     },
+    /// A bound of the platform would be exceeded (the tenant's index, a
+    /// session's history): 413, with the bound's own code (`index_full`).
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Machine-readable code naming the bound.
+        code: String,
+        /// Human explanation.
+        message: String,
+    },
+    /// Our own code failed (a bug, storage): 500.
+    #[error("{0}")]
+    Internal(String),
     /// The deployment is missing something it needs (a var, a secret): 503.
     #[error("{0}")]
     NotConfigured(String),
@@ -99,7 +111,8 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => 405,
             Self::Conflict(_) => 409,
             Self::UpgradeRequired => 426,
-            Self::PayloadTooLarge { .. } => 413,
+            Self::PayloadTooLarge { .. } | Self::QuotaExceeded { .. } => 413,
+            Self::Internal(_) => 500,
             Self::UnsupportedMediaType { .. } => 415,
             Self::BadUpstream(_) => 502,
             Self::NotConfigured(_) | Self::Unavailable(_) => 503,
@@ -107,8 +120,10 @@ impl ApiError {
     }
 
     /// The machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
+            Self::QuotaExceeded { code, .. } => code,
+            Self::Internal(_) => "internal",
             Self::BadRequest { code, .. }
             | Self::Forbidden { code, .. }
             | Self::NotFound { code, .. } => code,
@@ -150,7 +165,13 @@ impl From<ActorError> for ApiError {
                 },
                 ErrorCode::Protocol => Self::BadUpstream(reply.message),
                 ErrorCode::Busy => Self::Conflict(reply.message),
-                ErrorCode::Internal => Self::Unavailable(reply.message),
+                ErrorCode::Internal => Self::Internal(reply.message),
+                ErrorCode::Unavailable => Self::Unavailable(reply.message),
+                ErrorCode::BadUpstream => Self::BadUpstream(reply.message),
+                ErrorCode::QuotaExceeded => Self::QuotaExceeded {
+                    code: reply.reason.unwrap_or_else(|| "quota_exceeded".to_owned()),
+                    message: reply.message,
+                },
             },
             ActorError::Protocol(e) => Self::BadUpstream(e.to_string()),
             ActorError::UnexpectedReply { .. } => Self::BadUpstream(e.to_string()),
@@ -187,7 +208,13 @@ mod tests {
         assert_eq!(refused(ErrorCode::InvalidRequest).status(), 400);
         assert_eq!(refused(ErrorCode::NotFound).status(), 404);
         assert_eq!(refused(ErrorCode::WrongTenant).status(), 403);
-        assert_eq!(refused(ErrorCode::Internal).status(), 503);
+        assert_eq!(refused(ErrorCode::Internal).status(), 500);
+        assert_eq!(refused(ErrorCode::Unavailable).status(), 503);
+        assert_eq!(refused(ErrorCode::BadUpstream).status(), 502);
+        let full = ApiError::from(ActorError::Refused(
+            ErrorReply::new(ErrorCode::QuotaExceeded, "m").with_reason("index_full"),
+        ));
+        assert_eq!((full.status(), full.code()), (413, "index_full"));
         assert_eq!(refused(ErrorCode::Busy).status(), 409);
         assert_eq!(
             ApiError::from(ActorError::Runtime("x".into())).status(),

@@ -43,8 +43,16 @@ pub enum ErrorCode {
     Busy,
     /// The request could not be decoded or spoke another protocol version.
     Protocol,
-    /// The actor failed for a reason of its own (storage, a platform service).
+    /// The actor failed for a reason of its own (a bug, storage): HTTP 500.
     Internal,
+    /// A platform service the actor depends on could not be reached or
+    /// failed (Workers AI, Vectorize, KV): HTTP 503.
+    Unavailable,
+    /// A platform service answered something of the wrong shape: HTTP 502.
+    BadUpstream,
+    /// A configured bound would be exceeded (the index, a session's history);
+    /// [`ErrorReply::reason`] names which: HTTP 413.
+    QuotaExceeded,
 }
 
 /// An actor's refusal of a request it could read.
@@ -54,6 +62,10 @@ pub struct ErrorReply {
     pub code: ErrorCode,
     /// A human-readable explanation, safe to show to the client.
     pub message: String,
+    /// A machine-readable detail the client sees as its error code (for
+    /// example `index_full`), where the kind alone does not say enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl ErrorReply {
@@ -62,6 +74,13 @@ impl ErrorReply {
         Self {
             code,
             message: message.into(),
+            reason: None,
         }
+    }
+
+    /// The same reply with a machine-readable `reason`.
+    pub fn with_reason(mut self, reason: &str) -> Self {
+        self.reason = Some(reason.to_owned());
+        self
     }
 }
