@@ -137,6 +137,29 @@ pub fn history_page(
     Ok((before, limit))
 }
 
+/// The event id to resume after: the `Last-Event-ID` header (what an
+/// EventSource sends when it reconnects) or, for clients that cannot set
+/// headers, `?after=`; both must agree when both are given.
+pub fn last_event_id(header: Option<&str>, query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let parse = |v: &str| {
+        v.trim().parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_last_event_id",
+                "Last-Event-ID (or after) must be an event id: a whole number",
+            )
+        })
+    };
+    let header = header.map(parse).transpose()?;
+    let query = query.map(parse).transpose()?;
+    match (header, query) {
+        (Some(h), Some(q)) if h != q => Err(ApiError::bad_request(
+            "invalid_last_event_id",
+            "Last-Event-ID and after disagree",
+        )),
+        (h, q) => Ok(h.or(q)),
+    }
+}
+
 /// `PUT /admin/config/<name>`: `{"value": "..."}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,6 +332,21 @@ mod tests {
             (None, Some("a")),
         ] {
             assert_eq!(history_page(b, l).unwrap_err().status(), 400);
+        }
+    }
+
+    #[test]
+    fn resume_positions() {
+        assert_eq!(last_event_id(None, None), Ok(None));
+        assert_eq!(last_event_id(Some("7"), None), Ok(Some(7)));
+        assert_eq!(last_event_id(None, Some("7")), Ok(Some(7)));
+        assert_eq!(last_event_id(Some("7"), Some("7")), Ok(Some(7)));
+        for (h, q) in [
+            (Some("x"), None),
+            (None, Some("-1")),
+            (Some("1"), Some("2")),
+        ] {
+            assert_eq!(last_event_id(h, q).unwrap_err().status(), 400);
         }
     }
 

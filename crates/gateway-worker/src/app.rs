@@ -9,9 +9,10 @@ use crate::routing::{Credential, Route};
 use crate::sse;
 use crate::tenant::{TenantMode, TENANT_HEADER};
 use crate::{auth, body, routing};
+use actors::chat::{Resumed, TurnStream};
 use actors::{ChatHandle, CoordinatorHandle, IngestHandle};
 use futures::StreamExt;
-use protocol::chat::{ChatEvent, FrameDecoder};
+use protocol::chat::ChatEvent;
 use protocol::{ActorKind, RequestId, TenantId};
 use serde::Serialize;
 use serde_json::json;
@@ -57,16 +58,20 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
         var(env, "TENANT_ID").as_deref(),
         var(env, "TENANTS").as_deref(),
     )?;
-    // Browsers cannot set headers on a WebSocket request: there, and only
-    // there, the tenant may come as `?tenant=` instead, validated the same way.
+    // Browsers cannot set headers on a WebSocket or EventSource request:
+    // there, and only there, the tenant may come as `?tenant=` instead,
+    // validated the same way.
+    let path = req.path();
+    let browser_stream =
+        path == "/api/chat/ws" || (path.starts_with("/api/chat/") && path.ends_with("/stream"));
     let claimed = match (header(&req, TENANT_HEADER), query(&req, "tenant")) {
-        (Some(h), Some(q)) if req.path() == "/api/chat/ws" && h != q => {
+        (Some(h), Some(q)) if browser_stream && h != q => {
             return Err(ApiError::bad_request(
                 "invalid_tenant",
                 "the x-tenant-id header and the tenant parameter disagree",
             ))
         }
-        (None, Some(q)) if req.path() == "/api/chat/ws" => Some(q),
+        (None, Some(q)) if browser_stream => Some(q),
         (h, _) => h,
     };
     let tenant = mode.resolve(claimed.as_deref())?;
@@ -94,6 +99,30 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
                 .await?;
             return event_stream(frames, request_id).map(Reply::Raw);
         }
+        Route::ChatStream { session } => {
+            let session = api::session_id(&session)?;
+            let after = api::last_event_id(
+                header(&req, "last-event-id").as_deref(),
+                query(&req, "after").as_deref(),
+            )?;
+            let resumed = ChatHandle::new(env, &tenant, &session)?
+                .resume(request_id, after)
+                .await?;
+            return match resumed {
+                Resumed::Stream(frames) => event_stream(frames, request_id).map(Reply::Raw),
+                Resumed::UpToDate(_) => {
+                    // 204 also tells an EventSource to stop reconnecting.
+                    let headers = Headers::new();
+                    let _ = headers.set(REQUEST_ID_HEADER, request_id.as_str());
+                    Ok(Reply::Raw(
+                        Response::empty()
+                            .map_err(|e| ApiError::Internal(e.to_string()))?
+                            .with_status(204)
+                            .with_headers(headers),
+                    ))
+                }
+            };
+        }
         Route::ChatSocket => {
             let upgrade = header(&req, "upgrade").unwrap_or_default();
             if !upgrade.eq_ignore_ascii_case("websocket") {
@@ -119,7 +148,9 @@ async fn json_reply(
 ) -> Result<(u16, serde_json::Value), ApiError> {
     let tenant = tenant.clone();
     match route {
-        Route::Chat | Route::ChatSocket => Err(ApiError::not_found("not_found", "no such route")),
+        Route::Chat | Route::ChatSocket | Route::ChatStream { .. } => {
+            Err(ApiError::not_found("not_found", "no such route"))
+        }
         Route::History { session } => {
             let session = api::session_id(&session)?;
             let (before, limit) = api::history_page(
@@ -298,23 +329,18 @@ fn ok_json<T: Serialize>(value: &T) -> Result<(u16, serde_json::Value), ApiError
         .map_err(|e| ApiError::BadUpstream(e.to_string()))
 }
 
-/// Turns a session's event frames into Server-Sent Events as they arrive. A
-/// stream that breaks or ends without `done`/`error` ends with an `error` event.
-fn event_stream(
-    frames: actors::chat::TurnStream,
-    request_id: &RequestId,
-) -> Result<Response, ApiError> {
+/// Turns a session's event frames into Server-Sent Events as they arrive,
+/// each with the session's sequence id as its `id:`. A stream that breaks or
+/// ends without `done`/`error` ends with an `error` event of its own (no id:
+/// the client resumes after the last event the session stored).
+fn event_stream(frames: TurnStream, request_id: &RequestId) -> Result<Response, ApiError> {
     struct State {
-        frames: actors::chat::TurnStream,
-        decoder: FrameDecoder,
-        next_id: u64,
+        frames: TurnStream,
         finished: bool,
         closed: bool,
     }
     let state = State {
         frames,
-        decoder: FrameDecoder::new(),
-        next_id: 0,
         finished: false,
         closed: false,
     };
@@ -322,37 +348,32 @@ fn event_stream(
         if st.closed {
             return None;
         }
-        let mut out = String::new();
-        let mut push = |st: &mut State, event: &ChatEvent| {
-            st.next_id += 1;
-            st.finished |= matches!(event, ChatEvent::Done { .. } | ChatEvent::Error { .. });
-            out.push_str(&sse::event(st.next_id, event));
-        };
-        match st.frames.next().await {
-            Some(Ok(bytes)) => match st.decoder.push(&bytes) {
-                Ok(events) => events.iter().for_each(|e| push(&mut st, e)),
-                Err(e) => {
-                    push(&mut st, &ChatEvent::error("bad_upstream", e.to_string()));
-                    st.closed = true;
-                }
-            },
-            Some(Err(e)) => {
-                push(&mut st, &ChatEvent::error("stream_failed", e.to_string()));
-                st.closed = true;
+        let text = match st.frames.next().await {
+            Some(Ok(frame)) => {
+                st.finished |= matches!(
+                    frame.event,
+                    ChatEvent::Done { .. } | ChatEvent::Error { .. }
+                );
+                sse::event((frame.id > 0).then_some(frame.id), &frame.event)
             }
+            Some(Err(e)) => {
+                st.closed = true;
+                let code = match e {
+                    actors::ActorError::Protocol(_) => "bad_upstream",
+                    _ => "stream_failed",
+                };
+                sse::event(None, &ChatEvent::error(code, e.to_string()))
+            }
+            None if st.finished => return None,
             None => {
                 st.closed = true;
-                if !st.finished {
-                    push(
-                        &mut st,
-                        &ChatEvent::error("stream_cut", "the answer ended early"),
-                    );
-                } else {
-                    return None;
-                }
+                sse::event(
+                    None,
+                    &ChatEvent::error("stream_cut", "the answer ended early"),
+                )
             }
-        }
-        Some((Ok::<Vec<u8>, worker::Error>(out.into_bytes()), st))
+        };
+        Some((Ok::<Vec<u8>, worker::Error>(text.into_bytes()), st))
     });
     let headers = Headers::new();
     for (name, value) in sse::HEADERS {
@@ -361,7 +382,7 @@ fn event_stream(
     let _ = headers.set(REQUEST_ID_HEADER, request_id.as_str());
     Response::from_stream(stream)
         .map(|r| r.with_headers(headers))
-        .map_err(|e| ApiError::Unavailable(e.to_string()))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 fn query(req: &Request, name: &str) -> Option<String> {

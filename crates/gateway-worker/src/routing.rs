@@ -49,6 +49,11 @@ pub enum Route {
     Chat,
     /// `GET /api/chat/ws?sessionId=..`: a WebSocket to a session.
     ChatSocket,
+    /// `GET /api/chat/<id>/stream`: resume a turn's events after `Last-Event-ID`.
+    ChatStream {
+        /// The session id, unvalidated.
+        session: String,
+    },
     /// `GET /api/sessions/<id>/history`.
     History {
         /// The session id, unvalidated.
@@ -80,6 +85,7 @@ impl Route {
             | Route::Search
             | Route::Chat
             | Route::ChatSocket
+            | Route::ChatStream { .. }
             | Route::History { .. }
             | Route::ClearSession { .. } => Credential::Public,
             Route::GetTenant
@@ -137,6 +143,12 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         ["api", "search"] => (&["POST"], (method == "POST").then_some(Route::Search)),
         ["api", "chat"] => (&["POST"], (method == "POST").then_some(Route::Chat)),
         ["api", "chat", "ws"] => (&["GET"], (method == "GET").then_some(Route::ChatSocket)),
+        ["api", "chat", session, "stream"] => (
+            &["GET"],
+            (method == "GET").then(|| Route::ChatStream {
+                session: (*session).to_owned(),
+            }),
+        ),
         ["api", "sessions", session, "history"] => (
             &["GET"],
             (method == "GET").then(|| Route::History {
@@ -227,6 +239,18 @@ mod tests {
         );
         assert_eq!(route("POST", "/api/chat"), Ok(Route::Chat));
         assert_eq!(route("GET", "/api/chat/ws"), Ok(Route::ChatSocket));
+        assert_eq!(
+            route("GET", "/api/chat/s1/stream"),
+            Ok(Route::ChatStream {
+                session: "s1".into()
+            })
+        );
+        assert_eq!(
+            route("POST", "/api/chat/s1/stream")
+                .unwrap_err()
+                .allow_header(),
+            Some("GET".into())
+        );
         assert_eq!(
             route("GET", "/api/sessions/s1/history"),
             Ok(Route::History {

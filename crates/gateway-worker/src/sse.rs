@@ -11,12 +11,17 @@ pub const HEADERS: &[(&str, &str)] = &[
 ];
 
 /// `id: <id>\nevent: <name>\ndata: <json>\n\n`. The JSON is one line (serde
-/// escapes newlines inside strings), so one `data:` line carries it.
-pub fn event(id: u64, event: &ChatEvent) -> String {
+/// escapes newlines inside strings), so one `data:` line carries it. An event
+/// the gateway makes up itself (a stream that broke) has no id, so a client's
+/// `Last-Event-ID` stays at the last event the session stored.
+pub fn event(id: Option<u64>, event: &ChatEvent) -> String {
     let data = serde_json::to_string(event).unwrap_or_else(|_| {
         r#"{"type":"error","code":"encoding","message":"an event could not be encoded"}"#.to_owned()
     });
-    format!("id: {id}\nevent: {}\ndata: {data}\n\n", event.name())
+    match id {
+        Some(id) => format!("id: {id}\nevent: {}\ndata: {data}\n\n", event.name()),
+        None => format!("event: {}\ndata: {data}\n\n", event.name()),
+    }
 }
 
 #[cfg(test)]
@@ -28,7 +33,8 @@ mod tests {
         let e = ChatEvent::Message {
             content: "two\nlines".into(),
         };
-        let text = event(3, &e);
+        assert!(!event(None, &e).contains("id:"));
+        let text = event(Some(3), &e);
         assert_eq!(
             text,
             "id: 3\nevent: message\ndata: {\"type\":\"message\",\"content\":\"two\\nlines\"}\n\n"

@@ -2,9 +2,12 @@
 //! frames in which it streams a turn's events to the gateway.
 //!
 //! A turn is streamed as a sequence of frames, each a big-endian `u32` length
-//! and a named-MessagePack [`ChatEvent`]; [`FrameDecoder`] reassembles them
-//! from chunks of any size. The gateway turns each event into one SSE event;
-//! WebSocket clients get the same events as JSON text frames.
+//! and a named-MessagePack [`TurnFrame`] (a [`ChatEvent`] with the sequence id
+//! under which the session stored it); [`FrameDecoder`] reassembles them from
+//! chunks of any size. The gateway turns each frame into one SSE event whose
+//! `id:` is the sequence id, so a client that lost the stream resumes after
+//! the last id it saw ([`ChatRequest::Resume`]); WebSocket clients get the
+//! same events as JSON text frames with an `id` field.
 
 use crate::error::ProtocolError;
 use crate::ids::SessionId;
@@ -32,6 +35,19 @@ pub enum ChatRequest {
     Clear(ClearHistory),
     /// An operator's look at the session.
     Inspect(Inspect),
+    /// Replay a turn's events after a sequence id, then follow it live;
+    /// answered by a stream of frames, or [`ChatResponse::UpToDate`].
+    Resume(Resume),
+}
+
+/// Payload of [`ChatRequest::Resume`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The session.
+    pub session_id: SessionId,
+    /// The last event id the client has (`Last-Event-ID`); `None` replays the
+    /// latest turn from its start.
+    pub after: Option<u64>,
 }
 
 /// Payload of [`ChatRequest::Turn`].
@@ -81,6 +97,52 @@ pub enum ChatResponse {
     Cleared(Cleared),
     /// Answers `Inspect`.
     Snapshot(ChatSnapshot),
+    /// Answers `Resume` when the client already has every event of a turn
+    /// that has ended: there is nothing to send.
+    UpToDate(UpToDate),
+}
+
+/// The answer to a `Resume` with nothing left to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpToDate {
+    /// The session's last event id.
+    pub last_event_id: u64,
+}
+
+/// Where a turn is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnStatus {
+    /// Being answered.
+    Running,
+    /// Answered and stored.
+    Done,
+    /// Ended with an error (model failure, timeout, interrupted); the history
+    /// keeps the user message and every complete tool round, no partial answer.
+    Failed,
+}
+
+/// A turn as the history shows it, on the user message that started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnInfo {
+    /// The turn's id within the session.
+    pub id: u64,
+    /// Where it is.
+    pub status: TurnStatus,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TurnError>,
+}
+
+/// Why a turn failed (the `code` and `message` of its `error` event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnError {
+    /// Machine-readable code.
+    pub code: String,
+    /// Human explanation.
+    pub message: String,
 }
 
 /// One stored message.
@@ -103,6 +165,9 @@ pub struct StoredMessage {
     pub usage: Option<Usage>,
     /// When it was stored (ms since the Unix epoch).
     pub created_at_ms: u64,
+    /// On a user message: the turn it started, and how that turn ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<TurnInfo>,
 }
 
 /// A tool call as stored and streamed.
@@ -158,6 +223,12 @@ pub struct ChatSnapshot {
     pub in_flight: bool,
     /// The generator in use.
     pub generator: String,
+    /// The latest turn, if any.
+    #[serde(default)]
+    pub latest_turn: Option<TurnInfo>,
+    /// The last event id stored (what a client that saw everything has).
+    #[serde(default)]
+    pub last_event_id: Option<u64>,
 }
 
 /// One event of a turn, in order: any number of `tool_call` / `tool_result`
@@ -281,9 +352,26 @@ impl GetHistory {
     }
 }
 
-/// Encodes one event as a frame: big-endian `u32` length, then named MessagePack.
-pub fn encode_frame(event: &ChatEvent) -> Result<Vec<u8>, ProtocolError> {
-    let body = rmp_serde::to_vec_named(event)?;
+/// One event of a turn as streamed: the event and the sequence id the session
+/// stored it under (ids grow across the session's turns).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TurnFrame {
+    /// The event's sequence id (the SSE `id:`).
+    pub id: u64,
+    /// The event.
+    pub event: ChatEvent,
+}
+
+/// Encodes one frame: big-endian `u32` length, then named MessagePack. A frame
+/// larger than [`MAX_FRAME_BYTES`] is refused here, as the decoder would.
+pub fn encode_frame(frame: &TurnFrame) -> Result<Vec<u8>, ProtocolError> {
+    let body = rmp_serde::to_vec_named(frame)?;
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(ProtocolError::TooLarge {
+            len: body.len(),
+            max: MAX_FRAME_BYTES,
+        });
+    }
     let len = u32::try_from(body.len()).map_err(|_| ProtocolError::TooLarge {
         len: body.len(),
         max: MAX_FRAME_BYTES,
@@ -306,13 +394,13 @@ impl FrameDecoder {
         Self::default()
     }
 
-    /// Adds bytes and returns every event now complete, in order. A frame
+    /// Adds bytes and returns every frame now complete, in order. A frame
     /// larger than [`MAX_FRAME_BYTES`] or one that does not decode is an error.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<ChatEvent>, ProtocolError> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<TurnFrame>, ProtocolError> {
         self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
-        while let Some(head) = self.buf.get(..4) {
-            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        while let Some(&[a, b, c, d]) = self.buf.get(..4) {
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
             if len > MAX_FRAME_BYTES {
                 return Err(ProtocolError::TooLarge {
                     len,
@@ -362,11 +450,19 @@ mod tests {
         ]
     }
 
+    fn frames() -> Vec<TurnFrame> {
+        events()
+            .into_iter()
+            .zip(1..)
+            .map(|(event, id)| TurnFrame { id, event })
+            .collect()
+    }
+
     #[test]
     fn frames_survive_any_cut() {
-        let all: Vec<u8> = events()
+        let all: Vec<u8> = frames()
             .iter()
-            .flat_map(|e| encode_frame(e).unwrap())
+            .flat_map(|f| encode_frame(f).unwrap())
             .collect();
         for step in [1, 2, 3, 5, 7, 64, all.len()] {
             let mut d = FrameDecoder::new();
@@ -374,7 +470,7 @@ mod tests {
             for piece in all.chunks(step) {
                 out.extend(d.push(piece).unwrap());
             }
-            assert_eq!(out, events(), "step {step}");
+            assert_eq!(out, frames(), "step {step}");
             assert!(!d.has_partial());
         }
         let mut d = FrameDecoder::new();
@@ -388,6 +484,24 @@ mod tests {
         assert!(d.push(&[0xff, 0xff, 0xff, 0xff]).is_err(), "too large");
         let mut d = FrameDecoder::new();
         assert!(d.push(&[0, 0, 0, 2, 0xc1, 0xc1]).is_err(), "garbage body");
+    }
+
+    #[test]
+    fn the_encoder_enforces_the_decoders_limit() {
+        let frame = |n: usize| TurnFrame {
+            id: 1,
+            event: ChatEvent::Message {
+                content: "x".repeat(n),
+            },
+        };
+        // Just under the limit encodes and decodes; just over is refused at
+        // the encoder, not left for the decoder to reject mid-stream.
+        let fits = encode_frame(&frame(MAX_FRAME_BYTES - 64)).unwrap();
+        assert_eq!(FrameDecoder::new().push(&fits).unwrap().len(), 1);
+        assert!(matches!(
+            encode_frame(&frame(MAX_FRAME_BYTES)),
+            Err(ProtocolError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -371,6 +371,7 @@ mod chat_messages {
                 completion_tokens: 1,
             }),
             created_at_ms: 9,
+            turn: None,
         }
     }
 
@@ -394,6 +395,10 @@ mod chat_messages {
             ChatRequest::Inspect(Inspect {
                 session_id: session(),
             }),
+            ChatRequest::Resume(Resume {
+                session_id: session(),
+                after: Some(7),
+            }),
         ];
         for message in requests {
             let env = Envelope::new(rid(), tenant(), message);
@@ -402,9 +407,23 @@ mod chat_messages {
         }
         let replies = vec![
             ChatResponse::History(HistoryPage {
-                messages: vec![stored()],
+                messages: vec![
+                    stored(),
+                    StoredMessage {
+                        turn: Some(TurnInfo {
+                            id: 3,
+                            status: TurnStatus::Failed,
+                            error: Some(TurnError {
+                                code: "model_failed".into(),
+                                message: "boom".into(),
+                            }),
+                        }),
+                        ..stored()
+                    },
+                ],
                 next_before: Some(2),
             }),
+            ChatResponse::UpToDate(UpToDate { last_event_id: 12 }),
             ChatResponse::Cleared(Cleared {
                 messages_removed: 4,
             }),
@@ -414,6 +433,8 @@ mod chat_messages {
                 connected_sockets: 2,
                 in_flight: false,
                 generator: "local/extractive".into(),
+                latest_turn: None,
+                last_event_id: Some(12),
             }),
         ];
         for reply in replies {
@@ -426,14 +447,17 @@ mod chat_messages {
 
     #[test]
     fn golden_frame() {
-        let frame = encode_frame(&ChatEvent::Message {
-            content: "hi".into(),
+        let frame = encode_frame(&TurnFrame {
+            id: 5,
+            event: ChatEvent::Message {
+                content: "hi".into(),
+            },
         })
         .unwrap();
-        // length 0x19 (25), then {"type":"message","content":"hi"}
+        // length 0x24 (36), then {"id":5,"event":{"type":"message","content":"hi"}}
         assert_eq!(
             hex(&frame),
-            "0000001982a474797065a76d657373616765a7636f6e74656e74a26869"
+            "0000002482a2696405a56576656e7482a474797065a76d657373616765a7636f6e74656e74a26869"
         );
     }
 

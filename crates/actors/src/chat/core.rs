@@ -1,11 +1,10 @@
-//! The conversation's pure core: the turn state machine (user turn → model →
-//! tool calls → tool results → model → … → answer), its bound on tool
-//! iterations, the concurrency rule, and what history fits the model.
+//! The conversation's pure core: which turn may start, what a session's
+//! bounds are, which stored turns were interrupted, when the alarm must fire,
+//! what a resuming client is sent, and what history fits the model. One
+//! turn's own state machine is [`super::turn`].
 
-use crate::ports::{ChatMessage, Role, ToolCall};
-
-/// Most rounds of tool calls in one turn; the next round is refused.
-pub const MAX_TOOL_ITERATIONS: u32 = 4;
+use super::turn::{Effect, TurnMachine};
+use crate::ports::{ChatMessage, Role};
 /// Characters of history sent to the model (about 6k tokens), system prompt aside.
 pub const CONTEXT_BUDGET_CHARS: usize = 24_000;
 /// The system prompt.
@@ -13,57 +12,265 @@ pub const SYSTEM_PROMPT: &str = "You answer questions about this tenant's docume
 Use vector_search to find passages and cite them as [n] with their document ids. \
 Use kv_get only for keys under config:. If the documents do not answer, say so.";
 
-/// A second message while a turn is being answered is refused (409): two
-/// answers are never interleaved, and nothing is queued behind a client's back.
+/// A session's bounds, from the deployment's variables (each has a default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Busy;
-
-/// What to do with what the model produced.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    /// Run these tools, store their results, and ask the model again.
-    CallTools(Vec<ToolCall>),
-    /// The answer is complete: store it and finish.
-    Answer(String),
-    /// The model keeps calling tools: stop with an error.
-    LimitReached,
+pub struct ChatLimits {
+    /// `CHAT_TURN_TIMEOUT_SECS`: a turn not ended by then fails (`turn_timeout`).
+    pub turn_timeout_ms: u64,
+    /// `CHAT_MAX_MESSAGES`: stored messages after which no turn starts (413 `session_full`).
+    pub max_messages: u64,
+    /// `CHAT_IDLE_EXPIRY_DAYS`: a session untouched this long is erased by its alarm.
+    pub idle_expiry_ms: u64,
+    /// `CHAT_MAX_TOOL_RESULT_BYTES`: a tool result is stored (and shown to the
+    /// model) truncated past this size.
+    pub max_tool_result_bytes: usize,
+    /// `CHAT_RESUMABLE_TURNS`: how many recent turns keep their events for resuming.
+    pub resumable_turns: u64,
 }
 
-/// Decides the next step after generation round `iteration` (from 0).
-pub fn next_step(text: String, calls: Vec<ToolCall>, iteration: u32) -> Step {
-    if calls.is_empty() {
-        Step::Answer(text)
-    } else if iteration >= MAX_TOOL_ITERATIONS {
-        Step::LimitReached
-    } else {
-        Step::CallTools(calls)
+impl Default for ChatLimits {
+    fn default() -> Self {
+        Self {
+            turn_timeout_ms: 120_000,
+            max_messages: 5_000,
+            idle_expiry_ms: 30 * DAY_MS,
+            max_tool_result_bytes: 16 * 1024,
+            resumable_turns: 20,
+        }
     }
 }
 
-/// The session's in-memory state.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A variable that is set but not a number in range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} must be a whole number from {min} to {max}, not {value:?}")]
+pub struct LimitError {
+    /// The variable.
+    pub name: &'static str,
+    /// What it was set to.
+    pub value: String,
+    /// Smallest accepted.
+    pub min: u64,
+    /// Largest accepted.
+    pub max: u64,
+}
+
+impl ChatLimits {
+    /// Reads the bounds through `var` (the deployment's variables); unset
+    /// ones keep their defaults, malformed ones are an error.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, LimitError> {
+        let d = Self::default();
+        let read = |name: &'static str, default: u64, min: u64, max: u64| match var(name) {
+            None => Ok(default),
+            Some(value) => value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or(LimitError {
+                    name,
+                    value,
+                    min,
+                    max,
+                }),
+        };
+        Ok(Self {
+            turn_timeout_ms: read("CHAT_TURN_TIMEOUT_SECS", d.turn_timeout_ms / 1000, 5, 3600)?
+                * 1000,
+            max_messages: read("CHAT_MAX_MESSAGES", d.max_messages, 10, 1_000_000)?,
+            idle_expiry_ms: read("CHAT_IDLE_EXPIRY_DAYS", d.idle_expiry_ms / DAY_MS, 1, 3650)?
+                * DAY_MS,
+            max_tool_result_bytes: usize::try_from(read(
+                "CHAT_MAX_TOOL_RESULT_BYTES",
+                d.max_tool_result_bytes as u64,
+                1024,
+                256 * 1024,
+            )?)
+            .unwrap_or(d.max_tool_result_bytes),
+            resumable_turns: read("CHAT_RESUMABLE_TURNS", d.resumable_turns, 1, 1000)?,
+        })
+    }
+}
+
+/// Why a turn cannot start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A turn is being answered: two answers are never interleaved, and
+    /// nothing is queued behind a client's back (409 `busy`).
+    Busy,
+    /// The session holds [`ChatLimits::max_messages`] messages (413 `session_full`).
+    Full,
+}
+
+/// The session's in-memory state: the turn being answered in this isolate.
 #[derive(Debug, Default)]
 pub struct SessionCore {
-    in_flight: bool,
+    active: Option<TurnMachine>,
 }
 
 impl SessionCore {
-    /// Starts a turn, unless one is being answered.
-    pub fn begin(&mut self) -> Result<(), Busy> {
-        if self.in_flight {
-            return Err(Busy);
+    /// Whether a turn may start, given how many messages are stored.
+    pub fn can_begin(&self, stored_messages: u64, limits: &ChatLimits) -> Result<(), Refusal> {
+        if self.in_flight() {
+            return Err(Refusal::Busy);
         }
-        self.in_flight = true;
+        if stored_messages >= limits.max_messages {
+            return Err(Refusal::Full);
+        }
         Ok(())
     }
 
-    /// Ends the current turn, however it ended.
-    pub fn end(&mut self) {
-        self.in_flight = false;
+    /// Starts turn `id`, whose user message is stored; the effects to perform.
+    pub fn start(&mut self, id: u64, now_ms: u64, limits: &ChatLimits) -> Vec<Effect> {
+        let (machine, effects) = TurnMachine::start(
+            id,
+            now_ms,
+            limits.turn_timeout_ms,
+            limits.max_tool_result_bytes,
+        );
+        self.active = Some(machine);
+        effects
     }
 
-    /// Whether a turn is being answered.
+    /// Feeds turn `id`'s machine, if that turn is the one running here;
+    /// otherwise (a stale input for a turn that ended or was replaced) nothing.
+    pub fn feed(
+        &mut self,
+        id: u64,
+        f: impl FnOnce(&mut TurnMachine) -> Vec<Effect>,
+    ) -> Vec<Effect> {
+        match self.active.as_mut() {
+            Some(machine) if machine.id() == id => f(machine),
+            _ => vec![],
+        }
+    }
+
+    /// Forgets turn `id` once it has ended.
+    pub fn finish(&mut self, id: u64) {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|m| m.id() == id && m.is_ended())
+        {
+            self.active = None;
+        }
+    }
+
+    /// Whether a turn is being answered in this isolate.
     pub fn in_flight(&self) -> bool {
-        self.in_flight
+        self.active.as_ref().is_some_and(|m| !m.is_ended())
+    }
+
+    /// The id of the turn being answered here.
+    pub fn running_turn(&self) -> Option<u64> {
+        self.active
+            .as_ref()
+            .filter(|m| !m.is_ended())
+            .map(TurnMachine::id)
+    }
+
+    /// The alarm fired at `now_ms`: the running turn's timeout, if it is due.
+    pub fn on_alarm(&mut self, now_ms: u64) -> (Option<u64>, Vec<Effect>) {
+        match self.active.as_mut() {
+            Some(m) => (Some(m.id()), m.on_timeout(now_ms)),
+            None => (None, vec![]),
+        }
+    }
+
+    /// Of the turns storage records as running, those that are not running
+    /// here: their isolate was reset or evicted mid-turn, so nothing will
+    /// ever finish them, and they must be marked failed.
+    pub fn interrupted(&self, stored_running: &[u64]) -> Vec<u64> {
+        let here = self.running_turn();
+        stored_running
+            .iter()
+            .copied()
+            .filter(|id| Some(*id) != here)
+            .collect()
+    }
+
+    /// When the alarm must next fire: the running turn's deadline, or the
+    /// moment the session has been idle for [`ChatLimits::idle_expiry_ms`].
+    pub fn next_alarm(&self, last_activity_ms: Option<u64>, limits: &ChatLimits) -> Option<u64> {
+        let expiry = last_activity_ms.map(|t| t.saturating_add(limits.idle_expiry_ms));
+        let deadline = self.active.as_ref().and_then(TurnMachine::deadline);
+        match (deadline, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the session has expired: idle long enough, nothing running,
+    /// nobody connected.
+    pub fn expired(
+        &self,
+        last_activity_ms: Option<u64>,
+        now_ms: u64,
+        sockets: usize,
+        limits: &ChatLimits,
+    ) -> bool {
+        !self.in_flight()
+            && sockets == 0
+            && last_activity_ms.is_some_and(|t| now_ms >= t.saturating_add(limits.idle_expiry_ms))
+    }
+}
+
+/// What the session knows about its events, for a resuming client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLog {
+    /// The latest turn: its id, its first event id, and whether it still runs here.
+    pub latest_turn: Option<(u64, u64, bool)>,
+    /// The last event id stored.
+    pub last_event_id: u64,
+    /// The oldest event id still kept (older turns' events are pruned).
+    pub oldest_kept: Option<u64>,
+}
+
+/// What a resuming client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumePlan {
+    /// Send every stored event with an id above `after`, then, if `follow`,
+    /// the running turn's events as they happen.
+    Replay {
+        /// Exclusive lower bound.
+        after: u64,
+        /// Whether the latest turn is still running here.
+        follow: bool,
+    },
+    /// The client has every event and nothing runs: nothing to send.
+    UpToDate,
+    /// The session has had no turn.
+    NoTurn,
+    /// `after` names no event of this session.
+    Unknown,
+    /// The events after `after` are no longer kept (read the history instead).
+    Expired,
+}
+
+/// Decides what a client that has the events up to `after` (or none, to
+/// replay the latest turn) is sent.
+pub fn resume_plan(after: Option<u64>, log: &EventLog) -> ResumePlan {
+    let Some((_, first, running)) = log.latest_turn else {
+        return ResumePlan::NoTurn;
+    };
+    let after = match after {
+        None => first.saturating_sub(1),
+        Some(a) if a > log.last_event_id => return ResumePlan::Unknown,
+        Some(a) => a,
+    };
+    if after == log.last_event_id && !running {
+        return ResumePlan::UpToDate;
+    }
+    if log
+        .oldest_kept
+        .is_some_and(|oldest| after.saturating_add(1) < oldest)
+    {
+        return ResumePlan::Expired;
+    }
+    ResumePlan::Replay {
+        after,
+        follow: running,
     }
 }
 
@@ -105,6 +312,7 @@ pub fn context(system: &str, history: &[ChatMessage], budget: usize) -> Vec<Chat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::ToolCall;
     use serde_json::json;
 
     fn msg(role: Role, content: &str) -> ChatMessage {
@@ -126,34 +334,129 @@ mod tests {
     }
 
     #[test]
-    fn the_tool_loop_is_bounded() {
-        assert_eq!(next_step("hi".into(), vec![], 0), Step::Answer("hi".into()));
-        assert_eq!(
-            next_step(String::new(), vec![call()], 0),
-            Step::CallTools(vec![call()])
+    fn one_turn_at_a_time_and_a_bounded_history() {
+        let limits = ChatLimits::default();
+        let mut core = SessionCore::default();
+        assert_eq!(core.can_begin(0, &limits), Ok(()));
+        assert_eq!(core.start(1, 0, &limits), vec![Effect::Generate]);
+        assert!(core.in_flight());
+        assert_eq!(core.can_begin(0, &limits), Err(Refusal::Busy));
+        // The turn ends; only then is it forgotten.
+        core.finish(1);
+        assert!(core.in_flight(), "not ended yet");
+        let fx = core.feed(1, |m| m.on_generated(Ok(())));
+        assert!(matches!(fx[..], [Effect::Complete { .. }]));
+        assert!(
+            core.feed(2, |m| m.on_generated(Ok(()))).is_empty(),
+            "stale id"
         );
+        core.finish(1);
+        assert!(!core.in_flight());
+        assert_eq!(core.can_begin(limits.max_messages - 1, &limits), Ok(()));
         assert_eq!(
-            next_step(String::new(), vec![call()], MAX_TOOL_ITERATIONS - 1),
-            Step::CallTools(vec![call()])
-        );
-        assert_eq!(
-            next_step(String::new(), vec![call()], MAX_TOOL_ITERATIONS),
-            Step::LimitReached
-        );
-        assert_eq!(
-            next_step("done".into(), vec![], MAX_TOOL_ITERATIONS),
-            Step::Answer("done".into())
+            core.can_begin(limits.max_messages, &limits),
+            Err(Refusal::Full)
         );
     }
 
     #[test]
-    fn one_turn_at_a_time() {
+    fn limits_from_vars() {
+        assert_eq!(ChatLimits::from_vars(|_| None), Ok(ChatLimits::default()));
+        let l = ChatLimits::from_vars(|n| match n {
+            "CHAT_TURN_TIMEOUT_SECS" => Some("30".into()),
+            "CHAT_MAX_MESSAGES" => Some(" 100 ".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!((l.turn_timeout_ms, l.max_messages), (30_000, 100));
+        for bad in ["0", "-1", "x", "99999999"] {
+            let e = ChatLimits::from_vars(|n| (n == "CHAT_TURN_TIMEOUT_SECS").then(|| bad.into()))
+                .unwrap_err();
+            assert_eq!(e.name, "CHAT_TURN_TIMEOUT_SECS");
+        }
+    }
+
+    #[test]
+    fn turns_left_running_by_another_isolate_are_interrupted() {
+        let limits = ChatLimits::default();
         let mut core = SessionCore::default();
-        assert_eq!(core.begin(), Ok(()));
-        assert!(core.in_flight());
-        assert_eq!(core.begin(), Err(Busy));
-        core.end();
-        assert_eq!(core.begin(), Ok(()));
+        // A fresh isolate: every turn storage calls running was interrupted.
+        assert_eq!(core.interrupted(&[3, 4]), vec![3, 4]);
+        core.start(5, 0, &limits);
+        assert_eq!(core.interrupted(&[4, 5]), vec![4], "5 runs here");
+    }
+
+    #[test]
+    fn the_alarm_times_out_the_turn_and_expires_an_idle_session() {
+        let limits = ChatLimits::default();
+        let mut core = SessionCore::default();
+        assert_eq!(core.next_alarm(None, &limits), None, "nothing stored");
+        assert_eq!(
+            core.next_alarm(Some(10), &limits),
+            Some(10 + limits.idle_expiry_ms)
+        );
+        core.start(1, 100, &limits);
+        let deadline = 100 + limits.turn_timeout_ms;
+        assert_eq!(core.next_alarm(Some(100), &limits), Some(deadline));
+        assert_eq!(core.on_alarm(deadline - 1), (Some(1), vec![]));
+        assert!(!core.expired(Some(0), u64::MAX, 0, &limits), "a turn runs");
+        let (id, fx) = core.on_alarm(deadline);
+        assert_eq!(id, Some(1));
+        assert!(matches!(&fx[..], [Effect::Fail { code, .. }] if code == "turn_timeout"));
+        core.finish(1);
+        let idle = 100 + limits.idle_expiry_ms;
+        assert!(!core.expired(Some(100), idle - 1, 0, &limits));
+        assert!(
+            !core.expired(Some(100), idle, 1, &limits),
+            "a socket is open"
+        );
+        assert!(core.expired(Some(100), idle, 0, &limits));
+    }
+
+    #[test]
+    fn what_a_resuming_client_gets() {
+        let log = |running| EventLog {
+            latest_turn: Some((3, 10, running)),
+            last_event_id: 14,
+            oldest_kept: Some(5),
+        };
+        assert_eq!(
+            resume_plan(None, &log(false)),
+            ResumePlan::Replay {
+                after: 9,
+                follow: false
+            }
+        );
+        assert_eq!(
+            resume_plan(Some(11), &log(true)),
+            ResumePlan::Replay {
+                after: 11,
+                follow: true
+            }
+        );
+        assert_eq!(resume_plan(Some(14), &log(false)), ResumePlan::UpToDate);
+        assert_eq!(
+            resume_plan(Some(14), &log(true)),
+            ResumePlan::Replay {
+                after: 14,
+                follow: true
+            }
+        );
+        assert_eq!(resume_plan(Some(15), &log(false)), ResumePlan::Unknown);
+        assert_eq!(
+            resume_plan(Some(4), &log(false)),
+            ResumePlan::Replay {
+                after: 4,
+                follow: false
+            }
+        );
+        assert_eq!(resume_plan(Some(3), &log(false)), ResumePlan::Expired);
+        let empty = EventLog {
+            latest_turn: None,
+            last_event_id: 0,
+            oldest_kept: None,
+        };
+        assert_eq!(resume_plan(None, &empty), ResumePlan::NoTurn);
     }
 
     #[test]

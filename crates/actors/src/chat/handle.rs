@@ -3,9 +3,10 @@
 use super::{BINDING, FRAMES_CONTENT_TYPE};
 use crate::error::ActorError;
 use crate::rpc::{self, ActorStub};
+use futures::stream::{self, LocalBoxStream, StreamExt};
 use protocol::chat::{
-    ChatRequest, ChatResponse, ChatSnapshot, ClearHistory, Cleared, GetHistory, HistoryPage,
-    Inspect, Turn,
+    ChatRequest, ChatResponse, ChatSnapshot, ClearHistory, Cleared, FrameDecoder, GetHistory,
+    HistoryPage, Inspect, Resume, Turn, TurnFrame, UpToDate,
 };
 use protocol::{Envelope, RequestId, SessionId, TenantId};
 use worker::{ByteStream, Env, Headers, Method, Request, RequestInit, Response};
@@ -16,9 +17,58 @@ pub struct ChatHandle {
     session: SessionId,
 }
 
-/// A turn's event frames, as they are produced (decode with
-/// `protocol::chat::FrameDecoder`).
-pub type TurnStream = ByteStream;
+/// A turn's events, decoded, as they are produced. A stream that breaks
+/// yields one error and ends.
+pub type TurnStream = LocalBoxStream<'static, Result<TurnFrame, ActorError>>;
+
+/// The answer to a resume.
+pub enum Resumed {
+    /// The events after the client's last one, then the live ones.
+    Stream(TurnStream),
+    /// The client already has every event and nothing runs.
+    UpToDate(UpToDate),
+}
+
+/// Decodes a session's frame bytes into frames, whatever the chunking.
+fn decode_frames(bytes: ByteStream) -> TurnStream {
+    struct State {
+        bytes: ByteStream,
+        decoder: FrameDecoder,
+        ready: std::collections::VecDeque<TurnFrame>,
+        done: bool,
+    }
+    let state = State {
+        bytes,
+        decoder: FrameDecoder::new(),
+        ready: Default::default(),
+        done: false,
+    };
+    stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(frame) = st.ready.pop_front() {
+                return Some((Ok(frame), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.bytes.next().await {
+                Some(Ok(chunk)) => match st.decoder.push(&chunk) {
+                    Ok(frames) => st.ready.extend(frames),
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(ActorError::Protocol(e)), st));
+                    }
+                },
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(ActorError::from(e)), st));
+                }
+                None => return None,
+            }
+        }
+    })
+    .boxed_local()
+}
 
 impl ChatHandle {
     /// The session `session` of `tenant`.
@@ -29,27 +79,50 @@ impl ChatHandle {
         })
     }
 
-    /// Starts a turn; the stream yields its events as they happen. A refusal
-    /// before the turn starts (busy, invalid) is an error instead.
-    pub async fn turn(&self, request_id: &RequestId, turn: Turn) -> Result<TurnStream, ActorError> {
-        let envelope = Envelope::new(
-            request_id.clone(),
-            self.actor.tenant().clone(),
-            ChatRequest::Turn(turn),
-        );
+    /// Sends a request answered by a stream of frames, or by a reply.
+    async fn stream_or_reply(
+        &self,
+        request_id: &RequestId,
+        message: ChatRequest,
+    ) -> Result<Result<TurnStream, ChatResponse>, ActorError> {
+        let envelope = Envelope::new(request_id.clone(), self.actor.tenant().clone(), message);
         let mut response = rpc::post(self.actor.stub(), &envelope).await?;
         let content_type = response.headers().get("content-type")?.unwrap_or_default();
         if content_type == FRAMES_CONTENT_TYPE {
-            return Ok(response.stream()?);
+            return Ok(Ok(decode_frames(response.stream()?)));
         }
         let bytes = response.bytes().await?;
         let reply: protocol::ReplyEnvelope<ChatResponse> = protocol::decode_reply(&bytes)?;
-        match reply.reply {
-            Err(refusal) => Err(ActorError::Refused(refusal)),
-            Ok(_) => Err(ActorError::UnexpectedReply {
-                expected: "a stream of events",
-                got: "a reply",
-            }),
+        reply.reply.map(Err).map_err(ActorError::Refused)
+    }
+
+    /// Starts a turn; the stream yields its events as they happen. A refusal
+    /// before the turn starts (busy, invalid, full) is an error instead.
+    pub async fn turn(&self, request_id: &RequestId, turn: Turn) -> Result<TurnStream, ActorError> {
+        match self
+            .stream_or_reply(request_id, ChatRequest::Turn(turn))
+            .await?
+        {
+            Ok(stream) => Ok(stream),
+            Err(_) => Err(unexpected("a stream of events")),
+        }
+    }
+
+    /// The events after `after` (the latest turn's, without it), then the
+    /// running turn's as they happen.
+    pub async fn resume(
+        &self,
+        request_id: &RequestId,
+        after: Option<u64>,
+    ) -> Result<Resumed, ActorError> {
+        let message = ChatRequest::Resume(Resume {
+            session_id: self.session.clone(),
+            after,
+        });
+        match self.stream_or_reply(request_id, message).await? {
+            Ok(stream) => Ok(Resumed::Stream(stream)),
+            Err(ChatResponse::UpToDate(u)) => Ok(Resumed::UpToDate(u)),
+            Err(_) => Err(unexpected("UpToDate")),
         }
     }
 
@@ -93,7 +166,8 @@ impl ChatHandle {
         }
     }
 
-    /// Hands a client's WebSocket upgrade to the session object.
+    /// Hands a client's WebSocket upgrade to the session object: the `101`
+    /// response to return, or the session's refusal as an error.
     pub async fn connect(&self) -> Result<Response, ActorError> {
         let headers = Headers::new();
         headers.set("upgrade", "websocket")?;
@@ -105,7 +179,16 @@ impl ChatHandle {
             self.session.as_str()
         );
         let request = Request::new_with_init(&url, &init)?;
-        Ok(self.actor.stub().fetch_with_request(request).await?)
+        let mut response = self.actor.stub().fetch_with_request(request).await?;
+        if response.status_code() == 101 {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await?;
+        let reply: protocol::ReplyEnvelope<ChatResponse> = protocol::decode_reply(&bytes)?;
+        match reply.reply {
+            Err(refusal) => Err(ActorError::Refused(refusal)),
+            Ok(_) => Err(unexpected("a WebSocket")),
+        }
     }
 }
 

@@ -6,8 +6,9 @@ pub mod core;
 mod handle;
 mod object;
 pub mod tools;
+pub mod turn;
 
-pub use handle::{ChatHandle, TurnStream};
+pub use handle::{ChatHandle, Resumed, TurnStream};
 pub use object::ChatSession;
 
 /// The Durable Object binding name in every wrangler config.

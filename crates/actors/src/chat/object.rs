@@ -1,15 +1,21 @@
-//! The `ChatSession` Durable Object: the shell around [`SessionCore`].
+//! The `ChatSession` Durable Object: the shell around [`SessionCore`] and
+//! its [`TurnMachine`](super::turn::TurnMachine).
 //!
-//! A turn runs the same way whether it came over SSE or a WebSocket; only the
-//! sink of its events differs. Over SSE the object answers at once with a
-//! stream of frames and runs the turn beside it; over WebSockets (accepted
-//! with the hibernation API, so an idle socket costs no memory) every socket
-//! of the session gets every event. History is one SQLite row per message;
-//! a turn stores the user message first, each tool round as it completes, and
-//! the answer only when it is complete.
+//! The shell stores, sends and calls; the cores decide. A turn runs the same
+//! way whichever client started it: its events are stored (`turn_events`,
+//! each under the session's next sequence id) and then sent to every listener
+//! of the turn: the SSE stream that started it, any stream that resumed it,
+//! and every WebSocket of the session. The turn itself runs beside the
+//! request that started it (`waitUntil`), so a client that goes away does not
+//! stop it; its durable state (`turns`) and the alarm finish or fail a turn
+//! whose isolate was reset. History is one SQLite row per message.
 
-use super::core::{context, next_step, SessionCore, Step, CONTEXT_BUDGET_CHARS, SYSTEM_PROMPT};
+use super::core::{
+    context, resume_plan, ChatLimits, EventLog, Refusal, ResumePlan, SessionCore,
+    CONTEXT_BUDGET_CHARS, SYSTEM_PROMPT,
+};
 use super::tools;
+use super::turn::Effect;
 use super::FRAMES_CONTENT_TYPE;
 use crate::generation::AnyGenerator;
 use crate::ingest::providers;
@@ -22,17 +28,19 @@ use crate::rpc;
 use futures::channel::mpsc;
 use protocol::chat::{
     encode_frame, ChatEvent, ChatRequest, ChatResponse, ChatSnapshot, Cleared, HistoryPage,
-    StoredMessage, ToolCallRecord, Turn, Usage, DEFAULT_MAX_TOKENS,
+    StoredMessage, ToolCallRecord, Turn, TurnError, TurnFrame, TurnInfo, TurnStatus, UpToDate,
+    Usage, DEFAULT_MAX_TOKENS,
 };
 use protocol::coordinator::DEFAULT_CHAT_MODEL;
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use worker::{
-    durable_object, Env, Headers, Request, Response, Result, SqlStorageValue, State, WebSocket,
-    WebSocketIncomingMessage, WebSocketPair,
+    durable_object, Env, Headers, Request, Response, Result, ScheduledTime, SqlStorageValue, State,
+    WebSocket, WebSocketIncomingMessage, WebSocketPair,
 };
 
 const SCHEMA: &[&str] = &[
@@ -41,13 +49,23 @@ const SCHEMA: &[&str] = &[
         tool_calls TEXT NOT NULL, tool_call_id TEXT, name TEXT, usage TEXT, created_at INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS session_meta (
         id INTEGER PRIMARY KEY CHECK (id = 1), tenant TEXT NOT NULL, session TEXT NOT NULL)",
+    // One row per turn, written with its user message; `status` is running,
+    // done or failed. AUTOINCREMENT: ids are never reused, even after an erase.
+    "CREATE TABLE IF NOT EXISTS turns (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, user_seq INTEGER NOT NULL, status TEXT NOT NULL,
+        error_code TEXT, error_message TEXT, started_at INTEGER NOT NULL, ended_at INTEGER)",
+    "CREATE INDEX IF NOT EXISTS turns_by_user_seq ON turns (user_seq)",
+    "CREATE INDEX IF NOT EXISTS turns_by_status ON turns (status)",
+    // Every event of the recent turns, for resuming streams; the id is the
+    // SSE `id:` and grows across the session (AUTOINCREMENT, never reused).
+    "CREATE TABLE IF NOT EXISTS turn_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, turn_id INTEGER NOT NULL, event TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS turn_events_by_turn ON turn_events (turn_id)",
 ];
-const COLUMNS: &str = "seq, role, content, tool_calls, tool_call_id, name, usage, created_at";
+const COLUMNS: &str = "m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.name, m.usage, \
+    m.created_at, t.id, t.status, t.error_code, t.error_message";
 /// Messages read back to build the model's context (then trimmed to the budget).
 const CONTEXT_ROWS: u32 = 200;
-/// In a test deployment (`FAULT_INJECTION`), a message containing this makes
-/// the model fail after it has streamed part of its answer.
-pub const FAIL_MODEL_MARKER: &str = "[[fail-model]]";
 /// Largest WebSocket frame accepted from a client.
 pub const MAX_WS_FRAME_BYTES: usize = 64 * 1024;
 
@@ -61,18 +79,40 @@ fn internal(e: impl std::fmt::Display) -> ErrorReply {
 struct SocketInfo {
     tenant: TenantId,
     session: SessionId,
+    /// The session's last event id when the socket connected: it receives
+    /// every later event live, so a `resume` replays only up to this one and
+    /// no event reaches it twice.
+    #[serde(default)]
+    joined_after: u64,
 }
 
 /// A client's WebSocket frame.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum ClientFrame {
+    /// A user message: starts a turn.
     Message {
         content: String,
         model: Option<String>,
         #[serde(rename = "maxTokens")]
         max_tokens: Option<u32>,
     },
+    /// Send me the events after `after` (or the latest turn's, without it).
+    Resume { after: Option<u64> },
+}
+
+/// A stream that wants a turn's events.
+struct Listener {
+    turn: u64,
+    tx: mpsc::UnboundedSender<std::result::Result<Vec<u8>, worker::Error>>,
+}
+
+/// What a turn's driver needs besides the session.
+struct TurnContext {
+    id: u64,
+    tenant: TenantId,
+    request_id: RequestId,
+    turn: Turn,
 }
 
 struct Inner {
@@ -81,6 +121,8 @@ struct Inner {
     core: RefCell<SessionCore>,
     /// The tenant and session this object is bound to, once checked.
     bound: RefCell<Option<(TenantId, SessionId)>>,
+    /// Streams following a running turn.
+    listeners: RefCell<Vec<Listener>>,
 }
 
 /// A conversation.
@@ -89,33 +131,53 @@ pub struct ChatSession {
     inner: Rc<Inner>,
 }
 
-fn text(v: &SqlStorageValue) -> Option<String> {
+fn text(v: Option<&SqlStorageValue>) -> Option<String> {
     match v {
-        SqlStorageValue::String(s) => Some(s.clone()),
+        Some(SqlStorageValue::String(s)) => Some(s.clone()),
         _ => None,
     }
 }
 
-fn int(v: &SqlStorageValue) -> u64 {
+fn int(v: Option<&SqlStorageValue>) -> Option<u64> {
     match v {
-        SqlStorageValue::Integer(n) => u64::try_from(*n).unwrap_or(0),
-        _ => 0,
+        Some(SqlStorageValue::Integer(n)) => u64::try_from(*n).ok(),
+        _ => None,
     }
 }
 
-fn stored_from_row(row: &[SqlStorageValue]) -> Option<StoredMessage> {
-    let [seq, role, content, calls, call_id, name, usage, at] = row else {
-        return None;
+fn sql_int(n: u64) -> SqlStorageValue {
+    SqlStorageValue::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn parse_status(s: &str) -> TurnStatus {
+    match s {
+        "running" => TurnStatus::Running,
+        "done" => TurnStatus::Done,
+        _ => TurnStatus::Failed,
+    }
+}
+
+fn turn_info(id: Option<u64>, row: &[SqlStorageValue], at: usize) -> Option<TurnInfo> {
+    let id = id?;
+    let status = parse_status(&text(row.get(at))?);
+    let error = match (text(row.get(at + 1)), text(row.get(at + 2))) {
+        (Some(code), Some(message)) => Some(TurnError { code, message }),
+        _ => None,
     };
+    Some(TurnInfo { id, status, error })
+}
+
+fn stored_from_row(row: &[SqlStorageValue]) -> Option<StoredMessage> {
     Some(StoredMessage {
-        seq: int(seq),
-        role: text(role)?,
-        content: text(content)?,
-        tool_calls: serde_json::from_str(&text(calls)?).unwrap_or_default(),
-        tool_call_id: text(call_id),
-        name: text(name),
-        usage: text(usage).and_then(|u| serde_json::from_str(&u).ok()),
-        created_at_ms: int(at),
+        seq: int(row.first())?,
+        role: text(row.get(1))?,
+        content: text(row.get(2))?,
+        tool_calls: serde_json::from_str(&text(row.get(3))?).unwrap_or_default(),
+        tool_call_id: text(row.get(4)),
+        name: text(row.get(5)),
+        usage: text(row.get(6)).and_then(|u| serde_json::from_str(&u).ok()),
+        created_at_ms: int(row.get(7)).unwrap_or(0),
+        turn: turn_info(int(row.get(8)), row, 9),
     })
 }
 
@@ -151,7 +213,42 @@ fn record(call: &ToolCall) -> ToolCallRecord {
     }
 }
 
+/// An event as a WebSocket client gets it: the event's JSON with its `id`.
+fn socket_json(id: u64, event: &ChatEvent) -> Option<String> {
+    let mut value = serde_json::to_value(event).ok()?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("id".into(), json!(id));
+    }
+    Some(value.to_string())
+}
+
+fn send_json(ws: &WebSocket, value: &Value) {
+    let _ = ws.send_with_str(value.to_string());
+}
+
+fn is_terminal(event: &ChatEvent) -> bool {
+    matches!(event, ChatEvent::Done { .. } | ChatEvent::Error { .. })
+}
+
+/// What a resuming client gets.
+enum ResumeAnswer {
+    /// These stored events; then, if `follow`, that running turn's live ones.
+    Frames {
+        frames: Vec<TurnFrame>,
+        follow: Option<u64>,
+    },
+    /// Nothing: the client has every event and nothing runs.
+    UpToDate(UpToDate),
+}
+
+type FrameSender = mpsc::UnboundedSender<std::result::Result<Vec<u8>, worker::Error>>;
+type FrameReceiver = mpsc::UnboundedReceiver<std::result::Result<Vec<u8>, worker::Error>>;
+
 impl Inner {
+    fn now(&self) -> u64 {
+        SystemClock.now_ms()
+    }
+
     fn exec(
         &self,
         query: &str,
@@ -166,35 +263,42 @@ impl Inner {
         cursor.raw().collect::<Result<Vec<_>>>().map_err(internal)
     }
 
+    /// The first column of the first row, as a number.
+    fn scalar(
+        &self,
+        query: &str,
+        bindings: Vec<SqlStorageValue>,
+    ) -> std::result::Result<Option<u64>, ErrorReply> {
+        let rows = self.exec(query, bindings)?;
+        Ok(int(rows.first().and_then(|r| r.first())))
+    }
+
+    fn limits(&self) -> std::result::Result<ChatLimits, ErrorReply> {
+        ChatLimits::from_vars(|name| self.env.var(name).ok().map(|v| v.to_string()))
+            .map_err(|e| internal(format!("misconfigured: {e}")))
+    }
+
+    fn settings(&self) -> std::result::Result<providers::Settings, ErrorReply> {
+        providers::settings(|name| self.env.var(name).ok().map(|v| v.to_string())).map_err(internal)
+    }
+
     /// Creates the tables and binds the object to its tenant and session on
-    /// first use; refuses any other tenant or session afterwards.
+    /// first use; refuses any other tenant or session afterwards. The first
+    /// time in an isolate, fails the turns an earlier isolate left running.
     fn bind(&self, tenant: &TenantId, session: &SessionId) -> std::result::Result<(), ErrorReply> {
         if let Some((t, s)) = self.bound.borrow().as_ref() {
             if t != tenant || s != session {
-                return Err(ErrorReply::new(
-                    ErrorCode::WrongTenant,
-                    "this session belongs to another tenant or session",
-                ));
+                return Err(wrong_session());
             }
             return Ok(());
         }
         for statement in SCHEMA {
             self.exec(statement, vec![])?;
         }
-        let rows = self.exec(
-            "SELECT tenant, session FROM session_meta WHERE id = 1",
-            vec![],
-        )?;
-        match rows.first().map(Vec::as_slice) {
-            Some([SqlStorageValue::String(t), SqlStorageValue::String(s)]) => {
-                if t != tenant.as_str() || s != session.as_str() {
-                    return Err(ErrorReply::new(
-                        ErrorCode::WrongTenant,
-                        "this session belongs to another tenant or session",
-                    ));
-                }
-            }
-            _ => {
+        match self.stored_binding()? {
+            Some((t, s)) if &t != tenant || &s != session => return Err(wrong_session()),
+            Some(_) => {}
+            None => {
                 self.exec(
                     "INSERT INTO session_meta (id, tenant, session) VALUES (1, ?, ?)",
                     vec![tenant.as_str().into(), session.as_str().into()],
@@ -202,6 +306,35 @@ impl Inner {
             }
         }
         *self.bound.borrow_mut() = Some((tenant.clone(), session.clone()));
+        self.recover()?;
+        Ok(())
+    }
+
+    fn stored_binding(&self) -> std::result::Result<Option<(TenantId, SessionId)>, ErrorReply> {
+        let rows = self.exec(
+            "SELECT tenant, session FROM session_meta WHERE id = 1",
+            vec![],
+        )?;
+        let row = rows.first();
+        let tenant = text(row.and_then(|r| r.first())).and_then(|t| TenantId::parse(&t).ok());
+        let session = text(row.and_then(|r| r.get(1))).and_then(|s| SessionId::parse(&s).ok());
+        Ok(tenant.zip(session))
+    }
+
+    /// Marks failed every turn that storage calls running but that is not
+    /// running here (its isolate was reset or evicted mid-turn), with an
+    /// `error` event a resuming client sees.
+    fn recover(&self) -> std::result::Result<(), ErrorReply> {
+        let rows = self.exec("SELECT id FROM turns WHERE status = 'running'", vec![])?;
+        let running: Vec<u64> = rows.iter().filter_map(|r| int(r.first())).collect();
+        let lost = self.core.borrow().interrupted(&running);
+        for id in lost {
+            self.fail_turn(
+                id,
+                "turn_interrupted",
+                "the turn was interrupted (the session restarted) and did not finish",
+            );
+        }
         Ok(())
     }
 
@@ -213,7 +346,7 @@ impl Inner {
             Role::Tool => "tool",
         };
         let calls: Vec<ToolCallRecord> = m.tool_calls.iter().map(record).collect();
-        let rows = self.exec(
+        self.scalar(
             "INSERT INTO messages (role, content, tool_calls, tool_call_id, name, usage, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
             vec![
@@ -223,10 +356,10 @@ impl Inner {
                 m.tool_call_id.clone().into(),
                 m.name.clone().into(),
                 usage.and_then(|u| serde_json::to_string(&u).ok()).into(),
-                SqlStorageValue::Integer(SystemClock.now_ms() as i64),
+                sql_int(self.now()),
             ],
-        )?;
-        Ok(rows.first().and_then(|r| r.first()).map(int).unwrap_or(0))
+        )?
+        .ok_or_else(|| internal("the message was not stored"))
     }
 
     /// Up to `limit` messages before sequence number `before`, oldest first.
@@ -235,13 +368,13 @@ impl Inner {
         before: Option<u64>,
         limit: u32,
     ) -> std::result::Result<HistoryPage, ErrorReply> {
-        let before = before
-            .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
-            .unwrap_or(i64::MAX);
         let rows = self.exec(
-            &format!("SELECT {COLUMNS} FROM messages WHERE seq < ? ORDER BY seq DESC LIMIT ?"),
+            &format!(
+                "SELECT {COLUMNS} FROM messages m LEFT JOIN turns t ON t.user_seq = m.seq \
+                 WHERE m.seq < ? ORDER BY m.seq DESC LIMIT ?"
+            ),
             vec![
-                SqlStorageValue::Integer(before),
+                sql_int(before.unwrap_or(u64::MAX)),
                 SqlStorageValue::Integer(i64::from(limit)),
             ],
         )?;
@@ -262,8 +395,305 @@ impl Inner {
         Ok(page.messages.iter().map(to_port).collect())
     }
 
-    fn settings(&self) -> std::result::Result<providers::Settings, ErrorReply> {
-        providers::settings(|name| self.env.var(name).ok().map(|v| v.to_string())).map_err(internal)
+    fn last_activity(&self) -> Option<u64> {
+        self.scalar("SELECT MAX(created_at) FROM messages", vec![])
+            .ok()
+            .flatten()
+    }
+
+    /// Stores `event` as the next event of turn `turn`, then sends it to the
+    /// turn's listeners and to every socket. Storing first is what makes a
+    /// replay exact: a listener registered after a replay read (with no await
+    /// in between) gets exactly the events after it.
+    fn emit(&self, turn: u64, event: &ChatEvent) {
+        let stored = serde_json::to_string(event)
+            .map_err(internal)
+            .and_then(|json| {
+                self.scalar(
+                    "INSERT INTO turn_events (turn_id, event) VALUES (?, ?) RETURNING id",
+                    vec![sql_int(turn), json.into()],
+                )
+            });
+        let id = match stored {
+            Ok(Some(id)) => id,
+            Ok(None) | Err(_) => {
+                // Not stored, so not resumable; live listeners still hear it
+                // (id 0: a client resuming from it gets the whole turn again).
+                worker::console_error!("chat: an event of turn {turn} could not be stored");
+                0
+            }
+        };
+        let frame = TurnFrame {
+            id,
+            event: event.clone(),
+        };
+        match encode_frame(&frame) {
+            Ok(bytes) => {
+                let terminal = is_terminal(event);
+                self.listeners.borrow_mut().retain(|l| {
+                    if l.turn != turn {
+                        return true;
+                    }
+                    let alive = l.tx.unbounded_send(Ok(bytes.clone())).is_ok();
+                    alive && !terminal
+                });
+            }
+            Err(e) => worker::console_error!("chat: an event could not be encoded: {e}"),
+        }
+        if let Some(json) = socket_json(id, event) {
+            for socket in self.state.get_websockets() {
+                let _ = socket.send_with_str(&json);
+            }
+        }
+    }
+
+    /// Turn `id` failed: marks it so and emits its `error` event, unless it
+    /// has already ended.
+    fn fail_turn(&self, id: u64, code: &str, message: &str) {
+        let changed = self.exec(
+            "UPDATE turns SET status = 'failed', error_code = ?, error_message = ?, ended_at = ? \
+             WHERE id = ? AND status = 'running' RETURNING id",
+            vec![
+                code.into(),
+                message.into(),
+                sql_int(self.now()),
+                sql_int(id),
+            ],
+        );
+        if matches!(&changed, Ok(rows) if rows.is_empty()) {
+            return;
+        }
+        self.emit(id, &ChatEvent::error(code, message));
+        self.prune_events(id);
+    }
+
+    /// Keeps the events of the last `resumable_turns` turns only.
+    fn prune_events(&self, ended: u64) {
+        let keep = self.limits().map(|l| l.resumable_turns).unwrap_or(20);
+        let _ = self.exec(
+            "DELETE FROM turn_events WHERE turn_id <= ?",
+            vec![sql_int(ended.saturating_sub(keep))],
+        );
+    }
+
+    /// Performs the effects that need no waiting, in order, and returns the
+    /// ones that do (`Generate`, `RunTool`) for the driver.
+    fn perform(&self, turn: u64, effects: Vec<Effect>) -> VecDeque<Effect> {
+        let mut waiting = VecDeque::new();
+        let mut queue: VecDeque<Effect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Emit(event) => self.emit(turn, &event),
+                Effect::Store(messages) => {
+                    let stored = messages
+                        .iter()
+                        .try_for_each(|(m, usage)| self.store(m, *usage).map(|_| ()));
+                    if let Err(e) = stored {
+                        let more = self.feed(turn, |m| m.fail("storage_failed", e.message));
+                        queue.extend(more);
+                    }
+                }
+                Effect::Complete { answer, usage } => {
+                    let done = self.store(&answer, usage).and_then(|seq| {
+                        self.exec(
+                            "UPDATE turns SET status = 'done', ended_at = ? WHERE id = ?",
+                            vec![sql_int(self.now()), sql_int(turn)],
+                        )
+                        .map(|_| seq)
+                    });
+                    match done {
+                        Ok(seq) => {
+                            self.emit(
+                                turn,
+                                &ChatEvent::Done {
+                                    ok: true,
+                                    message_seq: seq,
+                                },
+                            );
+                            self.prune_events(turn);
+                        }
+                        Err(e) => self.fail_turn(turn, "storage_failed", &e.message),
+                    }
+                }
+                Effect::Fail { code, message } => self.fail_turn(turn, &code, &message),
+                other => waiting.push_back(other),
+            }
+        }
+        waiting
+    }
+
+    fn feed(
+        &self,
+        turn: u64,
+        f: impl FnOnce(&mut super::turn::TurnMachine) -> Vec<Effect>,
+    ) -> Vec<Effect> {
+        self.core.borrow_mut().feed(turn, f)
+    }
+
+    /// Sets the alarm for the core's next deadline (turn timeout, idle expiry).
+    async fn rearm(&self) {
+        let Ok(limits) = self.limits() else { return };
+        let next = self.core.borrow().next_alarm(self.last_activity(), &limits);
+        if let Some(at) = next {
+            let date = worker::js_sys::Date::new(&worker::wasm_bindgen::JsValue::from_f64(
+                at.max(self.now()) as f64,
+            ));
+            if let Err(e) = self
+                .state
+                .storage()
+                .set_alarm(ScheduledTime::new(date))
+                .await
+            {
+                worker::console_error!("chat: could not set the alarm: {e}");
+            }
+        }
+    }
+
+    /// Starts a turn, in one synchronous step: checks, stores the user
+    /// message and the turn, registers `listener`. Returns the turn's context
+    /// and the effects to drive.
+    fn begin(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        turn: Turn,
+        listener: Option<FrameSender>,
+    ) -> std::result::Result<(TurnContext, VecDeque<Effect>), ErrorReply> {
+        let limits = self.limits()?;
+        let stored = self
+            .scalar("SELECT COUNT(*) FROM messages", vec![])?
+            .unwrap_or(0);
+        match self.core.borrow().can_begin(stored, &limits) {
+            Ok(()) => {}
+            Err(Refusal::Busy) => {
+                return Err(ErrorReply::new(
+                    ErrorCode::Busy,
+                    "this session is still answering an earlier message",
+                ))
+            }
+            Err(Refusal::Full) => {
+                return Err(ErrorReply::new(
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "this session holds {stored} messages, the most it may (CHAT_MAX_MESSAGES = {}); erase it or start a new session",
+                        limits.max_messages
+                    ),
+                )
+                .with_reason("session_full"))
+            }
+        }
+        let user = ChatMessage {
+            role: Role::User,
+            content: turn.message.clone(),
+            tool_calls: vec![],
+            tool_call_id: None,
+            name: None,
+        };
+        let now = self.now();
+        let user_seq = self.store(&user, None)?;
+        let id = self
+            .scalar(
+                "INSERT INTO turns (user_seq, status, started_at) VALUES (?, 'running', ?) RETURNING id",
+                vec![sql_int(user_seq), sql_int(now)],
+            )?
+            .ok_or_else(|| internal("the turn was not stored"))?;
+        let effects = self.core.borrow_mut().start(id, now, &limits);
+        if let Some(tx) = listener {
+            self.listeners.borrow_mut().push(Listener { turn: id, tx });
+        }
+        let context = TurnContext {
+            id,
+            tenant: tenant.clone(),
+            request_id: request_id.clone(),
+            turn,
+        };
+        Ok((context, self.perform(id, effects)))
+    }
+
+    /// Runs a started turn to its end: performs what waits (the model, the
+    /// tools) and feeds the results back to the machine.
+    async fn drive(self: Rc<Self>, ctx: TurnContext, mut waiting: VecDeque<Effect>) {
+        self.rearm().await;
+        let generator = self.generator(&ctx).await;
+        while let Some(effect) = waiting.pop_front() {
+            let more = match effect {
+                Effect::Generate => match &generator {
+                    Ok(generator) => self.generate(&ctx, generator).await,
+                    Err(e) => self.feed(ctx.id, |m| m.fail("model_unavailable", e.clone())),
+                },
+                Effect::RunTool(call) => {
+                    let (result, is_error) =
+                        self.run_tool(&ctx.tenant, &ctx.request_id, &call).await;
+                    self.feed(ctx.id, |m| m.on_tool_result(&call.id, &result, is_error))
+                }
+                // `perform` handles every other effect.
+                _ => vec![],
+            };
+            waiting.extend(self.perform(ctx.id, more));
+        }
+        self.core.borrow_mut().finish(ctx.id);
+        self.rearm().await;
+    }
+
+    async fn generator(&self, ctx: &TurnContext) -> std::result::Result<AnyGenerator, String> {
+        let settings = self.settings().map_err(|e| e.message)?;
+        let model = if settings.workers_ai {
+            self.chat_model(&ctx.tenant, &ctx.request_id, &ctx.turn)
+                .await
+        } else {
+            crate::generation::embedded::EXTRACTIVE_MODEL.to_owned()
+        };
+        AnyGenerator::new(
+            &self.env,
+            settings.workers_ai,
+            &model,
+            settings.fault_injection,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// One generation: its pieces go to the machine (and out) as they arrive.
+    async fn generate(&self, ctx: &TurnContext, generator: &AnyGenerator) -> Vec<Effect> {
+        let history = match self.recent() {
+            Ok(h) => h,
+            Err(e) => return self.feed(ctx.id, |m| m.fail("storage_failed", e.message)),
+        };
+        let request = GenerateRequest {
+            model: generator.model().to_owned(),
+            messages: context(SYSTEM_PROMPT, &history, CONTEXT_BUDGET_CHARS),
+            tools: tools::specs(),
+            max_tokens: ctx.turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        };
+        let outcome = generator
+            .generate(&request, &mut |event| match event {
+                GenerationEvent::Text(piece) => {
+                    let effects = self.feed(ctx.id, |m| m.on_text(piece));
+                    // Only `Emit`: nothing is left waiting.
+                    let _ = self.perform(ctx.id, effects);
+                }
+                GenerationEvent::ToolCall(call) => {
+                    self.feed(ctx.id, |m| {
+                        m.on_tool_call(call);
+                        vec![]
+                    });
+                }
+                GenerationEvent::Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
+                    self.feed(ctx.id, |m| {
+                        m.on_usage(Usage {
+                            prompt_tokens,
+                            completion_tokens,
+                        });
+                        vec![]
+                    });
+                }
+            })
+            .await;
+        self.feed(ctx.id, |m| {
+            m.on_generated(outcome.map_err(|e| e.to_string()))
+        })
     }
 
     async fn run_tool(
@@ -324,178 +754,95 @@ impl Inner {
         }
     }
 
-    /// Runs one turn; `sink` gets every event. The caller has called `begin`.
-    async fn run_turn(
-        &self,
-        tenant: &TenantId,
-        request_id: &RequestId,
-        turn: Turn,
-        sink: &dyn Fn(&ChatEvent),
-    ) {
-        let outcome = self.turn_steps(tenant, request_id, turn, sink).await;
-        if let Err(e) = outcome {
-            sink(&e);
-        }
-        self.core.borrow_mut().end();
+    fn event_log(&self) -> std::result::Result<EventLog, ErrorReply> {
+        let rows = self.exec(
+            "SELECT t.id, (SELECT MIN(e.id) FROM turn_events e WHERE e.turn_id = t.id) \
+             FROM turns t ORDER BY t.id DESC LIMIT 1",
+            vec![],
+        )?;
+        let running = self.core.borrow().running_turn();
+        let latest_turn = rows.first().and_then(|r| {
+            let id = int(r.first())?;
+            // A turn always emits before it is stored as ended; one without
+            // events yet starts after the last stored event.
+            let first = int(r.get(1)).unwrap_or(u64::MAX);
+            Some((id, first, running == Some(id)))
+        });
+        let ids = self.exec("SELECT MIN(id), MAX(id) FROM turn_events", vec![])?;
+        let ids = ids.first();
+        let last_event_id = int(ids.and_then(|r| r.get(1))).unwrap_or(0);
+        let latest_turn = latest_turn
+            .map(|(id, first, running)| (id, first.min(last_event_id.saturating_add(1)), running));
+        Ok(EventLog {
+            latest_turn,
+            last_event_id,
+            oldest_kept: int(ids.and_then(|r| r.first())),
+        })
     }
 
-    async fn turn_steps(
-        &self,
-        tenant: &TenantId,
-        request_id: &RequestId,
-        turn: Turn,
-        sink: &dyn Fn(&ChatEvent),
-    ) -> std::result::Result<(), ChatEvent> {
-        let storage = |e: ErrorReply| ChatEvent::error("storage_failed", e.message);
-        let settings = self.settings().map_err(storage)?;
-        let model = if settings.workers_ai {
-            self.chat_model(tenant, request_id, &turn).await
-        } else {
-            crate::generation::embedded::EXTRACTIVE_MODEL.to_owned()
-        };
-        let generator = AnyGenerator::new(&self.env, settings.workers_ai, &model)
-            .map_err(|e| ChatEvent::error("model_unavailable", e.to_string()))?;
-        // Tests only (FAULT_INJECTION, embedded generator): a model that fails
-        // in the middle of its answer.
-        let fail_midway = settings.fault_injection && turn.message.contains(FAIL_MODEL_MARKER);
-        let user = ChatMessage {
-            role: Role::User,
-            content: turn.message.clone(),
-            tool_calls: vec![],
-            tool_call_id: None,
-            name: None,
-        };
-        self.store(&user, None).map_err(storage)?;
-        let mut iteration = 0;
-        loop {
-            let history = self.recent().map_err(storage)?;
-            let request = GenerateRequest {
-                model: model.clone(),
-                messages: context(SYSTEM_PROMPT, &history, CONTEXT_BUDGET_CHARS),
-                tools: tools::specs(),
-                max_tokens: turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-            };
-            let mut answer = String::new();
-            let mut calls = Vec::new();
-            let mut usage = None;
-            let generated = generator
-                .generate(&request, &mut |event| match event {
-                    GenerationEvent::Text(piece) => {
-                        sink(&ChatEvent::Message {
-                            content: piece.clone(),
-                        });
-                        answer.push_str(&piece);
-                    }
-                    GenerationEvent::ToolCall(call) => calls.push(call),
-                    GenerationEvent::Usage {
-                        prompt_tokens,
-                        completion_tokens,
-                    } => {
-                        usage = Some(Usage {
-                            prompt_tokens,
-                            completion_tokens,
-                        })
-                    }
-                })
-                .await;
-            let generated = match generated {
-                Ok(()) if fail_midway && iteration > 0 => Err(crate::ports::PortError::Failed {
-                    service: "embedded generator",
-                    message: "injected failure in the middle of the answer (FAULT_INJECTION)"
-                        .into(),
-                }),
-                other => other,
-            };
-            // A failed generation stores nothing of its partial answer: the
-            // history keeps the user message and every complete tool round.
-            generated.map_err(|e| ChatEvent::error("model_failed", e.to_string()))?;
-            match next_step(answer, calls, iteration) {
-                Step::Answer(text) => {
-                    let seq = self
-                        .store(
-                            &ChatMessage {
-                                role: Role::Assistant,
-                                content: text,
-                                tool_calls: vec![],
-                                tool_call_id: None,
-                                name: None,
-                            },
-                            usage,
-                        )
-                        .map_err(storage)?;
-                    sink(&ChatEvent::Done {
-                        ok: true,
-                        message_seq: seq,
-                    });
-                    return Ok(());
-                }
-                Step::LimitReached => {
-                    return Err(ChatEvent::error(
-                        "tool_limit",
-                        "the model kept calling tools; the turn was stopped",
-                    ))
-                }
-                Step::CallTools(calls) => {
-                    let mut results = Vec::new();
-                    for call in &calls {
-                        sink(&ChatEvent::ToolCall {
-                            id: call.id.clone(),
-                            tool: call.name.clone(),
-                            arguments: call.arguments.to_string(),
-                        });
-                        let (result, is_error) = self.run_tool(tenant, request_id, call).await;
-                        sink(&ChatEvent::ToolResult {
-                            id: call.id.clone(),
-                            tool: call.name.clone(),
-                            result: result.to_string(),
-                            is_error,
-                        });
-                        results.push((call, result));
-                    }
-                    // The round is stored whole: the call, then its results.
-                    self.store(
-                        &ChatMessage {
-                            role: Role::Assistant,
-                            content: String::new(),
-                            tool_calls: calls.clone(),
-                            tool_call_id: None,
-                            name: None,
-                        },
-                        usage,
-                    )
-                    .map_err(storage)?;
-                    for (call, result) in results {
-                        self.store(
-                            &ChatMessage {
-                                role: Role::Tool,
-                                content: result.to_string(),
-                                tool_calls: vec![],
-                                tool_call_id: Some(call.id.clone()),
-                                name: Some(call.name.clone()),
-                            },
-                            None,
-                        )
-                        .map_err(storage)?;
-                    }
-                    iteration += 1;
-                }
-            }
+    /// The stored events after `after`, as frames.
+    fn replay(&self, after: u64) -> std::result::Result<Vec<TurnFrame>, ErrorReply> {
+        let rows = self.exec(
+            "SELECT id, event FROM turn_events WHERE id > ? ORDER BY id",
+            vec![sql_int(after)],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let id = int(r.first())?;
+                let event = serde_json::from_str(&text(r.get(1))?).ok()?;
+                Some(TurnFrame { id, event })
+            })
+            .collect())
+    }
+
+    /// What a resuming client gets: the plan's frames, and whether to follow
+    /// the running turn afterwards (register the listener in the same step).
+    fn resume(&self, after: Option<u64>) -> std::result::Result<ResumeAnswer, ErrorReply> {
+        let log = self.event_log()?;
+        match resume_plan(after, &log) {
+            ResumePlan::Replay { after, follow } => Ok(ResumeAnswer::Frames {
+                frames: self.replay(after)?,
+                follow: if follow {
+                    log.latest_turn.map(|(id, _, _)| id)
+                } else {
+                    None
+                },
+            }),
+            ResumePlan::UpToDate => Ok(ResumeAnswer::UpToDate(UpToDate {
+                last_event_id: log.last_event_id,
+            })),
+            ResumePlan::NoTurn => Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                "this session has no turn to resume",
+            )),
+            ResumePlan::Unknown => Err(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "this session has no event after which to resume ({} is its last)",
+                    log.last_event_id
+                ),
+            )),
+            ResumePlan::Expired => Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                "the events after that id are no longer kept; read the history instead",
+            )),
         }
     }
 
     fn snapshot(&self) -> std::result::Result<ChatSnapshot, ErrorReply> {
-        let rows = self.exec("SELECT COUNT(*), MAX(created_at) FROM messages", vec![])?;
-        let (count, last) = match rows.first().map(Vec::as_slice) {
-            Some([c, l]) => (
-                int(c),
-                matches!(l, SqlStorageValue::Integer(_)).then(|| int(l)),
-            ),
-            _ => (0, None),
-        };
+        let count = self
+            .scalar("SELECT COUNT(*) FROM messages", vec![])?
+            .unwrap_or(0);
         let workers_ai = self.settings()?.workers_ai;
+        let latest = self.exec(
+            "SELECT id, status, error_code, error_message FROM turns ORDER BY id DESC LIMIT 1",
+            vec![],
+        )?;
+        let latest_turn = latest.first().and_then(|r| turn_info(int(r.first()), r, 1));
         Ok(ChatSnapshot {
             message_count: count,
-            last_activity_ms: last,
+            last_activity_ms: self.last_activity(),
             connected_sockets: u32::try_from(self.state.get_websockets().len()).unwrap_or(u32::MAX),
             in_flight: self.core.borrow().in_flight(),
             generator: if workers_ai {
@@ -504,15 +851,41 @@ impl Inner {
                 crate::generation::embedded::EXTRACTIVE_MODEL
             }
             .to_owned(),
+            latest_turn,
+            last_event_id: self.scalar("SELECT MAX(id) FROM turn_events", vec![])?,
         })
+    }
+
+    fn clear(&self) -> std::result::Result<ChatResponse, ErrorReply> {
+        if self.core.borrow().in_flight() {
+            return Err(ErrorReply::new(
+                ErrorCode::Busy,
+                "this session is still answering; try again when it is done",
+            ));
+        }
+        let removed = self
+            .scalar("SELECT COUNT(*) FROM messages", vec![])?
+            .unwrap_or(0);
+        for table in ["messages", "turns", "turn_events"] {
+            self.exec(&format!("DELETE FROM {table}"), vec![])?;
+        }
+        Ok(ChatResponse::Cleared(Cleared {
+            messages_removed: removed,
+        }))
     }
 }
 
-/// Sends an event to one socket as JSON text.
-fn send_event(ws: &WebSocket, event: &ChatEvent) {
-    if let Ok(json) = serde_json::to_string(event) {
-        let _ = ws.send_with_str(json);
-    }
+fn wrong_session() -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::WrongTenant,
+        "this session belongs to another tenant or session",
+    )
+}
+
+fn frames_response(rx: FrameReceiver) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", FRAMES_CONTENT_TYPE)?;
+    Ok(Response::from_stream(rx)?.with_headers(headers))
 }
 
 impl ChatSession {
@@ -538,27 +911,40 @@ impl ChatSession {
                 if let Err(e) = inner.bind(&tenant, &turn.session_id) {
                     return reply(Err(e));
                 }
-                if inner.core.borrow_mut().begin().is_err() {
-                    return reply(Err(ErrorReply::new(
-                        ErrorCode::Busy,
-                        "this session is still answering an earlier message",
-                    )));
+                let (tx, rx) = mpsc::unbounded();
+                match inner.begin(&tenant, &rid, turn, Some(tx)) {
+                    Ok((ctx, waiting)) => {
+                        // The turn runs beside this request, not inside its
+                        // response: a client that goes away does not stop it.
+                        let running = Rc::clone(inner);
+                        inner.state.wait_until(running.drive(ctx, waiting));
+                        frames_response(rx)
+                    }
+                    Err(e) => reply(Err(e)),
                 }
-                let (tx, rx) = mpsc::unbounded::<std::result::Result<Vec<u8>, worker::Error>>();
-                let running = Rc::clone(inner);
-                worker::wasm_bindgen_futures::spawn_local(async move {
-                    let sink = move |event: &ChatEvent| {
-                        if let Ok(frame) = encode_frame(event) {
-                            // A client that went away stops reading; the turn
-                            // still completes and is stored.
-                            let _ = tx.unbounded_send(Ok(frame));
+            }
+            ChatRequest::Resume(resume) => {
+                if let Err(e) = inner.bind(&tenant, &resume.session_id) {
+                    return reply(Err(e));
+                }
+                match inner.resume(resume.after) {
+                    Ok(ResumeAnswer::Frames { frames, follow }) => {
+                        let (tx, rx) = mpsc::unbounded();
+                        for frame in &frames {
+                            if let Ok(bytes) = encode_frame(frame) {
+                                let _ = tx.unbounded_send(Ok(bytes));
+                            }
                         }
-                    };
-                    running.run_turn(&tenant, &rid, turn, &sink).await;
-                });
-                let headers = Headers::new();
-                headers.set("content-type", FRAMES_CONTENT_TYPE)?;
-                Ok(Response::from_stream(rx)?.with_headers(headers))
+                        // Registered in the same step as the replay read: the
+                        // next event it gets is the one after the replay.
+                        if let Some(turn) = follow {
+                            inner.listeners.borrow_mut().push(Listener { turn, tx });
+                        }
+                        frames_response(rx)
+                    }
+                    Ok(ResumeAnswer::UpToDate(u)) => reply(Ok(ChatResponse::UpToDate(u))),
+                    Err(e) => reply(Err(e)),
+                }
             }
             ChatRequest::History(get) => {
                 if let Err(e) = get.validate() {
@@ -574,22 +960,11 @@ impl ChatSession {
                         .map(ChatResponse::History),
                 )
             }
-            ChatRequest::Clear(clear) => {
-                reply(inner.bind(&tenant, &clear.session_id).and_then(|_| {
-                    if inner.core.borrow().in_flight() {
-                        return Err(ErrorReply::new(
-                            ErrorCode::Busy,
-                            "this session is still answering; try again when it is done",
-                        ));
-                    }
-                    let rows = inner.exec("SELECT COUNT(*) FROM messages", vec![])?;
-                    let removed = rows.first().and_then(|r| r.first()).map(int).unwrap_or(0);
-                    inner.exec("DELETE FROM messages", vec![])?;
-                    Ok(ChatResponse::Cleared(Cleared {
-                        messages_removed: removed,
-                    }))
-                }))
-            }
+            ChatRequest::Clear(clear) => reply(
+                inner
+                    .bind(&tenant, &clear.session_id)
+                    .and_then(|_| inner.clear()),
+            ),
             ChatRequest::Inspect(inspect) => reply(
                 inner
                     .bind(&tenant, &inspect.session_id)
@@ -600,15 +975,21 @@ impl ChatSession {
     }
 
     /// `GET /ws?tenant=..&session=..` with `Upgrade: websocket`, forwarded by
-    /// the gateway after it validated both.
+    /// the gateway after it validated both. A refusal is an actor reply, which
+    /// the gateway maps like any other.
     fn accept(&self, req: &Request) -> Result<Response> {
-        let bad = |msg: &str| Response::error(msg, 400);
+        let refuse = |code: ErrorCode, msg: &str| {
+            Ok(rpc::reply_response::<ChatResponse>(
+                None,
+                Err(ErrorReply::new(code, msg)),
+            ))
+        };
         if !req
             .headers()
             .get("upgrade")?
             .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
         {
-            return bad("expected a WebSocket upgrade");
+            return refuse(ErrorCode::Protocol, "expected a WebSocket upgrade");
         }
         let url = req.url()?;
         let param = |name: &str| {
@@ -620,25 +1001,23 @@ impl ChatSession {
             param("tenant").and_then(|t| TenantId::parse(&t).ok()),
             param("session").and_then(|s| SessionId::parse(&s).ok()),
         ) else {
-            return bad("tenant and session are required");
+            return refuse(ErrorCode::Protocol, "tenant and session are required");
         };
         if let Err(e) = self.inner.bind(&tenant, &session) {
-            let status = if e.code == ErrorCode::WrongTenant {
-                403
-            } else {
-                503
-            };
-            let body = serde_json::json!({ "error": { "code": "session_unavailable", "message": e.message } });
-            let headers = Headers::new();
-            headers.set("content-type", "application/json")?;
-            return Ok(Response::from_bytes(body.to_string().into_bytes())?
-                .with_status(status)
-                .with_headers(headers));
+            return Ok(rpc::reply_response::<ChatResponse>(None, Err(e)));
         }
+        let joined_after = match self.inner.scalar("SELECT MAX(id) FROM turn_events", vec![]) {
+            Ok(last) => last.unwrap_or(0),
+            Err(e) => return Ok(rpc::reply_response::<ChatResponse>(None, Err(e))),
+        };
         let pair = WebSocketPair::new()?;
+        // Accepted and given its position in one step: no event falls between.
         self.inner.state.accept_web_socket(&pair.server);
-        pair.server
-            .serialize_attachment(SocketInfo { tenant, session })?;
+        pair.server.serialize_attachment(SocketInfo {
+            tenant,
+            session,
+            joined_after,
+        })?;
         Response::from_websocket(pair.client)
     }
 }
@@ -651,6 +1030,7 @@ impl worker::DurableObject for ChatSession {
                 env,
                 core: RefCell::new(SessionCore::default()),
                 bound: RefCell::new(None),
+                listeners: RefCell::new(Vec::new()),
             }),
         }
     }
@@ -667,7 +1047,11 @@ impl worker::DurableObject for ChatSession {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
-        let reject = |code: &str, msg: &str| send_event(&ws, &ChatEvent::error(code, msg));
+        let reject = |code: &str, msg: &str| {
+            if let Ok(v) = serde_json::to_value(ChatEvent::error(code, msg)) {
+                send_json(&ws, &v);
+            }
+        };
         let Ok(Some(info)) = ws.deserialize_attachment::<SocketInfo>() else {
             reject("not_bound", "this socket has no session");
             return Ok(());
@@ -691,16 +1075,49 @@ impl worker::DurableObject for ChatSession {
             Err(e) => {
                 reject(
                     "invalid_frame",
-                    &format!("expected {{\"type\":\"message\",\"content\":\"...\"}}: {e}"),
+                    &format!("expected {{\"type\":\"message\",\"content\":\"...\"}} or {{\"type\":\"resume\",\"after\":<id>}}: {e}"),
                 );
                 return Ok(());
             }
         };
-        let ClientFrame::Message {
-            content,
-            model,
-            max_tokens,
-        } = frame;
+        if let Err(e) = self.inner.bind(&info.tenant, &info.session) {
+            reject("session_unavailable", &e.message);
+            return Ok(());
+        }
+        let (content, model, max_tokens) = match frame {
+            ClientFrame::Message {
+                content,
+                model,
+                max_tokens,
+            } => (content, model, max_tokens),
+            ClientFrame::Resume { after } => {
+                // Replayed to this socket only, and only the events from
+                // before it connected: every later one reached it live.
+                match self.inner.resume(after) {
+                    Ok(ResumeAnswer::Frames { frames, follow }) => {
+                        let frames: Vec<&TurnFrame> = frames
+                            .iter()
+                            .filter(|f| f.id <= info.joined_after)
+                            .collect();
+                        for f in &frames {
+                            if let Some(json) = socket_json(f.id, &f.event) {
+                                let _ = ws.send_with_str(&json);
+                            }
+                        }
+                        send_json(
+                            &ws,
+                            &json!({ "type": "resumed", "replayed": frames.len(), "following": follow.is_some() }),
+                        );
+                    }
+                    Ok(ResumeAnswer::UpToDate(_)) => send_json(
+                        &ws,
+                        &json!({ "type": "resumed", "replayed": 0, "following": false }),
+                    ),
+                    Err(e) => reject("cannot_resume", &e.message),
+                }
+                return Ok(());
+            }
+        };
         let turn = Turn {
             session_id: info.session.clone(),
             message: content,
@@ -711,20 +1128,21 @@ impl worker::DurableObject for ChatSession {
             reject("invalid_message", &e.to_string());
             return Ok(());
         }
-        if self.inner.core.borrow_mut().begin().is_err() {
-            reject("busy", "this session is still answering an earlier message");
-            return Ok(());
-        }
         let request_id = RequestId::from_random(crate::entropy::random_bytes());
-        let inner = Rc::clone(&self.inner);
-        let sink = move |event: &ChatEvent| {
-            for socket in inner.state.get_websockets() {
-                send_event(&socket, event);
+        match self.inner.begin(&info.tenant, &request_id, turn, None) {
+            Ok((ctx, waiting)) => {
+                let running = Rc::clone(&self.inner);
+                self.inner.state.wait_until(running.drive(ctx, waiting));
             }
-        };
-        self.inner
-            .run_turn(&info.tenant, &request_id, turn, &sink)
-            .await;
+            Err(e) => {
+                let code = match (e.code, e.reason.as_deref()) {
+                    (_, Some(reason)) => reason.to_owned(),
+                    (ErrorCode::Busy, _) => "busy".to_owned(),
+                    _ => "unavailable".to_owned(),
+                };
+                reject(&code, &e.message);
+            }
+        }
         Ok(())
     }
 
@@ -741,5 +1159,71 @@ impl worker::DurableObject for ChatSession {
             .filter(|c| *c == 1000 || (3000..5000).contains(c));
         let _ = ws.close(code.or(Some(1000)), Some(reason));
         Ok(())
+    }
+
+    /// A protocol error on a socket (a reserved opcode, a set RSV bit, a
+    /// fragmented control frame): the runtime has already failed the socket.
+    /// The default implementation panics, which resets the whole isolate and
+    /// every turn in it, so this one only logs and closes.
+    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> Result<()> {
+        worker::console_warn!("chat: a WebSocket failed: {error}");
+        let _ = ws.close(Some(1002), Some("protocol error"));
+        Ok(())
+    }
+
+    /// Times out a turn that runs too long, fails turns an earlier isolate
+    /// left running, and erases a session idle for `CHAT_IDLE_EXPIRY_DAYS`.
+    async fn alarm(&self) -> Result<Response> {
+        let inner = &self.inner;
+        let binding = match inner.bound.borrow().clone() {
+            Some(b) => Some(b),
+            None => {
+                // Woken with nothing in memory: the tables may not exist yet.
+                for statement in SCHEMA {
+                    if let Err(e) = inner.exec(statement, vec![]) {
+                        return Err(worker::Error::RustError(e.message));
+                    }
+                }
+                inner
+                    .stored_binding()
+                    .map_err(|e| worker::Error::RustError(e.message))?
+            }
+        };
+        let Some((tenant, session)) = binding else {
+            return Response::ok("nothing stored");
+        };
+        inner
+            .bind(&tenant, &session)
+            .map_err(|e| worker::Error::RustError(e.message))?;
+        let now = inner.now();
+        let (turn, effects) = inner.core.borrow_mut().on_alarm(now);
+        if let Some(turn) = turn {
+            let _ = inner.perform(turn, effects);
+            inner.core.borrow_mut().finish(turn);
+        }
+        let limits = inner
+            .limits()
+            .map_err(|e| worker::Error::RustError(e.message))?;
+        let sockets = inner.state.get_websockets().len();
+        if inner
+            .core
+            .borrow()
+            .expired(inner.last_activity(), now, sockets, &limits)
+        {
+            // Idle past its expiry: the conversation is erased; the object
+            // keeps only its binding.
+            let _ = inner.clear();
+            return Response::ok("expired");
+        }
+        inner.rearm().await;
+        Response::ok("done")
+    }
+
+    /// Durable Objects here take no raw TCP connections; the default panics.
+    async fn connect(&self, mut socket: worker::Socket) -> Result<()> {
+        let _ = socket.close().await;
+        Err(worker::Error::RustError(
+            "chat sessions take no socket connections".into(),
+        ))
     }
 }

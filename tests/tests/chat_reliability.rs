@@ -1,0 +1,464 @@
+//! Chat reliability against `wrangler dev`: WebSocket protocol errors sent
+//! byte for byte over raw TCP do not disturb other tenants' turns; a turn
+//! survives its client and its events resume exactly (SSE `Last-Event-ID`,
+//! WebSocket `resume`); a turn interrupted by a restart is marked failed.
+
+use e2e::chat::{parse_sse, Socket};
+use e2e::http::{get, send};
+use e2e::{shared, Deployment, PersistDir, Server};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const A: &str = "mrrainbowsmoke";
+const B: &str = "rainbowsmokeofficial";
+
+fn ingest(server: &Server, tenant: &str, docs: Value) {
+    let r = send(
+        "POST",
+        &server.url("/api/ingest"),
+        &[
+            ("x-tenant-id", tenant),
+            ("content-type", "application/json"),
+            ("authorization", "Bearer e2e-ingest-token"),
+        ],
+        Some(json!({ "documents": docs }).to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+fn docs() -> Value {
+    json!([
+        { "id": "rel-doc-1", "text": "The ferry to the island leaves every morning at seven from the north pier. Tickets are sold on board." },
+        { "id": "rel-doc-2", "text": "Lighthouse tours run on weekends; visitors climb 120 steps to the lamp room." }
+    ])
+}
+
+fn chat_body(session: &str, message: &str) -> String {
+    json!({ "sessionId": session, "message": message }).to_string()
+}
+
+/// A whole SSE turn: every event as `(id, data)`.
+fn sse_turn(server: &Server, tenant: &str, session: &str, message: &str) -> Vec<(String, Value)> {
+    let r = send(
+        "POST",
+        &server.url("/api/chat"),
+        &[
+            ("x-tenant-id", tenant),
+            ("content-type", "application/json"),
+        ],
+        Some(chat_body(session, message).as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    parse_sse(r.body.as_bytes())
+        .into_iter()
+        .map(|e| (e.id, e.data))
+        .collect()
+}
+
+fn last_type(events: &[(String, Value)]) -> String {
+    events
+        .last()
+        .and_then(|(_, d)| d["type"].as_str())
+        .unwrap_or("none")
+        .to_owned()
+}
+
+fn history(server: &Server, tenant: &str, session: &str) -> Value {
+    let r = get(
+        &server.url(&format!("/api/sessions/{session}/history")),
+        &[("x-tenant-id", tenant)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+/// Starts an SSE turn over a raw socket, reads until `until` complete events
+/// have arrived, then drops the connection: a client that goes away.
+fn sse_then_disconnect(
+    server: &Server,
+    tenant: &str,
+    session: &str,
+    message: &str,
+    until: usize,
+) -> Vec<(String, Value)> {
+    let addr = server.base().trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let body = chat_body(session, message);
+    let request = format!(
+        "POST /api/chat HTTP/1.1\r\nhost: {addr}\r\nx-tenant-id: {tenant}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).expect("read");
+        assert!(n > 0, "the stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        let Some((_, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        // Chunked framing aside, SSE events are the blocks between blank
+        // lines that carry an `id:` and a `data:` line.
+        let events: Vec<(String, Value)> = body
+            .split("\n\n")
+            .filter_map(|block| {
+                let id = block.lines().find_map(|l| l.strip_prefix("id: "))?;
+                let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+                Some((id.to_owned(), serde_json::from_str(data).ok()?))
+            })
+            .collect();
+        if events.len() >= until {
+            drop(stream);
+            return events.into_iter().take(until).collect();
+        }
+    }
+}
+
+/// `GET /api/chat/<session>/stream` with `Last-Event-ID`.
+fn resume_sse(
+    server: &Server,
+    tenant: &str,
+    session: &str,
+    last: Option<&str>,
+) -> e2e::http::Reply {
+    let mut headers = vec![("x-tenant-id", tenant)];
+    if let Some(last) = last {
+        headers.push(("last-event-id", last));
+    }
+    get(
+        &server.url(&format!("/api/chat/{session}/stream")),
+        &headers,
+    )
+}
+
+fn data_of(events: &[(String, Value)]) -> Vec<Value> {
+    events.iter().map(|(_, d)| d.clone()).collect()
+}
+
+fn ids_of(events: &[(String, Value)]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|(id, _)| id.parse().expect("a numeric id"))
+        .collect()
+}
+
+#[test]
+fn a_turn_survives_its_client_and_resumes_exactly() {
+    let server = shared(Deployment::Dedicated(B));
+    ingest(&server, B, docs());
+    // Slow answers, so the client leaves while the turn is still running.
+    let question = "when does the ferry leave for the island? [[slow-model]]";
+    let reference = sse_turn(&server, B, "resume-ref", question);
+    assert_eq!(last_type(&reference), "done", "{reference:?}");
+
+    // SSE: leave after the first event, come back with Last-Event-ID.
+    let first = sse_then_disconnect(&server, B, "resume-cut", question, 1);
+    let r = resume_sse(&server, B, "resume-cut", Some(&first[0].0));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let rest: Vec<(String, Value)> = parse_sse(r.body.as_bytes())
+        .into_iter()
+        .map(|e| (e.id, e.data))
+        .collect();
+    let mut joined = first.clone();
+    joined.extend(rest);
+    assert_eq!(
+        data_of(&joined),
+        data_of(&reference),
+        "the interrupted run, resumed, is the uninterrupted run"
+    );
+    let ids = ids_of(&joined);
+    assert_eq!(
+        ids,
+        (ids[0]..ids[0] + ids.len() as u64).collect::<Vec<_>>(),
+        "no event twice, none missing"
+    );
+
+    // The turn completed and was stored though its client left.
+    let h = history(&server, B, "resume-cut");
+    let roles: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "assistant"]);
+    assert_eq!(h["messages"][0]["turn"]["status"], "done");
+
+    // Resuming is idempotent: again from the same id, the same events; from
+    // the start (no id), the whole turn; from the last id, nothing (204).
+    let again = parse_sse(
+        resume_sse(&server, B, "resume-cut", Some(&first[0].0))
+            .body
+            .as_bytes(),
+    );
+    assert_eq!(again.len(), joined.len() - 1);
+    let whole: Vec<(String, Value)> =
+        parse_sse(resume_sse(&server, B, "resume-cut", None).body.as_bytes())
+            .into_iter()
+            .map(|e| (e.id, e.data))
+            .collect();
+    assert_eq!(whole, joined);
+    let last = joined.last().unwrap().0.clone();
+    let r = resume_sse(&server, B, "resume-cut", Some(&last));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = resume_sse(&server, B, "resume-cut", Some("999999"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid_request")
+    );
+    let r = resume_sse(&server, B, "resume-cut", Some("x"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid_last_event_id")
+    );
+    let r = resume_sse(&server, B, "resume-never", None);
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // WebSocket: the same replay after an id, then `resumed`.
+    let url = format!(
+        "{}/api/chat/ws?sessionId=resume-cut",
+        server.base().replace("http://", "ws://")
+    );
+    let mut socket = Socket::connect(&url, &[("x-tenant-id", B)]).expect("connect");
+    let after: u64 = first[0].0.parse().unwrap();
+    socket.send(&json!({ "type": "resume", "after": after }).to_string());
+    let mut replayed = Vec::new();
+    loop {
+        let e = socket.next_event();
+        if e["type"] == "resumed" {
+            assert_eq!(e["following"], false);
+            assert_eq!(e["replayed"], replayed.len());
+            break;
+        }
+        replayed.push(e);
+    }
+    let expected: Vec<Value> = joined[1..]
+        .iter()
+        .map(|(id, d)| {
+            let mut d = d.clone();
+            d["id"] = json!(id.parse::<u64>().unwrap());
+            d
+        })
+        .collect();
+    assert_eq!(replayed, expected);
+    socket.close();
+}
+
+#[test]
+fn a_websocket_client_resumes_a_running_turn() {
+    let server = shared(Deployment::Dedicated(A));
+    ingest(&server, A, docs());
+    let url = format!(
+        "{}/api/chat/ws?sessionId=ws-resume",
+        server.base().replace("http://", "ws://")
+    );
+    let mut first = Socket::connect(&url, &[("x-tenant-id", A)]).expect("connect");
+    first.send(
+        &json!({ "type": "message", "content": "how many steps to the lamp room? [[slow-model]]" })
+            .to_string(),
+    );
+    let e1 = first.next_event();
+    let e2 = first.next_event();
+    let seen_until = e2["id"].as_u64().expect("events carry an id");
+    first.close(); // leaves mid-turn
+    let mut second = Socket::connect(&url, &[("x-tenant-id", A)]).expect("reconnect");
+    second.send(&json!({ "type": "resume", "after": seen_until }).to_string());
+    let mut rest = Vec::new();
+    let mut resumed = false;
+    let ended = |rest: &[Value]| {
+        rest.iter()
+            .any(|e| e["type"] == "done" || e["type"] == "error")
+    };
+    while !(resumed && ended(&rest)) {
+        let e = second.next_event();
+        if e["type"] == "resumed" {
+            resumed = true;
+        } else {
+            rest.push(e);
+        }
+    }
+    rest.sort_by_key(|e| e["id"].as_u64());
+    assert_eq!(rest.last().unwrap()["type"], "done", "{rest:?}");
+    // The second socket got the events from before it connected by replay
+    // and the later ones live: together, every event once.
+    let mut ids: Vec<u64> = [&e1, &e2]
+        .into_iter()
+        .chain(rest.iter())
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let start = ids[0];
+    assert_eq!(
+        ids,
+        (start..start + ids.len() as u64).collect::<Vec<_>>(),
+        "no event twice, none missing: {ids:?}"
+    );
+    second.close();
+}
+
+/// Upgrades a raw TCP connection to a WebSocket on the chat route.
+fn raw_socket(server: &Server, tenant: &str, session: &str) -> TcpStream {
+    let addr = server.base().trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let request = format!(
+        "GET /api/chat/ws?sessionId={session}&tenant={tenant} HTTP/1.1\r\nhost: {addr}\r\n\
+         upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         sec-websocket-version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).expect("read the upgrade");
+        assert!(
+            n == 1,
+            "closed during the upgrade: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+}
+
+/// A masked client frame with the given first byte and payload.
+fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![first, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    out
+}
+
+#[test]
+fn websocket_protocol_errors_do_not_break_other_tenants_turns() {
+    let server = shared(Deployment::Shared);
+    ingest(&server, B, docs());
+    // Another tenant's turns, over SSE and a WebSocket, slow enough to be in
+    // flight while the bad frames arrive.
+    let sse_server = std::sync::Arc::clone(&server);
+    let sse = std::thread::spawn(move || {
+        (0..4)
+            .map(|i| {
+                last_type(&sse_turn(
+                    &sse_server,
+                    B,
+                    &format!("victim-sse-{i}"),
+                    "when does the ferry leave? [[slow-model]]",
+                ))
+            })
+            .collect::<Vec<_>>()
+    });
+    let ws_url = format!(
+        "{}/api/chat/ws?sessionId=victim-ws&tenant={B}",
+        server.base().replace("http://", "ws://")
+    );
+    let ws = std::thread::spawn(move || {
+        let mut socket = Socket::connect(&ws_url, &[]).expect("connect");
+        let ends: Vec<String> = (0..3)
+            .map(|_| {
+                socket.send(
+                    r#"{"type":"message","content":"how many steps in the lighthouse? [[slow-model]]"}"#,
+                );
+                let events = socket.events_until_end();
+                events.last().unwrap()["type"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        socket.close();
+        ends
+    });
+    let bad_frames: [(&str, Vec<u8>); 4] = [
+        ("reserved opcode", frame(0x83, b"x")),
+        ("RSV1 set", frame(0xC1, b"x")),
+        ("fragmented ping", frame(0x09, b"")),
+        ("stray continuation", frame(0x80, b"x")),
+    ];
+    let started = Instant::now();
+    let mut rounds = 0;
+    while !(sse.is_finished() && ws.is_finished()) || rounds < 8 {
+        for (what, bytes) in &bad_frames {
+            let mut s = raw_socket(&server, A, &format!("attacker-{rounds}"));
+            s.write_all(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+            // The server closes the connection (or answers a close frame).
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+        rounds += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "took too long"
+        );
+    }
+    let sse_ends = sse.join().expect("the SSE client");
+    let ws_ends = ws.join().expect("the WebSocket client");
+    assert_eq!(sse_ends, vec!["done"; 4], "every SSE turn completed");
+    assert_eq!(ws_ends, vec!["done"; 3], "every WebSocket turn completed");
+    // The attacked tenant's chat still works.
+    let events = sse_turn(&server, A, "after-attack", "anything?");
+    assert_eq!(last_type(&events), "done");
+}
+
+#[test]
+fn a_turn_interrupted_by_a_restart_is_marked_failed() {
+    let dir = PersistDir::new("chat-interrupted");
+    let tool_round;
+    {
+        let server = Server::start(Deployment::Dedicated(A), &dir);
+        ingest(&server, A, docs());
+        // The model hangs after the first piece of its answer; the server
+        // stops in the middle of the turn.
+        let seen = sse_then_disconnect(
+            &server,
+            A,
+            "interrupted-1",
+            "when does the ferry leave? [[hang-model]]",
+            3,
+        );
+        let types: Vec<&str> = seen
+            .iter()
+            .map(|(_, d)| d["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["tool_call", "tool_result", "message"]);
+        tool_round = seen;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let server = Server::start(Deployment::Dedicated(A), &dir);
+    let h = history(&server, A, "interrupted-1");
+    let messages = h["messages"].as_array().unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["user", "assistant", "tool"],
+        "no partial answer: {h}"
+    );
+    assert_eq!(messages[0]["turn"]["status"], "failed", "{h}");
+    assert_eq!(messages[0]["turn"]["error"]["code"], "turn_interrupted");
+    // A client resuming the turn gets its events and the failure.
+    let r = resume_sse(&server, A, "interrupted-1", Some(&tool_round[1].0));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rest = parse_sse(r.body.as_bytes());
+    let last = rest.last().unwrap();
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["code"], "turn_interrupted");
+    // The session takes the next turn.
+    let events = sse_turn(&server, A, "interrupted-1", "and the lighthouse?");
+    assert_eq!(last_type(&events), "done");
+}
