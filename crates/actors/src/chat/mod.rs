@@ -5,6 +5,7 @@
 pub mod core;
 mod handle;
 mod object;
+mod store;
 pub mod tools;
 pub mod turn;
 

@@ -14,6 +14,7 @@ use super::core::{
     context, resume_plan, ChatLimits, EventLog, Refusal, ResumePlan, SessionCore,
     CONTEXT_BUDGET_CHARS, SYSTEM_PROMPT,
 };
+use super::store::SessionStore;
 use super::tools;
 use super::turn::Effect;
 use super::FRAMES_CONTENT_TYPE;
@@ -27,9 +28,8 @@ use crate::ports::{
 use crate::rpc;
 use futures::channel::mpsc;
 use protocol::chat::{
-    encode_frame, ChatEvent, ChatRequest, ChatResponse, ChatSnapshot, Cleared, HistoryPage,
-    StoredMessage, ToolCallRecord, Turn, TurnError, TurnFrame, TurnInfo, TurnStatus, UpToDate,
-    Usage, DEFAULT_MAX_TOKENS,
+    encode_frame, ChatEvent, ChatRequest, ChatResponse, ChatSnapshot, Cleared, Turn, TurnFrame,
+    UpToDate, Usage, DEFAULT_MAX_TOKENS,
 };
 use protocol::coordinator::DEFAULT_CHAT_MODEL;
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
@@ -39,33 +39,10 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use worker::{
-    durable_object, Env, Headers, Request, Response, Result, ScheduledTime, SqlStorageValue, State,
-    WebSocket, WebSocketIncomingMessage, WebSocketPair,
+    durable_object, Env, Headers, Request, Response, Result, ScheduledTime, State, WebSocket,
+    WebSocketIncomingMessage, WebSocketPair,
 };
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS messages (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT, role TEXT NOT NULL, content TEXT NOT NULL,
-        tool_calls TEXT NOT NULL, tool_call_id TEXT, name TEXT, usage TEXT, created_at INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS session_meta (
-        id INTEGER PRIMARY KEY CHECK (id = 1), tenant TEXT NOT NULL, session TEXT NOT NULL)",
-    // One row per turn, written with its user message; `status` is running,
-    // done or failed. AUTOINCREMENT: ids are never reused, even after an erase.
-    "CREATE TABLE IF NOT EXISTS turns (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, user_seq INTEGER NOT NULL, status TEXT NOT NULL,
-        error_code TEXT, error_message TEXT, started_at INTEGER NOT NULL, ended_at INTEGER)",
-    "CREATE INDEX IF NOT EXISTS turns_by_user_seq ON turns (user_seq)",
-    "CREATE INDEX IF NOT EXISTS turns_by_status ON turns (status)",
-    // Every event of the recent turns, for resuming streams; the id is the
-    // SSE `id:` and grows across the session (AUTOINCREMENT, never reused).
-    "CREATE TABLE IF NOT EXISTS turn_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, turn_id INTEGER NOT NULL, event TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS turn_events_by_turn ON turn_events (turn_id)",
-];
-const COLUMNS: &str = "m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.name, m.usage, \
-    m.created_at, t.id, t.status, t.error_code, t.error_message";
-/// Messages read back to build the model's context (then trimmed to the budget).
-const CONTEXT_ROWS: u32 = 200;
 /// Largest WebSocket frame accepted from a client.
 pub const MAX_WS_FRAME_BYTES: usize = 64 * 1024;
 
@@ -118,6 +95,7 @@ struct TurnContext {
 struct Inner {
     state: State,
     env: Env,
+    store: SessionStore,
     core: RefCell<SessionCore>,
     /// The tenant and session this object is bound to, once checked.
     bound: RefCell<Option<(TenantId, SessionId)>>,
@@ -129,88 +107,6 @@ struct Inner {
 #[durable_object]
 pub struct ChatSession {
     inner: Rc<Inner>,
-}
-
-fn text(v: Option<&SqlStorageValue>) -> Option<String> {
-    match v {
-        Some(SqlStorageValue::String(s)) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn int(v: Option<&SqlStorageValue>) -> Option<u64> {
-    match v {
-        Some(SqlStorageValue::Integer(n)) => u64::try_from(*n).ok(),
-        _ => None,
-    }
-}
-
-fn sql_int(n: u64) -> SqlStorageValue {
-    SqlStorageValue::Integer(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
-fn parse_status(s: &str) -> TurnStatus {
-    match s {
-        "running" => TurnStatus::Running,
-        "done" => TurnStatus::Done,
-        _ => TurnStatus::Failed,
-    }
-}
-
-fn turn_info(id: Option<u64>, row: &[SqlStorageValue], at: usize) -> Option<TurnInfo> {
-    let id = id?;
-    let status = parse_status(&text(row.get(at))?);
-    let error = match (text(row.get(at + 1)), text(row.get(at + 2))) {
-        (Some(code), Some(message)) => Some(TurnError { code, message }),
-        _ => None,
-    };
-    Some(TurnInfo { id, status, error })
-}
-
-fn stored_from_row(row: &[SqlStorageValue]) -> Option<StoredMessage> {
-    Some(StoredMessage {
-        seq: int(row.first())?,
-        role: text(row.get(1))?,
-        content: text(row.get(2))?,
-        tool_calls: serde_json::from_str(&text(row.get(3))?).unwrap_or_default(),
-        tool_call_id: text(row.get(4)),
-        name: text(row.get(5)),
-        usage: text(row.get(6)).and_then(|u| serde_json::from_str(&u).ok()),
-        created_at_ms: int(row.get(7)).unwrap_or(0),
-        turn: turn_info(int(row.get(8)), row, 9),
-    })
-}
-
-fn to_port(m: &StoredMessage) -> ChatMessage {
-    let role = match m.role.as_str() {
-        "assistant" => Role::Assistant,
-        "tool" => Role::Tool,
-        "system" => Role::System,
-        _ => Role::User,
-    };
-    ChatMessage {
-        role,
-        content: m.content.clone(),
-        tool_calls: m
-            .tool_calls
-            .iter()
-            .map(|c| ToolCall {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                arguments: serde_json::from_str(&c.arguments).unwrap_or(Value::Null),
-            })
-            .collect(),
-        tool_call_id: m.tool_call_id.clone(),
-        name: m.name.clone(),
-    }
-}
-
-fn record(call: &ToolCall) -> ToolCallRecord {
-    ToolCallRecord {
-        id: call.id.clone(),
-        name: call.name.clone(),
-        arguments: call.arguments.to_string(),
-    }
 }
 
 /// An event as a WebSocket client gets it: the event's JSON with its `id`.
@@ -249,30 +145,6 @@ impl Inner {
         SystemClock.now_ms()
     }
 
-    fn exec(
-        &self,
-        query: &str,
-        bindings: Vec<SqlStorageValue>,
-    ) -> std::result::Result<Vec<Vec<SqlStorageValue>>, ErrorReply> {
-        let cursor = self
-            .state
-            .storage()
-            .sql()
-            .exec(query, bindings)
-            .map_err(internal)?;
-        cursor.raw().collect::<Result<Vec<_>>>().map_err(internal)
-    }
-
-    /// The first column of the first row, as a number.
-    fn scalar(
-        &self,
-        query: &str,
-        bindings: Vec<SqlStorageValue>,
-    ) -> std::result::Result<Option<u64>, ErrorReply> {
-        let rows = self.exec(query, bindings)?;
-        Ok(int(rows.first().and_then(|r| r.first())))
-    }
-
     fn limits(&self) -> std::result::Result<ChatLimits, ErrorReply> {
         ChatLimits::from_vars(|name| self.env.var(name).ok().map(|v| v.to_string()))
             .map_err(|e| internal(format!("misconfigured: {e}")))
@@ -292,41 +164,22 @@ impl Inner {
             }
             return Ok(());
         }
-        for statement in SCHEMA {
-            self.exec(statement, vec![])?;
-        }
-        match self.stored_binding()? {
+        self.store.create_tables()?;
+        match self.store.binding()? {
             Some((t, s)) if &t != tenant || &s != session => return Err(wrong_session()),
             Some(_) => {}
-            None => {
-                self.exec(
-                    "INSERT INTO session_meta (id, tenant, session) VALUES (1, ?, ?)",
-                    vec![tenant.as_str().into(), session.as_str().into()],
-                )?;
-            }
+            None => self.store.bind(tenant, session)?,
         }
         *self.bound.borrow_mut() = Some((tenant.clone(), session.clone()));
         self.recover()?;
         Ok(())
     }
 
-    fn stored_binding(&self) -> std::result::Result<Option<(TenantId, SessionId)>, ErrorReply> {
-        let rows = self.exec(
-            "SELECT tenant, session FROM session_meta WHERE id = 1",
-            vec![],
-        )?;
-        let row = rows.first();
-        let tenant = text(row.and_then(|r| r.first())).and_then(|t| TenantId::parse(&t).ok());
-        let session = text(row.and_then(|r| r.get(1))).and_then(|s| SessionId::parse(&s).ok());
-        Ok(tenant.zip(session))
-    }
-
     /// Marks failed every turn that storage calls running but that is not
     /// running here (its isolate was reset or evicted mid-turn), with an
     /// `error` event a resuming client sees.
     fn recover(&self) -> std::result::Result<(), ErrorReply> {
-        let rows = self.exec("SELECT id FROM turns WHERE status = 'running'", vec![])?;
-        let running: Vec<u64> = rows.iter().filter_map(|r| int(r.first())).collect();
+        let running = self.store.running_turns()?;
         let lost = self.core.borrow().interrupted(&running);
         for id in lost {
             self.fail_turn(
@@ -338,85 +191,14 @@ impl Inner {
         Ok(())
     }
 
-    fn store(&self, m: &ChatMessage, usage: Option<Usage>) -> std::result::Result<u64, ErrorReply> {
-        let role = match m.role {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-            Role::Tool => "tool",
-        };
-        let calls: Vec<ToolCallRecord> = m.tool_calls.iter().map(record).collect();
-        self.scalar(
-            "INSERT INTO messages (role, content, tool_calls, tool_call_id, name, usage, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-            vec![
-                role.into(),
-                m.content.as_str().into(),
-                serde_json::to_string(&calls).map_err(internal)?.into(),
-                m.tool_call_id.clone().into(),
-                m.name.clone().into(),
-                usage.and_then(|u| serde_json::to_string(&u).ok()).into(),
-                sql_int(self.now()),
-            ],
-        )?
-        .ok_or_else(|| internal("the message was not stored"))
-    }
-
-    /// Up to `limit` messages before sequence number `before`, oldest first.
-    fn page(
-        &self,
-        before: Option<u64>,
-        limit: u32,
-    ) -> std::result::Result<HistoryPage, ErrorReply> {
-        let rows = self.exec(
-            &format!(
-                "SELECT {COLUMNS} FROM messages m LEFT JOIN turns t ON t.user_seq = m.seq \
-                 WHERE m.seq < ? ORDER BY m.seq DESC LIMIT ?"
-            ),
-            vec![
-                sql_int(before.unwrap_or(u64::MAX)),
-                SqlStorageValue::Integer(i64::from(limit)),
-            ],
-        )?;
-        let mut messages: Vec<StoredMessage> =
-            rows.iter().filter_map(|r| stored_from_row(r)).collect();
-        messages.reverse();
-        let next_before = (messages.len() == limit as usize)
-            .then(|| messages.first().map(|m| m.seq))
-            .flatten();
-        Ok(HistoryPage {
-            messages,
-            next_before,
-        })
-    }
-
-    fn recent(&self) -> std::result::Result<Vec<ChatMessage>, ErrorReply> {
-        let page = self.page(None, CONTEXT_ROWS)?;
-        Ok(page.messages.iter().map(to_port).collect())
-    }
-
-    fn last_activity(&self) -> Option<u64> {
-        self.scalar("SELECT MAX(created_at) FROM messages", vec![])
-            .ok()
-            .flatten()
-    }
-
     /// Stores `event` as the next event of turn `turn`, then sends it to the
     /// turn's listeners and to every socket. Storing first is what makes a
     /// replay exact: a listener registered after a replay read (with no await
     /// in between) gets exactly the events after it.
     fn emit(&self, turn: u64, event: &ChatEvent) {
-        let stored = serde_json::to_string(event)
-            .map_err(internal)
-            .and_then(|json| {
-                self.scalar(
-                    "INSERT INTO turn_events (turn_id, event) VALUES (?, ?) RETURNING id",
-                    vec![sql_int(turn), json.into()],
-                )
-            });
-        let id = match stored {
-            Ok(Some(id)) => id,
-            Ok(None) | Err(_) => {
+        let id = match self.store.append_event(turn, event) {
+            Ok(id) => id,
+            Err(_) => {
                 // Not stored, so not resumable; live listeners still hear it
                 // (id 0: a client resuming from it gets the whole turn again).
                 worker::console_error!("chat: an event of turn {turn} could not be stored");
@@ -450,17 +232,7 @@ impl Inner {
     /// Turn `id` failed: marks it so and emits its `error` event, unless it
     /// has already ended.
     fn fail_turn(&self, id: u64, code: &str, message: &str) {
-        let changed = self.exec(
-            "UPDATE turns SET status = 'failed', error_code = ?, error_message = ?, ended_at = ? \
-             WHERE id = ? AND status = 'running' RETURNING id",
-            vec![
-                code.into(),
-                message.into(),
-                sql_int(self.now()),
-                sql_int(id),
-            ],
-        );
-        if matches!(&changed, Ok(rows) if rows.is_empty()) {
+        if let Ok(false) = self.store.turn_failed(id, code, message, self.now()) {
             return;
         }
         self.emit(id, &ChatEvent::error(code, message));
@@ -470,10 +242,7 @@ impl Inner {
     /// Keeps the events of the last `resumable_turns` turns only.
     fn prune_events(&self, ended: u64) {
         let keep = self.limits().map(|l| l.resumable_turns).unwrap_or(20);
-        let _ = self.exec(
-            "DELETE FROM turn_events WHERE turn_id <= ?",
-            vec![sql_int(ended.saturating_sub(keep))],
-        );
+        let _ = self.store.drop_events(ended.saturating_sub(keep));
     }
 
     /// Performs the effects that need no waiting, in order, and returns the
@@ -485,22 +254,20 @@ impl Inner {
             match effect {
                 Effect::Emit(event) => self.emit(turn, &event),
                 Effect::Store(messages) => {
-                    let stored = messages
-                        .iter()
-                        .try_for_each(|(m, usage)| self.store(m, *usage).map(|_| ()));
+                    let stored = messages.iter().try_for_each(|(m, usage)| {
+                        self.store.append(m, *usage, self.now()).map(|_| ())
+                    });
                     if let Err(e) = stored {
                         let more = self.feed(turn, |m| m.fail("storage_failed", e.message));
                         queue.extend(more);
                     }
                 }
                 Effect::Complete { answer, usage } => {
-                    let done = self.store(&answer, usage).and_then(|seq| {
-                        self.exec(
-                            "UPDATE turns SET status = 'done', ended_at = ? WHERE id = ?",
-                            vec![sql_int(self.now()), sql_int(turn)],
-                        )
-                        .map(|_| seq)
-                    });
+                    let now = self.now();
+                    let done = self
+                        .store
+                        .append(&answer, usage, now)
+                        .and_then(|seq| self.store.turn_done(turn, now).map(|()| seq));
                     match done {
                         Ok(seq) => {
                             self.emit(
@@ -533,7 +300,10 @@ impl Inner {
     /// Sets the alarm for the core's next deadline (turn timeout, idle expiry).
     async fn rearm(&self) {
         let Ok(limits) = self.limits() else { return };
-        let next = self.core.borrow().next_alarm(self.last_activity(), &limits);
+        let next = self
+            .core
+            .borrow()
+            .next_alarm(self.store.last_activity(), &limits);
         if let Some(at) = next {
             let date = worker::js_sys::Date::new(&worker::wasm_bindgen::JsValue::from_f64(
                 at.max(self.now()) as f64,
@@ -560,9 +330,7 @@ impl Inner {
         listener: Option<FrameSender>,
     ) -> std::result::Result<(TurnContext, VecDeque<Effect>), ErrorReply> {
         let limits = self.limits()?;
-        let stored = self
-            .scalar("SELECT COUNT(*) FROM messages", vec![])?
-            .unwrap_or(0);
+        let stored = self.store.message_count()?;
         match self.core.borrow().can_begin(stored, &limits) {
             Ok(()) => {}
             Err(Refusal::Busy) => {
@@ -590,13 +358,8 @@ impl Inner {
             name: None,
         };
         let now = self.now();
-        let user_seq = self.store(&user, None)?;
-        let id = self
-            .scalar(
-                "INSERT INTO turns (user_seq, status, started_at) VALUES (?, 'running', ?) RETURNING id",
-                vec![sql_int(user_seq), sql_int(now)],
-            )?
-            .ok_or_else(|| internal("the turn was not stored"))?;
+        let user_seq = self.store.append(&user, None, now)?;
+        let id = self.store.start_turn(user_seq, now)?;
         let effects = self.core.borrow_mut().start(id, now, &limits);
         if let Some(tx) = listener {
             self.listeners.borrow_mut().push(Listener { turn: id, tx });
@@ -654,7 +417,7 @@ impl Inner {
 
     /// One generation: its pieces go to the machine (and out) as they arrive.
     async fn generate(&self, ctx: &TurnContext, generator: &AnyGenerator) -> Vec<Effect> {
-        let history = match self.recent() {
+        let history = match self.store.recent() {
             Ok(h) => h,
             Err(e) => return self.feed(ctx.id, |m| m.fail("storage_failed", e.message)),
         };
@@ -755,45 +518,20 @@ impl Inner {
     }
 
     fn event_log(&self) -> std::result::Result<EventLog, ErrorReply> {
-        let rows = self.exec(
-            "SELECT t.id, (SELECT MIN(e.id) FROM turn_events e WHERE e.turn_id = t.id) \
-             FROM turns t ORDER BY t.id DESC LIMIT 1",
-            vec![],
-        )?;
+        let range = self.store.event_range()?;
         let running = self.core.borrow().running_turn();
-        let latest_turn = rows.first().and_then(|r| {
-            let id = int(r.first())?;
-            // A turn always emits before it is stored as ended; one without
-            // events yet starts after the last stored event.
-            let first = int(r.get(1)).unwrap_or(u64::MAX);
-            Some((id, first, running == Some(id)))
-        });
-        let ids = self.exec("SELECT MIN(id), MAX(id) FROM turn_events", vec![])?;
-        let ids = ids.first();
-        let last_event_id = int(ids.and_then(|r| r.get(1))).unwrap_or(0);
-        let latest_turn = latest_turn
-            .map(|(id, first, running)| (id, first.min(last_event_id.saturating_add(1)), running));
+        let last_event_id = range.newest.unwrap_or(0);
         Ok(EventLog {
-            latest_turn,
+            // A turn without events yet starts after the last stored event.
+            latest_turn: range.latest_turn.map(|(id, first)| {
+                let first = first
+                    .unwrap_or(u64::MAX)
+                    .min(last_event_id.saturating_add(1));
+                (id, first, running == Some(id))
+            }),
             last_event_id,
-            oldest_kept: int(ids.and_then(|r| r.first())),
+            oldest_kept: range.oldest,
         })
-    }
-
-    /// The stored events after `after`, as frames.
-    fn replay(&self, after: u64) -> std::result::Result<Vec<TurnFrame>, ErrorReply> {
-        let rows = self.exec(
-            "SELECT id, event FROM turn_events WHERE id > ? ORDER BY id",
-            vec![sql_int(after)],
-        )?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let id = int(r.first())?;
-                let event = serde_json::from_str(&text(r.get(1))?).ok()?;
-                Some(TurnFrame { id, event })
-            })
-            .collect())
     }
 
     /// What a resuming client gets: the plan's frames, and whether to follow
@@ -802,7 +540,7 @@ impl Inner {
         let log = self.event_log()?;
         match resume_plan(after, &log) {
             ResumePlan::Replay { after, follow } => Ok(ResumeAnswer::Frames {
-                frames: self.replay(after)?,
+                frames: self.store.events_after(after)?,
                 follow: if follow {
                     log.latest_turn.map(|(id, _, _)| id)
                 } else {
@@ -831,18 +569,12 @@ impl Inner {
     }
 
     fn snapshot(&self) -> std::result::Result<ChatSnapshot, ErrorReply> {
-        let count = self
-            .scalar("SELECT COUNT(*) FROM messages", vec![])?
-            .unwrap_or(0);
+        let count = self.store.message_count()?;
         let workers_ai = self.settings()?.workers_ai;
-        let latest = self.exec(
-            "SELECT id, status, error_code, error_message FROM turns ORDER BY id DESC LIMIT 1",
-            vec![],
-        )?;
-        let latest_turn = latest.first().and_then(|r| turn_info(int(r.first()), r, 1));
+        let latest_turn = self.store.latest_turn()?;
         Ok(ChatSnapshot {
             message_count: count,
-            last_activity_ms: self.last_activity(),
+            last_activity_ms: self.store.last_activity(),
             connected_sockets: u32::try_from(self.state.get_websockets().len()).unwrap_or(u32::MAX),
             in_flight: self.core.borrow().in_flight(),
             generator: if workers_ai {
@@ -852,7 +584,7 @@ impl Inner {
             }
             .to_owned(),
             latest_turn,
-            last_event_id: self.scalar("SELECT MAX(id) FROM turn_events", vec![])?,
+            last_event_id: self.store.last_event_id()?,
         })
     }
 
@@ -863,12 +595,8 @@ impl Inner {
                 "this session is still answering; try again when it is done",
             ));
         }
-        let removed = self
-            .scalar("SELECT COUNT(*) FROM messages", vec![])?
-            .unwrap_or(0);
-        for table in ["messages", "turns", "turn_events"] {
-            self.exec(&format!("DELETE FROM {table}"), vec![])?;
-        }
+        let removed = self.store.message_count()?;
+        self.store.erase()?;
         Ok(ChatResponse::Cleared(Cleared {
             messages_removed: removed,
         }))
@@ -956,7 +684,7 @@ impl ChatSession {
                 reply(
                     inner
                         .bind(&tenant, &get.session_id)
-                        .and_then(|_| inner.page(get.before, get.limit))
+                        .and_then(|_| inner.store.page(get.before, get.limit))
                         .map(ChatResponse::History),
                 )
             }
@@ -1006,7 +734,7 @@ impl ChatSession {
         if let Err(e) = self.inner.bind(&tenant, &session) {
             return Ok(rpc::reply_response::<ChatResponse>(None, Err(e)));
         }
-        let joined_after = match self.inner.scalar("SELECT MAX(id) FROM turn_events", vec![]) {
+        let joined_after = match self.inner.store.last_event_id() {
             Ok(last) => last.unwrap_or(0),
             Err(e) => return Ok(rpc::reply_response::<ChatResponse>(None, Err(e))),
         };
@@ -1026,6 +754,7 @@ impl worker::DurableObject for ChatSession {
     fn new(state: State, env: Env) -> Self {
         Self {
             inner: Rc::new(Inner {
+                store: SessionStore::new(state.storage().sql()),
                 state,
                 env,
                 core: RefCell::new(SessionCore::default()),
@@ -1179,13 +908,10 @@ impl worker::DurableObject for ChatSession {
             Some(b) => Some(b),
             None => {
                 // Woken with nothing in memory: the tables may not exist yet.
-                for statement in SCHEMA {
-                    if let Err(e) = inner.exec(statement, vec![]) {
-                        return Err(worker::Error::RustError(e.message));
-                    }
-                }
                 inner
-                    .stored_binding()
+                    .store
+                    .create_tables()
+                    .and_then(|()| inner.store.binding())
                     .map_err(|e| worker::Error::RustError(e.message))?
             }
         };
@@ -1208,7 +934,7 @@ impl worker::DurableObject for ChatSession {
         if inner
             .core
             .borrow()
-            .expired(inner.last_activity(), now, sockets, &limits)
+            .expired(inner.store.last_activity(), now, sockets, &limits)
         {
             // Idle past its expiry: the conversation is erased; the object
             // keeps only its binding.
