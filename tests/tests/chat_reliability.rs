@@ -390,11 +390,14 @@ fn websocket_protocol_errors_do_not_break_other_tenants_turns() {
     ];
     let started = Instant::now();
     let mut rounds = 0;
-    while !(sse.is_finished() && ws.is_finished()) || rounds < 8 {
+    while !(sse.is_finished() && ws.is_finished()) || rounds < 3 {
         for (what, bytes) in &bad_frames {
             let mut s = raw_socket(&server, A, &format!("attacker-{rounds}"));
             s.write_all(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
-            // The server closes the connection (or answers a close frame).
+            // The runtime fails the socket (a close frame, or the connection
+            // drops); wait a moment for it, then go on with the next frame.
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .expect("timeout");
             let mut sink = Vec::new();
             let _ = s.read_to_end(&mut sink);
         }
