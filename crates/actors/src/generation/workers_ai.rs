@@ -1,7 +1,8 @@
 //! Workers AI chat models, streamed (`stream: true`), with tools.
 //!
-//! [`StreamParser`] reads the Server-Sent Events a model streams and handles
-//! every shape seen from Workers AI: `{"response": "..."}` deltas, OpenAI-style
+//! The Server-Sent Events framing is parsed by `eventsource-stream` (the
+//! spec's rules: fields, multi-line `data`, CR/LF, comments); [`StreamParser`]
+//! reads each event's data and handles every shape seen from Workers AI: `{"response": "..."}` deltas, OpenAI-style
 //! `choices[0].delta.content`, tool calls streamed as partials keyed by
 //! `index` whose `function.arguments` fragments are joined, complete tool calls
 //! in either shape (`{name, arguments}` or `{id, type, function}`), `usage` on
@@ -10,9 +11,11 @@
 use crate::ports::{
     ChatMessage, GenerateRequest, GenerationEvent, Generator, PortError, Role, ToolCall,
 };
-use futures::StreamExt;
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 const SERVICE: &str = "Workers AI";
@@ -86,10 +89,9 @@ struct PartialCall {
     arguments: String,
 }
 
-/// Incremental parser of a model's SSE stream.
+/// Reads the data of a model's SSE events, one event at a time.
 #[derive(Debug, Default)]
 pub struct StreamParser {
-    line: Vec<u8>,
     partial_calls: BTreeMap<u64, PartialCall>,
     complete_calls: Vec<ToolCall>,
     done: bool,
@@ -112,34 +114,22 @@ impl StreamParser {
         Self::default()
     }
 
-    /// Feeds bytes; returns the text and usage events now complete.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<GenerationEvent>, PortError> {
-        let mut out = Vec::new();
-        for &b in bytes {
-            if b == b'\n' {
-                let line = std::mem::take(&mut self.line);
-                self.line_done(&line, &mut out)?;
-            } else {
-                self.line.push(b);
-            }
-        }
-        Ok(out)
+    /// Whether `[DONE]` has been read.
+    pub fn is_done(&self) -> bool {
+        self.done
     }
 
-    fn line_done(&mut self, line: &[u8], out: &mut Vec<GenerationEvent>) -> Result<(), PortError> {
-        let line = std::str::from_utf8(line)
-            .map_err(|e| bad(e.to_string()))?
-            .trim_end_matches('\r');
-        let Some(data) = line.strip_prefix("data:") else {
-            return Ok(()); // comments, event names, blank separators
-        };
+    /// Reads one event's data; returns the text and usage it carries (tool
+    /// calls are returned by [`Self::finish`], once joined).
+    pub fn data(&mut self, data: &str) -> Result<Vec<GenerationEvent>, PortError> {
+        let mut out = Vec::new();
         let data = data.trim();
         if data == "[DONE]" {
             self.done = true;
-            return Ok(());
+            return Ok(out);
         }
         if data.is_empty() {
-            return Ok(());
+            return Ok(out);
         }
         let chunk: Value = serde_json::from_str(data)
             .map_err(|e| bad(format!("a stream chunk is not JSON: {e}")))?;
@@ -167,7 +157,7 @@ impl StreamParser {
                 completion_tokens: n("completion_tokens"),
             });
         }
-        Ok(())
+        Ok(out)
     }
 
     fn tool_call_piece(&mut self, call: &Value) -> Result<(), PortError> {
@@ -206,15 +196,9 @@ impl StreamParser {
         Ok(())
     }
 
-    /// Ends the stream: the tool calls, joined and parsed. A stream cut in the
-    /// middle of a line, or tool arguments that are not JSON, are errors.
+    /// Ends the stream: the tool calls, joined and parsed. Tool arguments
+    /// that are not JSON are an error.
     pub fn finish(mut self) -> Result<Vec<ToolCall>, PortError> {
-        if !self.line.is_empty() {
-            let line = std::mem::take(&mut self.line);
-            let mut ignored = Vec::new();
-            self.line_done(&line, &mut ignored)
-                .map_err(|_| bad("the stream ended in the middle of a chunk"))?;
-        }
         let mut calls = std::mem::take(&mut self.complete_calls);
         for (index, p) in std::mem::take(&mut self.partial_calls) {
             if p.name.is_empty() {
@@ -228,6 +212,48 @@ impl StreamParser {
         }
         Ok(calls)
     }
+}
+
+/// Reads a model's SSE byte stream to its end, handing text and usage to
+/// `on_event` as they arrive; returns the tool calls. A stream that breaks,
+/// or is cut in the middle of an event before `[DONE]`, is an error.
+pub async fn read_stream<S, B, E>(
+    bytes: S,
+    on_event: &mut dyn FnMut(GenerationEvent),
+) -> Result<Vec<ToolCall>, PortError>
+where
+    S: Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    // Whether the bytes so far end at a line break: an event is dispatched
+    // only at a blank line, so a stream that stops elsewhere was cut.
+    let at_line_end = Cell::new(true);
+    let bytes = bytes.inspect(|chunk| {
+        if let Ok(chunk) = chunk {
+            if let Some(last) = chunk.as_ref().last() {
+                at_line_end.set(*last == b'\n');
+            }
+        }
+    });
+    let mut events = bytes.eventsource();
+    let mut parser = StreamParser::new();
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| match e {
+            EventStreamError::Transport(e) => PortError::Failed {
+                service: SERVICE,
+                message: e.to_string(),
+            },
+            other => bad(other.to_string()),
+        })?;
+        for e in parser.data(&event.data)? {
+            on_event(e);
+        }
+    }
+    if !parser.is_done() && !at_line_end.get() {
+        return Err(bad("the stream ended in the middle of an event"));
+    }
+    parser.finish()
 }
 
 /// A Workers AI chat model.
@@ -257,18 +283,12 @@ impl Generator for WorkersAiGenerator {
             service: SERVICE,
             message: e.to_string(),
         };
-        let mut stream = self
+        let stream = self
             .ai
             .run_bytes(&request.model, chat_input(request))
             .await
             .map_err(failed)?;
-        let mut parser = StreamParser::new();
-        while let Some(chunk) = stream.next().await {
-            for event in parser.push(&chunk.map_err(failed)?)? {
-                on_event(event);
-            }
-        }
-        for call in parser.finish()? {
+        for call in read_stream(stream, on_event).await? {
             on_event(GenerationEvent::ToolCall(call));
         }
         Ok(())
@@ -280,12 +300,14 @@ mod tests {
     use super::*;
 
     fn parse_all(chunks: &[&str]) -> (Vec<GenerationEvent>, Result<Vec<ToolCall>, PortError>) {
-        let mut p = StreamParser::new();
+        let bytes = futures::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok::<_, std::convert::Infallible>(c.as_bytes().to_vec())),
+        );
         let mut events = Vec::new();
-        for c in chunks {
-            events.extend(p.push(c.as_bytes()).unwrap());
-        }
-        (events, p.finish())
+        let calls = futures::executor::block_on(read_stream(bytes, &mut |e| events.push(e)));
+        (events, calls)
     }
 
     fn text(events: &[GenerationEvent]) -> String {
@@ -360,11 +382,18 @@ mod tests {
     #[test]
     fn malformed_streams_are_errors() {
         let mut p = StreamParser::new();
-        assert!(p.push(b"data: {not json}\n").is_err());
+        assert!(p.data("{not json}").is_err());
+        let (_, calls) = parse_all(&["data: {not json}\n\n"]);
+        assert!(calls.is_err(), "a chunk that is not JSON");
         let (_, calls) = parse_all(&["data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"kv_get\",\"arguments\":\"{\\\"key\"}}]}}]}\n\n"]);
         assert!(calls.is_err(), "arguments cut short");
         let (_, calls) = parse_all(&["data: {\"response\":\"a\"}\n\ndata: {\"resp"]);
         assert!(calls.is_err(), "stream cut in a chunk");
+        // Multi-line data is one chunk (the SSE rules), not two broken ones.
+        let (events, calls) =
+            parse_all(&["data: {\"response\":\ndata: \"ok\"}\n\ndata: [DONE]\n\n"]);
+        assert_eq!(text(&events), "ok");
+        assert!(calls.unwrap().is_empty());
     }
 
     #[test]
