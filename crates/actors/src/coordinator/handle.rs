@@ -63,7 +63,8 @@ impl CoordinatorHandle {
         )
     }
 
-    /// Sets (or with `None` removes) `config:<name>` for the tenant.
+    /// Sets (or with `None` removes) `config:<name>` for the tenant. The
+    /// answer comes once KV holds this value or a later decision's.
     pub async fn set_config(
         &self,
         request_id: &RequestId,
