@@ -1,9 +1,11 @@
 //! The gateway end to end: tenant resolution in both modes, invalid ids,
-//! routing errors, body limits, request ids and admin authentication, all
-//! through HTTP against the real Worker under `wrangler dev`.
+//! routing errors, body limits, request ids, admin authentication and
+//! configuration values under concurrent changes, all through HTTP against
+//! the real Worker under `wrangler dev`.
 
+use e2e::chat::parse_sse;
 use e2e::http::{assert_refusals, get, raw, send, RefusalCase, Reply};
-use e2e::{shared, Deployment, ADMIN_TOKEN};
+use e2e::{shared, Deployment, PersistDir, Server, ADMIN_TOKEN};
 use serde_json::json;
 
 const A: &str = "mrrainbowsmoke";
@@ -385,4 +387,93 @@ fn operators_inspect_actors() {
         (r.status, r.error_code().as_str()),
         (404, "unknown_actor_kind")
     );
+}
+
+/// What the chat tool `kv_get` reads from KV for `config:<name>`, through a
+/// chat turn (the only route that reads configuration values back).
+fn config_through_kv(server: &Server, session: &str, name: &str) -> Option<String> {
+    let r = send(
+        "POST",
+        &server.url("/api/chat"),
+        &[("content-type", "application/json")],
+        Some(
+            json!({ "sessionId": session, "message": format!("what is config:{name} ?") })
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer: String = parse_sse(r.body.as_bytes())
+        .into_iter()
+        .filter(|e| e.data["type"] == "message")
+        .filter_map(|e| e.data["content"].as_str().map(str::to_owned))
+        .collect();
+    let found = format!("The value of config:{name} is ");
+    if let Some(rest) = answer.split(&found).nth(1) {
+        let value = rest.split_once(". ").map_or(rest, |(v, _)| v);
+        return Some(value.trim_end_matches('.').to_owned());
+    }
+    assert!(
+        answer.contains(&format!("no value stored for config:{name}")),
+        "{answer}"
+    );
+    None
+}
+
+#[test]
+fn concurrent_config_changes_leave_kv_at_the_last_decision() {
+    // A server of its own: the coordinator's last request must be one of ours.
+    let dir = PersistDir::new("config-race");
+    let server = Server::start(DEDICATED_A, &dir);
+    let url = server.url("/admin/config/race");
+    const WRITERS: usize = 6;
+    const PER_WRITER: usize = 8;
+    for round in 0..3 {
+        // Every request has its own id and its own outcome: PUT `v<round>-<n>`
+        // or DELETE.
+        let outcome = |n: usize| (!n.is_multiple_of(3)).then(|| format!("v{round}-{n}"));
+        std::thread::scope(|scope| {
+            for writer in 0..WRITERS {
+                let (url, outcome) = (&url, &outcome);
+                scope.spawn(move || {
+                    for i in 0..PER_WRITER {
+                        let n = writer * PER_WRITER + i;
+                        let rid = format!("race-{round}-{n}");
+                        let mut headers = vec![("authorization", BEARER), ("x-request-id", &rid)];
+                        let r = match outcome(n) {
+                            Some(value) => {
+                                headers.push(("content-type", "application/json"));
+                                let body = json!({ "value": value }).to_string();
+                                send("PUT", url, &headers, Some(body.as_bytes()))
+                            }
+                            None => send("DELETE", url, &headers, None),
+                        };
+                        assert_eq!(r.status, 200, "{rid}: {}", r.body);
+                        assert_eq!(r.json()["value"], json!(outcome(n)), "{rid}");
+                    }
+                });
+            }
+        });
+        // The coordinator names the last request it decided before this look.
+        let r = get(
+            &server.url(&format!("/admin/actors/coordinator/{A}")),
+            &[("authorization", BEARER)],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let last = r.json()["state"]["lastRequestId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let n: usize = last
+            .strip_prefix(&format!("race-{round}-"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("the last request is not one of this round: {last:?}"));
+        // Every answer came once KV held its decision or a later one, so KV
+        // now holds exactly the last decision.
+        assert_eq!(
+            config_through_kv(&server, &format!("race-read-{round}"), "race"),
+            outcome(n),
+            "round {round}: the last decision was {last}"
+        );
+    }
 }

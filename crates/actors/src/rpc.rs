@@ -1,7 +1,9 @@
 //! The transport between the gateway and the actors: one `POST` per message,
 //! a MessagePack [`protocol::Envelope`] in, a [`protocol::ReplyEnvelope`] out.
 //!
-//! Both sides live here so that the request shape is built in one place.
+//! Both sides live here so that the request shape is built in one place, as
+//! does the one check every typed handle makes on a reply ([`expect_reply`],
+//! [`reply_as!`](crate::rpc::reply_as)).
 
 use crate::error::ActorError;
 use protocol::{Envelope, ErrorCode, ErrorReply, ReplyEnvelope, RequestId, TenantId};
@@ -142,3 +144,46 @@ pub fn reply_response<R: Serialize>(
     let _ = headers.set("content-type", CONTENT_TYPE);
     Response::builder().with_headers(headers).fixed(bytes)
 }
+
+/// An actor's response enum: names the variant it holds, so that a reply of
+/// the wrong kind can be reported as [`ActorError::UnexpectedReply`].
+pub trait NamedReply {
+    /// The variant's name (`"Tenant"` for `CoordinatorResponse::Tenant(_)`).
+    fn variant(&self) -> &'static str;
+}
+
+/// The payload of the variant a request expects, taken out of `reply` by
+/// `pick`; any other variant becomes [`ActorError::UnexpectedReply`] naming
+/// `expected` and what came instead.
+///
+/// Typed handles call it through [`reply_as!`](crate::rpc::reply_as), which
+/// writes `pick` and `expected` from the variant's path.
+pub fn expect_reply<R: NamedReply, T>(
+    reply: R,
+    expected: &'static str,
+    pick: impl FnOnce(R) -> Option<T>,
+) -> Result<T, ActorError> {
+    let got = reply.variant();
+    pick(reply).ok_or(ActorError::UnexpectedReply { expected, got })
+}
+
+/// `reply_as!(reply, CoordinatorResponse::Tenant)`: the payload of
+/// `CoordinatorResponse::Tenant(payload)` as `Result<_, ActorError>`, or
+/// [`ActorError::UnexpectedReply`] (`expected: "Tenant"`) for any other
+/// variant. The enum must implement [`NamedReply`]; every variant the macro
+/// names must hold exactly one value.
+///
+/// ```ignore
+/// let record = reply_as!(self.send(request_id, message).await?, CoordinatorResponse::Tenant)?;
+/// ```
+macro_rules! reply_as {
+    ($reply:expr, $response:ident :: $variant:ident) => {
+        $crate::rpc::expect_reply($reply, stringify!($variant), |reply| match reply {
+            $response::$variant(payload) => Some(payload),
+            // An enum of one variant makes this arm unreachable; still correct.
+            #[allow(unreachable_patterns)]
+            _ => None,
+        })
+    };
+}
+pub(crate) use reply_as;

@@ -216,9 +216,40 @@ mod tests {
         ));
         assert_eq!((full.status(), full.code()), (413, "index_full"));
         assert_eq!(refused(ErrorCode::Busy).status(), 409);
+    }
+
+    #[test]
+    fn transport_failures_map_to_5xx() {
+        // The actor could not be reached: it may answer on a retry.
+        let unreachable = ApiError::from(ActorError::Runtime("x".into()));
         assert_eq!(
-            ApiError::from(ActorError::Runtime("x".into())).status(),
-            503
+            (unreachable.status(), unreachable.code()),
+            (503, "actor_unavailable")
         );
+        // The actor answered, but not in our protocol: retrying will not help.
+        let garbled = ApiError::from(ActorError::Protocol(protocol::ProtocolError::TooLarge {
+            len: 2,
+            max: 1,
+        }));
+        assert_eq!((garbled.status(), garbled.code()), (502, "bad_upstream"));
+        let refused_bytes = ApiError::from(ActorError::Refused(ErrorReply::new(
+            ErrorCode::Protocol,
+            "m",
+        )));
+        assert_eq!(refused_bytes.status(), 502);
+        let wrong_kind = ApiError::from(ActorError::UnexpectedReply {
+            expected: "Tenant",
+            got: "Snapshot",
+        });
+        assert_eq!(
+            (wrong_kind.status(), wrong_kind.code()),
+            (502, "bad_upstream")
+        );
+        // A failure of the actor's own: 500, never blamed on a dependency.
+        let internal = ApiError::from(ActorError::Refused(ErrorReply::new(
+            ErrorCode::Internal,
+            "m",
+        )));
+        assert_eq!((internal.status(), internal.code()), (500, "internal"));
     }
 }

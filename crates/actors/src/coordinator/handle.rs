@@ -2,7 +2,7 @@
 
 use super::{BINDING, RESOURCE};
 use crate::error::ActorError;
-use crate::rpc::ActorStub;
+use crate::rpc::{reply_as, ActorStub, NamedReply};
 use protocol::coordinator::{
     ConfigEntry, CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, GetTenant, Inspect,
     SetConfig, SettingsPatch, TenantRecord, UpdateSettings,
@@ -13,6 +13,16 @@ use worker::Env;
 /// A tenant's coordinator, reached by its name `${tenantId}:coordinator`.
 pub struct CoordinatorHandle {
     actor: ActorStub,
+}
+
+impl NamedReply for CoordinatorResponse {
+    fn variant(&self) -> &'static str {
+        match self {
+            CoordinatorResponse::Tenant(_) => "Tenant",
+            CoordinatorResponse::Snapshot(_) => "Snapshot",
+            CoordinatorResponse::ConfigSet(_) => "ConfigSet",
+        }
+    }
 }
 
 impl CoordinatorHandle {
@@ -33,13 +43,11 @@ impl CoordinatorHandle {
 
     /// The tenant's record.
     pub async fn get_tenant(&self, request_id: &RequestId) -> Result<TenantRecord, ActorError> {
-        match self
-            .send(request_id, CoordinatorRequest::GetTenant(GetTenant {}))
-            .await?
-        {
-            CoordinatorResponse::Tenant(record) => Ok(record),
-            other => Err(unexpected("Tenant", &other)),
-        }
+        let message = CoordinatorRequest::GetTenant(GetTenant {});
+        reply_as!(
+            self.send(request_id, message).await?,
+            CoordinatorResponse::Tenant
+        )
     }
 
     /// Applies `patch` to the tenant's settings and returns the new record.
@@ -49,13 +57,14 @@ impl CoordinatorHandle {
         patch: SettingsPatch,
     ) -> Result<TenantRecord, ActorError> {
         let message = CoordinatorRequest::UpdateSettings(UpdateSettings { patch });
-        match self.send(request_id, message).await? {
-            CoordinatorResponse::Tenant(record) => Ok(record),
-            other => Err(unexpected("Tenant", &other)),
-        }
+        reply_as!(
+            self.send(request_id, message).await?,
+            CoordinatorResponse::Tenant
+        )
     }
 
-    /// Sets (or with `None` removes) `config:<name>` for the tenant.
+    /// Sets (or with `None` removes) `config:<name>` for the tenant. The
+    /// answer comes once KV holds this value or a later decision's.
     pub async fn set_config(
         &self,
         request_id: &RequestId,
@@ -63,31 +72,53 @@ impl CoordinatorHandle {
         value: Option<String>,
     ) -> Result<ConfigEntry, ActorError> {
         let message = CoordinatorRequest::SetConfig(SetConfig { name, value });
-        match self.send(request_id, message).await? {
-            CoordinatorResponse::ConfigSet(entry) => Ok(entry),
-            other => Err(unexpected("ConfigSet", &other)),
-        }
+        reply_as!(
+            self.send(request_id, message).await?,
+            CoordinatorResponse::ConfigSet
+        )
     }
 
     /// The coordinator's state, for operators.
     pub async fn inspect(&self, request_id: &RequestId) -> Result<CoordinatorSnapshot, ActorError> {
-        match self
-            .send(request_id, CoordinatorRequest::Inspect(Inspect {}))
-            .await?
-        {
-            CoordinatorResponse::Snapshot(snapshot) => Ok(snapshot),
-            other => Err(unexpected("Snapshot", &other)),
-        }
+        let message = CoordinatorRequest::Inspect(Inspect {});
+        reply_as!(
+            self.send(request_id, message).await?,
+            CoordinatorResponse::Snapshot
+        )
     }
 }
 
-fn unexpected(expected: &'static str, got: &CoordinatorResponse) -> ActorError {
-    ActorError::UnexpectedReply {
-        expected,
-        got: match got {
-            CoordinatorResponse::Tenant(_) => "Tenant",
-            CoordinatorResponse::Snapshot(_) => "Snapshot",
-            CoordinatorResponse::ConfigSet(_) => "ConfigSet",
-        },
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::coordinator::TenantSettings;
+
+    fn record() -> TenantRecord {
+        let tenant = TenantId::parse("acme").unwrap();
+        TenantRecord {
+            settings: TenantSettings::initial(&tenant),
+            tenant_id: tenant,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn replies_are_matched_by_variant() {
+        let ok = reply_as!(
+            CoordinatorResponse::Tenant(record()),
+            CoordinatorResponse::Tenant
+        );
+        assert_eq!(ok.unwrap(), record());
+        let wrong = reply_as!(
+            CoordinatorResponse::Tenant(record()),
+            CoordinatorResponse::ConfigSet
+        );
+        match wrong {
+            Err(ActorError::UnexpectedReply { expected, got }) => {
+                assert_eq!((expected, got), ("ConfigSet", "Tenant"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1,18 +1,43 @@
 //! The `TenantCoordinator` Durable Object: the shell around [`CoordinatorCore`].
+//!
+//! Configuration decisions reach KV through [`TenantCoordinator::drive`], one
+//! write per key at a time (see the core's module docs for why); a request
+//! that sets a value waits until KV holds its decision or a later one, so an
+//! operator who reads after the answer sees it.
 
-use super::core::{CoordinatorCore, CoordinatorState, Effects};
+use super::core::{ConfigProgress, ConfigWrite, CoordinatorCore, CoordinatorState, Effects};
 use crate::ports::Kv;
 use crate::rpc;
-use protocol::coordinator::{ConfigEntry, CoordinatorRequest, CoordinatorResponse};
+use futures::channel::oneshot;
+use protocol::coordinator::{CoordinatorRequest, CoordinatorResponse};
 use protocol::{ErrorCode, ErrorReply, TenantId};
 use serde::Deserialize;
-use std::cell::RefCell;
-use worker::{durable_object, Date, Env, Request, Response, Result, SqlStorage, State};
+use std::cell::{Cell, RefCell};
+use worker::{
+    durable_object, Date, Env, Request, Response, Result, ScheduledTime, SqlStorage,
+    SqlStorageValue, State,
+};
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS coordinator_state (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    state TEXT NOT NULL
-)";
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS coordinator_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        state TEXT NOT NULL
+    )",
+    // The latest configuration decision per key that KV may not hold yet; a
+    // row goes once KV has it. `value` NULL means: remove the key.
+    "CREATE TABLE IF NOT EXISTS config_unsynced (
+        key TEXT PRIMARY KEY,
+        value TEXT,
+        version INTEGER NOT NULL
+    )",
+];
+
+/// A request waiting until KV holds its configuration decision.
+struct Waiter {
+    key: String,
+    version: u64,
+    done: oneshot::Sender<std::result::Result<(), String>>,
+}
 
 /// The tenant's coordinator object (SQLite-backed).
 #[durable_object]
@@ -22,11 +47,19 @@ pub struct TenantCoordinator {
     /// Loaded on the first message; dropped when a write fails so that the
     /// next message starts again from what storage really holds.
     core: RefCell<Option<CoordinatorCore>>,
+    /// Requests answered once their configuration decision is in KV.
+    waiters: RefCell<Vec<Waiter>>,
+    /// The alarm time last set, so that it is not set again for nothing.
+    alarm_at: Cell<Option<u64>>,
 }
 
 #[derive(Deserialize)]
 struct StateRow {
     state: String,
+}
+
+fn now_ms() -> u64 {
+    Date::now().as_millis()
 }
 
 impl TenantCoordinator {
@@ -36,7 +69,9 @@ impl TenantCoordinator {
 
     fn load(&self) -> std::result::Result<CoordinatorCore, String> {
         let sql = self.sql();
-        sql.exec(SCHEMA, None).map_err(|e| e.to_string())?;
+        for statement in SCHEMA {
+            sql.exec(statement, None).map_err(|e| e.to_string())?;
+        }
         let rows: Vec<StateRow> = sql
             .exec("SELECT state FROM coordinator_state WHERE id = 1", None)
             .and_then(|c| c.to_array())
@@ -48,25 +83,50 @@ impl TenantCoordinator {
                     .map_err(|e| format!("stored state is unreadable: {e}"))?,
             ),
         };
-        Ok(CoordinatorCore::new(saved))
+        let unsynced = sql
+            .exec("SELECT key, value, version FROM config_unsynced", None)
+            .map_err(|e| e.to_string())?
+            .raw()
+            .map(|row| row.map_err(|e| e.to_string()).and_then(unsynced_row))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(CoordinatorCore::new(saved, unsynced))
     }
 
-    fn save(&self, state: &CoordinatorState) -> std::result::Result<(), String> {
-        let json = serde_json::to_string(state).map_err(|e| e.to_string())?;
-        self.sql()
-            .exec(
-                "INSERT INTO coordinator_state (id, state) VALUES (1, ?) \
-                 ON CONFLICT(id) DO UPDATE SET state = excluded.state",
-                vec![json.into()],
-            )
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    /// Performs the storage part of `effects`, synchronously, so that the
+    /// record and a configuration decision are stored together.
+    fn save(&self, effects: &Effects) -> std::result::Result<(), String> {
+        if let Some(state) = &effects.persist {
+            let json = serde_json::to_string(state).map_err(|e| e.to_string())?;
+            self.sql()
+                .exec(
+                    "INSERT INTO coordinator_state (id, state) VALUES (1, ?) \
+                     ON CONFLICT(id) DO UPDATE SET state = excluded.state",
+                    vec![json.into()],
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(decided) = &effects.config_decided {
+            let value = decided
+                .value
+                .clone()
+                .map_or(SqlStorageValue::Null, SqlStorageValue::String);
+            self.sql()
+                .exec(
+                    "INSERT INTO config_unsynced (key, value, version) VALUES (?, ?, ?) \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                    vec![
+                        decided.key.clone().into(),
+                        value,
+                        SqlStorageValue::Integer(sql_int(decided.version)),
+                    ],
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
-}
 
-impl TenantCoordinator {
-    /// Loads the core if needed, handles the message and persists the record,
-    /// all synchronously (SQL storage is), so no borrow outlives it.
+    /// Loads the core if needed, handles the message and stores what it
+    /// decided, all synchronously (SQL storage is), so no borrow outlives it.
     fn handle_sync(
         &self,
         envelope: protocol::Envelope<CoordinatorRequest>,
@@ -89,14 +149,15 @@ impl TenantCoordinator {
             .as_mut()
             .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "coordinator not loaded"))?;
         let (mut reply, mut effects) = core.handle(envelope, now_ms);
-        if let Some(state) = effects.persist.take() {
-            if let Err(e) = self.save(&state) {
-                *slot = None;
-                reply = Err(ErrorReply::new(
-                    ErrorCode::Internal,
-                    format!("could not save the tenant record: {e}"),
-                ));
-            }
+        if let Err(e) = self.save(&effects) {
+            // The core moved on from what storage holds: start again from
+            // storage, and write nothing to KV that storage does not know.
+            *slot = None;
+            effects = Effects::default();
+            reply = Err(ErrorReply::new(
+                ErrorCode::Internal,
+                format!("could not save the tenant record: {e}"),
+            ));
         }
         Ok((reply, effects))
     }
@@ -105,17 +166,165 @@ impl TenantCoordinator {
     async fn write_config(
         &self,
         tenant: &TenantId,
-        entry: &ConfigEntry,
+        write: &ConfigWrite,
     ) -> std::result::Result<(), String> {
         let kv = crate::ingest::providers::cache(&self.env)
             .ok_or("this deployment has no KV namespace")?;
-        let key = tenant.kv_key(&entry.key);
-        match &entry.value {
+        let key = tenant.kv_key(&write.key);
+        match &write.value {
             Some(value) => kv.set(&key, value).await,
             None => kv.delete(&key).await,
         }
         .map_err(|e| e.to_string())
     }
+
+    /// Carries `first` to KV, then every later decision for its key that the
+    /// core hands back while a write was in flight, answering waiting requests
+    /// as their versions land.
+    async fn drive(&self, tenant: &TenantId, first: ConfigWrite) {
+        let mut next = Some(first);
+        while let Some(write) = next.take() {
+            let mut guard = InFlight {
+                object: self,
+                write: Some(write.clone()),
+            };
+            let outcome = self.write_config(tenant, &write).await;
+            // Reported below, not by the guard.
+            guard.write = None;
+            next = self.finish_write(&write, outcome);
+        }
+    }
+
+    /// Reports a finished write to the core and acts on its answer; returns
+    /// the next write of the key, if any.
+    fn finish_write(
+        &self,
+        write: &ConfigWrite,
+        outcome: std::result::Result<(), String>,
+    ) -> Option<ConfigWrite> {
+        let progress = match self.core.borrow_mut().as_mut() {
+            Some(core) => core.config_written(write, outcome.is_ok(), now_ms()),
+            // Reloading after a failure dropped the core: the write still
+            // landed (or not); the reloaded core's alarm owns the key now.
+            None => ConfigProgress {
+                landed: outcome.is_ok().then_some(write.version),
+                ..ConfigProgress::default()
+            },
+        };
+        if let Some(version) = progress.synced {
+            let deleted = self.sql().exec(
+                "DELETE FROM config_unsynced WHERE key = ? AND version <= ?",
+                vec![
+                    write.key.clone().into(),
+                    SqlStorageValue::Integer(sql_int(version)),
+                ],
+            );
+            if let Err(e) = deleted {
+                // The row stays and a later load writes the same value again:
+                // harmless, so it is only logged.
+                worker::console_error!("coordinator: could not clear {}: {e}", write.key);
+            }
+        }
+        match (progress.landed, outcome) {
+            (Some(landed), _) => self.wake(&write.key, |v| v <= landed, &Ok(())),
+            (None, Err(e)) => self.wake(&write.key, |_| true, &Err(e)),
+            (None, Ok(())) => {}
+        }
+        progress.next
+    }
+
+    /// Answers the waiters of `key` whose version `pick` selects.
+    fn wake(
+        &self,
+        key: &str,
+        pick: impl Fn(u64) -> bool,
+        outcome: &std::result::Result<(), String>,
+    ) {
+        let woken: Vec<Waiter> = {
+            let mut waiters = self.waiters.borrow_mut();
+            let (woken, rest) = std::mem::take(&mut *waiters)
+                .into_iter()
+                .partition(|w| w.key == key && pick(w.version));
+            *waiters = rest;
+            woken
+        };
+        for waiter in woken {
+            // A receiver that is gone (its request ended) needs no answer.
+            let _ = waiter.done.send(outcome.clone());
+        }
+    }
+
+    /// Sets the alarm to the core's next deadline, if it has one.
+    async fn rearm(&self) {
+        let deadline = self.core.borrow().as_ref().and_then(|c| c.poll_timeout());
+        let Some(at) = deadline else { return };
+        if self.alarm_at.get() == Some(at) {
+            return;
+        }
+        let when = at.max(now_ms());
+        let date = worker::js_sys::Date::new(&worker::wasm_bindgen::JsValue::from_f64(when as f64));
+        match self
+            .state
+            .storage()
+            .set_alarm(ScheduledTime::new(date))
+            .await
+        {
+            Ok(()) => self.alarm_at.set(Some(at)),
+            Err(e) => worker::console_error!("coordinator: could not set the alarm: {e}"),
+        }
+    }
+}
+
+/// A KV write in flight. If the future carrying it is dropped before the
+/// write is reported (the request was cancelled), the drop reports it as
+/// failed, so that the key is not left marked as in flight forever and its
+/// waiters are answered; the alarm writes it again.
+struct InFlight<'a> {
+    object: &'a TenantCoordinator,
+    write: Option<ConfigWrite>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(write) = self.write.take() {
+            self.object
+                .finish_write(&write, Err("the write was interrupted".to_owned()));
+        }
+    }
+}
+
+/// A `config_unsynced` row (`key`, `value`, `version`).
+fn unsynced_row(row: Vec<SqlStorageValue>) -> std::result::Result<ConfigWrite, String> {
+    let bad = || "a config_unsynced row is unreadable".to_owned();
+    let mut cells = row.into_iter();
+    let (Some(key), Some(value), Some(version)) = (cells.next(), cells.next(), cells.next()) else {
+        return Err(bad());
+    };
+    let SqlStorageValue::String(key) = key else {
+        return Err(bad());
+    };
+    let value = match value {
+        SqlStorageValue::Null => None,
+        SqlStorageValue::String(v) => Some(v),
+        _ => return Err(bad()),
+    };
+    let version = match version {
+        SqlStorageValue::Integer(n) => u64::try_from(n).map_err(|_| bad())?,
+        // JavaScript numbers may come back as floats; versions are small
+        // integers, exact in an f64.
+        SqlStorageValue::Float(f) if f >= 0.0 && f.fract() == 0.0 => f as u64,
+        _ => return Err(bad()),
+    };
+    Ok(ConfigWrite {
+        key,
+        value,
+        version,
+    })
+}
+
+/// A version as an SQLite integer (versions count decisions: far below 2^63).
+fn sql_int(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
 }
 
 impl worker::DurableObject for TenantCoordinator {
@@ -124,6 +333,8 @@ impl worker::DurableObject for TenantCoordinator {
             state,
             env,
             core: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+            alarm_at: Cell::new(None),
         }
     }
 
@@ -134,22 +345,79 @@ impl worker::DurableObject for TenantCoordinator {
             Err(response) => return Ok(response),
         };
         let request_id = envelope.request_id.clone();
-        let now_ms = Date::now().as_millis();
+        if matches!(envelope.message, CoordinatorRequest::SetConfig(_))
+            && crate::ingest::providers::cache(&self.env).is_none()
+        {
+            // Refuse before deciding: a decision that can never reach KV would
+            // be retried by the alarm forever.
+            let reply = Err(ErrorReply::new(
+                ErrorCode::Internal,
+                "this deployment has no KV namespace (CACHE) for configuration values",
+            ));
+            return Ok(rpc::reply_response::<CoordinatorResponse>(
+                Some(request_id),
+                reply,
+            ));
+        }
 
         let tenant = envelope.tenant_id.clone();
-        let (mut reply, effects) = match self.handle_sync(envelope, now_ms) {
+        let (mut reply, effects) = match self.handle_sync(envelope, now_ms()) {
             Ok(done) => done,
             Err(reply) => (Err(reply), Effects::default()),
         };
-        // The one effect that needs I/O runs after the core's borrow ended.
-        if let (Ok(_), Some(entry)) = (&reply, effects.config_write) {
-            if let Err(e) = self.write_config(&tenant, &entry).await {
+        // The effects that need I/O run after the core's borrow ended.
+        if let (Ok(_), Some(decided)) = (&reply, effects.config_decided) {
+            let (done, answered) = oneshot::channel();
+            self.waiters.borrow_mut().push(Waiter {
+                key: decided.key.clone(),
+                version: decided.version,
+                done,
+            });
+            // The alarm is the safety net should this instance go away before
+            // the write completes: set it before the write starts.
+            self.rearm().await;
+            if let Some(write) = effects.config_write {
+                self.drive(&tenant, write).await;
+            }
+            // Without a write of its own, the request waits for the write in
+            // flight for its key, which carries this decision after it.
+            let outcome = answered
+                .await
+                .unwrap_or_else(|_| Err("the coordinator dropped the request".to_owned()));
+            if let Err(e) = outcome {
                 reply = Err(ErrorReply::new(
-                    ErrorCode::Internal,
-                    format!("could not write {}: {e}", entry.key),
+                    ErrorCode::Unavailable,
+                    format!(
+                        "{} is recorded but KV could not be written yet ({e}); it is retried in the background",
+                        decided.key
+                    ),
                 ));
             }
+            self.rearm().await;
         }
         Ok(rpc::reply_response(Some(request_id), reply))
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.alarm_at.set(None);
+        let (tenant, writes) = {
+            let mut slot = self.core.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(self.load().map_err(worker::Error::RustError)?);
+            }
+            match slot.as_mut() {
+                Some(core) => match core.tenant().cloned() {
+                    Some(tenant) => (Some(tenant), core.handle_timeout(now_ms())),
+                    None => (None, Vec::new()),
+                },
+                None => (None, Vec::new()),
+            }
+        };
+        if let Some(tenant) = tenant {
+            // Keys are independent: write them at once.
+            futures::future::join_all(writes.into_iter().map(|w| self.drive(&tenant, w))).await;
+        }
+        self.rearm().await;
+        Response::ok("done")
     }
 }
