@@ -2,7 +2,7 @@
 
 use super::{BINDING, FRAMES_CONTENT_TYPE};
 use crate::error::ActorError;
-use crate::rpc::{self, ActorStub};
+use crate::rpc::{self, reply_as, ActorStub, NamedReply};
 use futures::stream::{self, LocalBoxStream, StreamExt};
 use protocol::chat::{
     ChatRequest, ChatResponse, ChatSnapshot, ClearHistory, Cleared, FrameDecoder, GetHistory,
@@ -10,6 +10,17 @@ use protocol::chat::{
 };
 use protocol::{Envelope, RequestId, SessionId, TenantId};
 use worker::{ByteStream, Env, Headers, Method, Request, RequestInit, Response};
+
+impl NamedReply for ChatResponse {
+    fn variant(&self) -> &'static str {
+        match self {
+            ChatResponse::History(_) => "History",
+            ChatResponse::Cleared(_) => "Cleared",
+            ChatResponse::Snapshot(_) => "Snapshot",
+            ChatResponse::UpToDate(_) => "UpToDate",
+        }
+    }
+}
 
 /// A chat session, reached by its name `${tenantId}:${sessionId}`.
 pub struct ChatHandle {
@@ -104,7 +115,10 @@ impl ChatHandle {
             .await?
         {
             Ok(stream) => Ok(stream),
-            Err(_) => Err(unexpected("a stream of events")),
+            Err(reply) => Err(ActorError::UnexpectedReply {
+                expected: "a stream of events",
+                got: reply.variant(),
+            }),
         }
     }
 
@@ -121,8 +135,7 @@ impl ChatHandle {
         });
         match self.stream_or_reply(request_id, message).await? {
             Ok(stream) => Ok(Resumed::Stream(stream)),
-            Err(ChatResponse::UpToDate(u)) => Ok(Resumed::UpToDate(u)),
-            Err(_) => Err(unexpected("UpToDate")),
+            Err(reply) => reply_as!(reply, ChatResponse::UpToDate).map(Resumed::UpToDate),
         }
     }
 
@@ -138,10 +151,10 @@ impl ChatHandle {
             before,
             limit,
         });
-        match self.actor.send(request_id, message).await? {
-            ChatResponse::History(page) => Ok(page),
-            _ => Err(unexpected("History")),
-        }
+        reply_as!(
+            self.actor.send(request_id, message).await?,
+            ChatResponse::History
+        )
     }
 
     /// Erases the history.
@@ -149,10 +162,10 @@ impl ChatHandle {
         let message = ChatRequest::Clear(ClearHistory {
             session_id: self.session.clone(),
         });
-        match self.actor.send(request_id, message).await? {
-            ChatResponse::Cleared(c) => Ok(c),
-            _ => Err(unexpected("Cleared")),
-        }
+        reply_as!(
+            self.actor.send(request_id, message).await?,
+            ChatResponse::Cleared
+        )
     }
 
     /// The session's state, for operators.
@@ -160,10 +173,10 @@ impl ChatHandle {
         let message = ChatRequest::Inspect(Inspect {
             session_id: self.session.clone(),
         });
-        match self.actor.send(request_id, message).await? {
-            ChatResponse::Snapshot(s) => Ok(s),
-            _ => Err(unexpected("Snapshot")),
-        }
+        reply_as!(
+            self.actor.send(request_id, message).await?,
+            ChatResponse::Snapshot
+        )
     }
 
     /// Hands a client's WebSocket upgrade to the session object: the `101`
@@ -187,14 +200,10 @@ impl ChatHandle {
         let reply: protocol::ReplyEnvelope<ChatResponse> = protocol::decode_reply(&bytes)?;
         match reply.reply {
             Err(refusal) => Err(ActorError::Refused(refusal)),
-            Ok(_) => Err(unexpected("a WebSocket")),
+            Ok(reply) => Err(ActorError::UnexpectedReply {
+                expected: "a WebSocket",
+                got: reply.variant(),
+            }),
         }
-    }
-}
-
-fn unexpected(expected: &'static str) -> ActorError {
-    ActorError::UnexpectedReply {
-        expected,
-        got: "another reply",
     }
 }
