@@ -376,7 +376,10 @@ impl Inner {
     /// Runs a started turn to its end: performs what waits (the model, the
     /// tools) and feeds the results back to the machine.
     async fn drive(self: Rc<Self>, ctx: TurnContext, mut waiting: VecDeque<Effect>) {
-        self.rearm().await;
+        // The alarm (the turn's deadline) is set beside the turn, not before
+        // it: the first event does not wait for it.
+        let arming = Rc::clone(&self);
+        self.state.wait_until(async move { arming.rearm().await });
         let generator = self.generator(&ctx).await;
         while let Some(effect) = waiting.pop_front() {
             let more = match effect {
