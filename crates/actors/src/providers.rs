@@ -5,7 +5,8 @@
 //! Vars: `AI_PROVIDER` (`embedded` | `workers-ai`), `VECTOR_BACKEND`
 //! (`embedded` | `vectorize`), `EMBEDDING_MODEL`, `CHUNK_MAX_CHARS`,
 //! `CHUNK_OVERLAP_CHARS`, the bounds (`INGEST_MAX_PENDING_JOBS`,
-//! `INGEST_MAX_BACKLOG_BYTES`, `EMBEDDED_MAX_CHUNKS`), and `FAULT_INJECTION`
+//! `INGEST_MAX_BACKLOG_BYTES`, `EMBEDDED_MAX_CHUNKS`, `INGEST_MAX_ATTEMPTS`),
+//! and `FAULT_INJECTION`
 //! (tests only; honoured only with the embedded embedder, so no deployed
 //! configuration can enable it).
 
@@ -52,6 +53,8 @@ pub mod vars {
     pub const INGEST_MAX_BACKLOG_BYTES: &str = "INGEST_MAX_BACKLOG_BYTES";
     /// Chunks the embedded index may hold per tenant.
     pub const EMBEDDED_MAX_CHUNKS: &str = "EMBEDDED_MAX_CHUNKS";
+    /// Failed attempts after which an ingest job is given up.
+    pub const INGEST_MAX_ATTEMPTS: &str = "INGEST_MAX_ATTEMPTS";
     /// `enabled`: honour injected failures (tests only).
     pub const FAULT_INJECTION: &str = "FAULT_INJECTION";
 }
@@ -79,6 +82,8 @@ pub struct Bounds {
     pub max_backlog_bytes: u64,
     /// `EMBEDDED_MAX_CHUNKS` (applies to the embedded index only).
     pub embedded_max_chunks: u64,
+    /// `INGEST_MAX_ATTEMPTS`.
+    pub max_attempts: u32,
 }
 
 impl Default for Bounds {
@@ -87,6 +92,7 @@ impl Default for Bounds {
             max_pending_jobs: DEFAULT_MAX_PENDING_JOBS,
             max_backlog_bytes: DEFAULT_MAX_BACKLOG_BYTES,
             embedded_max_chunks: DEFAULT_EMBEDDED_MAX_CHUNKS,
+            max_attempts: crate::ingest::core::MAX_ATTEMPTS,
         }
     }
 }
@@ -116,6 +122,7 @@ impl Settings {
             max_pending_jobs: self.bounds.max_pending_jobs,
             max_backlog_bytes: self.bounds.max_backlog_bytes,
             max_chunks: (!self.vectorize).then_some(self.bounds.embedded_max_chunks),
+            max_attempts: self.bounds.max_attempts,
         }
     }
 
@@ -162,6 +169,8 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Settings, String
         .unwrap_or(usize::MAX),
         max_backlog_bytes: bound(vars::INGEST_MAX_BACKLOG_BYTES, d.max_backlog_bytes)?,
         embedded_max_chunks: bound(vars::EMBEDDED_MAX_CHUNKS, d.embedded_max_chunks)?,
+        max_attempts: u32::try_from(bound(vars::INGEST_MAX_ATTEMPTS, u64::from(d.max_attempts))?)
+            .unwrap_or(u32::MAX),
     };
     Ok(Settings {
         workers_ai,
@@ -364,7 +373,8 @@ mod tests {
             Bounds {
                 max_pending_jobs: 7,
                 max_backlog_bytes: 1_048_576,
-                embedded_max_chunks: 20_000
+                embedded_max_chunks: 20_000,
+                max_attempts: 10,
             }
         );
         for bad in ["0", "-1", "lots", "1e6"] {

@@ -30,8 +30,9 @@ pub const BACKOFF_BASE_MS: u64 = 1_000;
 pub const BACKOFF_MAX_MS: u64 = 60_000;
 /// Finished jobs remembered for `GET /api/ingest/<jobId>`.
 pub const RECENT_JOBS: usize = 200;
-/// Failed attempts after which a job is given up (`failed`), so one document
-/// that can never be indexed does not hold up the tenant's queue forever.
+/// Failed attempts after which a job is given up (`failed`) by default, so
+/// one document that can never be indexed does not hold up the tenant's queue
+/// forever (`INGEST_MAX_ATTEMPTS`).
 pub const MAX_ATTEMPTS: u32 = 10;
 /// The machine-readable reason of a refusal by the backlog bounds.
 pub const BACKLOG_FULL: &str = "backlog_full";
@@ -49,6 +50,8 @@ pub struct Bounds {
     /// Chunks the tenant's index may hold; `None` when the backend has no
     /// bound of ours (Vectorize).
     pub max_chunks: Option<u64>,
+    /// Failed attempts after which a job is given up.
+    pub max_attempts: u32,
 }
 
 /// One job as the core keeps and persists it (one row per job): the view
@@ -588,7 +591,7 @@ impl QueueCore {
     }
 
     /// Working on `item` failed with `error`: retry with backoff, or give the
-    /// job up after [`MAX_ATTEMPTS`].
+    /// job up after `max_attempts` ([`MAX_ATTEMPTS`] by default).
     pub fn attempt_failed(&mut self, item: &WorkItem, error: String, now_ms: u64) -> Effects {
         let Some(job) = self.pending.front_mut() else {
             return Vec::new();
@@ -602,7 +605,7 @@ impl QueueCore {
         v.last_error = Some(error);
         v.updated_at_ms = now_ms;
         v.next_attempt_at_ms = Some(now_ms.saturating_add(backoff_ms(v.attempts)));
-        if v.attempts >= MAX_ATTEMPTS {
+        if v.attempts >= self.bounds.max_attempts.max(1) {
             v.status = JobStatus::Failed;
             v.next_attempt_at_ms = None;
             let mut effects = Vec::new();
@@ -648,6 +651,7 @@ mod tests {
         max_pending_jobs: 500,
         max_backlog_bytes: 1_000_000,
         max_chunks: Some(1_000),
+        max_attempts: MAX_ATTEMPTS,
     };
 
     fn item(job: &str, doc: u32) -> WorkItem {
@@ -1067,6 +1071,7 @@ mod tests {
             max_pending_jobs: 3,
             max_backlog_bytes: 250,
             max_chunks: None,
+            max_attempts: MAX_ATTEMPTS,
         };
         let mut q = QueueCore::new(bounds);
         enqueue(&mut q, "j1", vec![doc("a", 1)], 0);
