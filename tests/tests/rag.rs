@@ -468,7 +468,10 @@ fn bad_input_is_refused_and_changes_nothing() {
 
 #[test]
 fn embedder_failures_are_retried_and_nothing_is_lost() {
-    let server = shared(Deployment::Dedicated(B));
+    // A server of its own: armed failures are the tenant's, and another
+    // test's job on a shared server could take them.
+    let dir = PersistDir::new("rag-faults");
+    let server = Server::start(Deployment::Dedicated(B), &dir);
     let c = Client {
         server: &server,
         tenant: B,

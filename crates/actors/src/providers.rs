@@ -202,9 +202,11 @@ pub enum AnyEmbedder<B> {
 }
 
 impl<B: FaultBudget> AnyEmbedder<B> {
-    /// The embedder the settings choose; `faults` is where armed failures
-    /// are counted, used only when the settings enable fault injection.
-    pub fn new(env: &Env, settings: &Settings, faults: B) -> Result<Self, PortError> {
+    /// The embedder the settings choose. `faults` is where armed failures
+    /// are counted: with it, and with fault injection enabled, the embedder
+    /// fails while failures are armed; without it (search, which the faults
+    /// are not meant for) it never does.
+    pub fn new(env: &Env, settings: &Settings, faults: Option<B>) -> Result<Self, PortError> {
         if settings.workers_ai {
             let ai = env.ai(bindings::AI).map_err(|e| PortError::Failed {
                 service: "Workers AI",
@@ -215,7 +217,7 @@ impl<B: FaultBudget> AnyEmbedder<B> {
                 settings.embedding_model.clone(),
                 DIMENSIONS,
             )))
-        } else if settings.fault_injection {
+        } else if let (true, Some(faults)) = (settings.fault_injection, faults) {
             Ok(Self::Faulty(FaultyEmbedder::new(HashedEmbedder, faults)))
         } else {
             Ok(Self::Hashed(HashedEmbedder))

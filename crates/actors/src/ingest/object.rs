@@ -413,7 +413,7 @@ impl IngestQueue {
         plan: &DocPlan,
     ) -> Result<bool, PortError> {
         let current = || self.with_core(|c| c.still_current(item)).unwrap_or(false);
-        let embedder = AnyEmbedder::new(&self.env, settings, SqlFaults::new(self.sql()))?;
+        let embedder = AnyEmbedder::new(&self.env, settings, Some(SqlFaults::new(self.sql())))?;
         let index = AnyIndex::new(&self.env, settings, tenant, self.sql(), self.mem.clone())?;
         let vectors = embedder.embed(chunks).await?;
         if !current() {
@@ -545,7 +545,8 @@ impl IngestQueue {
         let vector = if mode == SearchMode::Keyword {
             None
         } else {
-            let embedder = AnyEmbedder::new(&self.env, settings, SqlFaults::new(self.sql()))?;
+            // Injected failures are for indexing: a search never takes one.
+            let embedder = AnyEmbedder::new(&self.env, settings, None::<SqlFaults>)?;
             embedder
                 .embed(std::slice::from_ref(&search.query))
                 .await?
