@@ -102,10 +102,25 @@ pub struct Server {
 impl Server {
     /// Starts `deployment` with its state in `dir` and waits until it answers.
     pub fn start(deployment: Deployment, dir: &PersistDir) -> Self {
-        Self::start_in(deployment, dir.path(), None)
+        Self::start_in(deployment, dir.path(), None, &[])
     }
 
-    fn start_in(deployment: Deployment, dir: &Path, owned: Option<PersistDir>) -> Self {
+    /// Starts `deployment` with extra vars (`--var NAME:VALUE`), such as a
+    /// lowered bound, with its state in `dir`.
+    pub fn start_with_vars(
+        deployment: Deployment,
+        dir: &PersistDir,
+        vars: &[(&str, &str)],
+    ) -> Self {
+        Self::start_in(deployment, dir.path(), None, vars)
+    }
+
+    fn start_in(
+        deployment: Deployment,
+        dir: &Path,
+        owned: Option<PersistDir>,
+        extra_vars: &[(&str, &str)],
+    ) -> Self {
         let shim = xtask::worker_shim();
         assert!(
             shim.is_file(),
@@ -129,7 +144,11 @@ impl Server {
             env_file,
             // The tests inject embedder failures; deployed configurations
             // never set this, and it only works with the embedded embedder.
-            vars: vec![("FAULT_INJECTION".into(), "enabled".into())],
+            vars: [("FAULT_INJECTION", "enabled")]
+                .iter()
+                .chain(extra_vars)
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         let log_dir = xtask::repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&log_dir).expect("create target/e2e-logs");
@@ -253,7 +272,7 @@ pub fn shared(deployment: Deployment) -> Arc<Server> {
     }
     let dir = PersistDir::new(deployment.label());
     let path = dir.path().to_path_buf();
-    let server = Arc::new(Server::start_in(deployment, &path, Some(dir)));
+    let server = Arc::new(Server::start_in(deployment, &path, Some(dir), &[]));
     servers.push((deployment, Arc::downgrade(&server)));
     server
 }

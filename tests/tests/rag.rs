@@ -1,7 +1,8 @@
 //! Ingestion and search end to end against `wrangler dev`, with the embedded
 //! embedder and the embedded SQLite/FTS5 index: jobs, retrieval in every mode,
 //! the KV cache and its invalidation, replace and delete, tenant isolation,
-//! bad input, injected embedder failures, and a restart in the middle of a job.
+//! bad input, injected embedder failures, a job given up for good, the
+//! backlog and index bounds, and a restart in the middle of a job.
 
 use e2e::http::{assert_refusals, get, send, RefusalCase, Reply};
 use e2e::{shared, Deployment, PersistDir, Server};
@@ -55,15 +56,22 @@ impl Client<'_> {
     }
 
     fn wait_job(&self, job_id: &str) -> Value {
+        let job = self.wait_finished(job_id);
+        assert_eq!(job["status"], "done", "{job}");
+        job
+    }
+
+    /// Waits until the job is `done` or `failed`; returns it.
+    fn wait_finished(&self, job_id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let r = self.job(job_id);
             assert_eq!(r.status, 200, "{}", r.body);
             let job = r.json();
-            if job["status"] == "done" {
+            if job["status"] == "done" || job["status"] == "failed" {
                 return job;
             }
-            assert!(Instant::now() < deadline, "job not done in 60 s: {job}");
+            assert!(Instant::now() < deadline, "job not finished in 60 s: {job}");
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -460,7 +468,10 @@ fn bad_input_is_refused_and_changes_nothing() {
 
 #[test]
 fn embedder_failures_are_retried_and_nothing_is_lost() {
-    let server = shared(Deployment::Dedicated(B));
+    // A server of its own: armed failures are the tenant's, and another
+    // test's job on a shared server could take them.
+    let dir = PersistDir::new("rag-faults");
+    let server = Server::start(Deployment::Dedicated(B), &dir);
     let c = Client {
         server: &server,
         tenant: B,
@@ -535,4 +546,82 @@ fn a_restart_in_the_middle_of_a_job_resumes_it() {
         let r = c.search_ok(json!({ "query": q, "mode": "keyword" }));
         assert_eq!(doc_ids(&r), vec![want]);
     }
+}
+
+#[test]
+fn bounds_refuse_early_and_a_failed_job_leaves_its_documents_deletable() {
+    let dir = PersistDir::new("rag-bounds");
+    // Lowered bounds, so each is reached in a second: give up after 2
+    // attempts, 4,000 bytes of unfinished text, 4 chunks in the index.
+    let server = Server::start_with_vars(
+        Deployment::Dedicated(A),
+        &dir,
+        &[
+            ("INGEST_MAX_ATTEMPTS", "2"),
+            ("INGEST_MAX_BACKLOG_BYTES", "4000"),
+            ("EMBEDDED_MAX_CHUNKS", "4"),
+        ],
+    );
+    let c = Client {
+        server: &server,
+        tenant: A,
+    };
+    let job = c.ingest_done(json!([{ "id": "doomed", "text": "The first version is indexed." }]));
+    assert_eq!(job["chunksDone"], 1);
+
+    // A re-ingest that fails on every attempt (2 failures armed, 2 attempts).
+    c.inject_faults(2);
+    let r = c.ingest(json!([{ "id": "doomed", "text": "doomed ".repeat(350) }]));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+
+    // While it waits for its retry, its 2,450 bytes are backlog: 2,000 more
+    // would pass the bound of 4,000.
+    let r = c.ingest(json!([{ "id": "later", "text": "x".repeat(2000) }]));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "backlog_full"),
+        "{}",
+        r.body
+    );
+
+    let job = c.wait_finished(&job_id);
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_u64()),
+        (Some("failed"), Some(2)),
+        "{job}"
+    );
+    assert!(
+        job["lastError"].as_str().unwrap().contains("injected"),
+        "{job}"
+    );
+    assert_eq!(c.inspect()["pendingJobs"], json!([]));
+    // Bug: the failed job's stored documents made this a 409 forever.
+    let r = c.delete("doomed");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["chunksRemoved"], 1, "the indexed (first) version");
+
+    // Five paragraphs that cannot share a chunk: 5 chunks, over the bound
+    // of 4, refused at enqueue time before anything is stored.
+    let para = |w: &str| format!("{w} ").repeat(120);
+    let text = ["alpha", "bravo", "charlie", "delta", "echo"]
+        .map(para)
+        .join("\n\n");
+    let r = c.ingest(json!([{ "id": "too-big", "text": text }]));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "index_full"),
+        "{}",
+        r.body
+    );
+    let state = c.inspect();
+    assert_eq!(
+        (state["documents"].as_u64(), state["chunks"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(state["pendingJobs"], json!([]));
+    // Within the bound it is fine.
+    let fits = ["alpha", "bravo"].map(para).join("\n\n");
+    let job = c.ingest_done(json!([{ "id": "fits", "text": fits }]));
+    assert_eq!(job["chunksDone"], 2);
 }

@@ -14,23 +14,28 @@
 //! Actors: [`coordinator`] (`TenantCoordinator`) and [`ingest`]
 //! (`IngestQueue`), one of each per tenant.
 //!
-//! Around them: the [`ports`] (embedder, vector index, KV, clock) with their
-//! [`cloudflare`] and embedded implementations, and the pure pieces of
-//! retrieval: [`chunking`], [`embedding`] (the hashed embedder),
-//! [`retrieval`] (exact cosine, filters, FTS queries, rank fusion).
+//! Around them: the [`ports`] (embedder, vector index, KV, clock, generator)
+//! with their [`cloudflare`] and [`embedded`] implementations, chosen by
+//! [`providers`] from the deployment's vars; [`sql`], the shells' shared
+//! SQLite plumbing; and the pure pieces of retrieval: [`chunking`],
+//! [`embedding`] (the hashed embedder), [`retrieval`] (exact cosine, filters,
+//! FTS queries, rank fusion).
 
 pub mod chat;
 pub mod chunking;
 pub mod cloudflare;
 pub mod coordinator;
+pub mod embedded;
 pub mod embedding;
 pub mod entropy;
 pub mod error;
 pub mod generation;
 pub mod ingest;
 pub mod ports;
+pub mod providers;
 pub mod retrieval;
 pub mod rpc;
+pub mod sql;
 
 pub use chat::{ChatHandle, ChatSession};
 pub use coordinator::{CoordinatorHandle, TenantCoordinator};

@@ -1,11 +1,14 @@
-//! The platform services an actor uses, each behind a small trait with a
-//! Cloudflare implementation ([`crate::cloudflare`]) and an embedded one
-//! (hashed embeddings, SQLite vector index), chosen by configuration.
+//! The platform services an actor uses, each behind a small trait, and the
+//! small data types of their calls. Traits only: the Cloudflare
+//! implementations are in [`crate::cloudflare`], the embedded ones (hashed
+//! embeddings, SQLite vector index, injected faults) in [`crate::embedded`],
+//! chosen by configuration ([`crate::providers`]).
 //!
 //! No `Send` bounds: JavaScript futures are not `Send`, and a Durable Object
 //! runs on one thread.
 
 use protocol::ingest::{Metadata, SearchMode};
+use protocol::{ErrorCode, ErrorReply};
 
 /// A platform service failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +32,31 @@ pub enum PortError {
     /// The backend cannot do what was asked (for example keyword search on Vectorize).
     #[error("{0}")]
     Unsupported(String),
+    /// A configured bound of the backend would be exceeded (the embedded
+    /// index's chunk cap); `reason` is the client's error code.
+    #[error("{message}")]
+    Full {
+        /// Machine-readable reason (`index_full`).
+        reason: &'static str,
+        /// What is full, and the bound.
+        message: String,
+    },
+}
+
+impl From<PortError> for ErrorReply {
+    /// Where a port's failure becomes an actor's refusal: a dependency that
+    /// failed or could not be reached is 503, a malformed answer 502, a
+    /// request the backend cannot serve 400, a bound 413 with its reason.
+    fn from(e: PortError) -> Self {
+        match e {
+            PortError::Failed { .. } => ErrorReply::new(ErrorCode::Unavailable, e.to_string()),
+            PortError::BadShape { .. } => ErrorReply::new(ErrorCode::BadUpstream, e.to_string()),
+            PortError::Unsupported(m) => ErrorReply::new(ErrorCode::InvalidRequest, m),
+            PortError::Full { reason, message } => {
+                ErrorReply::new(ErrorCode::QuotaExceeded, message).with_reason(reason)
+            }
+        }
+    }
 }
 
 /// Turns texts into vectors.
@@ -207,26 +235,38 @@ pub trait Clock {
     fn now_ms(&self) -> u64;
 }
 
-/// The runtime's clock (`Date.now()`).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+/// The runtime's clock, implemented in [`crate::cloudflare::clock`];
+/// re-exported here so the shells' imports stay where the port is.
+pub use crate::cloudflare::clock::SystemClock;
 
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        worker::Date::now().as_millis()
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The embedded embedder ([`crate::embedding`]), usable natively and in wasm.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct HashedEmbedder;
-
-impl Embedder for HashedEmbedder {
-    fn model(&self) -> &str {
-        crate::embedding::HASHED_MODEL
-    }
-
-    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, PortError> {
-        Ok(texts.iter().map(|t| crate::embedding::embed(t)).collect())
+    #[test]
+    fn port_failures_map_to_their_error_codes() {
+        let failed = PortError::Failed {
+            service: "Vectorize",
+            message: "down".into(),
+        };
+        assert_eq!(ErrorReply::from(failed).code, ErrorCode::Unavailable);
+        let bad = PortError::BadShape {
+            service: "Workers AI",
+            message: "3 vectors for 2 texts".into(),
+        };
+        assert_eq!(ErrorReply::from(bad).code, ErrorCode::BadUpstream);
+        let unsupported = PortError::Unsupported("keyword on Vectorize".into());
+        assert_eq!(
+            ErrorReply::from(unsupported).code,
+            ErrorCode::InvalidRequest
+        );
+        let full = ErrorReply::from(PortError::Full {
+            reason: "index_full",
+            message: "full".into(),
+        });
+        assert_eq!(
+            (full.code, full.reason.as_deref()),
+            (ErrorCode::QuotaExceeded, Some("index_full"))
+        );
     }
 }

@@ -1,10 +1,11 @@
-//! Retrieval without I/O: the in-memory vector index (exact cosine), metadata
-//! filters, the full-text query builder and reciprocal rank fusion.
+//! Retrieval without I/O: the in-memory vectors of the embedded index (exact
+//! cosine, bounded), metadata filters, the full-text query builder and
+//! reciprocal rank fusion.
 
 use crate::embedding;
 use protocol::ingest::{MetaValue, Metadata};
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 /// Dot product; the cosine similarity of two unit vectors. The hot loop of
 /// exact search: with wasm SIMD (enabled for the Worker in
@@ -87,25 +88,202 @@ pub fn matches_filter(metadata: &Metadata, filter: &Metadata) -> bool {
         })
 }
 
-/// A vector index held in memory: contiguous unit vectors, exact search.
+/// Vectors per block of [`MemIndex`]: 256 × 768 `f32`s are 768 KiB.
+pub const BLOCK_VECTORS: usize = 256;
+
+/// Why [`MemIndex::upsert`] refused a vector.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemIndexError {
+    /// The vector has the wrong number of dimensions.
+    #[error("vector of {got} dimensions, index has {want}")]
+    Dimensions {
+        /// The vector's.
+        got: usize,
+        /// The index's.
+        want: usize,
+    },
+    /// The index holds its configured maximum of vectors.
+    #[error("the index holds its maximum of {cap} chunks")]
+    Full {
+        /// The maximum.
+        cap: usize,
+    },
+    /// The allocator could not grow the index.
+    #[error("out of memory growing the index")]
+    OutOfMemory,
+}
+
+/// The vectors of an index, in memory, for exact search; nothing else (ids,
+/// metadata and text stay in SQLite, read for the top k only). Each vector is
+/// known by an integer key (the SQLite row id).
+///
+/// Vectors live in fixed blocks of [`BLOCK_VECTORS`], allocated with
+/// `try_reserve_exact`: growing never copies the whole index (in wasm, memory
+/// once grown is never returned, so a doubling `Vec` would cost up to three
+/// times the data at its peak), an allocation failure is an error rather than
+/// an abort, and at most `cap` vectors are ever held.
 #[derive(Debug, Default)]
 pub struct MemIndex {
     dims: usize,
-    ids: Vec<String>,
-    vectors: Vec<f32>,
-    metadata: Vec<Metadata>,
-    positions: HashMap<String, usize>,
+    cap: usize,
+    keys: Vec<i64>,
+    blocks: Vec<Vec<f32>>,
+    positions: HashMap<i64, usize>,
 }
 
-/// A match of [`MemIndex::nearest`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Scored<'a> {
-    /// The vector's id.
-    pub id: &'a str,
-    /// Cosine similarity to the query.
-    pub score: f32,
-    /// The vector's metadata.
-    pub metadata: &'a Metadata,
+impl MemIndex {
+    /// An empty index of `dims`-dimensional vectors holding at most `cap`.
+    pub fn new(dims: usize, cap: usize) -> Self {
+        Self {
+            dims,
+            cap,
+            ..Self::default()
+        }
+    }
+
+    /// Vectors held.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the index holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The most vectors it may hold.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Whether `key` is held.
+    pub fn contains(&self, key: i64) -> bool {
+        self.positions.contains_key(&key)
+    }
+
+    /// Bytes of vector data held (what the cap bounds).
+    pub fn vector_bytes(&self) -> usize {
+        self.blocks.iter().map(|b| b.capacity()).sum::<usize>() * std::mem::size_of::<f32>()
+    }
+
+    fn slot_mut(&mut self, pos: usize) -> Option<&mut [f32]> {
+        let (block, offset) = (pos / BLOCK_VECTORS, (pos % BLOCK_VECTORS) * self.dims);
+        self.blocks
+            .get_mut(block)?
+            .get_mut(offset..offset + self.dims)
+    }
+
+    fn slot(&self, pos: usize) -> Option<&[f32]> {
+        let (block, offset) = (pos / BLOCK_VECTORS, (pos % BLOCK_VECTORS) * self.dims);
+        self.blocks.get(block)?.get(offset..offset + self.dims)
+    }
+
+    /// Inserts or replaces `key`. The vector is normalised; a vector of the
+    /// wrong length, or a new one beyond the cap, is refused.
+    pub fn upsert(&mut self, key: i64, vector: &[f32]) -> Result<(), MemIndexError> {
+        if vector.len() != self.dims {
+            return Err(MemIndexError::Dimensions {
+                got: vector.len(),
+                want: self.dims,
+            });
+        }
+        let mut unit = vector.to_vec();
+        embedding::normalize(&mut unit);
+        if let Some(&pos) = self.positions.get(&key) {
+            if let Some(slot) = self.slot_mut(pos) {
+                slot.copy_from_slice(&unit);
+            }
+            return Ok(());
+        }
+        if self.keys.len() >= self.cap {
+            return Err(MemIndexError::Full { cap: self.cap });
+        }
+        let pos = self.keys.len();
+        if pos / BLOCK_VECTORS >= self.blocks.len() {
+            let mut block = Vec::new();
+            block
+                .try_reserve_exact(BLOCK_VECTORS * self.dims)
+                .map_err(|_| MemIndexError::OutOfMemory)?;
+            self.blocks
+                .try_reserve(1)
+                .map_err(|_| MemIndexError::OutOfMemory)?;
+            self.blocks.push(block);
+        }
+        self.keys
+            .try_reserve(1)
+            .map_err(|_| MemIndexError::OutOfMemory)?;
+        self.positions
+            .try_reserve(1)
+            .map_err(|_| MemIndexError::OutOfMemory)?;
+        let Some(block) = self.blocks.last_mut() else {
+            return Err(MemIndexError::OutOfMemory);
+        };
+        block.extend_from_slice(&unit);
+        self.keys.push(key);
+        self.positions.insert(key, pos);
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it was there. The last vector moves
+    /// into its place, and an emptied block is freed.
+    pub fn remove(&mut self, key: i64) -> bool {
+        let Some(pos) = self.positions.remove(&key) else {
+            return false;
+        };
+        let last = self.keys.len().saturating_sub(1);
+        if pos != last {
+            let moved = self.slot(last).map(<[f32]>::to_vec);
+            if let (Some(moved), Some(dst)) = (moved, self.slot_mut(pos)) {
+                dst.copy_from_slice(&moved);
+            }
+        }
+        self.keys.swap_remove(pos);
+        if let Some(&moved) = self.keys.get(pos) {
+            self.positions.insert(moved, pos);
+        }
+        if let Some(block) = self.blocks.last_mut() {
+            block.truncate(block.len().saturating_sub(self.dims));
+            if block.is_empty() {
+                self.blocks.pop();
+            }
+        }
+        true
+    }
+
+    /// The `k` vectors most similar to `query`, best first, as (key, cosine);
+    /// with `allowed`, only among those keys (a metadata filter's matches).
+    pub fn nearest(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: Option<&HashSet<i64>>,
+    ) -> Vec<(i64, f32)> {
+        if k == 0 || query.len() != self.dims || self.dims == 0 {
+            return Vec::new();
+        }
+        let mut q = query.to_vec();
+        embedding::normalize(&mut q);
+        let mut heap: BinaryHeap<HeapEntry> = BinaryHeap::with_capacity(k + 1);
+        let vectors = self.blocks.iter().flat_map(|b| b.chunks_exact(self.dims));
+        for (i, (v, key)) in vectors.zip(&self.keys).enumerate() {
+            if allowed.is_some_and(|a| !a.contains(key)) {
+                continue;
+            }
+            let score = dot(&q, v);
+            if heap.len() < k {
+                heap.push(HeapEntry(score, i));
+            } else if heap.peek().is_some_and(|worst| score > worst.0) {
+                heap.pop();
+                heap.push(HeapEntry(score, i));
+            }
+        }
+        let mut out: Vec<(i64, f32)> = heap
+            .into_iter()
+            .filter_map(|HeapEntry(score, i)| Some((*self.keys.get(i)?, score)))
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
 }
 
 #[derive(PartialEq)]
@@ -120,124 +298,6 @@ impl Ord for HeapEntry {
     // Reversed, so the heap's top is the worst of the best k.
     fn cmp(&self, other: &Self) -> Ordering {
         other.0.total_cmp(&self.0).then(other.1.cmp(&self.1))
-    }
-}
-
-impl MemIndex {
-    /// An empty index of `dims`-dimensional vectors.
-    pub fn new(dims: usize) -> Self {
-        Self {
-            dims,
-            ..Self::default()
-        }
-    }
-
-    /// Vectors held.
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// Whether the index holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    /// Inserts or replaces `id`. The vector is normalised; a vector of the
-    /// wrong length is refused.
-    pub fn upsert(&mut self, id: &str, vector: &[f32], metadata: Metadata) -> Result<(), String> {
-        if vector.len() != self.dims {
-            return Err(format!(
-                "vector of {} dimensions, index has {}",
-                vector.len(),
-                self.dims
-            ));
-        }
-        let mut unit = vector.to_vec();
-        embedding::normalize(&mut unit);
-        match self.positions.get(id) {
-            Some(&pos) => {
-                let start = pos * self.dims;
-                if let Some(slot) = self.vectors.get_mut(start..start + self.dims) {
-                    slot.copy_from_slice(&unit);
-                }
-                if let Some(m) = self.metadata.get_mut(pos) {
-                    *m = metadata;
-                }
-            }
-            None => {
-                self.positions.insert(id.to_owned(), self.ids.len());
-                self.ids.push(id.to_owned());
-                self.vectors.extend_from_slice(&unit);
-                self.metadata.push(metadata);
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes `id`; returns whether it was there.
-    pub fn remove(&mut self, id: &str) -> bool {
-        let Some(pos) = self.positions.remove(id) else {
-            return false;
-        };
-        let last = self.ids.len() - 1;
-        self.ids.swap_remove(pos);
-        self.metadata.swap_remove(pos);
-        if pos != last {
-            let (head, tail) = self.vectors.split_at_mut(last * self.dims);
-            if let Some(dst) = head.get_mut(pos * self.dims..(pos + 1) * self.dims) {
-                dst.copy_from_slice(tail);
-            }
-            if let Some(moved) = self.ids.get(pos) {
-                self.positions.insert(moved.clone(), pos);
-            }
-        }
-        self.vectors.truncate(last * self.dims);
-        true
-    }
-
-    /// The metadata of `id`.
-    pub fn metadata(&self, id: &str) -> Option<&Metadata> {
-        self.positions.get(id).and_then(|&p| self.metadata.get(p))
-    }
-
-    /// The `k` vectors most similar to `query` among those matching `filter`,
-    /// best first.
-    pub fn nearest(&self, query: &[f32], k: usize, filter: &Metadata) -> Vec<Scored<'_>> {
-        if k == 0 || query.len() != self.dims {
-            return Vec::new();
-        }
-        let mut q = query.to_vec();
-        embedding::normalize(&mut q);
-        let mut heap: BinaryHeap<HeapEntry> = BinaryHeap::with_capacity(k + 1);
-        for (i, v) in self.vectors.chunks_exact(self.dims).enumerate() {
-            if !filter.is_empty()
-                && !self
-                    .metadata
-                    .get(i)
-                    .is_some_and(|m| matches_filter(m, filter))
-            {
-                continue;
-            }
-            let score = dot(&q, v);
-            if heap.len() < k {
-                heap.push(HeapEntry(score, i));
-            } else if heap.peek().is_some_and(|worst| score > worst.0) {
-                heap.pop();
-                heap.push(HeapEntry(score, i));
-            }
-        }
-        let mut out: Vec<Scored<'_>> = heap
-            .into_iter()
-            .filter_map(|HeapEntry(score, i)| {
-                Some(Scored {
-                    id: self.ids.get(i)?,
-                    score,
-                    metadata: self.metadata.get(i)?,
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(b.id)));
-        out
     }
 }
 
@@ -286,10 +346,6 @@ pub fn reciprocal_rank_fusion(lists: &[Vec<String>]) -> Vec<(String, f64)> {
 mod tests {
     use super::*;
 
-    fn meta(source: &str) -> Metadata {
-        Metadata::from([("source".to_owned(), MetaValue::Str(source.to_owned()))])
-    }
-
     #[test]
     fn dot_handles_every_length() {
         for n in [0, 1, 7, 8, 9, 16, 17, 768] {
@@ -318,49 +374,89 @@ mod tests {
 
     #[test]
     fn nearest_ranks_filters_and_replaces() {
-        let mut idx = MemIndex::new(2);
-        idx.upsert("east", &[1.0, 0.0], meta("a")).unwrap();
-        idx.upsert("north", &[0.0, 1.0], meta("b")).unwrap();
-        idx.upsert("northeast", &[1.0, 1.0], meta("a")).unwrap();
-        let got: Vec<&str> = idx
-            .nearest(&[1.0, 0.2], 2, &Metadata::new())
-            .iter()
-            .map(|s| s.id)
-            .collect();
-        assert_eq!(got, vec!["east", "northeast"]);
-        let got: Vec<&str> = idx
-            .nearest(&[0.0, 1.0], 3, &meta("a"))
-            .iter()
-            .map(|s| s.id)
-            .collect();
-        assert_eq!(got, vec!["northeast", "east"], "filter keeps only source=a");
+        let mut idx = MemIndex::new(2, 10);
+        idx.upsert(1, &[1.0, 0.0]).unwrap(); // east
+        idx.upsert(2, &[0.0, 1.0]).unwrap(); // north
+        idx.upsert(3, &[1.0, 1.0]).unwrap(); // northeast
+        let keys = |hits: Vec<(i64, f32)>| hits.into_iter().map(|h| h.0).collect::<Vec<_>>();
+        assert_eq!(keys(idx.nearest(&[1.0, 0.2], 2, None)), vec![1, 3]);
+        let only: HashSet<i64> = [1, 3].into();
+        assert_eq!(keys(idx.nearest(&[0.0, 1.0], 3, Some(&only))), vec![3, 1]);
         // Replace moves "east" to the west.
-        idx.upsert("east", &[-1.0, 0.0], meta("a")).unwrap();
+        idx.upsert(1, &[-1.0, 0.0]).unwrap();
         assert_eq!(idx.len(), 3);
+        assert_eq!(idx.nearest(&[1.0, 0.0], 1, None)[0].0, 3);
         assert_eq!(
-            idx.nearest(&[1.0, 0.0], 1, &Metadata::new())[0].id,
-            "northeast"
+            idx.upsert(9, &[1.0]),
+            Err(MemIndexError::Dimensions { got: 1, want: 2 })
         );
-        assert!(idx.upsert("bad", &[1.0], meta("a")).is_err());
+    }
+
+    #[test]
+    fn the_cap_is_kept_and_replacing_needs_no_room() {
+        let mut idx = MemIndex::new(2, 2);
+        idx.upsert(1, &[1.0, 0.0]).unwrap();
+        idx.upsert(2, &[0.0, 1.0]).unwrap();
+        assert_eq!(
+            idx.upsert(3, &[1.0, 1.0]),
+            Err(MemIndexError::Full { cap: 2 })
+        );
+        assert!(
+            idx.upsert(2, &[1.0, 1.0]).is_ok(),
+            "a replacement is no new vector"
+        );
+        assert!(idx.remove(1));
+        assert!(idx.upsert(3, &[1.0, 1.0]).is_ok());
+        assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn blocks_grow_and_shrink_without_moving_the_rest() {
+        let n = BLOCK_VECTORS * 2 + 3;
+        let mut idx = MemIndex::new(4, n);
+        for k in 0..n as i64 {
+            idx.upsert(k, &[1.0, k as f32, 0.5, -1.0]).unwrap();
+        }
+        assert_eq!(
+            idx.vector_bytes(),
+            3 * BLOCK_VECTORS * 4 * 4,
+            "three blocks"
+        );
+        for k in 0..4 {
+            assert!(idx.remove(k));
+        }
+        assert_eq!(
+            idx.vector_bytes(),
+            2 * BLOCK_VECTORS * 4 * 4,
+            "the emptied block is freed"
+        );
+        // Every remaining key still finds its own vector.
+        for k in [4_i64, 300, n as i64 - 1] {
+            let v = [1.0, k as f32, 0.5, -1.0];
+            let hit = idx.nearest(&v, 1, Some(&[k].into()));
+            assert_eq!(hit[0].0, k);
+            assert!((hit[0].1 - 1.0).abs() < 1e-5, "{k}: {}", hit[0].1);
+        }
     }
 
     #[test]
     fn remove_keeps_the_rest_consistent() {
-        let mut idx = MemIndex::new(2);
-        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
-            idx.upsert(id, &[1.0, i as f32], meta(id)).unwrap();
+        let mut idx = MemIndex::new(2, 10);
+        for k in 0..4_i64 {
+            idx.upsert(k, &[1.0, k as f32]).unwrap();
         }
-        assert!(idx.remove("b"));
-        assert!(!idx.remove("b"));
+        assert!(idx.remove(1));
+        assert!(!idx.remove(1));
         assert_eq!(idx.len(), 3);
-        // "d" moved into b's slot: its vector and metadata must have moved too.
-        assert_eq!(idx.metadata("d"), Some(&meta("d")));
-        let top = idx.nearest(&[1.0, 3.0], 1, &Metadata::new());
-        assert_eq!(top[0].id, "d");
-        assert!((top[0].score - 1.0).abs() < 1e-6);
-        assert!(idx.remove("d") && idx.remove("a") && idx.remove("c"));
+        assert!(idx.contains(3) && !idx.contains(1));
+        // 3 moved into 1's slot: its vector must have moved too.
+        let top = idx.nearest(&[1.0, 3.0], 1, None);
+        assert_eq!(top[0].0, 3);
+        assert!((top[0].1 - 1.0).abs() < 1e-6);
+        assert!(idx.remove(3) && idx.remove(0) && idx.remove(2));
         assert!(idx.is_empty());
-        assert!(idx.nearest(&[1.0, 0.0], 3, &Metadata::new()).is_empty());
+        assert_eq!(idx.vector_bytes(), 0);
+        assert!(idx.nearest(&[1.0, 0.0], 3, None).is_empty());
     }
 
     #[test]

@@ -175,8 +175,9 @@ pub enum JobStatus {
     Retrying,
     /// Every document indexed.
     Done,
-    /// Gave up after too many failed attempts; its documents stay stored and
-    /// the last error says why.
+    /// Gave up after too many failed attempts; the last error says why. The
+    /// documents it had not indexed keep their previous version, and its
+    /// stored copies are dropped, so none of them stays busy.
     Failed,
 }
 

@@ -1,10 +1,11 @@
 //! The Cloudflare implementations of the ports: Workers AI through the `AI`
 //! binding, Vectorize through the `VECTORS` binding (bound by hand: workers-rs
-//! has no wrapper), KV through `CACHE`.
+//! has no wrapper), KV through `CACHE`, and the runtime's clock.
 //!
 //! The request and response shapes are plain serde types, unit-tested
 //! natively; only the calls themselves need the runtime.
 
+pub mod clock;
 pub mod kv;
 pub mod vectorize;
 pub mod workers_ai;

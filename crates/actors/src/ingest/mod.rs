@@ -1,13 +1,19 @@
 //! `IngestQueue`: one per tenant (`${tenantId}:ingest`), owner of the tenant's
 //! documents, their chunks and vectors, ingestion jobs, and search.
+//!
+//! - [`core`]: the pure queue (admission, plans, progress, retries);
+//! - `object`: the Durable Object shell (storage, the ports, the alarm);
+//! - [`faults`]: where injected embedder failures are counted (tests);
+//! - [`keys`], [`records`]: vector ids, cache keys, chunk metadata;
+//! - [`handle`](IngestHandle): what callers use.
 
 pub mod core;
+pub mod faults;
 mod handle;
 pub mod keys;
 mod object;
 pub mod providers;
 pub mod records;
-pub mod sql_index;
 
 pub use handle::IngestHandle;
 pub use object::IngestQueue;

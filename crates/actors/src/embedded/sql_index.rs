@@ -1,0 +1,481 @@
+//! The embedded vector index: vectors as BLOBs in the tenant's Durable Object
+//! SQLite, an FTS5 index of the chunk texts beside them, and the vectors alone
+//! kept in memory ([`MemIndex`]) once a vector search needs them.
+//!
+//! Memory is bounded: at most `cap` chunks (`EMBEDDED_MAX_CHUNKS`), and only
+//! their vectors (3 KiB each at 768 dimensions) stay in memory; ids, metadata
+//! and text are read from SQLite for the top k of a search. An upsert that
+//! would take the index past the cap is refused before anything is written
+//! ([`PortError::Full`], `index_full`). Deletes and keyword search never load
+//! the vectors, so a tenant over a lowered cap can still delete its way back.
+//!
+//! Unlike Vectorize it is read-your-writes: a chunk is searchable as soon as
+//! its upsert returns. The whole index lives in one tenant's object, so it can
+//! hold nothing of another tenant.
+
+use crate::embedding::DIMENSIONS;
+use crate::ports::{PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
+use crate::retrieval::{
+    fts_query, matches_filter, reciprocal_rank_fusion, MemIndex, MemIndexError,
+};
+use crate::sql::{self, int, SqlError};
+use protocol::ingest::{MetaValue, Metadata, SearchMode};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use worker::{SqlStorage, SqlStorageValue};
+
+/// Tables of the embedded index.
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS vectors (
+        rid INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        embedding BLOB NOT NULL,
+        metadata TEXT NOT NULL
+    )",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_fts USING fts5(text, tokenize = 'unicode61')",
+];
+
+/// Candidates taken from each list before fusing or filtering.
+const CANDIDATES: usize = 50;
+
+const SERVICE: &str = "embedded index";
+
+/// The client's error code when the index is full.
+pub const INDEX_FULL: &str = "index_full";
+
+fn failed(e: impl std::fmt::Display) -> PortError {
+    PortError::Failed {
+        service: SERVICE,
+        message: e.to_string(),
+    }
+}
+
+fn storage(e: SqlError) -> PortError {
+    failed(e)
+}
+
+fn full(count: u64, adding: u64, cap: u64) -> PortError {
+    PortError::Full {
+        reason: INDEX_FULL,
+        message: format!(
+            "the index holds {count} chunks and this write adds {adding}; the bound is {cap} \
+             (EMBEDDED_MAX_CHUNKS); delete documents first"
+        ),
+    }
+}
+
+/// The index over one object's SQLite storage, with its in-memory vectors.
+pub struct SqlVectorIndex {
+    sql: SqlStorage,
+    mem: Rc<RefCell<Option<MemIndex>>>,
+    cap: u64,
+}
+
+impl SqlVectorIndex {
+    /// The index in `sql`; `mem` is the object's cache of the vectors, `cap`
+    /// the most chunks the index may hold.
+    pub fn new(sql: SqlStorage, mem: Rc<RefCell<Option<MemIndex>>>, cap: u64) -> Self {
+        Self { sql, mem, cap }
+    }
+
+    fn count(&self) -> Result<u64, PortError> {
+        if let Some(mem) = self.mem.borrow().as_ref() {
+            return Ok(mem.len() as u64);
+        }
+        sql::scalar(&self.sql, "SELECT COUNT(*) FROM vectors", vec![]).map_err(storage)
+    }
+
+    /// Loads the vectors into memory if they are not there yet.
+    fn ensure_loaded(&self) -> Result<(), PortError> {
+        if self.mem.borrow().is_some() {
+            return Ok(());
+        }
+        let count = self.count()?;
+        if count > self.cap {
+            // Loading would take more memory than the bound allows (the cap
+            // was lowered after the index grew): refuse rather than risk the
+            // isolate; deletes and keyword search still work.
+            return Err(full(count, 0, self.cap));
+        }
+        let cap = usize::try_from(self.cap).unwrap_or(usize::MAX);
+        let mut index = MemIndex::new(DIMENSIONS, cap);
+        let cursor = self
+            .sql
+            .exec("SELECT rid, embedding FROM vectors", None)
+            .map_err(failed)?;
+        for row in cursor.raw() {
+            let row = row.map_err(failed)?;
+            let (rid, blob): (i64, Vec<u8>) = sql::FromRow::from_row(&row).map_err(failed)?;
+            index
+                .upsert(rid, &from_blob(&blob))
+                .map_err(|e| mem_error(e, count))?;
+        }
+        *self.mem.borrow_mut() = Some(index);
+        Ok(())
+    }
+
+    fn rid(&self, id: &str) -> Result<Option<i64>, PortError> {
+        sql::first::<(i64,)>(
+            &self.sql,
+            "SELECT rid FROM vectors WHERE id = ?",
+            vec![id.into()],
+        )
+        .map(|r| r.map(|(rid,)| rid))
+        .map_err(storage)
+    }
+
+    /// Row ids whose metadata matches `filter` (equality on every key).
+    fn filtered(&self, filter: &Metadata) -> Result<HashSet<i64>, PortError> {
+        let (condition, bindings) = filter_sql(filter);
+        let query = format!("SELECT rid FROM vectors WHERE {condition}");
+        Ok(sql::rows::<(i64,)>(&self.sql, &query, bindings)
+            .map_err(storage)?
+            .into_iter()
+            .map(|(rid,)| rid)
+            .collect())
+    }
+
+    fn hit(&self, rid: i64, score: f64, filter: &Metadata) -> Result<Option<VectorHit>, PortError> {
+        let row = sql::first::<(String, String)>(
+            &self.sql,
+            "SELECT id, metadata FROM vectors WHERE rid = ?",
+            vec![int(rid)],
+        )
+        .map_err(storage)?;
+        let Some((id, meta)) = row else {
+            return Ok(None);
+        };
+        let metadata: Metadata = serde_json::from_str(&meta).map_err(failed)?;
+        // The SQL filter already chose; this is the exact rule, kept as the
+        // final word (numbers of either type, booleans).
+        Ok(matches_filter(&metadata, filter).then_some(VectorHit {
+            id,
+            score,
+            metadata,
+        }))
+    }
+
+    fn vector_hits(
+        &self,
+        vector: &[f32],
+        k: usize,
+        filter: &Metadata,
+    ) -> Result<Vec<VectorHit>, PortError> {
+        self.ensure_loaded()?;
+        let allowed = if filter.is_empty() {
+            None
+        } else {
+            Some(self.filtered(filter)?)
+        };
+        let nearest = match self.mem.borrow().as_ref() {
+            Some(index) => index.nearest(vector, k, allowed.as_ref()),
+            None => Vec::new(),
+        };
+        let mut hits = Vec::with_capacity(nearest.len());
+        for (rid, score) in nearest {
+            if let Some(hit) = self.hit(rid, f64::from(score), filter)? {
+                hits.push(hit);
+            }
+        }
+        Ok(hits)
+    }
+
+    fn keyword_hits(
+        &self,
+        text: &str,
+        k: usize,
+        filter: &Metadata,
+    ) -> Result<Vec<VectorHit>, PortError> {
+        let Some(expr) = fts_query(text) else {
+            return Ok(Vec::new());
+        };
+        // Fetch more than k when a filter may drop some.
+        let limit = if filter.is_empty() {
+            k
+        } else {
+            k.max(CANDIDATES) * 4
+        };
+        let rows = sql::rows::<(String, f64, String)>(
+            &self.sql,
+            "SELECT v.id, bm25(chunk_fts) AS rank, v.metadata FROM chunk_fts \
+             JOIN vectors v ON v.rid = chunk_fts.rowid \
+             WHERE chunk_fts MATCH ? ORDER BY rank LIMIT ?",
+            vec![expr.into(), int(limit)],
+        )
+        .map_err(storage)?;
+        let mut hits = Vec::new();
+        for (id, rank, meta) in rows {
+            let metadata: Metadata = serde_json::from_str(&meta).map_err(failed)?;
+            if !matches_filter(&metadata, filter) {
+                continue;
+            }
+            // bm25() is lower-is-better; flip it so every mode is higher-is-better.
+            hits.push(VectorHit {
+                id,
+                score: -rank,
+                metadata,
+            });
+            if hits.len() >= k {
+                break;
+            }
+        }
+        Ok(hits)
+    }
+
+    /// Forgets the in-memory vectors (reloaded on next use): after a failure
+    /// part way through a write, memory may disagree with storage.
+    fn forget_memory(&self) {
+        *self.mem.borrow_mut() = None;
+    }
+
+    fn write(&self, records: &[VectorRecord]) -> Result<(), PortError> {
+        for r in records {
+            let meta = serde_json::to_string(&r.metadata).map_err(failed)?;
+            let rid = match self.rid(&r.id)? {
+                Some(rid) => {
+                    sql::exec(
+                        &self.sql,
+                        "DELETE FROM chunk_fts WHERE rowid = ?",
+                        vec![int(rid)],
+                    )
+                    .map_err(storage)?;
+                    sql::exec(
+                        &self.sql,
+                        "UPDATE vectors SET embedding = ?, metadata = ? WHERE rid = ?",
+                        vec![to_blob(&r.values).into(), meta.into(), int(rid)],
+                    )
+                    .map_err(storage)?;
+                    rid
+                }
+                None => {
+                    sql::exec(
+                        &self.sql,
+                        "INSERT INTO vectors (id, embedding, metadata) VALUES (?, ?, ?)",
+                        vec![r.id.as_str().into(), to_blob(&r.values).into(), meta.into()],
+                    )
+                    .map_err(storage)?;
+                    self.rid(&r.id)?.ok_or_else(|| {
+                        failed(format!("vector {} vanished after its write", r.id))
+                    })?
+                }
+            };
+            sql::exec(
+                &self.sql,
+                "INSERT INTO chunk_fts (rowid, text) VALUES (?, ?)",
+                vec![int(rid), text_of(&r.metadata).into()],
+            )
+            .map_err(storage)?;
+            if let Some(mem) = self.mem.borrow_mut().as_mut() {
+                let len = mem.len() as u64;
+                mem.upsert(rid, &r.values).map_err(|e| mem_error(e, len))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn mem_error(e: MemIndexError, count: u64) -> PortError {
+    match e {
+        MemIndexError::Full { cap } => full(count, 1, cap as u64),
+        other => failed(other),
+    }
+}
+
+/// A SQL condition (and its bindings) that holds for rows whose `metadata`
+/// JSON has every key of `filter` with an equal value of the same kind
+/// (numbers compare across integer and float, as [`matches_filter`] does).
+/// Keys are bound as JSON paths, never spliced into the statement.
+pub fn filter_sql(filter: &Metadata) -> (String, Vec<SqlStorageValue>) {
+    let mut conditions = Vec::new();
+    let mut bindings = Vec::new();
+    for (key, value) in filter {
+        let path = format!("$.\"{}\"", key.replace('"', ""));
+        match value {
+            MetaValue::Bool(b) => {
+                conditions.push("json_type(metadata, ?) = ?");
+                bindings.push(path.into());
+                bindings.push(if *b { "true" } else { "false" }.into());
+            }
+            MetaValue::Str(s) => {
+                conditions
+                    .push("(json_type(metadata, ?) = 'text' AND json_extract(metadata, ?) = ?)");
+                bindings.push(path.clone().into());
+                bindings.push(path.into());
+                bindings.push(s.as_str().into());
+            }
+            MetaValue::Int(n) => {
+                conditions.push(
+                    "(json_type(metadata, ?) IN ('integer', 'real') AND json_extract(metadata, ?) = ?)",
+                );
+                bindings.push(path.clone().into());
+                bindings.push(path.into());
+                bindings.push(int(*n));
+            }
+            MetaValue::Float(f) => {
+                conditions.push(
+                    "(json_type(metadata, ?) IN ('integer', 'real') AND json_extract(metadata, ?) = ?)",
+                );
+                bindings.push(path.clone().into());
+                bindings.push(path.into());
+                bindings.push(SqlStorageValue::Float(*f));
+            }
+        }
+    }
+    if conditions.is_empty() {
+        ("1".to_owned(), bindings)
+    } else {
+        (conditions.join(" AND "), bindings)
+    }
+}
+
+/// Little-endian `f32`s as bytes.
+pub fn to_blob(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Bytes back to `f32`s (a trailing partial value is ignored).
+pub fn from_blob(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| match c {
+            [a, b, c, d] => f32::from_le_bytes([*a, *b, *c, *d]),
+            _ => 0.0,
+        })
+        .collect()
+}
+
+fn text_of(metadata: &Metadata) -> String {
+    match metadata.get("text") {
+        Some(MetaValue::Str(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+impl VectorIndex for SqlVectorIndex {
+    fn backend(&self) -> &'static str {
+        "embedded-sqlite"
+    }
+
+    fn supports(&self, _mode: SearchMode) -> bool {
+        true
+    }
+
+    async fn upsert(&self, records: &[VectorRecord]) -> Result<(), PortError> {
+        // Refuse before writing anything if the new ids would not fit.
+        let mut adding = 0u64;
+        for r in records {
+            if self.rid(&r.id)?.is_none() {
+                adding += 1;
+            }
+        }
+        let count = self.count()?;
+        if count.saturating_add(adding) > self.cap {
+            return Err(full(count, adding, self.cap));
+        }
+        self.write(records).inspect_err(|_| self.forget_memory())
+    }
+
+    async fn delete(&self, ids: &[String]) -> Result<(), PortError> {
+        for id in ids {
+            let Some(rid) = self.rid(id)? else {
+                continue;
+            };
+            sql::exec(
+                &self.sql,
+                "DELETE FROM chunk_fts WHERE rowid = ?",
+                vec![int(rid)],
+            )
+            .and_then(|()| {
+                sql::exec(
+                    &self.sql,
+                    "DELETE FROM vectors WHERE rid = ?",
+                    vec![int(rid)],
+                )
+            })
+            .map_err(|e| {
+                self.forget_memory();
+                storage(e)
+            })?;
+            if let Some(mem) = self.mem.borrow_mut().as_mut() {
+                mem.remove(rid);
+            }
+        }
+        Ok(())
+    }
+
+    async fn query(&self, q: VectorQuery<'_>) -> Result<Vec<VectorHit>, PortError> {
+        let need_vector = || {
+            q.vector.ok_or_else(|| {
+                PortError::Unsupported("this mode needs the query's embedding".into())
+            })
+        };
+        match q.mode {
+            SearchMode::Vector => self.vector_hits(need_vector()?, q.top_k, q.filter),
+            SearchMode::Keyword => self.keyword_hits(q.text, q.top_k, q.filter),
+            SearchMode::Hybrid => {
+                let n = CANDIDATES.max(q.top_k);
+                let by_vector = self.vector_hits(need_vector()?, n, q.filter)?;
+                let by_keyword = self.keyword_hits(q.text, n, q.filter)?;
+                let mut metadata: HashMap<String, Metadata> = HashMap::new();
+                let lists: Vec<Vec<String>> = [by_vector, by_keyword]
+                    .into_iter()
+                    .map(|hits| {
+                        hits.into_iter()
+                            .map(|h| {
+                                metadata.entry(h.id.clone()).or_insert(h.metadata);
+                                h.id
+                            })
+                            .collect()
+                    })
+                    .collect();
+                Ok(reciprocal_rank_fusion(&lists)
+                    .into_iter()
+                    .take(q.top_k)
+                    .filter_map(|(id, score)| {
+                        let metadata = metadata.remove(&id)?;
+                        Some(VectorHit {
+                            id,
+                            score,
+                            metadata,
+                        })
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_round_trip() {
+        let v = vec![0.0, -1.5, 3.25, f32::MIN_POSITIVE];
+        assert_eq!(from_blob(&to_blob(&v)), v);
+        assert_eq!(to_blob(&v).len(), 16);
+        assert_eq!(from_blob(&[0, 0, 128, 63, 1]), vec![1.0]);
+    }
+
+    #[test]
+    fn filters_become_bound_json_conditions() {
+        assert_eq!(filter_sql(&Metadata::new()), ("1".to_owned(), vec![]));
+        let filter = Metadata::from([
+            ("page".to_owned(), MetaValue::Int(3)),
+            ("draft".to_owned(), MetaValue::Bool(false)),
+            (
+                "source".to_owned(),
+                MetaValue::Str("a'; DROP TABLE vectors".into()),
+            ),
+        ]);
+        let (condition, bindings) = filter_sql(&filter);
+        assert!(!condition.contains("DROP"), "values are bound: {condition}");
+        assert_eq!(condition.matches(" = ?").count(), 3);
+        assert_eq!(condition.matches('?').count(), bindings.len());
+        assert_eq!(bindings.len(), 2 + 3 + 3);
+        assert_eq!(bindings[0], SqlStorageValue::String("$.\"draft\"".into()));
+        assert_eq!(bindings[1], SqlStorageValue::String("false".into()));
+        assert_eq!(bindings[4], SqlStorageValue::Integer(3));
+    }
+}
