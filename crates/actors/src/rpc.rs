@@ -187,3 +187,57 @@ macro_rules! reply_as {
     };
 }
 pub(crate) use reply_as;
+
+/// `worker`'s default Durable Object handlers panic, and a panic resets the
+/// Wasm instance and every request in flight in the isolate, other tenants'
+/// included. `refuse_connect!("name")`, inside an `impl DurableObject`,
+/// implements `connect` (a TCP socket from `Stub::connect`, which no caller
+/// of ours opens) as a refusal.
+macro_rules! refuse_connect {
+    ($actor:literal) => {
+        async fn connect(&self, mut socket: worker::Socket) -> worker::Result<()> {
+            let _ = socket.close().await;
+            Err(worker::Error::RustError(
+                concat!($actor, " takes no socket connections").into(),
+            ))
+        }
+    };
+}
+pub(crate) use refuse_connect;
+
+/// `no_websockets!("name")`, inside the `impl DurableObject` of an actor that
+/// never accepts WebSockets: the WebSocket handlers, which would otherwise
+/// panic if a socket ever reached the object, close it instead.
+macro_rules! no_websockets {
+    ($actor:literal) => {
+        async fn websocket_message(
+            &self,
+            ws: worker::WebSocket,
+            _message: worker::WebSocketIncomingMessage,
+        ) -> worker::Result<()> {
+            let _ = ws.close(Some(1011), Some(concat!($actor, " takes no WebSockets")));
+            Ok(())
+        }
+
+        async fn websocket_close(
+            &self,
+            _ws: worker::WebSocket,
+            _code: usize,
+            _reason: String,
+            _was_clean: bool,
+        ) -> worker::Result<()> {
+            Ok(())
+        }
+
+        async fn websocket_error(
+            &self,
+            _ws: worker::WebSocket,
+            _error: worker::Error,
+        ) -> worker::Result<()> {
+            Ok(())
+        }
+
+        $crate::rpc::refuse_connect!($actor);
+    };
+}
+pub(crate) use no_websockets;

@@ -19,12 +19,12 @@ use super::tools;
 use super::turn::Effect;
 use super::FRAMES_CONTENT_TYPE;
 use crate::generation::AnyGenerator;
-use crate::ingest::providers;
 use crate::ingest::IngestHandle;
 use crate::ports::{
     ChatMessage, Clock, GenerateRequest, GenerationEvent, Generator, Kv, Role, SystemClock,
     ToolCall,
 };
+use crate::providers;
 use crate::rpc;
 use futures::channel::mpsc;
 use protocol::chat::{
@@ -948,11 +948,5 @@ impl worker::DurableObject for ChatSession {
         Response::ok("done")
     }
 
-    /// Durable Objects here take no raw TCP connections; the default panics.
-    async fn connect(&self, mut socket: worker::Socket) -> Result<()> {
-        let _ = socket.close().await;
-        Err(worker::Error::RustError(
-            "chat sessions take no socket connections".into(),
-        ))
-    }
+    rpc::refuse_connect!("ChatSession");
 }

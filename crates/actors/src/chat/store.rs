@@ -3,11 +3,12 @@
 //! is made here: the cores decide, the shell calls these.
 
 use crate::ports::{ChatMessage, Role, ToolCall};
+use crate::sql::{self, int, FromRow, FromValue, SqlError};
 use protocol::chat::{
     ChatEvent, HistoryPage, StoredMessage, ToolCallRecord, TurnError, TurnFrame, TurnInfo,
     TurnStatus, Usage,
 };
-use protocol::{ErrorCode, ErrorReply, SessionId, TenantId};
+use protocol::{ErrorReply, SessionId, TenantId};
 use serde_json::Value;
 use worker::{SqlStorage, SqlStorageValue};
 
@@ -35,12 +36,6 @@ const COLUMNS: &str = "m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m
 /// Messages read back to build the model's context (then trimmed to the budget).
 pub const CONTEXT_ROWS: u32 = 200;
 
-fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
-}
-
-type Rows = Vec<Vec<SqlStorageValue>>;
-
 /// The latest turn and the range of stored event ids, for a resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventRange {
@@ -63,22 +58,8 @@ impl SessionStore {
         Self { sql }
     }
 
-    fn exec(&self, query: &str, bindings: Vec<SqlStorageValue>) -> Result<Rows, ErrorReply> {
-        let cursor = self.sql.exec(query, bindings).map_err(internal)?;
-        cursor
-            .raw()
-            .collect::<worker::Result<Vec<_>>>()
-            .map_err(internal)
-    }
-
-    /// The first column of the first row, as a number.
-    fn scalar(
-        &self,
-        query: &str,
-        bindings: Vec<SqlStorageValue>,
-    ) -> Result<Option<u64>, ErrorReply> {
-        let rows = self.exec(query, bindings)?;
-        Ok(int(rows.first().and_then(|r| r.first())))
+    fn exec(&self, query: &str, bindings: Vec<SqlStorageValue>) -> Result<(), ErrorReply> {
+        Ok(sql::exec(&self.sql, query, bindings)?)
     }
 
     /// Creates the tables if they do not exist.
@@ -91,14 +72,22 @@ impl SessionStore {
 
     /// The tenant and session the object was bound to, if it was.
     pub fn binding(&self) -> Result<Option<(TenantId, SessionId)>, ErrorReply> {
-        let rows = self.exec(
+        let row: Option<(String, String)> = sql::first(
+            &self.sql,
             "SELECT tenant, session FROM session_meta WHERE id = 1",
             vec![],
         )?;
-        let row = rows.first();
-        let tenant = text(row.and_then(|r| r.first())).and_then(|t| TenantId::parse(&t).ok());
-        let session = text(row.and_then(|r| r.get(1))).and_then(|s| SessionId::parse(&s).ok());
-        Ok(tenant.zip(session))
+        let Some((tenant, session)) = row else {
+            return Ok(None);
+        };
+        match (TenantId::parse(&tenant), SessionId::parse(&session)) {
+            (Ok(t), Ok(s)) => Ok(Some((t, s))),
+            _ => Err(SqlError::Shape {
+                query: "SELECT tenant, session FROM session_meta".into(),
+                message: "a stored tenant or session id is invalid".into(),
+            }
+            .into()),
+        }
     }
 
     /// Binds the object to `tenant` and `session` for good.
@@ -107,7 +96,6 @@ impl SessionStore {
             "INSERT INTO session_meta (id, tenant, session) VALUES (1, ?, ?)",
             vec![tenant.as_str().into(), session.as_str().into()],
         )
-        .map(|_| ())
     }
 
     /// Appends a message at `now_ms`; its sequence number.
@@ -124,36 +112,34 @@ impl SessionStore {
             Role::Tool => "tool",
         };
         let calls: Vec<ToolCallRecord> = m.tool_calls.iter().map(record).collect();
-        self.scalar(
+        let calls = serde_json::to_string(&calls)
+            .map_err(|e| ErrorReply::new(protocol::ErrorCode::Internal, e.to_string()))?;
+        Ok(sql::scalar(
+            &self.sql,
             "INSERT INTO messages (role, content, tool_calls, tool_call_id, name, usage, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
             vec![
                 role.into(),
                 m.content.as_str().into(),
-                serde_json::to_string(&calls).map_err(internal)?.into(),
+                calls.into(),
                 m.tool_call_id.clone().into(),
                 m.name.clone().into(),
                 usage.and_then(|u| serde_json::to_string(&u).ok()).into(),
-                sql_int(now_ms),
+                int(now_ms),
             ],
-        )?
-        .ok_or_else(|| internal("the message was not stored"))
+        )?)
     }
 
     /// Up to `limit` messages before sequence number `before`, oldest first.
     pub fn page(&self, before: Option<u64>, limit: u32) -> Result<HistoryPage, ErrorReply> {
-        let rows = self.exec(
+        let mut messages: Vec<StoredMessage> = sql::rows(
+            &self.sql,
             &format!(
                 "SELECT {COLUMNS} FROM messages m LEFT JOIN turns t ON t.user_seq = m.seq \
                  WHERE m.seq < ? ORDER BY m.seq DESC LIMIT ?"
             ),
-            vec![
-                sql_int(before.unwrap_or(u64::MAX)),
-                SqlStorageValue::Integer(i64::from(limit)),
-            ],
+            vec![int(before.unwrap_or(u64::MAX)), int(limit)],
         )?;
-        let mut messages: Vec<StoredMessage> =
-            rows.iter().filter_map(|r| stored_from_row(r)).collect();
         messages.reverse();
         let next_before = (messages.len() == limit as usize)
             .then(|| messages.first().map(|m| m.seq))
@@ -172,40 +158,45 @@ impl SessionStore {
 
     /// How many messages are stored.
     pub fn message_count(&self) -> Result<u64, ErrorReply> {
-        Ok(self
-            .scalar("SELECT COUNT(*) FROM messages", vec![])?
-            .unwrap_or(0))
+        Ok(sql::scalar(
+            &self.sql,
+            "SELECT COUNT(*) FROM messages",
+            vec![],
+        )?)
     }
 
     /// When the last message was stored.
     pub fn last_activity(&self) -> Option<u64> {
-        self.scalar("SELECT MAX(created_at) FROM messages", vec![])
+        sql::scalar::<Option<u64>>(&self.sql, "SELECT MAX(created_at) FROM messages", vec![])
             .ok()
             .flatten()
     }
 
     /// Records a running turn started by user message `user_seq`; its id.
     pub fn start_turn(&self, user_seq: u64, now_ms: u64) -> Result<u64, ErrorReply> {
-        self.scalar(
+        Ok(sql::scalar(
+            &self.sql,
             "INSERT INTO turns (user_seq, status, started_at) VALUES (?, 'running', ?) RETURNING id",
-            vec![sql_int(user_seq), sql_int(now_ms)],
-        )?
-        .ok_or_else(|| internal("the turn was not stored"))
+            vec![int(user_seq), int(now_ms)],
+        )?)
     }
 
     /// The turns recorded as running.
     pub fn running_turns(&self) -> Result<Vec<u64>, ErrorReply> {
-        let rows = self.exec("SELECT id FROM turns WHERE status = 'running'", vec![])?;
-        Ok(rows.iter().filter_map(|r| int(r.first())).collect())
+        let rows: Vec<(u64,)> = sql::rows(
+            &self.sql,
+            "SELECT id FROM turns WHERE status = 'running'",
+            vec![],
+        )?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// Records turn `id` as answered.
     pub fn turn_done(&self, id: u64, now_ms: u64) -> Result<(), ErrorReply> {
         self.exec(
             "UPDATE turns SET status = 'done', ended_at = ? WHERE id = ?",
-            vec![sql_int(now_ms), sql_int(id)],
+            vec![int(now_ms), int(id)],
         )
-        .map(|_| ())
     }
 
     /// Records turn `id` as failed, if it is still running; whether it was.
@@ -216,80 +207,92 @@ impl SessionStore {
         message: &str,
         now_ms: u64,
     ) -> Result<bool, ErrorReply> {
-        let rows = self.exec(
+        let rows: Vec<(u64,)> = sql::rows(
+            &self.sql,
             "UPDATE turns SET status = 'failed', error_code = ?, error_message = ?, ended_at = ? \
              WHERE id = ? AND status = 'running' RETURNING id",
-            vec![code.into(), message.into(), sql_int(now_ms), sql_int(id)],
+            vec![code.into(), message.into(), int(now_ms), int(id)],
         )?;
         Ok(!rows.is_empty())
     }
 
     /// The latest turn, as the history and the operator see it.
     pub fn latest_turn(&self) -> Result<Option<TurnInfo>, ErrorReply> {
-        let rows = self.exec(
+        let row: Option<(u64, String, Option<String>, Option<String>)> = sql::first(
+            &self.sql,
             "SELECT id, status, error_code, error_message FROM turns ORDER BY id DESC LIMIT 1",
             vec![],
         )?;
-        Ok(rows.first().and_then(|r| turn_info(int(r.first()), r, 1)))
+        Ok(row.map(|(id, status, code, message)| turn_info(id, &status, code, message)))
     }
 
     /// Stores an event of turn `turn`; its sequence id.
     pub fn append_event(&self, turn: u64, event: &ChatEvent) -> Result<u64, ErrorReply> {
-        let json = serde_json::to_string(event).map_err(internal)?;
-        self.scalar(
+        let json = serde_json::to_string(event)
+            .map_err(|e| ErrorReply::new(protocol::ErrorCode::Internal, e.to_string()))?;
+        Ok(sql::scalar(
+            &self.sql,
             "INSERT INTO turn_events (turn_id, event) VALUES (?, ?) RETURNING id",
-            vec![sql_int(turn), json.into()],
-        )?
-        .ok_or_else(|| internal("the event was not stored"))
+            vec![int(turn), json.into()],
+        )?)
     }
 
     /// Drops the events of turns up to `through`.
     pub fn drop_events(&self, through: u64) -> Result<(), ErrorReply> {
         self.exec(
             "DELETE FROM turn_events WHERE turn_id <= ?",
-            vec![sql_int(through)],
+            vec![int(through)],
         )
-        .map(|_| ())
     }
 
     /// The latest turn and the stored event ids.
     pub fn event_range(&self) -> Result<EventRange, ErrorReply> {
-        let rows = self.exec(
+        let latest_turn: Option<(u64, Option<u64>)> = sql::first(
+            &self.sql,
             "SELECT t.id, (SELECT MIN(e.id) FROM turn_events e WHERE e.turn_id = t.id) \
              FROM turns t ORDER BY t.id DESC LIMIT 1",
             vec![],
         )?;
-        let latest_turn = rows
-            .first()
-            .and_then(|r| Some((int(r.first())?, int(r.get(1)))));
-        let ids = self.exec("SELECT MIN(id), MAX(id) FROM turn_events", vec![])?;
-        let ids = ids.first();
+        let (oldest, newest): (Option<u64>, Option<u64>) = sql::first(
+            &self.sql,
+            "SELECT MIN(id), MAX(id) FROM turn_events",
+            vec![],
+        )?
+        .unwrap_or((None, None));
         Ok(EventRange {
             latest_turn,
-            oldest: int(ids.and_then(|r| r.first())),
-            newest: int(ids.and_then(|r| r.get(1))),
+            oldest,
+            newest,
         })
     }
 
     /// The stored events after `after`, in order.
     pub fn events_after(&self, after: u64) -> Result<Vec<TurnFrame>, ErrorReply> {
-        let rows = self.exec(
+        let rows: Vec<(u64, String)> = sql::rows(
+            &self.sql,
             "SELECT id, event FROM turn_events WHERE id > ? ORDER BY id",
-            vec![sql_int(after)],
+            vec![int(after)],
         )?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let id = int(r.first())?;
-                let event = serde_json::from_str(&text(r.get(1))?).ok()?;
-                Some(TurnFrame { id, event })
+        rows.into_iter()
+            .map(|(id, json)| {
+                let event = serde_json::from_str(&json).map_err(|e| {
+                    ErrorReply::from(SqlError::Shape {
+                        query: "SELECT id, event FROM turn_events".into(),
+                        message: format!("a stored event does not decode: {e}"),
+                    })
+                })?;
+                Ok(TurnFrame { id, event })
             })
-            .collect())
+            .collect()
     }
 
     /// The last event id stored.
     pub fn last_event_id(&self) -> Result<Option<u64>, ErrorReply> {
-        self.scalar("SELECT MAX(id) FROM turn_events", vec![])
+        Ok(sql::scalar(
+            &self.sql,
+            "SELECT MAX(id) FROM turn_events",
+            vec![],
+        )?)
     }
 
     /// Erases the conversation (messages, turns, events); the binding stays,
@@ -302,24 +305,6 @@ impl SessionStore {
     }
 }
 
-fn text(v: Option<&SqlStorageValue>) -> Option<String> {
-    match v {
-        Some(SqlStorageValue::String(s)) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn int(v: Option<&SqlStorageValue>) -> Option<u64> {
-    match v {
-        Some(SqlStorageValue::Integer(n)) => u64::try_from(*n).ok(),
-        _ => None,
-    }
-}
-
-fn sql_int(n: u64) -> SqlStorageValue {
-    SqlStorageValue::Integer(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
 fn parse_status(s: &str) -> TurnStatus {
     match s {
         "running" => TurnStatus::Running,
@@ -328,28 +313,49 @@ fn parse_status(s: &str) -> TurnStatus {
     }
 }
 
-fn turn_info(id: Option<u64>, row: &[SqlStorageValue], at: usize) -> Option<TurnInfo> {
-    let id = id?;
-    let status = parse_status(&text(row.get(at))?);
-    let error = match (text(row.get(at + 1)), text(row.get(at + 2))) {
+fn turn_info(id: u64, status: &str, code: Option<String>, message: Option<String>) -> TurnInfo {
+    let error = match (code, message) {
         (Some(code), Some(message)) => Some(TurnError { code, message }),
         _ => None,
     };
-    Some(TurnInfo { id, status, error })
+    TurnInfo {
+        id,
+        status: parse_status(status),
+        error,
+    }
 }
 
-fn stored_from_row(row: &[SqlStorageValue]) -> Option<StoredMessage> {
-    Some(StoredMessage {
-        seq: int(row.first())?,
-        role: text(row.get(1))?,
-        content: text(row.get(2))?,
-        tool_calls: serde_json::from_str(&text(row.get(3))?).unwrap_or_default(),
-        tool_call_id: text(row.get(4)),
-        name: text(row.get(5)),
-        usage: text(row.get(6)).and_then(|u| serde_json::from_str(&u).ok()),
-        created_at_ms: int(row.get(7)).unwrap_or(0),
-        turn: turn_info(int(row.get(8)), row, 9),
-    })
+fn column<T: FromValue>(row: &[SqlStorageValue], i: usize) -> Result<T, String> {
+    let value = row.get(i).ok_or_else(|| format!("missing column {i}"))?;
+    T::from_value(value).map_err(|e| format!("column {i}: {e}"))
+}
+
+/// A message row joined with the turn it started ([`COLUMNS`]).
+impl FromRow for StoredMessage {
+    fn from_row(row: &[SqlStorageValue]) -> Result<Self, String> {
+        let calls: String = column(row, 3)?;
+        let usage: Option<String> = column(row, 6)?;
+        let turn_id: Option<u64> = column(row, 8)?;
+        let status: Option<String> = column(row, 9)?;
+        Ok(StoredMessage {
+            seq: column(row, 0)?,
+            role: column(row, 1)?,
+            content: column(row, 2)?,
+            tool_calls: serde_json::from_str(&calls).map_err(|e| format!("tool_calls: {e}"))?,
+            tool_call_id: column(row, 4)?,
+            name: column(row, 5)?,
+            usage: usage
+                .map(|u| serde_json::from_str(&u).map_err(|e| format!("usage: {e}")))
+                .transpose()?,
+            created_at_ms: column(row, 7)?,
+            turn: match (turn_id, status) {
+                (Some(id), Some(status)) => {
+                    Some(turn_info(id, &status, column(row, 10)?, column(row, 11)?))
+                }
+                _ => None,
+            },
+        })
+    }
 }
 
 fn to_port(m: &StoredMessage) -> ChatMessage {

@@ -328,6 +328,8 @@ fn sql_int(version: u64) -> i64 {
 }
 
 impl worker::DurableObject for TenantCoordinator {
+    rpc::no_websockets!("TenantCoordinator");
+
     fn new(state: State, env: Env) -> Self {
         Self {
             state,

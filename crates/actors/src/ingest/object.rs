@@ -828,6 +828,8 @@ fn migrate_legacy(sql: &SqlStorage) -> Result<Option<TenantId>, ErrorReply> {
 }
 
 impl worker::DurableObject for IngestQueue {
+    rpc::no_websockets!("IngestQueue");
+
     fn new(state: State, env: Env) -> Self {
         Self {
             state,
