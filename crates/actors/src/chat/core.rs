@@ -216,6 +216,17 @@ impl SessionCore {
     }
 }
 
+/// Whether the alarm must be set for `next`, given the one this isolate set
+/// last (`pending`, if it has not fired yet). An earlier pending alarm is
+/// enough: when it fires it finds nothing due and sets the next one, so a
+/// busy session writes its alarm about once per turn timeout, not per turn.
+pub fn must_set_alarm(pending: Option<u64>, next: u64, now_ms: u64) -> bool {
+    match pending {
+        Some(at) => at > next || at < now_ms,
+        None => true,
+    }
+}
+
 /// What the session knows about its events, for a resuming client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventLog {
@@ -411,6 +422,24 @@ mod tests {
             "a socket is open"
         );
         assert!(core.expired(Some(100), idle, 0, &limits));
+    }
+
+    #[test]
+    fn the_alarm_is_written_only_when_an_earlier_one_is_not_pending() {
+        assert!(must_set_alarm(None, 100, 0), "nothing pending");
+        assert!(
+            !must_set_alarm(Some(50), 100, 0),
+            "an earlier one will fire"
+        );
+        assert!(!must_set_alarm(Some(100), 100, 0));
+        assert!(
+            must_set_alarm(Some(200), 100, 0),
+            "the pending one is too late"
+        );
+        assert!(
+            must_set_alarm(Some(50), 100, 60),
+            "the pending one has passed"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! whose isolate was reset. History is one SQLite row per message.
 
 use super::core::{
-    context, resume_plan, ChatLimits, EventLog, Refusal, ResumePlan, SessionCore,
+    context, must_set_alarm, resume_plan, ChatLimits, EventLog, Refusal, ResumePlan, SessionCore,
     CONTEXT_BUDGET_CHARS, SYSTEM_PROMPT,
 };
 use super::store::SessionStore;
@@ -35,7 +35,7 @@ use protocol::coordinator::DEFAULT_CHAT_MODEL;
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use worker::{
@@ -101,6 +101,8 @@ struct Inner {
     bound: RefCell<Option<(TenantId, SessionId)>>,
     /// Streams following a running turn.
     listeners: RefCell<Vec<Listener>>,
+    /// The alarm this isolate set last, until it fires.
+    alarm_at: Cell<Option<u64>>,
 }
 
 /// A conversation.
@@ -297,7 +299,8 @@ impl Inner {
         self.core.borrow_mut().feed(turn, f)
     }
 
-    /// Sets the alarm for the core's next deadline (turn timeout, idle expiry).
+    /// Sets the alarm for the core's next deadline (turn timeout, idle
+    /// expiry), unless an earlier one this isolate set is still pending.
     async fn rearm(&self) {
         let Ok(limits) = self.limits() else { return };
         let next = self
@@ -305,6 +308,10 @@ impl Inner {
             .borrow()
             .next_alarm(self.store.last_activity(), &limits);
         if let Some(at) = next {
+            if !must_set_alarm(self.alarm_at.get(), at, self.now()) {
+                return;
+            }
+            self.alarm_at.set(Some(at));
             let date = worker::js_sys::Date::new(&worker::wasm_bindgen::JsValue::from_f64(
                 at.max(self.now()) as f64,
             ));
@@ -314,6 +321,7 @@ impl Inner {
                 .set_alarm(ScheduledTime::new(date))
                 .await
             {
+                self.alarm_at.set(None);
                 worker::console_error!("chat: could not set the alarm: {e}");
             }
         }
@@ -763,6 +771,7 @@ impl worker::DurableObject for ChatSession {
                 core: RefCell::new(SessionCore::default()),
                 bound: RefCell::new(None),
                 listeners: RefCell::new(Vec::new()),
+                alarm_at: Cell::new(None),
             }),
         }
     }
@@ -907,6 +916,7 @@ impl worker::DurableObject for ChatSession {
     /// left running, and erases a session idle for `CHAT_IDLE_EXPIRY_DAYS`.
     async fn alarm(&self) -> Result<Response> {
         let inner = &self.inner;
+        inner.alarm_at.set(None);
         let binding = match inner.bound.borrow().clone() {
             Some(b) => Some(b),
             None => {
