@@ -234,6 +234,9 @@ pub struct EventLog {
     pub latest_turn: Option<(u64, u64, bool)>,
     /// The last event id stored.
     pub last_event_id: u64,
+    /// The last event id handed out (stored, or sent and lost with an
+    /// isolate); never below `last_event_id`.
+    pub issued: u64,
     /// The oldest event id still kept (older turns' events are pruned).
     pub oldest_kept: Option<u64>,
 }
@@ -267,10 +270,10 @@ pub fn resume_plan(after: Option<u64>, log: &EventLog) -> ResumePlan {
     };
     let after = match after {
         None => first.saturating_sub(1),
-        Some(a) if a > log.last_event_id => return ResumePlan::Unknown,
+        Some(a) if a > log.issued.max(log.last_event_id) => return ResumePlan::Unknown,
         Some(a) => a,
     };
-    if after == log.last_event_id && !running {
+    if after >= log.last_event_id && !running {
         return ResumePlan::UpToDate;
     }
     if log
@@ -447,6 +450,7 @@ mod tests {
         let log = |running| EventLog {
             latest_turn: Some((3, 10, running)),
             last_event_id: 14,
+            issued: 14,
             oldest_kept: Some(5),
         };
         assert_eq!(
@@ -483,9 +487,18 @@ mod tests {
         let empty = EventLog {
             latest_turn: None,
             last_event_id: 0,
+            issued: 0,
             oldest_kept: None,
         };
         assert_eq!(resume_plan(None, &empty), ResumePlan::NoTurn);
+        // Pieces sent but lost with an isolate: their ids were handed out, so
+        // a client that has them is up to date, not asking for nonsense.
+        let lost = EventLog {
+            issued: 20,
+            ..log(false)
+        };
+        assert_eq!(resume_plan(Some(18), &lost), ResumePlan::UpToDate);
+        assert_eq!(resume_plan(Some(21), &lost), ResumePlan::Unknown);
     }
 
     #[test]

@@ -103,7 +103,23 @@ struct Inner {
     listeners: RefCell<Vec<Listener>>,
     /// The alarm this isolate set last, until it fires.
     alarm_at: Cell<Option<u64>>,
+    /// Event ids and the events not stored yet.
+    events: RefCell<EventLogState>,
 }
+
+/// The next event id, the stored reservation, and the events sent but not
+/// stored yet (`(id, turn, JSON)`).
+#[derive(Default)]
+struct EventLogState {
+    next_id: u64,
+    reserved: u64,
+    pending: Vec<(u64, u64, String)>,
+}
+
+/// Event ids reserved in one write.
+const EVENT_ID_BLOCK: u64 = 256;
+/// `message` pieces stored together.
+const FLUSH_EVERY: usize = 32;
 
 /// A conversation.
 #[durable_object]
@@ -173,6 +189,12 @@ impl Inner {
             None => self.store.bind(tenant, session)?,
         }
         *self.bound.borrow_mut() = Some((tenant.clone(), session.clone()));
+        let issued = self.store.issued_event_id()?;
+        {
+            let mut log = self.events.borrow_mut();
+            log.next_id = issued + 1;
+            log.reserved = issued;
+        }
         self.recover()?;
         Ok(())
     }
@@ -193,20 +215,35 @@ impl Inner {
         Ok(())
     }
 
-    /// Stores `event` as the next event of turn `turn`, then sends it to the
-    /// turn's listeners and to every socket. Storing first is what makes a
-    /// replay exact: a listener registered after a replay read (with no await
-    /// in between) gets exactly the events after it.
+    /// Sends `event` as the next event of turn `turn` to the turn's
+    /// listeners and every socket, under the next sequence id.
+    ///
+    /// Events are stored in batches, not one write each: every event but a
+    /// `message` piece (tool calls, results, `done`, `error`) is stored before
+    /// it is sent, together with the pieces before it, and so is every 32nd
+    /// piece. Every read of the events (a resume, a new socket's position)
+    /// flushes first, so a replay in this isolate is exact. Ids are handed
+    /// out from memory against a stored reservation, so pieces lost with an
+    /// isolate never have their ids reused.
     fn emit(&self, turn: u64, event: &ChatEvent) {
-        let id = match self.store.append_event(turn, event) {
-            Ok(id) => id,
-            Err(_) => {
-                // Not stored, so not resumable; live listeners still hear it
-                // (id 0: a client resuming from it gets the whole turn again).
-                worker::console_error!("chat: an event of turn {turn} could not be stored");
-                0
+        let json = serde_json::to_string(event).unwrap_or_default();
+        let id = {
+            let mut log = self.events.borrow_mut();
+            let id = log.next_id;
+            log.next_id += 1;
+            if id > log.reserved {
+                log.reserved = id + EVENT_ID_BLOCK;
+                if let Err(e) = self.store.reserve_event_ids(log.reserved) {
+                    worker::console_error!("chat: event ids not reserved: {}", e.message);
+                }
             }
+            log.pending.push((id, turn, json.clone()));
+            id
         };
+        let piece = matches!(event, ChatEvent::Message { .. });
+        if !piece || self.events.borrow().pending.len() >= FLUSH_EVERY {
+            self.flush_events();
+        }
         let frame = TurnFrame {
             id,
             event: event.clone(),
@@ -224,10 +261,24 @@ impl Inner {
             }
             Err(e) => worker::console_error!("chat: an event could not be encoded: {e}"),
         }
-        if let Some(json) = socket_json(id, event) {
-            for socket in self.state.get_websockets() {
+        let sockets = self.state.get_websockets();
+        if !sockets.is_empty() {
+            let json = format!("{{\"id\":{id},{}", json.get(1..).unwrap_or("}"));
+            for socket in sockets {
                 let _ = socket.send_with_str(&json);
             }
+        }
+    }
+
+    /// Stores the events sent but not stored yet.
+    fn flush_events(&self) {
+        let pending = std::mem::take(&mut self.events.borrow_mut().pending);
+        if pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.append_events(&pending) {
+            // Not stored, so not resumable; the turn goes on.
+            worker::console_error!("chat: events not stored: {}", e.message);
         }
     }
 
@@ -529,6 +580,7 @@ impl Inner {
     }
 
     fn event_log(&self) -> std::result::Result<EventLog, ErrorReply> {
+        self.flush_events();
         let range = self.store.event_range()?;
         let running = self.core.borrow().running_turn();
         let last_event_id = range.newest.unwrap_or(0);
@@ -541,6 +593,7 @@ impl Inner {
                 (id, first, running == Some(id))
             }),
             last_event_id,
+            issued: self.events.borrow().next_id.saturating_sub(1),
             oldest_kept: range.oldest,
         })
     }
@@ -595,7 +648,10 @@ impl Inner {
             }
             .to_owned(),
             latest_turn,
-            last_event_id: self.store.last_event_id()?,
+            last_event_id: {
+                self.flush_events();
+                self.store.last_event_id()?
+            },
         })
     }
 
@@ -745,6 +801,7 @@ impl ChatSession {
         if let Err(e) = self.inner.bind(&tenant, &session) {
             return Ok(rpc::reply_response::<ChatResponse>(None, Err(e)));
         }
+        self.inner.flush_events();
         let joined_after = match self.inner.store.last_event_id() {
             Ok(last) => last.unwrap_or(0),
             Err(e) => return Ok(rpc::reply_response::<ChatResponse>(None, Err(e))),
@@ -772,6 +829,7 @@ impl worker::DurableObject for ChatSession {
                 bound: RefCell::new(None),
                 listeners: RefCell::new(Vec::new()),
                 alarm_at: Cell::new(None),
+                events: RefCell::new(EventLogState::default()),
             }),
         }
     }

@@ -5,8 +5,7 @@
 use crate::ports::{ChatMessage, Role, ToolCall};
 use crate::sql::{self, int, FromRow, FromValue, SqlError};
 use protocol::chat::{
-    ChatEvent, HistoryPage, StoredMessage, ToolCallRecord, TurnError, TurnFrame, TurnInfo,
-    TurnStatus, Usage,
+    HistoryPage, StoredMessage, ToolCallRecord, TurnError, TurnFrame, TurnInfo, TurnStatus, Usage,
 };
 use protocol::{ErrorReply, SessionId, TenantId};
 use serde_json::Value;
@@ -30,6 +29,9 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS turn_events (
         id INTEGER PRIMARY KEY AUTOINCREMENT, turn_id INTEGER NOT NULL, event TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS turn_events_by_turn ON turn_events (turn_id)",
+    // Event ids handed out ahead of storage: ids up to `reserved` may have
+    // reached clients, so a new isolate starts after it and never reuses one.
+    "CREATE TABLE IF NOT EXISTS event_ids (id INTEGER PRIMARY KEY CHECK (id = 1), reserved INTEGER NOT NULL)",
 ];
 const COLUMNS: &str = "m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.name, m.usage, \
     m.created_at, t.id, t.status, t.error_code, t.error_message";
@@ -226,15 +228,43 @@ impl SessionStore {
         Ok(row.map(|(id, status, code, message)| turn_info(id, &status, code, message)))
     }
 
-    /// Stores an event of turn `turn`; its sequence id.
-    pub fn append_event(&self, turn: u64, event: &ChatEvent) -> Result<u64, ErrorReply> {
-        let json = serde_json::to_string(event)
-            .map_err(|e| ErrorReply::new(protocol::ErrorCode::Internal, e.to_string()))?;
-        Ok(sql::scalar(
+    /// Stores events `(id, turn, event JSON)` with the ids they were sent under.
+    pub fn append_events(&self, events: &[(u64, u64, String)]) -> Result<(), ErrorReply> {
+        // At most 100 bound parameters a statement: 30 rows of 3.
+        for rows in events.chunks(30) {
+            let mut query =
+                String::from("INSERT OR REPLACE INTO turn_events (id, turn_id, event) VALUES ");
+            let mut bindings = Vec::with_capacity(rows.len() * 3);
+            for (i, (id, turn, json)) in rows.iter().enumerate() {
+                query.push_str(if i == 0 { "(?, ?, ?)" } else { ", (?, ?, ?)" });
+                bindings.push(int(*id));
+                bindings.push(int(*turn));
+                bindings.push(json.as_str().into());
+            }
+            self.exec(&query, bindings)?;
+        }
+        Ok(())
+    }
+
+    /// The highest event id handed out before (stored or reserved).
+    pub fn issued_event_id(&self) -> Result<u64, ErrorReply> {
+        let reserved: Option<u64> = sql::first::<(u64,)>(
             &self.sql,
-            "INSERT INTO turn_events (turn_id, event) VALUES (?, ?) RETURNING id",
-            vec![int(turn), json.into()],
-        )?)
+            "SELECT reserved FROM event_ids WHERE id = 1",
+            vec![],
+        )?
+        .map(|(r,)| r);
+        let stored = self.last_event_id()?;
+        Ok(reserved.unwrap_or(0).max(stored.unwrap_or(0)))
+    }
+
+    /// Reserves event ids up to `through`.
+    pub fn reserve_event_ids(&self, through: u64) -> Result<(), ErrorReply> {
+        self.exec(
+            "INSERT INTO event_ids (id, reserved) VALUES (1, ?) \
+             ON CONFLICT(id) DO UPDATE SET reserved = excluded.reserved",
+            vec![int(through)],
+        )
     }
 
     /// Drops the events of turns up to `through`.
