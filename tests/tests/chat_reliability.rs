@@ -247,7 +247,7 @@ fn a_turn_survives_its_client_and_resumes_exactly() {
         .iter()
         .map(|(id, d)| {
             let mut d = d.clone();
-            d["id"] = json!(id.parse::<u64>().unwrap());
+            d["eventId"] = json!(id.parse::<u64>().unwrap());
             d
         })
         .collect();
@@ -270,7 +270,9 @@ fn a_websocket_client_resumes_a_running_turn() {
     );
     let e1 = first.next_event();
     let e2 = first.next_event();
-    let seen_until = e2["id"].as_u64().expect("events carry an id");
+    let seen_until = e2["eventId"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("events carry an id: {e1} {e2}"));
     first.close(); // leaves mid-turn
     let mut second = Socket::connect(&url, &[("x-tenant-id", A)]).expect("reconnect");
     second.send(&json!({ "type": "resume", "after": seen_until }).to_string());
@@ -288,14 +290,14 @@ fn a_websocket_client_resumes_a_running_turn() {
             rest.push(e);
         }
     }
-    rest.sort_by_key(|e| e["id"].as_u64());
+    rest.sort_by_key(|e| e["eventId"].as_u64());
     assert_eq!(rest.last().unwrap()["type"], "done", "{rest:?}");
     // The second socket got the events from before it connected by replay
     // and the later ones live: together, every event once.
     let mut ids: Vec<u64> = [&e1, &e2]
         .into_iter()
         .chain(rest.iter())
-        .map(|e| e["id"].as_u64().unwrap())
+        .map(|e| e["eventId"].as_u64().unwrap())
         .collect();
     ids.sort_unstable();
     let start = ids[0];

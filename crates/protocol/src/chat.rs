@@ -7,7 +7,7 @@
 //! chunks of any size. The gateway turns each frame into one SSE event whose
 //! `id:` is the sequence id, so a client that lost the stream resumes after
 //! the last id it saw ([`ChatRequest::Resume`]); WebSocket clients get the
-//! same events as JSON text frames with an `id` field.
+//! same events as JSON text frames with an `eventId` field.
 
 use crate::error::ProtocolError;
 use crate::ids::SessionId;

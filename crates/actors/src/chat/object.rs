@@ -127,11 +127,12 @@ pub struct ChatSession {
     inner: Rc<Inner>,
 }
 
-/// An event as a WebSocket client gets it: the event's JSON with its `id`.
+/// An event as a WebSocket client gets it: the event's JSON with its
+/// sequence id as `eventId` (`id` is a tool call's own id).
 fn socket_json(id: u64, event: &ChatEvent) -> Option<String> {
     let mut value = serde_json::to_value(event).ok()?;
     if let Some(object) = value.as_object_mut() {
-        object.insert("id".into(), json!(id));
+        object.insert("eventId".into(), json!(id));
     }
     Some(value.to_string())
 }
@@ -263,7 +264,7 @@ impl Inner {
         }
         let sockets = self.state.get_websockets();
         if !sockets.is_empty() {
-            let json = format!("{{\"id\":{id},{}", json.get(1..).unwrap_or("}"));
+            let json = format!("{{\"eventId\":{id},{}", json.get(1..).unwrap_or("}"));
             for socket in sockets {
                 let _ = socket.send_with_str(&json);
             }
