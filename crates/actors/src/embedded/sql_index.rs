@@ -136,24 +136,61 @@ impl SqlVectorIndex {
             .collect())
     }
 
-    fn hit(&self, rid: i64, score: f64, filter: &Metadata) -> Result<Option<VectorHit>, PortError> {
-        let row = sql::first::<(String, String)>(
-            &self.sql,
-            "SELECT id, metadata FROM vectors WHERE rid = ?",
-            vec![int(rid)],
-        )
-        .map_err(storage)?;
-        let Some((id, meta)) = row else {
-            return Ok(None);
+    /// The hits for `(rid, score)` pairs, in their order, read in one
+    /// statement per 90 rows (not one per row: a hybrid query reads up to
+    /// 100 candidates), dropping rows gone meanwhile or outside `filter`.
+    fn hits(&self, scored: &[(i64, f64)], filter: &Metadata) -> Result<Vec<VectorHit>, PortError> {
+        let mut found: HashMap<i64, (String, String)> = HashMap::with_capacity(scored.len());
+        for batch in scored.chunks(90) {
+            let marks = vec!["?"; batch.len()].join(", ");
+            let rows = sql::rows::<(i64, String, String)>(
+                &self.sql,
+                &format!("SELECT rid, id, metadata FROM vectors WHERE rid IN ({marks})"),
+                batch.iter().map(|(rid, _)| int(*rid)).collect(),
+            )
+            .map_err(storage)?;
+            found.extend(rows.into_iter().map(|(rid, id, meta)| (rid, (id, meta))));
+        }
+        let mut hits = Vec::with_capacity(scored.len());
+        for (rid, score) in scored {
+            let Some((id, meta)) = found.remove(rid) else {
+                continue;
+            };
+            let metadata: Metadata = serde_json::from_str(&meta).map_err(failed)?;
+            // The SQL filter already chose; this is the exact rule, kept as
+            // the final word (numbers of either type, booleans).
+            if matches_filter(&metadata, filter) {
+                hits.push(VectorHit {
+                    id,
+                    score: *score,
+                    metadata,
+                });
+            }
+        }
+        Ok(hits)
+    }
+
+    /// The `k` nearest row ids with their cosine scores (no row read).
+    fn vector_candidates(
+        &self,
+        vector: &[f32],
+        k: usize,
+        filter: &Metadata,
+    ) -> Result<Vec<(i64, f64)>, PortError> {
+        self.ensure_loaded()?;
+        let allowed = if filter.is_empty() {
+            None
+        } else {
+            Some(self.filtered(filter)?)
         };
-        let metadata: Metadata = serde_json::from_str(&meta).map_err(failed)?;
-        // The SQL filter already chose; this is the exact rule, kept as the
-        // final word (numbers of either type, booleans).
-        Ok(matches_filter(&metadata, filter).then_some(VectorHit {
-            id,
-            score,
-            metadata,
-        }))
+        Ok(match self.mem.borrow().as_ref() {
+            Some(index) => index
+                .nearest(vector, k, allowed.as_ref())
+                .into_iter()
+                .map(|(rid, score)| (rid, f64::from(score)))
+                .collect(),
+            None => Vec::new(),
+        })
     }
 
     fn vector_hits(
@@ -162,23 +199,36 @@ impl SqlVectorIndex {
         k: usize,
         filter: &Metadata,
     ) -> Result<Vec<VectorHit>, PortError> {
-        self.ensure_loaded()?;
-        let allowed = if filter.is_empty() {
-            None
-        } else {
-            Some(self.filtered(filter)?)
+        let nearest = self.vector_candidates(vector, k, filter)?;
+        self.hits(&nearest, filter)
+    }
+
+    /// The best `k` row ids by BM25 (higher is better), within `filter`.
+    fn keyword_candidates(
+        &self,
+        text: &str,
+        k: usize,
+        filter: &Metadata,
+    ) -> Result<Vec<(i64, f64)>, PortError> {
+        let Some(expr) = fts_query(text) else {
+            return Ok(Vec::new());
         };
-        let nearest = match self.mem.borrow().as_ref() {
-            Some(index) => index.nearest(vector, k, allowed.as_ref()),
-            None => Vec::new(),
-        };
-        let mut hits = Vec::with_capacity(nearest.len());
-        for (rid, score) in nearest {
-            if let Some(hit) = self.hit(rid, f64::from(score), filter)? {
-                hits.push(hit);
-            }
-        }
-        Ok(hits)
+        let (condition, mut bindings) = filter_sql(filter);
+        let mut all = vec![SqlStorageValue::from(expr)];
+        all.append(&mut bindings);
+        all.push(int(k));
+        let rows = sql::rows::<(i64, f64)>(
+            &self.sql,
+            &format!(
+                "SELECT chunk_fts.rowid, bm25(chunk_fts) AS rank FROM chunk_fts \
+                 JOIN vectors ON vectors.rid = chunk_fts.rowid \
+                 WHERE chunk_fts MATCH ? AND {condition} ORDER BY rank LIMIT ?"
+            ),
+            all,
+        )
+        .map_err(storage)?;
+        // bm25() is lower-is-better; flip it so every mode is higher-is-better.
+        Ok(rows.into_iter().map(|(rid, rank)| (rid, -rank)).collect())
     }
 
     fn keyword_hits(
@@ -414,33 +464,21 @@ impl VectorIndex for SqlVectorIndex {
             SearchMode::Vector => self.vector_hits(need_vector()?, q.top_k, q.filter),
             SearchMode::Keyword => self.keyword_hits(q.text, q.top_k, q.filter),
             SearchMode::Hybrid => {
+                // Fuse on row ids; read (and parse) only the rows that are
+                // returned, not every candidate.
                 let n = CANDIDATES.max(q.top_k);
-                let by_vector = self.vector_hits(need_vector()?, n, q.filter)?;
-                let by_keyword = self.keyword_hits(q.text, n, q.filter)?;
-                let mut metadata: HashMap<String, Metadata> = HashMap::new();
+                let by_vector = self.vector_candidates(need_vector()?, n, q.filter)?;
+                let by_keyword = self.keyword_candidates(q.text, n, q.filter)?;
                 let lists: Vec<Vec<String>> = [by_vector, by_keyword]
-                    .into_iter()
-                    .map(|hits| {
-                        hits.into_iter()
-                            .map(|h| {
-                                metadata.entry(h.id.clone()).or_insert(h.metadata);
-                                h.id
-                            })
-                            .collect()
-                    })
+                    .iter()
+                    .map(|list| list.iter().map(|(rid, _)| rid.to_string()).collect())
                     .collect();
-                Ok(reciprocal_rank_fusion(&lists)
+                let fused: Vec<(i64, f64)> = reciprocal_rank_fusion(&lists)
                     .into_iter()
                     .take(q.top_k)
-                    .filter_map(|(id, score)| {
-                        let metadata = metadata.remove(&id)?;
-                        Some(VectorHit {
-                            id,
-                            score,
-                            metadata,
-                        })
-                    })
-                    .collect())
+                    .filter_map(|(rid, score)| Some((rid.parse().ok()?, score)))
+                    .collect();
+                self.hits(&fused, q.filter)
             }
         }
     }
