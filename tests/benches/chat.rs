@@ -42,6 +42,7 @@ fn sse_turn(server: &Server, session: &str, n: usize) -> (f64, f64, usize) {
     let started = Instant::now();
     let response = ureq::post(&server.url("/api/chat"))
         .set("x-tenant-id", TENANT)
+        .set("authorization", &server.bearer(TENANT))
         .set("content-type", "application/json")
         .timeout(Duration::from_secs(30))
         .send_string(&body.to_string())
@@ -127,8 +128,9 @@ fn main() {
     ));
 
     let ws_url = format!(
-        "{}/api/chat/ws?sessionId=ws-bench",
-        server.base().replace("http://", "ws://")
+        "{}/api/chat/ws?sessionId=ws-bench&key={}",
+        server.base().replace("http://", "ws://"),
+        server.key(TENANT)
     );
     let mut socket = Socket::connect(&ws_url, &[("x-tenant-id", TENANT)]).expect("connect");
     let (mut first, mut full, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
@@ -147,10 +149,11 @@ fn main() {
     ));
 
     let base = server.base().replace("http://", "ws://");
+    let key = server.key(TENANT);
     let started = Instant::now();
     let threads: Vec<_> = (0..SESSIONS)
         .map(|i| {
-            let url = format!("{base}/api/chat/ws?sessionId=concurrent-{i}");
+            let url = format!("{base}/api/chat/ws?sessionId=concurrent-{i}&key={key}");
             std::thread::spawn(move || {
                 let mut socket =
                     Socket::connect(&url, &[("x-tenant-id", TENANT)]).expect("connect");

@@ -173,15 +173,67 @@ fn index_chunks(server: &Server) -> u64 {
 fn search(server: &Server, query: &str, mode: &str, top_k: u32) -> (Value, f64) {
     let body = json!({ "query": query, "mode": mode, "topK": top_k }).to_string();
     let t = Instant::now();
+    let auth = server.bearer(TENANT);
     let r = send(
         "POST",
         &server.url("/api/search"),
-        &headers(None),
+        &headers(Some(&auth)),
         Some(body.as_bytes()),
     );
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(r.status, 200, "{}", r.body);
     (r.json(), ms)
+}
+
+/// The same cached search, anonymously (the tenant opened search to
+/// everyone) and with a key, alternating: the difference is what verifying a
+/// key adds through the gateway (its 1 s cache included, as in real traffic).
+fn key_cost_rows(server: &Server) -> Vec<String> {
+    let admin = format!("Bearer {}", e2e::ADMIN_TOKEN);
+    let r = send(
+        "PATCH",
+        &server.url("/admin/tenant"),
+        &[
+            ("x-tenant-id", TENANT),
+            ("authorization", &admin),
+            ("content-type", "application/json"),
+        ],
+        Some(br#"{"anonymous":{"search":true}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let key = server.bearer(TENANT);
+    let body = br#"{"query":"ownership and borrowing","topK":5}"#;
+    let timed = |auth: Option<&str>| {
+        let mut h = vec![
+            ("x-tenant-id", TENANT),
+            ("content-type", "application/json"),
+        ];
+        if let Some(a) = auth {
+            h.push(("authorization", a));
+        }
+        let t = Instant::now();
+        let r = send("POST", &server.url("/api/search"), &h, Some(body));
+        assert_eq!(r.status, 200, "{}", r.body);
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    timed(None);
+    timed(Some(&key));
+    let (mut anonymous, mut keyed) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        anonymous.push(timed(None));
+        keyed.push(timed(Some(&key)));
+    }
+    let mut rows = Vec::new();
+    for (label, mut v) in [("none (anonymous search)", anonymous), ("API key", keyed)] {
+        v.sort_by(f64::total_cmp);
+        rows.push(format!(
+            "| {label} | {} | {:.1} | {:.1} |",
+            v.len(),
+            percentile(&v, 50.0),
+            percentile(&v, 99.0)
+        ));
+    }
+    rows
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -343,6 +395,11 @@ fn main() {
     println!("\n### Search latency through HTTP (ms)\n");
     println!("| index | mode | queries | p50 | p99 |\n| --- | --- | --- | --- | --- |");
     for row in latency {
+        println!("{row}");
+    }
+    println!("\n### What a key costs: one cached search, 200 times each way (ms)\n");
+    println!("| credential | requests | p50 | p99 |\n| --- | --- | --- | --- |");
+    for row in key_cost_rows(&server) {
         println!("{row}");
     }
     println!(

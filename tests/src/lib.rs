@@ -97,6 +97,8 @@ pub struct Server {
     deployment: Deployment,
     /// Owned state folder of a server started by [`shared`].
     _owned_dir: Option<PersistDir>,
+    /// The keys made by [`Server::key`], per tenant.
+    keys: Mutex<Vec<(String, String)>>,
 }
 
 impl Server {
@@ -177,9 +179,60 @@ impl Server {
             log,
             deployment,
             _owned_dir: owned,
+            keys: Mutex::new(Vec::new()),
         };
         server.wait_ready();
         server
+    }
+
+    /// An API key of `tenant` with every scope (made once per server through
+    /// the operator's `POST /admin/keys`, as a tenant's operator would).
+    pub fn key(&self, tenant: &str) -> String {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, key)) = keys.iter().find(|(t, _)| t == tenant) {
+            return key.clone();
+        }
+        let key = self.create_key(tenant, &["search", "chat", "ingest", "admin"]);
+        keys.push((tenant.to_owned(), key.clone()));
+        key
+    }
+
+    /// The tenant a dedicated server serves (for a shared one, the first listed).
+    pub fn tenant(&self) -> &'static str {
+        self.deployment.probe_tenant()
+    }
+
+    /// Makes `key` the one [`Server::key`] returns for `tenant` (a key made
+    /// before a restart, which the restarted server still knows).
+    pub fn adopt_key(&self, tenant: &str, key: String) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.retain(|(t, _)| t != tenant);
+        keys.push((tenant.to_owned(), key));
+    }
+
+    /// `authorization: Bearer <key>` for [`Server::key`].
+    pub fn bearer(&self, tenant: &str) -> String {
+        format!("Bearer {}", self.key(tenant))
+    }
+
+    /// A new key of `tenant` with `scopes`.
+    pub fn create_key(&self, tenant: &str, scopes: &[&str]) -> String {
+        let body = serde_json::json!({ "name": "e2e", "scopes": scopes }).to_string();
+        let r = http::send(
+            "POST",
+            &self.url("/admin/keys"),
+            &[
+                ("x-tenant-id", tenant),
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("content-type", "application/json"),
+            ],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 201, "create a key for {tenant}: {}", r.body);
+        r.json()["key"]
+            .as_str()
+            .expect("the new key in the answer")
+            .to_owned()
     }
 
     fn wait_ready(&mut self) {
@@ -221,7 +274,12 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
-    /// The last lines the server logged.
+    /// The server's log file (wrangler dev and the Worker's console).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last lines of the server's log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -35,6 +35,7 @@ fn chat(server: &Server, tenant: &str, body: Value) -> Reply {
         &server.url("/api/chat"),
         &[
             ("x-tenant-id", tenant),
+            ("authorization", &server.bearer(tenant)),
             ("content-type", "application/json"),
         ],
         Some(body.to_string().as_bytes()),
@@ -44,7 +45,10 @@ fn chat(server: &Server, tenant: &str, body: Value) -> Reply {
 fn history(server: &Server, tenant: &str, session: &str, query: &str) -> Reply {
     get(
         &server.url(&format!("/api/sessions/{session}/history{query}")),
-        &[("x-tenant-id", tenant)],
+        &[
+            ("x-tenant-id", tenant),
+            ("authorization", &server.bearer(tenant)),
+        ],
     )
 }
 
@@ -239,8 +243,9 @@ fn websocket_conversation_reaches_every_socket() {
         json!([{ "id": "ws-doc", "text": "Pelicans scoop fish into the pouch under their bills." }]),
     );
     let url = format!(
-        "{}/api/chat/ws?sessionId=ws-1",
-        server.base().replace("http://", "ws://")
+        "{}/api/chat/ws?sessionId=ws-1&key={}",
+        server.base().replace("http://", "ws://"),
+        server.key(A)
     );
     let mut first = Socket::connect(&url, &[]).expect("connect the first socket");
     let mut second =
@@ -286,13 +291,21 @@ fn websocket_conversation_reaches_every_socket() {
 fn websocket_tenant_by_query_in_shared_mode() {
     let server = shared(Deployment::Shared);
     let ws = server.base().replace("http://", "ws://");
-    let mut s = Socket::connect(&format!("{ws}/api/chat/ws?sessionId=q-1&tenant={B}"), &[])
-        .expect("connect");
+    let key = server.key(B);
+    let mut s = Socket::connect(
+        &format!("{ws}/api/chat/ws?sessionId=q-1&tenant={B}&key={key}"),
+        &[],
+    )
+    .expect("connect");
     s.send(r#"{"type":"message","content":"anything there?"}"#);
     assert_eq!(s.events_until_end().last().unwrap()["type"], "done");
     s.close();
     for (query, what) in [
-        ("sessionId=q-1", "no tenant"),
+        ("sessionId=q-1", "no key"),
+        (
+            &*format!("sessionId=q-1&tenant={A}&key={key}"),
+            "another tenant's key",
+        ),
         ("sessionId=q-1&tenant=Bad:Tenant", "invalid tenant"),
         ("sessionId=q-1&tenant=unknown-tenant", "unregistered tenant"),
         ("sessionId=BAD&tenant=mrrainbowsmoke", "invalid session"),
@@ -304,14 +317,17 @@ fn websocket_tenant_by_query_in_shared_mode() {
     }
     // Header and query must agree when both are given.
     let err = Socket::connect(
-        &format!("{ws}/api/chat/ws?sessionId=q-1&tenant={A}"),
+        &format!(
+            "{ws}/api/chat/ws?sessionId=q-1&tenant={A}&key={}",
+            server.key(A)
+        ),
         &[("x-tenant-id", B)],
     );
     assert!(err.is_err());
     // Without an upgrade the route says so.
     let r = get(
         &server.url(&format!("/api/chat/ws?sessionId=q-1&tenant={A}")),
-        &[],
+        &[("authorization", &server.bearer(A))],
     );
     assert_eq!(
         (r.status, r.error_code().as_str()),
@@ -349,16 +365,13 @@ fn sessions_and_tenants_are_isolated() {
     assert_eq!(ha["messages"].as_array().unwrap().len(), 4);
     assert_eq!(hb["messages"].as_array().unwrap().len(), 4);
     assert!(!hb.to_string().contains("Marigold"));
-    // Another session of the same tenant starts empty.
-    assert_eq!(
-        history(&server, A, "other-session", "").json()["messages"],
-        json!([])
-    );
+    // A session that has had no turn does not exist.
+    assert_eq!(history(&server, A, "other-session", "").status, 404);
     // Erasing one session leaves the other tenant's alone.
     let r = send(
         "DELETE",
         &server.url("/api/sessions/same-session"),
-        &[("x-tenant-id", A)],
+        &[("x-tenant-id", A), ("authorization", &server.bearer(A))],
         None,
     );
     assert_eq!(r.json(), json!({ "ok": true, "messagesRemoved": 4 }));
@@ -381,11 +394,16 @@ fn concurrent_turns_never_interleave() {
     let handles: Vec<_> = (0..4)
         .map(|i| {
             let url = server.url("/api/chat");
+            let auth = server.bearer(A);
             std::thread::spawn(move || {
                 send(
                     "POST",
                     &url,
-                    &[("x-tenant-id", A), ("content-type", "application/json")],
+                    &[
+                        ("x-tenant-id", A),
+                        ("authorization", &auth),
+                        ("content-type", "application/json"),
+                    ],
                     Some(
                         json!({ "sessionId": "busy-1", "message": format!("question {i}") })
                             .to_string()
@@ -450,8 +468,10 @@ fn a_failing_model_ends_with_an_error_and_keeps_history_consistent() {
 fn history_survives_a_restart() {
     let dir = PersistDir::new("chat-restart");
     let before;
+    let key;
     {
         let server = Server::start(Deployment::Dedicated(A), &dir);
+        key = server.key(A);
         let r = chat(
             &server,
             A,
@@ -462,6 +482,7 @@ fn history_survives_a_restart() {
         assert_eq!(before["messages"].as_array().unwrap().len(), 4);
     }
     let server = Server::start(Deployment::Dedicated(A), &dir);
+    server.adopt_key(A, key);
     assert_eq!(history(&server, A, "durable-1", "").json(), before);
 }
 
@@ -536,6 +557,9 @@ fn bad_chat_input_is_refused() {
             "unsupported_media_type",
         ),
     ] {
+        let auth = server.bearer(A);
+        let mut headers = headers;
+        headers.push(("authorization", &auth));
         let r = send("POST", &url, &headers, Some(body.as_bytes()));
         assert_eq!(
             (r.status, r.error_code().as_str()),
@@ -544,12 +568,12 @@ fn bad_chat_input_is_refused() {
             r.body
         );
     }
-    let r = get(&url, &[]);
+    let r = get(&url, &[("authorization", &server.bearer(A))]);
     assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
     for query in ["?limit=0", "?limit=500", "?before=x"] {
         assert_eq!(history(&server, A, "s", query).status, 400, "{query}");
     }
     assert_eq!(history(&server, A, "Bad", "").status, 400);
-    // Nothing above created a message.
-    assert_eq!(history(&server, A, "s", "").json()["messages"], json!([]));
+    // Nothing above created a session.
+    assert_eq!(history(&server, A, "s", "").status, 404);
 }

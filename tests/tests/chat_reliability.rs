@@ -46,6 +46,7 @@ fn sse_turn(server: &Server, tenant: &str, session: &str, message: &str) -> Vec<
         &server.url("/api/chat"),
         &[
             ("x-tenant-id", tenant),
+            ("authorization", &server.bearer(tenant)),
             ("content-type", "application/json"),
         ],
         Some(chat_body(session, message).as_bytes()),
@@ -68,7 +69,10 @@ fn last_type(events: &[(String, Value)]) -> String {
 fn history(server: &Server, tenant: &str, session: &str) -> Value {
     let r = get(
         &server.url(&format!("/api/sessions/{session}/history")),
-        &[("x-tenant-id", tenant)],
+        &[
+            ("x-tenant-id", tenant),
+            ("authorization", &server.bearer(tenant)),
+        ],
     );
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()
@@ -90,7 +94,8 @@ fn sse_then_disconnect(
         .expect("timeout");
     let body = chat_body(session, message);
     let request = format!(
-        "POST /api/chat HTTP/1.1\r\nhost: {addr}\r\nx-tenant-id: {tenant}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /api/chat HTTP/1.1\r\nhost: {addr}\r\nx-tenant-id: {tenant}\r\nauthorization: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        server.bearer(tenant),
         body.len()
     );
     stream.write_all(request.as_bytes()).expect("write");
@@ -128,7 +133,8 @@ fn resume_sse(
     session: &str,
     last: Option<&str>,
 ) -> e2e::http::Reply {
-    let mut headers = vec![("x-tenant-id", tenant)];
+    let auth = server.bearer(tenant);
+    let mut headers = vec![("x-tenant-id", tenant), ("authorization", auth.as_str())];
     if let Some(last) = last {
         headers.push(("last-event-id", last));
     }
@@ -227,8 +233,9 @@ fn a_turn_survives_its_client_and_resumes_exactly() {
 
     // WebSocket: the same replay after an id, then `resumed`.
     let url = format!(
-        "{}/api/chat/ws?sessionId=resume-cut",
-        server.base().replace("http://", "ws://")
+        "{}/api/chat/ws?sessionId=resume-cut&key={}",
+        server.base().replace("http://", "ws://"),
+        server.key(B)
     );
     let mut socket = Socket::connect(&url, &[("x-tenant-id", B)]).expect("connect");
     let after: u64 = first[0].0.parse().unwrap();
@@ -260,8 +267,9 @@ fn a_websocket_client_resumes_a_running_turn() {
     let server = shared(Deployment::Dedicated(A));
     ingest(&server, A, docs());
     let url = format!(
-        "{}/api/chat/ws?sessionId=ws-resume",
-        server.base().replace("http://", "ws://")
+        "{}/api/chat/ws?sessionId=ws-resume&key={}",
+        server.base().replace("http://", "ws://"),
+        server.key(A)
     );
     let mut first = Socket::connect(&url, &[("x-tenant-id", A)]).expect("connect");
     first.send(
@@ -312,12 +320,14 @@ fn a_websocket_client_resumes_a_running_turn() {
 /// Upgrades a raw TCP connection to a WebSocket on the chat route.
 fn raw_socket(server: &Server, tenant: &str, session: &str) -> TcpStream {
     let addr = server.base().trim_start_matches("http://").to_owned();
+    // A customer of tenant A with a valid key: the threat is any client.
+    let key = server.key(tenant);
     let mut stream = TcpStream::connect(&addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let request = format!(
-        "GET /api/chat/ws?sessionId={session}&tenant={tenant} HTTP/1.1\r\nhost: {addr}\r\n\
+        "GET /api/chat/ws?sessionId={session}&tenant={tenant}&key={key} HTTP/1.1\r\nhost: {addr}\r\n\
          upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          sec-websocket-version: 13\r\n\r\n"
     );
@@ -367,8 +377,9 @@ fn websocket_protocol_errors_do_not_break_other_tenants_turns() {
             .collect::<Vec<_>>()
     });
     let ws_url = format!(
-        "{}/api/chat/ws?sessionId=victim-ws&tenant={B}",
-        server.base().replace("http://", "ws://")
+        "{}/api/chat/ws?sessionId=victim-ws&tenant={B}&key={}",
+        server.base().replace("http://", "ws://"),
+        server.key(B)
     );
     let ws = std::thread::spawn(move || {
         let mut socket = Socket::connect(&ws_url, &[]).expect("connect");
@@ -422,8 +433,10 @@ fn websocket_protocol_errors_do_not_break_other_tenants_turns() {
 fn a_turn_interrupted_by_a_restart_is_marked_failed() {
     let dir = PersistDir::new("chat-interrupted");
     let tool_round;
+    let key;
     {
         let server = Server::start(Deployment::Dedicated(A), &dir);
+        key = server.key(A);
         ingest(&server, A, docs());
         // The model hangs after the first piece of its answer; the server
         // stops in the middle of the turn.
@@ -443,6 +456,8 @@ fn a_turn_interrupted_by_a_restart_is_marked_failed() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let server = Server::start(Deployment::Dedicated(A), &dir);
+    // The session is its key's: the same key after the restart.
+    server.adopt_key(A, key);
     let h = history(&server, A, "interrupted-1");
     let messages = h["messages"].as_array().unwrap();
     let roles: Vec<&str> = messages

@@ -206,11 +206,14 @@ fn admin_requires_the_admin_token() {
         ("bare token", vec![("authorization", ADMIN_TOKEN)]),
     ] {
         let r = get(&url, &headers);
-        assert_eq!(
-            (r.status, r.error_code().as_str()),
-            (401, "unauthorized"),
-            "{what}"
-        );
+        // No credential at all is `missing_key`; anything else that is not a
+        // valid token or key is `invalid_key`, whatever was wrong with it.
+        let code = if what == "none" {
+            "missing_key"
+        } else {
+            "invalid_key"
+        };
+        assert_eq!((r.status, r.error_code().as_str()), (401, code), "{what}");
     }
     let r = get(&url, &[("authorization", BEARER)]);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -302,7 +305,7 @@ fn settings_patch_validation() {
             vec![json_ct],
             br#"{"displayName":"X"}"#.to_vec(),
             401,
-            "unauthorized",
+            "missing_key",
         ),
     ];
     assert_refusals("PATCH", &url, cases);
@@ -395,7 +398,10 @@ fn config_through_kv(server: &Server, session: &str, name: &str) -> Option<Strin
     let r = send(
         "POST",
         &server.url("/api/chat"),
-        &[("content-type", "application/json")],
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &server.bearer(server.tenant())),
+        ],
         Some(
             json!({ "sessionId": session, "message": format!("what is config:{name} ?") })
                 .to_string()

@@ -1,8 +1,10 @@
-//! The operators' JSON: the settings patch body and the shapes of admin replies.
+//! The operators' JSON: the settings patch body, the API key bodies, and the
+//! shapes of admin replies.
 
 use crate::errors::ApiError;
-use protocol::coordinator::{DefaultModelsPatch, SettingsPatch};
-use serde::Deserialize;
+use protocol::coordinator::{AnonymousPatch, DefaultModelsPatch, SettingsPatch};
+use protocol::keys::{self, CreateKey, KeyError, KeyLimits, KeyRecord, NewKey, RotateKey, Scope};
+use serde::{Deserialize, Serialize};
 
 /// The body of `PATCH /admin/tenant`. Unknown fields are refused so that a
 /// typo is a 400, not a silent no-op.
@@ -11,6 +13,15 @@ use serde::Deserialize;
 pub struct SettingsPatchBody {
     display_name: Option<String>,
     default_models: Option<DefaultModelsBody>,
+    anonymous: Option<AnonymousBody>,
+}
+
+/// `"anonymous": {"search"?: bool, "chat"?: bool}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnonymousBody {
+    search: Option<bool>,
+    chat: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,6 +40,10 @@ impl SettingsPatchBody {
                 chat: m.chat,
                 embedding: m.embedding,
             }),
+            anonymous: self.anonymous.map(|a| AnonymousPatch {
+                search: a.search,
+                chat: a.chat,
+            }),
         };
         patch
             .validate()
@@ -37,9 +52,223 @@ impl SettingsPatchBody {
     }
 }
 
+/// The body of `POST /admin/keys`:
+/// `{"name","scopes","models"?,"expiresAtMs"?,"limits"?}` (`expiresAt` is
+/// accepted for `expiresAtMs`). Unknown fields are refused.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateKeyBody {
+    name: String,
+    scopes: Vec<Scope>,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default, alias = "expiresAt")]
+    expires_at_ms: Option<u64>,
+    #[serde(default)]
+    limits: LimitsBody,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+    concurrency: Option<u32>,
+}
+
+impl CreateKeyBody {
+    /// The validated protocol request, checked against `now_ms` (the expiry
+    /// must be in the future).
+    pub fn into_create(self, now_ms: u64) -> Result<CreateKey, ApiError> {
+        let create = CreateKey {
+            name: self.name,
+            scopes: self.scopes,
+            models: self.models,
+            expires_at_ms: self.expires_at_ms,
+            limits: KeyLimits {
+                rpm: self.limits.rpm,
+                tpm: self.limits.tpm,
+                concurrency: self.limits.concurrency,
+            },
+        };
+        create.validate(now_ms).map_err(invalid_key_request)?;
+        Ok(create)
+    }
+}
+
+/// The body of `POST /admin/keys/<id>/rotate`, itself optional:
+/// `{"graceSeconds"?:n}` (default 0: the old secret stops at once).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotateKeyBody {
+    #[serde(default)]
+    grace_seconds: u64,
+}
+
+impl RotateKeyBody {
+    /// The validated protocol request for key `id`.
+    pub fn into_rotate(self, id: String) -> Result<RotateKey, ApiError> {
+        let rotate = RotateKey {
+            id,
+            grace_seconds: self.grace_seconds,
+        };
+        rotate.validate().map_err(|e| match e {
+            KeyError::Id => invalid_key_id(),
+            other => invalid_key_request(other),
+        })?;
+        Ok(rotate)
+    }
+}
+
+/// Checks a key id from a path (400 `invalid_key_id`).
+pub fn check_key_id(id: &str) -> Result<(), ApiError> {
+    if keys::valid_key_id(id) {
+        Ok(())
+    } else {
+        Err(invalid_key_id())
+    }
+}
+
+fn invalid_key_id() -> ApiError {
+    ApiError::bad_request("invalid_key_id", KeyError::Id.to_string())
+}
+
+fn invalid_key_request(e: KeyError) -> ApiError {
+    ApiError::bad_request("invalid_key_request", e.to_string())
+}
+
+/// The answer to a create or a rotation: the record's fields plus `key`,
+/// the only answers that ever carry the secret.
+#[derive(Debug, Serialize)]
+pub struct NewKeyReply<'a> {
+    /// The full key, shown once.
+    pub key: &'a str,
+    /// Its record.
+    #[serde(flatten)]
+    pub record: &'a KeyRecord,
+}
+
+impl<'a> From<&'a NewKey> for NewKeyReply<'a> {
+    fn from(new: &'a NewKey) -> Self {
+        Self {
+            key: &new.key,
+            record: &new.record,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn create(body: &str) -> Result<CreateKey, ApiError> {
+        serde_json::from_str::<CreateKeyBody>(body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+            .into_create(1_000)
+    }
+
+    #[test]
+    fn create_bodies() {
+        let c = create(r#"{"name":"ci","scopes":["search","chat"]}"#).unwrap();
+        assert_eq!(c.scopes, vec![Scope::Search, Scope::Chat]);
+        assert!(c.models.is_empty() && c.expires_at_ms.is_none());
+        let c = create(
+            r#"{"name":"ci","scopes":["admin"],"models":["@cf/x/y"],"expiresAt":2000,"limits":{"rpm":60,"tpm":1000,"concurrency":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.expires_at_ms, c.limits.rpm, c.limits.concurrency),
+            (Some(2000), Some(60), Some(2))
+        );
+        let c = create(r#"{"name":"ci","scopes":["ingest"],"expiresAtMs":3000}"#).unwrap();
+        assert_eq!(c.expires_at_ms, Some(3000));
+        for (bad, code) in [
+            (r#"{"name":"","scopes":["search"]}"#, "invalid_key_request"),
+            (r#"{"name":"ci","scopes":[]}"#, "invalid_key_request"),
+            (
+                r#"{"name":"ci","scopes":["chat","chat"]}"#,
+                "invalid_key_request",
+            ),
+            (
+                r#"{"name":"ci","scopes":["chat"],"models":["a b"]}"#,
+                "invalid_key_request",
+            ),
+            (
+                r#"{"name":"ci","scopes":["chat"],"expiresAt":999}"#,
+                "invalid_key_request",
+            ),
+            (
+                r#"{"name":"ci","scopes":["chat"],"limits":{"rpm":0}}"#,
+                "invalid_key_request",
+            ),
+            (r#"{"name":"ci","scopes":["root"]}"#, "invalid_json"),
+            (r#"{"name":"ci","scopes":["chat"],"x":1}"#, "invalid_json"),
+            (
+                r#"{"name":"ci","scopes":["chat"],"limits":{"rps":1}}"#,
+                "invalid_json",
+            ),
+            (r#"{"scopes":["chat"]}"#, "invalid_json"),
+        ] {
+            let e = create(bad).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, code), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rotate_bodies_and_ids() {
+        let id = "0123456789ab".to_owned();
+        assert_eq!(
+            RotateKeyBody::default().into_rotate(id.clone()).unwrap(),
+            RotateKey {
+                id: id.clone(),
+                grace_seconds: 0
+            }
+        );
+        let body: RotateKeyBody = serde_json::from_str(r#"{"graceSeconds":60}"#).unwrap();
+        assert_eq!(body.into_rotate(id.clone()).unwrap().grace_seconds, 60);
+        let body: RotateKeyBody = serde_json::from_str(r#"{"graceSeconds":86401}"#).unwrap();
+        assert_eq!(
+            body.into_rotate(id).unwrap_err().code(),
+            "invalid_key_request"
+        );
+        assert!(serde_json::from_str::<RotateKeyBody>(r#"{"grace":1}"#).is_err());
+        assert!(check_key_id("0123456789ab").is_ok());
+        for bad in ["", "0123456789AB", "0123456789a", "0123456789abc", "../x"] {
+            let e = check_key_id(bad).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "invalid_key_id"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn new_keys_answer_the_record_and_the_key() {
+        let record = KeyRecord {
+            id: "0123456789ab".into(),
+            name: "ci".into(),
+            scopes: vec![Scope::Chat],
+            models: vec![],
+            expires_at_ms: None,
+            created_at_ms: 7,
+            last_used_at_ms: None,
+            revoked_at_ms: None,
+            rotated_at_ms: None,
+            previous_valid_until_ms: None,
+            limits: KeyLimits::default(),
+        };
+        let new = NewKey {
+            key: "tp_acme_0123456789ab_s".into(),
+            record,
+        };
+        assert_eq!(
+            serde_json::to_value(NewKeyReply::from(&new)).unwrap(),
+            json!({
+                "key": "tp_acme_0123456789ab_s", "id": "0123456789ab", "name": "ci",
+                "scopes": ["chat"], "models": [], "expiresAtMs": null, "createdAtMs": 7,
+                "lastUsedAtMs": null, "revokedAtMs": null, "rotatedAtMs": null,
+                "previousValidUntilMs": null, "limits": {}
+            })
+        );
+    }
 
     fn parse(json: &str) -> Result<SettingsPatch, ApiError> {
         serde_json::from_str::<SettingsPatchBody>(json)

@@ -2,7 +2,7 @@
 //! rules before anything is forwarded, and the shapes of the answers.
 
 use crate::errors::ApiError;
-use protocol::chat::{Turn, MAX_HISTORY_PAGE};
+use protocol::chat::{Access, Turn, MAX_HISTORY_PAGE};
 use protocol::ingest::{
     Document, Enqueue, IngestError, JobAccepted, JobStatus, Metadata, Search, SearchMode,
     DEFAULT_TOP_K,
@@ -93,6 +93,8 @@ impl ChatBody {
     pub fn into_turn(self) -> Result<Turn, ApiError> {
         let turn = Turn {
             session_id: session_id(&self.session_id)?,
+            // The caller's identity is the gateway's finding, set by the handler.
+            access: Access::default(),
             message: self.message,
             model: self.model,
             max_tokens: self.max_tokens,

@@ -1,21 +1,28 @@
-//! The request pipeline: request id, tenant, route, credentials, then the
-//! handler, which forwards tenant-scoped work to the actors' typed handles.
+//! The request pipeline: request id, route, credentials and tenant (decided
+//! together: a key names its tenant), then the handler, which forwards
+//! tenant-scoped work to the actors' typed handles. Who called ([`Caller`])
+//! is available to every handler.
 
-use crate::admin::SettingsPatchBody;
+use crate::admin::{self, CreateKeyBody, NewKeyReply, RotateKeyBody, SettingsPatchBody};
 use crate::api::{self, FaultsBody, IngestBody, SearchBody};
+use crate::auth::{Caller, Decision, Identity, KeyGrant};
 use crate::errors::ApiError;
+use crate::isolate_cache::TtlCache;
 use crate::request_id::REQUEST_ID_HEADER;
-use crate::routing::{Credential, Route};
+use crate::routing::Route;
 use crate::sse;
 use crate::tenant::{TenantMode, TENANT_HEADER};
 use crate::{auth, body, routing};
 use actors::chat::{Resumed, TurnStream};
 use actors::{ChatHandle, CoordinatorHandle, IngestHandle};
 use futures::StreamExt;
-use protocol::chat::ChatEvent;
+use protocol::chat::{Access, ChatEvent};
+use protocol::coordinator::AnonymousAccess;
+use protocol::keys::{Scope, VerifyKey};
 use protocol::{ActorKind, RequestId, TenantId};
 use serde::Serialize;
 use serde_json::json;
+use std::cell::RefCell;
 use worker::{Env, Headers, Request, Response};
 
 /// What a handler answers.
@@ -58,12 +65,11 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
         var(env, "TENANT_ID").as_deref(),
         var(env, "TENANTS").as_deref(),
     )?;
+    let route = routing::route(req.method().as_ref(), &req.path())?;
     // Browsers cannot set headers on a WebSocket or EventSource request:
-    // there, and only there, the tenant may come as `?tenant=` instead,
-    // validated the same way.
-    let path = req.path();
-    let browser_stream =
-        path == "/api/chat/ws" || (path.starts_with("/api/chat/") && path.ends_with("/stream"));
+    // there, and only there, the tenant may come as `?tenant=` and the key as
+    // `?key=` instead, validated the same way.
+    let browser_stream = route.is_browser_stream();
     let claimed = match (header(&req, TENANT_HEADER), query(&req, "tenant")) {
         (Some(h), Some(q)) if browser_stream && h != q => {
             return Err(ApiError::bad_request(
@@ -74,27 +80,43 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
         (None, Some(q)) if browser_stream => Some(q),
         (h, _) => h,
     };
-    let tenant = mode.resolve(claimed.as_deref())?;
-    let route = routing::route(req.method().as_ref(), &req.path())?;
-    let secret = match route.credential() {
-        Credential::Public => None,
-        Credential::Admin => Some("ADMIN_TOKEN"),
-        Credential::Ingest => Some("INGEST_TOKEN"),
-    };
-    if let Some(secret) = secret {
-        auth::check_bearer(
-            header(&req, "authorization").as_deref(),
-            var(env, secret).as_deref(),
-            secret,
-        )?;
-    }
+    let authorization = header(&req, "authorization");
+    let query_key = browser_stream.then(|| query(&req, "key")).flatten();
+    let (admin_token, ingest_token) = (var(env, "ADMIN_TOKEN"), var(env, "INGEST_TOKEN"));
+    let decision = auth::decide(
+        route.access(),
+        &auth::Presented {
+            authorization: authorization.as_deref(),
+            query_key: query_key.as_deref(),
+            claimed_tenant: claimed.as_deref(),
+        },
+        &mode,
+        &auth::Tokens {
+            admin: admin_token.as_deref(),
+            ingest: ingest_token.as_deref(),
+        },
+    )?;
+    let (tenant, identity) = admit(decision, env, request_id).await?;
+    // Checked after the credential, so an unauthenticated caller learns
+    // nothing but 401.
+    let user = auth::user(header(&req, auth::USER_HEADER).as_deref())?;
+    let caller = Caller { identity, user };
     let json_route = match route {
         Route::Chat => {
             let turn = read_json::<api::ChatBody>(&mut req, api::MAX_CHAT_BODY_BYTES)
                 .await?
                 .into_turn()?;
+            if let Some(model) = turn.model.as_deref() {
+                let default_chat = if auth::model_check_needs_default(&caller.identity) {
+                    tenant_policy(env, &tenant, request_id).await?.default_chat
+                } else {
+                    String::new()
+                };
+                auth::check_model(&caller.identity, model, &default_chat)?;
+            }
             let session = turn.session_id.clone();
             let frames = ChatHandle::new(env, &tenant, &session)?
+                .with_access(access(&caller))
                 .turn(request_id, turn)
                 .await?;
             return event_stream(frames, request_id).map(Reply::Raw);
@@ -106,6 +128,7 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
                 query(&req, "after").as_deref(),
             )?;
             let resumed = ChatHandle::new(env, &tenant, &session)?
+                .with_access(access(&caller))
                 .resume(request_id, after)
                 .await?;
             return match resumed {
@@ -129,21 +152,147 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
                 return Err(ApiError::UpgradeRequired);
             }
             let session = api::session_id(&query(&req, "sessionId").unwrap_or_default())?;
-            let response = ChatHandle::new(env, &tenant, &session)?.connect().await?;
+            let response = ChatHandle::new(env, &tenant, &session)?
+                .with_access(access(&caller))
+                .connect()
+                .await?;
             return Ok(Reply::Raw(response));
         }
         other => other,
     };
-    json_reply(json_route, req, env, &tenant, request_id)
+    json_reply(json_route, req, env, &tenant, &caller, request_id)
         .await
         .map(Reply::from)
 }
 
+/// Finishes a credential decision with the lookup it asks for: a key's
+/// verification, or the tenant's anonymous setting (both cached, 1 s).
+async fn admit(
+    decision: Decision,
+    env: &Env,
+    request_id: &RequestId,
+) -> Result<(TenantId, Identity), ApiError> {
+    match decision {
+        Decision::Admitted { tenant, identity } => Ok((tenant, identity)),
+        Decision::Verify {
+            tenant,
+            verify,
+            access,
+        } => {
+            let grant = verified(env, &tenant, verify, request_id).await?;
+            let identity = auth::admit_key(grant.as_ref(), access, now_ms())?;
+            Ok((tenant, identity))
+        }
+        Decision::Anonymous { tenant, scope } => {
+            let policy = tenant_policy(env, &tenant, request_id).await?;
+            let identity = auth::admit_anonymous(policy.anonymous, scope)?;
+            Ok((tenant, identity))
+        }
+    }
+}
+
+/// How many verifications (and tenant policies) one isolate remembers. An
+/// entry is a key id, a hash and a grant (scopes, at most 32 model names): a
+/// few KiB at worst, so the bound keeps the cache far below the 128 MB an
+/// isolate has, even under a flood of made-up keys.
+const CACHE_ENTRIES: usize = 10_000;
+/// How old a cached answer may be: a revocation, a rotation or a settings
+/// change is seen by every isolate within this time.
+const CACHE_MAX_AGE_MS: u64 = 1_000;
+
+/// A verification's cache key: tenant, key id, SHA-256 of the secret (so a
+/// wrong secret never hits a right one's entry).
+type VerificationKey = (TenantId, String, String);
+
+/// What the gateway needs of a tenant's settings.
+#[derive(Debug, Clone)]
+struct TenantPolicy {
+    anonymous: AnonymousAccess,
+    default_chat: String,
+}
+
+thread_local! {
+    // Workers run one request at a time per thread, and no borrow of these is
+    // ever held across an `.await`.
+    static VERIFICATIONS: RefCell<TtlCache<VerificationKey, Option<KeyGrant>>> =
+        RefCell::new(TtlCache::new(CACHE_ENTRIES, CACHE_MAX_AGE_MS));
+    static POLICIES: RefCell<TtlCache<TenantId, TenantPolicy>> =
+        RefCell::new(TtlCache::new(CACHE_ENTRIES, CACHE_MAX_AGE_MS));
+}
+
+/// A key's verification, from the isolate's cache when at most 1 s old, else
+/// from the tenant's coordinator. Invalid answers are cached too, so a burst
+/// of one wrong key costs the coordinator one check a second.
+async fn verified(
+    env: &Env,
+    tenant: &TenantId,
+    verify: VerifyKey,
+    request_id: &RequestId,
+) -> Result<Option<KeyGrant>, ApiError> {
+    let key: VerificationKey = (
+        tenant.clone(),
+        verify.id.clone(),
+        verify.secret_sha256.clone(),
+    );
+    let now = now_ms();
+    if let Some(hit) = VERIFICATIONS.with(|c| c.borrow().get(&key, now)) {
+        return Ok(hit);
+    }
+    let verification = CoordinatorHandle::new(env, tenant)?
+        .verify_key(request_id, verify)
+        .await?;
+    let grant = KeyGrant::from_verification(verification);
+    let fetched = now_ms();
+    VERIFICATIONS.with(|c| c.borrow_mut().insert(key, grant.clone(), fetched));
+    Ok(grant)
+}
+
+/// Forgets this isolate's verifications of key `id` (revoked or rotated
+/// here: refused here from the very next request, elsewhere within 1 s).
+fn forget_key(tenant: &TenantId, id: &str) {
+    VERIFICATIONS.with(|c| {
+        c.borrow_mut()
+            .remove_where(|(t, k, _)| t == tenant && k == id)
+    });
+}
+
+/// The tenant's anonymous access and default chat model, cached like keys.
+async fn tenant_policy(
+    env: &Env,
+    tenant: &TenantId,
+    request_id: &RequestId,
+) -> Result<TenantPolicy, ApiError> {
+    if let Some(hit) = POLICIES.with(|c| c.borrow().get(tenant, now_ms())) {
+        return Ok(hit);
+    }
+    let record = CoordinatorHandle::new(env, tenant)?
+        .get_tenant(request_id)
+        .await?;
+    let policy = TenantPolicy {
+        anonymous: record.settings.anonymous,
+        default_chat: record.settings.default_models.chat,
+    };
+    let fetched = now_ms();
+    POLICIES.with(|c| {
+        c.borrow_mut()
+            .insert(tenant.clone(), policy.clone(), fetched)
+    });
+    Ok(policy)
+}
+
+/// Milliseconds since the Unix epoch (Workers' clock: it advances with I/O).
+fn now_ms() -> u64 {
+    worker::Date::now().as_millis()
+}
+
+/// `caller` is who asked (see [`Caller`]); the chat actor will use its `user`
+/// for session ownership.
 async fn json_reply(
     route: Route,
     mut req: Request,
     env: &Env,
     tenant: &TenantId,
+    caller: &Caller,
     request_id: &RequestId,
 ) -> Result<(u16, serde_json::Value), ApiError> {
     let tenant = tenant.clone();
@@ -158,6 +307,7 @@ async fn json_reply(
                 query(&req, "limit").as_deref(),
             )?;
             let page = ChatHandle::new(env, &tenant, &session)?
+                .with_access(access(caller))
                 .history(request_id, before, limit)
                 .await?;
             ok_json(&page)
@@ -165,6 +315,7 @@ async fn json_reply(
         Route::ClearSession { session } => {
             let session = api::session_id(&session)?;
             let cleared = ChatHandle::new(env, &tenant, &session)?
+                .with_access(access(caller))
                 .clear(request_id)
                 .await?;
             ok_json(&json!({ "ok": true, "messagesRemoved": cleared.messages_removed }))
@@ -184,6 +335,49 @@ async fn json_reply(
                 .update_settings(request_id, patch)
                 .await?;
             ok_json(&json!({ "tenant": record }))
+        }
+        Route::CreateKey => {
+            let create = read_json::<CreateKeyBody>(&mut req, body::MAX_ADMIN_BODY_BYTES)
+                .await?
+                .into_create(now_ms())?;
+            let new = CoordinatorHandle::new(env, &tenant)?
+                .create_key(request_id, create)
+                .await?;
+            ok_json(&NewKeyReply::from(&new)).map(|(_, v)| (201, v))
+        }
+        Route::ListKeys => {
+            let keys = CoordinatorHandle::new(env, &tenant)?
+                .list_keys(request_id)
+                .await?;
+            ok_json(&json!({ "keys": keys }))
+        }
+        Route::GetKey { id } => {
+            admin::check_key_id(&id)?;
+            let record = CoordinatorHandle::new(env, &tenant)?
+                .get_key(request_id, id)
+                .await?;
+            ok_json(&record)
+        }
+        Route::RotateKey { id } => {
+            admin::check_key_id(&id)?;
+            let rotate = read_optional_json::<RotateKeyBody>(&mut req, body::MAX_ADMIN_BODY_BYTES)
+                .await?
+                .unwrap_or_default()
+                .into_rotate(id)?;
+            let id = rotate.id.clone();
+            let new = CoordinatorHandle::new(env, &tenant)?
+                .rotate_key(request_id, rotate)
+                .await?;
+            forget_key(&tenant, &id);
+            ok_json(&NewKeyReply::from(&new))
+        }
+        Route::RevokeKey { id } => {
+            admin::check_key_id(&id)?;
+            let record = CoordinatorHandle::new(env, &tenant)?
+                .revoke_key(request_id, id.clone())
+                .await?;
+            forget_key(&tenant, &id);
+            ok_json(&record)
         }
         Route::InspectActor { kind, name } => inspect(env, &tenant, kind, &name, request_id).await,
         Route::SetConfig { name } => {
@@ -251,8 +445,14 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     body::require_json(header(req, "content-type").as_deref())?;
     body::check_declared_length(header(req, "content-length").as_deref(), limit)?;
-    // Read with a running cap: a body sent without content-length (chunked)
-    // is refused as soon as it passes the limit, not after it is all in memory.
+    let bytes = read_capped(req, limit).await?;
+    body::parse_json::<T>(&bytes, limit)
+}
+
+/// Reads the body with a running cap: a body sent without content-length
+/// (chunked) is refused as soon as it passes the limit, not after it is all
+/// in memory.
+async fn read_capped(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut bytes = Vec::new();
     if let Ok(mut stream) = req.stream() {
         while let Some(chunk) = stream.next().await {
@@ -264,7 +464,18 @@ async fn read_json<T: serde::de::DeserializeOwned>(
             bytes.extend_from_slice(&chunk);
         }
     }
-    body::parse_json::<T>(&bytes, limit)
+    Ok(bytes)
+}
+
+/// Reads a body that may be left out (empty: `None`), with the same checks
+/// as [`read_json`] when there is one.
+async fn read_optional_json<T: serde::de::DeserializeOwned>(
+    req: &mut Request,
+    limit: usize,
+) -> Result<Option<T>, ApiError> {
+    body::check_declared_length(header(req, "content-length").as_deref(), limit)?;
+    let bytes = read_capped(req, limit).await?;
+    body::parse_optional_json(header(req, "content-type").as_deref(), &bytes, limit)
 }
 
 /// `GET /admin/actors/<kind>/<name>`: `{"kind","name","state"}` where `name`
@@ -383,6 +594,22 @@ fn event_stream(frames: TurnStream, request_id: &RequestId) -> Result<Response, 
     Response::from_stream(stream)
         .map(|r| r.with_headers(headers))
         .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Who asks, as a chat session sees it: the key (none for the operator, the
+/// legacy token or an anonymous caller), the end user, and whether the caller
+/// may read and erase every session of the tenant (the operator, an `admin` key).
+fn access(caller: &Caller) -> Access {
+    let (key, privileged) = match &caller.identity {
+        Identity::Key { id, scopes, .. } => (Some(id.clone()), scopes.contains(&Scope::Admin)),
+        Identity::Operator => (None, true),
+        Identity::Legacy | Identity::Anonymous => (None, false),
+    };
+    Access {
+        key,
+        user: caller.user.clone(),
+        privileged,
+    }
 }
 
 fn query(req: &Request, name: &str) -> Option<String> {

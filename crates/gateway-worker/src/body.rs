@@ -42,6 +42,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, 
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid: {e}")))
 }
 
+/// Parses a body that may be left out: an empty body is `None` (and needs no
+/// content type); anything else must be JSON as with [`parse_json`].
+pub fn parse_optional_json<T: DeserializeOwned>(
+    content_type: Option<&str>,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<Option<T>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    require_json(content_type)?;
+    parse_json(bytes, limit).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +99,28 @@ mod tests {
             400
         );
         assert!(parse_json::<serde_json::Value>(b"{}", 10).is_ok());
+    }
+
+    #[test]
+    fn optional_bodies() {
+        type V = serde_json::Value;
+        assert_eq!(parse_optional_json::<V>(None, b"", 10), Ok(None));
+        assert_eq!(parse_optional_json::<V>(None, b" \n", 10), Ok(None));
+        assert_eq!(
+            parse_optional_json::<V>(Some("application/json"), b"{}", 10),
+            Ok(Some(serde_json::json!({})))
+        );
+        assert_eq!(
+            parse_optional_json::<V>(None, b"{}", 10)
+                .unwrap_err()
+                .status(),
+            415
+        );
+        assert_eq!(
+            parse_optional_json::<V>(Some("application/json"), b"{", 10)
+                .unwrap_err()
+                .status(),
+            400
+        );
     }
 }

@@ -16,9 +16,14 @@ pub enum ApiError {
         /// Human explanation.
         message: String,
     },
-    /// Missing or wrong credentials: 401.
-    #[error("{0}")]
-    Unauthorized(String),
+    /// Missing or wrong credentials: 401 (`missing_key`, `invalid_key`).
+    #[error("{message}")]
+    Unauthorized {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Human explanation; never names the key or why it failed.
+        message: String,
+    },
     /// Credentials fine, access not allowed: 403.
     #[error("{message}")]
     Forbidden {
@@ -101,11 +106,54 @@ impl ApiError {
         }
     }
 
+    /// 401 `missing_key`: the route needs a credential and none came.
+    pub fn missing_key() -> Self {
+        Self::Unauthorized {
+            code: "missing_key",
+            message: "this route needs an API key: authorization: Bearer <key>".into(),
+        }
+    }
+
+    /// 401 `invalid_key`: unknown, malformed, expired or revoked, and
+    /// deliberately not saying which (nor echoing the key).
+    pub fn invalid_key() -> Self {
+        Self::Unauthorized {
+            code: "invalid_key",
+            message: "the key is not valid".into(),
+        }
+    }
+
+    /// 403 `forbidden_scope`: a valid credential without the route's scope.
+    pub fn forbidden_scope(needed: &str) -> Self {
+        Self::Forbidden {
+            code: "forbidden_scope",
+            message: format!("this credential does not have the {needed} scope"),
+        }
+    }
+
+    /// 403 `tenant_mismatch`: the tenant named by the request is not the
+    /// key's, or not this deployment's.
+    pub fn tenant_mismatch(message: impl Into<String>) -> Self {
+        Self::Forbidden {
+            code: "tenant_mismatch",
+            message: message.into(),
+        }
+    }
+
+    /// 403 `model_not_allowed`: the chat `model` is outside the key's (or,
+    /// for an empty list or no key, the tenant's) allow-list.
+    pub fn model_not_allowed() -> Self {
+        Self::Forbidden {
+            code: "model_not_allowed",
+            message: "this caller may not use that model".into(),
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
             Self::BadRequest { .. } => 400,
-            Self::Unauthorized(_) => 401,
+            Self::Unauthorized { .. } => 401,
             Self::Forbidden { .. } => 403,
             Self::NotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
@@ -125,9 +173,9 @@ impl ApiError {
             Self::QuotaExceeded { code, .. } => code,
             Self::Internal(_) => "internal",
             Self::BadRequest { code, .. }
+            | Self::Unauthorized { code, .. }
             | Self::Forbidden { code, .. }
             | Self::NotFound { code, .. } => code,
-            Self::Unauthorized(_) => "unauthorized",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Conflict(_) => "busy",
             Self::UpgradeRequired => "upgrade_required",
@@ -200,6 +248,21 @@ mod tests {
         assert_eq!(e.status(), 405);
         assert_eq!(e.allow_header().as_deref(), Some("GET, PATCH"));
         assert_eq!(e.body()["error"]["code"], "method_not_allowed");
+    }
+
+    #[test]
+    fn credential_errors() {
+        for (e, status, code) in [
+            (ApiError::missing_key(), 401, "missing_key"),
+            (ApiError::invalid_key(), 401, "invalid_key"),
+            (ApiError::forbidden_scope("chat"), 403, "forbidden_scope"),
+            (ApiError::tenant_mismatch("x"), 403, "tenant_mismatch"),
+            (ApiError::model_not_allowed(), 403, "model_not_allowed"),
+        ] {
+            assert_eq!((e.status(), e.code()), (status, code));
+            assert_eq!(e.body()["error"]["code"], code);
+            assert!(e.body()["error"]["message"].is_string());
+        }
     }
 
     #[test]

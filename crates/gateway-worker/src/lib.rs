@@ -16,6 +16,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod errors;
+pub mod isolate_cache;
 pub mod request_id;
 pub mod routing;
 pub mod sse;

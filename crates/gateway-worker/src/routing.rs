@@ -1,6 +1,7 @@
 //! The route table: method and path to a [`Route`], or the 404/405 to answer.
 
 use crate::errors::ApiError;
+use protocol::keys::Scope;
 use protocol::ActorKind;
 
 /// A request the gateway knows how to serve.
@@ -30,6 +31,25 @@ pub enum Route {
     DeleteConfig {
         /// The name after `config:`, unvalidated.
         name: String,
+    },
+    /// `POST /admin/keys`: create an API key.
+    CreateKey,
+    /// `GET /admin/keys`: every key of the tenant.
+    ListKeys,
+    /// `GET /admin/keys/<id>`.
+    GetKey {
+        /// The key id, unvalidated.
+        id: String,
+    },
+    /// `POST /admin/keys/<id>/rotate`: a new secret.
+    RotateKey {
+        /// The key id, unvalidated.
+        id: String,
+    },
+    /// `DELETE /admin/keys/<id>`: revoke.
+    RevokeKey {
+        /// The key id, unvalidated.
+        id: String,
     },
     /// `POST /api/ingest`: store and queue documents.
     Ingest,
@@ -66,38 +86,51 @@ pub enum Route {
     },
 }
 
-/// The credential a route needs.
+/// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential {
-    /// None.
+pub enum Access {
+    /// Anyone (`/health`).
     Public,
-    /// `Bearer <ADMIN_TOKEN>`.
-    Admin,
-    /// `Bearer <INGEST_TOKEN>`.
-    Ingest,
+    /// The operator, or a key with this scope; for [`Scope::Ingest`] also the
+    /// legacy `INGEST_TOKEN`; for [`Scope::Search`] and [`Scope::Chat`] also
+    /// nobody at all, when the tenant allows anonymous access.
+    Scoped(Scope),
+    /// The operator only (`POST /admin/faults`: it breaks a tenant on purpose).
+    Operator,
 }
 
 impl Route {
-    /// The credential the route needs.
-    pub fn credential(&self) -> Credential {
+    /// Who may call the route.
+    pub fn access(&self) -> Access {
         match self {
-            Route::Health
-            | Route::Search
-            | Route::Chat
+            Route::Health => Access::Public,
+            Route::Search => Access::Scoped(Scope::Search),
+            Route::Chat
             | Route::ChatSocket
             | Route::ChatStream { .. }
             | Route::History { .. }
-            | Route::ClearSession { .. } => Credential::Public,
+            | Route::ClearSession { .. } => Access::Scoped(Scope::Chat),
+            Route::Ingest | Route::IngestJob { .. } | Route::DeleteDocument { .. } => {
+                Access::Scoped(Scope::Ingest)
+            }
             Route::GetTenant
             | Route::PatchTenant
             | Route::InspectActor { .. }
-            | Route::InjectFaults
             | Route::SetConfig { .. }
-            | Route::DeleteConfig { .. } => Credential::Admin,
-            Route::Ingest | Route::IngestJob { .. } | Route::DeleteDocument { .. } => {
-                Credential::Ingest
-            }
+            | Route::DeleteConfig { .. }
+            | Route::CreateKey
+            | Route::ListKeys
+            | Route::GetKey { .. }
+            | Route::RotateKey { .. }
+            | Route::RevokeKey { .. } => Access::Scoped(Scope::Admin),
+            Route::InjectFaults => Access::Operator,
         }
+    }
+
+    /// Routes a browser opens with `WebSocket` or `EventSource`, which cannot
+    /// set headers: there the tenant and key may also come in the query.
+    pub fn is_browser_stream(&self) -> bool {
+        matches!(self, Route::ChatSocket | Route::ChatStream { .. })
     }
 }
 
@@ -125,6 +158,32 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
                 }),
                 _ => None,
             },
+        ),
+        ["admin", "keys"] => (
+            &["GET", "POST"],
+            match method {
+                "GET" => Some(Route::ListKeys),
+                "POST" => Some(Route::CreateKey),
+                _ => None,
+            },
+        ),
+        ["admin", "keys", id] => (
+            &["GET", "DELETE"],
+            match method {
+                "GET" => Some(Route::GetKey {
+                    id: (*id).to_owned(),
+                }),
+                "DELETE" => Some(Route::RevokeKey {
+                    id: (*id).to_owned(),
+                }),
+                _ => None,
+            },
+        ),
+        ["admin", "keys", id, "rotate"] => (
+            &["POST"],
+            (method == "POST").then(|| Route::RotateKey {
+                id: (*id).to_owned(),
+            }),
         ),
         ["admin", "faults"] => (&["POST"], (method == "POST").then_some(Route::InjectFaults)),
         ["api", "ingest"] => (&["POST"], (method == "POST").then_some(Route::Ingest)),
@@ -234,8 +293,8 @@ mod tests {
             })
         );
         assert_eq!(
-            Route::SetConfig { name: "x".into() }.credential(),
-            Credential::Admin
+            Route::SetConfig { name: "x".into() }.access(),
+            Access::Scoped(Scope::Admin)
         );
         assert_eq!(route("POST", "/api/chat"), Ok(Route::Chat));
         assert_eq!(route("GET", "/api/chat/ws"), Ok(Route::ChatSocket));
@@ -263,15 +322,62 @@ mod tests {
                 session: "s1".into()
             })
         );
-        assert_eq!(Route::Chat.credential(), Credential::Public);
-        assert_eq!(Route::Health.credential(), Credential::Public);
-        assert_eq!(Route::Search.credential(), Credential::Public);
-        assert_eq!(Route::GetTenant.credential(), Credential::Admin);
-        assert_eq!(Route::Ingest.credential(), Credential::Ingest);
+        assert_eq!(Route::Chat.access(), Access::Scoped(Scope::Chat));
+        assert_eq!(Route::Health.access(), Access::Public);
+        assert_eq!(Route::Search.access(), Access::Scoped(Scope::Search));
+        assert_eq!(Route::GetTenant.access(), Access::Scoped(Scope::Admin));
+        assert_eq!(Route::Ingest.access(), Access::Scoped(Scope::Ingest));
         assert_eq!(
-            Route::DeleteDocument { doc_id: "x".into() }.credential(),
-            Credential::Ingest
+            Route::DeleteDocument { doc_id: "x".into() }.access(),
+            Access::Scoped(Scope::Ingest)
         );
+        assert_eq!(Route::InjectFaults.access(), Access::Operator);
+        for path in ["/api/chat/ws", "/api/chat/s1/stream"] {
+            assert!(route("GET", path).unwrap().is_browser_stream(), "{path}");
+        }
+        assert!(!Route::Chat.is_browser_stream());
+    }
+
+    #[test]
+    fn key_routes() {
+        assert_eq!(route("POST", "/admin/keys"), Ok(Route::CreateKey));
+        assert_eq!(route("GET", "/admin/keys"), Ok(Route::ListKeys));
+        let id = || "0123456789ab".to_owned();
+        assert_eq!(
+            route("GET", "/admin/keys/0123456789ab"),
+            Ok(Route::GetKey { id: id() })
+        );
+        assert_eq!(
+            route("DELETE", "/admin/keys/0123456789ab"),
+            Ok(Route::RevokeKey { id: id() })
+        );
+        assert_eq!(
+            route("POST", "/admin/keys/0123456789ab/rotate"),
+            Ok(Route::RotateKey { id: id() })
+        );
+        assert_eq!(
+            route("PUT", "/admin/keys").unwrap_err().allow_header(),
+            Some("GET, POST".into())
+        );
+        assert_eq!(
+            route("POST", "/admin/keys/x").unwrap_err().allow_header(),
+            Some("GET, DELETE".into())
+        );
+        assert_eq!(
+            route("GET", "/admin/keys/x/rotate")
+                .unwrap_err()
+                .allow_header(),
+            Some("POST".into())
+        );
+        for r in [
+            Route::CreateKey,
+            Route::ListKeys,
+            Route::GetKey { id: id() },
+            Route::RotateKey { id: id() },
+            Route::RevokeKey { id: id() },
+        ] {
+            assert_eq!(r.access(), Access::Scoped(Scope::Admin));
+        }
     }
 
     #[test]

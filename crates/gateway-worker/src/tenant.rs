@@ -51,10 +51,9 @@ impl TenantMode {
         match (self, claimed) {
             (Self::Dedicated(own), None) => Ok(own.clone()),
             (Self::Dedicated(own), Some(claimed)) if claimed == *own => Ok(claimed),
-            (Self::Dedicated(_), Some(_)) => Err(ApiError::Forbidden {
-                code: "tenant_mismatch",
-                message: "this deployment serves another tenant".into(),
-            }),
+            (Self::Dedicated(_), Some(_)) => Err(ApiError::tenant_mismatch(
+                "this deployment serves another tenant",
+            )),
             (Self::Shared(_), None) => Err(ApiError::bad_request(
                 "missing_tenant",
                 format!("the {TENANT_HEADER} header is required"),
@@ -67,9 +66,19 @@ impl TenantMode {
             }
         }
     }
+
+    /// Whether this deployment serves `tenant`.
+    pub fn serves(&self, tenant: &TenantId) -> bool {
+        match self {
+            Self::Dedicated(own) => own == tenant,
+            Self::Shared(registered) => registered.contains(tenant),
+        }
+    }
 }
 
-fn parse_header(raw: &str) -> Result<TenantId, ApiError> {
+/// Checks a tenant named by the request (`x-tenant-id`, `?tenant=`): a 400
+/// when it cannot be an id.
+pub fn parse_header(raw: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(raw).map_err(|e| {
         ApiError::bad_request(
             "invalid_tenant",

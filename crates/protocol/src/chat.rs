@@ -45,9 +45,26 @@ pub enum ChatRequest {
 pub struct Resume {
     /// The session.
     pub session_id: SessionId,
+    /// Who is asking.
+    #[serde(default)]
+    pub access: Access,
     /// The last event id the client has (`Last-Event-ID`); `None` replays the
     /// latest turn from its start.
     pub after: Option<u64>,
+}
+
+/// Who is asking, as the gateway established it: the key (or none, for an
+/// anonymous request of a tenant that allows them), the end user the request
+/// names inside that key, and whether the caller may see every session of
+/// the tenant (the operator, or a key with the `admin` scope).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// The key id; `None` for an anonymous request.
+    pub key: Option<String>,
+    /// The end user (`x-user-id`), inside the key.
+    pub user: Option<String>,
+    /// May read and erase any session of the tenant (not chat in it).
+    pub privileged: bool,
 }
 
 /// Payload of [`ChatRequest::Turn`].
@@ -55,6 +72,9 @@ pub struct Resume {
 pub struct Turn {
     /// The session.
     pub session_id: SessionId,
+    /// Who is asking.
+    #[serde(default)]
+    pub access: Access,
     /// The user's message.
     pub message: String,
     /// A model other than the tenant's default.
@@ -68,6 +88,9 @@ pub struct Turn {
 pub struct GetHistory {
     /// The session.
     pub session_id: SessionId,
+    /// Who is asking.
+    #[serde(default)]
+    pub access: Access,
     /// Only messages with a sequence number below this (for the next page).
     pub before: Option<u64>,
     /// Most messages to return (1 to [`MAX_HISTORY_PAGE`]).
@@ -79,6 +102,9 @@ pub struct GetHistory {
 pub struct ClearHistory {
     /// The session.
     pub session_id: SessionId,
+    /// Who is asking.
+    #[serde(default)]
+    pub access: Access,
 }
 
 /// Payload of [`ChatRequest::Inspect`].
@@ -86,6 +112,9 @@ pub struct ClearHistory {
 pub struct Inspect {
     /// The session.
     pub session_id: SessionId,
+    /// Who is asking.
+    #[serde(default)]
+    pub access: Access,
 }
 
 /// A non-streamed reply of a chat session.
@@ -521,6 +550,7 @@ mod tests {
     fn turn_validation() {
         let turn = |m: &str, t: Option<u32>, model: Option<&str>| Turn {
             session_id: SessionId::parse("s").unwrap(),
+            access: Access::default(),
             message: m.into(),
             model: model.map(str::to_owned),
             max_tokens: t,

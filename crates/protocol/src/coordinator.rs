@@ -24,6 +24,18 @@ pub enum CoordinatorRequest {
     Inspect(Inspect),
     /// Set or remove one of the tenant's configuration values.
     SetConfig(SetConfig),
+    /// Create an API key (answered with its secret, once).
+    CreateKey(crate::keys::CreateKey),
+    /// Every key of the tenant (without secrets).
+    ListKeys,
+    /// One key.
+    GetKey(crate::keys::KeyId),
+    /// A new secret for a key (answered with it, once).
+    RotateKey(crate::keys::RotateKey),
+    /// Revoke a key: refused from the next request on.
+    RevokeKey(crate::keys::KeyId),
+    /// Check a key (from the gateway).
+    VerifyKey(crate::keys::VerifyKey),
 }
 
 /// The prefix of configuration keys in KV (after the tenant's own prefix):
@@ -108,6 +120,14 @@ pub enum CoordinatorResponse {
     Snapshot(CoordinatorSnapshot),
     /// Answers `SetConfig`.
     ConfigSet(ConfigEntry),
+    /// Answers `CreateKey` and `RotateKey`: the only answers with a secret.
+    NewKey(crate::keys::NewKey),
+    /// Answers `ListKeys`.
+    Keys(Vec<crate::keys::KeyRecord>),
+    /// Answers `GetKey` and `RevokeKey`.
+    Key(crate::keys::KeyRecord),
+    /// Answers `VerifyKey`.
+    Verification(crate::keys::Verification),
 }
 
 /// A configuration value as written.
@@ -141,6 +161,23 @@ pub struct TenantSettings {
     pub display_name: String,
     /// The models used when a request names none.
     pub default_models: DefaultModels,
+    /// What callers without a key may do (all off unless an operator opens
+    /// it, for public demos). Records stored before this setting existed
+    /// read as all off.
+    #[serde(default)]
+    pub anonymous: AnonymousAccess,
+}
+
+/// What a request without an API key may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnonymousAccess {
+    /// `POST /api/search` without a key.
+    #[serde(default)]
+    pub search: bool,
+    /// Chat without a key.
+    #[serde(default)]
+    pub chat: bool,
 }
 
 impl TenantSettings {
@@ -152,6 +189,7 @@ impl TenantSettings {
                 chat: DEFAULT_CHAT_MODEL.to_owned(),
                 embedding: DEFAULT_EMBEDDING_MODEL.to_owned(),
             },
+            anonymous: AnonymousAccess::default(),
         }
     }
 
@@ -167,6 +205,14 @@ impl TenantSettings {
             }
             if let Some(embedding) = &models.embedding {
                 embedding.clone_into(&mut self.default_models.embedding);
+            }
+        }
+        if let Some(anonymous) = &patch.anonymous {
+            if let Some(search) = anonymous.search {
+                self.anonymous.search = search;
+            }
+            if let Some(chat) = anonymous.chat {
+                self.anonymous.chat = chat;
             }
         }
         before != *self
@@ -191,6 +237,22 @@ pub struct SettingsPatch {
     pub display_name: Option<String>,
     /// New default models.
     pub default_models: Option<DefaultModelsPatch>,
+    /// New anonymous access. Left out of the encoding when absent, so that a
+    /// patch without it has the same bytes as before the setting existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<AnonymousPatch>,
+}
+
+/// A partial change of [`AnonymousAccess`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnonymousPatch {
+    /// Allow or refuse search without a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<bool>,
+    /// Allow or refuse chat without a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<bool>,
 }
 
 /// A partial change of [`DefaultModels`].
@@ -225,7 +287,10 @@ impl SettingsPatch {
     pub fn validate(&self) -> Result<(), SettingsError> {
         let models = self.default_models.as_ref();
         let empty_models = models.is_none_or(|m| m.chat.is_none() && m.embedding.is_none());
-        if self.display_name.is_none() && empty_models {
+        let empty_anonymous = self
+            .anonymous
+            .is_none_or(|a| a.search.is_none() && a.chat.is_none());
+        if self.display_name.is_none() && empty_models && empty_anonymous {
             return Err(SettingsError::Empty);
         }
         if let Some(name) = &self.display_name {
@@ -267,6 +332,10 @@ pub struct CoordinatorSnapshot {
     pub requests_handled: u64,
     /// The id of the last request handled before this one.
     pub last_request_id: Option<RequestId>,
+    /// How many API keys the tenant has (revoked ones included); never
+    /// their hashes or secrets.
+    #[serde(default)]
+    pub key_count: u64,
 }
 
 #[cfg(test)]
@@ -280,6 +349,7 @@ mod tests {
                 chat: Some(c.to_owned()),
                 embedding: None,
             }),
+            anonymous: None,
         }
     }
 
@@ -292,7 +362,8 @@ mod tests {
         assert_eq!(
             SettingsPatch {
                 display_name: None,
-                default_models: Some(DefaultModelsPatch::default())
+                default_models: Some(DefaultModelsPatch::default()),
+                anonymous: Some(AnonymousPatch::default()),
             }
             .validate(),
             Err(SettingsError::Empty)
@@ -359,5 +430,49 @@ mod tests {
         assert!(settings.apply(&patch(None, Some("@cf/x/y"))));
         assert_eq!(settings.default_models.chat, "@cf/x/y");
         assert_eq!(settings.default_models.embedding, DEFAULT_EMBEDDING_MODEL);
+    }
+
+    #[test]
+    fn anonymous_access_is_off_by_default_and_patched_field_by_field() {
+        let mut settings = TenantSettings::initial(&TenantId::parse("acme").unwrap());
+        assert_eq!(settings.anonymous, AnonymousAccess::default());
+        let json = serde_json::to_value(&settings).unwrap();
+        assert_eq!(
+            json["anonymous"],
+            serde_json::json!({"search": false, "chat": false})
+        );
+        let patch: SettingsPatch =
+            serde_json::from_str(r#"{"anonymous":{"search":true}}"#).unwrap();
+        assert_eq!(patch.validate(), Ok(()));
+        assert!(settings.apply(&patch));
+        assert_eq!(
+            settings.anonymous,
+            AnonymousAccess {
+                search: true,
+                chat: false
+            }
+        );
+        assert!(
+            !settings.apply(&patch),
+            "the same patch again changes nothing"
+        );
+        let patch: SettingsPatch = serde_json::from_str(r#"{"anonymous":{"chat":true}}"#).unwrap();
+        assert!(settings.apply(&patch));
+        assert_eq!(
+            settings.anonymous,
+            AnonymousAccess {
+                search: true,
+                chat: true
+            }
+        );
+        let empty: SettingsPatch = serde_json::from_str(r#"{"anonymous":{}}"#).unwrap();
+        assert_eq!(empty.validate(), Err(SettingsError::Empty));
+    }
+
+    #[test]
+    fn settings_stored_before_anonymous_existed_still_read() {
+        let old = r#"{"displayName":"Acme","defaultModels":{"chat":"a","embedding":"b"}}"#;
+        let settings: TenantSettings = serde_json::from_str(old).unwrap();
+        assert_eq!(settings.anonymous, AnonymousAccess::default());
     }
 }

@@ -13,6 +13,7 @@
 //!   actor refused a well-formed request);
 //! - [`coordinator`]: the `TenantCoordinator` actor's requests and replies;
 //! - [`ingest`]: the `IngestQueue` actor's requests and replies (ingest, search);
+//! - [`keys`]: API keys (format, scopes, records) and the coordinator's key messages;
 //! - [`chat`]: the `ChatSession` actor's requests, its streamed events and their frames;
 //! - [`actor`]: what every actor shares, such as [`ActorKind`].
 
@@ -23,6 +24,7 @@ pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod ingest;
+pub mod keys;
 
 pub use actor::ActorKind;
 pub use envelope::{

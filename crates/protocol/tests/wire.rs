@@ -34,10 +34,17 @@ fn all_requests() -> Vec<CoordinatorRequest> {
                     chat: Some("@cf/qwen/qwen3-30b-a3b-fp8".into()),
                     embedding: None,
                 }),
+                anonymous: Some(AnonymousPatch {
+                    search: Some(true),
+                    chat: None,
+                }),
             },
         }),
         CoordinatorRequest::Inspect(Inspect {}),
     ]
+    .into_iter()
+    .chain(key_requests())
+    .collect()
 }
 
 fn all_replies() -> Vec<Result<CoordinatorResponse, ErrorReply>> {
@@ -47,12 +54,81 @@ fn all_replies() -> Vec<Result<CoordinatorResponse, ErrorReply>> {
             record: record(),
             requests_handled: 7,
             last_request_id: Some(rid()),
+            key_count: 3,
         })),
         Err(ErrorReply::new(ErrorCode::InvalidRequest, "nope")),
         Err(ErrorReply::new(ErrorCode::NotFound, "gone")),
         Err(ErrorReply::new(ErrorCode::WrongTenant, "not yours")),
         Err(ErrorReply::new(ErrorCode::Protocol, "garbled")),
         Err(ErrorReply::new(ErrorCode::Internal, "broken")),
+        Err(
+            ErrorReply::new(ErrorCode::QuotaExceeded, "at most 1000 keys")
+                .with_reason("too_many_keys"),
+        ),
+    ]
+    .into_iter()
+    .chain(key_replies().into_iter().map(Ok))
+    .collect()
+}
+
+fn key_record() -> keys::KeyRecord {
+    keys::KeyRecord {
+        id: "0123456789ab".into(),
+        name: "ci ✓".into(),
+        scopes: vec![keys::Scope::Search, keys::Scope::Admin],
+        models: vec!["@cf/qwen/qwen3-30b-a3b-fp8".into()],
+        expires_at_ms: Some(1_800_000_000_000),
+        created_at_ms: 1_700_000_000_000,
+        last_used_at_ms: Some(1_700_000_000_100),
+        revoked_at_ms: None,
+        rotated_at_ms: Some(1_700_000_000_050),
+        previous_valid_until_ms: Some(1_700_000_060_050),
+        limits: keys::KeyLimits {
+            rpm: Some(60),
+            tpm: None,
+            concurrency: Some(2),
+        },
+    }
+}
+
+fn key_requests() -> Vec<CoordinatorRequest> {
+    vec![
+        CoordinatorRequest::CreateKey(keys::CreateKey {
+            name: "ci".into(),
+            scopes: vec![keys::Scope::Chat, keys::Scope::Ingest],
+            models: vec![],
+            expires_at_ms: None,
+            limits: keys::KeyLimits::default(),
+        }),
+        CoordinatorRequest::ListKeys,
+        CoordinatorRequest::GetKey(keys::KeyId {
+            id: "0123456789ab".into(),
+        }),
+        CoordinatorRequest::RotateKey(keys::RotateKey {
+            id: "0123456789ab".into(),
+            grace_seconds: 300,
+        }),
+        CoordinatorRequest::RevokeKey(keys::KeyId {
+            id: "0123456789ab".into(),
+        }),
+        CoordinatorRequest::VerifyKey(keys::VerifyKey {
+            id: "0123456789ab".into(),
+            secret_sha256: "e3".repeat(32),
+        }),
+    ]
+}
+
+fn key_replies() -> Vec<CoordinatorResponse> {
+    vec![
+        CoordinatorResponse::NewKey(keys::NewKey {
+            key: format!("tp_acme_0123456789ab_{}", "5c".repeat(32)),
+            record: key_record(),
+        }),
+        CoordinatorResponse::Keys(vec![]),
+        CoordinatorResponse::Keys(vec![key_record(), key_record()]),
+        CoordinatorResponse::Key(key_record()),
+        CoordinatorResponse::Verification(keys::Verification::Valid(key_record())),
+        CoordinatorResponse::Verification(keys::Verification::Invalid),
     ]
 }
 
@@ -123,6 +199,7 @@ fn golden_update_settings() {
             patch: SettingsPatch {
                 display_name: Some("A".into()),
                 default_models: None,
+                anonymous: None,
             },
         }),
     );
@@ -380,23 +457,32 @@ mod chat_messages {
         let requests = vec![
             ChatRequest::Turn(Turn {
                 session_id: session(),
+                access: Access {
+                    key: Some("0123456789ab".into()),
+                    user: Some("user-7".into()),
+                    privileged: false,
+                },
                 message: "hi 🦀".into(),
                 model: Some("@cf/x/y".into()),
                 max_tokens: Some(64),
             }),
             ChatRequest::History(GetHistory {
                 session_id: session(),
+                access: Access::default(),
                 before: Some(10),
                 limit: 50,
             }),
             ChatRequest::Clear(ClearHistory {
                 session_id: session(),
+                access: Access::default(),
             }),
             ChatRequest::Inspect(Inspect {
                 session_id: session(),
+                access: Access::default(),
             }),
             ChatRequest::Resume(Resume {
                 session_id: session(),
+                access: Access::default(),
                 after: Some(7),
             }),
         ];
@@ -468,6 +554,7 @@ mod chat_messages {
             tenant(),
             ChatRequest::Clear(ClearHistory {
                 session_id: session(),
+                access: Access::default(),
             }),
         );
         let bytes = encode(&env).unwrap();
@@ -504,4 +591,78 @@ fn config_messages_round_trip() {
     let back: ReplyEnvelope<CoordinatorResponse> =
         decode_reply(&encode_reply(&reply).unwrap()).unwrap();
     assert_eq!(back, reply);
+}
+
+#[test]
+fn golden_list_keys_and_verify() {
+    // {"v":1,"request_id":"req-1","tenant_id":"acme","message":"ListKeys"}
+    let env = Envelope::new(rid(), tenant(), CoordinatorRequest::ListKeys);
+    assert!(
+        hex(&encode(&env).unwrap()).ends_with("a76d657373616765a84c6973744b657973"),
+        "{}",
+        hex(&encode(&env).unwrap())
+    );
+    // ..."message":{"VerifyKey":{"id":"0123456789ab","secret_sha256":"e3e3..."}}
+    let env = Envelope::new(
+        rid(),
+        tenant(),
+        CoordinatorRequest::VerifyKey(keys::VerifyKey {
+            id: "0123456789ab".into(),
+            secret_sha256: "e3".repeat(32),
+        }),
+    );
+    let head = "a76d65737361676581a9566572696679\
+                4b657982a26964ac303132333435363738396162\
+                ad7365637265745f736861323536d940";
+    assert!(
+        hex(&encode(&env).unwrap()).contains(head),
+        "{}",
+        hex(&encode(&env).unwrap())
+    );
+}
+
+#[test]
+fn key_records_are_camel_case_json_without_secrets() {
+    let json = serde_json::to_value(key_record()).unwrap();
+    assert_eq!(json["expiresAtMs"], 1_800_000_000_000u64);
+    assert_eq!(json["scopes"], serde_json::json!(["search", "admin"]));
+    assert_eq!(
+        json["limits"],
+        serde_json::json!({"rpm": 60, "concurrency": 2})
+    );
+    let text = json.to_string();
+    assert!(
+        !text.contains("secret") && !text.contains("sha256"),
+        "{text}"
+    );
+}
+
+#[test]
+fn anonymous_access_on_the_wire() {
+    // A record from before the setting existed decodes as all off.
+    let mut old = serde_json::to_value(record()).unwrap();
+    old["settings"].as_object_mut().unwrap().remove("anonymous");
+    let back: TenantRecord = serde_json::from_value(old).unwrap();
+    assert_eq!(back.settings.anonymous, AnonymousAccess::default());
+    let json = serde_json::to_value(record()).unwrap();
+    assert_eq!(
+        json["settings"]["anonymous"],
+        serde_json::json!({"search": false, "chat": false})
+    );
+    // A snapshot from before key_count existed decodes with zero keys.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct OldSnapshot {
+        record: TenantRecord,
+        requests_handled: u64,
+        last_request_id: Option<RequestId>,
+    }
+    let old = OldSnapshot {
+        record: record(),
+        requests_handled: 1,
+        last_request_id: None,
+    };
+    let bytes = rmp_serde::to_vec_named(&old).unwrap();
+    let snap: CoordinatorSnapshot = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(snap.key_count, 0);
 }

@@ -6,6 +6,7 @@
 //!   npm packages: `wrangler`, a Node 22 for it, binaryen's `wasm-opt`);
 //! - [`wrangler`]: commands that run the pinned wrangler on the pinned Node.
 
+pub mod devkey;
 pub mod toolchain;
 pub mod wrangler;
 

@@ -257,30 +257,68 @@ fn dev(args: &[String]) -> Result<(), ToolError> {
         "shared"
     };
     eprintln!(
-        "
-xtask: serving {mode} mode ({}) on http://localhost:{port}
-xtask: local state in {}
-xtask: secrets in {} (ADMIN_TOKEN, INGEST_TOKEN)
-xtask: try:
-  curl -H \"x-tenant-id: {tenant_for_curl}\" http://localhost:{port}/health
-  curl -H \"x-tenant-id: {tenant_for_curl}\" -H \"authorization: Bearer $(sed -n 's/^ADMIN_TOKEN=//p' {})\" http://localhost:{port}/admin/tenant
-",
+        "\nxtask: serving {mode} mode ({}) on http://localhost:{port}\nxtask: local state in {}\nxtask: secrets in {} (ADMIN_TOKEN, INGEST_TOKEN)",
         config_path(args.tenant.as_deref()).display(),
         persist_to.display(),
         env_file.display(),
-        env_file.display(),
         port = args.port,
     );
+    let key_file = persist_to.join(format!("dev-key-{tenant_for_curl}"));
     let opts = wrangler::DevOptions {
         config: config_path(args.tenant.as_deref()),
         ip: "localhost".into(),
         port: args.port,
         inspector_port: None,
         persist_to,
-        env_file,
+        env_file: env_file.clone(),
         vars: Vec::new(),
     };
-    run(&mut wrangler::dev(&opts), "wrangler dev")
+    let mut child = wrangler::dev(&opts)
+        .spawn()
+        .map_err(|e| ToolError(format!("wrangler dev: could not start: {e}")))?;
+    // A development key for the tenant, made (or found) once the server
+    // answers, so the printed curl lines work as they are.
+    let base = format!("http://localhost:{}", args.port);
+    let admin = dev_var(&env_file, "ADMIN_TOKEN")?;
+    let key = xtask::devkey::wait_ready(&base, &tenant_for_curl, &mut child)
+        .and_then(|()| xtask::devkey::ensure(&base, &tenant_for_curl, &admin, &key_file));
+    match key {
+        Ok(_) => eprintln!(
+            "
+xtask: development key for {tenant_for_curl} (scopes search, chat, ingest, admin) in {key_file}
+xtask: try:
+  KEY=$(cat {key_file})
+  curl -H \"authorization: Bearer $KEY\" -H \"content-type: application/json\" \\
+    {base}/api/ingest -d '{{\"documents\":[{{\"id\":\"doc-1\",\"text\":\"Durable Objects keep state at the edge.\"}}]}}'
+  curl -H \"authorization: Bearer $KEY\" -H \"content-type: application/json\" \\
+    {base}/api/search -d '{{\"query\":\"where is state kept?\"}}'
+  curl -N -H \"authorization: Bearer $KEY\" -H \"content-type: application/json\" \\
+    {base}/api/chat -d '{{\"sessionId\":\"user-123\",\"message\":\"Where is state kept?\"}}'
+  curl -H \"x-tenant-id: {tenant_for_curl}\" -H \"authorization: Bearer $(sed -n 's/^ADMIN_TOKEN=//p' {env})\" {base}/admin/keys
+",
+            key_file = key_file.display(),
+            env = env_file.display(),
+        ),
+        Err(e) => eprintln!("xtask: no development key ({e}); the server runs on"),
+    }
+    let status = child
+        .wait()
+        .map_err(|e| ToolError(format!("wrangler dev: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ToolError(format!("wrangler dev failed ({status})")))
+    }
+}
+
+/// A variable of the `.dev.vars` file.
+fn dev_var(path: &std::path::Path, name: &str) -> Result<String, ToolError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ToolError(format!("cannot read {}: {e}", path.display())))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| ToolError(format!("{} has no {name}", path.display())))
 }
 
 /// Creates `.dev.vars` with random tokens if it does not exist yet.

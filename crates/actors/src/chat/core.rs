@@ -5,6 +5,7 @@
 
 use super::turn::{Effect, TurnMachine};
 use crate::ports::{ChatMessage, Role};
+use protocol::chat::Access;
 /// Characters of history sent to the model (about 6k tokens), system prompt aside.
 pub const CONTEXT_BUDGET_CHARS: usize = 24_000;
 /// The system prompt.
@@ -216,6 +217,49 @@ impl SessionCore {
     }
 }
 
+/// Who a session belongs to: the key that started its first turn (`""` for
+/// an anonymous one) and the end user named inside that key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The key id, or `""` when the session was started anonymously.
+    pub key: String,
+    /// The end user, if the request named one.
+    pub user: Option<String>,
+}
+
+impl Owner {
+    /// The owner a session gets when `access` starts its first turn.
+    pub fn of(access: &Access) -> Self {
+        Self {
+            key: access.key.clone().unwrap_or_default(),
+            user: access.user.clone(),
+        }
+    }
+}
+
+/// What a caller wants to do with a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send a message (over SSE or a WebSocket).
+    Turn,
+    /// Read the history, resume a stream, attach a WebSocket.
+    Read,
+    /// Erase the history.
+    Erase,
+}
+
+/// Whether `access` may do `action` with a session owned by `owner` (`None`:
+/// no turn yet, nothing to see). Another key's or user's session is refused
+/// as if it did not exist; a privileged caller (the operator, a tenant
+/// admin) may read and erase any session, but only its owner chats in it.
+pub fn may(owner: Option<&Owner>, access: &Access, action: Action) -> bool {
+    let Some(owner) = owner else {
+        return true;
+    };
+    let mine = owner == &Owner::of(access);
+    mine || (access.privileged && action != Action::Turn)
+}
+
 /// Whether the alarm must be set for `next`, given the one this isolate set
 /// last (`pending`, if it has not fired yet). An earlier pending alarm is
 /// enough: when it fires it finds nothing due and sets the next one, so a
@@ -425,6 +469,51 @@ mod tests {
             "a socket is open"
         );
         assert!(core.expired(Some(100), idle, 0, &limits));
+    }
+
+    #[test]
+    fn sessions_belong_to_the_key_and_user_that_started_them() {
+        let access = |key: Option<&str>, user: Option<&str>, privileged| Access {
+            key: key.map(str::to_owned),
+            user: user.map(str::to_owned),
+            privileged,
+        };
+        let alice = access(Some("k1"), Some("alice"), false);
+        let owner = Owner::of(&alice);
+        for action in [Action::Turn, Action::Read, Action::Erase] {
+            assert!(
+                may(None, &access(Some("k2"), None, false), action),
+                "no owner yet"
+            );
+            assert!(may(Some(&owner), &alice, action));
+            // Another user of the same key, another key, the key without a
+            // user, an anonymous caller: as if the session did not exist.
+            for other in [
+                access(Some("k1"), Some("bob"), false),
+                access(Some("k2"), Some("alice"), false),
+                access(Some("k1"), None, false),
+                access(None, Some("alice"), false),
+            ] {
+                assert!(!may(Some(&owner), &other, action), "{other:?} {action:?}");
+            }
+        }
+        // A tenant admin reads and erases any session, but does not chat in it.
+        let admin = access(Some("k9"), None, true);
+        assert!(may(Some(&owner), &admin, Action::Read));
+        assert!(may(Some(&owner), &admin, Action::Erase));
+        assert!(!may(Some(&owner), &admin, Action::Turn));
+        // An anonymous session is anonymous callers' only.
+        let anonymous = Owner::of(&access(None, None, false));
+        assert!(may(
+            Some(&anonymous),
+            &access(None, None, false),
+            Action::Read
+        ));
+        assert!(!may(
+            Some(&anonymous),
+            &access(Some("k1"), None, false),
+            Action::Read
+        ));
     }
 
     #[test]

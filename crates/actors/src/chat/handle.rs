@@ -5,8 +5,8 @@ use crate::error::ActorError;
 use crate::rpc::{self, reply_as, ActorStub, NamedReply};
 use futures::stream::{self, LocalBoxStream, StreamExt};
 use protocol::chat::{
-    ChatRequest, ChatResponse, ChatSnapshot, ClearHistory, Cleared, FrameDecoder, GetHistory,
-    HistoryPage, Inspect, Resume, Turn, TurnFrame, UpToDate,
+    Access, ChatRequest, ChatResponse, ChatSnapshot, ClearHistory, Cleared, FrameDecoder,
+    GetHistory, HistoryPage, Inspect, Resume, Turn, TurnFrame, UpToDate,
 };
 use protocol::{Envelope, RequestId, SessionId, TenantId};
 use worker::{ByteStream, Env, Headers, Method, Request, RequestInit, Response};
@@ -26,6 +26,7 @@ impl NamedReply for ChatResponse {
 pub struct ChatHandle {
     actor: ActorStub,
     session: SessionId,
+    access: Access,
 }
 
 /// A turn's events, decoded, as they are produced. A stream that breaks
@@ -87,7 +88,15 @@ impl ChatHandle {
         Ok(Self {
             actor: ActorStub::new(env, BINDING, session.as_str(), tenant)?,
             session: session.clone(),
+            access: Access::default(),
         })
+    }
+
+    /// The same session, asked by `access` (the gateway's finding of who
+    /// calls); without it, an anonymous caller.
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
     }
 
     /// Sends a request answered by a stream of frames, or by a reply.
@@ -109,7 +118,12 @@ impl ChatHandle {
 
     /// Starts a turn; the stream yields its events as they happen. A refusal
     /// before the turn starts (busy, invalid, full) is an error instead.
-    pub async fn turn(&self, request_id: &RequestId, turn: Turn) -> Result<TurnStream, ActorError> {
+    pub async fn turn(
+        &self,
+        request_id: &RequestId,
+        mut turn: Turn,
+    ) -> Result<TurnStream, ActorError> {
+        turn.access = self.access.clone();
         match self
             .stream_or_reply(request_id, ChatRequest::Turn(turn))
             .await?
@@ -131,6 +145,7 @@ impl ChatHandle {
     ) -> Result<Resumed, ActorError> {
         let message = ChatRequest::Resume(Resume {
             session_id: self.session.clone(),
+            access: self.access.clone(),
             after,
         });
         match self.stream_or_reply(request_id, message).await? {
@@ -148,6 +163,7 @@ impl ChatHandle {
     ) -> Result<HistoryPage, ActorError> {
         let message = ChatRequest::History(GetHistory {
             session_id: self.session.clone(),
+            access: self.access.clone(),
             before,
             limit,
         });
@@ -161,6 +177,7 @@ impl ChatHandle {
     pub async fn clear(&self, request_id: &RequestId) -> Result<Cleared, ActorError> {
         let message = ChatRequest::Clear(ClearHistory {
             session_id: self.session.clone(),
+            access: self.access.clone(),
         });
         reply_as!(
             self.actor.send(request_id, message).await?,
@@ -172,6 +189,7 @@ impl ChatHandle {
     pub async fn inspect(&self, request_id: &RequestId) -> Result<ChatSnapshot, ActorError> {
         let message = ChatRequest::Inspect(Inspect {
             session_id: self.session.clone(),
+            access: self.access.clone(),
         });
         reply_as!(
             self.actor.send(request_id, message).await?,
@@ -186,11 +204,22 @@ impl ChatHandle {
         headers.set("upgrade", "websocket")?;
         let mut init = RequestInit::new();
         init.with_method(Method::Get).with_headers(headers);
-        let url = format!(
+        let mut url = format!(
             "https://actor.internal/ws?tenant={}&session={}",
             self.actor.tenant().as_str(),
             self.session.as_str()
         );
+        // Built here, never by a client: key ids and user ids are validated
+        // (hex; the session id's alphabet), so they need no escaping.
+        if let Some(key) = &self.access.key {
+            url.push_str(&format!("&key={key}"));
+        }
+        if let Some(user) = &self.access.user {
+            url.push_str(&format!("&user={user}"));
+        }
+        if self.access.privileged {
+            url.push_str("&privileged=1");
+        }
         let request = Request::new_with_init(&url, &init)?;
         let mut response = self.actor.stub().fetch_with_request(request).await?;
         if response.status_code() == 101 {

@@ -11,8 +11,8 @@
 //! whose isolate was reset. History is one SQLite row per message.
 
 use super::core::{
-    context, must_set_alarm, resume_plan, ChatLimits, EventLog, Refusal, ResumePlan, SessionCore,
-    CONTEXT_BUDGET_CHARS, SYSTEM_PROMPT,
+    context, may, must_set_alarm, resume_plan, Action, ChatLimits, EventLog, Owner, Refusal,
+    ResumePlan, SessionCore, CONTEXT_BUDGET_CHARS, SYSTEM_PROMPT,
 };
 use super::store::SessionStore;
 use super::tools;
@@ -28,8 +28,8 @@ use crate::providers;
 use crate::rpc;
 use futures::channel::mpsc;
 use protocol::chat::{
-    encode_frame, ChatEvent, ChatRequest, ChatResponse, ChatSnapshot, Cleared, Turn, TurnFrame,
-    UpToDate, Usage, DEFAULT_MAX_TOKENS,
+    encode_frame, Access, ChatEvent, ChatRequest, ChatResponse, ChatSnapshot, Cleared, Turn,
+    TurnFrame, UpToDate, Usage, DEFAULT_MAX_TOKENS,
 };
 use protocol::coordinator::DEFAULT_CHAT_MODEL;
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
@@ -56,6 +56,9 @@ fn internal(e: impl std::fmt::Display) -> ErrorReply {
 struct SocketInfo {
     tenant: TenantId,
     session: SessionId,
+    /// Who connected (the gateway's finding); turns run as this caller.
+    #[serde(default)]
+    access: Access,
     /// The session's last event id when the socket connected: it receives
     /// every later event live, so a `resume` replays only up to this one and
     /// no event reaches it twice.
@@ -198,6 +201,19 @@ impl Inner {
         }
         self.recover()?;
         Ok(())
+    }
+
+    /// Refuses `access` doing `action` unless the session's owner allows it,
+    /// as if the session did not exist (404): another key's or user's
+    /// session, or one that has had no turn, is nothing to that caller.
+    fn allow(&self, access: &Access, action: Action) -> std::result::Result<(), ErrorReply> {
+        let owner = self.store.owner()?;
+        let exists = owner.is_some() || action == Action::Turn;
+        if exists && may(owner.as_ref(), access, action) {
+            Ok(())
+        } else {
+            Err(ErrorReply::new(ErrorCode::NotFound, "no such session"))
+        }
     }
 
     /// Marks failed every turn that storage calls running but that is not
@@ -389,6 +405,7 @@ impl Inner {
         turn: Turn,
         listener: Option<FrameSender>,
     ) -> std::result::Result<(TurnContext, VecDeque<Effect>), ErrorReply> {
+        self.allow(&turn.access, Action::Turn)?;
         let limits = self.limits()?;
         let stored = self.store.message_count()?;
         match self.core.borrow().can_begin(stored, &limits) {
@@ -418,6 +435,9 @@ impl Inner {
             name: None,
         };
         let now = self.now();
+        if self.store.owner()?.is_none() {
+            self.store.set_owner(&Owner::of(&turn.access))?;
+        }
         let user_seq = self.store.append(&user, None, now)?;
         let id = self.store.start_turn(user_seq, now)?;
         let effects = self.core.borrow_mut().start(id, now, &limits);
@@ -720,7 +740,10 @@ impl ChatSession {
                 }
             }
             ChatRequest::Resume(resume) => {
-                if let Err(e) = inner.bind(&tenant, &resume.session_id) {
+                if let Err(e) = inner
+                    .bind(&tenant, &resume.session_id)
+                    .and_then(|()| inner.allow(&resume.access, Action::Read))
+                {
                     return reply(Err(e));
                 }
                 match inner.resume(resume.after) {
@@ -752,14 +775,16 @@ impl ChatSession {
                 reply(
                     inner
                         .bind(&tenant, &get.session_id)
-                        .and_then(|_| inner.store.page(get.before, get.limit))
+                        .and_then(|()| inner.allow(&get.access, Action::Read))
+                        .and_then(|()| inner.store.page(get.before, get.limit))
                         .map(ChatResponse::History),
                 )
             }
             ChatRequest::Clear(clear) => reply(
                 inner
                     .bind(&tenant, &clear.session_id)
-                    .and_then(|_| inner.clear()),
+                    .and_then(|()| inner.allow(&clear.access, Action::Erase))
+                    .and_then(|()| inner.clear()),
             ),
             ChatRequest::Inspect(inspect) => reply(
                 inner
@@ -799,7 +824,21 @@ impl ChatSession {
         ) else {
             return refuse(ErrorCode::Protocol, "tenant and session are required");
         };
-        if let Err(e) = self.inner.bind(&tenant, &session) {
+        let access = Access {
+            key: param("key"),
+            user: param("user"),
+            privileged: param("privileged").is_some(),
+        };
+        // A socket may attach to a session it may read, or to a new one it
+        // will start (its first message claims it).
+        let attach =
+            self.inner
+                .bind(&tenant, &session)
+                .and_then(|()| match self.inner.store.owner()? {
+                    None => Ok(()),
+                    Some(_) => self.inner.allow(&access, Action::Read),
+                });
+        if let Err(e) = attach {
             return Ok(rpc::reply_response::<ChatResponse>(None, Err(e)));
         }
         self.inner.flush_events();
@@ -813,6 +852,7 @@ impl ChatSession {
         pair.server.serialize_attachment(SocketInfo {
             tenant,
             session,
+            access,
             joined_after,
         })?;
         Response::from_websocket(pair.client)
@@ -891,6 +931,10 @@ impl worker::DurableObject for ChatSession {
                 max_tokens,
             } => (content, model, max_tokens),
             ClientFrame::Resume { after } => {
+                if let Err(e) = self.inner.allow(&info.access, Action::Read) {
+                    reject("not_found", &e.message);
+                    return Ok(());
+                }
                 // Replayed to this socket only, and only the events from
                 // before it connected: every later one reached it live.
                 match self.inner.resume(after) {
@@ -920,6 +964,7 @@ impl worker::DurableObject for ChatSession {
         };
         let turn = Turn {
             session_id: info.session.clone(),
+            access: info.access.clone(),
             message: content,
             model,
             max_tokens,
@@ -938,6 +983,7 @@ impl worker::DurableObject for ChatSession {
                 let code = match (e.code, e.reason.as_deref()) {
                     (_, Some(reason)) => reason.to_owned(),
                     (ErrorCode::Busy, _) => "busy".to_owned(),
+                    (ErrorCode::NotFound, _) => "not_found".to_owned(),
                     _ => "unavailable".to_owned(),
                 };
                 reject(&code, &e.message);

@@ -2,6 +2,7 @@
 //! runs against them, with the rows decoded into typed values. No decision
 //! is made here: the cores decide, the shell calls these.
 
+use super::core::Owner;
 use crate::ports::{ChatMessage, Role, ToolCall};
 use crate::sql::{self, int, FromRow, FromValue, SqlError};
 use protocol::chat::{
@@ -15,6 +16,10 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS messages (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, role TEXT NOT NULL, content TEXT NOT NULL,
         tool_calls TEXT NOT NULL, tool_call_id TEXT, name TEXT, usage TEXT, created_at INTEGER NOT NULL)",
+    // Who the session belongs to: the key that started its first turn
+    // ('' for an anonymous one) and the end user inside that key.
+    "CREATE TABLE IF NOT EXISTS session_owner (
+        id INTEGER PRIMARY KEY CHECK (id = 1), key TEXT NOT NULL, user TEXT)",
     "CREATE TABLE IF NOT EXISTS session_meta (
         id INTEGER PRIMARY KEY CHECK (id = 1), tenant TEXT NOT NULL, session TEXT NOT NULL)",
     // One row per turn, written with its user message; `status` is running,
@@ -97,6 +102,32 @@ impl SessionStore {
         self.exec(
             "INSERT INTO session_meta (id, tenant, session) VALUES (1, ?, ?)",
             vec![tenant.as_str().into(), session.as_str().into()],
+        )
+    }
+
+    /// Who the session belongs to; `None` while it has had no turn. A session
+    /// with messages from before owners were kept is an anonymous one.
+    pub fn owner(&self) -> Result<Option<Owner>, ErrorReply> {
+        let row: Option<(String, Option<String>)> = sql::first(
+            &self.sql,
+            "SELECT key, user FROM session_owner WHERE id = 1",
+            vec![],
+        )?;
+        if let Some((key, user)) = row {
+            return Ok(Some(Owner { key, user }));
+        }
+        Ok((self.message_count()? > 0).then(|| Owner {
+            key: String::new(),
+            user: None,
+        }))
+    }
+
+    /// Records the session's owner (its first turn).
+    pub fn set_owner(&self, owner: &Owner) -> Result<(), ErrorReply> {
+        self.exec(
+            "INSERT INTO session_owner (id, key, user) VALUES (1, ?, ?) \
+             ON CONFLICT(id) DO NOTHING",
+            vec![owner.key.as_str().into(), owner.user.clone().into()],
         )
     }
 

@@ -13,7 +13,15 @@
 //! kept in storage (the shell's `config_unsynced` table) and an alarm
 //! ([`CoordinatorCore::poll_timeout`], [`CoordinatorCore::handle_timeout`])
 //! retries failed writes and those an evicted instance never finished.
+//!
+//! # API keys
+//!
+//! The key store ([`super::keys::KeyStore`]) is part of this core: key
+//! messages are answered here, with the shell's random bytes for new secrets
+//! ([`KeyEntropy`]), and a key that changed comes back as
+//! [`Effects::key_write`] for the shell to store (one row per key).
 
+use super::keys::{KeyEntropy, KeyStore, StoredKey};
 use protocol::coordinator::{
     ConfigEntry, CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, TenantRecord,
     TenantSettings,
@@ -65,6 +73,8 @@ pub struct Effects {
     /// [`CoordinatorCore::config_written`]. `None` with a decision means a
     /// write of the key is already in flight and will carry this one after it.
     pub config_write: Option<ConfigWrite>,
+    /// Store this key (insert or replace its row) before answering.
+    pub key_write: Option<StoredKey>,
 }
 
 /// What a finished KV write changed; see [`CoordinatorCore::config_written`].
@@ -102,6 +112,8 @@ pub struct CoordinatorCore {
     recheck_at: Option<u64>,
     /// KV writes failed in a row (for the retry delay).
     write_failures: u32,
+    /// The tenant's API keys.
+    keys: KeyStore,
 }
 
 impl CoordinatorCore {
@@ -128,16 +140,26 @@ impl CoordinatorCore {
         }
     }
 
+    /// The same core with the API keys loaded from storage.
+    pub fn with_keys(mut self, keys: Vec<StoredKey>) -> Self {
+        self.keys = KeyStore::new(keys);
+        self
+    }
+
     /// The tenant this coordinator belongs to, once it has seen a message.
     pub fn tenant(&self) -> Option<&TenantId> {
         self.state.as_ref().map(|s| &s.record.tenant_id)
     }
 
-    /// Handles one message at time `now_ms` (ms since the Unix epoch).
+    /// Handles one message at time `now_ms` (ms since the Unix epoch), with
+    /// random bytes for a key the message may create or rotate (`None` when
+    /// the platform had none: such a message is then refused, never answered
+    /// with a weaker secret).
     pub fn handle(
         &mut self,
         envelope: Envelope<CoordinatorRequest>,
         now_ms: u64,
+        entropy: Option<KeyEntropy>,
     ) -> (Result<CoordinatorResponse, ErrorReply>, Effects) {
         let mut effects = Effects::default();
         let state = match &mut self.state {
@@ -218,7 +240,35 @@ impl CoordinatorCore {
                     record: state.record.clone(),
                     requests_handled: self.requests_since_load,
                     last_request_id: previous_request,
+                    key_count: u64::try_from(self.keys.len()).unwrap_or(u64::MAX),
                 }))
+            }
+            CoordinatorRequest::CreateKey(create) => self
+                .keys
+                .create(&state.record.tenant_id, create, now_ms, entropy.as_ref())
+                .map(|(new, stored)| {
+                    effects.key_write = Some(stored);
+                    CoordinatorResponse::NewKey(new)
+                }),
+            CoordinatorRequest::ListKeys => Ok(CoordinatorResponse::Keys(self.keys.list())),
+            CoordinatorRequest::GetKey(key) => self.keys.get(&key.id).map(CoordinatorResponse::Key),
+            CoordinatorRequest::RotateKey(rotate) => self
+                .keys
+                .rotate(&state.record.tenant_id, rotate, now_ms, entropy.as_ref())
+                .map(|(new, stored)| {
+                    effects.key_write = Some(stored);
+                    CoordinatorResponse::NewKey(new)
+                }),
+            CoordinatorRequest::RevokeKey(key) => {
+                self.keys.revoke(&key.id, now_ms).map(|(record, stored)| {
+                    effects.key_write = stored;
+                    CoordinatorResponse::Key(record)
+                })
+            }
+            CoordinatorRequest::VerifyKey(verify) => {
+                let (verification, stored) = self.keys.verify(&verify, now_ms);
+                effects.key_write = stored;
+                Ok(CoordinatorResponse::Verification(verification))
             }
         };
         (reply, effects)
@@ -329,6 +379,7 @@ mod tests {
             patch: SettingsPatch {
                 display_name: Some(name.into()),
                 default_models: None,
+                anonymous: None,
             },
         })
     }
@@ -339,6 +390,7 @@ mod tests {
         let (reply, effects) = core.handle(
             env("acme", "r1", CoordinatorRequest::GetTenant(GetTenant {})),
             1000,
+            None,
         );
         let CoordinatorResponse::Tenant(record) = reply.unwrap() else {
             panic!("wrong reply")
@@ -351,6 +403,7 @@ mod tests {
         let (_, effects) = core.handle(
             env("acme", "r2", CoordinatorRequest::GetTenant(GetTenant {})),
             2000,
+            None,
         );
         assert_eq!(effects, Effects::default());
     }
@@ -358,14 +411,14 @@ mod tests {
     #[test]
     fn update_persists_only_real_changes() {
         let mut core = CoordinatorCore::new(None, Vec::new());
-        let (reply, effects) = core.handle(env("acme", "r1", rename("Acme")), 5);
+        let (reply, effects) = core.handle(env("acme", "r1", rename("Acme")), 5, None);
         let CoordinatorResponse::Tenant(record) = reply.unwrap() else {
             panic!()
         };
         assert_eq!(record.settings.display_name, "Acme");
         assert_eq!(record.updated_at_ms, 5);
         assert!(effects.persist.is_some());
-        let (reply, effects) = core.handle(env("acme", "r2", rename("Acme")), 9);
+        let (reply, effects) = core.handle(env("acme", "r2", rename("Acme")), 9, None);
         let CoordinatorResponse::Tenant(record) = reply.unwrap() else {
             panic!()
         };
@@ -376,13 +429,16 @@ mod tests {
     #[test]
     fn invalid_patch_is_refused_and_changes_nothing() {
         let mut core = CoordinatorCore::new(None, Vec::new());
-        core.handle(env("acme", "r1", rename("Acme")), 1).0.unwrap();
-        let (reply, effects) = core.handle(env("acme", "r2", rename("")), 2);
+        core.handle(env("acme", "r1", rename("Acme")), 1, None)
+            .0
+            .unwrap();
+        let (reply, effects) = core.handle(env("acme", "r2", rename("")), 2, None);
         assert_eq!(reply.unwrap_err().code, ErrorCode::InvalidRequest);
         assert_eq!(effects.persist, None);
         let (reply, _) = core.handle(
             env("acme", "r3", CoordinatorRequest::GetTenant(GetTenant {})),
             3,
+            None,
         );
         let CoordinatorResponse::Tenant(record) = reply.unwrap() else {
             panic!()
@@ -393,13 +449,16 @@ mod tests {
     #[test]
     fn another_tenants_message_is_refused() {
         let mut core = CoordinatorCore::new(None, Vec::new());
-        core.handle(env("acme", "r1", rename("Acme")), 1).0.unwrap();
-        let (reply, effects) = core.handle(env("evil", "r2", rename("Pwned")), 2);
+        core.handle(env("acme", "r1", rename("Acme")), 1, None)
+            .0
+            .unwrap();
+        let (reply, effects) = core.handle(env("evil", "r2", rename("Pwned")), 2, None);
         assert_eq!(reply.unwrap_err().code, ErrorCode::WrongTenant);
         assert_eq!(effects.persist, None);
         let (reply, _) = core.handle(
             env("acme", "r3", CoordinatorRequest::Inspect(Inspect {})),
             3,
+            None,
         );
         let CoordinatorResponse::Snapshot(snap) = reply.unwrap() else {
             panic!()
@@ -417,7 +476,7 @@ mod tests {
     #[test]
     fn config_writes_are_effects() {
         let mut core = CoordinatorCore::new(None, Vec::new());
-        let (reply, effects) = core.handle(env("acme", "r1", set("theme", Some("dark"))), 1);
+        let (reply, effects) = core.handle(env("acme", "r1", set("theme", Some("dark"))), 1, None);
         let want = ConfigEntry {
             key: "config:theme".into(),
             value: Some("dark".into()),
@@ -431,7 +490,7 @@ mod tests {
         assert_eq!(effects.config_write, Some(write.clone()));
         assert_eq!(effects.config_decided, Some(write));
         assert_eq!(effects.persist.map(|s| s.config_version), Some(1));
-        let (reply, effects) = core.handle(env("acme", "r2", set("bad name", Some("x"))), 2);
+        let (reply, effects) = core.handle(env("acme", "r2", set("bad name", Some("x"))), 2, None);
         assert_eq!(reply.unwrap_err().code, ErrorCode::InvalidRequest);
         assert_eq!(effects, Effects::default());
     }
@@ -464,9 +523,9 @@ mod tests {
             self.rid += 1;
             self.now += 1;
             let rid = format!("r{}", self.rid);
-            let (reply, effects) = self
-                .core
-                .handle(env("acme", &rid, set(name, value)), self.now);
+            let (reply, effects) =
+                self.core
+                    .handle(env("acme", &rid, set(name, value)), self.now, None);
             let CoordinatorResponse::ConfigSet(entry) = reply.unwrap() else {
                 panic!("wrong reply")
             };
@@ -569,7 +628,7 @@ mod tests {
     #[test]
     fn a_failed_write_is_retried_by_the_alarm() {
         let mut core = CoordinatorCore::new(None, Vec::new());
-        let (_, effects) = core.handle(env("acme", "r1", set("theme", Some("dark"))), 100);
+        let (_, effects) = core.handle(env("acme", "r1", set("theme", Some("dark"))), 100, None);
         let write = effects.config_write.unwrap();
         assert_eq!(core.poll_timeout(), Some(100 + CONFIG_RECHECK_MS));
         let progress = core.config_written(&write, false, 200);
@@ -596,7 +655,7 @@ mod tests {
     #[test]
     fn decisions_not_in_kv_are_written_after_a_reload() {
         let mut core = CoordinatorCore::new(None, Vec::new());
-        let (_, effects) = core.handle(env("acme", "r1", set("theme", None)), 1);
+        let (_, effects) = core.handle(env("acme", "r1", set("theme", None)), 1, None);
         // The instance goes away before the write completes; storage kept
         // the state and the undelivered decision.
         let row = effects.config_decided.unwrap();
@@ -604,7 +663,7 @@ mod tests {
         assert_eq!(reloaded.poll_timeout(), Some(0), "due at once");
         assert_eq!(reloaded.handle_timeout(50), vec![row.clone()]);
         // A decision on the same key while that write is in flight waits for it.
-        let (_, effects) = reloaded.handle(env("acme", "r2", set("theme", Some("x"))), 60);
+        let (_, effects) = reloaded.handle(env("acme", "r2", set("theme", Some("x"))), 60, None);
         assert_eq!(effects.config_write, None);
         assert_eq!(effects.config_decided.map(|w| w.version), Some(2));
         let progress = reloaded.config_written(&row, true, 70);
@@ -614,7 +673,7 @@ mod tests {
     #[test]
     fn a_write_the_core_did_not_start_changes_nothing() {
         let mut core = CoordinatorCore::new(None, Vec::new());
-        let (_, effects) = core.handle(env("acme", "r1", set("theme", Some("a"))), 1);
+        let (_, effects) = core.handle(env("acme", "r1", set("theme", Some("a"))), 1, None);
         let mut stale = effects.config_write.unwrap();
         stale.version = 7;
         let progress = core.config_written(&stale, true, 2);
@@ -631,11 +690,12 @@ mod tests {
     #[test]
     fn state_survives_a_reload() {
         let mut core = CoordinatorCore::new(None, Vec::new());
-        let (_, effects) = core.handle(env("acme", "r1", rename("Acme")), 1);
+        let (_, effects) = core.handle(env("acme", "r1", rename("Acme")), 1, None);
         let mut reloaded = CoordinatorCore::new(effects.persist, Vec::new());
         let (reply, _) = reloaded.handle(
             env("acme", "r2", CoordinatorRequest::Inspect(Inspect {})),
             2,
+            None,
         );
         let CoordinatorResponse::Snapshot(snap) = reply.unwrap() else {
             panic!()
@@ -647,6 +707,7 @@ mod tests {
         let (reply, _) = reloaded.handle(
             env("acme", "r3", CoordinatorRequest::Inspect(Inspect {})),
             3,
+            None,
         );
         let CoordinatorResponse::Snapshot(snap) = reply.unwrap() else {
             panic!()
@@ -656,5 +717,110 @@ mod tests {
             snap.last_request_id.map(String::from),
             Some("r2".to_owned())
         );
+    }
+
+    fn entropy() -> Option<KeyEntropy> {
+        Some(KeyEntropy {
+            id: [0xab; 6],
+            secret: [0x5c; 32],
+        })
+    }
+
+    fn create_key() -> CoordinatorRequest {
+        CoordinatorRequest::CreateKey(protocol::keys::CreateKey {
+            name: "ci".into(),
+            scopes: vec![protocol::keys::Scope::Search],
+            models: vec![],
+            expires_at_ms: None,
+            limits: protocol::keys::KeyLimits::default(),
+        })
+    }
+
+    #[test]
+    fn keys_go_through_the_core_and_come_out_as_writes() {
+        use protocol::keys::{KeyId, ParsedKey, Verification, VerifyKey};
+        let mut core = CoordinatorCore::new(None, Vec::new());
+        let (reply, effects) = core.handle(env("acme", "r1", create_key()), 10, entropy());
+        let CoordinatorResponse::NewKey(new) = reply.unwrap() else {
+            panic!()
+        };
+        let parsed = ParsedKey::parse(&new.key).unwrap();
+        assert_eq!(parsed.tenant.as_str(), "acme");
+        // The first message also created the tenant's record.
+        let saved = effects.persist;
+        assert!(saved.is_some());
+        let stored = effects.key_write.unwrap();
+        assert_eq!(stored.record, new.record);
+        // Creating without randomness is refused and stores nothing.
+        let (reply, effects) = core.handle(env("acme", "r2", create_key()), 11, None);
+        assert_eq!(reply.unwrap_err().code, ErrorCode::Internal);
+        assert_eq!(effects.key_write, None);
+
+        // A reloaded core knows the key and verifies it.
+        let mut core = CoordinatorCore::new(saved, Vec::new()).with_keys(vec![stored]);
+        let verify = CoordinatorRequest::VerifyKey(VerifyKey {
+            id: parsed.key_id.clone(),
+            secret_sha256: super::super::keys::secret_sha256(&parsed.secret),
+        });
+        let (reply, effects) = core.handle(env("acme", "r3", verify.clone()), 20, None);
+        let CoordinatorResponse::Verification(Verification::Valid(record)) = reply.unwrap() else {
+            panic!()
+        };
+        assert_eq!(record.last_used_at_ms, Some(20));
+        assert_eq!(
+            effects.key_write.map(|k| k.record.last_used_at_ms),
+            Some(Some(20))
+        );
+        let (reply, _) = core.handle(env("acme", "r4", CoordinatorRequest::ListKeys), 21, None);
+        assert_eq!(
+            reply.unwrap(),
+            CoordinatorResponse::Keys(vec![record.clone()])
+        );
+        let (reply, _) = core.handle(
+            env("acme", "r5", CoordinatorRequest::Inspect(Inspect {})),
+            22,
+            None,
+        );
+        let CoordinatorResponse::Snapshot(snap) = reply.unwrap() else {
+            panic!()
+        };
+        assert_eq!(snap.key_count, 1);
+        let json = serde_json::to_string(&snap).unwrap();
+        assert!(!json.contains(&parsed.secret));
+        assert!(!json.contains(&super::super::keys::secret_sha256(&parsed.secret)));
+
+        // Revoked: the very next check fails.
+        let revoke = CoordinatorRequest::RevokeKey(KeyId {
+            id: parsed.key_id.clone(),
+        });
+        let (reply, effects) = core.handle(env("acme", "r6", revoke), 30, None);
+        let CoordinatorResponse::Key(record) = reply.unwrap() else {
+            panic!()
+        };
+        assert_eq!(record.revoked_at_ms, Some(30));
+        assert!(effects.key_write.is_some());
+        let (reply, effects) = core.handle(env("acme", "r7", verify), 31, None);
+        assert_eq!(
+            reply.unwrap(),
+            CoordinatorResponse::Verification(Verification::Invalid)
+        );
+        assert_eq!(effects.key_write, None);
+        let unknown = CoordinatorRequest::GetKey(KeyId {
+            id: "000000000000".into(),
+        });
+        let (reply, _) = core.handle(env("acme", "r8", unknown), 32, None);
+        assert_eq!(reply.unwrap_err().code, ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn another_tenant_cannot_touch_the_keys() {
+        let mut core = CoordinatorCore::new(None, Vec::new());
+        core.handle(env("acme", "r1", create_key()), 1, entropy())
+            .0
+            .unwrap();
+        let (reply, effects) =
+            core.handle(env("evil", "r2", CoordinatorRequest::ListKeys), 2, None);
+        assert_eq!(reply.unwrap_err().code, ErrorCode::WrongTenant);
+        assert_eq!(effects, Effects::default());
     }
 }

@@ -7,6 +7,7 @@ use protocol::coordinator::{
     ConfigEntry, CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, GetTenant, Inspect,
     SetConfig, SettingsPatch, TenantRecord, UpdateSettings,
 };
+use protocol::keys::{CreateKey, KeyId, KeyRecord, NewKey, RotateKey, Verification, VerifyKey};
 use protocol::{RequestId, TenantId};
 use worker::Env;
 
@@ -21,6 +22,10 @@ impl NamedReply for CoordinatorResponse {
             CoordinatorResponse::Tenant(_) => "Tenant",
             CoordinatorResponse::Snapshot(_) => "Snapshot",
             CoordinatorResponse::ConfigSet(_) => "ConfigSet",
+            CoordinatorResponse::NewKey(_) => "NewKey",
+            CoordinatorResponse::Keys(_) => "Keys",
+            CoordinatorResponse::Key(_) => "Key",
+            CoordinatorResponse::Verification(_) => "Verification",
         }
     }
 }
@@ -75,6 +80,81 @@ impl CoordinatorHandle {
         reply_as!(
             self.send(request_id, message).await?,
             CoordinatorResponse::ConfigSet
+        )
+    }
+
+    /// Creates an API key. The answer is the only time its secret is seen.
+    pub async fn create_key(
+        &self,
+        request_id: &RequestId,
+        create: CreateKey,
+    ) -> Result<NewKey, ActorError> {
+        let message = CoordinatorRequest::CreateKey(create);
+        reply_as!(
+            self.send(request_id, message).await?,
+            CoordinatorResponse::NewKey
+        )
+    }
+
+    /// Every key of the tenant, oldest first (records only, no secrets).
+    pub async fn list_keys(&self, request_id: &RequestId) -> Result<Vec<KeyRecord>, ActorError> {
+        reply_as!(
+            self.send(request_id, CoordinatorRequest::ListKeys).await?,
+            CoordinatorResponse::Keys
+        )
+    }
+
+    /// One key's record.
+    pub async fn get_key(
+        &self,
+        request_id: &RequestId,
+        id: String,
+    ) -> Result<KeyRecord, ActorError> {
+        let message = CoordinatorRequest::GetKey(KeyId { id });
+        reply_as!(
+            self.send(request_id, message).await?,
+            CoordinatorResponse::Key
+        )
+    }
+
+    /// Gives a key a new secret (answered with it, once); the old one works
+    /// for `rotate.grace_seconds` more.
+    pub async fn rotate_key(
+        &self,
+        request_id: &RequestId,
+        rotate: RotateKey,
+    ) -> Result<NewKey, ActorError> {
+        let message = CoordinatorRequest::RotateKey(rotate);
+        reply_as!(
+            self.send(request_id, message).await?,
+            CoordinatorResponse::NewKey
+        )
+    }
+
+    /// Revokes a key (again: no change) and returns its record.
+    pub async fn revoke_key(
+        &self,
+        request_id: &RequestId,
+        id: String,
+    ) -> Result<KeyRecord, ActorError> {
+        let message = CoordinatorRequest::RevokeKey(KeyId { id });
+        reply_as!(
+            self.send(request_id, message).await?,
+            CoordinatorResponse::Key
+        )
+    }
+
+    /// Checks a key by its id and the SHA-256 of its secret (lowercase hex of
+    /// the hash of the secret's characters); a valid key's use is recorded.
+    pub async fn verify_key(
+        &self,
+        request_id: &RequestId,
+        verify: VerifyKey,
+    ) -> Result<Verification, ActorError> {
+        let message = CoordinatorRequest::VerifyKey(verify);
+        reply_as!(
+            self.send(request_id, message).await?,
+            CoordinatorResponse::Verification
         )
     }
 

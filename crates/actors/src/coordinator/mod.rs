@@ -1,8 +1,13 @@
 //! `TenantCoordinator`: one per tenant (`${tenantId}:coordinator`), owner of
-//! the tenant's record and settings.
+//! the tenant's record, settings and API keys.
+//!
+//! [`core`] decides (pure), [`keys`] is its key store, `object` is the
+//! Durable Object shell (storage, KV, alarm) and `handle` the gateway's typed
+//! way in.
 
 pub mod core;
 mod handle;
+pub mod keys;
 mod object;
 
 pub use handle::CoordinatorHandle;

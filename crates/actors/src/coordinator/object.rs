@@ -4,12 +4,20 @@
 //! write per key at a time (see the core's module docs for why); a request
 //! that sets a value waits until KV holds its decision or a later one, so an
 //! operator who reads after the answer sees it.
+//!
+//! API keys live in the `api_keys` table, one row per key: the record's
+//! fields and the SHA-256 of the current secret (and of the previous one
+//! during a rotation's grace), never a secret. Their random bytes come from
+//! the platform's CSPRNG ([`crate::entropy`]), with no fallback.
 
 use super::core::{ConfigProgress, ConfigWrite, CoordinatorCore, CoordinatorState, Effects};
+use super::keys::{KeyEntropy, StoredKey};
 use crate::ports::Kv;
 use crate::rpc;
+use crate::sql::{self, FromRow, FromValue};
 use futures::channel::oneshot;
 use protocol::coordinator::{CoordinatorRequest, CoordinatorResponse};
+use protocol::keys::{KeyLimits, KeyRecord, Scope};
 use protocol::{ErrorCode, ErrorReply, TenantId};
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
@@ -30,7 +38,29 @@ const SCHEMA: &[&str] = &[
         value TEXT,
         version INTEGER NOT NULL
     )",
+    // One row per API key. `scopes`, `models` and `limits` are JSON; the
+    // hashes are SHA-256 in lowercase hex; no column ever holds a secret.
+    "CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        models TEXT NOT NULL,
+        limits TEXT NOT NULL,
+        expires_at_ms INTEGER,
+        created_at_ms INTEGER NOT NULL,
+        last_used_at_ms INTEGER,
+        revoked_at_ms INTEGER,
+        rotated_at_ms INTEGER,
+        previous_valid_until_ms INTEGER,
+        secret_sha256 TEXT NOT NULL,
+        previous_sha256 TEXT
+    )",
 ];
+
+/// The columns of `api_keys`, in the order [`KeyRow`] reads them.
+const KEY_COLUMNS: &str = "id, name, scopes, models, limits, expires_at_ms, created_at_ms, \
+     last_used_at_ms, revoked_at_ms, rotated_at_ms, previous_valid_until_ms, \
+     secret_sha256, previous_sha256";
 
 /// A request waiting until KV holds its configuration decision.
 struct Waiter {
@@ -89,7 +119,13 @@ impl TenantCoordinator {
             .raw()
             .map(|row| row.map_err(|e| e.to_string()).and_then(unsynced_row))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(CoordinatorCore::new(saved, unsynced))
+        let keys =
+            sql::rows::<KeyRow>(&sql, &format!("SELECT {KEY_COLUMNS} FROM api_keys"), vec![])
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|KeyRow(key)| key)
+                .collect();
+        Ok(CoordinatorCore::new(saved, unsynced).with_keys(keys))
     }
 
     /// Performs the storage part of `effects`, synchronously, so that the
@@ -122,6 +158,9 @@ impl TenantCoordinator {
                 )
                 .map_err(|e| e.to_string())?;
         }
+        if let Some(key) = &effects.key_write {
+            save_key(&self.sql(), key)?;
+        }
         Ok(())
     }
 
@@ -131,6 +170,7 @@ impl TenantCoordinator {
         &self,
         envelope: protocol::Envelope<CoordinatorRequest>,
         now_ms: u64,
+        entropy: Option<KeyEntropy>,
     ) -> std::result::Result<
         (
             std::result::Result<CoordinatorResponse, ErrorReply>,
@@ -148,7 +188,7 @@ impl TenantCoordinator {
         let core = slot
             .as_mut()
             .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "coordinator not loaded"))?;
-        let (mut reply, mut effects) = core.handle(envelope, now_ms);
+        let (mut reply, mut effects) = core.handle(envelope, now_ms, entropy);
         if let Err(e) = self.save(&effects) {
             // The core moved on from what storage holds: start again from
             // storage, and write nothing to KV that storage does not know.
@@ -156,7 +196,7 @@ impl TenantCoordinator {
             effects = Effects::default();
             reply = Err(ErrorReply::new(
                 ErrorCode::Internal,
-                format!("could not save the tenant record: {e}"),
+                format!("could not save the coordinator's state: {e}"),
             ));
         }
         Ok((reply, effects))
@@ -322,6 +362,109 @@ fn unsynced_row(row: Vec<SqlStorageValue>) -> std::result::Result<ConfigWrite, S
     })
 }
 
+/// The random bytes of a new key or secret, from the platform's CSPRNG, or
+/// `None` if it has none (the core then refuses: a secret never comes from
+/// the weaker fallback of [`crate::entropy::random_bytes`]).
+fn key_entropy() -> Option<KeyEntropy> {
+    let first = crate::entropy::try_random_bytes().ok()?;
+    let second = crate::entropy::try_random_bytes().ok()?;
+    let third = crate::entropy::try_random_bytes().ok()?;
+    let mut entropy = KeyEntropy {
+        id: [0; 6],
+        secret: [0; 32],
+    };
+    for (dst, src) in entropy.secret.iter_mut().zip(first.iter().chain(&second)) {
+        *dst = *src;
+    }
+    for (dst, src) in entropy.id.iter_mut().zip(&third) {
+        *dst = *src;
+    }
+    Some(entropy)
+}
+
+/// Inserts or replaces a key's row.
+fn save_key(sql_storage: &SqlStorage, key: &StoredKey) -> std::result::Result<(), String> {
+    let r = &key.record;
+    let json = |v: std::result::Result<String, serde_json::Error>| v.map_err(|e| e.to_string());
+    let opt = |v: Option<u64>| v.map_or(SqlStorageValue::Null, sql::int);
+    let text = |v: Option<&String>| {
+        v.map_or(SqlStorageValue::Null, |s| {
+            SqlStorageValue::String(s.clone())
+        })
+    };
+    sql::exec(
+        sql_storage,
+        &format!(
+            "INSERT OR REPLACE INTO api_keys ({KEY_COLUMNS}) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ),
+        vec![
+            r.id.clone().into(),
+            r.name.clone().into(),
+            json(serde_json::to_string(&r.scopes))?.into(),
+            json(serde_json::to_string(&r.models))?.into(),
+            json(serde_json::to_string(&r.limits))?.into(),
+            opt(r.expires_at_ms),
+            sql::int(r.created_at_ms),
+            opt(r.last_used_at_ms),
+            opt(r.revoked_at_ms),
+            opt(r.rotated_at_ms),
+            opt(r.previous_valid_until_ms),
+            key.secret_sha256.clone().into(),
+            text(key.previous_sha256.as_ref()),
+        ],
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// An `api_keys` row, in [`KEY_COLUMNS`] order.
+struct KeyRow(StoredKey);
+
+impl FromRow for KeyRow {
+    fn from_row(row: &[SqlStorageValue]) -> std::result::Result<Self, String> {
+        let mut cells = row.iter();
+        let mut next = || cells.next().ok_or_else(|| "missing column".to_owned());
+        fn json<T: serde::de::DeserializeOwned>(
+            v: &SqlStorageValue,
+        ) -> std::result::Result<T, String> {
+            serde_json::from_str(&String::from_value(v)?).map_err(|e| e.to_string())
+        }
+        let id = String::from_value(next()?)?;
+        let name = String::from_value(next()?)?;
+        let scopes: Vec<Scope> = json(next()?)?;
+        let models: Vec<String> = json(next()?)?;
+        let limits: KeyLimits = json(next()?)?;
+        let expires_at_ms = Option::<u64>::from_value(next()?)?;
+        let created_at_ms = u64::from_value(next()?)?;
+        let last_used_at_ms = Option::<u64>::from_value(next()?)?;
+        let revoked_at_ms = Option::<u64>::from_value(next()?)?;
+        let rotated_at_ms = Option::<u64>::from_value(next()?)?;
+        let previous_valid_until_ms = Option::<u64>::from_value(next()?)?;
+        let secret_sha256 = String::from_value(next()?)?;
+        let previous_sha256 = Option::<String>::from_value(next()?)?;
+        if cells.next().is_some() {
+            return Err(format!("expected 13 columns, got {}", row.len()));
+        }
+        Ok(KeyRow(StoredKey {
+            record: KeyRecord {
+                id,
+                name,
+                scopes,
+                models,
+                expires_at_ms,
+                created_at_ms,
+                last_used_at_ms,
+                revoked_at_ms,
+                rotated_at_ms,
+                previous_valid_until_ms,
+                limits,
+            },
+            secret_sha256,
+            previous_sha256,
+        }))
+    }
+}
+
 /// A version as an SQLite integer (versions count decisions: far below 2^63).
 fn sql_int(version: u64) -> i64 {
     i64::try_from(version).unwrap_or(i64::MAX)
@@ -363,7 +506,13 @@ impl worker::DurableObject for TenantCoordinator {
         }
 
         let tenant = envelope.tenant_id.clone();
-        let (mut reply, effects) = match self.handle_sync(envelope, now_ms()) {
+        // Only a new secret needs random bytes; other messages never fail
+        // for want of them.
+        let entropy = match &envelope.message {
+            CoordinatorRequest::CreateKey(_) | CoordinatorRequest::RotateKey(_) => key_entropy(),
+            _ => None,
+        };
+        let (mut reply, effects) = match self.handle_sync(envelope, now_ms(), entropy) {
             Ok(done) => done,
             Err(reply) => (Err(reply), Effects::default()),
         };
