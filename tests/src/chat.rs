@@ -97,6 +97,11 @@ impl Socket {
         }
     }
 
+    /// The next frame of any kind (a close, or an error once it is closed).
+    pub fn next_frame(&mut self) -> Result<Message, tungstenite::Error> {
+        self.ws.read()
+    }
+
     /// Closes the connection.
     pub fn close(mut self) {
         let _ = self.ws.close(None);

@@ -382,6 +382,19 @@ fn sessions_are_private_to_their_key_and_user() {
     }
     // WebSocket: the key in the query (browsers cannot set headers).
     let ws = server.base().replace("http://", "ws://");
+    // A socket of another key attached before the session's first turn is
+    // closed when the session gets its owner, and never sees its events.
+    let mut early = Socket::connect(
+        &format!("{ws}/api/chat/ws?sessionId=claimed-1&key={two}"),
+        &[],
+    )
+    .expect("a session without a turn may be attached");
+    let r = chat(&server, &one, Some("alice"), "claimed-1");
+    assert_eq!(r.status, 200, "{}", r.body);
+    match early.next_frame() {
+        Ok(tungstenite::Message::Close(_)) | Err(_) => {}
+        Ok(other) => panic!("the other key's socket got {other:?}"),
+    }
     assert!(Socket::connect(
         &format!("{ws}/api/chat/ws?sessionId=private-1&key={two}"),
         &[]
@@ -393,6 +406,9 @@ fn sessions_are_private_to_their_key_and_user() {
         &[],
     )
     .expect("a key's own new session");
+    // The model allow-list is the gateway's: a socket uses the default.
+    s.send(r#"{"type":"message","content":"lighthouses?","model":"@cf/qwen/qwen3-30b-a3b-fp8"}"#);
+    assert_eq!(s.next_event()["code"], "model_not_allowed");
     s.send(r#"{"type":"message","content":"lighthouses?"}"#);
     assert_eq!(s.events_until_end().last().unwrap()["type"], "done");
     s.close();

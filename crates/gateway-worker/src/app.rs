@@ -537,7 +537,7 @@ async fn inspect(
 fn ok_json<T: Serialize>(value: &T) -> Result<(u16, serde_json::Value), ApiError> {
     serde_json::to_value(value)
         .map(|v| (200, v))
-        .map_err(|e| ApiError::BadUpstream(e.to_string()))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Turns a session's event frames into Server-Sent Events as they arrive,
@@ -596,13 +596,18 @@ fn event_stream(frames: TurnStream, request_id: &RequestId) -> Result<Response, 
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// The owner marker of sessions the operator starts (never a key id: those
+/// are hex).
+const OPERATOR_OWNER: &str = "operator";
+
 /// Who asks, as a chat session sees it: the key (none for the operator, the
 /// legacy token or an anonymous caller), the end user, and whether the caller
 /// may read and erase every session of the tenant (the operator, an `admin` key).
 fn access(caller: &Caller) -> Access {
     let (key, privileged) = match &caller.identity {
         Identity::Key { id, scopes, .. } => (Some(id.clone()), scopes.contains(&Scope::Admin)),
-        Identity::Operator => (None, true),
+        // Not `None`: the operator's sessions are not anonymous callers'.
+        Identity::Operator => (Some(OPERATOR_OWNER.to_owned()), true),
         Identity::Legacy | Identity::Anonymous => (None, false),
     };
     Access {

@@ -309,10 +309,12 @@ fn credential<'a>(
         .map(|h| h.strip_prefix("Bearer ").filter(|t| !t.is_empty()))
         .map(|t| t.ok_or_else(ApiError::invalid_key))
         .transpose()?;
+    // Only an API key may travel in a URL (URLs are logged, kept in browser
+    // history and by proxies): never the operator's or the ingest token.
     let query = query_key
         .map(|q| {
             Some(q)
-                .filter(|t| !t.is_empty())
+                .filter(|t| t.starts_with(KEY_PREFIX))
                 .ok_or_else(ApiError::invalid_key)
         })
         .transpose()?;
@@ -605,8 +607,8 @@ mod tests {
         ));
         assert_eq!(code(with(Some(&auth), Some("other"))).1, "invalid_key");
         assert_eq!(code(with(None, Some(""))).1, "invalid_key");
-        // The operator token works there too (the tenant from the header).
-        assert_eq!(code(with(None, Some(ADMIN))).1, "missing_tenant");
+        // Only an API key may come in the URL, never the operator's token.
+        assert_eq!(code(with(None, Some(ADMIN))).1, "invalid_key");
     }
 
     fn grant(scopes: Vec<Scope>, models: Vec<&str>, expires: Option<u64>) -> KeyGrant {

@@ -324,9 +324,8 @@ impl Inner {
             match effect {
                 Effect::Emit(event) => self.emit(turn, &event),
                 Effect::Store(messages) => {
-                    let stored = messages.iter().try_for_each(|(m, usage)| {
-                        self.store.append(m, *usage, self.now()).map(|_| ())
-                    });
+                    // The round is stored whole or not at all.
+                    let stored = self.store.append_all(&messages, self.now());
                     if let Err(e) = stored {
                         let more = self.feed(turn, |m| m.fail("storage_failed", e.message));
                         queue.extend(more);
@@ -436,7 +435,22 @@ impl Inner {
         };
         let now = self.now();
         if self.store.owner()?.is_none() {
-            self.store.set_owner(&Owner::of(&turn.access))?;
+            let owner = Owner::of(&turn.access);
+            self.store.set_owner(&owner)?;
+            // Sockets may attach to a session before its first turn; now that
+            // it has an owner, the ones that may not read it are closed, so
+            // they never see its events.
+            for socket in self.state.get_websockets() {
+                let allowed = socket
+                    .deserialize_attachment::<SocketInfo>()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|info| may(Some(&owner), &info.access, Action::Read));
+                if !allowed {
+                    let _ =
+                        socket.close(Some(4003), Some("this session belongs to another caller"));
+                }
+            }
         }
         let user_seq = self.store.append(&user, None, now)?;
         let id = self.store.start_turn(user_seq, now)?;
@@ -962,6 +976,17 @@ impl worker::DurableObject for ChatSession {
                 return Ok(());
             }
         };
+        // The key's model allow-list is checked by the gateway on
+        // `POST /api/chat`; a socket's frames never pass through it, so over
+        // a socket only the tenant's default model is used, unless the caller
+        // is the operator or a tenant admin.
+        if model.is_some() && !info.access.privileged {
+            reject(
+                "model_not_allowed",
+                "over a WebSocket the tenant's default model is used; name a model with POST /api/chat",
+            );
+            return Ok(());
+        }
         let turn = Turn {
             session_id: info.session.clone(),
             access: info.access.clone(),

@@ -163,6 +163,30 @@ impl SessionStore {
         )?)
     }
 
+    /// Appends `messages` (a tool round) whole: if one fails, the ones
+    /// already written are removed, so the history never holds half a round.
+    pub fn append_all(
+        &self,
+        messages: &[(ChatMessage, Option<Usage>)],
+        now_ms: u64,
+    ) -> Result<(), ErrorReply> {
+        let mut first = None;
+        for (m, usage) in messages {
+            match self.append(m, *usage, now_ms) {
+                Ok(seq) => {
+                    first.get_or_insert(seq);
+                }
+                Err(e) => {
+                    if let Some(first) = first {
+                        let _ = self.exec("DELETE FROM messages WHERE seq >= ?", vec![int(first)]);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Up to `limit` messages before sequence number `before`, oldest first.
     pub fn page(&self, before: Option<u64>, limit: u32) -> Result<HistoryPage, ErrorReply> {
         let mut messages: Vec<StoredMessage> = sql::rows(
