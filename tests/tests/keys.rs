@@ -456,3 +456,28 @@ fn no_answer_or_log_line_holds_a_secret() {
         assert!(!text.contains(&secret), "a secret leaked: {text}");
     }
 }
+
+#[test]
+fn an_open_websocket_stops_working_when_its_key_is_revoked() {
+    let server = shared(Deployment::Dedicated(B));
+    let made = create(&server, B, json!({ "name": "socket", "scopes": ["chat"] }));
+    let key = made["key"].as_str().unwrap().to_owned();
+    let id = made["id"].as_str().unwrap().to_owned();
+    let ws = server.base().replace("http://", "ws://");
+    let mut s = Socket::connect(
+        &format!("{ws}/api/chat/ws?sessionId=revoked-ws&key={key}"),
+        &[],
+    )
+    .expect("connect");
+    s.send(r#"{"type":"message","content":"lighthouses?"}"#);
+    assert_eq!(s.events_until_end().last().unwrap()["type"], "done");
+    let r = admin(&server, B, "DELETE", &format!("/admin/keys/{id}"), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The very next frame on the open socket is refused, and the socket closed.
+    s.send(r#"{"type":"message","content":"and now?"}"#);
+    assert_eq!(s.next_event()["code"], "invalid_key");
+    match s.next_frame() {
+        Ok(tungstenite::Message::Close(_)) | Err(_) => {}
+        Ok(other) => panic!("the socket stayed open: {other:?}"),
+    }
+}

@@ -96,7 +96,7 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
             ingest: ingest_token.as_deref(),
         },
     )?;
-    let (tenant, identity) = admit(decision, env, request_id).await?;
+    let (tenant, identity, proof) = admit(decision, env, request_id).await?;
     // Checked after the credential, so an unauthenticated caller learns
     // nothing but 401.
     let user = auth::user(header(&req, auth::USER_HEADER).as_deref())?;
@@ -152,8 +152,10 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
                 return Err(ApiError::UpgradeRequired);
             }
             let session = api::session_id(&query(&req, "sessionId").unwrap_or_default())?;
+            let mut socket_access = access(&caller);
+            socket_access.proof = proof.clone();
             let response = ChatHandle::new(env, &tenant, &session)?
-                .with_access(access(&caller))
+                .with_access(socket_access)
                 .connect()
                 .await?;
             return Ok(Reply::Raw(response));
@@ -171,22 +173,23 @@ async fn admit(
     decision: Decision,
     env: &Env,
     request_id: &RequestId,
-) -> Result<(TenantId, Identity), ApiError> {
+) -> Result<(TenantId, Identity, Option<String>), ApiError> {
     match decision {
-        Decision::Admitted { tenant, identity } => Ok((tenant, identity)),
+        Decision::Admitted { tenant, identity } => Ok((tenant, identity, None)),
         Decision::Verify {
             tenant,
             verify,
             access,
         } => {
+            let proof = verify.secret_sha256.clone();
             let grant = verified(env, &tenant, verify, request_id).await?;
             let identity = auth::admit_key(grant.as_ref(), access, now_ms())?;
-            Ok((tenant, identity))
+            Ok((tenant, identity, Some(proof)))
         }
         Decision::Anonymous { tenant, scope } => {
             let policy = tenant_policy(env, &tenant, request_id).await?;
             let identity = auth::admit_anonymous(policy.anonymous, scope)?;
-            Ok((tenant, identity))
+            Ok((tenant, identity, None))
         }
     }
 }
@@ -614,6 +617,7 @@ fn access(caller: &Caller) -> Access {
         key,
         user: caller.user.clone(),
         privileged,
+        proof: None,
     }
 }
 

@@ -65,6 +65,11 @@ pub struct Access {
     pub user: Option<String>,
     /// May read and erase any session of the tenant (not chat in it).
     pub privileged: bool,
+    /// The SHA-256 of the key's secret (never the secret), so that a
+    /// long-lived WebSocket re-checks its key before every message: a key
+    /// revoked or rotated after the socket connected stops working there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// Payload of [`ChatRequest::Turn`].

@@ -461,6 +461,7 @@ mod chat_messages {
                     key: Some("0123456789ab".into()),
                     user: Some("user-7".into()),
                     privileged: false,
+                    proof: Some("ab".repeat(32)),
                 },
                 message: "hi 🦀".into(),
                 model: Some("@cf/x/y".into()),

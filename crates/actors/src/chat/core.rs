@@ -477,6 +477,7 @@ mod tests {
             key: key.map(str::to_owned),
             user: user.map(str::to_owned),
             privileged,
+            proof: None,
         };
         let alice = access(Some("k1"), Some("alice"), false);
         let owner = Owner::of(&alice);

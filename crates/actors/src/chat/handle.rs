@@ -220,6 +220,10 @@ impl ChatHandle {
         if self.access.privileged {
             url.push_str("&privileged=1");
         }
+        if let Some(proof) = &self.access.proof {
+            // 64 hex digits: no escaping needed.
+            url.push_str(&format!("&proof={proof}"));
+        }
         let request = Request::new_with_init(&url, &init)?;
         let mut response = self.actor.stub().fetch_with_request(request).await?;
         if response.status_code() == 101 {

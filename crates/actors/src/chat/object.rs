@@ -203,6 +203,27 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether the key a socket connected with still verifies (not revoked,
+    /// not expired, not rotated away). Sockets without a key (the operator,
+    /// an anonymous caller) have nothing to re-check.
+    async fn key_still_valid(&self, info: &SocketInfo) -> bool {
+        let (Some(id), Some(proof)) = (&info.access.key, &info.access.proof) else {
+            return true;
+        };
+        let verify = protocol::keys::VerifyKey {
+            id: id.clone(),
+            secret_sha256: proof.clone(),
+        };
+        let request_id = RequestId::from_random(crate::entropy::random_bytes());
+        match crate::CoordinatorHandle::new(&self.env, &info.tenant) {
+            Ok(c) => matches!(
+                c.verify_key(&request_id, verify).await,
+                Ok(protocol::keys::Verification::Valid(_))
+            ),
+            Err(_) => false,
+        }
+    }
+
     /// Refuses `access` doing `action` unless the session's owner allows it,
     /// as if the session did not exist (404): another key's or user's
     /// session, or one that has had no turn, is nothing to that caller.
@@ -842,6 +863,7 @@ impl ChatSession {
             key: param("key"),
             user: param("user"),
             privileged: param("privileged").is_some(),
+            proof: param("proof"),
         };
         // A socket may attach to a session it may read, or to a new one it
         // will start (its first message claims it).
@@ -936,6 +958,16 @@ impl worker::DurableObject for ChatSession {
         };
         if let Err(e) = self.inner.bind(&info.tenant, &info.session) {
             reject("session_unavailable", &e.message);
+            return Ok(());
+        }
+        // The key was checked when the socket connected; a socket lives for
+        // hours, so it is checked again before every frame it sends.
+        if !self.inner.key_still_valid(&info).await {
+            reject(
+                "invalid_key",
+                "the key this socket connected with is no longer valid",
+            );
+            let _ = ws.close(Some(4001), Some("invalid key"));
             return Ok(());
         }
         let (content, model, max_tokens) = match frame {
