@@ -108,7 +108,12 @@ struct Inner {
     alarm_at: Cell<Option<u64>>,
     /// Event ids and the events not stored yet.
     events: RefCell<EventLogState>,
+    /// When each socket key (by its proof) was last verified, for the 1 s bound.
+    key_checks: RefCell<std::collections::HashMap<String, u64>>,
 }
+
+/// How long a socket's key check holds: the gateway's cache bound too.
+const KEY_CHECK_MS: u64 = 1_000;
 
 /// The next event id, the stored reservation, and the events sent but not
 /// stored yet (`(id, turn, JSON)`).
@@ -210,18 +215,36 @@ impl Inner {
         let (Some(id), Some(proof)) = (&info.access.key, &info.access.proof) else {
             return true;
         };
+        // Checked at most once a second per key, the gateway's bound too: a
+        // revocation reaches an open socket within 1 s.
+        let now = self.now();
+        let checked = self.key_checks.borrow().get(proof).copied();
+        if checked.is_some_and(|at| now.saturating_sub(at) < KEY_CHECK_MS) {
+            return true;
+        }
         let verify = protocol::keys::VerifyKey {
             id: id.clone(),
             secret_sha256: proof.clone(),
         };
         let request_id = RequestId::from_random(crate::entropy::random_bytes());
-        match crate::CoordinatorHandle::new(&self.env, &info.tenant) {
+        let valid = match crate::CoordinatorHandle::new(&self.env, &info.tenant) {
             Ok(c) => matches!(
                 c.verify_key(&request_id, verify).await,
                 Ok(protocol::keys::Verification::Valid(_))
             ),
             Err(_) => false,
+        };
+        let mut checks = self.key_checks.borrow_mut();
+        if valid {
+            // A few keys per session at most; the map is cleared if it grows.
+            if checks.len() >= 64 {
+                checks.clear();
+            }
+            checks.insert(proof.clone(), now);
+        } else {
+            checks.remove(proof);
         }
+        valid
     }
 
     /// Refuses `access` doing `action` unless the session's owner allows it,
@@ -907,6 +930,7 @@ impl worker::DurableObject for ChatSession {
                 listeners: RefCell::new(Vec::new()),
                 alarm_at: Cell::new(None),
                 events: RefCell::new(EventLogState::default()),
+                key_checks: RefCell::new(std::collections::HashMap::new()),
             }),
         }
     }
