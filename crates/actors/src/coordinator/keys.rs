@@ -21,6 +21,8 @@ use subtle::{Choice, ConstantTimeEq};
 /// The most keys a tenant may have (revoked ones included: they stay stored
 /// so that their records can still be shown).
 pub const MAX_KEYS: usize = 1000;
+/// How fresh `lastUsedAt` is kept: a check writes it at most once a minute.
+pub const LAST_USED_RESOLUTION_MS: u64 = 60_000;
 /// The [`ErrorReply::reason`] when a tenant has [`MAX_KEYS`] keys already.
 pub const TOO_MANY_KEYS: &str = "too_many_keys";
 /// The reason when a revoked key is asked for a new secret.
@@ -316,6 +318,16 @@ impl KeyStore {
         if !(matches && live) {
             return (Verification::Invalid, None);
         }
+        // `lastUsedAt` to the minute: a busy key is verified by every
+        // gateway isolate and every chat socket, and a write per check would
+        // make the tenant's coordinator a hot spot.
+        let stale = key
+            .record
+            .last_used_at_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= LAST_USED_RESOLUTION_MS);
+        if !stale {
+            return (Verification::Valid(key.record.clone()), None);
+        }
         key.record.last_used_at_ms = Some(now_ms);
         (Verification::Valid(key.record.clone()), Some(key.clone()))
     }
@@ -463,16 +475,21 @@ mod tests {
             store.get(&key.key_id).unwrap().last_used_at_ms,
             Some(T0 + 5)
         );
+        // Within the minute, a check writes nothing; after it, it does.
+        let (v, write) = store.verify(&verify, T0 + 10);
+        assert!(matches!(v, Verification::Valid(_)) && write.is_none());
+        let later = T0 + 5 + LAST_USED_RESOLUTION_MS;
+        let (_, write) = store.verify(&verify, later);
+        assert_eq!(write.unwrap().record.last_used_at_ms, Some(later));
+        let key_at = |store: &KeyStore| store.get(&key.key_id).unwrap().last_used_at_ms;
+        assert_eq!(key_at(&store), Some(later));
         // A wrong secret changes nothing.
         let wrong = VerifyKey {
             id: key.key_id.clone(),
             secret_sha256: secret_sha256("nope"),
         };
         assert_eq!(store.verify(&wrong, T0 + 9), (Verification::Invalid, None));
-        assert_eq!(
-            store.get(&key.key_id).unwrap().last_used_at_ms,
-            Some(T0 + 5)
-        );
+        assert_eq!(key_at(&store), Some(later));
         // The secret itself, or an upper-case hash, is not the hash.
         for given in [
             key.secret.clone(),
