@@ -215,6 +215,30 @@ impl Server {
         format!("Bearer {}", self.key(tenant))
     }
 
+    /// Ingests `docs` (a JSON array) for `tenant` with the legacy ingest
+    /// token and checks the small job finished before the answer (200).
+    pub fn ingest(&self, tenant: &str, docs: serde_json::Value) {
+        let r = http::send(
+            "POST",
+            &self.url("/api/ingest"),
+            &[
+                ("x-tenant-id", tenant),
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {INGEST_TOKEN}")),
+            ],
+            Some(
+                serde_json::json!({ "documents": docs })
+                    .to_string()
+                    .as_bytes(),
+            ),
+        );
+        assert_eq!(
+            r.status, 200,
+            "small jobs finish before the answer: {}",
+            r.body
+        );
+    }
+
     /// A new key of `tenant` with `scopes`.
     pub fn create_key(&self, tenant: &str, scopes: &[&str]) -> String {
         let body = serde_json::json!({ "name": "e2e", "scopes": scopes }).to_string();

@@ -11,24 +11,6 @@ use serde_json::{json, Value};
 const A: &str = "mrrainbowsmoke";
 const B: &str = "rainbowsmokeofficial";
 
-fn ingest(server: &Server, tenant: &str, docs: Value) {
-    let r = send(
-        "POST",
-        &server.url("/api/ingest"),
-        &[
-            ("x-tenant-id", tenant),
-            ("content-type", "application/json"),
-            ("authorization", "Bearer e2e-ingest-token"),
-        ],
-        Some(json!({ "documents": docs }).to_string().as_bytes()),
-    );
-    assert_eq!(
-        r.status, 200,
-        "small jobs finish before the answer: {}",
-        r.body
-    );
-}
-
 fn chat(server: &Server, tenant: &str, body: Value) -> Reply {
     send(
         "POST",
@@ -102,9 +84,7 @@ fn answer_text(events: &[Value]) -> String {
 #[test]
 fn sse_turn_streams_tool_calls_then_a_cited_answer() {
     let server = shared(Deployment::Dedicated(B));
-    ingest(
-        &server,
-        B,
+    server.ingest(B,
         json!([
             { "id": "sse-doc-1", "text": "The lighthouse keeper trims the wick every evening before sunset." },
             { "id": "sse-doc-2", "text": "Harbour pilots guide ships through the narrow channel at high tide." }
@@ -237,9 +217,7 @@ fn kv_get_reads_only_allowed_keys() {
 #[test]
 fn websocket_conversation_reaches_every_socket() {
     let server = shared(Deployment::Dedicated(A));
-    ingest(
-        &server,
-        A,
+    server.ingest(A,
         json!([{ "id": "ws-doc", "text": "Pelicans scoop fish into the pouch under their bills." }]),
     );
     let url = format!(
@@ -338,13 +316,11 @@ fn websocket_tenant_by_query_in_shared_mode() {
 #[test]
 fn sessions_and_tenants_are_isolated() {
     let server = shared(Deployment::Shared);
-    ingest(
-        &server,
+    server.ingest(
         A,
         json!([{ "id": "iso-a", "text": "Marigold is the launch code of tenant A." }]),
     );
-    ingest(
-        &server,
+    server.ingest(
         B,
         json!([{ "id": "iso-b", "text": "Tenant B launches in spring." }]),
     );

@@ -14,20 +14,6 @@ use std::time::{Duration, Instant};
 const A: &str = "mrrainbowsmoke";
 const B: &str = "rainbowsmokeofficial";
 
-fn ingest(server: &Server, tenant: &str, docs: Value) {
-    let r = send(
-        "POST",
-        &server.url("/api/ingest"),
-        &[
-            ("x-tenant-id", tenant),
-            ("content-type", "application/json"),
-            ("authorization", "Bearer e2e-ingest-token"),
-        ],
-        Some(json!({ "documents": docs }).to_string().as_bytes()),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-}
-
 fn docs() -> Value {
     json!([
         { "id": "rel-doc-1", "text": "The ferry to the island leaves every morning at seven from the north pier. Tickets are sold on board." },
@@ -158,7 +144,7 @@ fn ids_of(events: &[(String, Value)]) -> Vec<u64> {
 #[test]
 fn a_turn_survives_its_client_and_resumes_exactly() {
     let server = shared(Deployment::Dedicated(B));
-    ingest(&server, B, docs());
+    server.ingest(B, docs());
     // Slow answers, so the client leaves while the turn is still running.
     let question = "when does the ferry leave for the island? [[slow-model]]";
     let reference = sse_turn(&server, B, "resume-ref", question);
@@ -265,7 +251,7 @@ fn a_turn_survives_its_client_and_resumes_exactly() {
 #[test]
 fn a_websocket_client_resumes_a_running_turn() {
     let server = shared(Deployment::Dedicated(A));
-    ingest(&server, A, docs());
+    server.ingest(A, docs());
     let url = format!(
         "{}/api/chat/ws?sessionId=ws-resume&key={}",
         server.base().replace("http://", "ws://"),
@@ -360,7 +346,7 @@ fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn websocket_protocol_errors_do_not_break_other_tenants_turns() {
     let server = shared(Deployment::Shared);
-    ingest(&server, B, docs());
+    server.ingest(B, docs());
     // Another tenant's turns, over SSE and a WebSocket, slow enough to be in
     // flight while the bad frames arrive.
     let sse_server = std::sync::Arc::clone(&server);
@@ -437,7 +423,7 @@ fn a_turn_interrupted_by_a_restart_is_marked_failed() {
     {
         let server = Server::start(Deployment::Dedicated(A), &dir);
         key = server.key(A);
-        ingest(&server, A, docs());
+        server.ingest(A, docs());
         // The model hangs after the first piece of its answer; the server
         // stops in the middle of the turn.
         let seen = sse_then_disconnect(

@@ -137,12 +137,9 @@ pub struct ChatSession {
 
 /// An event as a WebSocket client gets it: the event's JSON with its
 /// sequence id as `eventId` (`id` is a tool call's own id).
-fn socket_json(id: u64, event: &ChatEvent) -> Option<String> {
-    let mut value = serde_json::to_value(event).ok()?;
-    if let Some(object) = value.as_object_mut() {
-        object.insert("eventId".into(), json!(id));
-    }
-    Some(value.to_string())
+/// `event_json` is the event's own JSON object, as stored.
+fn socket_text(id: u64, event_json: &str) -> String {
+    format!("{{\"eventId\":{id},{}", event_json.get(1..).unwrap_or("}"))
 }
 
 fn send_json(ws: &WebSocket, value: &Value) {
@@ -324,7 +321,7 @@ impl Inner {
         }
         let sockets = self.state.get_websockets();
         if !sockets.is_empty() {
-            let json = format!("{{\"eventId\":{id},{}", json.get(1..).unwrap_or("}"));
+            let json = socket_text(id, &json);
             for socket in sockets {
                 let _ = socket.send_with_str(&json);
             }
@@ -1014,8 +1011,8 @@ impl worker::DurableObject for ChatSession {
                             .filter(|f| f.id <= info.joined_after)
                             .collect();
                         for f in &frames {
-                            if let Some(json) = socket_json(f.id, &f.event) {
-                                let _ = ws.send_with_str(&json);
+                            if let Ok(json) = serde_json::to_string(&f.event) {
+                                let _ = ws.send_with_str(socket_text(f.id, &json));
                             }
                         }
                         send_json(
