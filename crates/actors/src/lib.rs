@@ -55,7 +55,7 @@ mod wasm_tests {
 
     #[wasm_bindgen_test]
     fn simd_dot_matches_the_plain_sum() {
-        for n in [0usize, 3, 8, 13, 768] {
+        for n in [0usize, 3, 8, 13, 15, 16, 17, 31, 32, 33, 768] {
             let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
             let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
@@ -65,6 +65,8 @@ mod wasm_tests {
                 "n={n}: {got} vs {want}"
             );
         }
+        // The shorter length wins.
+        assert_eq!(crate::retrieval::dot(&[1.0; 20], &[2.0; 17]), 34.0);
     }
 
     #[wasm_bindgen_test]

@@ -10,38 +10,48 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 /// Dot product; the cosine similarity of two unit vectors. The hot loop of
 /// exact search: with wasm SIMD (enabled for the Worker in
 /// `.cargo/config.toml`) four lanes at a time.
+///
+/// Written as a plain index loop over raw loads: the release build optimises
+/// for size (`opt-level = "z"`), which leaves iterator adapters (`zip`,
+/// `chunks_exact`) as a function call per step and the sums in memory; this
+/// form keeps four independent sums in registers.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    use core::arch::wasm32::{f32x4, f32x4_add, f32x4_extract_lane, f32x4_mul, v128, v128_load};
+    use core::arch::wasm32::{
+        f32x4_add, f32x4_extract_lane, f32x4_mul, f32x4_splat, v128, v128_load,
+    };
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc0 = f32x4(0.0, 0.0, 0.0, 0.0);
-    let mut acc1 = acc0;
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        // SAFETY: `chunks_exact(8)` yields slices of exactly 8 `f32`s, so both
-        // 16-byte loads at offsets 0 and 4 stay inside them; wasm's
-        // `v128.load` has no alignment requirement.
-        let (x0, x1, y0, y1) = unsafe {
-            let (px, py) = (x.as_ptr(), y.as_ptr());
-            (
-                v128_load(px.cast::<v128>()),
-                v128_load(px.add(4).cast::<v128>()),
-                v128_load(py.cast::<v128>()),
-                v128_load(py.add(4).cast::<v128>()),
-            )
-        };
-        acc0 = f32x4_add(acc0, f32x4_mul(x0, y0));
-        acc1 = f32x4_add(acc1, f32x4_mul(x1, y1));
+    let whole = n - n % 16;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let (mut s0, mut s1, mut s2, mut s3) = (
+        f32x4_splat(0.0),
+        f32x4_splat(0.0),
+        f32x4_splat(0.0),
+        f32x4_splat(0.0),
+    );
+    let mut i = 0;
+    while i < whole {
+        // SAFETY: `i + 16 <= whole <= n`, and both slices hold at least `n`
+        // `f32`s, so every 16-byte load (at `i`, `i + 4`, `i + 8`, `i + 12`)
+        // is inside both; wasm's `v128.load` has no alignment requirement.
+        unsafe {
+            let (xa, xb) = (pa.add(i).cast::<v128>(), pb.add(i).cast::<v128>());
+            s0 = f32x4_add(s0, f32x4_mul(v128_load(xa), v128_load(xb)));
+            s1 = f32x4_add(s1, f32x4_mul(v128_load(xa.add(1)), v128_load(xb.add(1))));
+            s2 = f32x4_add(s2, f32x4_mul(v128_load(xa.add(2)), v128_load(xb.add(2))));
+            s3 = f32x4_add(s3, f32x4_mul(v128_load(xa.add(3)), v128_load(xb.add(3))));
+        }
+        i += 16;
     }
-    let v = f32x4_add(acc0, acc1);
+    let v = f32x4_add(f32x4_add(s0, s1), f32x4_add(s2, s3));
     let mut sum = f32x4_extract_lane::<0>(v)
         + f32x4_extract_lane::<1>(v)
         + f32x4_extract_lane::<2>(v)
         + f32x4_extract_lane::<3>(v);
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        sum += x * y;
+    while i < n {
+        sum += a[i] * b[i];
+        i += 1;
     }
     sum
 }
@@ -49,6 +59,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Dot product; the cosine similarity of two unit vectors. Eight independent
 /// sums, so the compiler can keep them in vector registers.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let mut ca = a.chunks_exact(8);
@@ -263,26 +274,68 @@ impl MemIndex {
         }
         let mut q = query.to_vec();
         embedding::normalize(&mut q);
-        let mut heap: BinaryHeap<HeapEntry> = BinaryHeap::with_capacity(k + 1);
-        let vectors = self.blocks.iter().flat_map(|b| b.chunks_exact(self.dims));
-        for (i, (v, key)) in vectors.zip(&self.keys).enumerate() {
-            if allowed.is_some_and(|a| !a.contains(key)) {
-                continue;
-            }
-            let score = dot(&q, v);
-            if heap.len() < k {
-                heap.push(HeapEntry(score, i));
-            } else if heap.peek().is_some_and(|worst| score > worst.0) {
-                heap.pop();
-                heap.push(HeapEntry(score, i));
+        let mut best = Best::new(k);
+        for (b, block) in self.blocks.iter().enumerate() {
+            let first = b * BLOCK_VECTORS;
+            let vectors = block.chunks_exact(self.dims);
+            match allowed {
+                // The hot loop: a plain scan of one block.
+                None => {
+                    for (j, v) in vectors.enumerate() {
+                        best.offer(dot(&q, v), first + j);
+                    }
+                }
+                Some(allowed) => {
+                    let keys = self.keys.get(first..).unwrap_or_default();
+                    for (j, (v, key)) in vectors.zip(keys).enumerate() {
+                        if allowed.contains(key) {
+                            best.offer(dot(&q, v), first + j);
+                        }
+                    }
+                }
             }
         }
+        let heap = best.heap;
         let mut out: Vec<(i64, f32)> = heap
             .into_iter()
             .filter_map(|HeapEntry(score, i)| Some((*self.keys.get(i)?, score)))
             .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         out
+    }
+}
+
+/// The best `k` (score, position) pairs seen, in a heap whose top is the
+/// worst of them.
+struct Best {
+    k: usize,
+    heap: BinaryHeap<HeapEntry>,
+    /// The score to beat once the heap is full.
+    worst: f32,
+}
+
+impl Best {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+            worst: f32::NEG_INFINITY,
+        }
+    }
+
+    #[inline(always)]
+    fn offer(&mut self, score: f32, pos: usize) {
+        if self.heap.len() < self.k {
+            self.heap.push(HeapEntry(score, pos));
+        } else if score > self.worst {
+            self.heap.pop();
+            self.heap.push(HeapEntry(score, pos));
+        } else {
+            return;
+        }
+        if self.heap.len() == self.k {
+            self.worst = self.heap.peek().map_or(f32::NEG_INFINITY, |w| w.0);
+        }
     }
 }
 

@@ -204,6 +204,8 @@ impl SqlVectorIndex {
     }
 
     /// The best `k` row ids by BM25 (higher is better), within `filter`.
+    /// Without a filter, the full-text index alone answers: no `vectors` row
+    /// is touched (each holds a 3 KiB embedding) until the top k are read.
     fn keyword_candidates(
         &self,
         text: &str,
@@ -213,19 +215,28 @@ impl SqlVectorIndex {
         let Some(expr) = fts_query(text) else {
             return Ok(Vec::new());
         };
-        let (condition, mut bindings) = filter_sql(filter);
-        let mut all = vec![SqlStorageValue::from(expr)];
-        all.append(&mut bindings);
-        all.push(int(k));
-        let rows = sql::rows::<(i64, f64)>(
-            &self.sql,
-            &format!(
-                "SELECT chunk_fts.rowid, bm25(chunk_fts) AS rank FROM chunk_fts \
-                 JOIN vectors ON vectors.rid = chunk_fts.rowid \
-                 WHERE chunk_fts MATCH ? AND {condition} ORDER BY rank LIMIT ?"
-            ),
-            all,
-        )
+        let rows = if filter.is_empty() {
+            sql::rows::<(i64, f64)>(
+                &self.sql,
+                "SELECT rowid, bm25(chunk_fts) AS score FROM chunk_fts \
+                 WHERE chunk_fts MATCH ? ORDER BY score LIMIT ?",
+                vec![expr.into(), int(k)],
+            )
+        } else {
+            let (condition, mut bindings) = filter_sql(filter);
+            let mut all = vec![SqlStorageValue::from(expr)];
+            all.append(&mut bindings);
+            all.push(int(k));
+            sql::rows::<(i64, f64)>(
+                &self.sql,
+                &format!(
+                    "SELECT chunk_fts.rowid, bm25(chunk_fts) AS score FROM chunk_fts \
+                     JOIN vectors ON vectors.rid = chunk_fts.rowid \
+                     WHERE chunk_fts MATCH ? AND {condition} ORDER BY score LIMIT ?"
+                ),
+                all,
+            )
+        }
         .map_err(storage)?;
         // bm25() is lower-is-better; flip it so every mode is higher-is-better.
         Ok(rows.into_iter().map(|(rid, rank)| (rid, -rank)).collect())
@@ -237,40 +248,8 @@ impl SqlVectorIndex {
         k: usize,
         filter: &Metadata,
     ) -> Result<Vec<VectorHit>, PortError> {
-        let Some(expr) = fts_query(text) else {
-            return Ok(Vec::new());
-        };
-        // Fetch more than k when a filter may drop some.
-        let limit = if filter.is_empty() {
-            k
-        } else {
-            k.max(CANDIDATES) * 4
-        };
-        let rows = sql::rows::<(String, f64, String)>(
-            &self.sql,
-            "SELECT v.id, bm25(chunk_fts) AS rank, v.metadata FROM chunk_fts \
-             JOIN vectors v ON v.rid = chunk_fts.rowid \
-             WHERE chunk_fts MATCH ? ORDER BY rank LIMIT ?",
-            vec![expr.into(), int(limit)],
-        )
-        .map_err(storage)?;
-        let mut hits = Vec::new();
-        for (id, rank, meta) in rows {
-            let metadata: Metadata = serde_json::from_str(&meta).map_err(failed)?;
-            if !matches_filter(&metadata, filter) {
-                continue;
-            }
-            // bm25() is lower-is-better; flip it so every mode is higher-is-better.
-            hits.push(VectorHit {
-                id,
-                score: -rank,
-                metadata,
-            });
-            if hits.len() >= k {
-                break;
-            }
-        }
-        Ok(hits)
+        let best = self.keyword_candidates(text, k, filter)?;
+        self.hits(&best, filter)
     }
 
     /// Forgets the in-memory vectors (reloaded on next use): after a failure
