@@ -153,10 +153,14 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
             }
             let session = api::session_id(&query(&req, "sessionId").unwrap_or_default())?;
             let mut socket_access = access(&caller);
-            socket_access.proof = proof.clone();
+            // The key check's time goes with it: the socket's first
+            // re-check falls due a second after this verification, not at
+            // its first message.
+            let (proof, checked_at) = proof.unzip();
+            socket_access.proof = proof;
             let response = ChatHandle::new(env, &tenant, &session)?
                 .with_access(socket_access)
-                .connect()
+                .connect(checked_at)
                 .await?;
             return Ok(Reply::Raw(response));
         }
@@ -173,7 +177,7 @@ async fn admit(
     decision: Decision,
     env: &Env,
     request_id: &RequestId,
-) -> Result<(TenantId, Identity, Option<String>), ApiError> {
+) -> Result<(TenantId, Identity, Option<(String, u64)>), ApiError> {
     match decision {
         Decision::Admitted { tenant, identity } => Ok((tenant, identity, None)),
         Decision::Verify {
@@ -182,9 +186,9 @@ async fn admit(
             access,
         } => {
             let proof = verify.secret_sha256.clone();
-            let grant = verified(env, &tenant, verify, request_id).await?;
+            let (grant, checked_at) = verified(env, &tenant, verify, request_id).await?;
             let identity = auth::admit_key(grant.as_ref(), access, now_ms())?;
-            Ok((tenant, identity, Some(proof)))
+            Ok((tenant, identity, Some((proof, checked_at))))
         }
         Decision::Anonymous { tenant, scope } => {
             let policy = tenant_policy(env, &tenant, request_id).await?;
@@ -223,7 +227,8 @@ thread_local! {
         RefCell::new(TtlCache::new(CACHE_ENTRIES, CACHE_MAX_AGE_MS));
 }
 
-/// A key's verification, from the isolate's cache when at most 1 s old, else
+/// A key's verification and when it was fetched, from the isolate's cache
+/// when at most 1 s old, else
 /// from the tenant's coordinator. Invalid answers are cached too, so a burst
 /// of one wrong key costs the coordinator one check a second.
 async fn verified(
@@ -231,14 +236,14 @@ async fn verified(
     tenant: &TenantId,
     verify: VerifyKey,
     request_id: &RequestId,
-) -> Result<Option<KeyGrant>, ApiError> {
+) -> Result<(Option<KeyGrant>, u64), ApiError> {
     let key: VerificationKey = (
         tenant.clone(),
         verify.id.clone(),
         verify.secret_sha256.clone(),
     );
     let now = now_ms();
-    if let Some(hit) = VERIFICATIONS.with(|c| c.borrow().get(&key, now)) {
+    if let Some(hit) = VERIFICATIONS.with(|c| c.borrow().get_with_time(&key, now)) {
         return Ok(hit);
     }
     let verification = CoordinatorHandle::new(env, tenant)?
@@ -247,7 +252,7 @@ async fn verified(
     let grant = KeyGrant::from_verification(verification);
     let fetched = now_ms();
     VERIFICATIONS.with(|c| c.borrow_mut().insert(key, grant.clone(), fetched));
-    Ok(grant)
+    Ok((grant, fetched))
 }
 
 /// Forgets this isolate's verifications of key `id` (revoked or rotated

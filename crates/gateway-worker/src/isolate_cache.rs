@@ -51,6 +51,14 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
             .map(|(v, _)| v.clone())
     }
 
+    /// Like [`Self::get`], with the time the value was fetched.
+    pub fn get_with_time(&self, key: &K, now_ms: u64) -> Option<(V, u64)> {
+        self.entries
+            .get(key)
+            .filter(|(_, at)| self.fresh(*at, now_ms))
+            .map(|(v, at)| (v.clone(), *at))
+    }
+
     /// Stores `value` for `key` as fetched at `now_ms`. When the cache is
     /// full, stale entries go first, then the oldest one.
     pub fn insert(&mut self, key: K, value: V, now_ms: u64) {
@@ -90,6 +98,15 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hit_tells_when_it_was_fetched() {
+        let mut c = TtlCache::new(10, 1_000);
+        c.insert("a", 1, 5_000);
+        assert_eq!(c.get_with_time(&"a", 5_400), Some((1, 5_000)));
+        assert_eq!(c.get_with_time(&"a", 6_000), None, "stale");
+        assert_eq!(c.get_with_time(&"b", 5_400), None);
+    }
 
     #[test]
     fn entries_expire() {

@@ -6,6 +6,7 @@
 use super::turn::{Effect, TurnMachine};
 use crate::ports::{ChatMessage, Role};
 use protocol::chat::Access;
+use protocol::{ErrorCode, ErrorReply};
 /// Characters of history sent to the model (about 6k tokens), system prompt aside.
 pub const CONTEXT_BUDGET_CHARS: usize = 24_000;
 /// The system prompt.
@@ -102,6 +103,27 @@ pub enum Refusal {
     Busy,
     /// The session holds [`ChatLimits::max_messages`] messages (413 `session_full`).
     Full,
+}
+
+impl Refusal {
+    /// The client's error for this refusal; `stored` is the session's
+    /// message count.
+    pub fn to_error(&self, stored: u64, limits: &ChatLimits) -> ErrorReply {
+        match self {
+            Refusal::Busy => ErrorReply::new(
+                ErrorCode::Busy,
+                "this session is still answering an earlier message",
+            ),
+            Refusal::Full => ErrorReply::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "this session holds {stored} messages, the most it may (CHAT_MAX_MESSAGES = {}); erase it or start a new session",
+                    limits.max_messages
+                ),
+            )
+            .with_reason("session_full"),
+        }
+    }
 }
 
 /// The session's in-memory state: the turn being answered in this isolate.
@@ -329,6 +351,31 @@ pub fn resume_plan(after: Option<u64>, log: &EventLog) -> ResumePlan {
     ResumePlan::Replay {
         after,
         follow: running,
+    }
+}
+
+impl ResumePlan {
+    /// The client's error for a plan that sends nothing and is not
+    /// [`ResumePlan::UpToDate`]; `None` for the others.
+    pub fn refusal(&self, log: &EventLog) -> Option<ErrorReply> {
+        match self {
+            ResumePlan::Replay { .. } | ResumePlan::UpToDate => None,
+            ResumePlan::NoTurn => Some(ErrorReply::new(
+                ErrorCode::NotFound,
+                "this session has no turn to resume",
+            )),
+            ResumePlan::Unknown => Some(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "this session has no event after which to resume ({} is its last)",
+                    log.last_event_id
+                ),
+            )),
+            ResumePlan::Expired => Some(ErrorReply::new(
+                ErrorCode::NotFound,
+                "the events after that id are no longer kept; read the history instead",
+            )),
+        }
     }
 }
 
@@ -631,5 +678,42 @@ mod tests {
         let ctx = context("sys", &history, 60);
         assert!(ctx.iter().skip(1).all(|m| m.role != Role::Tool), "{ctx:?}");
         assert_eq!(ctx.last().map(|m| m.content.as_str()), Some("q2"));
+    }
+
+    #[test]
+    fn refusals_name_their_status() {
+        let limits = ChatLimits::default();
+        let busy = Refusal::Busy.to_error(3, &limits);
+        assert_eq!((busy.code, busy.reason.as_deref()), (ErrorCode::Busy, None));
+        let full = Refusal::Full.to_error(limits.max_messages, &limits);
+        assert_eq!(full.code, ErrorCode::QuotaExceeded);
+        assert_eq!(full.reason.as_deref(), Some("session_full"));
+        assert!(full.message.contains(&limits.max_messages.to_string()));
+        let log = EventLog {
+            latest_turn: Some((1, 1, false)),
+            last_event_id: 9,
+            issued: 9,
+            oldest_kept: Some(1),
+        };
+        assert_eq!(ResumePlan::UpToDate.refusal(&log), None);
+        assert_eq!(
+            ResumePlan::Replay {
+                after: 2,
+                follow: false
+            }
+            .refusal(&log),
+            None
+        );
+        assert_eq!(
+            ResumePlan::NoTurn.refusal(&log).map(|e| e.code),
+            Some(ErrorCode::NotFound)
+        );
+        let unknown = ResumePlan::Unknown.refusal(&log).unwrap();
+        assert_eq!(unknown.code, ErrorCode::InvalidRequest);
+        assert!(unknown.message.contains("9 is its last"));
+        assert_eq!(
+            ResumePlan::Expired.refusal(&log).map(|e| e.code),
+            Some(ErrorCode::NotFound)
+        );
     }
 }

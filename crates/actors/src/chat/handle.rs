@@ -199,7 +199,10 @@ impl ChatHandle {
 
     /// Hands a client's WebSocket upgrade to the session object: the `101`
     /// response to return, or the session's refusal as an error.
-    pub async fn connect(&self) -> Result<Response, ActorError> {
+    /// `key_checked_at` is when the key's verification was fetched from the
+    /// coordinator (ms since the epoch): the socket's next check falls due
+    /// a second after it.
+    pub async fn connect(&self, key_checked_at: Option<u64>) -> Result<Response, ActorError> {
         let headers = Headers::new();
         headers.set("upgrade", "websocket")?;
         let mut init = RequestInit::new();
@@ -223,6 +226,9 @@ impl ChatHandle {
         if let Some(proof) = &self.access.proof {
             // 64 hex digits: no escaping needed.
             url.push_str(&format!("&proof={proof}"));
+            if let Some(at) = key_checked_at {
+                url.push_str(&format!("&checked={at}"));
+            }
         }
         let request = Request::new_with_init(&url, &init)?;
         let mut response = self.actor.stub().fetch_with_request(request).await?;

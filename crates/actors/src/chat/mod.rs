@@ -3,8 +3,11 @@
 //! calls the model makes.
 
 pub mod core;
+pub mod events;
 mod handle;
 mod object;
+mod runtime;
+pub mod socket;
 mod store;
 pub mod tools;
 pub mod turn;

@@ -1,0 +1,692 @@
+//! The `ChatSession` object's runtime: what it holds in memory (its store,
+//! cores, listeners, event ids, key checks) and the I/O the cores ask for:
+//! storing and sending events, driving a turn through the model and the
+//! tools, setting the alarm, binding the object to its tenant and session.
+//! Every decision is made by the pure modules ([`super::core`],
+//! [`super::turn`], [`super::events`], [`super::socket`]); the entry points
+//! (requests, sockets, the alarm) are in [`super::object`].
+
+use super::core::{
+    context, may, must_set_alarm, resume_plan, Action, ChatLimits, EventLog, Owner, ResumePlan,
+    SessionCore, CONTEXT_BUDGET_CHARS, SYSTEM_PROMPT,
+};
+use super::events::{is_terminal, EventIds};
+use super::socket::{replay_to_socket, socket_text, KeyChecks, Rejected, SocketInfo};
+use super::store::SessionStore;
+use super::tools;
+use super::turn::Effect;
+use crate::generation::AnyGenerator;
+use crate::ingest::IngestHandle;
+use crate::ports::{
+    ChatMessage, Clock, GenerateRequest, GenerationEvent, Generator, Kv, Role, SystemClock,
+    ToolCall,
+};
+use crate::providers;
+use futures::channel::mpsc;
+use protocol::chat::{
+    encode_frame, Access, ChatEvent, ChatResponse, ChatSnapshot, Cleared, Turn, TurnFrame,
+    UpToDate, Usage, DEFAULT_MAX_TOKENS,
+};
+use protocol::coordinator::DEFAULT_CHAT_MODEL;
+use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
+use serde_json::{json, Value};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use worker::{Env, ScheduledTime, State, WebSocket};
+
+pub(super) fn internal(e: impl std::fmt::Display) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Internal, e.to_string())
+}
+
+/// A stream that wants a turn's events.
+pub(super) struct Listener {
+    pub(super) turn: u64,
+    pub(super) tx: mpsc::UnboundedSender<std::result::Result<Vec<u8>, worker::Error>>,
+}
+
+/// What a turn's driver needs besides the session.
+pub(super) struct TurnContext {
+    pub(super) id: u64,
+    pub(super) tenant: TenantId,
+    pub(super) request_id: RequestId,
+    pub(super) turn: Turn,
+}
+
+/// The session as this isolate holds it, and the I/O it performs.
+pub(super) struct Inner {
+    pub(super) state: State,
+    pub(super) env: Env,
+    pub(super) store: SessionStore,
+    pub(super) core: RefCell<SessionCore>,
+    /// The tenant and session this object is bound to, once checked.
+    pub(super) bound: RefCell<Option<(TenantId, SessionId)>>,
+    /// Streams following a running turn.
+    pub(super) listeners: RefCell<Vec<Listener>>,
+    /// The alarm this isolate set last, until it fires.
+    pub(super) alarm_at: Cell<Option<u64>>,
+    /// Event ids and the events not stored yet.
+    pub(super) events: RefCell<EventIds>,
+    /// When each socket key was last verified, for the 1 s bound.
+    pub(super) key_checks: RefCell<KeyChecks>,
+}
+
+pub(super) fn send_json(ws: &WebSocket, value: &Value) {
+    let _ = ws.send_with_str(value.to_string());
+}
+
+/// Sends a refused frame's `error` event.
+pub(super) fn send_rejection(ws: &WebSocket, rejected: &Rejected) {
+    if let Ok(v) = serde_json::to_value(ChatEvent::error(&rejected.code, &rejected.message)) {
+        send_json(ws, &v);
+    }
+}
+
+/// What a resuming client gets.
+pub(super) enum ResumeAnswer {
+    /// These stored events; then, if `follow`, that running turn's live ones.
+    Frames {
+        frames: Vec<TurnFrame>,
+        follow: Option<u64>,
+    },
+    /// Nothing: the client has every event and nothing runs.
+    UpToDate(UpToDate),
+}
+
+pub(super) type FrameSender = mpsc::UnboundedSender<std::result::Result<Vec<u8>, worker::Error>>;
+pub(super) type FrameReceiver =
+    mpsc::UnboundedReceiver<std::result::Result<Vec<u8>, worker::Error>>;
+
+impl Inner {
+    pub(super) fn now(&self) -> u64 {
+        SystemClock.now_ms()
+    }
+
+    pub(super) fn limits(&self) -> std::result::Result<ChatLimits, ErrorReply> {
+        ChatLimits::from_vars(|name| self.env.var(name).ok().map(|v| v.to_string()))
+            .map_err(|e| internal(format!("misconfigured: {e}")))
+    }
+
+    pub(super) fn settings(&self) -> std::result::Result<providers::Settings, ErrorReply> {
+        providers::settings(|name| self.env.var(name).ok().map(|v| v.to_string())).map_err(internal)
+    }
+
+    /// Creates the tables and binds the object to its tenant and session on
+    /// first use; refuses any other tenant or session afterwards. The first
+    /// time in an isolate, fails the turns an earlier isolate left running.
+    pub(super) fn bind(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+    ) -> std::result::Result<(), ErrorReply> {
+        if let Some((t, s)) = self.bound.borrow().as_ref() {
+            if t != tenant || s != session {
+                return Err(wrong_session());
+            }
+            return Ok(());
+        }
+        self.store.create_tables()?;
+        match self.store.binding()? {
+            Some((t, s)) if &t != tenant || &s != session => return Err(wrong_session()),
+            Some(_) => {}
+            None => self.store.bind(tenant, session)?,
+        }
+        *self.bound.borrow_mut() = Some((tenant.clone(), session.clone()));
+        *self.events.borrow_mut() = EventIds::restore(self.store.issued_event_id()?);
+        self.recover()?;
+        Ok(())
+    }
+
+    /// Whether the key a socket connected with still verifies (not revoked,
+    /// not expired, not rotated away). Sockets without a key (the operator,
+    /// an anonymous caller) have nothing to re-check.
+    pub(super) async fn key_still_valid(&self, info: &SocketInfo) -> bool {
+        let (Some(id), Some(proof)) = (&info.access.key, &info.access.proof) else {
+            return true;
+        };
+        // Checked at most once a second per key, the gateway's bound too: a
+        // revocation reaches an open socket within 1 s.
+        let now = self.now();
+        if !self.key_checks.borrow().due(proof, now) {
+            return true;
+        }
+        let verify = protocol::keys::VerifyKey {
+            id: id.clone(),
+            secret_sha256: proof.clone(),
+        };
+        let request_id = RequestId::from_random(crate::entropy::random_bytes());
+        let valid = match crate::CoordinatorHandle::new(&self.env, &info.tenant) {
+            Ok(c) => matches!(
+                c.verify_key(&request_id, verify).await,
+                Ok(protocol::keys::Verification::Valid(_))
+            ),
+            Err(_) => false,
+        };
+        let mut checks = self.key_checks.borrow_mut();
+        if valid {
+            checks.verified(proof, now, now);
+        } else {
+            checks.failed(proof);
+        }
+        valid
+    }
+
+    /// Refuses `access` doing `action` unless the session's owner allows it,
+    /// as if the session did not exist (404): another key's or user's
+    /// session, or one that has had no turn, is nothing to that caller.
+    pub(super) fn allow(
+        &self,
+        access: &Access,
+        action: Action,
+    ) -> std::result::Result<(), ErrorReply> {
+        let owner = self.store.owner()?;
+        let exists = owner.is_some() || action == Action::Turn;
+        if exists && may(owner.as_ref(), access, action) {
+            Ok(())
+        } else {
+            Err(ErrorReply::new(ErrorCode::NotFound, "no such session"))
+        }
+    }
+
+    /// Marks failed every turn that storage calls running but that is not
+    /// running here (its isolate was reset or evicted mid-turn), with an
+    /// `error` event a resuming client sees.
+    pub(super) fn recover(&self) -> std::result::Result<(), ErrorReply> {
+        let running = self.store.running_turns()?;
+        let lost = self.core.borrow().interrupted(&running);
+        for id in lost {
+            self.fail_turn(
+                id,
+                "turn_interrupted",
+                "the turn was interrupted (the session restarted) and did not finish",
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends `event` as the next event of turn `turn` to the turn's
+    /// listeners and every socket, under the next sequence id, storing it
+    /// first when [`EventIds`] says so (batches of pieces; everything else
+    /// before it is sent).
+    pub(super) fn emit(&self, turn: u64, event: &ChatEvent) {
+        let json = serde_json::to_string(event).unwrap_or_default();
+        let issued = self.events.borrow_mut().issue(turn, event, json.clone());
+        let id = issued.id;
+        if let Some(reserved) = issued.reserve {
+            if let Err(e) = self.store.reserve_event_ids(reserved) {
+                worker::console_error!("chat: event ids not reserved: {}", e.message);
+            }
+        }
+        if issued.flush {
+            self.flush_events();
+        }
+        let frame = TurnFrame {
+            id,
+            event: event.clone(),
+        };
+        match encode_frame(&frame) {
+            Ok(bytes) => {
+                let terminal = is_terminal(event);
+                self.listeners.borrow_mut().retain(|l| {
+                    if l.turn != turn {
+                        return true;
+                    }
+                    let alive = l.tx.unbounded_send(Ok(bytes.clone())).is_ok();
+                    alive && !terminal
+                });
+            }
+            Err(e) => worker::console_error!("chat: an event could not be encoded: {e}"),
+        }
+        let sockets = self.state.get_websockets();
+        if !sockets.is_empty() {
+            let json = socket_text(id, &json);
+            for socket in sockets {
+                let _ = socket.send_with_str(&json);
+            }
+        }
+    }
+
+    /// Stores the events sent but not stored yet.
+    pub(super) fn flush_events(&self) {
+        let pending = self.events.borrow_mut().take_pending();
+        if pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.append_events(&pending) {
+            // Not stored, so not resumable; the turn goes on.
+            worker::console_error!("chat: events not stored: {}", e.message);
+        }
+    }
+
+    /// Turn `id` failed: marks it so and emits its `error` event, unless it
+    /// has already ended.
+    pub(super) fn fail_turn(&self, id: u64, code: &str, message: &str) {
+        if let Ok(false) = self.store.turn_failed(id, code, message, self.now()) {
+            return;
+        }
+        self.emit(id, &ChatEvent::error(code, message));
+        self.prune_events(id);
+    }
+
+    /// Keeps the events of the last `resumable_turns` turns only.
+    pub(super) fn prune_events(&self, ended: u64) {
+        let keep = self.limits().map(|l| l.resumable_turns).unwrap_or(20);
+        let _ = self.store.drop_events(ended.saturating_sub(keep));
+    }
+
+    /// Performs the effects that need no waiting, in order, and returns the
+    /// ones that do (`Generate`, `RunTool`) for the driver.
+    pub(super) fn perform(&self, turn: u64, effects: Vec<Effect>) -> VecDeque<Effect> {
+        let mut waiting = VecDeque::new();
+        let mut queue: VecDeque<Effect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Emit(event) => self.emit(turn, &event),
+                Effect::Store(messages) => {
+                    // The round is stored whole or not at all.
+                    let stored = self.store.append_all(&messages, self.now());
+                    if let Err(e) = stored {
+                        let more = self.feed(turn, |m| m.fail("storage_failed", e.message));
+                        queue.extend(more);
+                    }
+                }
+                Effect::Complete { answer, usage } => {
+                    let now = self.now();
+                    let done = self
+                        .store
+                        .append(&answer, usage, now)
+                        .and_then(|seq| self.store.turn_done(turn, now).map(|()| seq));
+                    match done {
+                        Ok(seq) => {
+                            self.emit(
+                                turn,
+                                &ChatEvent::Done {
+                                    ok: true,
+                                    message_seq: seq,
+                                },
+                            );
+                            self.prune_events(turn);
+                        }
+                        Err(e) => self.fail_turn(turn, "storage_failed", &e.message),
+                    }
+                }
+                Effect::Fail { code, message } => self.fail_turn(turn, &code, &message),
+                other => waiting.push_back(other),
+            }
+        }
+        waiting
+    }
+
+    pub(super) fn feed(
+        &self,
+        turn: u64,
+        f: impl FnOnce(&mut super::turn::TurnMachine) -> Vec<Effect>,
+    ) -> Vec<Effect> {
+        self.core.borrow_mut().feed(turn, f)
+    }
+
+    /// Sets the alarm for the core's next deadline (turn timeout, idle
+    /// expiry), unless an earlier one this isolate set is still pending.
+    pub(super) async fn rearm(&self) {
+        let Ok(limits) = self.limits() else { return };
+        let next = self
+            .core
+            .borrow()
+            .next_alarm(self.store.last_activity(), &limits);
+        if let Some(at) = next {
+            if !must_set_alarm(self.alarm_at.get(), at, self.now()) {
+                return;
+            }
+            self.alarm_at.set(Some(at));
+            let date = worker::js_sys::Date::new(&worker::wasm_bindgen::JsValue::from_f64(
+                at.max(self.now()) as f64,
+            ));
+            if let Err(e) = self
+                .state
+                .storage()
+                .set_alarm(ScheduledTime::new(date))
+                .await
+            {
+                self.alarm_at.set(None);
+                worker::console_error!("chat: could not set the alarm: {e}");
+            }
+        }
+    }
+
+    /// Starts a turn, in one synchronous step: checks, stores the user
+    /// message and the turn, registers `listener`. Returns the turn's context
+    /// and the effects to drive.
+    pub(super) fn begin(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        turn: Turn,
+        listener: Option<FrameSender>,
+    ) -> std::result::Result<(TurnContext, VecDeque<Effect>), ErrorReply> {
+        self.allow(&turn.access, Action::Turn)?;
+        let limits = self.limits()?;
+        let stored = self.store.message_count()?;
+        self.core
+            .borrow()
+            .can_begin(stored, &limits)
+            .map_err(|refusal| refusal.to_error(stored, &limits))?;
+        let user = ChatMessage {
+            role: Role::User,
+            content: turn.message.clone(),
+            tool_calls: vec![],
+            tool_call_id: None,
+            name: None,
+        };
+        let now = self.now();
+        if self.store.owner()?.is_none() {
+            let owner = Owner::of(&turn.access);
+            self.store.set_owner(&owner)?;
+            // Sockets may attach to a session before its first turn; now that
+            // it has an owner, the ones that may not read it are closed, so
+            // they never see its events.
+            for socket in self.state.get_websockets() {
+                let allowed = socket
+                    .deserialize_attachment::<SocketInfo>()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|info| may(Some(&owner), &info.access, Action::Read));
+                if !allowed {
+                    let _ =
+                        socket.close(Some(4003), Some("this session belongs to another caller"));
+                }
+            }
+        }
+        let user_seq = self.store.append(&user, None, now)?;
+        let id = self.store.start_turn(user_seq, now)?;
+        let effects = self.core.borrow_mut().start(id, now, &limits);
+        if let Some(tx) = listener {
+            self.listeners.borrow_mut().push(Listener { turn: id, tx });
+        }
+        let context = TurnContext {
+            id,
+            tenant: tenant.clone(),
+            request_id: request_id.clone(),
+            turn,
+        };
+        Ok((context, self.perform(id, effects)))
+    }
+
+    /// Runs a started turn to its end: performs what waits (the model, the
+    /// tools) and feeds the results back to the machine.
+    pub(super) async fn drive(self: Rc<Self>, ctx: TurnContext, mut waiting: VecDeque<Effect>) {
+        // The alarm (the turn's deadline) is set beside the turn, not before
+        // it: the first event does not wait for it.
+        let arming = Rc::clone(&self);
+        self.state.wait_until(async move { arming.rearm().await });
+        let generator = self.generator(&ctx).await;
+        while let Some(effect) = waiting.pop_front() {
+            let more = match effect {
+                Effect::Generate => match &generator {
+                    Ok(generator) => self.generate(&ctx, generator).await,
+                    Err(e) => self.feed(ctx.id, |m| m.fail("model_unavailable", e.clone())),
+                },
+                Effect::RunTool(call) => {
+                    let (result, is_error) =
+                        self.run_tool(&ctx.tenant, &ctx.request_id, &call).await;
+                    self.feed(ctx.id, |m| m.on_tool_result(&call.id, &result, is_error))
+                }
+                // `perform` handles every other effect.
+                _ => vec![],
+            };
+            waiting.extend(self.perform(ctx.id, more));
+        }
+        self.core.borrow_mut().finish(ctx.id);
+        self.rearm().await;
+    }
+
+    pub(super) async fn generator(
+        &self,
+        ctx: &TurnContext,
+    ) -> std::result::Result<AnyGenerator, String> {
+        let settings = self.settings().map_err(|e| e.message)?;
+        let model = if settings.workers_ai {
+            self.chat_model(&ctx.tenant, &ctx.request_id, &ctx.turn)
+                .await
+        } else {
+            crate::generation::embedded::EXTRACTIVE_MODEL.to_owned()
+        };
+        AnyGenerator::new(
+            &self.env,
+            settings.workers_ai,
+            &model,
+            settings.fault_injection,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// One generation: its pieces go to the machine (and out) as they arrive.
+    pub(super) async fn generate(
+        &self,
+        ctx: &TurnContext,
+        generator: &AnyGenerator,
+    ) -> Vec<Effect> {
+        let history = match self.store.recent() {
+            Ok(h) => h,
+            Err(e) => return self.feed(ctx.id, |m| m.fail("storage_failed", e.message)),
+        };
+        let request = GenerateRequest {
+            model: generator.model().to_owned(),
+            messages: context(SYSTEM_PROMPT, &history, CONTEXT_BUDGET_CHARS),
+            tools: tools::specs(),
+            max_tokens: ctx.turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        };
+        let outcome = generator
+            .generate(&request, &mut |event| match event {
+                GenerationEvent::Text(piece) => {
+                    let effects = self.feed(ctx.id, |m| m.on_text(piece));
+                    // Only `Emit`: nothing is left waiting.
+                    let _ = self.perform(ctx.id, effects);
+                }
+                GenerationEvent::ToolCall(call) => {
+                    self.feed(ctx.id, |m| {
+                        m.on_tool_call(call);
+                        vec![]
+                    });
+                }
+                GenerationEvent::Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
+                    self.feed(ctx.id, |m| {
+                        m.on_usage(Usage {
+                            prompt_tokens,
+                            completion_tokens,
+                        });
+                        vec![]
+                    });
+                }
+            })
+            .await;
+        self.feed(ctx.id, |m| {
+            m.on_generated(outcome.map_err(|e| e.to_string()))
+        })
+    }
+
+    pub(super) async fn run_tool(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        call: &ToolCall,
+    ) -> (Value, bool) {
+        match call.name.as_str() {
+            "vector_search" => {
+                let search = match tools::search_request(&call.arguments) {
+                    Ok(s) => s,
+                    Err(e) => return (json!({ "error": e }), true),
+                };
+                let found = match IngestHandle::new(&self.env, tenant) {
+                    Ok(handle) => handle.search(request_id, search).await,
+                    Err(e) => Err(e),
+                };
+                match found {
+                    Ok(results) => (tools::search_result(&results), false),
+                    Err(e) => (json!({ "error": e.to_string() }), true),
+                }
+            }
+            "kv_get" => {
+                let key = call.arguments["key"].clone();
+                let full = match tools::kv_key(tenant, &call.arguments) {
+                    Ok(k) => k,
+                    Err(e) => return (json!({ "key": key, "error": e }), true),
+                };
+                let Some(kv) = providers::cache(&self.env) else {
+                    return (
+                        json!({ "key": key, "error": "this deployment has no KV namespace" }),
+                        true,
+                    );
+                };
+                match kv.get(&full).await {
+                    Ok(value) => (json!({ "key": key, "value": value }), false),
+                    Err(e) => (json!({ "key": key, "error": e.to_string() }), true),
+                }
+            }
+            other => (json!({ "error": format!("no tool named {other:?}") }), true),
+        }
+    }
+
+    pub(super) async fn chat_model(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        turn: &Turn,
+    ) -> String {
+        if let Some(model) = &turn.model {
+            return model.clone();
+        }
+        // The tenant's default, from its coordinator (only worth the call when
+        // a real model will read it).
+        match crate::CoordinatorHandle::new(&self.env, tenant) {
+            Ok(c) => c
+                .get_tenant(request_id)
+                .await
+                .map(|r| r.settings.default_models.chat)
+                .unwrap_or_else(|_| DEFAULT_CHAT_MODEL.to_owned()),
+            Err(_) => DEFAULT_CHAT_MODEL.to_owned(),
+        }
+    }
+
+    pub(super) fn event_log(&self) -> std::result::Result<EventLog, ErrorReply> {
+        self.flush_events();
+        let range = self.store.event_range()?;
+        let running = self.core.borrow().running_turn();
+        let last_event_id = range.newest.unwrap_or(0);
+        Ok(EventLog {
+            // A turn without events yet starts after the last stored event.
+            latest_turn: range.latest_turn.map(|(id, first)| {
+                let first = first
+                    .unwrap_or(u64::MAX)
+                    .min(last_event_id.saturating_add(1));
+                (id, first, running == Some(id))
+            }),
+            last_event_id,
+            issued: self.events.borrow().issued(),
+            oldest_kept: range.oldest,
+        })
+    }
+
+    /// What a resuming client gets: the plan's frames, and whether to follow
+    /// the running turn afterwards (register the listener in the same step).
+    pub(super) fn resume(
+        &self,
+        after: Option<u64>,
+    ) -> std::result::Result<ResumeAnswer, ErrorReply> {
+        let log = self.event_log()?;
+        let plan = resume_plan(after, &log);
+        if let Some(refusal) = plan.refusal(&log) {
+            return Err(refusal);
+        }
+        match plan {
+            ResumePlan::Replay { after, follow } => Ok(ResumeAnswer::Frames {
+                frames: self.store.events_after(after)?,
+                follow: if follow {
+                    log.latest_turn.map(|(id, _, _)| id)
+                } else {
+                    None
+                },
+            }),
+            _ => Ok(ResumeAnswer::UpToDate(UpToDate {
+                last_event_id: log.last_event_id,
+            })),
+        }
+    }
+
+    /// A socket's `resume`: the events it missed (from before it connected:
+    /// every later one reached it live), replayed to it alone.
+    pub(super) fn resume_socket(&self, ws: &WebSocket, info: &SocketInfo, after: Option<u64>) {
+        let resumed = self
+            .allow(&info.access, Action::Read)
+            .map_err(|e| Rejected::new("not_found", e.message))
+            .and_then(|()| {
+                self.resume(after)
+                    .map_err(|e| Rejected::new("cannot_resume", e.message))
+            });
+        match resumed {
+            Ok(ResumeAnswer::Frames { frames, follow }) => {
+                let frames = replay_to_socket(&frames, info.joined_after);
+                for f in &frames {
+                    if let Ok(json) = serde_json::to_string(&f.event) {
+                        let _ = ws.send_with_str(socket_text(f.id, &json));
+                    }
+                }
+                send_json(
+                    ws,
+                    &json!({ "type": "resumed", "replayed": frames.len(), "following": follow.is_some() }),
+                );
+            }
+            Ok(ResumeAnswer::UpToDate(_)) => send_json(
+                ws,
+                &json!({ "type": "resumed", "replayed": 0, "following": false }),
+            ),
+            Err(rejected) => send_rejection(ws, &rejected),
+        }
+    }
+
+    pub(super) fn snapshot(&self) -> std::result::Result<ChatSnapshot, ErrorReply> {
+        let count = self.store.message_count()?;
+        let workers_ai = self.settings()?.workers_ai;
+        let latest_turn = self.store.latest_turn()?;
+        Ok(ChatSnapshot {
+            message_count: count,
+            last_activity_ms: self.store.last_activity(),
+            connected_sockets: u32::try_from(self.state.get_websockets().len()).unwrap_or(u32::MAX),
+            in_flight: self.core.borrow().in_flight(),
+            generator: if workers_ai {
+                "workers-ai"
+            } else {
+                crate::generation::embedded::EXTRACTIVE_MODEL
+            }
+            .to_owned(),
+            latest_turn,
+            last_event_id: {
+                self.flush_events();
+                self.store.last_event_id()?
+            },
+        })
+    }
+
+    pub(super) fn clear(&self) -> std::result::Result<ChatResponse, ErrorReply> {
+        if self.core.borrow().in_flight() {
+            return Err(ErrorReply::new(
+                ErrorCode::Busy,
+                "this session is still answering; try again when it is done",
+            ));
+        }
+        let removed = self.store.message_count()?;
+        self.store.erase()?;
+        Ok(ChatResponse::Cleared(Cleared {
+            messages_removed: removed,
+        }))
+    }
+}
+
+pub(super) fn wrong_session() -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::WrongTenant,
+        "this session belongs to another tenant or session",
+    )
+}
