@@ -14,7 +14,7 @@
 
 use super::core::{Action, SessionCore};
 use super::events::EventIds;
-use super::runtime::{send_rejection, FrameReceiver, Inner, Listener, ResumeAnswer};
+use super::runtime::{key_verified, send_rejection, FrameReceiver, Inner, Listener, ResumeAnswer};
 use super::socket::{
     close_code, may_attach, read_frame, refused_turn, socket_turn, ClientFrame, KeyChecks,
     Rejected, SocketInfo, Upgrade,
@@ -175,9 +175,8 @@ impl ChatSession {
         // The gateway has just verified the key: the socket's first check is
         // due a second after that, not at its first message (fifty new
         // sockets would otherwise ask the tenant's coordinator fifty times).
-        if let (Some(proof), Some(at)) = (&access.proof, key_checked_at) {
-            let now = self.inner.now();
-            self.inner.key_checks.borrow_mut().verified(proof, at, now);
+        if let (Some(key), Some(proof), Some(at)) = (&access.key, &access.proof, key_checked_at) {
+            key_verified(&KeyChecks::name(&tenant, key, proof), at, self.inner.now());
         }
         self.inner.flush_events();
         let joined_after = match self.inner.store.last_event_id() {
@@ -209,7 +208,6 @@ impl worker::DurableObject for ChatSession {
                 listeners: RefCell::new(Vec::new()),
                 alarm_at: Cell::new(None),
                 events: RefCell::new(EventIds::default()),
-                key_checks: RefCell::new(KeyChecks::default()),
             }),
         }
     }

@@ -11,7 +11,9 @@ use super::core::{
     SessionCore, CONTEXT_BUDGET_CHARS, SYSTEM_PROMPT,
 };
 use super::events::{is_terminal, EventIds};
-use super::socket::{replay_to_socket, socket_text, KeyChecks, Rejected, SocketInfo};
+use super::socket::{
+    replay_to_socket, socket_text, KeyChecks, Rejected, SocketInfo, KEY_CHECKS_HELD,
+};
 use super::store::SessionStore;
 use super::tools;
 use super::turn::Effect;
@@ -67,8 +69,19 @@ pub(super) struct Inner {
     pub(super) alarm_at: Cell<Option<u64>>,
     /// Event ids and the events not stored yet.
     pub(super) events: RefCell<EventIds>,
-    /// When each socket key was last verified, for the 1 s bound.
-    pub(super) key_checks: RefCell<KeyChecks>,
+}
+
+thread_local! {
+    /// When each socket key was last verified, for the 1 s bound: shared by
+    /// every session in this isolate, so a key is asked about at most once a
+    /// second per isolate, not once per session.
+    static KEY_CHECKS: RefCell<KeyChecks> = RefCell::new(KeyChecks::new(KEY_CHECKS_HELD));
+}
+
+/// Records that a socket key verified at `at` (the gateway's verification
+/// when the socket connected, or a check of the session's own).
+pub(super) fn key_verified(name: &str, at: u64, now: u64) {
+    KEY_CHECKS.with(|c| c.borrow_mut().verified(name, at, now));
 }
 
 pub(super) fn send_json(ws: &WebSocket, value: &Value) {
@@ -147,7 +160,8 @@ impl Inner {
         // Checked at most once a second per key, the gateway's bound too: a
         // revocation reaches an open socket within 1 s.
         let now = self.now();
-        if !self.key_checks.borrow().due(proof, now) {
+        let name = KeyChecks::name(&info.tenant, id, proof);
+        if !KEY_CHECKS.with(|c| c.borrow().due(&name, now)) {
             return true;
         }
         let verify = protocol::keys::VerifyKey {
@@ -162,11 +176,10 @@ impl Inner {
             ),
             Err(_) => false,
         };
-        let mut checks = self.key_checks.borrow_mut();
         if valid {
-            checks.verified(proof, now, now);
+            key_verified(&name, now, now);
         } else {
-            checks.failed(proof);
+            KEY_CHECKS.with(|c| c.borrow_mut().failed(&name));
         }
         valid
     }

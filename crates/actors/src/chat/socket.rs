@@ -16,9 +16,9 @@ pub const MAX_WS_FRAME_BYTES: usize = 64 * 1024;
 /// revocation reaches an open socket within 1 s.
 pub const KEY_CHECK_MS: u64 = 1_000;
 
-/// Keys remembered per session before the map is cleared (a session has a
-/// few sockets, each with one key).
-const KEY_CHECKS_HELD: usize = 64;
+/// Key checks one isolate remembers before the map is cleared (an entry is
+/// about 100 bytes; sockets of every session in the isolate share it).
+pub const KEY_CHECKS_HELD: usize = 10_000;
 
 /// Which tenant and session a socket belongs to; kept as the socket's
 /// attachment, so it survives hibernation.
@@ -196,14 +196,28 @@ pub fn close_code(code: usize) -> u16 {
         .unwrap_or(1000)
 }
 
-/// When each socket key (by its proof: the SHA-256 of its secret) last
-/// verified.
-#[derive(Debug, Default)]
+/// When each socket key last verified, by tenant, key id and proof (the
+/// SHA-256 of its secret).
+#[derive(Debug)]
 pub struct KeyChecks {
+    held: usize,
     at: HashMap<String, u64>,
 }
 
 impl KeyChecks {
+    /// No checks yet; at most `held` remembered.
+    pub fn new(held: usize) -> Self {
+        Self {
+            held,
+            at: HashMap::new(),
+        }
+    }
+
+    /// The entry name of a key.
+    pub fn name(tenant: &TenantId, key: &str, proof: &str) -> String {
+        format!("{}:{key}:{proof}", tenant.as_str())
+    }
+
     /// Whether the key with `proof` must be verified again at `now`.
     pub fn due(&self, proof: &str, now: u64) -> bool {
         self.at
@@ -214,7 +228,7 @@ impl KeyChecks {
     /// The key verified at `at` (never later than `now`: a clock ahead of
     /// this one does not extend the bound).
     pub fn verified(&mut self, proof: &str, at: u64, now: u64) {
-        if self.at.len() >= KEY_CHECKS_HELD && !self.at.contains_key(proof) {
+        if self.at.len() >= self.held && !self.at.contains_key(proof) {
             self.at.clear();
         }
         let at = at.min(now);
@@ -369,7 +383,7 @@ mod tests {
 
     #[test]
     fn a_key_check_holds_for_a_second() {
-        let mut checks = KeyChecks::default();
+        let mut checks = KeyChecks::new(8);
         assert!(checks.due("p", 10_000), "never checked");
         checks.verified("p", 10_000, 10_000);
         assert!(!checks.due("p", 10_999));
@@ -386,12 +400,18 @@ mod tests {
 
     #[test]
     fn the_key_checks_stay_bounded() {
-        let mut checks = KeyChecks::default();
-        for i in 0..(KEY_CHECKS_HELD + 5) {
+        let mut checks = KeyChecks::new(8);
+        for i in 0..13 {
             checks.verified(&format!("k{i}"), 100, 100);
         }
-        assert!(checks.at.len() <= KEY_CHECKS_HELD);
-        assert!(!checks.due(&format!("k{}", KEY_CHECKS_HELD + 4), 100));
+        assert!(checks.at.len() <= 8);
+        assert!(!checks.due("k12", 100), "the newest is kept");
+        let tenant = TenantId::parse("acme").unwrap();
+        assert_ne!(
+            KeyChecks::name(&tenant, "0123456789ab", "ff"),
+            KeyChecks::name(&tenant, "0123456789ac", "ff"),
+            "another key with the same proof is another entry"
+        );
     }
 
     #[test]
