@@ -12,7 +12,9 @@
 //! - [`keys`], [`records`]: vector ids, cache keys, chunk metadata.
 //!
 //! The shell:
-//! - `object`: the Durable Object (storage, the ports, the alarm);
+//! - `object`: the Durable Object (decode, load, call the above, perform
+//!   the effects and the port calls, the alarm);
+//! - `store`: the tables and every statement, effects as SQL;
 //! - [`faults`]: where injected embedder failures are counted (tests);
 //! - [`handle`](IngestHandle): what callers use.
 
@@ -27,6 +29,7 @@ pub mod records;
 pub mod requests;
 pub mod restore;
 pub mod search;
+mod store;
 pub mod work;
 
 pub use handle::IngestHandle;
