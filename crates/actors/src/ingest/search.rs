@@ -1,0 +1,317 @@
+//! Search policy: which mode a search runs in, what its cache key covers,
+//! how index hits become the answer, and when an answer may be cached.
+//!
+//! Pure: the shell embeds the query, asks the index and the KV cache; this
+//! module decides everything around those calls.
+
+use super::core::IndexVersion;
+use super::keys::search_cache_key;
+use crate::ports::{VectorHit, VectorQuery};
+use protocol::ingest::{Search, SearchMatch, SearchMode, SearchResults};
+use protocol::{ErrorCode, ErrorReply, TenantId};
+
+/// How long after an index change a Vectorize search is not cached (its
+/// writes become visible to queries only after a few seconds).
+pub const VECTORIZE_SETTLE_MS: u64 = 10_000;
+/// How long a search stays in the KV cache.
+pub const CACHE_TTL_SECS: u64 = 300;
+
+/// The mode a search runs in: the one asked for, or the backend's best
+/// (hybrid where it can, else vector). A mode the backend cannot do is
+/// refused, naming the backend.
+pub fn choose_mode(
+    requested: Option<SearchMode>,
+    supports: impl Fn(SearchMode) -> bool,
+    backend: &str,
+) -> Result<SearchMode, ErrorReply> {
+    let mode = requested.unwrap_or(if supports(SearchMode::Hybrid) {
+        SearchMode::Hybrid
+    } else {
+        SearchMode::Vector
+    });
+    if !supports(mode) {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "mode {:?} is not supported by the {backend} backend",
+                mode.as_str()
+            ),
+        ));
+    }
+    Ok(mode)
+}
+
+/// One search, planned before its awaits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPlan {
+    /// The mode it runs in.
+    pub mode: SearchMode,
+    /// The index version it reflects.
+    pub version: IndexVersion,
+    /// Its KV key: the tenant, the normalised query, `topK`, the filter, the
+    /// mode and the index version.
+    pub key: String,
+}
+
+impl SearchPlan {
+    /// Plans `search` for `tenant` in `mode` ([`choose_mode`]) against an
+    /// index at `version`.
+    pub fn new(
+        tenant: &TenantId,
+        search: &Search,
+        mode: SearchMode,
+        version: IndexVersion,
+    ) -> Self {
+        let key = search_cache_key(
+            tenant,
+            &search.query,
+            search.top_k,
+            &search.filter,
+            mode,
+            version.version,
+        );
+        Self { mode, version, key }
+    }
+
+    /// Whether the query must be embedded (every mode but keyword).
+    pub fn embeds(&self) -> bool {
+        self.mode != SearchMode::Keyword
+    }
+
+    /// A cached answer, from the KV value under [`SearchPlan::key`]; a value
+    /// that does not decode is a miss.
+    pub fn cached(&self, value: &str) -> Option<SearchResults> {
+        let mut results = serde_json::from_str::<SearchResults>(value).ok()?;
+        results.cached = true;
+        Some(results)
+    }
+
+    /// The index query for `search`, with the query's embedding if any.
+    pub fn query<'a>(&self, search: &'a Search, vector: Option<&'a [f32]>) -> VectorQuery<'a> {
+        VectorQuery {
+            vector,
+            text: &search.query,
+            top_k: search.top_k as usize,
+            filter: &search.filter,
+            mode: self.mode,
+        }
+    }
+
+    /// The answer from the index's hits, best first.
+    pub fn results(&self, hits: Vec<VectorHit>) -> SearchResults {
+        SearchResults {
+            cached: false,
+            mode: self.mode,
+            index_version: self.version.version,
+            matches: hits
+                .into_iter()
+                .map(|h| SearchMatch {
+                    id: h.id,
+                    score: h.score,
+                    metadata: h.metadata,
+                })
+                .collect(),
+        }
+    }
+
+    /// What to write to the cache for `results` at `now_ms`, if anything.
+    /// Vectorize (`vectorize`) shows new writes to queries only after a few
+    /// seconds: an answer computed within [`VECTORIZE_SETTLE_MS`] of the
+    /// index's last change may not reflect it yet, so it is not cached.
+    pub fn cache_value(
+        &self,
+        results: &SearchResults,
+        vectorize: bool,
+        now_ms: u64,
+    ) -> Option<String> {
+        let settled =
+            !vectorize || now_ms.saturating_sub(self.version.changed_at_ms) > VECTORIZE_SETTLE_MS;
+        if !settled {
+            return None;
+        }
+        serde_json::to_string(results).ok()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use protocol::ingest::{MetaValue, Metadata};
+
+    fn tenant() -> TenantId {
+        TenantId::parse("acme").unwrap()
+    }
+
+    fn search(mode: Option<SearchMode>) -> Search {
+        Search {
+            query: "Where is state kept?".into(),
+            top_k: 3,
+            filter: Metadata::from([("source".to_owned(), MetaValue::Str("a.md".into()))]),
+            mode,
+        }
+    }
+
+    const VERSION: IndexVersion = IndexVersion {
+        version: 7,
+        changed_at_ms: 100_000,
+    };
+
+    /// Plans `search` as the shell does: the mode, then the plan.
+    fn plan_for(
+        search: &Search,
+        version: IndexVersion,
+        supports: fn(SearchMode) -> bool,
+        backend: &str,
+    ) -> Result<SearchPlan, ErrorReply> {
+        let mode = choose_mode(search.mode, supports, backend)?;
+        Ok(SearchPlan::new(&tenant(), search, mode, version))
+    }
+
+    fn everything(_: SearchMode) -> bool {
+        true
+    }
+
+    fn vector_only(mode: SearchMode) -> bool {
+        mode == SearchMode::Vector
+    }
+
+    #[test]
+    fn the_default_mode_is_the_backends_best() {
+        assert_eq!(
+            choose_mode(None, everything, "embedded-sqlite"),
+            Ok(SearchMode::Hybrid)
+        );
+        assert_eq!(
+            choose_mode(None, vector_only, "vectorize"),
+            Ok(SearchMode::Vector)
+        );
+        assert_eq!(
+            choose_mode(Some(SearchMode::Keyword), everything, "embedded-sqlite"),
+            Ok(SearchMode::Keyword)
+        );
+    }
+
+    #[test]
+    fn a_mode_the_backend_cannot_do_is_refused_by_name() {
+        for mode in [SearchMode::Keyword, SearchMode::Hybrid] {
+            let e = choose_mode(Some(mode), vector_only, "vectorize").unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest);
+            assert_eq!(
+                e.message,
+                format!(
+                    "mode \"{}\" is not supported by the vectorize backend",
+                    mode.as_str()
+                )
+            );
+        }
+        let e = plan_for(
+            &search(Some(SearchMode::Hybrid)),
+            VERSION,
+            vector_only,
+            "vectorize",
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn the_key_covers_the_chosen_mode_and_the_version() {
+        let s = search(None);
+        let plan = plan_for(&s, VERSION, everything, "embedded-sqlite").unwrap();
+        assert_eq!(plan.mode, SearchMode::Hybrid);
+        assert_eq!(
+            plan.key,
+            search_cache_key(&tenant(), &s.query, 3, &s.filter, SearchMode::Hybrid, 7)
+        );
+        let explicit = plan_for(
+            &search(Some(SearchMode::Hybrid)),
+            VERSION,
+            everything,
+            "embedded-sqlite",
+        )
+        .unwrap();
+        assert_eq!(
+            explicit.key, plan.key,
+            "the default and its name share a key"
+        );
+        let newer = IndexVersion {
+            version: 8,
+            ..VERSION
+        };
+        let later = plan_for(&s, newer, everything, "embedded-sqlite").unwrap();
+        assert_ne!(later.key, plan.key);
+        let vector = plan_for(&s, VERSION, vector_only, "vectorize").unwrap();
+        assert_ne!(vector.key, plan.key);
+    }
+
+    #[test]
+    fn only_keyword_search_skips_the_embedding() {
+        let plan = |mode| plan_for(&search(Some(mode)), VERSION, everything, "x").unwrap();
+        assert!(!plan(SearchMode::Keyword).embeds());
+        assert!(plan(SearchMode::Vector).embeds());
+        assert!(plan(SearchMode::Hybrid).embeds());
+    }
+
+    #[test]
+    fn hits_become_matches_and_round_trip_through_the_cache() {
+        let s = search(None);
+        let plan = plan_for(&s, VERSION, everything, "x").unwrap();
+        let v = [0.5f32, 0.5];
+        let q = plan.query(&s, Some(&v));
+        assert_eq!(
+            (q.text, q.top_k, q.mode, q.vector),
+            (s.query.as_str(), 3, SearchMode::Hybrid, Some(&v[..]))
+        );
+        assert_eq!(q.filter, &s.filter);
+        let hits = vec![
+            VectorHit {
+                id: "v1".into(),
+                score: 0.9,
+                metadata: Metadata::from([("docId".to_owned(), MetaValue::Str("a".into()))]),
+            },
+            VectorHit {
+                id: "v2".into(),
+                score: 0.4,
+                metadata: Metadata::new(),
+            },
+        ];
+        let results = plan.results(hits);
+        assert!(!results.cached);
+        assert_eq!(
+            (results.mode, results.index_version),
+            (SearchMode::Hybrid, 7)
+        );
+        let ids: Vec<_> = results.matches.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["v1", "v2"], "best first, as the index said");
+        assert_eq!(results.matches[0].score, 0.9);
+        assert_eq!(
+            results.matches[0].metadata["docId"],
+            MetaValue::Str("a".into())
+        );
+        let value = plan.cache_value(&results, false, 0).unwrap();
+        let hit = plan.cached(&value).unwrap();
+        assert!(hit.cached);
+        assert_eq!(hit.matches, results.matches);
+        assert_eq!(plan.cached("not json"), None, "a bad value is a miss");
+    }
+
+    #[test]
+    fn vectorize_answers_are_cached_only_once_the_index_has_settled() {
+        let plan = plan_for(&search(None), VERSION, vector_only, "v").unwrap();
+        let results = plan.results(Vec::new());
+        let changed = VERSION.changed_at_ms;
+        assert_eq!(plan.cache_value(&results, true, changed), None);
+        assert_eq!(
+            plan.cache_value(&results, true, changed + VECTORIZE_SETTLE_MS),
+            None
+        );
+        assert!(plan
+            .cache_value(&results, true, changed + VECTORIZE_SETTLE_MS + 1)
+            .is_some());
+        // The embedded index reads its own writes: always cached.
+        assert!(plan.cache_value(&results, false, changed).is_some());
+        // A clock behind the change is not settled either.
+        assert_eq!(plan.cache_value(&results, true, 0), None);
+    }
+}
