@@ -12,7 +12,8 @@
 //!   decode the reply, so no call site builds a request by hand.
 //!
 //! Actors: [`coordinator`] (`TenantCoordinator`) and [`ingest`]
-//! (`IngestQueue`), one of each per tenant.
+//! (`IngestQueue`), one of each per tenant; [`limiter`] holds the pure cores
+//! of the `RateLimiter` (one per key) and of its tenant ledger.
 //!
 //! Around them: the [`ports`] (embedder, vector index, KV, clock, generator)
 //! with their [`cloudflare`] and [`embedded`] implementations, chosen by
@@ -31,6 +32,7 @@ pub mod entropy;
 pub mod error;
 pub mod generation;
 pub mod ingest;
+pub mod limiter;
 pub mod ports;
 pub mod providers;
 pub mod retrieval;

@@ -14,6 +14,8 @@
 //! - [`coordinator`]: the `TenantCoordinator` actor's requests and replies;
 //! - [`ingest`]: the `IngestQueue` actor's requests and replies (ingest, search);
 //! - [`keys`]: API keys (format, scopes, records) and the coordinator's key messages;
+//! - [`limits`]: rate limits, budgets, prices, and the `RateLimiter`'s and
+//!   tenant ledger's requests and replies;
 //! - [`chat`]: the `ChatSession` actor's requests, its streamed events and their frames;
 //! - [`actor`]: what every actor shares, such as [`ActorKind`].
 
@@ -25,6 +27,7 @@ pub mod error;
 pub mod ids;
 pub mod ingest;
 pub mod keys;
+pub mod limits;
 
 pub use actor::ActorKind;
 pub use envelope::{
