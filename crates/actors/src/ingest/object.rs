@@ -28,6 +28,15 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use worker::{durable_object, Env, Request as HttpRequest, Response, ScheduledTime, State};
 
+/// Clears the "a work run is going" flag when dropped.
+struct Working<'a>(&'a Cell<bool>);
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 /// The queue, once loaded: the tenant it belongs to and the core.
 struct Loaded {
     tenant: TenantId,
@@ -165,6 +174,9 @@ impl IngestQueue {
         if self.working.replace(true) {
             return;
         }
+        // Cleared however the run ends, even if its future is dropped
+        // mid-await: a flag left set would stop every later run.
+        let working = Working(&self.working);
         let mut run = WorkRun::new(budget, self.now());
         loop {
             let now = self.now();
@@ -175,7 +187,7 @@ impl IngestQueue {
                 break;
             }
         }
-        self.working.set(false);
+        drop(working);
         self.rearm().await;
     }
 

@@ -246,6 +246,20 @@ impl DocRun {
             Ok(Done::Embedded(_) | Done::Upserted) if !core.still_current(&self.item) => {
                 Step::Finish(Finish::paused())
             }
+            // An embedder that answers fewer (or more) vectors than chunks
+            // would leave the document partly indexed but recorded whole.
+            Ok(Done::Embedded(vectors)) if vectors.len() != self.chunks.len() => {
+                Step::Finish(Finish::failed(
+                    core,
+                    &self.item,
+                    format!(
+                        "the embedder returned {} vectors for {} chunks",
+                        vectors.len(),
+                        self.chunks.len()
+                    ),
+                    now_ms,
+                ))
+            }
             Ok(Done::Embedded(vectors)) => Step::Upsert(self.records(vectors)),
             Ok(Done::Upserted) if !self.plan.stale.is_empty() => {
                 Step::DeleteStale(self.plan.stale_ids(&self.tenant))
@@ -392,6 +406,27 @@ mod tests {
             }
         );
         assert_eq!(core.job("j1").unwrap().status, JobStatus::Done);
+    }
+
+    #[test]
+    fn an_embedding_of_the_wrong_length_fails_the_attempt() {
+        for got in [1, 3] {
+            let mut core = queue(BOUNDS, "a");
+            let run = start(&mut core, doc("a", 2), &MemRecords::default());
+            let Step::Finish(finish) =
+                run.advance(&mut core, Ok(Done::Embedded(vectors(got))), 2)
+            else {
+                panic!("{got} vectors for 2 chunks must not be upserted")
+            };
+            assert_eq!(finish.worked, Worked::Failed);
+            assert!(
+                !finish
+                    .effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::RecordDocument { .. })),
+                "nothing is recorded as indexed"
+            );
+        }
     }
 
     #[test]
