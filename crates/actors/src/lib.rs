@@ -12,8 +12,9 @@
 //!   decode the reply, so no call site builds a request by hand.
 //!
 //! Actors: [`coordinator`] (`TenantCoordinator`) and [`ingest`]
-//! (`IngestQueue`), one of each per tenant; [`limiter`] holds the pure cores
-//! of the `RateLimiter` (one per key) and of its tenant ledger.
+//! (`IngestQueue`), one of each per tenant; [`chat`] (`ChatSession`), one per
+//! conversation; [`limiter`] (`RateLimiter`), one per key and one ledger per
+//! tenant.
 //!
 //! Around them: the [`ports`] (embedder, vector index, KV, clock, generator)
 //! with their [`cloudflare`] and [`embedded`] implementations, chosen by
@@ -43,6 +44,7 @@ pub use chat::{ChatHandle, ChatSession};
 pub use coordinator::{CoordinatorHandle, TenantCoordinator};
 pub use error::ActorError;
 pub use ingest::{IngestHandle, IngestQueue};
+pub use limiter::{LimiterHandle, RateLimiter};
 
 /// Tests of the JS glue and of the wasm-only code paths, run in Node with
 /// `wasm-bindgen-test-runner` (`cargo xtask test` does).

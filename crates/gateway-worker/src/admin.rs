@@ -4,6 +4,7 @@
 use crate::errors::ApiError;
 use protocol::coordinator::{AnonymousPatch, DefaultModelsPatch, SettingsPatch};
 use protocol::keys::{self, CreateKey, KeyError, KeyLimits, KeyRecord, NewKey, RotateKey, Scope};
+use protocol::limits::Limits;
 use serde::{Deserialize, Serialize};
 
 /// The body of `PATCH /admin/tenant`. Unknown fields are refused so that a
@@ -14,6 +15,17 @@ pub struct SettingsPatchBody {
     display_name: Option<String>,
     default_models: Option<DefaultModelsBody>,
     anonymous: Option<AnonymousBody>,
+    limits: Option<TenantLimitsBody>,
+}
+
+/// `"limits": {"rpm"?, "tpm"?, "concurrency"?}`: the tenant's totals and
+/// its keys' defaults (each absent one: unlimited).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantLimitsBody {
+    rpm: Option<u32>,
+    tpm: Option<u64>,
+    concurrency: Option<u32>,
 }
 
 /// `"anonymous": {"search"?: bool, "chat"?: bool}`.
@@ -35,6 +47,11 @@ impl SettingsPatchBody {
     /// The validated protocol patch.
     pub fn into_patch(self) -> Result<SettingsPatch, ApiError> {
         let patch = SettingsPatch {
+            limits: self.limits.map(|l| Limits {
+                rpm: l.rpm,
+                tpm: l.tpm,
+                concurrency: l.concurrency,
+            }),
             display_name: self.display_name,
             default_models: self.default_models.map(|m| DefaultModelsPatch {
                 chat: m.chat,
@@ -93,6 +110,29 @@ impl CreateKeyBody {
         };
         create.validate(now_ms).map_err(invalid_key_request)?;
         Ok(create)
+    }
+}
+
+/// The body of `PATCH /admin/keys/<id>`: `{"limits": {"rpm"?, "tpm"?,
+/// "concurrency"?}}`. Unknown fields are refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyBody {
+    limits: LimitsBody,
+}
+
+impl UpdateKeyBody {
+    /// The protocol request for key `id` (its limits checked by the caller
+    /// against the tenant's).
+    pub fn into_update(self, id: String) -> protocol::keys::UpdateKey {
+        protocol::keys::UpdateKey {
+            id,
+            limits: KeyLimits {
+                rpm: self.limits.rpm,
+                tpm: self.limits.tpm,
+                concurrency: self.limits.concurrency,
+            },
+        }
     }
 }
 

@@ -92,6 +92,7 @@ impl ChatBody {
     /// The validated protocol turn.
     pub fn into_turn(self) -> Result<Turn, ApiError> {
         let turn = Turn {
+            reservation: None,
             session_id: session_id(&self.session_id)?,
             // The caller's identity is the gateway's finding, set by the handler.
             access: Access::default(),

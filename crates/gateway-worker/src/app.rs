@@ -3,7 +3,9 @@
 //! tenant-scoped work to the actors' typed handles. Who called ([`Caller`])
 //! is available to every handler.
 
-use crate::admin::{self, CreateKeyBody, NewKeyReply, RotateKeyBody, SettingsPatchBody};
+use crate::admin::{
+    self, CreateKeyBody, NewKeyReply, RotateKeyBody, SettingsPatchBody, UpdateKeyBody,
+};
 use crate::api::{self, FaultsBody, IngestBody, SearchBody};
 use crate::auth::{Caller, Decision, Identity, KeyGrant};
 use crate::errors::ApiError;
@@ -12,13 +14,15 @@ use crate::request_id::REQUEST_ID_HEADER;
 use crate::routing::Route;
 use crate::sse;
 use crate::tenant::{TenantMode, TENANT_HEADER};
-use crate::{auth, body, routing};
+use crate::{auth, body, errors, limits, routing};
 use actors::chat::{Resumed, TurnStream};
+use actors::limiter::{LedgerHandle, LimitedBy, LimiterHandle};
 use actors::{ChatHandle, CoordinatorHandle, IngestHandle};
 use futures::StreamExt;
-use protocol::chat::{Access, ChatEvent};
+use protocol::chat::{Access, ChatEvent, TurnReservation, DEFAULT_MAX_TOKENS};
 use protocol::coordinator::AnonymousAccess;
 use protocol::keys::{Scope, VerifyKey};
+use protocol::limits::{Limits, RateLimitInfo};
 use protocol::{ActorKind, RequestId, TenantId};
 use serde::Serialize;
 use serde_json::json;
@@ -41,18 +45,24 @@ impl From<(u16, serde_json::Value)> for Reply {
 
 /// Serves one request; never fails: every error becomes a JSON response.
 pub async fn handle(req: Request, env: Env, request_id: RequestId) -> Response {
-    let result = serve(req, &env, &request_id).await;
-    let (status, body, allow) = match result {
-        Ok(Reply::Raw(response)) => return response,
-        Ok(Reply::Json(status, body)) => (status, body, None),
-        Err(e) => (e.status(), e.body(), e.allow_header()),
+    let mut limit_headers = Vec::new();
+    let result = serve(req, &env, &request_id, &mut limit_headers).await;
+    let (status, body, extra) = match result {
+        Ok(Reply::Raw(response)) => {
+            for (name, value) in &limit_headers {
+                let _ = response.headers().set(name, value);
+            }
+            return response;
+        }
+        Ok(Reply::Json(status, body)) => (status, body, limit_headers),
+        Err(e) => (e.status(), e.body(), e.headers(now_ms())),
     };
     let headers = Headers::new();
     // These values are ASCII we produced ourselves, so setting them cannot fail.
     let _ = headers.set("content-type", "application/json");
     let _ = headers.set(REQUEST_ID_HEADER, request_id.as_str());
-    if let Some(allow) = allow {
-        let _ = headers.set("allow", &allow);
+    for (name, value) in &extra {
+        let _ = headers.set(name, value);
     }
     Response::builder()
         .with_status(status)
@@ -60,7 +70,14 @@ pub async fn handle(req: Request, env: Env, request_id: RequestId) -> Response {
         .fixed(body.to_string().into_bytes())
 }
 
-async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Reply, ApiError> {
+/// `limit_headers` receives the `RateLimit-Policy` / `RateLimit` headers of
+/// an admitted request on a limited route.
+async fn serve(
+    mut req: Request,
+    env: &Env,
+    request_id: &RequestId,
+    limit_headers: &mut Vec<(&'static str, String)>,
+) -> Result<Reply, ApiError> {
     let mode = TenantMode::from_vars(
         var(env, "TENANT_ID").as_deref(),
         var(env, "TENANTS").as_deref(),
@@ -101,9 +118,29 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
     // nothing but 401.
     let user = auth::user(header(&req, auth::USER_HEADER).as_deref())?;
     let caller = Caller { identity, user };
+    let client = header(&req, "cf-connecting-ip");
+    let limit = |work: limits::Work| {
+        admit_work(
+            env,
+            &tenant,
+            &caller.identity,
+            client.as_deref(),
+            work,
+            request_id,
+        )
+    };
+    // Every limited route but a chat turn is admitted here, before its
+    // work; a turn once its body says what it will use.
+    let admitted = match limits::Work::of(&route) {
+        Some(work) if route != Route::Chat => limit(work).await?,
+        _ => None,
+    };
+    if let Some(info) = admitted.as_ref().and_then(|a| a.info.as_ref()) {
+        limit_headers.extend(errors::rate_limit_headers(info));
+    }
     let json_route = match route {
         Route::Chat => {
-            let turn = read_json::<api::ChatBody>(&mut req, api::MAX_CHAT_BODY_BYTES)
+            let mut turn = read_json::<api::ChatBody>(&mut req, api::MAX_CHAT_BODY_BYTES)
                 .await?
                 .into_turn()?;
             if let Some(model) = turn.model.as_deref() {
@@ -114,11 +151,36 @@ async fn serve(mut req: Request, env: &Env, request_id: &RequestId) -> Result<Re
                 };
                 auth::check_model(&caller.identity, model, &default_chat)?;
             }
+            let work = limits::Work::Turn {
+                max_tokens: turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                model: turn.model.clone(),
+            };
+            let admitted = limit(work).await?;
+            if let Some(admitted) = &admitted {
+                if let Some(info) = &admitted.info {
+                    limit_headers.extend(errors::rate_limit_headers(info));
+                }
+                turn.reservation = admitted.reservation_id.map(|id| TurnReservation {
+                    limiter: admitted.by.resource(),
+                    id,
+                    model: turn.model.clone(),
+                });
+            }
             let session = turn.session_id.clone();
-            let frames = ChatHandle::new(env, &tenant, &session)?
+            let started = ChatHandle::new(env, &tenant, &session)?
                 .with_access(access(&caller))
                 .turn(request_id, turn)
-                .await?;
+                .await;
+            let frames = match started {
+                Ok(frames) => frames,
+                Err(e) => {
+                    // The turn never started: its slot and estimate go back.
+                    if let Some(admitted) = &admitted {
+                        release(env, &tenant, admitted, request_id).await;
+                    }
+                    return Err(e.into());
+                }
+            };
             return event_stream(frames, request_id).map(Reply::Raw);
         }
         Route::ChatStream { session } => {
@@ -198,6 +260,64 @@ async fn admit(
     }
 }
 
+/// A request admitted by its caller's limiter.
+struct Admitted {
+    /// Whose limiter.
+    by: LimitedBy,
+    /// What it reserved (a turn's slot and estimate), to settle or release.
+    reservation_id: Option<u64>,
+    /// The numbers for the `RateLimit` headers.
+    info: Option<RateLimitInfo>,
+}
+
+/// Admits `work` at the caller's limiter (see [`limits`]): `None` for the
+/// operator and the legacy token, which are not limited; a 429 or 402 when
+/// a limit or budget refuses.
+async fn admit_work(
+    env: &Env,
+    tenant: &TenantId,
+    identity: &Identity,
+    client: Option<&str>,
+    work: limits::Work,
+    request_id: &RequestId,
+) -> Result<Option<Admitted>, ApiError> {
+    let Some(by) = limits::limited_by(identity, client) else {
+        return Ok(None);
+    };
+    let tenant_limits = tenant_policy(env, tenant, request_id).await?.limits;
+    let own = limits::limits_for(identity, &tenant_limits);
+    if !limits::applies(&own, &tenant_limits) {
+        // Nothing to count against: no call to the limiter at all.
+        return Ok(None);
+    }
+    let admit = limits::admit(&work, own, tenant_limits);
+    let admission = LimiterHandle::new(env, tenant, &by)?
+        .admit(request_id, admit)
+        .await?;
+    let (reservation_id, info) = limits::outcome(admission)?;
+    Ok(Some(Admitted {
+        by,
+        reservation_id,
+        info,
+    }))
+}
+
+/// Gives back what an admitted request reserved but never used (a turn the
+/// session refused to start). A failure only logs: the reservation then
+/// expires at the limiter.
+async fn release(env: &Env, tenant: &TenantId, admitted: &Admitted, request_id: &RequestId) {
+    let Some(id) = admitted.reservation_id else {
+        return;
+    };
+    let released = match LimiterHandle::new(env, tenant, &admitted.by) {
+        Ok(limiter) => limiter.release(request_id, id).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = released {
+        worker::console_warn!("a reservation was not released: {e}");
+    }
+}
+
 /// How many verifications (and tenant policies) one isolate remembers. An
 /// entry is a key id, a hash and a grant (scopes, at most 32 model names): a
 /// few KiB at worst, so the bound keeps the cache far below the 128 MB an
@@ -216,6 +336,7 @@ type VerificationKey = (TenantId, String, String);
 struct TenantPolicy {
     anonymous: AnonymousAccess,
     default_chat: String,
+    limits: Limits,
 }
 
 thread_local! {
@@ -279,6 +400,7 @@ async fn tenant_policy(
     let policy = TenantPolicy {
         anonymous: record.settings.anonymous,
         default_chat: record.settings.default_models.chat,
+        limits: record.settings.limits,
     };
     let fetched = now_ms();
     POLICIES.with(|c| {
@@ -286,6 +408,20 @@ async fn tenant_policy(
             .insert(tenant.clone(), policy.clone(), fetched)
     });
     Ok(policy)
+}
+
+/// The tenant's limits as stored now (not cached: a key's limits are checked
+/// against them when an admin sets them).
+async fn current_tenant_limits(
+    env: &Env,
+    tenant: &TenantId,
+    request_id: &RequestId,
+) -> Result<Limits, ApiError> {
+    Ok(CoordinatorHandle::new(env, tenant)?
+        .get_tenant(request_id)
+        .await?
+        .settings
+        .limits)
 }
 
 /// Milliseconds since the Unix epoch (Workers' clock: it advances with I/O).
@@ -339,15 +475,29 @@ async fn json_reply(
             let patch = read_json::<SettingsPatchBody>(&mut req, body::MAX_ADMIN_BODY_BYTES)
                 .await?
                 .into_patch()?;
+            if patch.limits.is_some() && caller.identity != Identity::Operator {
+                return Err(ApiError::Forbidden {
+                    code: "operator_only",
+                    message: "the tenant's limits are set by the operator (ADMIN_TOKEN)".into(),
+                });
+            }
             let record = CoordinatorHandle::new(env, &tenant)?
                 .update_settings(request_id, patch)
                 .await?;
+            // This isolate applies the new settings from the next request on.
+            POLICIES.with(|c| c.borrow_mut().remove_where(|t| t == &tenant));
             ok_json(&json!({ "tenant": record }))
         }
         Route::CreateKey => {
             let create = read_json::<CreateKeyBody>(&mut req, body::MAX_ADMIN_BODY_BYTES)
                 .await?
                 .into_create(now_ms())?;
+            let tenant_limits = current_tenant_limits(env, &tenant, request_id).await?;
+            limits::check_key_limits(
+                &Limits::from(&create.limits),
+                &tenant_limits,
+                caller.identity == Identity::Operator,
+            )?;
             let new = CoordinatorHandle::new(env, &tenant)?
                 .create_key(request_id, create)
                 .await?;
@@ -378,6 +528,25 @@ async fn json_reply(
                 .await?;
             forget_key(&tenant, &id);
             ok_json(&NewKeyReply::from(&new))
+        }
+        Route::UpdateKey { id } => {
+            admin::check_key_id(&id)?;
+            let update = read_json::<UpdateKeyBody>(&mut req, body::MAX_ADMIN_BODY_BYTES)
+                .await?
+                .into_update(id);
+            let tenant_limits = current_tenant_limits(env, &tenant, request_id).await?;
+            limits::check_key_limits(
+                &Limits::from(&update.limits),
+                &tenant_limits,
+                caller.identity == Identity::Operator,
+            )?;
+            let id = update.id.clone();
+            let record = CoordinatorHandle::new(env, &tenant)?
+                .update_key(request_id, update)
+                .await?;
+            // This isolate sees the new limits from the next request on.
+            forget_key(&tenant, &id);
+            ok_json(&record)
         }
         Route::RevokeKey { id } => {
             admin::check_key_id(&id)?;
@@ -536,6 +705,43 @@ async fn inspect(
             ok_json(&json!({
                 "kind": kind,
                 "name": tenant.object_name(actors::ingest::RESOURCE),
+                "state": state,
+            }))
+        }
+        ActorKind::Limiter => {
+            // `<keyId>`: that key's limiter; `anon-<digest>`: an anonymous
+            // client's; the tenant id: the tenant's ledger.
+            if name == tenant.as_str() {
+                let state = LedgerHandle::new(env, tenant)?.inspect(request_id).await?;
+                return ok_json(&json!({
+                    "kind": kind,
+                    "name": tenant.object_name(actors::limiter::RESOURCE),
+                    "state": state,
+                }));
+            }
+            let by = match name.strip_prefix("anon-") {
+                Some(digest)
+                    if digest.len() == 16 && digest.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                {
+                    LimitedBy::Anonymous(digest.to_owned())
+                }
+                Some(_) => {
+                    return Err(ApiError::not_found(
+                        "unknown_actor",
+                        "an anonymous client's limiter is anon-<16 hex digits>",
+                    ))
+                }
+                None => {
+                    admin::check_key_id(name)?;
+                    LimitedBy::Key(name.to_owned())
+                }
+            };
+            let state = LimiterHandle::new(env, tenant, &by)?
+                .inspect(request_id)
+                .await?;
+            ok_json(&json!({
+                "kind": kind,
+                "name": tenant.object_name(&by.resource()),
                 "state": state,
             }))
         }

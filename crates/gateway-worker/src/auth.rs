@@ -20,6 +20,7 @@ use crate::routing::Access;
 use crate::tenant::{self, TenantMode};
 use protocol::coordinator::AnonymousAccess;
 use protocol::keys::{ParsedKey, Scope, Verification, VerifyKey, KEY_PREFIX};
+use protocol::limits::Limits;
 use protocol::{SessionId, TenantId};
 use sha2::{Digest, Sha256};
 
@@ -51,6 +52,8 @@ pub enum Identity {
         scopes: Vec<Scope>,
         /// Models it may name in a chat turn; empty: the tenant's default only.
         models: Vec<String>,
+        /// Its own rate limits (a field it leaves unset takes the tenant's).
+        limits: Limits,
     },
     /// No credential: `/health`, or a route the tenant opened to everyone.
     Anonymous,
@@ -68,6 +71,8 @@ pub struct KeyGrant {
     pub models: Vec<String>,
     /// When it stops working.
     pub expires_at_ms: Option<u64>,
+    /// Its rate limits.
+    pub limits: Limits,
 }
 
 impl KeyGrant {
@@ -80,6 +85,7 @@ impl KeyGrant {
                 scopes: record.scopes,
                 models: record.models,
                 expires_at_ms: record.expires_at_ms,
+                limits: Limits::from(&record.limits),
             }),
             _ => None,
         }
@@ -234,6 +240,7 @@ pub fn admit_key(
         id: grant.id.clone(),
         scopes: grant.scopes.clone(),
         models: grant.models.clone(),
+        limits: grant.limits,
     })
 }
 
@@ -613,6 +620,7 @@ mod tests {
 
     fn grant(scopes: Vec<Scope>, models: Vec<&str>, expires: Option<u64>) -> KeyGrant {
         KeyGrant {
+            limits: Limits::default(),
             id: KEY_ID.into(),
             scopes,
             models: models.into_iter().map(String::from).collect(),
@@ -627,6 +635,7 @@ mod tests {
         assert_eq!(
             ok,
             Identity::Key {
+                limits: Limits::default(),
                 id: KEY_ID.into(),
                 scopes: vec![Scope::Search, Scope::Admin],
                 models: vec![]
@@ -716,11 +725,13 @@ mod tests {
     #[test]
     fn models() {
         let listed = Identity::Key {
+            limits: Limits::default(),
             id: KEY_ID.into(),
             scopes: vec![Scope::Chat],
             models: vec!["@cf/a".into(), "@cf/b".into()],
         };
         let unlisted = Identity::Key {
+            limits: Limits::default(),
             id: KEY_ID.into(),
             scopes: vec![Scope::Chat],
             models: vec![],

@@ -1,6 +1,7 @@
 //! Every way a request can fail, and the one place where failures become HTTP.
 
 use actors::ActorError;
+use protocol::limits::{BudgetExceeded, LimitKind, LimitScope, RateLimitInfo};
 use protocol::ErrorCode;
 use serde_json::json;
 
@@ -75,6 +76,24 @@ pub enum ApiError {
         /// Human explanation.
         message: String,
     },
+    /// A rate limit is reached: 429 `rate_limited`, naming the limit and
+    /// whose it is, with `Retry-After` (and the `RateLimit` headers when the
+    /// limit is the key's).
+    #[error("the {} limit of this {} is reached; retry in {retry_after_secs} s", .limit.as_str(), .scope.as_str())]
+    RateLimited {
+        /// Which limit.
+        limit: LimitKind,
+        /// Whose.
+        scope: LimitScope,
+        /// Whole seconds until a retry can succeed.
+        retry_after_secs: u64,
+        /// The limit's numbers, for the headers.
+        policy: Option<RateLimitInfo>,
+    },
+    /// A budget would be exceeded: 402 `budget_exceeded`, naming it, its
+    /// limit, what is used and when it resets.
+    #[error("the {} budget of this {} is spent ({} of {}); it resets at {} ms", .0.budget.as_str(), .0.scope.as_str(), .0.used, .0.limit, .0.resets_at_ms)]
+    BudgetExceeded(BudgetExceeded),
     /// Our own code failed (a bug, storage): 500.
     #[error("{0}")]
     Internal(String),
@@ -161,6 +180,8 @@ impl ApiError {
             Self::UpgradeRequired => 426,
             Self::PayloadTooLarge { .. } | Self::QuotaExceeded { .. } => 413,
             Self::Internal(_) => 500,
+            Self::RateLimited { .. } => 429,
+            Self::BudgetExceeded(_) => 402,
             Self::UnsupportedMediaType { .. } => 415,
             Self::BadUpstream(_) => 502,
             Self::NotConfigured(_) | Self::Unavailable(_) => 503,
@@ -172,6 +193,8 @@ impl ApiError {
         match self {
             Self::QuotaExceeded { code, .. } => code,
             Self::Internal(_) => "internal",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::BudgetExceeded(_) => "budget_exceeded",
             Self::BadRequest { code, .. }
             | Self::Unauthorized { code, .. }
             | Self::Forbidden { code, .. }
@@ -187,6 +210,35 @@ impl ApiError {
         }
     }
 
+    /// The headers the answer carries besides its JSON: `Allow` for a 405,
+    /// `Retry-After` (and the IETF `RateLimit-Policy` / `RateLimit`) for a
+    /// 429, `Retry-After` for a 402.
+    pub fn headers(&self, now_ms: u64) -> Vec<(&'static str, String)> {
+        match self {
+            Self::MethodNotAllowed { allow, .. } => vec![("allow", allow.join(", "))],
+            Self::RateLimited {
+                retry_after_secs,
+                policy,
+                ..
+            } => {
+                let mut headers = vec![("retry-after", retry_after_secs.max(&1).to_string())];
+                if let Some(info) = policy {
+                    headers.extend(rate_limit_headers(info));
+                }
+                headers
+            }
+            Self::BudgetExceeded(b) => vec![(
+                "retry-after",
+                b.resets_at_ms
+                    .saturating_sub(now_ms)
+                    .div_ceil(1000)
+                    .max(1)
+                    .to_string(),
+            )],
+            _ => vec![],
+        }
+    }
+
     /// The `Allow` header value, for a 405.
     pub fn allow_header(&self) -> Option<String> {
         match self {
@@ -195,10 +247,51 @@ impl ApiError {
         }
     }
 
-    /// The JSON body.
+    /// The JSON body: `{"error":{"code","message"}}`, plus the numbers of a
+    /// limit or budget refusal.
     pub fn body(&self) -> serde_json::Value {
-        json!({ "error": { "code": self.code(), "message": self.to_string() } })
+        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+        match self {
+            Self::RateLimited {
+                limit,
+                scope,
+                retry_after_secs,
+                ..
+            } => {
+                error["limit"] = json!(limit);
+                error["scope"] = json!(scope);
+                error["retryAfterSecs"] = json!(retry_after_secs);
+            }
+            Self::BudgetExceeded(b) => {
+                error["budget"] = json!(b.budget);
+                error["scope"] = json!(b.scope);
+                error["limit"] = json!(b.limit);
+                error["used"] = json!(b.used);
+                error["reserved"] = json!(b.reserved);
+                error["requested"] = json!(b.requested);
+                error["resetsAtMs"] = json!(b.resets_at_ms);
+            }
+            _ => {}
+        }
+        json!({ "error": error })
     }
+}
+
+/// The IETF httpapi draft's headers for a limit:
+/// `RateLimit-Policy: "<scope>-<limit>";q=<quota>;w=<window>` and
+/// `RateLimit: "<scope>-<limit>";r=<remaining>;t=<reset>`.
+pub fn rate_limit_headers(info: &RateLimitInfo) -> [(&'static str, String); 2] {
+    let name = format!("{}-{}", info.scope.as_str(), info.limit_kind.as_str());
+    [
+        (
+            "ratelimit-policy",
+            format!("\"{name}\";q={};w={}", info.limit, info.window_secs),
+        ),
+        (
+            "ratelimit",
+            format!("\"{name}\";r={};t={}", info.remaining, info.reset_secs),
+        ),
+    ]
 }
 
 impl From<ActorError> for ApiError {

@@ -17,12 +17,13 @@ pub mod auth;
 pub mod body;
 pub mod errors;
 pub mod isolate_cache;
+pub mod limits;
 pub mod request_id;
 pub mod routing;
 pub mod sse;
 pub mod tenant;
 
-pub use actors::{ChatSession, IngestQueue, TenantCoordinator};
+pub use actors::{ChatSession, IngestQueue, RateLimiter, TenantCoordinator};
 
 #[cfg(target_arch = "wasm32")]
 #[worker::event(fetch)]

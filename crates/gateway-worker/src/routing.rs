@@ -51,6 +51,11 @@ pub enum Route {
         /// The key id, unvalidated.
         id: String,
     },
+    /// `PATCH /admin/keys/<id>`: change its limits.
+    UpdateKey {
+        /// The key id, unvalidated.
+        id: String,
+    },
     /// `POST /api/ingest`: store and queue documents.
     Ingest,
     /// `GET /api/ingest/<jobId>`: a job's progress.
@@ -122,7 +127,8 @@ impl Route {
             | Route::ListKeys
             | Route::GetKey { .. }
             | Route::RotateKey { .. }
-            | Route::RevokeKey { .. } => Access::Scoped(Scope::Admin),
+            | Route::RevokeKey { .. }
+            | Route::UpdateKey { .. } => Access::Scoped(Scope::Admin),
             Route::InjectFaults => Access::Operator,
         }
     }
@@ -168,8 +174,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             },
         ),
         ["admin", "keys", id] => (
-            &["GET", "DELETE"],
+            &["GET", "PATCH", "DELETE"],
             match method {
+                "PATCH" => Some(Route::UpdateKey {
+                    id: (*id).to_owned(),
+                }),
                 "GET" => Some(Route::GetKey {
                     id: (*id).to_owned(),
                 }),
@@ -361,7 +370,11 @@ mod tests {
         );
         assert_eq!(
             route("POST", "/admin/keys/x").unwrap_err().allow_header(),
-            Some("GET, DELETE".into())
+            Some("GET, PATCH, DELETE".into())
+        );
+        assert_eq!(
+            route("PATCH", "/admin/keys/0123456789ab"),
+            Ok(Route::UpdateKey { id: id() })
         );
         assert_eq!(
             route("GET", "/admin/keys/x/rotate")

@@ -14,12 +14,19 @@ pub enum ActorKind {
     Ingest,
     /// `ChatSession`, one per session, named `${tenantId}:${sessionId}`.
     Chat,
+    /// `RateLimiter`, one per key, named `${tenantId}:limiter:<keyId>` (and
+    /// the tenant's ledger, `${tenantId}:limiter`).
+    Limiter,
 }
 
 impl ActorKind {
     /// Every kind, in a stable order (for listings and error messages).
-    pub const ALL: &'static [ActorKind] =
-        &[ActorKind::Coordinator, ActorKind::Ingest, ActorKind::Chat];
+    pub const ALL: &'static [ActorKind] = &[
+        ActorKind::Coordinator,
+        ActorKind::Ingest,
+        ActorKind::Chat,
+        ActorKind::Limiter,
+    ];
 
     /// The kind's name in routes and Durable Object names.
     pub fn as_str(self) -> &'static str {
@@ -27,6 +34,7 @@ impl ActorKind {
             ActorKind::Coordinator => "coordinator",
             ActorKind::Ingest => "ingest",
             ActorKind::Chat => "chat",
+            ActorKind::Limiter => "limiter",
         }
     }
 

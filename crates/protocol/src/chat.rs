@@ -86,6 +86,34 @@ pub struct Turn {
     pub model: Option<String>,
     /// The answer's token budget.
     pub max_tokens: Option<u32>,
+    /// What the gateway reserved for this turn at the caller's limiter:
+    /// settled with the turn's usage when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<TurnReservation>,
+}
+
+/// A reservation at a `RateLimiter`, held by a turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnReservation {
+    /// The limiter's resource name (`limiter:<keyId>` or
+    /// `limiter:anon-<digest>`), in the turn's tenant.
+    pub limiter: String,
+    /// The reservation id.
+    pub id: u64,
+    /// The model it was admitted for (priced when the turn settles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl TurnReservation {
+    /// Whether `limiter` names a limiter (and nothing else) of the tenant.
+    pub fn valid(&self) -> bool {
+        self.limiter.strip_prefix("limiter:").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= 80
+                && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+    }
 }
 
 /// Payload of [`ChatRequest::History`].
@@ -301,6 +329,10 @@ pub enum ChatEvent {
         ok: bool,
         /// Sequence number of the stored answer.
         message_seq: u64,
+        /// Tokens the turn's model calls used, summed (`inputTokens`,
+        /// `outputTokens`); absent when the model reported none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::limits::TokenUsage>,
     },
     /// The turn failed; what was stored stays consistent.
     Error {
@@ -479,6 +511,10 @@ mod tests {
             ChatEvent::Done {
                 ok: true,
                 message_seq: 4,
+                usage: Some(crate::limits::TokenUsage {
+                    input_tokens: 10,
+                    output_tokens: 3,
+                }),
             },
             ChatEvent::error("model_failed", "boom"),
         ]
@@ -554,6 +590,7 @@ mod tests {
     #[test]
     fn turn_validation() {
         let turn = |m: &str, t: Option<u32>, model: Option<&str>| Turn {
+            reservation: None,
             session_id: SessionId::parse("s").unwrap(),
             access: Access::default(),
             message: m.into(),

@@ -34,6 +34,8 @@ pub enum CoordinatorRequest {
     RotateKey(crate::keys::RotateKey),
     /// Revoke a key: refused from the next request on.
     RevokeKey(crate::keys::KeyId),
+    /// Change a key's limits (answered with its record).
+    UpdateKey(crate::keys::UpdateKey),
     /// Check a key (from the gateway).
     VerifyKey(crate::keys::VerifyKey),
 }
@@ -166,6 +168,11 @@ pub struct TenantSettings {
     /// read as all off.
     #[serde(default)]
     pub anonymous: AnonymousAccess,
+    /// The tenant's rate limits: its totals across all keys (`rpm`, `tpm`),
+    /// and the limits of a key that has none of its own. Set by the
+    /// operator; unlimited until then.
+    #[serde(default)]
+    pub limits: crate::limits::Limits,
 }
 
 /// What a request without an API key may do.
@@ -190,6 +197,7 @@ impl TenantSettings {
                 embedding: DEFAULT_EMBEDDING_MODEL.to_owned(),
             },
             anonymous: AnonymousAccess::default(),
+            limits: crate::limits::Limits::default(),
         }
     }
 
@@ -206,6 +214,9 @@ impl TenantSettings {
             if let Some(embedding) = &models.embedding {
                 embedding.clone_into(&mut self.default_models.embedding);
             }
+        }
+        if let Some(limits) = &patch.limits {
+            self.limits = *limits;
         }
         if let Some(anonymous) = &patch.anonymous {
             if let Some(search) = anonymous.search {
@@ -241,6 +252,9 @@ pub struct SettingsPatch {
     /// patch without it has the same bytes as before the setting existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anonymous: Option<AnonymousPatch>,
+    /// New rate limits (replacing the old ones whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::limits::Limits>,
 }
 
 /// A partial change of [`AnonymousAccess`].
@@ -280,6 +294,9 @@ pub enum SettingsError {
         /// Which model field.
         field: &'static str,
     },
+    /// A limit is zero or above its bound.
+    #[error("{0}")]
+    Limits(String),
 }
 
 impl SettingsPatch {
@@ -290,7 +307,7 @@ impl SettingsPatch {
         let empty_anonymous = self
             .anonymous
             .is_none_or(|a| a.search.is_none() && a.chat.is_none());
-        if self.display_name.is_none() && empty_models && empty_anonymous {
+        if self.display_name.is_none() && empty_models && empty_anonymous && self.limits.is_none() {
             return Err(SettingsError::Empty);
         }
         if let Some(name) = &self.display_name {
@@ -300,6 +317,11 @@ impl SettingsPatch {
             {
                 return Err(SettingsError::DisplayName);
             }
+        }
+        if let Some(limits) = &self.limits {
+            limits
+                .validate()
+                .map_err(|e| SettingsError::Limits(e.to_string()))?;
         }
         if let Some(models) = models {
             for (field, value) in [("chat", &models.chat), ("embedding", &models.embedding)] {
@@ -344,6 +366,7 @@ mod tests {
 
     fn patch(name: Option<&str>, chat: Option<&str>) -> SettingsPatch {
         SettingsPatch {
+            limits: None,
             display_name: name.map(str::to_owned),
             default_models: chat.map(|c| DefaultModelsPatch {
                 chat: Some(c.to_owned()),
@@ -361,6 +384,7 @@ mod tests {
         );
         assert_eq!(
             SettingsPatch {
+                limits: None,
                 display_name: None,
                 default_models: Some(DefaultModelsPatch::default()),
                 anonymous: Some(AnonymousPatch::default()),

@@ -171,6 +171,16 @@ pub struct RotateKey {
     pub grace_seconds: u64,
 }
 
+/// `PATCH /admin/keys/<id>`: new limits for a key (replacing the old ones
+/// whole; an unset limit is the tenant's default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateKey {
+    /// The key id.
+    pub id: String,
+    /// Its new limits.
+    pub limits: KeyLimits,
+}
+
 /// A key check, from the gateway: the key id and the SHA-256 of the secret
 /// (lowercase hex), so the secret itself never leaves the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -845,6 +845,26 @@ pub struct LedgerSnapshot {
     pub returned_tpm: u64,
 }
 
+/// What a `RateLimiter` object is asked: a key's limiter
+/// (`${tenantId}:limiter:<keyId>`) takes [`LimiterRequest`]s, the tenant's
+/// ledger (`${tenantId}:limiter`) [`LedgerRequest`]s. One class serves both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RateLimiterRequest {
+    /// To a key's limiter.
+    Key(LimiterRequest),
+    /// To the tenant's ledger.
+    Ledger(LedgerRequest),
+}
+
+/// What a `RateLimiter` object answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RateLimiterResponse {
+    /// From a key's limiter.
+    Key(LimiterResponse),
+    /// From the tenant's ledger.
+    Ledger(LedgerResponse),
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

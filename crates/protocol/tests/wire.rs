@@ -29,6 +29,7 @@ fn all_requests() -> Vec<CoordinatorRequest> {
         CoordinatorRequest::GetTenant(GetTenant {}),
         CoordinatorRequest::UpdateSettings(UpdateSettings {
             patch: SettingsPatch {
+                limits: None,
                 display_name: Some("Acme ✓".into()),
                 default_models: Some(DefaultModelsPatch {
                     chat: Some("@cf/qwen/qwen3-30b-a3b-fp8".into()),
@@ -197,6 +198,7 @@ fn golden_update_settings() {
         tenant(),
         CoordinatorRequest::UpdateSettings(UpdateSettings {
             patch: SettingsPatch {
+                limits: None,
                 display_name: Some("A".into()),
                 default_models: None,
                 anonymous: None,
@@ -456,6 +458,7 @@ mod chat_messages {
     fn every_chat_message_round_trips() {
         let requests = vec![
             ChatRequest::Turn(Turn {
+                reservation: None,
                 session_id: session(),
                 access: Access {
                     key: Some("0123456789ab".into()),

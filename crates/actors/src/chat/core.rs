@@ -180,6 +180,14 @@ impl SessionCore {
         }
     }
 
+    /// What turn `id`'s model calls have used so far (while it is held here).
+    pub fn used(&self, id: u64) -> Option<protocol::limits::TokenUsage> {
+        self.active
+            .as_ref()
+            .filter(|m| m.id() == id)
+            .and_then(TurnMachine::used)
+    }
+
     /// Whether a turn is being answered in this isolate.
     pub fn in_flight(&self) -> bool {
         self.active.as_ref().is_some_and(|m| !m.is_ended())

@@ -128,6 +128,7 @@ mod tests {
         assert_eq!(ids.take_pending().len(), FLUSH_EVERY);
         assert!(!ids.issue(1, &piece(), "a".into()).flush);
         let done = ChatEvent::Done {
+            usage: None,
             ok: true,
             message_seq: 4,
         };

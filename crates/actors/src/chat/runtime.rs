@@ -27,9 +27,10 @@ use crate::providers;
 use futures::channel::mpsc;
 use protocol::chat::{
     encode_frame, Access, ChatEvent, ChatResponse, ChatSnapshot, Cleared, Turn, TurnFrame,
-    UpToDate, Usage, DEFAULT_MAX_TOKENS,
+    TurnReservation, UpToDate, Usage, DEFAULT_MAX_TOKENS,
 };
 use protocol::coordinator::DEFAULT_CHAT_MODEL;
+use protocol::limits::TokenUsage;
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
@@ -311,11 +312,13 @@ impl Inner {
                         .and_then(|seq| self.store.turn_done(turn, now).map(|()| seq));
                     match done {
                         Ok(seq) => {
+                            let usage = self.core.borrow().used(turn);
                             self.emit(
                                 turn,
                                 &ChatEvent::Done {
                                     ok: true,
                                     message_seq: seq,
+                                    usage,
                                 },
                             );
                             self.prune_events(turn);
@@ -448,8 +451,59 @@ impl Inner {
             };
             waiting.extend(self.perform(ctx.id, more));
         }
+        let used = self.core.borrow().used(ctx.id);
         self.core.borrow_mut().finish(ctx.id);
+        if let Some(reservation) = &ctx.turn.reservation {
+            self.settle(&ctx, reservation, used).await;
+        }
         self.rearm().await;
+    }
+
+    /// Settles the turn's reservation at its limiter with what its model
+    /// calls used (nothing used: released). A failure is logged: the
+    /// reservation then expires at the limiter and is charged its estimate.
+    async fn settle(
+        &self,
+        ctx: &TurnContext,
+        reservation: &TurnReservation,
+        used: Option<TokenUsage>,
+    ) {
+        if !reservation.valid() {
+            worker::console_error!("chat: a turn carried an invalid reservation");
+            return;
+        }
+        let limiter =
+            match crate::limiter::LimiterHandle::at(&self.env, &ctx.tenant, &reservation.limiter) {
+                Ok(l) => l,
+                Err(e) => {
+                    worker::console_error!("chat: no limiter to settle with: {e}");
+                    return;
+                }
+            };
+        let settled = match used {
+            Some(usage) => limiter
+                .settle(
+                    &ctx.request_id,
+                    protocol::limits::Settle {
+                        reservation_id: reservation.id,
+                        usage,
+                        price: reservation
+                            .model
+                            .as_deref()
+                            .and_then(|m| protocol::limits::PriceTable::default().price(m)),
+                        model: reservation.model.clone(),
+                    },
+                )
+                .await
+                .map(|_| ()),
+            None => limiter
+                .release(&ctx.request_id, reservation.id)
+                .await
+                .map(|_| ()),
+        };
+        if let Err(e) = settled {
+            worker::console_warn!("chat: the turn's reservation was not settled: {e}");
+        }
     }
 
     pub(super) async fn generator(

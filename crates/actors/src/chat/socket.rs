@@ -152,6 +152,7 @@ pub fn socket_turn(
         ));
     }
     let turn = Turn {
+        reservation: None,
         session_id: info.session.clone(),
         access: info.access.clone(),
         message: content,

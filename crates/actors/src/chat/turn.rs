@@ -18,6 +18,7 @@
 
 use crate::ports::{ChatMessage, Role, ToolCall};
 use protocol::chat::{ChatEvent, Usage};
+use protocol::limits::TokenUsage;
 use serde_json::{json, Value};
 
 /// Most rounds of tool calls in one turn; the next round is refused.
@@ -80,6 +81,9 @@ pub struct TurnMachine {
     calls: Vec<ToolCall>,
     /// Usage of the current generation.
     usage: Option<Usage>,
+    /// Usage of the turn's ended generations, summed; `None` until a model
+    /// reports any.
+    total: Option<TokenUsage>,
     /// Results of the current round, as stored (possibly truncated).
     results: Vec<String>,
 }
@@ -132,6 +136,7 @@ impl TurnMachine {
             text: String::new(),
             calls: Vec::new(),
             usage: None,
+            total: None,
             results: Vec::new(),
         };
         (machine, vec![Effect::Generate])
@@ -179,6 +184,11 @@ impl TurnMachine {
     pub fn on_generated(&mut self, outcome: Result<(), String>) -> Vec<Effect> {
         if self.phase != Phase::Generating {
             return vec![];
+        }
+        if let Some(u) = &self.usage {
+            let total = self.total.get_or_insert_with(TokenUsage::default);
+            total.input_tokens += u64::from(u.prompt_tokens);
+            total.output_tokens += u64::from(u.completion_tokens);
         }
         if let Err(message) = outcome {
             // Nothing of the partial answer is stored.
@@ -275,6 +285,12 @@ impl TurnMachine {
         )
     }
 
+    /// What the turn's model calls used so far, summed over its ended
+    /// generations (what its limiter is settled with).
+    pub fn used(&self) -> Option<TokenUsage> {
+        self.total
+    }
+
     /// Ends the turn with an error (a failure of the shell's own, such as
     /// storage, or the model); ignored once the turn has ended.
     pub fn fail(&mut self, code: &str, message: String) -> Vec<Effect> {
@@ -348,6 +364,29 @@ mod tests {
         assert_eq!(*u, Some(usage(3)));
         assert!(m.is_ended());
         assert_eq!(m.deadline(), None);
+    }
+
+    #[test]
+    fn a_turns_usage_is_summed_over_its_generations() {
+        let mut m = start();
+        assert_eq!(m.used(), None, "nothing reported yet");
+        m.on_tool_call(call("a"));
+        m.on_usage(usage(5));
+        m.on_generated(Ok(()));
+        assert_eq!(m.used().map(|u| u.total()), Some(10));
+        m.on_tool_result("a", &json!({}), false);
+        // A stream may report usage more than once: the last report of a
+        // generation counts, once.
+        m.on_usage(usage(1));
+        m.on_usage(usage(2));
+        m.on_generated(Ok(()));
+        let used = m.used().unwrap();
+        assert_eq!((used.input_tokens, used.output_tokens), (7, 7));
+        // A failed generation's reported usage is counted too.
+        let mut failed = start();
+        failed.on_usage(usage(4));
+        failed.on_generated(Err("boom".into()));
+        assert_eq!(failed.used().map(|u| u.total()), Some(8));
     }
 
     #[test]

@@ -265,6 +265,12 @@ impl CoordinatorCore {
                     CoordinatorResponse::Key(record)
                 })
             }
+            CoordinatorRequest::UpdateKey(update) => {
+                self.keys.update(&update).map(|(record, stored)| {
+                    effects.key_write = stored;
+                    CoordinatorResponse::Key(record)
+                })
+            }
             CoordinatorRequest::VerifyKey(verify) => {
                 let (verification, stored) = self.keys.verify(&verify, now_ms);
                 effects.key_write = stored;
@@ -377,6 +383,7 @@ mod tests {
     fn rename(name: &str) -> CoordinatorRequest {
         CoordinatorRequest::UpdateSettings(UpdateSettings {
             patch: SettingsPatch {
+                limits: None,
                 display_name: Some(name.into()),
                 default_models: None,
                 anonymous: None,

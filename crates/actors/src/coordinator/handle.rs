@@ -144,6 +144,19 @@ impl CoordinatorHandle {
         )
     }
 
+    /// Replaces a key's limits.
+    pub async fn update_key(
+        &self,
+        request_id: &RequestId,
+        update: protocol::keys::UpdateKey,
+    ) -> Result<KeyRecord, ActorError> {
+        let message = CoordinatorRequest::UpdateKey(update);
+        reply_as!(
+            self.send(request_id, message).await?,
+            CoordinatorResponse::Key
+        )
+    }
+
     /// Checks a key by its id and the SHA-256 of its secret (lowercase hex of
     /// the hash of the secret's characters); a valid key's use is recorded.
     pub async fn verify_key(

@@ -285,6 +285,26 @@ impl KeyStore {
         ))
     }
 
+    /// Replaces a key's limits: its record, and what to store. A revoked key
+    /// keeps the limits it had.
+    pub fn update(
+        &mut self,
+        update: &protocol::keys::UpdateKey,
+    ) -> Result<(KeyRecord, Option<StoredKey>), ErrorReply> {
+        let key = self.find_mut(&update.id)?;
+        if key.record.revoked_at_ms.is_some() {
+            return Err(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                "this key is revoked; its limits no longer matter",
+            ));
+        }
+        if key.record.limits == update.limits {
+            return Ok((key.record.clone(), None));
+        }
+        key.record.limits = update.limits.clone();
+        Ok((key.record.clone(), Some(key.clone())))
+    }
+
     /// Revokes a key at `now_ms`: its record, and what to store if it
     /// changed (revoking twice keeps the first time).
     pub fn revoke(
@@ -560,6 +580,40 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.reason.as_deref(), Some(KEY_REVOKED));
+    }
+
+    #[test]
+    fn a_keys_limits_are_replaced_but_not_a_revoked_ones() {
+        let mut store = KeyStore::default();
+        let (key, _) = new_key(&mut store, 1, T0);
+        let limits = protocol::keys::KeyLimits {
+            rpm: Some(10),
+            tpm: None,
+            concurrency: Some(2),
+        };
+        let update = protocol::keys::UpdateKey {
+            id: key.key_id.clone(),
+            limits: limits.clone(),
+        };
+        let (record, write) = store.update(&update).unwrap();
+        assert_eq!(record.limits, limits);
+        assert_eq!(write.map(|w| w.record.limits), Some(limits.clone()));
+        assert_eq!(store.get(&key.key_id).unwrap().limits, limits);
+        let (_, again) = store.update(&update).unwrap();
+        assert!(again.is_none(), "no change, nothing to store");
+        let unknown = protocol::keys::UpdateKey {
+            id: "ffffffffffff".into(),
+            limits: limits.clone(),
+        };
+        assert_eq!(
+            store.update(&unknown).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        store.revoke(&key.key_id, T0 + 1).unwrap();
+        assert_eq!(
+            store.update(&update).unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
     }
 
     fn rotate(store: &mut KeyStore, id: &str, grace: u64, now: u64) -> ParsedKey {

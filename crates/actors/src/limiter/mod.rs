@@ -9,8 +9,8 @@
 //! - [`bucket`]: the exact integer token bucket both use;
 //! - [`calendar`]: UTC day and month windows.
 //!
-//! The Durable Object shells and the typed handles come next; the cores are
-//! complete without them and tested natively.
+//! - [`object`]: the `RateLimiter` Durable Object, the shell of both roles;
+//! - [`handle`]: typed handles, [`LimiterHandle`] and [`LedgerHandle`].
 //!
 //! # Tenant totals without one hot object: leases
 //!
@@ -61,10 +61,17 @@
 pub mod bucket;
 pub mod calendar;
 pub mod core;
+mod handle;
 pub mod ledger;
+mod object;
 
 pub use self::core::{Effect, LimiterCore, LimiterState, Outcome};
+pub use handle::{Admission, LedgerHandle, LimitedBy, LimiterHandle};
 pub use ledger::{LedgerCore, LedgerState};
+pub use object::RateLimiter;
+
+/// The Durable Object binding name in every wrangler config.
+pub const BINDING: &str = "RATE_LIMITERS";
 
 /// The resource part of a key limiter's name (`${tenantId}:limiter:<keyId>`)
 /// and the whole of the tenant ledger's (`${tenantId}:limiter`).

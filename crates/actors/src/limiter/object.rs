@@ -1,0 +1,354 @@
+//! The `RateLimiter` Durable Object: the shell around [`LimiterCore`] (a
+//! key's limiter, `${tenantId}:limiter:<keyId>`) and [`LedgerCore`] (the
+//! tenant's ledger, `${tenantId}:limiter`). One class serves both; an object
+//! takes the requests of the role its first request gave it.
+//!
+//! The shell decodes, reads the clock once per event, calls the core, and
+//! performs its effects in order: the state is one row written synchronously
+//! before the answer (so the runtime commits it with nothing else between),
+//! the alarm follows the core's next deadline, a soft threshold is one log
+//! line, and unused lease capacity goes back to the ledger beside the answer.
+//! An admit the tenant lease is short for asks the ledger (an await that is
+//! not storage) and then asks the core again: nothing was reserved before.
+
+use super::core::{Effect, LimiterCore, LimiterState, Outcome};
+use super::handle::LedgerHandle;
+use super::ledger::{LedgerCore, LedgerState};
+use crate::ports::{Clock, SystemClock};
+use crate::rpc;
+use crate::sql;
+use protocol::limits::{
+    LeaseReturn, LedgerRequest, LimitKind, LimitScope, LimiterRequest, LimiterResponse,
+    RateLimited, RateLimiterRequest, RateLimiterResponse,
+};
+use protocol::{ErrorCode, ErrorReply, RequestId, TenantId};
+use std::cell::{Cell, RefCell};
+use worker::{durable_object, Env, Request, Response, Result, ScheduledTime, State};
+
+/// Times one admit may ask the ledger for a lease before it is refused for
+/// the tenant (other admits may spend a grant while this one awaits it).
+const LEASE_TRIES: usize = 3;
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS limiter_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1), role TEXT NOT NULL, state TEXT NOT NULL)";
+
+/// What an object is, once its first request said so.
+enum Role {
+    Key(Box<LimiterCore>),
+    Ledger(LedgerCore),
+}
+
+impl Role {
+    fn name(&self) -> &'static str {
+        match self {
+            Role::Key(_) => "key",
+            Role::Ledger(_) => "ledger",
+        }
+    }
+
+    fn state_json(&self) -> std::result::Result<String, serde_json::Error> {
+        match self {
+            Role::Key(core) => serde_json::to_string(core.state()),
+            Role::Ledger(core) => serde_json::to_string(core.state()),
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Internal, e.to_string())
+}
+
+/// A key's limiter or a tenant's ledger.
+#[durable_object]
+pub struct RateLimiter {
+    state: State,
+    env: Env,
+    /// The tenant and the role, once loaded.
+    loaded: RefCell<Option<(TenantId, Role)>>,
+    /// The alarm this isolate set last.
+    alarm_at: Cell<Option<u64>>,
+}
+
+impl RateLimiter {
+    fn now(&self) -> u64 {
+        SystemClock.now_ms()
+    }
+
+    /// Loads the object for `tenant` (the first tenant owns it) in the role
+    /// `wanted` asks for; refuses the other role.
+    fn load(&self, tenant: Option<&TenantId>, wanted: &str) -> std::result::Result<(), ErrorReply> {
+        if let Some((owner, role)) = self.loaded.borrow().as_ref() {
+            sql::check_owner(Some(owner), tenant)?;
+            return check_role(role.name(), wanted);
+        }
+        let sql = self.state.storage().sql();
+        let owner = sql::claim_owner(&sql, tenant)?;
+        sql::exec(&sql, SCHEMA, vec![])?;
+        let stored = sql::first::<(String, String)>(
+            &sql,
+            "SELECT role, state FROM limiter_state WHERE id = 1",
+            vec![],
+        )?;
+        let role = match stored {
+            Some((role, json)) => {
+                check_role(&role, wanted)?;
+                match role.as_str() {
+                    "key" => Role::Key(Box::new(LimiterCore::restore(
+                        serde_json::from_str::<LimiterState>(&json).map_err(internal)?,
+                    ))),
+                    _ => Role::Ledger(LedgerCore::restore(
+                        serde_json::from_str::<LedgerState>(&json).map_err(internal)?,
+                    )),
+                }
+            }
+            None if wanted == "key" => Role::Key(Box::new(LimiterCore::new())),
+            None => Role::Ledger(LedgerCore::default()),
+        };
+        *self.loaded.borrow_mut() = Some((owner, role));
+        Ok(())
+    }
+
+    /// Stores the state (one row); on failure memory is ahead of storage,
+    /// so it is forgotten and the next message starts from storage.
+    fn persist(&self) -> std::result::Result<(), ErrorReply> {
+        let written = {
+            let loaded = self.loaded.borrow();
+            let Some((_, role)) = loaded.as_ref() else {
+                return Err(internal("limiter not loaded"));
+            };
+            let json = role.state_json().map_err(internal)?;
+            sql::exec(
+                &self.state.storage().sql(),
+                "INSERT INTO limiter_state (id, role, state) VALUES (1, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET role = excluded.role, state = excluded.state",
+                vec![role.name().into(), json.into()],
+            )
+            .map_err(ErrorReply::from)
+        };
+        if written.is_err() {
+            *self.loaded.borrow_mut() = None;
+        }
+        written
+    }
+
+    /// Performs a key limiter's effects, in order; what goes back to the
+    /// ledger goes beside the answer.
+    async fn perform(&self, effects: Vec<Effect>) -> std::result::Result<(), ErrorReply> {
+        for effect in effects {
+            match effect {
+                Effect::SoftThreshold(mark) => {
+                    let tenant = self.tenant().map(|t| t.as_str().to_owned());
+                    worker::console_log!(
+                        "{}",
+                        serde_json::json!({
+                            "event": "budget_soft_threshold",
+                            "tenant": tenant,
+                            "budget": mark.budget,
+                            "used": mark.used,
+                            "limit": mark.limit,
+                            "atMs": mark.at_ms,
+                        })
+                    );
+                }
+                Effect::Persist => self.persist()?,
+                Effect::SetAlarm(at) => self.set_alarm(at).await,
+                Effect::ClearAlarm => {
+                    self.alarm_at.set(None);
+                    if let Err(e) = self.state.storage().delete_alarm().await {
+                        worker::console_error!("limiter: could not clear the alarm: {e}");
+                    }
+                }
+                Effect::ReturnLease(back) => self.return_lease(back),
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_alarm(&self, at: u64) {
+        if self.alarm_at.get() == Some(at) {
+            return;
+        }
+        let date = worker::js_sys::Date::new(&worker::wasm_bindgen::JsValue::from_f64(at as f64));
+        match self
+            .state
+            .storage()
+            .set_alarm(ScheduledTime::new(date))
+            .await
+        {
+            Ok(()) => self.alarm_at.set(Some(at)),
+            Err(e) => worker::console_error!("limiter: could not set the alarm: {e}"),
+        }
+    }
+
+    fn tenant(&self) -> Option<TenantId> {
+        self.loaded.borrow().as_ref().map(|(t, _)| t.clone())
+    }
+
+    /// Gives unused lease capacity back to the tenant's ledger, beside the
+    /// answer. At most once: a failure leaves the tenant under-admitted
+    /// until its bucket refills, never over.
+    fn return_lease(&self, back: LeaseReturn) {
+        let Some(tenant) = self.tenant() else { return };
+        let env = self.env.clone();
+        self.state.wait_until(async move {
+            let request_id = RequestId::from_random(crate::entropy::random_bytes());
+            let sent = match LedgerHandle::new(&env, &tenant) {
+                Ok(ledger) => ledger.give_back(&request_id, back).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                worker::console_warn!("limiter: unused lease not returned: {e}");
+            }
+        });
+    }
+
+    /// One request to a key's limiter.
+    async fn key(
+        &self,
+        request: LimiterRequest,
+    ) -> std::result::Result<LimiterResponse, ErrorReply> {
+        let mut tries = 0;
+        loop {
+            let now = self.now();
+            let (outcome, effects) = {
+                let mut loaded = self.loaded.borrow_mut();
+                match loaded.as_mut() {
+                    Some((_, Role::Key(core))) => core.handle(request.clone(), now),
+                    _ => return Err(internal("limiter not loaded")),
+                }
+            };
+            self.perform(effects).await?;
+            let ask = match outcome {
+                Outcome::Reply(reply) => return reply,
+                Outcome::NeedLease(ask) => ask,
+            };
+            tries += 1;
+            let tenant = self
+                .tenant()
+                .ok_or_else(|| internal("limiter not loaded"))?;
+            let request_id = RequestId::from_random(crate::entropy::random_bytes());
+            let grant = LedgerHandle::new(&self.env, &tenant)
+                .map_err(|e| ErrorReply::new(ErrorCode::Unavailable, e.to_string()))?
+                .lease(&request_id, ask)
+                .await
+                .map_err(|e| {
+                    ErrorReply::new(
+                        ErrorCode::Unavailable,
+                        format!("the tenant's limiter is unavailable: {e}"),
+                    )
+                })?;
+            // The object may have been reloaded during the await.
+            self.load(Some(&tenant), "key")?;
+            let now = self.now();
+            let effects = {
+                let mut loaded = self.loaded.borrow_mut();
+                match loaded.as_mut() {
+                    Some((_, Role::Key(core))) => core.apply_grant(grant, now),
+                    _ => return Err(internal("limiter not loaded")),
+                }
+            };
+            self.perform(effects).await?;
+            if tries >= LEASE_TRIES {
+                // Other admits keep spending the grants while this one
+                // awaits them: refuse for the tenant rather than loop (the
+                // grant stays in the lease for the next admit).
+                return Ok(LimiterResponse::RateLimited(RateLimited {
+                    limit: if ask.rpm > 0 {
+                        LimitKind::Rpm
+                    } else {
+                        LimitKind::Tpm
+                    },
+                    scope: LimitScope::Tenant,
+                    retry_after_secs: 1,
+                    rate_limit: None,
+                }));
+            }
+        }
+    }
+
+    /// One request to a tenant's ledger.
+    async fn ledger(
+        &self,
+        request: LedgerRequest,
+    ) -> std::result::Result<protocol::limits::LedgerResponse, ErrorReply> {
+        let now = self.now();
+        let (reply, effects) = {
+            let mut loaded = self.loaded.borrow_mut();
+            match loaded.as_mut() {
+                Some((_, Role::Ledger(core))) => core.handle(request, now),
+                _ => return Err(internal("ledger not loaded")),
+            }
+        };
+        self.perform(effects).await?;
+        reply
+    }
+}
+
+fn check_role(have: &str, wanted: &str) -> std::result::Result<(), ErrorReply> {
+    if have == wanted {
+        Ok(())
+    } else {
+        Err(ErrorReply::new(
+            ErrorCode::Protocol,
+            format!("this limiter object is a {have}, not a {wanted}"),
+        ))
+    }
+}
+
+impl worker::DurableObject for RateLimiter {
+    fn new(state: State, env: Env) -> Self {
+        Self {
+            state,
+            env,
+            loaded: RefCell::new(None),
+            alarm_at: Cell::new(None),
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        let envelope = match rpc::read_request::<RateLimiterRequest, RateLimiterResponse>(req).await
+        {
+            Ok(envelope) => envelope,
+            Err(response) => return Ok(response),
+        };
+        let tenant = envelope.tenant_id.clone();
+        let reply = match envelope.message {
+            RateLimiterRequest::Key(request) => match self.load(Some(&tenant), "key") {
+                Ok(()) => self.key(request).await.map(RateLimiterResponse::Key),
+                Err(e) => Err(e),
+            },
+            RateLimiterRequest::Ledger(request) => match self.load(Some(&tenant), "ledger") {
+                Ok(()) => self.ledger(request).await.map(RateLimiterResponse::Ledger),
+                Err(e) => Err(e),
+            },
+        };
+        Ok(rpc::reply_response(Some(envelope.request_id), reply))
+    }
+
+    /// Expires reservations and leases that are due (a key's limiter only).
+    async fn alarm(&self) -> Result<Response> {
+        self.alarm_at.set(None);
+        let role = {
+            let sql = self.state.storage().sql();
+            sql::exec(&sql, SCHEMA, vec![]).map_err(|e| worker::Error::RustError(e.to_string()))?;
+            sql::first::<(String,)>(&sql, "SELECT role FROM limiter_state WHERE id = 1", vec![])
+                .map_err(|e| worker::Error::RustError(e.to_string()))?
+        };
+        let Some((role,)) = role else {
+            return Response::ok("nothing stored");
+        };
+        self.load(None, &role)
+            .map_err(|e| worker::Error::RustError(e.message))?;
+        let now = self.now();
+        let effects = match self.loaded.borrow_mut().as_mut() {
+            Some((_, Role::Key(core))) => core.on_alarm(now),
+            _ => vec![],
+        };
+        self.perform(effects)
+            .await
+            .map_err(|e| worker::Error::RustError(e.message))?;
+        Response::ok("done")
+    }
+
+    rpc::no_websockets!("RateLimiter");
+}

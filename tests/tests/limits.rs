@@ -1,0 +1,328 @@
+//! Rate limits end to end against `wrangler dev`: a key's `rpm` admits
+//! exactly its quota under concurrency and answers the rest 429 with
+//! `Retry-After` and the IETF `RateLimit` headers; `concurrency` refuses a
+//! second turn while one runs and frees its slot when the turn ends; a
+//! turn's `done` carries its usage; limits change with `PATCH`; a tenant
+//! admin stays within the tenant's limits, which only the operator sets; the
+//! tenant's total holds across keys; the limiter is inspectable.
+
+use e2e::chat::parse_sse;
+use e2e::http::{get, send, Reply};
+use e2e::{shared, Deployment, Server, ADMIN_TOKEN};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const A: &str = "mrrainbowsmoke";
+const B: &str = "rainbowsmokeofficial";
+
+fn admin(server: &Server, tenant: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let mut headers = vec![("x-tenant-id", tenant), ("authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    let body = body.map(|b| b.to_string());
+    send(
+        method,
+        &server.url(path),
+        &headers,
+        body.as_deref().map(str::as_bytes),
+    )
+}
+
+/// A new key of `tenant`: (the key, its id).
+fn new_key(server: &Server, tenant: &str, scopes: Value, limits: Value) -> (String, String) {
+    let r = admin(
+        server,
+        tenant,
+        "POST",
+        "/admin/keys",
+        Some(json!({ "name": "limited", "scopes": scopes, "limits": limits })),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let made = r.json();
+    (
+        made["key"].as_str().unwrap().to_owned(),
+        made["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn search(server: &Server, key: &str, query: &str) -> Reply {
+    let auth = format!("Bearer {key}");
+    send(
+        "POST",
+        &server.url("/api/search"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        Some(json!({ "query": query }).to_string().as_bytes()),
+    )
+}
+
+fn chat(server: &Server, key: &str, session: &str, message: &str) -> Reply {
+    let auth = format!("Bearer {key}");
+    send(
+        "POST",
+        &server.url("/api/chat"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        Some(
+            json!({ "sessionId": session, "message": message, "maxTokens": 20 })
+                .to_string()
+                .as_bytes(),
+        ),
+    )
+}
+
+/// `n` searches with `key` at once, each on its own thread.
+fn concurrent_searches(server: &Arc<Server>, keys: &[String], n: usize) -> Vec<Reply> {
+    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let server = Arc::clone(server);
+            let key = keys[i % keys.len()].clone();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                search(&server, &key, &format!("lighthouse keeper question {i}"))
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("a search thread"))
+        .collect()
+}
+
+#[test]
+fn a_keys_rpm_admits_exactly_its_quota_under_concurrency() {
+    let server = shared(Deployment::Dedicated(B));
+    let (key, id) = new_key(&server, B, json!(["search"]), json!({ "rpm": 10 }));
+    let replies = concurrent_searches(&server, &[key], 100);
+    let ok: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
+    let limited: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(
+        (ok.len(), limited.len()),
+        (10, 90),
+        "statuses: {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for r in &ok {
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            Some("\"key-rpm\";q=10;w=60"),
+            "{:?}",
+            r.headers
+        );
+        assert!(r
+            .header("ratelimit")
+            .is_some_and(|v| v.starts_with("\"key-rpm\";r=")));
+    }
+    for r in &limited {
+        let error = &r.json()["error"];
+        assert_eq!(error["code"], "rate_limited", "{}", r.body);
+        assert_eq!(
+            (error["limit"].as_str(), error["scope"].as_str()),
+            (Some("rpm"), Some("key"))
+        );
+        let retry: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("a Retry-After in whole seconds");
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+        assert!(
+            r.header("ratelimit").is_some_and(|v| v.contains(";r=0;")),
+            "{:?}",
+            r.headers
+        );
+    }
+    // The operator sees the bucket: empty, a capacity of 10.
+    let r = admin(
+        &server,
+        B,
+        "GET",
+        &format!("/admin/actors/limiter/{id}"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let state = &r.json()["state"];
+    let rpm = state["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["limit"] == "rpm")
+        .expect("an rpm bucket")
+        .clone();
+    assert_eq!(rpm["capacity"], 10, "{state}");
+    assert_eq!(r.json()["name"], format!("{B}:limiter:{id}"));
+
+    // Raised with PATCH: the key gets more from the next request on.
+    let r = admin(
+        &server,
+        B,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(json!({ "limits": { "rpm": 1000 } })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["limits"]["rpm"], 1000);
+    let r = get(
+        &server.url(&format!("/admin/keys/{id}")),
+        &[
+            ("x-tenant-id", B),
+            ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+        ],
+    );
+    assert_eq!(r.json()["limits"]["rpm"], 1000);
+}
+
+#[test]
+fn a_second_turn_waits_for_the_concurrency_slot_and_done_reports_usage() {
+    let server = shared(Deployment::Dedicated(B));
+    let (key, _) = new_key(&server, B, json!(["chat"]), json!({ "concurrency": 1 }));
+    // A slow turn holds the one slot while a second one is refused.
+    let slow = {
+        let server = Arc::clone(&server);
+        let key = key.clone();
+        std::thread::spawn(move || {
+            chat(
+                &server,
+                &key,
+                "limits-slow",
+                "when does the ferry leave? [[slow-model]]",
+            )
+        })
+    };
+    let mut refused = None;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let r = chat(&server, &key, "limits-second", "and the lighthouse?");
+        if r.status == 429 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let refused = refused.expect("a second turn while the first runs is refused");
+    let error = &refused.json()["error"];
+    assert_eq!(
+        (
+            error["code"].as_str(),
+            error["limit"].as_str(),
+            error["scope"].as_str()
+        ),
+        (Some("rate_limited"), Some("concurrency"), Some("key")),
+        "{}",
+        refused.body
+    );
+    assert!(refused.header("retry-after").is_some());
+    let first = slow.join().expect("the slow turn");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let events = parse_sse(first.body.as_bytes());
+    let done = &events.last().expect("events").data;
+    assert_eq!(done["type"], "done", "{done}");
+    let usage = &done["usage"];
+    assert!(
+        usage["inputTokens"].as_u64().is_some_and(|n| n > 0)
+            && usage["outputTokens"].as_u64().is_some_and(|n| n > 0),
+        "done carries the turn's usage: {done}"
+    );
+    // The slot is free again once the turn has settled.
+    let mut again = None;
+    for _ in 0..40 {
+        let r = chat(&server, &key, "limits-third", "what about the harbour?");
+        if r.status == 200 {
+            again = Some(r);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let again = again.expect("the slot is released when the turn ends");
+    let events = parse_sse(again.body.as_bytes());
+    assert_eq!(events.last().unwrap().data["type"], "done");
+}
+
+#[test]
+fn the_tenants_limits_are_the_operators_and_its_total_holds_across_keys() {
+    let server = shared(Deployment::Dedicated(A));
+    let (admin_key, _) = new_key(&server, A, json!(["admin"]), json!({}));
+    let tenant_admin = |method: &str, path: &str, body: Value| {
+        let auth = format!("Bearer {admin_key}");
+        send(
+            method,
+            &server.url(path),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            Some(body.to_string().as_bytes()),
+        )
+    };
+    // Only the operator sets the tenant's limits.
+    let r = tenant_admin(
+        "PATCH",
+        "/admin/tenant",
+        json!({ "limits": { "rpm": 100000 } }),
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (403, "operator_only"),
+        "{}",
+        r.body
+    );
+    let r = admin(
+        &server,
+        A,
+        "PATCH",
+        "/admin/tenant",
+        Some(json!({ "limits": { "rpm": 6 } })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["tenant"]["settings"]["limits"]["rpm"], 6);
+    // A tenant admin's keys stay within them.
+    let r = tenant_admin(
+        "POST",
+        "/admin/keys",
+        json!({ "name": "greedy", "scopes": ["search"], "limits": { "rpm": 7 } }),
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "limits_above_tenant"),
+        "{}",
+        r.body
+    );
+    // Two keys with no limits of their own share the tenant's 6 a minute.
+    let (k1, _) = new_key(&server, A, json!(["search"]), json!({}));
+    let (k2, _) = new_key(&server, A, json!(["search"]), json!({}));
+    let replies = concurrent_searches(&server, &[k1, k2], 40);
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    assert!(
+        (1..=6).contains(&ok),
+        "the tenant's total holds across keys: {ok} admitted, statuses {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for r in replies.iter().filter(|r| r.status != 200) {
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert_eq!(r.json()["error"]["limit"], "rpm", "{}", r.body);
+    }
+    let r = admin(
+        &server,
+        A,
+        "GET",
+        &format!("/admin/actors/limiter/{A}"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["name"], format!("{A}:limiter"));
+    // Back to unlimited for the other tests of this binary.
+    let r = admin(
+        &server,
+        A,
+        "PATCH",
+        "/admin/tenant",
+        Some(json!({ "limits": {} })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
