@@ -151,9 +151,14 @@ async fn serve(
                 };
                 auth::check_model(&caller.identity, model, &default_chat)?;
             }
+            let session = turn.session_id.clone();
+            // Built before admission: nothing fails between the admission
+            // and the turn's request but the request itself.
+            let handle = ChatHandle::new(env, &tenant, &session)?.with_access(access(&caller));
             let work = limits::Work::Turn {
                 max_tokens: turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
                 model: turn.model.clone(),
+                hold_ms: limits::turn_hold_ms(|name| var(env, name)),
             };
             let admitted = limit(work).await?;
             if let Some(admitted) = &admitted {
@@ -166,11 +171,7 @@ async fn serve(
                     model: turn.model.clone(),
                 });
             }
-            let session = turn.session_id.clone();
-            let started = ChatHandle::new(env, &tenant, &session)?
-                .with_access(access(&caller))
-                .turn(request_id, turn)
-                .await;
+            let started = handle.turn(request_id, turn).await;
             let frames = match started {
                 Ok(frames) => frames,
                 Err(e) => {
@@ -711,30 +712,26 @@ async fn inspect(
         ActorKind::Limiter => {
             // `<keyId>`: that key's limiter; `anon-<digest>`: an anonymous
             // client's; the tenant id: the tenant's ledger.
-            if name == tenant.as_str() {
+            let lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            let by = if protocol::keys::valid_key_id(name) {
+                LimitedBy::Key(name.to_owned())
+            } else if let Some(digest) = name
+                .strip_prefix("anon-")
+                .filter(|d| d.len() == 16 && lower_hex(d))
+            {
+                LimitedBy::Anonymous(digest.to_owned())
+            } else if name == tenant.as_str() {
                 let state = LedgerHandle::new(env, tenant)?.inspect(request_id).await?;
                 return ok_json(&json!({
                     "kind": kind,
                     "name": tenant.object_name(actors::limiter::RESOURCE),
                     "state": state,
                 }));
-            }
-            let by = match name.strip_prefix("anon-") {
-                Some(digest)
-                    if digest.len() == 16 && digest.bytes().all(|b| b.is_ascii_hexdigit()) =>
-                {
-                    LimitedBy::Anonymous(digest.to_owned())
-                }
-                Some(_) => {
-                    return Err(ApiError::not_found(
-                        "unknown_actor",
-                        "an anonymous client's limiter is anon-<16 hex digits>",
-                    ))
-                }
-                None => {
-                    admin::check_key_id(name)?;
-                    LimitedBy::Key(name.to_owned())
-                }
+            } else {
+                return Err(ApiError::not_found(
+                    "unknown_actor",
+                    "a limiter is named by a key id, anon-<16 hex digits>, or the tenant id (its ledger)",
+                ));
             };
             let state = LimiterHandle::new(env, tenant, &by)?
                 .inspect(request_id)

@@ -22,10 +22,22 @@ use sha2::{Digest, Sha256};
 /// free to start.
 pub const TURN_INPUT_ESTIMATE: u64 = 1_000;
 
-/// How long a turn's reservation is held before the limiter expires it (and
-/// charges its estimate) if the session never settles it: the session's turn
-/// deadline (`CHAT_TURN_TIMEOUT_SECS`, at most 120 s by default) and a margin.
-pub const TURN_HOLD_MS: u64 = 180_000;
+/// What a turn's reservation is held for beyond the session's turn deadline
+/// before the limiter expires it (and charges its estimate) if the session
+/// never settles it.
+pub const TURN_HOLD_MARGIN_MS: u64 = 60_000;
+
+/// How long a turn's reservation is held: the session's turn deadline
+/// (`CHAT_TURN_TIMEOUT_SECS`, read from the same deployment's `var`s) and a
+/// margin, within the limiter's bound.
+pub fn turn_hold_ms(var: impl Fn(&str) -> Option<String>) -> u64 {
+    let timeout_ms = actors::chat::core::ChatLimits::from_vars(var)
+        .map(|l| l.turn_timeout_ms)
+        .unwrap_or(120_000);
+    timeout_ms
+        .saturating_add(TURN_HOLD_MARGIN_MS)
+        .min(protocol::limits::MAX_HOLD_MS)
+}
 
 /// A request that reserves nothing still names a hold (the limiter checks
 /// it); nothing is held.
@@ -42,6 +54,8 @@ pub enum Work {
         max_tokens: u32,
         /// The model it will use, if known (for the cost estimate).
         model: Option<String>,
+        /// How long the reservation is held ([`turn_hold_ms`]).
+        hold_ms: u64,
     },
 }
 
@@ -113,9 +127,9 @@ pub fn applies(own: &Limits, tenant: &Limits) -> bool {
 
 /// The admit request for `work` under `limits` and the tenant's totals.
 pub fn admit(work: &Work, limits: Limits, tenant: Limits) -> Admit {
-    let (turn, model) = match work {
-        Work::Request => (false, None),
-        Work::Turn { model, .. } => (true, model.clone()),
+    let (turn, model, hold_ms) = match work {
+        Work::Request => (false, None, REQUEST_HOLD_MS),
+        Work::Turn { model, hold_ms, .. } => (true, model.clone(), *hold_ms),
     };
     let price = model
         .as_deref()
@@ -129,7 +143,7 @@ pub fn admit(work: &Work, limits: Limits, tenant: Limits) -> Admit {
         model,
         price,
         turn,
-        hold_ms: if turn { TURN_HOLD_MS } else { REQUEST_HOLD_MS },
+        hold_ms,
     }
 }
 
@@ -252,6 +266,7 @@ mod tests {
             &Work::Turn {
                 max_tokens: 300,
                 model: Some("@cf/meta/llama-3.1-8b-instruct".into()),
+                hold_ms: turn_hold_ms(|_| None),
             },
             limits,
             Limits::default(),
@@ -259,7 +274,13 @@ mod tests {
         assert!(turn.turn && turn.count_request);
         assert_eq!(turn.estimate.output_tokens, 300);
         assert_eq!(turn.estimate.input_tokens, TURN_INPUT_ESTIMATE);
-        assert_eq!(turn.hold_ms, TURN_HOLD_MS);
+        assert_eq!(turn.hold_ms, 120_000 + TURN_HOLD_MARGIN_MS);
+        let long = turn_hold_ms(|n| (n == "CHAT_TURN_TIMEOUT_SECS").then(|| "3600".to_owned()));
+        assert_eq!(
+            long,
+            protocol::limits::MAX_HOLD_MS,
+            "within the limiter's bound"
+        );
         assert!(turn.price.is_some(), "a priced model is priced");
         assert!(turn.validate().is_ok());
     }

@@ -583,8 +583,34 @@ mod tests {
         let done = serde_json::to_value(&events()[3]).unwrap();
         assert_eq!(
             done,
+            serde_json::json!({"type":"done","ok":true,"message_seq":4,
+                               "usage":{"inputTokens":10,"outputTokens":3}})
+        );
+        // Without usage, the field is left out (the shape clients had).
+        let bare = ChatEvent::Done {
+            ok: true,
+            message_seq: 4,
+            usage: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&bare).unwrap(),
             serde_json::json!({"type":"done","ok":true,"message_seq":4})
         );
+    }
+
+    #[test]
+    fn a_reservation_names_a_limiter_and_nothing_else() {
+        let r = |limiter: &str| TurnReservation {
+            limiter: limiter.into(),
+            id: 1,
+            model: None,
+        };
+        assert!(r("limiter:0123456789ab").valid());
+        assert!(r("limiter:anon-00ff00ff00ff00ff").valid());
+        assert!(!r("limiter:").valid());
+        assert!(!r("coordinator").valid());
+        assert!(!r("limiter:../x").valid());
+        assert!(!r("limiter:a:b").valid());
     }
 
     #[test]

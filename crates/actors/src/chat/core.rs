@@ -130,7 +130,14 @@ impl Refusal {
 #[derive(Debug, Default)]
 pub struct SessionCore {
     active: Option<TurnMachine>,
+    /// What the most recently finished turns used, by id: a turn ended by
+    /// the alarm is finished before its driver returns from the model, and
+    /// the driver still settles its reservation with the turn's usage.
+    ended: std::collections::VecDeque<(u64, Option<protocol::limits::TokenUsage>)>,
 }
+
+/// Finished turns whose usage [`SessionCore`] remembers.
+const ENDED_KEPT: usize = 8;
 
 impl SessionCore {
     /// Whether a turn may start, given how many messages are stored.
@@ -176,16 +183,26 @@ impl SessionCore {
             .as_ref()
             .is_some_and(|m| m.id() == id && m.is_ended())
         {
-            self.active = None;
+            if let Some(m) = self.active.take() {
+                if self.ended.len() >= ENDED_KEPT {
+                    self.ended.pop_front();
+                }
+                self.ended.push_back((m.id(), m.used()));
+            }
         }
     }
 
     /// What turn `id`'s model calls have used so far (while it is held here).
     pub fn used(&self, id: u64) -> Option<protocol::limits::TokenUsage> {
-        self.active
-            .as_ref()
-            .filter(|m| m.id() == id)
-            .and_then(TurnMachine::used)
+        match self.active.as_ref().filter(|m| m.id() == id) {
+            Some(m) => m.used(),
+            None => self
+                .ended
+                .iter()
+                .rev()
+                .find(|(ended, _)| *ended == id)
+                .and_then(|(_, used)| *used),
+        }
     }
 
     /// Whether a turn is being answered in this isolate.
@@ -723,5 +740,35 @@ mod tests {
             ResumePlan::Expired.refusal(&log).map(|e| e.code),
             Some(ErrorCode::NotFound)
         );
+    }
+
+    #[test]
+    fn a_turn_ended_by_the_alarm_keeps_its_usage_for_the_settle() {
+        let limits = ChatLimits::default();
+        let mut core = SessionCore::default();
+        core.start(1, 0, &limits);
+        core.feed(1, |m| {
+            m.on_usage(protocol::chat::Usage {
+                prompt_tokens: 30,
+                completion_tokens: 5,
+            });
+            m.on_generated(Ok(()))
+        });
+        assert_eq!(core.used(1).map(|u| u.total()), Some(35));
+        core.finish(1);
+        assert!(!core.in_flight());
+        assert_eq!(
+            core.used(1).map(|u| u.total()),
+            Some(35),
+            "still known once the turn is finished"
+        );
+        assert_eq!(core.used(2), None);
+        // Only the last few finished turns are remembered.
+        for id in 2..=(2 + ENDED_KEPT as u64) {
+            core.start(id, 0, &limits);
+            core.feed(id, |m| m.on_generated(Ok(())));
+            core.finish(id);
+        }
+        assert_eq!(core.used(1), None);
     }
 }

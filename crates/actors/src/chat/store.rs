@@ -57,12 +57,18 @@ pub struct EventRange {
 /// One session's tables.
 pub struct SessionStore {
     sql: SqlStorage,
+    /// The owner as last read or written here (`None`: not read yet). It
+    /// only ever changes from none to one, through [`Self::set_owner`].
+    owner: std::cell::RefCell<Option<Option<Owner>>>,
 }
 
 impl SessionStore {
     /// The store over the object's SQLite storage.
     pub fn new(sql: SqlStorage) -> Self {
-        Self { sql }
+        Self {
+            sql,
+            owner: std::cell::RefCell::new(None),
+        }
     }
 
     fn exec(&self, query: &str, bindings: Vec<SqlStorageValue>) -> Result<(), ErrorReply> {
@@ -71,6 +77,11 @@ impl SessionStore {
 
     /// Creates the tables if they do not exist.
     pub fn create_tables(&self) -> Result<(), ErrorReply> {
+        // One call for the whole schema (a new session's first request pays
+        // for it); statement by statement if the runtime refuses a batch.
+        if self.exec(&SCHEMA.join(";\n"), vec![]).is_ok() {
+            return Ok(());
+        }
         for statement in SCHEMA {
             self.exec(statement, vec![])?;
         }
@@ -108,6 +119,15 @@ impl SessionStore {
     /// Who the session belongs to; `None` while it has had no turn. A session
     /// with messages from before owners were kept is an anonymous one.
     pub fn owner(&self) -> Result<Option<Owner>, ErrorReply> {
+        if let Some(known) = self.owner.borrow().as_ref() {
+            return Ok(known.clone());
+        }
+        let owner = self.read_owner()?;
+        *self.owner.borrow_mut() = Some(owner.clone());
+        Ok(owner)
+    }
+
+    fn read_owner(&self) -> Result<Option<Owner>, ErrorReply> {
         let row: Option<(String, Option<String>)> = sql::first(
             &self.sql,
             "SELECT key, user FROM session_owner WHERE id = 1",
@@ -124,6 +144,8 @@ impl SessionStore {
 
     /// Records the session's owner (its first turn).
     pub fn set_owner(&self, owner: &Owner) -> Result<(), ErrorReply> {
+        // Forgotten first: if the write fails, the next read asks storage.
+        *self.owner.borrow_mut() = None;
         self.exec(
             "INSERT INTO session_owner (id, key, user) VALUES (1, ?, ?) \
              ON CONFLICT(id) DO NOTHING",

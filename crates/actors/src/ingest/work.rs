@@ -413,8 +413,7 @@ mod tests {
         for got in [1, 3] {
             let mut core = queue(BOUNDS, "a");
             let run = start(&mut core, doc("a", 2), &MemRecords::default());
-            let Step::Finish(finish) =
-                run.advance(&mut core, Ok(Done::Embedded(vectors(got))), 2)
+            let Step::Finish(finish) = run.advance(&mut core, Ok(Done::Embedded(vectors(got))), 2)
             else {
                 panic!("{got} vectors for 2 chunks must not be upserted")
             };

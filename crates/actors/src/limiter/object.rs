@@ -188,6 +188,9 @@ impl RateLimiter {
     /// answer. At most once: a failure leaves the tenant under-admitted
     /// until its bucket refills, never over.
     fn return_lease(&self, back: LeaseReturn) {
+        if back.rpm == 0 && back.tpm == 0 {
+            return;
+        }
         let Some(tenant) = self.tenant() else { return };
         let env = self.env.clone();
         self.state.wait_until(async move {
@@ -222,6 +225,22 @@ impl RateLimiter {
                 Outcome::Reply(reply) => return reply,
                 Outcome::NeedLease(ask) => ask,
             };
+            if tries >= LEASE_TRIES {
+                // Other admits keep spending the grants while this one
+                // awaits them: refuse for the tenant rather than loop. The
+                // ask carried back what the lease had left: return it.
+                self.return_lease(ask.returned);
+                return Ok(LimiterResponse::RateLimited(RateLimited {
+                    limit: if ask.rpm > 0 {
+                        LimitKind::Rpm
+                    } else {
+                        LimitKind::Tpm
+                    },
+                    scope: LimitScope::Tenant,
+                    retry_after_secs: 1,
+                    rate_limit: None,
+                }));
+            }
             tries += 1;
             let tenant = self
                 .tenant()
@@ -248,21 +267,6 @@ impl RateLimiter {
                 }
             };
             self.perform(effects).await?;
-            if tries >= LEASE_TRIES {
-                // Other admits keep spending the grants while this one
-                // awaits them: refuse for the tenant rather than loop (the
-                // grant stays in the lease for the next admit).
-                return Ok(LimiterResponse::RateLimited(RateLimited {
-                    limit: if ask.rpm > 0 {
-                        LimitKind::Rpm
-                    } else {
-                        LimitKind::Tpm
-                    },
-                    scope: LimitScope::Tenant,
-                    retry_after_secs: 1,
-                    rate_limit: None,
-                }));
-            }
         }
     }
 
