@@ -239,19 +239,33 @@ impl Server {
         );
     }
 
+    /// A request to `path` of `tenant` with the operator's token (and a JSON
+    /// `body`, if any).
+    pub fn as_operator(
+        &self,
+        tenant: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> http::Reply {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let mut headers = vec![("x-tenant-id", tenant), ("authorization", auth.as_str())];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let body = body.map(|b| b.to_string());
+        http::send(
+            method,
+            &self.url(path),
+            &headers,
+            body.as_deref().map(str::as_bytes),
+        )
+    }
+
     /// A new key of `tenant` with `scopes`.
     pub fn create_key(&self, tenant: &str, scopes: &[&str]) -> String {
-        let body = serde_json::json!({ "name": "e2e", "scopes": scopes }).to_string();
-        let r = http::send(
-            "POST",
-            &self.url("/admin/keys"),
-            &[
-                ("x-tenant-id", tenant),
-                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
-                ("content-type", "application/json"),
-            ],
-            Some(body.as_bytes()),
-        );
+        let body = serde_json::json!({ "name": "e2e", "scopes": scopes });
+        let r = self.as_operator(tenant, "POST", "/admin/keys", Some(body));
         assert_eq!(r.status, 201, "create a key for {tenant}: {}", r.body);
         r.json()["key"]
             .as_str()

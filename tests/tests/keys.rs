@@ -18,18 +18,7 @@ fn operator() -> String {
 }
 
 fn admin(server: &Server, tenant: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
-    let auth = operator();
-    let mut headers = vec![("x-tenant-id", tenant), ("authorization", auth.as_str())];
-    if body.is_some() {
-        headers.push(("content-type", "application/json"));
-    }
-    let body = body.map(|b| b.to_string());
-    send(
-        method,
-        &server.url(path),
-        &headers,
-        body.as_deref().map(str::as_bytes),
-    )
+    server.as_operator(tenant, method, path, body)
 }
 
 fn create(server: &Server, tenant: &str, body: Value) -> Value {

@@ -7,8 +7,8 @@
 //! tenant's total holds across keys; the limiter is inspectable.
 
 use e2e::chat::parse_sse;
-use e2e::http::{get, send, Reply};
-use e2e::{shared, Deployment, Server, ADMIN_TOKEN};
+use e2e::http::{send, Reply};
+use e2e::{shared, Deployment, Server};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -16,18 +16,7 @@ const A: &str = "mrrainbowsmoke";
 const B: &str = "rainbowsmokeofficial";
 
 fn admin(server: &Server, tenant: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let mut headers = vec![("x-tenant-id", tenant), ("authorization", auth.as_str())];
-    if body.is_some() {
-        headers.push(("content-type", "application/json"));
-    }
-    let body = body.map(|b| b.to_string());
-    send(
-        method,
-        &server.url(path),
-        &headers,
-        body.as_deref().map(str::as_bytes),
-    )
+    server.as_operator(tenant, method, path, body)
 }
 
 /// A new key of `tenant`: (the key, its id).
@@ -169,13 +158,7 @@ fn a_keys_rpm_admits_exactly_its_quota_under_concurrency() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["limits"]["rpm"], 1000);
-    let r = get(
-        &server.url(&format!("/admin/keys/{id}")),
-        &[
-            ("x-tenant-id", B),
-            ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
-        ],
-    );
+    let r = admin(&server, B, "GET", &format!("/admin/keys/{id}"), None);
     assert_eq!(r.json()["limits"]["rpm"], 1000);
 }
 
