@@ -309,3 +309,95 @@ fn the_tenants_limits_are_the_operators_and_its_total_holds_across_keys() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+#[test]
+fn a_keys_daily_token_budget_refuses_with_402_naming_it() {
+    let server = shared(Deployment::Dedicated(B));
+    let (key, id) = new_key(&server, B, json!(["chat"]), json!({}));
+    let r = admin(
+        &server,
+        B,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(json!({ "budget": { "tokensPerDay": 2500 } })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["budget"]["tokensPerDay"], 2500);
+    // Each turn reserves 1000 + maxTokens (20) and settles with what it used;
+    // the history grows, so the day's budget runs out within a few turns.
+    let mut spent = 0u64;
+    let mut refused = None;
+    for n in 0..20 {
+        let r = chat(
+            &server,
+            &key,
+            "limits-budget",
+            &format!("question {n}: how do lighthouse keepers trim the lamp?"),
+        );
+        if r.status == 402 {
+            refused = Some((n, r));
+            break;
+        }
+        assert_eq!(r.status, 200, "turn {n}: {}", r.body);
+        let events = parse_sse(r.body.as_bytes());
+        let done = &events.last().expect("events").data;
+        assert_eq!(done["type"], "done", "{done}");
+        spent += done["usage"]["inputTokens"].as_u64().unwrap_or(0)
+            + done["usage"]["outputTokens"].as_u64().unwrap_or(0);
+        // The session settles the turn's reservation just after `done`: wait
+        // for it, so the next admission sees what was really used.
+        let settled = (0..40).any(|_| {
+            let r = admin(
+                &server,
+                B,
+                "GET",
+                &format!("/admin/actors/limiter/{id}"),
+                None,
+            );
+            let idle = r.json()["state"]["reservations"]
+                .as_array()
+                .is_some_and(|v| v.is_empty());
+            if !idle {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            idle
+        });
+        assert!(settled, "turn {n}'s reservation was settled");
+    }
+    let (n, r) = refused.expect("the budget refuses a turn within 20");
+    assert!(n >= 1, "the first turn fits the budget");
+    assert!(
+        spent + 1020 > 2500,
+        "refused only when the turn's reservation would not fit: spent {spent}"
+    );
+    let error = &r.json()["error"];
+    assert_eq!(error["code"], "budget_exceeded", "{}", r.body);
+    assert_eq!(
+        (
+            error["budget"].as_str(),
+            error["scope"].as_str(),
+            error["limit"].as_u64()
+        ),
+        (Some("tokens_per_day"), Some("key"), Some(2500))
+    );
+    assert_eq!(
+        error["used"].as_u64(),
+        Some(spent),
+        "used is what the turns reported"
+    );
+    let resets = error["resetsAtMs"].as_u64().expect("resetsAtMs");
+    assert_eq!(resets % 86_400_000, 0, "the next UTC midnight");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        resets > now && resets - now <= 86_400_000,
+        "{resets} vs {now}"
+    );
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=86_400).contains(&retry));
+}

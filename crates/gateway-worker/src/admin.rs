@@ -4,7 +4,7 @@
 use crate::errors::ApiError;
 use protocol::coordinator::{AnonymousPatch, DefaultModelsPatch, SettingsPatch};
 use protocol::keys::{self, CreateKey, KeyError, KeyLimits, KeyRecord, NewKey, RotateKey, Scope};
-use protocol::limits::Limits;
+use protocol::limits::{Budget, Limits};
 use serde::{Deserialize, Serialize};
 
 /// The body of `PATCH /admin/tenant`. Unknown fields are refused so that a
@@ -83,6 +83,8 @@ pub struct CreateKeyBody {
     expires_at_ms: Option<u64>,
     #[serde(default)]
     limits: LimitsBody,
+    #[serde(default)]
+    budget: BudgetBody,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,46 +95,88 @@ struct LimitsBody {
     concurrency: Option<u32>,
 }
 
+impl LimitsBody {
+    fn into_limits(self) -> KeyLimits {
+        KeyLimits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            concurrency: self.concurrency,
+        }
+    }
+}
+
+/// `"budget": {"tokensPerDay"?, "tokensPerMonth"?, "costPerDayMicros"?,
+/// "costPerMonthMicros"?, "softThresholdPct"?}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BudgetBody {
+    tokens_per_day: Option<u64>,
+    tokens_per_month: Option<u64>,
+    cost_per_day_micros: Option<u64>,
+    cost_per_month_micros: Option<u64>,
+    soft_threshold_pct: Option<u8>,
+}
+
+impl BudgetBody {
+    fn into_budget(self) -> Result<Budget, ApiError> {
+        let budget = Budget {
+            tokens_per_day: self.tokens_per_day,
+            tokens_per_month: self.tokens_per_month,
+            cost_per_day_micros: self.cost_per_day_micros,
+            cost_per_month_micros: self.cost_per_month_micros,
+            soft_threshold_pct: self
+                .soft_threshold_pct
+                .unwrap_or(protocol::limits::DEFAULT_SOFT_THRESHOLD_PCT),
+        };
+        budget
+            .validate()
+            .map_err(|e| ApiError::bad_request("invalid_budget", e.to_string()))?;
+        Ok(budget)
+    }
+}
+
 impl CreateKeyBody {
     /// The validated protocol request, checked against `now_ms` (the expiry
     /// must be in the future).
     pub fn into_create(self, now_ms: u64) -> Result<CreateKey, ApiError> {
         let create = CreateKey {
+            budget: self.budget.into_budget()?,
             name: self.name,
             scopes: self.scopes,
             models: self.models,
             expires_at_ms: self.expires_at_ms,
-            limits: KeyLimits {
-                rpm: self.limits.rpm,
-                tpm: self.limits.tpm,
-                concurrency: self.limits.concurrency,
-            },
+            limits: self.limits.into_limits(),
         };
         create.validate(now_ms).map_err(invalid_key_request)?;
         Ok(create)
     }
 }
 
-/// The body of `PATCH /admin/keys/<id>`: `{"limits": {"rpm"?, "tpm"?,
-/// "concurrency"?}}`. Unknown fields are refused.
+/// The body of `PATCH /admin/keys/<id>`: `{"limits"?: {"rpm"?, "tpm"?,
+/// "concurrency"?}, "budget"?: {...}}`, at least one; each given one
+/// replaces the key's whole. Unknown fields are refused.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyBody {
-    limits: LimitsBody,
+    limits: Option<LimitsBody>,
+    budget: Option<BudgetBody>,
 }
 
 impl UpdateKeyBody {
     /// The protocol request for key `id` (its limits checked by the caller
     /// against the tenant's).
-    pub fn into_update(self, id: String) -> protocol::keys::UpdateKey {
-        protocol::keys::UpdateKey {
-            id,
-            limits: KeyLimits {
-                rpm: self.limits.rpm,
-                tpm: self.limits.tpm,
-                concurrency: self.limits.concurrency,
-            },
+    pub fn into_update(self, id: String) -> Result<protocol::keys::UpdateKey, ApiError> {
+        if self.limits.is_none() && self.budget.is_none() {
+            return Err(ApiError::bad_request(
+                "invalid_key_request",
+                "a key's patch names limits, a budget, or both",
+            ));
         }
+        Ok(protocol::keys::UpdateKey {
+            budget: self.budget.map(BudgetBody::into_budget).transpose()?,
+            id,
+            limits: self.limits.map(LimitsBody::into_limits),
+        })
     }
 }
 
@@ -283,6 +327,7 @@ mod tests {
     #[test]
     fn new_keys_answer_the_record_and_the_key() {
         let record = KeyRecord {
+            budget: Default::default(),
             id: "0123456789ab".into(),
             name: "ci".into(),
             scopes: vec![Scope::Chat],
@@ -305,7 +350,8 @@ mod tests {
                 "key": "tp_acme_0123456789ab_s", "id": "0123456789ab", "name": "ci",
                 "scopes": ["chat"], "models": [], "expiresAtMs": null, "createdAtMs": 7,
                 "lastUsedAtMs": null, "revokedAtMs": null, "rotatedAtMs": null,
-                "previousValidUntilMs": null, "limits": {}
+                "previousValidUntilMs": null, "limits": {},
+                "budget": { "softThresholdPct": 80 }
             })
         );
     }

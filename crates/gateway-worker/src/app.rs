@@ -287,11 +287,12 @@ async fn admit_work(
     };
     let tenant_limits = tenant_policy(env, tenant, request_id).await?.limits;
     let own = limits::limits_for(identity, &tenant_limits);
-    if !limits::applies(&own, &tenant_limits) {
+    let budget = limits::budget_of(identity);
+    if !limits::applies(&own, &tenant_limits, &budget) {
         // Nothing to count against: no call to the limiter at all.
         return Ok(None);
     }
-    let admit = limits::admit(&work, own, tenant_limits);
+    let admit = limits::admit(&work, own, tenant_limits, budget);
     let admission = LimiterHandle::new(env, tenant, &by)?
         .admit(request_id, admit)
         .await?;
@@ -534,13 +535,15 @@ async fn json_reply(
             admin::check_key_id(&id)?;
             let update = read_json::<UpdateKeyBody>(&mut req, body::MAX_ADMIN_BODY_BYTES)
                 .await?
-                .into_update(id);
-            let tenant_limits = current_tenant_limits(env, &tenant, request_id).await?;
-            limits::check_key_limits(
-                &Limits::from(&update.limits),
-                &tenant_limits,
-                caller.identity == Identity::Operator,
-            )?;
+                .into_update(id)?;
+            if let Some(key_limits) = &update.limits {
+                let tenant_limits = current_tenant_limits(env, &tenant, request_id).await?;
+                limits::check_key_limits(
+                    &Limits::from(key_limits),
+                    &tenant_limits,
+                    caller.identity == Identity::Operator,
+                )?;
+            }
             let id = update.id.clone();
             let record = CoordinatorHandle::new(env, &tenant)?
                 .update_key(request_id, update)

@@ -20,7 +20,7 @@ use crate::routing::Access;
 use crate::tenant::{self, TenantMode};
 use protocol::coordinator::AnonymousAccess;
 use protocol::keys::{ParsedKey, Scope, Verification, VerifyKey, KEY_PREFIX};
-use protocol::limits::Limits;
+use protocol::limits::{Budget, Limits};
 use protocol::{SessionId, TenantId};
 use sha2::{Digest, Sha256};
 
@@ -54,6 +54,8 @@ pub enum Identity {
         models: Vec<String>,
         /// Its own rate limits (a field it leaves unset takes the tenant's).
         limits: Limits,
+        /// Its budget.
+        budget: Budget,
     },
     /// No credential: `/health`, or a route the tenant opened to everyone.
     Anonymous,
@@ -73,6 +75,8 @@ pub struct KeyGrant {
     pub expires_at_ms: Option<u64>,
     /// Its rate limits.
     pub limits: Limits,
+    /// Its budget.
+    pub budget: Budget,
 }
 
 impl KeyGrant {
@@ -86,6 +90,7 @@ impl KeyGrant {
                 models: record.models,
                 expires_at_ms: record.expires_at_ms,
                 limits: Limits::from(&record.limits),
+                budget: record.budget,
             }),
             _ => None,
         }
@@ -241,6 +246,7 @@ pub fn admit_key(
         scopes: grant.scopes.clone(),
         models: grant.models.clone(),
         limits: grant.limits,
+        budget: grant.budget,
     })
 }
 
@@ -620,6 +626,7 @@ mod tests {
 
     fn grant(scopes: Vec<Scope>, models: Vec<&str>, expires: Option<u64>) -> KeyGrant {
         KeyGrant {
+            budget: Default::default(),
             limits: Limits::default(),
             id: KEY_ID.into(),
             scopes,
@@ -635,6 +642,7 @@ mod tests {
         assert_eq!(
             ok,
             Identity::Key {
+                budget: Default::default(),
                 limits: Limits::default(),
                 id: KEY_ID.into(),
                 scopes: vec![Scope::Search, Scope::Admin],
@@ -665,6 +673,7 @@ mod tests {
     #[test]
     fn verifications_become_grants() {
         let record = KeyRecord {
+            budget: Default::default(),
             id: KEY_ID.into(),
             name: "ci".into(),
             scopes: vec![Scope::Chat],
@@ -725,12 +734,14 @@ mod tests {
     #[test]
     fn models() {
         let listed = Identity::Key {
+            budget: Default::default(),
             limits: Limits::default(),
             id: KEY_ID.into(),
             scopes: vec![Scope::Chat],
             models: vec!["@cf/a".into(), "@cf/b".into()],
         };
         let unlisted = Identity::Key {
+            budget: Default::default(),
             limits: Limits::default(),
             id: KEY_ID.into(),
             scopes: vec![Scope::Chat],

@@ -92,7 +92,7 @@ pub enum ApiError {
     },
     /// A budget would be exceeded: 402 `budget_exceeded`, naming it, its
     /// limit, what is used and when it resets.
-    #[error("the {} budget of this {} is spent ({} of {}); it resets at {} ms", .0.budget.as_str(), .0.scope.as_str(), .0.used, .0.limit, .0.resets_at_ms)]
+    #[error("the {} budget of this {} ({}) would be exceeded: {} used and {} reserved, this request needs {}; it resets at {} ms", .0.budget.as_str(), .0.scope.as_str(), .0.limit, .0.used, .0.reserved, .0.requested, .0.resets_at_ms)]
     BudgetExceeded(BudgetExceeded),
     /// Our own code failed (a bug, storage): 500.
     #[error("{0}")]

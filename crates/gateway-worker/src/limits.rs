@@ -119,14 +119,23 @@ pub fn limits_for(identity: &Identity, tenant: &Limits) -> Limits {
     }
 }
 
-/// Whether any limit applies: a caller with none of its own under a tenant
-/// with none is not sent to a limiter at all.
-pub fn applies(own: &Limits, tenant: &Limits) -> bool {
-    *own != Limits::default() || *tenant != Limits::default()
+/// Whether any limit or budget applies: a caller with none of its own under
+/// a tenant with none is not sent to a limiter at all.
+pub fn applies(own: &Limits, tenant: &Limits, budget: &Budget) -> bool {
+    *own != Limits::default() || *tenant != Limits::default() || budget.is_set()
 }
 
-/// The admit request for `work` under `limits` and the tenant's totals.
-pub fn admit(work: &Work, limits: Limits, tenant: Limits) -> Admit {
+/// The budget of `identity` (only keys have one).
+pub fn budget_of(identity: &Identity) -> Budget {
+    match identity {
+        Identity::Key { budget, .. } => *budget,
+        _ => Budget::default(),
+    }
+}
+
+/// The admit request for `work` under `limits`, the tenant's totals and the
+/// caller's `budget`.
+pub fn admit(work: &Work, limits: Limits, tenant: Limits, budget: Budget) -> Admit {
     let (turn, model, hold_ms) = match work {
         Work::Request => (false, None, REQUEST_HOLD_MS),
         Work::Turn { model, hold_ms, .. } => (true, model.clone(), *hold_ms),
@@ -136,7 +145,7 @@ pub fn admit(work: &Work, limits: Limits, tenant: Limits) -> Admit {
         .and_then(|m| PriceTable::workers_ai_defaults().price(m));
     Admit {
         limits,
-        budget: Budget::default(),
+        budget,
         tenant_limits: tenant,
         count_request: true,
         estimate: work.estimate(),
@@ -185,6 +194,7 @@ mod tests {
 
     fn key(limits: Limits) -> Identity {
         Identity::Key {
+            budget: Default::default(),
             id: "0123456789ab".into(),
             scopes: vec![],
             models: vec![],
@@ -246,10 +256,22 @@ mod tests {
             }
         );
         assert_eq!(limits_for(&Identity::Anonymous, &tenant), tenant);
-        assert!(applies(&got, &tenant));
+        let no_budget = Budget::default();
+        assert!(applies(&got, &tenant, &no_budget));
         let none = Limits::default();
-        assert!(!applies(&none, &none), "no limits: no limiter call");
-        assert!(applies(&none, &tenant), "the tenant's total still counts");
+        assert!(
+            !applies(&none, &none, &no_budget),
+            "no limits: no limiter call"
+        );
+        assert!(
+            applies(&none, &tenant, &no_budget),
+            "the tenant's total still counts"
+        );
+        let budget = Budget {
+            tokens_per_day: Some(1_000),
+            ..Budget::default()
+        };
+        assert!(applies(&none, &none, &budget), "a budget alone counts too");
     }
 
     #[test]
@@ -258,7 +280,7 @@ mod tests {
             rpm: Some(5),
             ..Limits::default()
         };
-        let request = admit(&Work::Request, limits, Limits::default());
+        let request = admit(&Work::Request, limits, Limits::default(), Budget::default());
         assert!(request.count_request && !request.turn);
         assert_eq!(request.estimate.total(), 0);
         assert!(request.validate().is_ok());
@@ -270,6 +292,7 @@ mod tests {
             },
             limits,
             Limits::default(),
+            Budget::default(),
         );
         assert!(turn.turn && turn.count_request);
         assert_eq!(turn.estimate.output_tokens, 300);

@@ -135,9 +135,12 @@ pub struct KeyRecord {
     pub rotated_at_ms: Option<u64>,
     /// Until when the secret before the last rotation still works.
     pub previous_valid_until_ms: Option<u64>,
-    /// Limits (next issue).
+    /// Rate limits (an unset one is the tenant's).
     #[serde(default)]
     pub limits: KeyLimits,
+    /// Spending limits per UTC day and month (unset: none).
+    #[serde(default)]
+    pub budget: crate::limits::Budget,
 }
 
 /// `POST /admin/keys`.
@@ -153,6 +156,9 @@ pub struct CreateKey {
     pub expires_at_ms: Option<u64>,
     /// Limits.
     pub limits: KeyLimits,
+    /// Budget.
+    #[serde(default)]
+    pub budget: crate::limits::Budget,
 }
 
 /// `GET /admin/keys/<id>`, `DELETE /admin/keys/<id>`.
@@ -177,8 +183,11 @@ pub struct RotateKey {
 pub struct UpdateKey {
     /// The key id.
     pub id: String,
-    /// Its new limits.
-    pub limits: KeyLimits,
+    /// Its new limits, if they change.
+    pub limits: Option<KeyLimits>,
+    /// Its new budget, if it changes.
+    #[serde(default)]
+    pub budget: Option<crate::limits::Budget>,
 }
 
 /// A key check, from the gateway: the key id and the SHA-256 of the secret
@@ -275,6 +284,7 @@ impl CreateKey {
         if [l.rpm, l.tpm, l.concurrency].contains(&Some(0)) {
             return Err(KeyError::Limits);
         }
+        self.budget.validate().map_err(|_| KeyError::Limits)?;
         Ok(())
     }
 }
@@ -325,6 +335,7 @@ mod tests {
     #[test]
     fn create_requests_are_checked() {
         let ok = CreateKey {
+            budget: Default::default(),
             name: "ci".into(),
             scopes: vec![Scope::Search, Scope::Chat],
             models: vec!["@cf/meta/llama-3.3-70b-instruct-fp8-fast".into()],

@@ -211,6 +211,11 @@ impl Default for Budget {
 }
 
 impl Budget {
+    /// Whether any of its limits is set.
+    pub fn is_set(&self) -> bool {
+        BudgetKind::ALL.iter().any(|k| self.limit(*k).is_some())
+    }
+
     /// The limit of one budget, if set.
     pub fn limit(&self, kind: BudgetKind) -> Option<u64> {
         match kind {

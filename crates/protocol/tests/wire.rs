@@ -74,6 +74,7 @@ fn all_replies() -> Vec<Result<CoordinatorResponse, ErrorReply>> {
 
 fn key_record() -> keys::KeyRecord {
     keys::KeyRecord {
+        budget: Default::default(),
         id: "0123456789ab".into(),
         name: "ci ✓".into(),
         scopes: vec![keys::Scope::Search, keys::Scope::Admin],
@@ -95,6 +96,7 @@ fn key_record() -> keys::KeyRecord {
 fn key_requests() -> Vec<CoordinatorRequest> {
     vec![
         CoordinatorRequest::CreateKey(keys::CreateKey {
+            budget: Default::default(),
             name: "ci".into(),
             scopes: vec![keys::Scope::Chat, keys::Scope::Ingest],
             models: vec![],

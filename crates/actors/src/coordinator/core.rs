@@ -735,6 +735,7 @@ mod tests {
 
     fn create_key() -> CoordinatorRequest {
         CoordinatorRequest::CreateKey(protocol::keys::CreateKey {
+            budget: Default::default(),
             name: "ci".into(),
             scopes: vec![protocol::keys::Scope::Search],
             models: vec![],

@@ -205,6 +205,7 @@ impl KeyStore {
             rotated_at_ms: None,
             previous_valid_until_ms: None,
             limits: create.limits,
+            budget: create.budget,
         };
         let stored = StoredKey {
             record: record.clone(),
@@ -298,10 +299,16 @@ impl KeyStore {
                 "this key is revoked; its limits no longer matter",
             ));
         }
-        if key.record.limits == update.limits {
+        let before = key.record.clone();
+        if let Some(limits) = &update.limits {
+            key.record.limits = limits.clone();
+        }
+        if let Some(budget) = update.budget {
+            key.record.budget = budget;
+        }
+        if key.record == before {
             return Ok((key.record.clone(), None));
         }
-        key.record.limits = update.limits.clone();
         Ok((key.record.clone(), Some(key.clone())))
     }
 
@@ -373,6 +380,7 @@ mod tests {
 
     fn create_req() -> CreateKey {
         CreateKey {
+            budget: Default::default(),
             name: " ci ".into(),
             scopes: vec![Scope::Search, Scope::Chat],
             models: vec![],
@@ -593,7 +601,8 @@ mod tests {
         };
         let update = protocol::keys::UpdateKey {
             id: key.key_id.clone(),
-            limits: limits.clone(),
+            limits: Some(limits.clone()),
+            budget: None,
         };
         let (record, write) = store.update(&update).unwrap();
         assert_eq!(record.limits, limits);
@@ -601,9 +610,22 @@ mod tests {
         assert_eq!(store.get(&key.key_id).unwrap().limits, limits);
         let (_, again) = store.update(&update).unwrap();
         assert!(again.is_none(), "no change, nothing to store");
+        let budget = protocol::limits::Budget {
+            tokens_per_day: Some(5_000),
+            ..protocol::limits::Budget::default()
+        };
+        let with_budget = protocol::keys::UpdateKey {
+            id: key.key_id.clone(),
+            limits: None,
+            budget: Some(budget),
+        };
+        let (record, _) = store.update(&with_budget).unwrap();
+        assert_eq!(record.budget, budget);
+        assert_eq!(record.limits, limits, "limits left as they were");
         let unknown = protocol::keys::UpdateKey {
             id: "ffffffffffff".into(),
-            limits: limits.clone(),
+            limits: Some(limits.clone()),
+            budget: None,
         };
         assert_eq!(
             store.update(&unknown).unwrap_err().code,

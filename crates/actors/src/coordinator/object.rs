@@ -447,6 +447,7 @@ impl FromRow for KeyRow {
         }
         Ok(KeyRow(StoredKey {
             record: KeyRecord {
+                budget: Default::default(),
                 id,
                 name,
                 scopes,
