@@ -401,3 +401,40 @@ fn a_keys_daily_token_budget_refuses_with_402_naming_it() {
         .expect("Retry-After");
     assert!((1..=86_400).contains(&retry));
 }
+
+#[test]
+fn a_websocket_is_no_way_around_a_keys_limits() {
+    let server = shared(Deployment::Dedicated(B));
+    let (key, _) = new_key(&server, B, json!(["chat"]), json!({ "rpm": 3 }));
+    let ws = server.base().replace("http://", "ws://");
+    // The upgrade counts one request; each message another.
+    let mut socket = e2e::chat::Socket::connect(
+        &format!("{ws}/api/chat/ws?sessionId=limits-ws&key={key}"),
+        &[],
+    )
+    .expect("connect");
+    for n in 0..2 {
+        socket.send(
+            &json!({ "type": "message", "content": format!("lighthouse question {n}") })
+                .to_string(),
+        );
+        let events = socket.events_until_end();
+        let last = events.last().expect("events");
+        assert_eq!(last["type"], "done", "turn {n}: {events:?}");
+        assert!(last["usage"]["outputTokens"].as_u64().is_some(), "{last}");
+    }
+    socket.send(r#"{"type":"message","content":"one more?"}"#);
+    let refused = socket.next_event();
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("rate_limited")),
+        "{refused}"
+    );
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rpm")),
+        "{refused}"
+    );
+    socket.close();
+}

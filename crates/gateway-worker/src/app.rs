@@ -131,7 +131,7 @@ async fn serve(
     };
     // Every limited route but a chat turn is admitted here, before its
     // work; a turn once its body says what it will use.
-    let admitted = match limits::Work::of(&route) {
+    let admitted = match limits::work_of(&route) {
         Some(work) if route != Route::Chat => limit(work).await?,
         _ => None,
     };
@@ -221,9 +221,12 @@ async fn serve(
             // its first message.
             let (proof, checked_at) = proof.unzip();
             socket_access.proof = proof;
+            // The socket's turns are admitted by the session with the limits
+            // this upgrade was admitted with.
+            let applied = admitted.as_ref().map(|a| &a.applied);
             let response = ChatHandle::new(env, &tenant, &session)?
                 .with_access(socket_access)
-                .connect(checked_at)
+                .connect(checked_at, applied)
                 .await?;
             return Ok(Reply::Raw(response));
         }
@@ -265,6 +268,8 @@ async fn admit(
 struct Admitted {
     /// Whose limiter.
     by: LimitedBy,
+    /// The limits and budget it applied (a socket admits its turns with them).
+    applied: limits::Applied,
     /// What it reserved (a turn's slot and estimate), to settle or release.
     reservation_id: Option<u64>,
     /// The numbers for the `RateLimit` headers.
@@ -292,13 +297,19 @@ async fn admit_work(
         // Nothing to count against: no call to the limiter at all.
         return Ok(None);
     }
-    let admit = limits::admit(&work, own, tenant_limits, budget);
+    let applied = limits::Applied {
+        limiter: by.resource(),
+        limits: own,
+        tenant_limits,
+        budget,
+    };
     let admission = LimiterHandle::new(env, tenant, &by)?
-        .admit(request_id, admit)
+        .admit(request_id, applied.admit(&work))
         .await?;
     let (reservation_id, info) = limits::outcome(admission)?;
     Ok(Some(Admitted {
         by,
+        applied,
         reservation_id,
         info,
     }))

@@ -2,7 +2,7 @@
 //! (a key's limiter, or one per anonymous client), which limits apply, what
 //! a chat turn reserves, and how a refusal is answered.
 //!
-//! Every request on a limited route ([`Work::of`]) is admitted by the
+//! Every request on a limited route ([`work_of`]) is admitted by the
 //! caller's `RateLimiter` before it reaches the actor that does the work: one
 //! request against `rpm`, and for a chat turn a concurrency slot and an
 //! estimate of its tokens against `tpm`, settled by the session with what
@@ -13,71 +13,20 @@ use crate::auth::Identity;
 use crate::errors::ApiError;
 use crate::routing::Route;
 use actors::limiter::{Admission, LimitedBy};
-use protocol::limits::{Admit, Budget, Limits, PriceTable, RateLimitInfo, TokenUsage};
+use protocol::limits::{Budget, Limits, RateLimitInfo};
 use sha2::{Digest, Sha256};
 
-/// Input tokens a chat turn reserves before its prompt is known (the system
-/// prompt, the history that fits and the question). The turn settles with
-/// what the model reported, so this only decides how much `tpm` a turn needs
-/// free to start.
-pub const TURN_INPUT_ESTIMATE: u64 = 1_000;
+pub use actors::limiter::admission::{
+    admit, turn_hold_ms, Applied, Work, TURN_HOLD_MARGIN_MS, TURN_INPUT_ESTIMATE,
+};
 
-/// What a turn's reservation is held for beyond the session's turn deadline
-/// before the limiter expires it (and charges its estimate) if the session
-/// never settles it.
-pub const TURN_HOLD_MARGIN_MS: u64 = 60_000;
-
-/// How long a turn's reservation is held: the session's turn deadline
-/// (`CHAT_TURN_TIMEOUT_SECS`, read from the same deployment's `var`s) and a
-/// margin, within the limiter's bound.
-pub fn turn_hold_ms(var: impl Fn(&str) -> Option<String>) -> u64 {
-    let timeout_ms = actors::chat::core::ChatLimits::from_vars(var)
-        .map(|l| l.turn_timeout_ms)
-        .unwrap_or(120_000);
-    timeout_ms
-        .saturating_add(TURN_HOLD_MARGIN_MS)
-        .min(protocol::limits::MAX_HOLD_MS)
-}
-
-/// A request that reserves nothing still names a hold (the limiter checks
-/// it); nothing is held.
-const REQUEST_HOLD_MS: u64 = 60_000;
-
-/// What a limited route asks of the caller's limiter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Work {
-    /// One request against `rpm`.
-    Request,
-    /// One request, a concurrency slot and the turn's token estimate.
-    Turn {
-        /// The answer's token budget.
-        max_tokens: u32,
-        /// The model it will use, if known (for the cost estimate).
-        model: Option<String>,
-        /// How long the reservation is held ([`turn_hold_ms`]).
-        hold_ms: u64,
-    },
-}
-
-impl Work {
-    /// The work of `route` that limits apply to; `None` for routes that are
-    /// not limited (reads, the admin routes, health). A chat turn's work is
-    /// known once its body is read ([`Work::Turn`]).
-    pub fn of(route: &Route) -> Option<Work> {
-        match route {
-            Route::Search | Route::Ingest | Route::ChatSocket | Route::Chat => Some(Work::Request),
-            _ => None,
-        }
-    }
-
-    fn estimate(&self) -> TokenUsage {
-        match self {
-            Work::Request => TokenUsage::default(),
-            Work::Turn { max_tokens, .. } => TokenUsage {
-                input_tokens: TURN_INPUT_ESTIMATE,
-                output_tokens: u64::from(*max_tokens),
-            },
-        }
+/// The work of `route` that limits apply to; `None` for routes that are not
+/// limited (reads, the admin routes, health). A chat turn's work is known
+/// once its body is read ([`Work::Turn`]).
+pub fn work_of(route: &Route) -> Option<Work> {
+    match route {
+        Route::Search | Route::Ingest | Route::ChatSocket | Route::Chat => Some(Work::Request),
+        _ => None,
     }
 }
 
@@ -133,29 +82,6 @@ pub fn budget_of(identity: &Identity) -> Budget {
     }
 }
 
-/// The admit request for `work` under `limits`, the tenant's totals and the
-/// caller's `budget`.
-pub fn admit(work: &Work, limits: Limits, tenant: Limits, budget: Budget) -> Admit {
-    let (turn, model, hold_ms) = match work {
-        Work::Request => (false, None, REQUEST_HOLD_MS),
-        Work::Turn { model, hold_ms, .. } => (true, model.clone(), *hold_ms),
-    };
-    let price = model
-        .as_deref()
-        .and_then(|m| PriceTable::workers_ai_defaults().price(m));
-    Admit {
-        limits,
-        budget,
-        tenant_limits: tenant,
-        count_request: true,
-        estimate: work.estimate(),
-        model,
-        price,
-        turn,
-        hold_ms,
-    }
-}
-
 /// What an admission comes to: the reservation (if any) and the headers'
 /// numbers, or the refusal.
 pub fn outcome(admission: Admission) -> Result<(Option<u64>, Option<RateLimitInfo>), ApiError> {
@@ -204,13 +130,13 @@ mod tests {
 
     #[test]
     fn work_routes_are_limited_and_reads_are_not() {
-        assert_eq!(Work::of(&Route::Search), Some(Work::Request));
-        assert_eq!(Work::of(&Route::Ingest), Some(Work::Request));
-        assert_eq!(Work::of(&Route::ChatSocket), Some(Work::Request));
-        assert_eq!(Work::of(&Route::Health), None);
-        assert_eq!(Work::of(&Route::ListKeys), None);
+        assert_eq!(work_of(&Route::Search), Some(Work::Request));
+        assert_eq!(work_of(&Route::Ingest), Some(Work::Request));
+        assert_eq!(work_of(&Route::ChatSocket), Some(Work::Request));
+        assert_eq!(work_of(&Route::Health), None);
+        assert_eq!(work_of(&Route::ListKeys), None);
         assert_eq!(
-            Work::of(&Route::History {
+            work_of(&Route::History {
                 session: "s".into()
             }),
             None
@@ -272,40 +198,6 @@ mod tests {
             ..Budget::default()
         };
         assert!(applies(&none, &none, &budget), "a budget alone counts too");
-    }
-
-    #[test]
-    fn a_turn_reserves_its_estimate_and_a_slot() {
-        let limits = Limits {
-            rpm: Some(5),
-            ..Limits::default()
-        };
-        let request = admit(&Work::Request, limits, Limits::default(), Budget::default());
-        assert!(request.count_request && !request.turn);
-        assert_eq!(request.estimate.total(), 0);
-        assert!(request.validate().is_ok());
-        let turn = admit(
-            &Work::Turn {
-                max_tokens: 300,
-                model: Some("@cf/meta/llama-3.1-8b-instruct".into()),
-                hold_ms: turn_hold_ms(|_| None),
-            },
-            limits,
-            Limits::default(),
-            Budget::default(),
-        );
-        assert!(turn.turn && turn.count_request);
-        assert_eq!(turn.estimate.output_tokens, 300);
-        assert_eq!(turn.estimate.input_tokens, TURN_INPUT_ESTIMATE);
-        assert_eq!(turn.hold_ms, 120_000 + TURN_HOLD_MARGIN_MS);
-        let long = turn_hold_ms(|n| (n == "CHAT_TURN_TIMEOUT_SECS").then(|| "3600".to_owned()));
-        assert_eq!(
-            long,
-            protocol::limits::MAX_HOLD_MS,
-            "within the limiter's bound"
-        );
-        assert!(turn.price.is_some(), "a priced model is priced");
-        assert!(turn.validate().is_ok());
     }
 
     #[test]

@@ -202,7 +202,12 @@ impl ChatHandle {
     /// `key_checked_at` is when the key's verification was fetched from the
     /// coordinator (ms since the epoch): the socket's next check falls due
     /// a second after it.
-    pub async fn connect(&self, key_checked_at: Option<u64>) -> Result<Response, ActorError> {
+    /// `limits`: what the socket's turns are admitted with, if limits apply.
+    pub async fn connect(
+        &self,
+        key_checked_at: Option<u64>,
+        limits: Option<&crate::limiter::admission::Applied>,
+    ) -> Result<Response, ActorError> {
         let headers = Headers::new();
         headers.set("upgrade", "websocket")?;
         let mut init = RequestInit::new();
@@ -229,6 +234,14 @@ impl ChatHandle {
             if let Some(at) = key_checked_at {
                 url.push_str(&format!("&checked={at}"));
             }
+        }
+        if let Some(limits) = limits {
+            let json = serde_json::to_string(limits)
+                .map_err(|e| ActorError::Runtime(format!("limits not encoded: {e}")))?;
+            let mut parsed = worker::Url::parse(&url)
+                .map_err(|e| ActorError::Runtime(format!("bad actor url: {e}")))?;
+            parsed.query_pairs_mut().append_pair("limits", &json);
+            url = parsed.to_string();
         }
         let request = Request::new_with_init(&url, &init)?;
         let mut response = self.actor.stub().fetch_with_request(request).await?;

@@ -158,6 +158,7 @@ impl ChatSession {
             session,
             access,
             key_checked_at,
+            limits,
         }) = Upgrade::from_query(url.query_pairs())
         else {
             return refuse(ErrorCode::Protocol, "tenant and session are required");
@@ -191,6 +192,7 @@ impl ChatSession {
             session,
             access,
             joined_after,
+            limits,
         })?;
         Response::from_websocket(pair.client)
     }
@@ -265,7 +267,7 @@ impl worker::DurableObject for ChatSession {
                 return Ok(());
             }
         };
-        let turn = match turn {
+        let mut turn = match turn {
             Ok(turn) => turn,
             Err(rejected) => {
                 reject(rejected);
@@ -273,12 +275,36 @@ impl worker::DurableObject for ChatSession {
             }
         };
         let request_id = RequestId::from_random(crate::entropy::random_bytes());
+        // Admitted like a `POST /api/chat` turn, with the limits the socket
+        // was admitted with: a socket is no way around them.
+        if let Some(applied) = &info.limits {
+            match self
+                .inner
+                .admit_turn(&info.tenant, &request_id, applied, &turn)
+                .await
+            {
+                Ok(reservation) => turn.reservation = reservation,
+                Err(rejected) => {
+                    reject(rejected);
+                    return Ok(());
+                }
+            }
+        }
+        let reservation = turn.reservation.clone();
         match self.inner.begin(&info.tenant, &request_id, turn, None) {
             Ok((ctx, waiting)) => {
                 let running = Rc::clone(&self.inner);
                 self.inner.state.wait_until(running.drive(ctx, waiting));
             }
-            Err(e) => reject(refused_turn(&e)),
+            Err(e) => {
+                // The turn never started: its slot and estimate go back.
+                if let Some(reservation) = reservation {
+                    self.inner
+                        .release(&info.tenant, &request_id, &reservation)
+                        .await;
+                }
+                reject(refused_turn(&e));
+            }
         }
         Ok(())
     }

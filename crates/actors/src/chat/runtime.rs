@@ -19,6 +19,8 @@ use super::tools;
 use super::turn::Effect;
 use crate::generation::AnyGenerator;
 use crate::ingest::IngestHandle;
+use crate::limiter::admission::{turn_hold_ms, Applied, Work};
+use crate::limiter::{Admission, LimiterHandle};
 use crate::ports::{
     ChatMessage, Clock, GenerateRequest, GenerationEvent, Generator, Kv, Role, SystemClock,
     ToolCall,
@@ -459,6 +461,81 @@ impl Inner {
         self.rearm().await;
     }
 
+    /// Admits a socket's turn at its limiter with the limits the socket was
+    /// admitted with: the reservation to carry, or the refusal to send.
+    pub(super) async fn admit_turn(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        applied: &Applied,
+        turn: &Turn,
+    ) -> std::result::Result<Option<TurnReservation>, Rejected> {
+        let work = Work::Turn {
+            max_tokens: turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            model: turn.model.clone(),
+            hold_ms: turn_hold_ms(|name| self.env.var(name).ok().map(|v| v.to_string())),
+        };
+        let unavailable = |e: crate::ActorError| {
+            Rejected::new(
+                "unavailable",
+                format!("the limiter could not be reached: {e}"),
+            )
+        };
+        let admission = LimiterHandle::at(&self.env, tenant, &applied.limiter)
+            .map_err(unavailable)?
+            .admit(request_id, applied.admit(&work))
+            .await
+            .map_err(unavailable)?;
+        match admission {
+            Admission::Admitted(a) => Ok(a.reservation_id.map(|id| TurnReservation {
+                limiter: applied.limiter.clone(),
+                id,
+                model: turn.model.clone(),
+            })),
+            Admission::RateLimited(r) => Err(Rejected::new(
+                "rate_limited",
+                format!(
+                    "the {} limit of this {} is reached; retry in {} s",
+                    r.limit.as_str(),
+                    r.scope.as_str(),
+                    r.retry_after_secs
+                ),
+            )),
+            Admission::BudgetExceeded(b) => Err(Rejected::new(
+                "budget_exceeded",
+                format!(
+                    "the {} budget of this {} ({}) would be exceeded: {} used and {} reserved, this turn needs {}; it resets at {} ms",
+                    b.budget.as_str(),
+                    b.scope.as_str(),
+                    b.limit,
+                    b.used,
+                    b.reserved,
+                    b.requested,
+                    b.resets_at_ms
+                ),
+            )),
+        }
+    }
+
+    /// Gives back a reservation whose turn never started.
+    pub(super) async fn release(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        reservation: &TurnReservation,
+    ) {
+        let released = match LimiterHandle::at(&self.env, tenant, &reservation.limiter) {
+            Ok(limiter) => limiter
+                .release(request_id, reservation.id)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = released {
+            worker::console_warn!("chat: a reservation was not released: {e}");
+        }
+    }
+
     /// Settles the turn's reservation at its limiter with what its model
     /// calls used (nothing used: released). A failure is logged: the
     /// reservation then expires at the limiter and is charged its estimate.
@@ -472,14 +549,13 @@ impl Inner {
             worker::console_error!("chat: a turn carried an invalid reservation");
             return;
         }
-        let limiter =
-            match crate::limiter::LimiterHandle::at(&self.env, &ctx.tenant, &reservation.limiter) {
-                Ok(l) => l,
-                Err(e) => {
-                    worker::console_error!("chat: no limiter to settle with: {e}");
-                    return;
-                }
-            };
+        let limiter = match LimiterHandle::at(&self.env, &ctx.tenant, &reservation.limiter) {
+            Ok(l) => l,
+            Err(e) => {
+                worker::console_error!("chat: no limiter to settle with: {e}");
+                return;
+            }
+        };
         let settled = match used {
             Some(usage) => limiter
                 .settle(

@@ -4,6 +4,7 @@
 //! re-check. The object ([`super::object`]) only sends what these decide.
 
 use super::core::{may, Action, Owner};
+use crate::limiter::admission::Applied;
 use protocol::chat::{Access, Turn, TurnFrame};
 use protocol::{ErrorCode, ErrorReply, SessionId, TenantId};
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,10 @@ pub struct SocketInfo {
     /// no event reaches it twice.
     #[serde(default)]
     pub joined_after: u64,
+    /// The limits its upgrade was admitted with: each of its turns is
+    /// admitted with them too. `None`: no limit applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Applied>,
 }
 
 /// An upgrade request as the gateway forwards it
@@ -45,6 +50,9 @@ pub struct Upgrade {
     pub access: Access,
     /// When the gateway's verification of the key was fetched (ms).
     pub key_checked_at: Option<u64>,
+    /// The limits the upgrade was admitted with (JSON in `limits`); a
+    /// value that does not parse, or names no limiter, is refused.
+    pub limits: Option<Applied>,
 }
 
 impl Upgrade {
@@ -71,6 +79,14 @@ impl Upgrade {
                 proof: param("proof"),
             },
             key_checked_at: param("checked").and_then(|t| t.parse().ok()),
+            limits: match param("limits") {
+                None => None,
+                Some(json) => Some(
+                    serde_json::from_str::<Applied>(&json)
+                        .ok()
+                        .filter(|a| a.limiter.starts_with("limiter:"))?,
+                ),
+            },
         })
     }
 }
@@ -250,6 +266,7 @@ mod tests {
 
     fn info(privileged: bool) -> SocketInfo {
         SocketInfo {
+            limits: None,
             tenant: TenantId::parse("acme").unwrap(),
             session: SessionId::parse("s1").unwrap(),
             access: Access {
@@ -280,6 +297,23 @@ mod tests {
         let up = Upgrade::from_query([("tenant", "acme"), ("session", "s1"), ("privileged", "1")])
             .unwrap();
         assert!(up.access.privileged && up.key_checked_at.is_none());
+        let applied = r#"{"limiter":"limiter:0123456789ab","limits":{"rpm":3},"tenantLimits":{},"budget":{"softThresholdPct":80}}"#;
+        let up = Upgrade::from_query([("tenant", "acme"), ("session", "s1"), ("limits", applied)])
+            .unwrap();
+        let limits = up.limits.expect("the socket's limits");
+        assert_eq!(limits.limiter, "limiter:0123456789ab");
+        assert_eq!(limits.limits.rpm, Some(3));
+        assert!(up.access.key.is_none());
+        for bad in [
+            "{",
+            r#"{"limiter":"coordinator","limits":{},"tenantLimits":{},"budget":{}}"#,
+        ] {
+            assert!(
+                Upgrade::from_query([("tenant", "acme"), ("session", "s1"), ("limits", bad)])
+                    .is_none(),
+                "{bad} is refused, not ignored"
+            );
+        }
     }
 
     #[test]

@@ -58,6 +58,7 @@
 //! applies (a budget lease is a slice of the window's remainder, never
 //! refilled before the window rolls over, so it cannot overshoot at all).
 
+pub mod admission;
 pub mod bucket;
 pub mod calendar;
 pub mod core;
