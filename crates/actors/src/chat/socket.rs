@@ -81,11 +81,15 @@ impl Upgrade {
             key_checked_at: param("checked").and_then(|t| t.parse().ok()),
             limits: match param("limits") {
                 None => None,
-                Some(json) => Some(
-                    serde_json::from_str::<Applied>(&json)
-                        .ok()
-                        .filter(|a| a.limiter.starts_with("limiter:"))?,
-                ),
+                Some(json) => Some(serde_json::from_str::<Applied>(&json).ok().filter(|a| {
+                    // The rule a turn's reservation is settled under.
+                    protocol::chat::TurnReservation {
+                        limiter: a.limiter.clone(),
+                        id: 0,
+                        model: None,
+                    }
+                    .valid()
+                })?),
             },
         })
     }

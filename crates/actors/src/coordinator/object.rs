@@ -18,6 +18,7 @@ use crate::sql::{self, FromRow, FromValue};
 use futures::channel::oneshot;
 use protocol::coordinator::{CoordinatorRequest, CoordinatorResponse};
 use protocol::keys::{KeyLimits, KeyRecord, Scope};
+use protocol::limits::Budget;
 use protocol::{ErrorCode, ErrorReply, TenantId};
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
@@ -38,8 +39,10 @@ const SCHEMA: &[&str] = &[
         value TEXT,
         version INTEGER NOT NULL
     )",
-    // One row per API key. `scopes`, `models` and `limits` are JSON; the
-    // hashes are SHA-256 in lowercase hex; no column ever holds a secret.
+    // One row per API key. `scopes`, `models` and `limits` are JSON (`limits`
+    // holds the key's rate limits and, under "budget", its budget: see
+    // `limits_cell`); the hashes are SHA-256 in lowercase hex; no column ever
+    // holds a secret.
     "CREATE TABLE IF NOT EXISTS api_keys (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -403,7 +406,7 @@ fn save_key(sql_storage: &SqlStorage, key: &StoredKey) -> std::result::Result<()
             r.name.clone().into(),
             json(serde_json::to_string(&r.scopes))?.into(),
             json(serde_json::to_string(&r.models))?.into(),
-            json(serde_json::to_string(&r.limits))?.into(),
+            limits_cell(&r.limits, &r.budget)?.into(),
             opt(r.expires_at_ms),
             sql::int(r.created_at_ms),
             opt(r.last_used_at_ms),
@@ -415,6 +418,32 @@ fn save_key(sql_storage: &SqlStorage, key: &StoredKey) -> std::result::Result<()
         ],
     )
     .map_err(|e| e.to_string())
+}
+
+/// The `limits` cell of a key: its rate limits, with its budget under
+/// `"budget"` (one JSON object, so rows stored before budgets existed read
+/// as having none, with no change to the table).
+fn limits_cell(limits: &KeyLimits, budget: &Budget) -> std::result::Result<String, String> {
+    let mut cell = serde_json::to_value(limits).map_err(|e| e.to_string())?;
+    let budget = serde_json::to_value(budget).map_err(|e| e.to_string())?;
+    match cell.as_object_mut() {
+        Some(object) => {
+            object.insert("budget".to_owned(), budget);
+            Ok(cell.to_string())
+        }
+        None => Err("a key's limits are not a JSON object".to_owned()),
+    }
+}
+
+/// Reads a `limits` cell back (see [`limits_cell`]).
+fn limits_from_cell(cell: &str) -> std::result::Result<(KeyLimits, Budget), String> {
+    let value: serde_json::Value = serde_json::from_str(cell).map_err(|e| e.to_string())?;
+    let budget = match value.get("budget") {
+        Some(b) => serde_json::from_value(b.clone()).map_err(|e| e.to_string())?,
+        None => Budget::default(),
+    };
+    let limits = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    Ok((limits, budget))
 }
 
 /// An `api_keys` row, in [`KEY_COLUMNS`] order.
@@ -433,7 +462,7 @@ impl FromRow for KeyRow {
         let name = String::from_value(next()?)?;
         let scopes: Vec<Scope> = json(next()?)?;
         let models: Vec<String> = json(next()?)?;
-        let limits: KeyLimits = json(next()?)?;
+        let (limits, budget) = limits_from_cell(&String::from_value(next()?)?)?;
         let expires_at_ms = Option::<u64>::from_value(next()?)?;
         let created_at_ms = u64::from_value(next()?)?;
         let last_used_at_ms = Option::<u64>::from_value(next()?)?;
@@ -447,7 +476,7 @@ impl FromRow for KeyRow {
         }
         Ok(KeyRow(StoredKey {
             record: KeyRecord {
-                budget: Default::default(),
+                budget,
                 id,
                 name,
                 scopes,
@@ -571,5 +600,31 @@ impl worker::DurableObject for TenantCoordinator {
         }
         self.rearm().await;
         Response::ok("done")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keys_limits_and_budget_survive_their_row() {
+        let limits = KeyLimits {
+            rpm: Some(10),
+            tpm: None,
+            concurrency: Some(2),
+        };
+        let budget = Budget {
+            tokens_per_day: Some(2_500),
+            cost_per_month_micros: Some(1_000_000),
+            ..Budget::default()
+        };
+        let cell = limits_cell(&limits, &budget).unwrap();
+        assert_eq!(limits_from_cell(&cell).unwrap(), (limits.clone(), budget));
+        // A row written before budgets existed: the limits, no budget.
+        let old = serde_json::to_string(&limits).unwrap();
+        assert_eq!(limits_from_cell(&old).unwrap(), (limits, Budget::default()));
+        assert!(limits_from_cell("\"nope\"").is_err());
+        assert!(limits_from_cell("{").is_err());
     }
 }

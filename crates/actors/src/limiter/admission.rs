@@ -91,6 +91,9 @@ pub fn admit(work: &Work, limits: Limits, tenant: Limits, budget: Budget) -> Adm
         Work::Request => (false, None, REQUEST_HOLD_MS),
         Work::Turn { model, hold_ms, .. } => (true, model.clone(), *hold_ms),
     };
+    // Budgets count model tokens: a request that spends none (a search, an
+    // ingest, an upgrade) is never refused by one, even once it is spent.
+    let budget = if turn { budget } else { Budget::default() };
     let price = model
         .as_deref()
         .and_then(|m| PriceTable::workers_ai_defaults().price(m));
@@ -122,6 +125,17 @@ mod tests {
             tenant_limits: Limits::default(),
             budget: Budget::default(),
         };
+        let spent = Applied {
+            budget: Budget {
+                tokens_per_day: Some(10),
+                ..Budget::default()
+            },
+            ..applied.clone()
+        };
+        assert!(
+            !spent.admit(&Work::Request).budget.is_set(),
+            "a request is not held to the budget"
+        );
         let request = applied.admit(&Work::Request);
         assert!(request.count_request && !request.turn);
         assert_eq!(request.estimate.total(), 0);
