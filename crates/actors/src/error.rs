@@ -1,6 +1,11 @@
 //! The actors crate's error type.
 
-use protocol::{ErrorReply, ProtocolError};
+use protocol::{ErrorCode, ErrorReply, ProtocolError};
+
+/// An actor's own failure (a bug, storage, a misconfiguration): 500.
+pub fn internal(e: impl std::fmt::Display) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Internal, e.to_string())
+}
 
 /// A call to an actor failed.
 #[derive(Debug, thiserror::Error)]

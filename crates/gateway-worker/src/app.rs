@@ -166,7 +166,7 @@ async fn serve(
                     limit_headers.extend(errors::rate_limit_headers(info));
                 }
                 turn.reservation = admitted.reservation_id.map(|id| TurnReservation {
-                    limiter: admitted.by.resource(),
+                    limiter: admitted.applied.limiter.clone(),
                     id,
                     model: turn.model.clone(),
                 });
@@ -266,8 +266,6 @@ async fn admit(
 
 /// A request admitted by its caller's limiter.
 struct Admitted {
-    /// Whose limiter.
-    by: LimitedBy,
     /// The limits and budget it applied (a socket admits its turns with them).
     applied: limits::Applied,
     /// What it reserved (a turn's slot and estimate), to settle or release.
@@ -308,7 +306,6 @@ async fn admit_work(
         .await?;
     let (reservation_id, info) = limits::outcome(admission)?;
     Ok(Some(Admitted {
-        by,
         applied,
         reservation_id,
         info,
@@ -322,7 +319,7 @@ async fn release(env: &Env, tenant: &TenantId, admitted: &Admitted, request_id: 
     let Some(id) = admitted.reservation_id else {
         return;
     };
-    let released = match LimiterHandle::new(env, tenant, &admitted.by) {
+    let released = match LimiterHandle::at(env, tenant, &admitted.applied.limiter) {
         Ok(limiter) => limiter.release(request_id, id).await.map(|_| ()),
         Err(e) => Err(e),
     };

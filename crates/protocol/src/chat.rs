@@ -105,14 +105,21 @@ pub struct TurnReservation {
     pub model: Option<String>,
 }
 
+/// Whether `name` is the resource name of a caller's limiter
+/// (`limiter:<keyId>`, `limiter:anon-<digest>`), and nothing else of the
+/// tenant's.
+pub fn valid_limiter_name(name: &str) -> bool {
+    name.strip_prefix("limiter:").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.len() <= 80
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
+}
+
 impl TurnReservation {
-    /// Whether `limiter` names a limiter (and nothing else) of the tenant.
+    /// Whether `limiter` names a caller's limiter (and nothing else).
     pub fn valid(&self) -> bool {
-        self.limiter.strip_prefix("limiter:").is_some_and(|rest| {
-            !rest.is_empty()
-                && rest.len() <= 80
-                && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+        valid_limiter_name(&self.limiter)
     }
 }
 

@@ -17,6 +17,7 @@ use super::socket::{
 use super::store::SessionStore;
 use super::tools;
 use super::turn::Effect;
+pub(super) use crate::error::internal;
 use crate::generation::AnyGenerator;
 use crate::ingest::IngestHandle;
 use crate::limiter::admission::{turn_hold_ms, Applied, Work};
@@ -39,10 +40,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use worker::{Env, ScheduledTime, State, WebSocket};
-
-pub(super) fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
-}
 
 /// A stream that wants a turn's events.
 pub(super) struct Listener {

@@ -81,15 +81,12 @@ impl Upgrade {
             key_checked_at: param("checked").and_then(|t| t.parse().ok()),
             limits: match param("limits") {
                 None => None,
-                Some(json) => Some(serde_json::from_str::<Applied>(&json).ok().filter(|a| {
-                    // The rule a turn's reservation is settled under.
-                    protocol::chat::TurnReservation {
-                        limiter: a.limiter.clone(),
-                        id: 0,
-                        model: None,
-                    }
-                    .valid()
-                })?),
+                // Checked by the rule a turn's reservation is settled under.
+                Some(json) => Some(
+                    serde_json::from_str::<Applied>(&json)
+                        .ok()
+                        .filter(|a| protocol::chat::valid_limiter_name(&a.limiter))?,
+                ),
             },
         })
     }

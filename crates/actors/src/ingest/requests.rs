@@ -14,10 +14,7 @@ use protocol::{ErrorCode, ErrorReply};
 /// Finished jobs an inspection shows.
 pub const SNAPSHOT_RECENT_JOBS: usize = 20;
 
-/// Our own fault (storage, an impossible state): 500.
-pub fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
-}
+pub use crate::error::internal;
 
 /// The client's mistake: 400.
 pub fn invalid(e: impl std::fmt::Display) -> ErrorReply {

@@ -14,6 +14,7 @@
 use super::core::{Effect, LimiterCore, LimiterState, Outcome};
 use super::handle::LedgerHandle;
 use super::ledger::{LedgerCore, LedgerState};
+use crate::error::internal;
 use crate::ports::{Clock, SystemClock};
 use crate::rpc;
 use crate::sql;
@@ -52,10 +53,6 @@ impl Role {
             Role::Ledger(core) => serde_json::to_string(core.state()),
         }
     }
-}
-
-fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
 }
 
 /// A key's limiter or a tenant's ledger.
