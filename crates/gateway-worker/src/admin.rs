@@ -4,8 +4,9 @@
 use crate::errors::ApiError;
 use protocol::coordinator::{AnonymousPatch, DefaultModelsPatch, SettingsPatch};
 use protocol::keys::{self, CreateKey, KeyError, KeyLimits, KeyRecord, NewKey, RotateKey, Scope};
-use protocol::limits::{Budget, Limits};
+use protocol::limits::{Budget, Limits, Price, PriceTable};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The body of `PATCH /admin/tenant`. Unknown fields are refused so that a
 /// typo is a 400, not a silent no-op.
@@ -16,6 +17,17 @@ pub struct SettingsPatchBody {
     default_models: Option<DefaultModelsBody>,
     anonymous: Option<AnonymousBody>,
     limits: Option<TenantLimitsBody>,
+    prices: Option<BTreeMap<String, PriceBody>>,
+    budget: Option<BudgetBody>,
+}
+
+/// One model's entry of `"prices"`: micro-dollars per million tokens.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PriceBody {
+    input_per_million_micros: u64,
+    #[serde(default)]
+    output_per_million_micros: u64,
 }
 
 /// `"limits": {"rpm"?, "tpm"?, "concurrency"?}`: the tenant's totals and
@@ -47,6 +59,19 @@ impl SettingsPatchBody {
     /// The validated protocol patch.
     pub fn into_patch(self) -> Result<SettingsPatch, ApiError> {
         let patch = SettingsPatch {
+            budget: self.budget.map(BudgetBody::into_budget).transpose()?,
+            prices: self.prices.map(|models| PriceTable {
+                models: models
+                    .into_iter()
+                    .map(|(model, p)| {
+                        let price = Price {
+                            input_per_million_micros: p.input_per_million_micros,
+                            output_per_million_micros: p.output_per_million_micros,
+                        };
+                        (model, price)
+                    })
+                    .collect(),
+            }),
             limits: self.limits.map(|l| Limits {
                 rpm: l.rpm,
                 tpm: l.tpm,

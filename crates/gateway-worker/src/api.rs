@@ -38,6 +38,7 @@ impl IngestBody {
     /// The validated protocol request.
     pub fn into_enqueue(self) -> Result<Enqueue, ApiError> {
         let enqueue = Enqueue {
+            caller: None,
             documents: self
                 .documents
                 .into_iter()
@@ -68,6 +69,7 @@ impl SearchBody {
     /// The validated protocol request.
     pub fn into_search(self) -> Result<Search, ApiError> {
         let search = Search {
+            caller: None,
             query: self.query,
             top_k: self.top_k.unwrap_or(DEFAULT_TOP_K),
             filter: self.filter,

@@ -16,13 +16,15 @@ use crate::sse;
 use crate::tenant::{TenantMode, TENANT_HEADER};
 use crate::{auth, body, errors, limits, routing};
 use actors::chat::{Resumed, TurnStream};
-use actors::limiter::{LedgerHandle, LimitedBy, LimiterHandle};
+use actors::limiter::{admit_applied, LedgerHandle, LimitedBy, LimiterHandle};
 use actors::{ChatHandle, CoordinatorHandle, IngestHandle};
 use futures::StreamExt;
 use protocol::chat::{Access, ChatEvent, TurnReservation, DEFAULT_MAX_TOKENS};
 use protocol::coordinator::AnonymousAccess;
+use protocol::ingest::{Enqueue, Search};
 use protocol::keys::{Scope, VerifyKey};
-use protocol::limits::{Limits, RateLimitInfo};
+use protocol::limits::{Budget, Limits, PriceTable, RateLimitInfo};
+use protocol::usage::UsageQuery;
 use protocol::{ActorKind, RequestId, TenantId};
 use serde::Serialize;
 use serde_json::json;
@@ -119,6 +121,9 @@ async fn serve(
     let user = auth::user(header(&req, auth::USER_HEADER).as_deref())?;
     let caller = Caller { identity, user };
     let client = header(&req, "cf-connecting-ip");
+    // Chat turns spend model tokens: they (and a socket, which admits its
+    // turns with what it was admitted with) are held to the tenant's budget.
+    let spends = matches!(route, Route::Chat | Route::ChatSocket);
     let limit = |work: limits::Work| {
         admit_work(
             env,
@@ -126,6 +131,7 @@ async fn serve(
             &caller.identity,
             client.as_deref(),
             work,
+            spends,
             request_id,
         )
     };
@@ -155,9 +161,17 @@ async fn serve(
             // Built before admission: nothing fails between the admission
             // and the turn's request but the request itself.
             let handle = ChatHandle::new(env, &tenant, &session)?.with_access(access(&caller));
+            let price = match turn.model.as_deref() {
+                Some(model) => tenant_policy(env, &tenant, request_id)
+                    .await?
+                    .prices
+                    .price(model),
+                None => None,
+            };
             let work = limits::Work::Turn {
                 max_tokens: turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
                 model: turn.model.clone(),
+                price,
                 hold_ms: limits::turn_hold_ms(|name| var(env, name)),
             };
             let admitted = limit(work).await?;
@@ -169,6 +183,7 @@ async fn serve(
                     limiter: admitted.applied.limiter.clone(),
                     id,
                     model: turn.model.clone(),
+                    tenant: admitted.tenant_reservation,
                 });
             }
             let started = handle.turn(request_id, turn).await;
@@ -270,28 +285,34 @@ struct Admitted {
     applied: limits::Applied,
     /// What it reserved (a turn's slot and estimate), to settle or release.
     reservation_id: Option<u64>,
+    /// What a turn reserved against the tenant's budget.
+    tenant_reservation: Option<u64>,
     /// The numbers for the `RateLimit` headers.
     info: Option<RateLimitInfo>,
 }
 
 /// Admits `work` at the caller's limiter (see [`limits`]): `None` for the
 /// operator and the legacy token, which are not limited; a 429 or 402 when
-/// a limit or budget refuses.
+/// a limit or budget refuses. `spends`: the route's work spends model
+/// tokens, so the tenant's budget applies to it.
 async fn admit_work(
     env: &Env,
     tenant: &TenantId,
     identity: &Identity,
     client: Option<&str>,
     work: limits::Work,
+    spends: bool,
     request_id: &RequestId,
 ) -> Result<Option<Admitted>, ApiError> {
     let Some(by) = limits::limited_by(identity, client) else {
         return Ok(None);
     };
-    let tenant_limits = tenant_policy(env, tenant, request_id).await?.limits;
+    let policy = tenant_policy(env, tenant, request_id).await?;
+    let tenant_limits = policy.limits;
     let own = limits::limits_for(identity, &tenant_limits);
     let budget = limits::budget_of(identity);
-    if !limits::applies(&own, &tenant_limits, &budget) {
+    let tenant_budget = spends && policy.budget.is_set();
+    if !(limits::applies(&own, &tenant_limits, &budget) || tenant_budget) {
         // Nothing to count against: no call to the limiter at all.
         return Ok(None);
     }
@@ -300,14 +321,15 @@ async fn admit_work(
         limits: own,
         tenant_limits,
         budget,
+        tenant_budget: policy.budget,
     };
-    let admission = LimiterHandle::new(env, tenant, &by)?
-        .admit(request_id, applied.admit(&work))
-        .await?;
+    let (admission, tenant_reservation) =
+        admit_applied(env, tenant, request_id, &applied, &work).await?;
     let (reservation_id, info) = limits::outcome(admission)?;
     Ok(Some(Admitted {
         applied,
         reservation_id,
+        tenant_reservation,
         info,
     }))
 }
@@ -316,15 +338,19 @@ async fn admit_work(
 /// session refused to start). A failure only logs: the reservation then
 /// expires at the limiter.
 async fn release(env: &Env, tenant: &TenantId, admitted: &Admitted, request_id: &RequestId) {
-    let Some(id) = admitted.reservation_id else {
-        return;
-    };
-    let released = match LimiterHandle::at(env, tenant, &admitted.applied.limiter) {
-        Ok(limiter) => limiter.release(request_id, id).await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = released {
-        worker::console_warn!("a reservation was not released: {e}");
+    let held = [
+        (admitted.applied.limiter.as_str(), admitted.reservation_id),
+        (limits::TENANT_BUDGET_LIMITER, admitted.tenant_reservation),
+    ];
+    for (limiter, id) in held {
+        let Some(id) = id else { continue };
+        let released = match LimiterHandle::at(env, tenant, limiter) {
+            Ok(limiter) => limiter.release(request_id, id).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = released {
+            worker::console_warn!("a reservation was not released: {e}");
+        }
     }
 }
 
@@ -347,6 +373,8 @@ struct TenantPolicy {
     anonymous: AnonymousAccess,
     default_chat: String,
     limits: Limits,
+    prices: PriceTable,
+    budget: Budget,
 }
 
 thread_local! {
@@ -409,7 +437,9 @@ async fn tenant_policy(
         .await?;
     let policy = TenantPolicy {
         anonymous: record.settings.anonymous,
+        prices: record.settings.prices(),
         default_chat: record.settings.default_models.chat,
+        budget: record.settings.budget,
         limits: record.settings.limits,
     };
     let fetched = now_ms();
@@ -485,10 +515,10 @@ async fn json_reply(
             let patch = read_json::<SettingsPatchBody>(&mut req, body::MAX_ADMIN_BODY_BYTES)
                 .await?
                 .into_patch()?;
-            if patch.limits.is_some() && caller.identity != Identity::Operator {
+            if patch.operator_only() && caller.identity != Identity::Operator {
                 return Err(ApiError::Forbidden {
                     code: "operator_only",
-                    message: "the tenant's limits are set by the operator (ADMIN_TOKEN)".into(),
+                    message: "the tenant's limits, prices and budgets are set by the operator (ADMIN_TOKEN)".into(),
                 });
             }
             let record = CoordinatorHandle::new(env, &tenant)?
@@ -569,6 +599,28 @@ async fn json_reply(
             ok_json(&record)
         }
         Route::InspectActor { kind, name } => inspect(env, &tenant, kind, &name, request_id).await,
+        Route::Usage => {
+            let url = req.url().ok();
+            let param = |name: &str| {
+                url.as_ref()?
+                    .query_pairs()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+            };
+            let today = protocol::calendar::day_of_ms(worker::Date::now().as_millis());
+            let query = UsageQuery::parse(
+                param("from").as_deref(),
+                param("to").as_deref(),
+                param("groupBy").as_deref(),
+                param("key").as_deref(),
+                today,
+            )
+            .map_err(|e| ApiError::bad_request("invalid_usage_query", e))?;
+            let report = LedgerHandle::new(env, &tenant)?
+                .usage_report(request_id, query)
+                .await?;
+            ok_json(&report)
+        }
         Route::SetConfig { name } => {
             let body = read_json::<api::ConfigBody>(&mut req, body::MAX_ADMIN_BODY_BYTES).await?;
             let entry = CoordinatorHandle::new(env, &tenant)?
@@ -593,6 +645,10 @@ async fn json_reply(
             let enqueue = read_json::<IngestBody>(&mut req, api::MAX_INGEST_BODY_BYTES)
                 .await?
                 .into_enqueue()?;
+            let enqueue = Enqueue {
+                caller: Some(caller.identity.caller()),
+                ..enqueue
+            };
             let job = IngestHandle::new(env, &tenant)?
                 .enqueue(request_id, enqueue)
                 .await?;
@@ -618,6 +674,10 @@ async fn json_reply(
             let search = read_json::<SearchBody>(&mut req, api::MAX_SEARCH_BODY_BYTES)
                 .await?
                 .into_search()?;
+            let search = Search {
+                caller: Some(caller.identity.caller()),
+                ..search
+            };
             let results = IngestHandle::new(env, &tenant)?
                 .search(request_id, search)
                 .await?;
@@ -722,7 +782,8 @@ async fn inspect(
         }
         ActorKind::Limiter => {
             // `<keyId>`: that key's limiter; `anon-<digest>`: an anonymous
-            // client's; the tenant id: the tenant's ledger.
+            // client's; `tenant-budget`: the tenant's budgets; the tenant id:
+            // the tenant's ledger.
             let lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
             let by = if protocol::keys::valid_key_id(name) {
                 LimitedBy::Key(name.to_owned())
@@ -731,6 +792,8 @@ async fn inspect(
                 .filter(|d| d.len() == 16 && lower_hex(d))
             {
                 LimitedBy::Anonymous(digest.to_owned())
+            } else if name == "tenant-budget" {
+                LimitedBy::TenantBudget
             } else if name == tenant.as_str() {
                 let state = LedgerHandle::new(env, tenant)?.inspect(request_id).await?;
                 return ok_json(&json!({
@@ -741,7 +804,7 @@ async fn inspect(
             } else {
                 return Err(ApiError::not_found(
                     "unknown_actor",
-                    "a limiter is named by a key id, anon-<16 hex digits>, or the tenant id (its ledger)",
+                    "a limiter is named by a key id, anon-<16 hex digits>, tenant-budget, or the tenant id (its ledger)",
                 ));
             };
             let state = LimiterHandle::new(env, tenant, &by)?

@@ -61,6 +61,17 @@ pub enum Identity {
     Anonymous,
 }
 
+impl Identity {
+    /// Whom usage is charged to ([`protocol::usage::caller_of`]).
+    pub fn caller(&self) -> String {
+        match self {
+            Identity::Key { id, .. } => protocol::usage::caller_of(Some(id), false),
+            Identity::Anonymous => protocol::usage::caller_of(None, true),
+            Identity::Operator | Identity::Legacy => protocol::usage::caller_of(None, false),
+        }
+    }
+}
+
 /// What a key's verification leaves for the gateway to decide with (kept in
 /// the isolate's cache instead of the whole record).
 #[derive(Debug, Clone, PartialEq, Eq)]

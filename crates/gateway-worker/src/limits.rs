@@ -17,7 +17,8 @@ use protocol::limits::{Budget, Limits, RateLimitInfo};
 use sha2::{Digest, Sha256};
 
 pub use actors::limiter::admission::{
-    admit, turn_hold_ms, Applied, Work, TURN_HOLD_MARGIN_MS, TURN_INPUT_ESTIMATE,
+    admit, turn_hold_ms, Applied, Work, TENANT_BUDGET_LIMITER, TURN_HOLD_MARGIN_MS,
+    TURN_INPUT_ESTIMATE,
 };
 
 /// The work of `route` that limits apply to; `None` for routes that are not

@@ -56,6 +56,9 @@ pub enum Route {
         /// The key id, unvalidated.
         id: String,
     },
+    /// `GET /admin/usage?from=&to=&groupBy=`: what the tenant's model calls
+    /// used.
+    Usage,
     /// `POST /api/ingest`: store and queue documents.
     Ingest,
     /// `GET /api/ingest/<jobId>`: a job's progress.
@@ -128,7 +131,8 @@ impl Route {
             | Route::GetKey { .. }
             | Route::RotateKey { .. }
             | Route::RevokeKey { .. }
-            | Route::UpdateKey { .. } => Access::Scoped(Scope::Admin),
+            | Route::UpdateKey { .. }
+            | Route::Usage => Access::Scoped(Scope::Admin),
             Route::InjectFaults => Access::Operator,
         }
     }
@@ -194,6 +198,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
                 id: (*id).to_owned(),
             }),
         ),
+        ["admin", "usage"] => (&["GET"], (method == "GET").then_some(Route::Usage)),
         ["admin", "faults"] => (&["POST"], (method == "POST").then_some(Route::InjectFaults)),
         ["api", "ingest"] => (&["POST"], (method == "POST").then_some(Route::Ingest)),
         ["api", "ingest", job_id] => (
@@ -351,6 +356,11 @@ mod tests {
     fn key_routes() {
         assert_eq!(route("POST", "/admin/keys"), Ok(Route::CreateKey));
         assert_eq!(route("GET", "/admin/keys"), Ok(Route::ListKeys));
+        assert_eq!(route("GET", "/admin/usage"), Ok(Route::Usage));
+        assert_eq!(
+            route("POST", "/admin/usage").unwrap_err().allow_header(),
+            Some("GET".to_owned())
+        );
         let id = || "0123456789ab".to_owned();
         assert_eq!(
             route("GET", "/admin/keys/0123456789ab"),

@@ -103,6 +103,10 @@ pub struct TurnReservation {
     /// The model it was admitted for (priced when the turn settles).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The reservation at the tenant's budget limiter
+    /// (`limiter:tenant-budget`), when the tenant has a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<u64>,
 }
 
 /// Whether `name` is the resource name of a caller's limiter
@@ -116,10 +120,23 @@ pub fn valid_limiter_name(name: &str) -> bool {
     })
 }
 
+/// The resource name of the limiter that counts a tenant's budgets.
+pub const TENANT_BUDGET_LIMITER: &str = "limiter:tenant-budget";
+
 impl TurnReservation {
     /// Whether `limiter` names a caller's limiter (and nothing else).
     pub fn valid(&self) -> bool {
         valid_limiter_name(&self.limiter)
+    }
+
+    /// Every reservation the turn holds: `(limiter, reservation id)`, the
+    /// caller's and the tenant budget's.
+    pub fn held(&self) -> Vec<(&str, u64)> {
+        let mut held = vec![(self.limiter.as_str(), self.id)];
+        if let Some(id) = self.tenant {
+            held.push((TENANT_BUDGET_LIMITER, id));
+        }
+        held
     }
 }
 
@@ -608,6 +625,7 @@ mod tests {
     #[test]
     fn a_reservation_names_a_limiter_and_nothing_else() {
         let r = |limiter: &str| TurnReservation {
+            tenant: None,
             limiter: limiter.into(),
             id: 1,
             model: None,

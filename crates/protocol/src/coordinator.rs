@@ -2,6 +2,7 @@
 //! which owns the tenant's record and settings.
 
 use crate::ids::{RequestId, TenantId};
+use crate::limits::{Budget, PriceTable};
 use serde::{Deserialize, Serialize};
 
 /// The chat model a new tenant starts with (a function-calling model).
@@ -173,6 +174,13 @@ pub struct TenantSettings {
     /// operator; unlimited until then.
     #[serde(default)]
     pub limits: crate::limits::Limits,
+    /// Prices per model, for usage costs and cost budgets. Set by the
+    /// operator; `None`: [`PriceTable::workers_ai_defaults`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<PriceTable>,
+    /// The tenant's budgets, over all its callers. Set by the operator.
+    #[serde(default, skip_serializing_if = "Budget::is_unset")]
+    pub budget: Budget,
 }
 
 /// What a request without an API key may do.
@@ -198,7 +206,14 @@ impl TenantSettings {
             },
             anonymous: AnonymousAccess::default(),
             limits: crate::limits::Limits::default(),
+            prices: None,
+            budget: Budget::default(),
         }
+    }
+
+    /// The prices in force.
+    pub fn prices(&self) -> PriceTable {
+        self.prices.clone().unwrap_or_default()
     }
 
     /// Applies a validated patch; returns whether anything changed.
@@ -217,6 +232,12 @@ impl TenantSettings {
         }
         if let Some(limits) = &patch.limits {
             self.limits = *limits;
+        }
+        if let Some(prices) = &patch.prices {
+            self.prices = Some(prices.clone());
+        }
+        if let Some(budget) = &patch.budget {
+            self.budget = *budget;
         }
         if let Some(anonymous) = &patch.anonymous {
             if let Some(search) = anonymous.search {
@@ -255,6 +276,19 @@ pub struct SettingsPatch {
     /// New rate limits (replacing the old ones whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<crate::limits::Limits>,
+    /// A new price table (replacing the old one whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<PriceTable>,
+    /// New tenant budgets (replacing the old ones whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+impl SettingsPatch {
+    /// Whether the patch changes what only the operator may set.
+    pub fn operator_only(&self) -> bool {
+        self.limits.is_some() || self.prices.is_some() || self.budget.is_some()
+    }
 }
 
 /// A partial change of [`AnonymousAccess`].
@@ -307,7 +341,7 @@ impl SettingsPatch {
         let empty_anonymous = self
             .anonymous
             .is_none_or(|a| a.search.is_none() && a.chat.is_none());
-        if self.display_name.is_none() && empty_models && empty_anonymous && self.limits.is_none() {
+        if self.display_name.is_none() && empty_models && empty_anonymous && !self.operator_only() {
             return Err(SettingsError::Empty);
         }
         if let Some(name) = &self.display_name {
@@ -320,6 +354,16 @@ impl SettingsPatch {
         }
         if let Some(limits) = &self.limits {
             limits
+                .validate()
+                .map_err(|e| SettingsError::Limits(e.to_string()))?;
+        }
+        if let Some(prices) = &self.prices {
+            prices
+                .validate()
+                .map_err(|e| SettingsError::Limits(e.to_string()))?;
+        }
+        if let Some(budget) = &self.budget {
+            budget
                 .validate()
                 .map_err(|e| SettingsError::Limits(e.to_string()))?;
         }
@@ -366,6 +410,8 @@ mod tests {
 
     fn patch(name: Option<&str>, chat: Option<&str>) -> SettingsPatch {
         SettingsPatch {
+            budget: Default::default(),
+            prices: None,
             limits: None,
             display_name: name.map(str::to_owned),
             default_models: chat.map(|c| DefaultModelsPatch {
@@ -384,6 +430,8 @@ mod tests {
         );
         assert_eq!(
             SettingsPatch {
+                budget: Default::default(),
+                prices: None,
                 limits: None,
                 display_name: None,
                 default_models: Some(DefaultModelsPatch::default()),

@@ -105,6 +105,11 @@ pub enum IngestRequest {
 pub struct Enqueue {
     /// The documents, 1 to [`MAX_DOCUMENTS`].
     pub documents: Vec<Document>,
+    /// Whom the embeddings are charged to in the usage records (a key id,
+    /// [`crate::usage::ANONYMOUS`] or [`crate::usage::OPERATOR`]); set by
+    /// the gateway, never by a client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 /// Payload of [`IngestRequest::GetJob`].
@@ -133,6 +138,9 @@ pub struct Search {
     pub filter: Metadata,
     /// The mode; `None` is the backend's best (hybrid where it can).
     pub mode: Option<SearchMode>,
+    /// Whom the query's embedding is charged to (as in [`Enqueue`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 /// Payload of [`IngestRequest::Inspect`].
@@ -444,6 +452,7 @@ mod tests {
     #[test]
     fn enqueue_validation() {
         let ok = Enqueue {
+            caller: None,
             documents: vec![doc("a-1.md", "hello")],
         };
         assert_eq!(ok.validate(), Ok(()));
@@ -473,7 +482,14 @@ mod tests {
             ),
         ];
         for (documents, want) in cases {
-            assert_eq!(Enqueue { documents }.validate(), Err(want));
+            assert_eq!(
+                Enqueue {
+                    caller: None,
+                    documents
+                }
+                .validate(),
+                Err(want)
+            );
         }
     }
 
@@ -482,7 +498,11 @@ mod tests {
         let with = |k: &str, v: MetaValue| {
             let mut d = doc("a", "x");
             d.metadata.insert(k.into(), v);
-            Enqueue { documents: vec![d] }.validate()
+            Enqueue {
+                caller: None,
+                documents: vec![d],
+            }
+            .validate()
         };
         assert_eq!(with("source", MetaValue::Str("a.md".into())), Ok(()));
         assert_eq!(with("page", MetaValue::Int(3)), Ok(()));
@@ -516,6 +536,7 @@ mod tests {
     #[test]
     fn search_validation() {
         let s = |q: &str, k: u32| Search {
+            caller: None,
             query: q.into(),
             top_k: k,
             filter: Metadata::new(),

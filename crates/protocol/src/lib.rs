@@ -20,6 +20,7 @@
 //! - [`actor`]: what every actor shares, such as [`ActorKind`].
 
 pub mod actor;
+pub mod calendar;
 pub mod chat;
 pub mod coordinator;
 pub mod envelope;
@@ -28,6 +29,7 @@ pub mod ids;
 pub mod ingest;
 pub mod keys;
 pub mod limits;
+pub mod usage;
 
 pub use actor::ActorKind;
 pub use envelope::{

@@ -211,6 +211,11 @@ impl Default for Budget {
 }
 
 impl Budget {
+    /// Whether nothing at all is set (no limit, no threshold).
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
+
     /// Whether any of its limits is set.
     pub fn is_set(&self) -> bool {
         BudgetKind::ALL.iter().any(|k| self.limit(*k).is_some())
@@ -859,6 +864,8 @@ pub enum RateLimiterRequest {
     Key(LimiterRequest),
     /// To the tenant's ledger.
     Ledger(LedgerRequest),
+    /// To the tenant's ledger: usage records and reports.
+    Usage(crate::usage::UsageRequest),
 }
 
 /// What a `RateLimiter` object answers.
@@ -868,6 +875,8 @@ pub enum RateLimiterResponse {
     Key(LimiterResponse),
     /// From the tenant's ledger.
     Ledger(LedgerResponse),
+    /// From the tenant's ledger, about usage.
+    Usage(crate::usage::UsageResponse),
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ fn all_requests() -> Vec<CoordinatorRequest> {
         CoordinatorRequest::GetTenant(GetTenant {}),
         CoordinatorRequest::UpdateSettings(UpdateSettings {
             patch: SettingsPatch {
+                budget: Default::default(),
+                prices: None,
                 limits: None,
                 display_name: Some("Acme ✓".into()),
                 default_models: Some(DefaultModelsPatch {
@@ -200,6 +202,8 @@ fn golden_update_settings() {
         tenant(),
         CoordinatorRequest::UpdateSettings(UpdateSettings {
             patch: SettingsPatch {
+                budget: Default::default(),
+                prices: None,
                 limits: None,
                 display_name: Some("A".into()),
                 default_models: None,
@@ -325,6 +329,7 @@ mod ingest_messages {
     fn requests() -> Vec<IngestRequest> {
         vec![
             IngestRequest::Enqueue(Enqueue {
+                caller: None,
                 documents: vec![Document {
                     id: "d1".into(),
                     text: "héllo 🦀".into(),
@@ -338,12 +343,14 @@ mod ingest_messages {
                 doc_id: "d1".into(),
             }),
             IngestRequest::Search(Search {
+                caller: None,
                 query: "q".into(),
                 top_k: 5,
                 filter: meta(),
                 mode: Some(SearchMode::Keyword),
             }),
             IngestRequest::Search(Search {
+                caller: None,
                 query: "q".into(),
                 top_k: 1,
                 filter: Metadata::new(),

@@ -21,6 +21,7 @@ pub(super) use crate::error::internal;
 use crate::generation::AnyGenerator;
 use crate::ingest::IngestHandle;
 use crate::limiter::admission::{turn_hold_ms, Applied, Work};
+use crate::limiter::recorder::Used;
 use crate::limiter::{Admission, LimiterHandle};
 use crate::ports::{
     ChatMessage, Clock, GenerateRequest, GenerationEvent, Generator, Kv, Role, SystemClock,
@@ -34,6 +35,7 @@ use protocol::chat::{
 };
 use protocol::coordinator::DEFAULT_CHAT_MODEL;
 use protocol::limits::TokenUsage;
+use protocol::usage::caller_of;
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
@@ -441,8 +443,10 @@ impl Inner {
                     Err(e) => self.feed(ctx.id, |m| m.fail("model_unavailable", e.clone())),
                 },
                 Effect::RunTool(call) => {
-                    let (result, is_error) =
-                        self.run_tool(&ctx.tenant, &ctx.request_id, &call).await;
+                    let caller = caller_of(ctx.turn.access.key.as_deref(), true);
+                    let (result, is_error) = self
+                        .run_tool(&ctx.tenant, &ctx.request_id, &caller, &call)
+                        .await;
                     self.feed(ctx.id, |m| m.on_tool_result(&call.id, &result, is_error))
                 }
                 // `perform` handles every other effect.
@@ -452,9 +456,8 @@ impl Inner {
         }
         let used = self.core.borrow().used(ctx.id);
         self.core.borrow_mut().finish(ctx.id);
-        if let Some(reservation) = &ctx.turn.reservation {
-            self.settle(&ctx, reservation, used).await;
-        }
+        let model = generator.as_ref().ok().map(|g| g.model().to_owned());
+        self.account(&ctx, model, used).await;
         self.rearm().await;
     }
 
@@ -467,9 +470,11 @@ impl Inner {
         applied: &Applied,
         turn: &Turn,
     ) -> std::result::Result<Option<TurnReservation>, Rejected> {
+        let prices = crate::limiter::recorder::prices(&self.env, tenant, request_id).await;
         let work = Work::Turn {
             max_tokens: turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             model: turn.model.clone(),
+            price: turn.model.as_deref().and_then(|m| prices.price(m)),
             hold_ms: turn_hold_ms(|name| self.env.var(name).ok().map(|v| v.to_string())),
         };
         let unavailable = |e: crate::ActorError| {
@@ -478,16 +483,16 @@ impl Inner {
                 format!("the limiter could not be reached: {e}"),
             )
         };
-        let admission = LimiterHandle::at(&self.env, tenant, &applied.limiter)
-            .map_err(unavailable)?
-            .admit(request_id, applied.admit(&work))
-            .await
-            .map_err(unavailable)?;
+        let (admission, at_tenant) =
+            crate::limiter::admit_applied(&self.env, tenant, request_id, applied, &work)
+                .await
+                .map_err(unavailable)?;
         match admission {
             Admission::Admitted(a) => Ok(a.reservation_id.map(|id| TurnReservation {
                 limiter: applied.limiter.clone(),
                 id,
                 model: turn.model.clone(),
+                tenant: at_tenant,
             })),
             Admission::RateLimited(r) => Err(Rejected::new(
                 "rate_limited",
@@ -521,61 +526,86 @@ impl Inner {
         request_id: &RequestId,
         reservation: &TurnReservation,
     ) {
-        let released = match LimiterHandle::at(&self.env, tenant, &reservation.limiter) {
-            Ok(limiter) => limiter
-                .release(request_id, reservation.id)
-                .await
-                .map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = released {
-            worker::console_warn!("chat: a reservation was not released: {e}");
+        for (limiter, id) in reservation.held() {
+            let released = match LimiterHandle::at(&self.env, tenant, limiter) {
+                Ok(limiter) => limiter.release(request_id, id).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = released {
+                worker::console_warn!("chat: a reservation was not released: {e}");
+            }
         }
     }
 
-    /// Settles the turn's reservation at its limiter with what its model
-    /// calls used (nothing used: released). A failure is logged: the
-    /// reservation then expires at the limiter and is charged its estimate.
-    async fn settle(
-        &self,
-        ctx: &TurnContext,
-        reservation: &TurnReservation,
-        used: Option<TokenUsage>,
-    ) {
+    /// Accounts for a turn that ended: its usage is recorded at the tenant's
+    /// ledger (priced with the tenant's prices, charged to the model that
+    /// served it), and its reservation settled with it (nothing used:
+    /// released). A failure is logged: a reservation then expires at the
+    /// limiter and is charged its estimate.
+    async fn account(&self, ctx: &TurnContext, model: Option<String>, used: Option<TokenUsage>) {
+        let reservation = ctx.turn.reservation.as_ref();
+        if used.is_none() && reservation.is_none() {
+            return;
+        }
+        let prices =
+            crate::limiter::recorder::prices(&self.env, &ctx.tenant, &ctx.request_id).await;
+        let model = model
+            .or_else(|| reservation.and_then(|r| r.model.clone()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        if let Some(usage) = used {
+            let turn = [Used {
+                caller: caller_of(ctx.turn.access.key.as_deref(), true),
+                model: model.clone(),
+                requests: 1,
+                usage,
+            }];
+            let now = crate::ports::SystemClock.now_ms();
+            if let Err(e) = crate::limiter::recorder::record(
+                &self.env,
+                &ctx.tenant,
+                &ctx.request_id,
+                now,
+                &turn,
+                &prices,
+            )
+            .await
+            {
+                worker::console_warn!("chat: the turn's usage was not recorded: {e}");
+            }
+        }
+        let Some(reservation) = reservation else {
+            return;
+        };
         if !reservation.valid() {
             worker::console_error!("chat: a turn carried an invalid reservation");
             return;
         }
-        let limiter = match LimiterHandle::at(&self.env, &ctx.tenant, &reservation.limiter) {
-            Ok(l) => l,
-            Err(e) => {
-                worker::console_error!("chat: no limiter to settle with: {e}");
-                return;
+        for (limiter, id) in reservation.held() {
+            let limiter = match LimiterHandle::at(&self.env, &ctx.tenant, limiter) {
+                Ok(l) => l,
+                Err(e) => {
+                    worker::console_error!("chat: no limiter to settle with: {e}");
+                    continue;
+                }
+            };
+            let settled = match used {
+                Some(usage) => limiter
+                    .settle(
+                        &ctx.request_id,
+                        protocol::limits::Settle {
+                            reservation_id: id,
+                            usage,
+                            price: prices.price(&model),
+                            model: Some(model.clone()),
+                        },
+                    )
+                    .await
+                    .map(|_| ()),
+                None => limiter.release(&ctx.request_id, id).await.map(|_| ()),
+            };
+            if let Err(e) = settled {
+                worker::console_warn!("chat: the turn's reservation was not settled: {e}");
             }
-        };
-        let settled = match used {
-            Some(usage) => limiter
-                .settle(
-                    &ctx.request_id,
-                    protocol::limits::Settle {
-                        reservation_id: reservation.id,
-                        usage,
-                        price: reservation
-                            .model
-                            .as_deref()
-                            .and_then(|m| protocol::limits::PriceTable::default().price(m)),
-                        model: reservation.model.clone(),
-                    },
-                )
-                .await
-                .map(|_| ()),
-            None => limiter
-                .release(&ctx.request_id, reservation.id)
-                .await
-                .map(|_| ()),
-        };
-        if let Err(e) = settled {
-            worker::console_warn!("chat: the turn's reservation was not settled: {e}");
         }
     }
 
@@ -651,12 +681,16 @@ impl Inner {
         &self,
         tenant: &TenantId,
         request_id: &RequestId,
+        caller: &str,
         call: &ToolCall,
     ) -> (Value, bool) {
         match call.name.as_str() {
             "vector_search" => {
                 let search = match tools::search_request(&call.arguments) {
-                    Ok(s) => s,
+                    Ok(s) => protocol::ingest::Search {
+                        caller: Some(caller.to_owned()),
+                        ..s
+                    },
                     Err(e) => return (json!({ "error": e }), true),
                 };
                 let found = match IngestHandle::new(&self.env, tenant) {

@@ -52,6 +52,7 @@ pub fn search_request(arguments: &Value) -> Result<Search, String> {
             .ok_or("topK must be a whole number")?,
     };
     let search = Search {
+        caller: None,
         query,
         top_k,
         filter: Metadata::new(),

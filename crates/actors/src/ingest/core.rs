@@ -66,6 +66,10 @@ pub struct JobRecord {
     /// Chunks the job adds to the index once done (its documents' chunks
     /// minus those they replace), as estimated when it was accepted.
     pub net_chunks: i64,
+    /// Whom its embeddings are charged to (jobs stored before usage records
+    /// existed: nobody named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 impl JobRecord {
@@ -108,6 +112,8 @@ pub struct EnqueueFacts {
     pub docs: Vec<NewDoc>,
     /// Chunks the index holds now.
     pub indexed_chunks: u64,
+    /// Whom the job's embeddings are charged to.
+    pub caller: Option<String>,
 }
 
 /// What the shell knows when a delete arrives.
@@ -330,6 +336,14 @@ impl QueueCore {
     }
 
     /// A job by id, pending or recent.
+    /// Whom a job's embeddings are charged to.
+    pub fn job_caller(&self, job_id: &str) -> Option<&str> {
+        self.pending
+            .iter()
+            .find(|r| r.view.job_id == job_id)
+            .and_then(|r| r.caller.as_deref())
+    }
+
     pub fn job(&self, job_id: &str) -> Option<&JobView> {
         self.pending
             .iter()
@@ -383,6 +397,7 @@ impl QueueCore {
             },
             text_bytes: facts.docs.iter().map(|d| d.text_bytes).sum(),
             net_chunks: net_chunks(&facts.docs),
+            caller: facts.caller.clone(),
         };
         self.pending.push_back(record.clone());
         let accepted = JobAccepted {
@@ -672,6 +687,7 @@ mod tests {
 
     fn enqueue(q: &mut QueueCore, job: &str, docs: Vec<NewDoc>, now: u64) -> Effects {
         let facts = EnqueueFacts {
+            caller: None,
             job_id: job.into(),
             docs,
             indexed_chunks: 0,
@@ -748,6 +764,7 @@ mod tests {
                 })
                 .collect();
             let facts = EnqueueFacts {
+                caller: None,
                 job_id: job.into(),
                 docs: new,
                 indexed_chunks: self.documents.values().map(|n| u64::from(*n)).sum(),
@@ -1078,6 +1095,7 @@ mod tests {
         enqueue(&mut q, "j2", vec![doc("b", 1)], 0);
         assert_eq!(q.backlog_bytes(), 200);
         let facts = |job: &str, bytes| EnqueueFacts {
+            caller: None,
             job_id: job.into(),
             docs: vec![NewDoc {
                 text_bytes: bytes,
@@ -1109,6 +1127,7 @@ mod tests {
         };
         let mut q = QueueCore::new(bounds);
         let facts = |job: &str, chunks, replaces_chunks, indexed_chunks| EnqueueFacts {
+            caller: None,
             job_id: job.into(),
             docs: vec![NewDoc {
                 doc_id: "a".into(),

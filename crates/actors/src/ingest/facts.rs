@@ -89,6 +89,7 @@ pub fn enqueue_facts(
         0
     };
     Ok(EnqueueFacts {
+        caller: None,
         job_id,
         docs,
         indexed_chunks,

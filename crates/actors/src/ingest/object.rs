@@ -18,12 +18,14 @@ use super::restore;
 use super::search::{choose_mode, SearchPlan, CACHE_TTL_SECS};
 use super::store::QueueStore;
 use super::work::{self, Budget, DocRun, Done, Finish, Step, WorkRun, Worked};
+use crate::limiter::recorder::{self, Used};
 use crate::ports::{Clock, Embedder, Kv, PortError, SystemClock, VectorIndex};
 use crate::providers::{self, AnyEmbedder, AnyIndex, Settings};
 use crate::retrieval::MemIndex;
 use crate::rpc;
 use protocol::ingest::{Document, Enqueue, IngestRequest, IngestResponse, Search};
-use protocol::{Envelope, ErrorReply, TenantId};
+use protocol::limits::TokenUsage;
+use protocol::{Envelope, ErrorReply, RequestId, TenantId};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use worker::{durable_object, Env, Request as HttpRequest, Response, ScheduledTime, State};
@@ -207,13 +209,21 @@ impl IngestQueue {
         let faults = Some(SqlFaults::new(self.state.storage().sql()));
         let ports = AnyEmbedder::new(&self.env, settings, faults)
             .and_then(|embedder| Ok((embedder, self.index(tenant, settings)?)));
+        let caller = self
+            .with_core(|c| c.job_caller(&item.job_id).map(str::to_owned))
+            .ok()
+            .flatten();
         let mut step = run.first();
         loop {
             let done = match (step, &ports) {
                 (Step::Finish(finish), _) => return self.finish(finish),
                 (_, Err(e)) => Err(e.clone()),
                 (Step::Embed, Ok((embedder, _))) => {
-                    embedder.embed(run.chunks()).await.map(Done::Embedded)
+                    let embedded = embedder.embed(run.chunks()).await;
+                    if embedded.is_ok() {
+                        self.charge(tenant, caller.clone(), embedder.model(), run.chunks());
+                    }
+                    embedded.map(Done::Embedded)
                 }
                 (Step::Upsert(records), Ok((_, index))) => {
                     index.upsert(&records).await.map(|()| Done::Upserted)
@@ -228,6 +238,29 @@ impl IngestQueue {
                 Err(e) => return self.stop(&e),
             };
         }
+    }
+
+    /// Records what embedding `texts` used, beside the answer (a failure is
+    /// logged; the work is not undone for it).
+    fn charge(&self, tenant: &TenantId, caller: Option<String>, model: &str, texts: &[String]) {
+        let used = [Used {
+            caller: caller.unwrap_or_else(|| protocol::usage::OPERATOR.to_owned()),
+            model: model.to_owned(),
+            requests: 1,
+            usage: TokenUsage {
+                input_tokens: protocol::usage::embedding_tokens(texts),
+                output_tokens: 0,
+            },
+        }];
+        let (env, tenant, now) = (self.env.clone(), tenant.clone(), self.now());
+        self.state.wait_until(async move {
+            let request_id = RequestId::from_random(crate::entropy::random_bytes());
+            let prices = recorder::prices(&env, &tenant, &request_id).await;
+            if let Err(e) = recorder::record(&env, &tenant, &request_id, now, &used, &prices).await
+            {
+                worker::console_warn!("ingest queue: embedding usage not recorded: {e}");
+            }
+        });
     }
 
     /// Persists how a document's work ended.
@@ -293,7 +326,9 @@ impl IngestQueue {
             // Injected failures are for indexing: a search never takes one.
             let embedder = AnyEmbedder::new(&self.env, settings, None::<SqlFaults>)?;
             let query = std::slice::from_ref(&search.query);
-            embedder.embed(query).await?.into_iter().next()
+            let vector = embedder.embed(query).await?.into_iter().next();
+            self.charge(tenant, search.caller.clone(), embedder.model(), query);
+            vector
         } else {
             None
         };

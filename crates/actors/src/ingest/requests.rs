@@ -5,7 +5,7 @@
 //! Pure: storage is read through [`Records`]; the shell performs the
 //! returned effects, the one await of a delete, and the encoding.
 
-use super::core::{DeletePlan, Effects, QueueCore, Reply, Request};
+use super::core::{DeletePlan, Effects, EnqueueFacts, QueueCore, Reply, Request};
 use super::facts::{delete_facts, enqueue_facts, Records};
 use crate::providers::Settings;
 use protocol::ingest::{Enqueue, IngestResponse, IngestSnapshot, JobAccepted, JobStatus, JobView};
@@ -38,7 +38,10 @@ pub fn accept(
     now_ms: u64,
 ) -> Result<(JobAccepted, Effects), ErrorReply> {
     enqueue.validate().map_err(invalid)?;
-    let facts = enqueue_facts(job_id, &enqueue.documents, settings, records)?;
+    let facts = EnqueueFacts {
+        caller: enqueue.caller.clone(),
+        ..enqueue_facts(job_id, &enqueue.documents, settings, records)?
+    };
     let (reply, effects) = core.handle(Request::Enqueue(facts), now_ms);
     match reply? {
         Reply::Accepted(accepted) => Ok((accepted, effects)),
@@ -176,6 +179,7 @@ mod tests {
 
     fn enqueue(ids: &[&str]) -> Enqueue {
         Enqueue {
+            caller: None,
             documents: ids
                 .iter()
                 .map(|id| Document {

@@ -84,6 +84,7 @@ impl LegacySaved {
         for view in q.recent.into_iter().chain(q.pending) {
             let text_bytes = text_bytes(&view.job_id)?;
             effects.push(Effect::SaveJob(JobRecord {
+                caller: None,
                 view,
                 text_bytes,
                 net_chunks: 0,
@@ -129,6 +130,7 @@ mod tests {
 
     fn row(job: &str, status: JobStatus) -> String {
         serde_json::to_string(&JobRecord {
+            caller: None,
             view: view(job, status),
             text_bytes: 7,
             net_chunks: 1,

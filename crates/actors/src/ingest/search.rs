@@ -145,6 +145,7 @@ mod tests {
 
     fn search(mode: Option<SearchMode>) -> Search {
         Search {
+            caller: None,
             query: "Where is state kept?".into(),
             top_k: 3,
             filter: Metadata::from([("source".to_owned(), MetaValue::Str("a.md".into()))]),

@@ -352,6 +352,7 @@ mod tests {
     fn queue(bounds: Bounds, doc_id: &str) -> QueueCore {
         let mut core = QueueCore::new(bounds);
         let facts = EnqueueFacts {
+            caller: None,
             job_id: "j1".into(),
             docs: vec![NewDoc {
                 doc_id: doc_id.into(),
@@ -532,6 +533,7 @@ mod tests {
         let (reply, _) = core.handle(Request::BeginDelete(facts), 0);
         assert!(matches!(reply, Ok(Reply::DeletePlan(_))));
         let enqueue = EnqueueFacts {
+            caller: None,
             job_id: "j1".into(),
             docs: vec![NewDoc {
                 doc_id: "a".into(),

@@ -2,7 +2,7 @@
 //! admits requests and the turns of `POST /api/chat` with it, a session the
 //! turns of its WebSockets (whose frames never pass the gateway).
 
-use protocol::limits::{Admit, Budget, Limits, PriceTable, TokenUsage};
+use protocol::limits::{Admit, Budget, Limits, Price, TokenUsage};
 use serde::{Deserialize, Serialize};
 
 /// The limits that apply to a caller, as the gateway found them, and whose
@@ -20,12 +20,44 @@ pub struct Applied {
     pub tenant_limits: Limits,
     /// The caller's budget.
     pub budget: Budget,
+    /// The tenant's budget, over all its callers (counted at
+    /// [`TENANT_BUDGET_LIMITER`]).
+    #[serde(default, skip_serializing_if = "Budget::is_unset")]
+    pub tenant_budget: Budget,
 }
 
+/// The limiter (resource name) that counts the tenant's budgets: one object
+/// per tenant, asked only for the chat turns of a tenant that has a budget
+/// (turns last seconds, so it sees a few messages a second at most where a
+/// per-request object would see every request). Not a key id (those are hex)
+/// nor an anonymous client's (`anon-`).
+pub use protocol::chat::TENANT_BUDGET_LIMITER;
+
 impl Applied {
-    /// The admit request for `work`.
+    /// The admit request for `work` at the caller's limiter.
     pub fn admit(&self, work: &Work) -> Admit {
         admit(work, self.limits, self.tenant_limits, self.budget)
+    }
+
+    /// The admit request for `work` at [`TENANT_BUDGET_LIMITER`]: a turn
+    /// under a tenant budget reserves its estimate there too (no rate limit,
+    /// no slot: those are the caller's); `None` when there is nothing to
+    /// count.
+    pub fn tenant_admit(&self, work: &Work) -> Option<Admit> {
+        if !self.tenant_budget.is_set() || !matches!(work, Work::Turn { .. }) {
+            return None;
+        }
+        let key = admit(
+            work,
+            Limits::default(),
+            Limits::default(),
+            self.tenant_budget,
+        );
+        Some(Admit {
+            count_request: false,
+            turn: false,
+            ..key
+        })
     }
 }
 
@@ -65,8 +97,10 @@ pub enum Work {
     Turn {
         /// The answer's token budget.
         max_tokens: u32,
-        /// The model it will use, if known (for the cost estimate).
+        /// The model it will use, if known (shown in the reservation).
         model: Option<String>,
+        /// That model's price (the tenant's table), for the cost estimate.
+        price: Option<Price>,
         /// How long the reservation is held ([`turn_hold_ms`]).
         hold_ms: u64,
     },
@@ -87,16 +121,18 @@ impl Work {
 /// The admit request for `work` under `limits`, the tenant's totals and the
 /// caller's `budget`.
 pub fn admit(work: &Work, limits: Limits, tenant: Limits, budget: Budget) -> Admit {
-    let (turn, model, hold_ms) = match work {
-        Work::Request => (false, None, REQUEST_HOLD_MS),
-        Work::Turn { model, hold_ms, .. } => (true, model.clone(), *hold_ms),
+    let (turn, model, price, hold_ms) = match work {
+        Work::Request => (false, None, None, REQUEST_HOLD_MS),
+        Work::Turn {
+            model,
+            price,
+            hold_ms,
+            ..
+        } => (true, model.clone(), *price, *hold_ms),
     };
     // Budgets count model tokens: a request that spends none (a search, an
     // ingest, an upgrade) is never refused by one, even once it is spent.
     let budget = if turn { budget } else { Budget::default() };
-    let price = model
-        .as_deref()
-        .and_then(|m| PriceTable::workers_ai_defaults().price(m));
     Admit {
         limits,
         budget,
@@ -113,6 +149,7 @@ pub fn admit(work: &Work, limits: Limits, tenant: Limits, budget: Budget) -> Adm
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::limits::PriceTable;
 
     #[test]
     fn a_turn_reserves_its_estimate_and_a_slot_and_a_request_nothing() {
@@ -124,6 +161,7 @@ mod tests {
             },
             tenant_limits: Limits::default(),
             budget: Budget::default(),
+            tenant_budget: Budget::default(),
         };
         let spent = Applied {
             budget: Budget {
@@ -143,6 +181,7 @@ mod tests {
         let turn = applied.admit(&Work::Turn {
             max_tokens: 300,
             model: Some("@cf/meta/llama-3.1-8b-instruct".into()),
+            price: PriceTable::workers_ai_defaults().price("@cf/meta/llama-3.1-8b-instruct"),
             hold_ms: turn_hold_ms(|_| None),
         });
         assert!(turn.turn && turn.count_request);
@@ -153,6 +192,31 @@ mod tests {
         );
         assert_eq!(turn.hold_ms, 120_000 + TURN_HOLD_MARGIN_MS);
         assert!(turn.price.is_some(), "a priced model is priced");
+        assert_eq!(applied.tenant_admit(&Work::Request), None);
+        let turn_work = Work::Turn {
+            max_tokens: 300,
+            model: None,
+            price: None,
+            hold_ms: 1_000,
+        };
+        assert_eq!(applied.tenant_admit(&turn_work), None, "no tenant budget");
+        let budgeted = Applied {
+            tenant_budget: Budget {
+                tokens_per_day: Some(5_000),
+                ..Budget::default()
+            },
+            ..applied.clone()
+        };
+        let at_tenant = budgeted.tenant_admit(&turn_work).unwrap();
+        assert_eq!(at_tenant.budget.tokens_per_day, Some(5_000));
+        assert!(
+            !at_tenant.turn && !at_tenant.count_request,
+            "no slot, no rpm"
+        );
+        assert_eq!(at_tenant.limits, Limits::default());
+        assert_eq!(at_tenant.estimate.total(), TURN_INPUT_ESTIMATE + 300);
+        assert!(at_tenant.validate().is_ok());
+        assert!(protocol::chat::valid_limiter_name(TENANT_BUDGET_LIMITER));
         assert!(turn.validate().is_ok());
         let long = turn_hold_ms(|n| (n == "CHAT_TURN_TIMEOUT_SECS").then(|| "3600".to_owned()));
         assert_eq!(

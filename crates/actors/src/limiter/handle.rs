@@ -1,14 +1,16 @@
 //! Typed handles to `RateLimiter` objects: a key's limiter and the tenant's
 //! ledger.
 
+use super::admission::{Applied, Work, TENANT_BUDGET_LIMITER};
 use super::{BINDING, RESOURCE};
 use crate::error::ActorError;
 use crate::rpc::{reply_as, ActorStub, NamedReply};
 use protocol::limits::{
     Admit, Admitted, BudgetExceeded, Inspect, LeaseAsk, LeaseGrant, LeaseReturn, LedgerRequest,
-    LedgerResponse, LedgerSnapshot, LimiterRequest, LimiterResponse, LimiterSnapshot, RateLimited,
-    RateLimiterRequest, RateLimiterResponse, Release, Released, Settle, Settled,
+    LedgerResponse, LedgerSnapshot, LimitScope, LimiterRequest, LimiterResponse, LimiterSnapshot,
+    RateLimited, RateLimiterRequest, RateLimiterResponse, Release, Released, Settle, Settled,
 };
+use protocol::usage::{UsageQuery, UsageRecord, UsageReport, UsageRequest, UsageResponse};
 use protocol::{RequestId, TenantId};
 use worker::Env;
 
@@ -28,6 +30,10 @@ impl NamedReply for RateLimiterResponse {
                 LedgerResponse::Returned(_) => "Returned",
                 LedgerResponse::Snapshot(_) => "LedgerSnapshot",
             },
+            RateLimiterResponse::Usage(u) => match u {
+                UsageResponse::Recorded(_) => "Recorded",
+                UsageResponse::Report(_) => "Report",
+            },
         }
     }
 }
@@ -40,6 +46,8 @@ pub enum LimitedBy {
     Key(String),
     /// Anonymous traffic from one client (a hex digest of its address).
     Anonymous(String),
+    /// The tenant's budgets ([`TENANT_BUDGET_LIMITER`]).
+    TenantBudget,
 }
 
 impl LimitedBy {
@@ -49,6 +57,7 @@ impl LimitedBy {
         match self {
             LimitedBy::Key(id) => format!("{RESOURCE}:{id}"),
             LimitedBy::Anonymous(digest) => format!("{RESOURCE}:anon-{digest}"),
+            LimitedBy::TenantBudget => TENANT_BUDGET_LIMITER.to_owned(),
         }
     }
 }
@@ -171,6 +180,47 @@ fn unexpected(expected: &'static str, got: LimiterResponse) -> ActorError {
 
 /// A tenant's ledger, `${tenantId}:limiter`: the tenant's capacity, lent to
 /// its keys' limiters.
+/// Admits `work` as `applied` says: at the caller's limiter, then, for a
+/// turn under a tenant budget, at [`TENANT_BUDGET_LIMITER`]. A refusal or
+/// failure there gives the caller's reservation back. Returns the admission
+/// and the reservation at the tenant's budget limiter, if one was made.
+pub async fn admit_applied(
+    env: &Env,
+    tenant: &TenantId,
+    request_id: &RequestId,
+    applied: &Applied,
+    work: &Work,
+) -> Result<(Admission, Option<u64>), ActorError> {
+    let caller = LimiterHandle::at(env, tenant, &applied.limiter)?;
+    let admission = caller.admit(request_id, applied.admit(work)).await?;
+    let (Admission::Admitted(admitted), Some(at_tenant)) = (&admission, applied.tenant_admit(work))
+    else {
+        return Ok((admission, None));
+    };
+    let second = match LimiterHandle::at(env, tenant, TENANT_BUDGET_LIMITER) {
+        Ok(limiter) => limiter.admit(request_id, at_tenant).await,
+        Err(e) => Err(e),
+    };
+    if let Ok(Admission::Admitted(t)) = &second {
+        return Ok((admission, t.reservation_id));
+    }
+    if let Some(id) = admitted.reservation_id {
+        if let Err(e) = caller.release(request_id, id).await {
+            worker::console_warn!("a reservation was not released: {e}");
+        }
+    }
+    match second? {
+        Admission::BudgetExceeded(b) => Ok((
+            Admission::BudgetExceeded(BudgetExceeded {
+                scope: LimitScope::Tenant,
+                ..b
+            }),
+            None,
+        )),
+        refused => Ok((refused, None)),
+    }
+}
+
 pub struct LedgerHandle {
     actor: ActorStub,
 }
@@ -228,6 +278,54 @@ impl LedgerHandle {
             LedgerResponse::Snapshot(s) => Ok(s),
             other => Err(ledger_unexpected("LedgerSnapshot", other)),
         }
+    }
+}
+
+impl LedgerHandle {
+    async fn usage(
+        &self,
+        request_id: &RequestId,
+        request: UsageRequest,
+    ) -> Result<UsageResponse, ActorError> {
+        let reply: RateLimiterResponse = self
+            .actor
+            .send(request_id, RateLimiterRequest::Usage(request))
+            .await?;
+        reply_as!(reply, RateLimiterResponse::Usage)
+    }
+
+    /// Adds usage records (at most [`protocol::usage::MAX_RECORDS`]).
+    pub async fn record_usage(
+        &self,
+        request_id: &RequestId,
+        records: Vec<UsageRecord>,
+    ) -> Result<u64, ActorError> {
+        match self
+            .usage(request_id, UsageRequest::Record(records))
+            .await?
+        {
+            UsageResponse::Recorded(n) => Ok(n),
+            other => Err(usage_unexpected("Recorded", other)),
+        }
+    }
+
+    /// A usage report.
+    pub async fn usage_report(
+        &self,
+        request_id: &RequestId,
+        query: UsageQuery,
+    ) -> Result<UsageReport, ActorError> {
+        match self.usage(request_id, UsageRequest::Report(query)).await? {
+            UsageResponse::Report(r) => Ok(r),
+            other => Err(usage_unexpected("Report", other)),
+        }
+    }
+}
+
+fn usage_unexpected(expected: &'static str, got: UsageResponse) -> ActorError {
+    ActorError::UnexpectedReply {
+        expected,
+        got: RateLimiterResponse::Usage(got).variant(),
     }
 }
 

@@ -65,9 +65,11 @@ pub mod core;
 mod handle;
 pub mod ledger;
 mod object;
+pub mod recorder;
+mod usage;
 
 pub use self::core::{Effect, LimiterCore, LimiterState, Outcome};
-pub use handle::{Admission, LedgerHandle, LimitedBy, LimiterHandle};
+pub use handle::{admit_applied, Admission, LedgerHandle, LimitedBy, LimiterHandle};
 pub use ledger::{LedgerCore, LedgerState};
 pub use object::RateLimiter;
 

@@ -22,6 +22,7 @@ use protocol::limits::{
     LeaseReturn, LedgerRequest, LimitKind, LimitScope, LimiterRequest, LimiterResponse,
     RateLimited, RateLimiterRequest, RateLimiterResponse,
 };
+use protocol::usage::{UsageRequest, UsageResponse};
 use protocol::{ErrorCode, ErrorReply, RequestId, TenantId};
 use std::cell::{Cell, RefCell};
 use worker::{durable_object, Env, Request, Response, Result, ScheduledTime, State};
@@ -267,6 +268,19 @@ impl RateLimiter {
         }
     }
 
+    /// Usage records and reports, at the tenant's ledger.
+    fn usage(&self, request: UsageRequest) -> std::result::Result<UsageResponse, ErrorReply> {
+        let sql = self.state.storage().sql();
+        match request {
+            UsageRequest::Record(records) => {
+                super::usage::record(&sql, &records).map(UsageResponse::Recorded)
+            }
+            UsageRequest::Report(query) => {
+                super::usage::read(&sql, &query).map(UsageResponse::Report)
+            }
+        }
+    }
+
     /// One request to a tenant's ledger.
     async fn ledger(
         &self,
@@ -320,6 +334,10 @@ impl worker::DurableObject for RateLimiter {
             },
             RateLimiterRequest::Ledger(request) => match self.load(Some(&tenant), "ledger") {
                 Ok(()) => self.ledger(request).await.map(RateLimiterResponse::Ledger),
+                Err(e) => Err(e),
+            },
+            RateLimiterRequest::Usage(request) => match self.load(Some(&tenant), "ledger") {
+                Ok(()) => self.usage(request).map(RateLimiterResponse::Usage),
                 Err(e) => Err(e),
             },
         };
