@@ -62,7 +62,9 @@ fn turn(server: &Server, key: &str, session: &str, message: &str) -> Result<(u64
     assert_eq!(done["type"], "done", "{done}");
     Ok((
         done["usage"]["inputTokens"].as_u64().expect("inputTokens"),
-        done["usage"]["outputTokens"].as_u64().expect("outputTokens"),
+        done["usage"]["outputTokens"]
+            .as_u64()
+            .expect("outputTokens"),
     ))
 }
 
@@ -99,7 +101,13 @@ fn usage_sums_the_turns_usage_priced_by_the_operator() {
         "local/hashed-768": { "inputPerMillionMicros": 1_000_000 }
     }});
     let (admin_key, _) = new_key(&server, A, json!(["admin"]));
-    let r = with_key(&server, &admin_key, "PATCH", "/admin/tenant", Some(prices.clone()));
+    let r = with_key(
+        &server,
+        &admin_key,
+        "PATCH",
+        "/admin/tenant",
+        Some(prices.clone()),
+    );
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (403, "operator_only"),
@@ -158,10 +166,15 @@ fn usage_sums_the_turns_usage_priced_by_the_operator() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let path = format!("/admin/usage?groupBy=model&key={search_id}");
-    let report = report_when(&server, A, &path, |r| !r["rows"].as_array().unwrap().is_empty());
+    let report = report_when(&server, A, &path, |r| {
+        !r["rows"].as_array().unwrap().is_empty()
+    });
     let embedded = row(&report, "local/hashed-768");
     assert_eq!(
-        (embedded["requests"].as_u64(), embedded["inputTokens"].as_u64()),
+        (
+            embedded["requests"].as_u64(),
+            embedded["inputTokens"].as_u64()
+        ),
         (Some(1), Some(6)),
         "{report}"
     );
@@ -172,7 +185,10 @@ fn usage_sums_the_turns_usage_priced_by_the_operator() {
     assert!(chat_row["inputTokens"].as_u64() >= Some(sent.0), "{by_key}");
     let by_day = report_when(&server, A, "/admin/usage", |_| true);
     assert_eq!(by_day["groupBy"], "day");
-    assert_eq!(by_day["total"], by_key["total"], "one total, however grouped");
+    assert_eq!(
+        by_day["total"], by_key["total"],
+        "one total, however grouped"
+    );
     let rows = by_day["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "all of it today (UTC): {by_day}");
     assert_eq!(rows[0]["group"], by_day["to"]);
@@ -203,11 +219,20 @@ fn a_tenants_daily_token_budget_holds_across_its_keys() {
     let server = shared(Deployment::Dedicated(B));
     let (admin_key, _) = new_key(&server, B, json!(["admin"]));
     let budget = json!({ "budget": { "tokensPerDay": 4000 } });
-    let r = with_key(&server, &admin_key, "PATCH", "/admin/tenant", Some(budget.clone()));
+    let r = with_key(
+        &server,
+        &admin_key,
+        "PATCH",
+        "/admin/tenant",
+        Some(budget.clone()),
+    );
     assert_eq!(r.status, 403, "only the operator sets it: {}", r.body);
     let r = server.as_operator(B, "PATCH", "/admin/tenant", Some(budget));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["tenant"]["settings"]["budget"]["tokensPerDay"], 4000);
+    assert_eq!(
+        r.json()["tenant"]["settings"]["budget"]["tokensPerDay"],
+        4000
+    );
     // The gateway reads the tenant's settings through a 1 s cache.
     std::thread::sleep(Duration::from_millis(1_100));
 
@@ -268,7 +293,10 @@ fn a_tenants_daily_token_budget_holds_across_its_keys() {
         r.body
     );
     assert_eq!(error["used"].as_u64(), Some(spent), "{}", r.body);
-    assert!(spent + 1040 > 4000, "refused only when the turn would not fit");
+    assert!(
+        spent + 1040 > 4000,
+        "refused only when the turn would not fit"
+    );
 
     // Lifted: turns go on.
     let r = server.as_operator(B, "PATCH", "/admin/tenant", Some(json!({ "budget": {} })));

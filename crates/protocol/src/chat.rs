@@ -92,6 +92,31 @@ pub struct Turn {
     pub reservation: Option<TurnReservation>,
 }
 
+/// What a turn's model calls used, as its `done` event reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnUsage {
+    /// Prompt tokens, summed over the turn's model calls.
+    pub input_tokens: u64,
+    /// Generated tokens, summed.
+    pub output_tokens: u64,
+    /// Their cost in micro-dollars, by the tenant's price of the model that
+    /// served the turn; absent where that model is unpriced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micros: Option<u64>,
+}
+
+impl TurnUsage {
+    /// `tokens`, priced at `price` if the model has one.
+    pub fn new(tokens: crate::limits::TokenUsage, price: Option<crate::limits::Price>) -> Self {
+        Self {
+            input_tokens: tokens.input_tokens,
+            output_tokens: tokens.output_tokens,
+            cost_micros: price.map(|p| p.cost_micros(tokens)),
+        }
+    }
+}
+
 /// A reservation at a `RateLimiter`, held by a turn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TurnReservation {
@@ -354,9 +379,10 @@ pub enum ChatEvent {
         /// Sequence number of the stored answer.
         message_seq: u64,
         /// Tokens the turn's model calls used, summed (`inputTokens`,
-        /// `outputTokens`); absent when the model reported none.
+        /// `outputTokens`), and their cost where the model is priced
+        /// (`costMicros`); absent when the model reported none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        usage: Option<crate::limits::TokenUsage>,
+        usage: Option<TurnUsage>,
     },
     /// The turn failed; what was stored stays consistent.
     Error {
@@ -535,9 +561,10 @@ mod tests {
             ChatEvent::Done {
                 ok: true,
                 message_seq: 4,
-                usage: Some(crate::limits::TokenUsage {
+                usage: Some(TurnUsage {
                     input_tokens: 10,
                     output_tokens: 3,
+                    cost_micros: Some(7),
                 }),
             },
             ChatEvent::error("model_failed", "boom"),

@@ -29,12 +29,13 @@ use crate::ports::{
 };
 use crate::providers;
 use futures::channel::mpsc;
+use protocol::chat::TurnUsage;
 use protocol::chat::{
     encode_frame, Access, ChatEvent, ChatResponse, ChatSnapshot, Cleared, Turn, TurnFrame,
     TurnReservation, UpToDate, Usage, DEFAULT_MAX_TOKENS,
 };
 use protocol::coordinator::DEFAULT_CHAT_MODEL;
-use protocol::limits::TokenUsage;
+use protocol::limits::{Price, TokenUsage};
 use protocol::usage::caller_of;
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
 use serde_json::{json, Value};
@@ -63,6 +64,9 @@ pub(super) struct Inner {
     pub(super) env: Env,
     pub(super) store: SessionStore,
     pub(super) core: RefCell<SessionCore>,
+    /// The price of the running turn's model, if priced (one turn runs at a
+    /// time).
+    pub(super) turn_price: Cell<Option<Price>>,
     /// The tenant and session this object is bound to, once checked.
     pub(super) bound: RefCell<Option<(TenantId, SessionId)>>,
     /// Streams following a running turn.
@@ -313,7 +317,12 @@ impl Inner {
                         .and_then(|seq| self.store.turn_done(turn, now).map(|()| seq));
                     match done {
                         Ok(seq) => {
-                            let usage = self.core.borrow().used(turn);
+                            let price = self.turn_price.get();
+                            let usage = self
+                                .core
+                                .borrow()
+                                .used(turn)
+                                .map(|tokens| TurnUsage::new(tokens, price));
                             self.emit(
                                 turn,
                                 &ChatEvent::Done {
@@ -435,7 +444,18 @@ impl Inner {
         // it: the first event does not wait for it.
         let arming = Rc::clone(&self);
         self.state.wait_until(async move { arming.rearm().await });
-        let generator = self.generator(&ctx).await;
+        // The price of the turn's model (for its `done` event), fetched beside
+        // the model (both from the tenant's coordinator, cached).
+        let (generator, prices) = futures::join!(
+            self.generator(&ctx),
+            crate::limiter::recorder::prices(&self.env, &ctx.tenant, &ctx.request_id)
+        );
+        self.turn_price.set(
+            generator
+                .as_ref()
+                .ok()
+                .and_then(|g| prices.price(g.model())),
+        );
         while let Some(effect) = waiting.pop_front() {
             let more = match effect {
                 Effect::Generate => match &generator {
