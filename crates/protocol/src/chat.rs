@@ -340,6 +340,10 @@ pub enum ChatEvent {
         /// `outputTokens`); absent when the model reported none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<crate::limits::TokenUsage>,
+        /// The model that served the answer (a fallback when the tenant's
+        /// default failed); absent when unknown.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
     },
     /// The turn failed; what was stored stays consistent.
     Error {
@@ -522,6 +526,7 @@ mod tests {
                     input_tokens: 10,
                     output_tokens: 3,
                 }),
+                model: Some("@cf/m".into()),
             },
             ChatEvent::error("model_failed", "boom"),
         ]
@@ -591,13 +596,14 @@ mod tests {
         assert_eq!(
             done,
             serde_json::json!({"type":"done","ok":true,"message_seq":4,
-                               "usage":{"inputTokens":10,"outputTokens":3}})
+                               "usage":{"inputTokens":10,"outputTokens":3},"model":"@cf/m"})
         );
-        // Without usage, the field is left out (the shape clients had).
+        // Without usage and model, the fields are left out (the shape clients had).
         let bare = ChatEvent::Done {
             ok: true,
             message_seq: 4,
             usage: None,
+            model: None,
         };
         assert_eq!(
             serde_json::to_value(&bare).unwrap(),

@@ -383,10 +383,8 @@ mod tests {
     fn rename(name: &str) -> CoordinatorRequest {
         CoordinatorRequest::UpdateSettings(UpdateSettings {
             patch: SettingsPatch {
-                limits: None,
                 display_name: Some(name.into()),
-                default_models: None,
-                anonymous: None,
+                ..SettingsPatch::default()
             },
         })
     }
