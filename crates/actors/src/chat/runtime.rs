@@ -17,13 +17,15 @@ use super::socket::{
 use super::store::SessionStore;
 use super::tools;
 use super::turn::Effect;
+use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
 pub(super) use crate::error::internal;
-use crate::generation::AnyGenerator;
+use crate::generation::routing::{chat_chain, generate_routed};
+use crate::generation::{AnyGenerator, ChainConfig};
 use crate::ingest::IngestHandle;
 use crate::limiter::admission::{turn_hold_ms, Applied, Work};
 use crate::limiter::{Admission, LimiterHandle};
 use crate::ports::{
-    ChatMessage, Clock, GenerateRequest, GenerationEvent, Generator, Kv, Role, SystemClock,
+    ChatMessage, Clock, GenerateRequest, GenerationEvent, Kv, Role, RuntimeSleep, SystemClock,
     ToolCall,
 };
 use crate::providers;
@@ -32,7 +34,7 @@ use protocol::chat::{
     encode_frame, Access, ChatEvent, ChatResponse, ChatSnapshot, Cleared, Turn, TurnFrame,
     TurnReservation, UpToDate, Usage, DEFAULT_MAX_TOKENS,
 };
-use protocol::coordinator::DEFAULT_CHAT_MODEL;
+use protocol::coordinator::TenantSettings;
 use protocol::limits::TokenUsage;
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
 use serde_json::{json, Value};
@@ -312,12 +314,14 @@ impl Inner {
                     match done {
                         Ok(seq) => {
                             let usage = self.core.borrow().used(turn);
+                            let model = self.core.borrow().served_by(turn);
                             self.emit(
                                 turn,
                                 &ChatEvent::Done {
                                     ok: true,
                                     message_seq: seq,
                                     usage,
+                                    model,
                                 },
                             );
                             self.prune_events(turn);
@@ -451,9 +455,10 @@ impl Inner {
             waiting.extend(self.perform(ctx.id, more));
         }
         let used = self.core.borrow().used(ctx.id);
+        let served_by = self.core.borrow().served_by(ctx.id);
         self.core.borrow_mut().finish(ctx.id);
         if let Some(reservation) = &ctx.turn.reservation {
-            self.settle(&ctx, reservation, used).await;
+            self.settle(&ctx, reservation, used, served_by).await;
         }
         self.rearm().await;
     }
@@ -534,13 +539,16 @@ impl Inner {
     }
 
     /// Settles the turn's reservation at its limiter with what its model
-    /// calls used (nothing used: released). A failure is logged: the
-    /// reservation then expires at the limiter and is charged its estimate.
+    /// calls used (nothing used: released), priced at the model that served
+    /// it (a fallback may differ from the one admitted). A failure is
+    /// logged: the reservation then expires at the limiter and is charged
+    /// its estimate.
     async fn settle(
         &self,
         ctx: &TurnContext,
         reservation: &TurnReservation,
         used: Option<TokenUsage>,
+        served_by: Option<String>,
     ) {
         if !reservation.valid() {
             worker::console_error!("chat: a turn carried an invalid reservation");
@@ -553,6 +561,7 @@ impl Inner {
                 return;
             }
         };
+        let model = served_by.or_else(|| reservation.model.clone());
         let settled = match used {
             Some(usage) => limiter
                 .settle(
@@ -560,11 +569,10 @@ impl Inner {
                     protocol::limits::Settle {
                         reservation_id: reservation.id,
                         usage,
-                        price: reservation
-                            .model
+                        price: model
                             .as_deref()
                             .and_then(|m| protocol::limits::PriceTable::default().price(m)),
-                        model: reservation.model.clone(),
+                        model,
                     },
                 )
                 .await
@@ -579,44 +587,63 @@ impl Inner {
         }
     }
 
+    /// The generators of the turn's model chain (the model it names, or
+    /// the tenant's default and fallbacks), reached through the tenant's AI
+    /// Gateway when it has one.
     pub(super) async fn generator(
         &self,
         ctx: &TurnContext,
-    ) -> std::result::Result<AnyGenerator, String> {
+    ) -> std::result::Result<Vec<AnyGenerator>, String> {
         let settings = self.settings().map_err(|e| e.message)?;
-        let model = if settings.workers_ai {
-            self.chat_model(&ctx.tenant, &ctx.request_id, &ctx.turn)
-                .await
-        } else {
-            crate::generation::embedded::EXTRACTIVE_MODEL.to_owned()
+        let tenant = self.tenant_settings(&ctx.tenant, &ctx.request_id).await;
+        let chain = chat_chain(
+            ctx.turn.model.as_deref(),
+            tenant.as_ref().map(|t| &t.default_models),
+        );
+        let config = ChainConfig {
+            workers_ai: settings.workers_ai,
+            fault_injection: settings.fault_injection,
+            route: Route {
+                gateway: tenant.and_then(|t| t.ai_gateway),
+                metadata: GatewayMetadata {
+                    tenant_id: ctx.tenant.as_str().to_owned(),
+                    key_id: ctx.turn.access.key.clone(),
+                    session_id: Some(ctx.turn.session_id.as_str().to_owned()),
+                },
+            },
         };
-        AnyGenerator::new(
-            &self.env,
-            settings.workers_ai,
-            &model,
-            settings.fault_injection,
-        )
-        .map_err(|e| e.to_string())
+        AnyGenerator::chain(&self.env, &config, &chain).map_err(|e| e.to_string())
     }
 
-    /// One generation: its pieces go to the machine (and out) as they arrive.
-    pub(super) async fn generate(
-        &self,
-        ctx: &TurnContext,
-        generator: &AnyGenerator,
-    ) -> Vec<Effect> {
+    /// One generation, routed over the chain: its pieces go to the machine
+    /// (and out) as they arrive.
+    pub(super) async fn generate(&self, ctx: &TurnContext, chain: &[AnyGenerator]) -> Vec<Effect> {
         let history = match self.store.recent() {
             Ok(h) => h,
             Err(e) => return self.feed(ctx.id, |m| m.fail("storage_failed", e.message)),
         };
+        let limits = match self.limits() {
+            Ok(l) => l,
+            Err(e) => return self.feed(ctx.id, |m| m.fail("internal", e.message)),
+        };
+        // Nothing starts past the turn's deadline (the alarm ends the turn then).
+        let Some(give_up_at) = self.core.borrow().deadline(ctx.id) else {
+            return vec![];
+        };
         let request = GenerateRequest {
-            model: generator.model().to_owned(),
+            model: String::new(),
             messages: context(SYSTEM_PROMPT, &history, CONTEXT_BUDGET_CHARS),
             tools: tools::specs(),
             max_tokens: ctx.turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         };
-        let outcome = generator
-            .generate(&request, &mut |event| match event {
+        let outcome = generate_routed(
+            chain,
+            &request,
+            &limits.route_policy(),
+            &RuntimeSleep,
+            &SystemClock,
+            give_up_at,
+            &mut |event| match event {
                 GenerationEvent::Text(piece) => {
                     let effects = self.feed(ctx.id, |m| m.on_text(piece));
                     // Only `Emit`: nothing is left waiting.
@@ -640,11 +667,10 @@ impl Inner {
                         vec![]
                     });
                 }
-            })
-            .await;
-        self.feed(ctx.id, |m| {
-            m.on_generated(outcome.map_err(|e| e.to_string()))
-        })
+            },
+        )
+        .await;
+        self.feed(ctx.id, |m| m.on_routed(outcome))
     }
 
     pub(super) async fn run_tool(
@@ -689,24 +715,20 @@ impl Inner {
         }
     }
 
-    pub(super) async fn chat_model(
+    /// The tenant's settings from its coordinator; `None` if they cannot be
+    /// read (the turn then runs on the platform's default model, directly).
+    async fn tenant_settings(
         &self,
         tenant: &TenantId,
         request_id: &RequestId,
-        turn: &Turn,
-    ) -> String {
-        if let Some(model) = &turn.model {
-            return model.clone();
-        }
-        // The tenant's default, from its coordinator (only worth the call when
-        // a real model will read it).
-        match crate::CoordinatorHandle::new(&self.env, tenant) {
-            Ok(c) => c
-                .get_tenant(request_id)
-                .await
-                .map(|r| r.settings.default_models.chat)
-                .unwrap_or_else(|_| DEFAULT_CHAT_MODEL.to_owned()),
-            Err(_) => DEFAULT_CHAT_MODEL.to_owned(),
+    ) -> Option<TenantSettings> {
+        let coordinator = crate::CoordinatorHandle::new(&self.env, tenant).ok()?;
+        match coordinator.get_tenant(request_id).await {
+            Ok(record) => Some(record.settings),
+            Err(e) => {
+                worker::console_warn!("chat: the tenant's settings could not be read: {e}");
+                None
+            }
         }
     }
 
