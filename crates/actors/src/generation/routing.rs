@@ -31,7 +31,7 @@ use std::cell::Cell;
 /// large models start streaming within a few seconds.
 pub const DEFAULT_FIRST_OUTPUT_MS: u64 = 20_000;
 /// Default generation timeout (`CHAT_GENERATION_TIMEOUT_SECS`): one model
-/// call of at most `maxTokens` (4096) streams in well under a minute.
+/// call of at most `maxTokens` (2048) streams in well under a minute.
 pub const DEFAULT_GENERATION_TIMEOUT_MS: u64 = 60_000;
 /// Attempts per model in the chain (the first and one retry): a second
 /// retry rarely succeeds where the first failed and delays the fallback.
