@@ -16,12 +16,14 @@
 //! conversation; [`limiter`] (`RateLimiter`), one per key and one ledger per
 //! tenant.
 //!
-//! Around them: the [`ports`] (embedder, vector index, KV, clock, generator)
+//! Around them: the [`ports`] (embedder, vector index, KV, clock, sleep, generator)
 //! with their [`cloudflare`] and [`embedded`] implementations, chosen by
 //! [`providers`] from the deployment's vars; [`sql`], the shells' shared
 //! SQLite plumbing; and the pure pieces of retrieval: [`chunking`],
 //! [`embedding`] (the hashed embedder), [`retrieval`] (exact cosine, filters,
-//! FTS queries, rank fusion).
+//! FTS queries, rank fusion); [`embedding_model`] (which model a tenant's
+//! index uses, and when it may change); and [`generation`] (the generators
+//! and the chat router: fallbacks, retries, timeouts).
 
 pub mod chat;
 pub mod chunking;
@@ -29,6 +31,7 @@ pub mod cloudflare;
 pub mod coordinator;
 pub mod embedded;
 pub mod embedding;
+pub mod embedding_model;
 pub mod entropy;
 pub mod error;
 pub mod generation;

@@ -29,6 +29,20 @@ pub enum PortError {
         /// What was wrong.
         message: String,
     },
+    /// The service refused the call with an HTTP status (Workers AI reports
+    /// its own internal code beside it): 429 and 408 (overloaded, timed
+    /// out), 5xx (failed), or another 4xx (refused what it was sent).
+    #[error("{service} answered {status}: {message}")]
+    Upstream {
+        /// Which service.
+        service: &'static str,
+        /// The HTTP status the service's error stands for.
+        status: u16,
+        /// The service's own error code, when it gave one (Workers AI's 3040, ...).
+        code: Option<u32>,
+        /// What it said.
+        message: String,
+    },
     /// The backend cannot do what was asked (for example keyword search on Vectorize).
     #[error("{0}")]
     Unsupported(String),
@@ -50,12 +64,26 @@ impl From<PortError> for ErrorReply {
     fn from(e: PortError) -> Self {
         match e {
             PortError::Failed { .. } => ErrorReply::new(ErrorCode::Unavailable, e.to_string()),
+            // Overloaded, timed out or failed upstream: unavailable for now.
+            PortError::Upstream { status, .. } if e.is_transient_status(status) => {
+                ErrorReply::new(ErrorCode::Unavailable, e.to_string())
+            }
+            // Refused what we sent (a model name, a size): our side's fault
+            // as far as the client can tell, answered as a bad upstream.
+            PortError::Upstream { .. } => ErrorReply::new(ErrorCode::BadUpstream, e.to_string()),
             PortError::BadShape { .. } => ErrorReply::new(ErrorCode::BadUpstream, e.to_string()),
             PortError::Unsupported(m) => ErrorReply::new(ErrorCode::InvalidRequest, m),
             PortError::Full { reason, message } => {
                 ErrorReply::new(ErrorCode::QuotaExceeded, message).with_reason(reason)
             }
         }
+    }
+}
+
+impl PortError {
+    /// Whether `status` is one a later call may not get: 408, 429, 5xx.
+    fn is_transient_status(&self, status: u16) -> bool {
+        status == 408 || status == 429 || status >= 500
     }
 }
 
@@ -229,6 +257,13 @@ pub trait Generator {
     ) -> Result<(), PortError>;
 }
 
+/// Waits without blocking the isolate (a timer of the runtime).
+#[allow(async_fn_in_trait)]
+pub trait Sleep {
+    /// Resolves after `ms` milliseconds.
+    async fn sleep(&self, ms: u64);
+}
+
 /// The current time.
 pub trait Clock {
     /// Milliseconds since the Unix epoch.
@@ -237,7 +272,7 @@ pub trait Clock {
 
 /// The runtime's clock, implemented in [`crate::cloudflare::clock`];
 /// re-exported here so the shells' imports stay where the port is.
-pub use crate::cloudflare::clock::SystemClock;
+pub use crate::cloudflare::clock::{RuntimeSleep, SystemClock};
 
 #[cfg(test)]
 mod tests {
@@ -255,6 +290,26 @@ mod tests {
             message: "3 vectors for 2 texts".into(),
         };
         assert_eq!(ErrorReply::from(bad).code, ErrorCode::BadUpstream);
+        let upstream = |status| PortError::Upstream {
+            service: "Workers AI",
+            status,
+            code: None,
+            message: "x".into(),
+        };
+        for status in [408, 429, 500, 503] {
+            assert_eq!(
+                ErrorReply::from(upstream(status)).code,
+                ErrorCode::Unavailable,
+                "{status}"
+            );
+        }
+        for status in [400, 403, 404, 413] {
+            assert_eq!(
+                ErrorReply::from(upstream(status)).code,
+                ErrorCode::BadUpstream,
+                "{status}"
+            );
+        }
         let unsupported = PortError::Unsupported("keyword on Vectorize".into());
         assert_eq!(
             ErrorReply::from(unsupported).code,

@@ -15,7 +15,6 @@ use crate::cloudflare::kv::WorkersKv;
 use crate::cloudflare::vectorize::VectorizeIndex;
 use crate::cloudflare::workers_ai::WorkersAiEmbedder;
 use crate::embedded::{FaultBudget, FaultyEmbedder, HashedEmbedder, SqlVectorIndex};
-use crate::embedding::DIMENSIONS;
 use crate::ports::{Embedder, PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use crate::retrieval::MemIndex;
 use protocol::coordinator::DEFAULT_EMBEDDING_MODEL;
@@ -41,7 +40,8 @@ pub mod vars {
     pub const AI_PROVIDER: &str = "AI_PROVIDER";
     /// `embedded` | `vectorize`.
     pub const VECTOR_BACKEND: &str = "VECTOR_BACKEND";
-    /// The Workers AI embedding model.
+    /// The embedding model whose dimensions the deployment's index has
+    /// (Workers AI); a tenant's own model must have the same.
     pub const EMBEDDING_MODEL: &str = "EMBEDDING_MODEL";
     /// Largest chunk, in characters.
     pub const CHUNK_MAX_CHARS: &str = "CHUNK_MAX_CHARS";
@@ -104,7 +104,9 @@ pub struct Settings {
     pub workers_ai: bool,
     /// Vectorize (`true`) or the embedded index.
     pub vectorize: bool,
-    /// The Workers AI embedding model.
+    /// The embedding model whose dimensions the deployment's index has
+    /// (Workers AI); each tenant embeds with its own model of those
+    /// dimensions ([`crate::embedding_model`]).
     pub embedding_model: String,
     /// Chunk sizes.
     pub chunking: ChunkConfig,
@@ -191,6 +193,16 @@ pub fn from_env(env: &Env) -> Result<Settings, String> {
     settings(|name| env.var(name).ok().map(|v| v.to_string()))
 }
 
+/// How a tenant's embeddings are made on Workers AI: its model and the way
+/// to it (its AI Gateway).
+#[derive(Debug, Clone, Default)]
+pub struct TenantAi {
+    /// The tenant's embedding model ([`crate::embedding_model::model_in_use`]).
+    pub embedding_model: String,
+    /// Direct, or through the tenant's gateway.
+    pub route: crate::cloudflare::ai_binding::Route,
+}
+
 /// The embedder in use.
 pub enum AnyEmbedder<B> {
     /// `local/hashed-768`.
@@ -205,8 +217,14 @@ impl<B: FaultBudget> AnyEmbedder<B> {
     /// The embedder the settings choose. `faults` is where armed failures
     /// are counted: with it, and with fault injection enabled, the embedder
     /// fails while failures are armed; without it (search, which the faults
-    /// are not meant for) it never does.
-    pub fn new(env: &Env, settings: &Settings, faults: Option<B>) -> Result<Self, PortError> {
+    /// are not meant for) it never does. With Workers AI, `tenant` says
+    /// which model and which way (the tenant's AI Gateway).
+    pub fn new(
+        env: &Env,
+        settings: &Settings,
+        faults: Option<B>,
+        tenant: &TenantAi,
+    ) -> Result<Self, PortError> {
         if settings.workers_ai {
             let ai = env.ai(bindings::AI).map_err(|e| PortError::Failed {
                 service: "Workers AI",
@@ -214,8 +232,9 @@ impl<B: FaultBudget> AnyEmbedder<B> {
             })?;
             Ok(Self::WorkersAi(WorkersAiEmbedder::new(
                 ai,
-                settings.embedding_model.clone(),
-                DIMENSIONS,
+                tenant.embedding_model.clone(),
+                crate::embedding_model::index_dimensions(settings),
+                tenant.route.clone(),
             )))
         } else if let (true, Some(faults)) = (settings.fault_injection, faults) {
             Ok(Self::Faulty(FaultyEmbedder::new(HashedEmbedder, faults)))

@@ -2,9 +2,10 @@
 //! shapes of admin replies.
 
 use crate::errors::ApiError;
-use protocol::coordinator::{AnonymousPatch, DefaultModelsPatch, SettingsPatch};
+use protocol::coordinator::{AnonymousPatch, DefaultModelsPatch, GatewayPatch, SettingsPatch};
 use protocol::keys::{self, CreateKey, KeyError, KeyLimits, KeyRecord, NewKey, RotateKey, Scope};
 use protocol::limits::{Budget, Limits, Price, PriceTable};
+use protocol::models::AiGateway;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -19,6 +20,9 @@ pub struct SettingsPatchBody {
     limits: Option<TenantLimitsBody>,
     prices: Option<BTreeMap<String, PriceBody>>,
     budget: Option<BudgetBody>,
+    /// Absent: unchanged; `null`: removed; an object: set whole.
+    #[serde(default, deserialize_with = "present")]
+    ai_gateway: Option<Option<AiGatewayBody>>,
 }
 
 /// One model's entry of `"prices"`: micro-dollars per million tokens.
@@ -28,6 +32,26 @@ struct PriceBody {
     input_per_million_micros: u64,
     #[serde(default)]
     output_per_million_micros: u64,
+}
+
+/// Reads a field that is present (even as `null`) as `Some`, so `null` and
+/// absent differ.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `"aiGateway": {"id", "skipCache"?, "cacheTtl"?}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AiGatewayBody {
+    id: String,
+    #[serde(default)]
+    skip_cache: bool,
+    cache_ttl: Option<u32>,
 }
 
 /// `"limits": {"rpm"?, "tpm"?, "concurrency"?}`: the tenant's totals and
@@ -49,10 +73,11 @@ struct AnonymousBody {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DefaultModelsBody {
     chat: Option<String>,
     embedding: Option<String>,
+    chat_fallbacks: Option<Vec<String>>,
 }
 
 impl SettingsPatchBody {
@@ -81,10 +106,19 @@ impl SettingsPatchBody {
             default_models: self.default_models.map(|m| DefaultModelsPatch {
                 chat: m.chat,
                 embedding: m.embedding,
+                chat_fallbacks: m.chat_fallbacks,
             }),
             anonymous: self.anonymous.map(|a| AnonymousPatch {
                 search: a.search,
                 chat: a.chat,
+            }),
+            ai_gateway: self.ai_gateway.map(|g| match g {
+                Some(g) => GatewayPatch::Set(AiGateway {
+                    id: g.id,
+                    skip_cache: g.skip_cache,
+                    cache_ttl: g.cache_ttl,
+                }),
+                None => GatewayPatch::Remove,
             }),
         };
         patch
@@ -266,6 +300,19 @@ impl<'a> From<&'a NewKey> for NewKeyReply<'a> {
     }
 }
 
+/// A refused change of the tenant's embedding model, as the client's error:
+/// 409 when the index's contents are in the way, else 400.
+pub fn embedding_refused(refusal: actors::embedding_model::EmbeddingRefusal) -> ApiError {
+    if refusal.is_conflict() {
+        ApiError::StateConflict {
+            code: refusal.code(),
+            message: refusal.to_string(),
+        }
+    } else {
+        ApiError::bad_request(refusal.code(), refusal.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,8 +447,58 @@ mod tests {
             r#"{"defaultModels":{"chat":"a b"}}"#,
             r#"{"defaultModels":{"vision":"x"}}"#,
             r#"[]"#,
+            r#"{"defaultModels":{"chatFallbacks":["a","b","c","d"]}}"#,
+            r#"{"defaultModels":{"chatFallbacks":["chat"]}}"#,
+            r#"{"defaultModels":{"embedding":"@cf/not/known"}}"#,
+            r#"{"aiGateway":{"id":""}}"#,
+            r#"{"aiGateway":{"id":"gw","cacheTtl":0}}"#,
+            r#"{"aiGateway":{"id":"gw","ttl":5}}"#,
         ] {
             assert_eq!(parse(bad).unwrap_err().status(), 400, "{bad}");
         }
+    }
+
+    #[test]
+    fn embedding_refusals_are_400_or_409() {
+        use actors::embedding_model::EmbeddingRefusal;
+        let conflict = embedding_refused(EmbeddingRefusal::IndexNotEmpty {
+            model: "a".into(),
+            current: "b".into(),
+            chunks: 2,
+        });
+        assert_eq!(
+            (conflict.status(), conflict.code()),
+            (409, "index_not_empty")
+        );
+        let unavailable = embedding_refused(EmbeddingRefusal::Unavailable {
+            model: "a".into(),
+            embeds_with: "local/hashed-768".into(),
+        });
+        assert_eq!(
+            (unavailable.status(), unavailable.code()),
+            (400, "embedding_model_unavailable")
+        );
+    }
+
+    #[test]
+    fn fallbacks_and_gateway_patches() {
+        let p = parse(r#"{"defaultModels":{"chatFallbacks":["@cf/a/b"]}}"#).unwrap();
+        assert_eq!(
+            p.default_models.unwrap().chat_fallbacks,
+            Some(vec!["@cf/a/b".to_owned()])
+        );
+        let p = parse(r#"{"aiGateway":{"id":"gw","skipCache":true,"cacheTtl":300}}"#).unwrap();
+        assert_eq!(
+            p.ai_gateway,
+            Some(GatewayPatch::Set(AiGateway {
+                id: "gw".into(),
+                skip_cache: true,
+                cache_ttl: Some(300)
+            }))
+        );
+        let p = parse(r#"{"aiGateway":null}"#).unwrap();
+        assert_eq!(p.ai_gateway, Some(GatewayPatch::Remove));
+        let p = parse(r#"{"displayName":"x"}"#).unwrap();
+        assert_eq!(p.ai_gateway, None, "absent is unchanged");
     }
 }

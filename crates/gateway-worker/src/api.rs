@@ -80,7 +80,8 @@ impl SearchBody {
     }
 }
 
-/// `POST /api/chat`: `{"sessionId", "message", "model"?, "maxTokens"?}`.
+/// `POST /api/chat`: `{"sessionId", "message", "model"?, "maxTokens"?}`
+/// (`"model": "chat"` names the tenant's default and its fallbacks).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChatBody {
@@ -99,7 +100,8 @@ impl ChatBody {
             // The caller's identity is the gateway's finding, set by the handler.
             access: Access::default(),
             message: self.message,
-            model: self.model,
+            // The alias `chat` is the tenant's default, like no model.
+            model: protocol::models::turn_model(self.model),
             max_tokens: self.max_tokens,
         };
         turn.validate()
@@ -308,6 +310,10 @@ mod tests {
                 .and_then(ChatBody::into_turn)
         };
         assert!(turn(r#"{"sessionId":"user-123","message":"hi"}"#).is_ok());
+        let alias = turn(r#"{"sessionId":"s","message":"hi","model":"chat"}"#).unwrap();
+        assert_eq!(alias.model, None, "the alias is the tenant's default");
+        let named = turn(r#"{"sessionId":"s","message":"hi","model":"@cf/x/y"}"#).unwrap();
+        assert_eq!(named.model.as_deref(), Some("@cf/x/y"));
         for (bad, code) in [
             (r#"{"sessionId":"User","message":"hi"}"#, "invalid_session"),
             (r#"{"sessionId":"a:b","message":"hi"}"#, "invalid_session"),

@@ -450,6 +450,36 @@ async fn tenant_policy(
     Ok(policy)
 }
 
+/// Refuses a change of the tenant's embedding model that this deployment
+/// cannot serve or that the tenant's index is in the way of
+/// ([`actors::embedding_model::check_change`]). A document enqueued between
+/// this check and the settings change is embedded with the new model.
+async fn check_embedding_change(
+    env: &Env,
+    tenant: &TenantId,
+    request_id: &RequestId,
+    model: &str,
+) -> Result<(), ApiError> {
+    let settings = actors::providers::from_env(env)
+        .map_err(|e| ApiError::NotConfigured(format!("misconfigured: {e}")))?;
+    let current = CoordinatorHandle::new(env, tenant)?
+        .get_tenant(request_id)
+        .await?
+        .settings
+        .default_models
+        .embedding;
+    let chunks = if settings.workers_ai && model != current {
+        IngestHandle::new(env, tenant)?
+            .inspect(request_id)
+            .await?
+            .chunks
+    } else {
+        0
+    };
+    actors::embedding_model::check_change(&settings, &current, model, chunks)
+        .map_err(crate::admin::embedding_refused)
+}
+
 /// The tenant's limits as stored now (not cached: a key's limits are checked
 /// against them when an admin sets them).
 async fn current_tenant_limits(
@@ -520,6 +550,13 @@ async fn json_reply(
                     code: "operator_only",
                     message: "the tenant's limits, prices and budgets are set by the operator (ADMIN_TOKEN)".into(),
                 });
+            }
+            let embedding = patch
+                .default_models
+                .as_ref()
+                .and_then(|m| m.embedding.as_deref());
+            if let Some(model) = embedding {
+                check_embedding_change(env, &tenant, request_id, model).await?;
             }
             let record = CoordinatorHandle::new(env, &tenant)?
                 .update_settings(request_id, patch)

@@ -52,6 +52,15 @@ pub enum ApiError {
     /// The resource is busy with an earlier request: 409.
     #[error("{0}")]
     Conflict(String),
+    /// The request conflicts with the resource's state (a change of the
+    /// embedding model over a non-empty index): 409 with its own code.
+    #[error("{message}")]
+    StateConflict {
+        /// Machine-readable code (`index_not_empty`).
+        code: &'static str,
+        /// Human explanation.
+        message: String,
+    },
     /// The route needs a WebSocket upgrade: 426.
     #[error("this route needs a WebSocket upgrade (Upgrade: websocket)")]
     UpgradeRequired,
@@ -176,7 +185,7 @@ impl ApiError {
             Self::Forbidden { .. } => 403,
             Self::NotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
-            Self::Conflict(_) => 409,
+            Self::Conflict(_) | Self::StateConflict { .. } => 409,
             Self::UpgradeRequired => 426,
             Self::PayloadTooLarge { .. } | Self::QuotaExceeded { .. } => 413,
             Self::Internal(_) => 500,
@@ -198,7 +207,8 @@ impl ApiError {
             Self::BadRequest { code, .. }
             | Self::Unauthorized { code, .. }
             | Self::Forbidden { code, .. }
-            | Self::NotFound { code, .. } => code,
+            | Self::NotFound { code, .. }
+            | Self::StateConflict { code, .. } => code,
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Conflict(_) => "busy",
             Self::UpgradeRequired => "upgrade_required",

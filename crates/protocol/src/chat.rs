@@ -383,6 +383,10 @@ pub enum ChatEvent {
         /// (`costMicros`); absent when the model reported none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<TurnUsage>,
+        /// The model that served the answer (a fallback when the tenant's
+        /// default failed); absent when unknown.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
     },
     /// The turn failed; what was stored stays consistent.
     Error {
@@ -566,6 +570,7 @@ mod tests {
                     output_tokens: 3,
                     cost_micros: Some(7),
                 }),
+                model: Some("@cf/m".into()),
             },
             ChatEvent::error("model_failed", "boom"),
         ]
@@ -635,13 +640,15 @@ mod tests {
         assert_eq!(
             done,
             serde_json::json!({"type":"done","ok":true,"message_seq":4,
-                               "usage":{"inputTokens":10,"outputTokens":3}})
+                               "usage":{"inputTokens":10,"outputTokens":3,"costMicros":7},
+                               "model":"@cf/m"})
         );
-        // Without usage, the field is left out (the shape clients had).
+        // Without usage and model, the fields are left out (the shape clients had).
         let bare = ChatEvent::Done {
             ok: true,
             message_seq: 4,
             usage: None,
+            model: None,
         };
         assert_eq!(
             serde_json::to_value(&bare).unwrap(),

@@ -3,6 +3,7 @@
 
 use crate::ids::{RequestId, TenantId};
 use crate::limits::{Budget, PriceTable};
+use crate::models::{AiGateway, GatewayError, MAX_CHAT_FALLBACKS};
 use serde::{Deserialize, Serialize};
 
 /// The chat model a new tenant starts with (a function-calling model).
@@ -181,6 +182,10 @@ pub struct TenantSettings {
     /// The tenant's budgets, over all its callers. Set by the operator.
     #[serde(default, skip_serializing_if = "Budget::is_unset")]
     pub budget: Budget,
+    /// The tenant's AI Gateway; `None` (and in records stored before the
+    /// setting existed): Workers AI is called directly.
+    #[serde(default)]
+    pub ai_gateway: Option<AiGateway>,
 }
 
 /// What a request without an API key may do.
@@ -203,11 +208,13 @@ impl TenantSettings {
             default_models: DefaultModels {
                 chat: DEFAULT_CHAT_MODEL.to_owned(),
                 embedding: DEFAULT_EMBEDDING_MODEL.to_owned(),
+                chat_fallbacks: Vec::new(),
             },
             anonymous: AnonymousAccess::default(),
             limits: crate::limits::Limits::default(),
             prices: None,
             budget: Budget::default(),
+            ai_gateway: None,
         }
     }
 
@@ -229,6 +236,14 @@ impl TenantSettings {
             if let Some(embedding) = &models.embedding {
                 embedding.clone_into(&mut self.default_models.embedding);
             }
+            if let Some(fallbacks) = &models.chat_fallbacks {
+                fallbacks.clone_into(&mut self.default_models.chat_fallbacks);
+            }
+        }
+        match &patch.ai_gateway {
+            Some(GatewayPatch::Set(gateway)) => self.ai_gateway = Some(gateway.clone()),
+            Some(GatewayPatch::Remove) => self.ai_gateway = None,
+            None => {}
         }
         if let Some(limits) = &patch.limits {
             self.limits = *limits;
@@ -257,8 +272,22 @@ impl TenantSettings {
 pub struct DefaultModels {
     /// Text generation (chat) model.
     pub chat: String,
-    /// Embedding model.
+    /// Embedding model (one of [`crate::models::EMBEDDING_MODELS`]).
     pub embedding: String,
+    /// The chat models tried, in order, when the default fails, times out
+    /// or is overloaded (at most [`MAX_CHAT_FALLBACKS`]); empty in records
+    /// stored before the setting existed.
+    #[serde(default)]
+    pub chat_fallbacks: Vec<String>,
+}
+
+impl DefaultModels {
+    /// The chat chain: the default, then its fallbacks.
+    pub fn chat_chain(&self) -> Vec<String> {
+        std::iter::once(self.chat.clone())
+            .chain(self.chat_fallbacks.iter().cloned())
+            .collect()
+    }
 }
 
 /// A partial change of [`TenantSettings`].
@@ -282,12 +311,29 @@ pub struct SettingsPatch {
     /// New tenant budgets (replacing the old ones whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// A new AI Gateway, or its removal; absent: unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai_gateway: Option<GatewayPatch>,
+}
+
+/// A change of [`TenantSettings::ai_gateway`]. An enum, not an
+/// `Option<Option<_>>`: MessagePack's nil would read back as "absent".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GatewayPatch {
+    /// Use this gateway (replacing the old setting whole).
+    Set(AiGateway),
+    /// Call Workers AI directly.
+    Remove,
 }
 
 impl SettingsPatch {
     /// Whether the patch changes what only the operator may set.
     pub fn operator_only(&self) -> bool {
-        self.limits.is_some() || self.prices.is_some() || self.budget.is_some()
+        self.limits.is_some()
+            || self.prices.is_some()
+            || self.budget.is_some()
+            || self.ai_gateway.is_some()
     }
 }
 
@@ -311,6 +357,9 @@ pub struct DefaultModelsPatch {
     pub chat: Option<String>,
     /// New embedding model.
     pub embedding: Option<String>,
+    /// New chat fallbacks (replacing the old list whole; empty: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_fallbacks: Option<Vec<String>>,
 }
 
 /// Why a [`SettingsPatch`] is refused.
@@ -331,17 +380,47 @@ pub enum SettingsError {
     /// A limit is zero or above its bound.
     #[error("{0}")]
     Limits(String),
+    /// More chat fallbacks than [`MAX_CHAT_FALLBACKS`].
+    #[error("defaultModels.chatFallbacks holds at most {MAX_CHAT_FALLBACKS} models")]
+    TooManyFallbacks,
+    /// An alias (`chat`, `embedding`) where a model must be named: a default
+    /// cannot point at itself.
+    #[error("defaultModels.{field} must name a model, not the alias {alias:?}")]
+    Alias {
+        /// Which model field.
+        field: &'static str,
+        /// The alias given.
+        alias: String,
+    },
+    /// The embedding model is not one this platform knows the dimensions of.
+    #[error("defaultModels.embedding {model:?} is not a known embedding model; known: {known}")]
+    UnknownEmbeddingModel {
+        /// The model given.
+        model: String,
+        /// The known ones, comma-separated.
+        known: String,
+    },
+    /// The AI Gateway setting is invalid.
+    #[error("{0}")]
+    Gateway(#[from] GatewayError),
 }
 
 impl SettingsPatch {
     /// Checks every field of the patch.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let models = self.default_models.as_ref();
-        let empty_models = models.is_none_or(|m| m.chat.is_none() && m.embedding.is_none());
+        let empty_models = models.is_none_or(|m| {
+            m.chat.is_none() && m.embedding.is_none() && m.chat_fallbacks.is_none()
+        });
         let empty_anonymous = self
             .anonymous
             .is_none_or(|a| a.search.is_none() && a.chat.is_none());
-        if self.display_name.is_none() && empty_models && empty_anonymous && !self.operator_only() {
+        if self.display_name.is_none()
+            && empty_models
+            && empty_anonymous
+            && !self.operator_only()
+            && self.ai_gateway.is_none()
+        {
             return Err(SettingsError::Empty);
         }
         if let Some(name) = &self.display_name {
@@ -368,12 +447,52 @@ impl SettingsPatch {
                 .map_err(|e| SettingsError::Limits(e.to_string()))?;
         }
         if let Some(models) = models {
-            for (field, value) in [("chat", &models.chat), ("embedding", &models.embedding)] {
-                if let Some(value) = value {
-                    if !valid_model_name(value) {
-                        return Err(SettingsError::ModelName { field });
-                    }
-                }
+            models.validate()?;
+        }
+        if let Some(GatewayPatch::Set(gateway)) = &self.ai_gateway {
+            gateway.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl DefaultModelsPatch {
+    /// Checks every model name: the model-name rule, no alias, at most
+    /// [`MAX_CHAT_FALLBACKS`] fallbacks, a known embedding model.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let fallbacks = self.chat_fallbacks.iter().flatten();
+        let named = [("chat", &self.chat), ("embedding", &self.embedding)]
+            .into_iter()
+            .filter_map(|(field, value)| value.as_ref().map(|v| (field, v)))
+            .chain(fallbacks.map(|v| ("chatFallbacks", v)));
+        for (field, value) in named {
+            if !valid_model_name(value) {
+                return Err(SettingsError::ModelName { field });
+            }
+            if crate::models::is_alias(value) {
+                return Err(SettingsError::Alias {
+                    field,
+                    alias: value.clone(),
+                });
+            }
+        }
+        if self
+            .chat_fallbacks
+            .as_ref()
+            .is_some_and(|f| f.len() > MAX_CHAT_FALLBACKS)
+        {
+            return Err(SettingsError::TooManyFallbacks);
+        }
+        if let Some(model) = &self.embedding {
+            if crate::models::embedding_dimensions(model).is_none() {
+                let known: Vec<&str> = crate::models::EMBEDDING_MODELS
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect();
+                return Err(SettingsError::UnknownEmbeddingModel {
+                    model: model.clone(),
+                    known: known.join(", "),
+                });
             }
         }
         Ok(())
@@ -410,15 +529,12 @@ mod tests {
 
     fn patch(name: Option<&str>, chat: Option<&str>) -> SettingsPatch {
         SettingsPatch {
-            budget: Default::default(),
-            prices: None,
-            limits: None,
             display_name: name.map(str::to_owned),
             default_models: chat.map(|c| DefaultModelsPatch {
                 chat: Some(c.to_owned()),
-                embedding: None,
+                ..DefaultModelsPatch::default()
             }),
-            anonymous: None,
+            ..SettingsPatch::default()
         }
     }
 
@@ -430,12 +546,9 @@ mod tests {
         );
         assert_eq!(
             SettingsPatch {
-                budget: Default::default(),
-                prices: None,
-                limits: None,
-                display_name: None,
                 default_models: Some(DefaultModelsPatch::default()),
                 anonymous: Some(AnonymousPatch::default()),
+                ..SettingsPatch::default()
             }
             .validate(),
             Err(SettingsError::Empty)
@@ -546,5 +659,104 @@ mod tests {
         let old = r#"{"displayName":"Acme","defaultModels":{"chat":"a","embedding":"b"}}"#;
         let settings: TenantSettings = serde_json::from_str(old).unwrap();
         assert_eq!(settings.anonymous, AnonymousAccess::default());
+        assert!(settings.default_models.chat_fallbacks.is_empty());
+        assert_eq!(settings.ai_gateway, None);
+        assert_eq!(settings.default_models.chat_chain(), vec!["a".to_owned()]);
+    }
+
+    fn models(f: impl FnOnce(&mut DefaultModelsPatch)) -> SettingsPatch {
+        let mut m = DefaultModelsPatch::default();
+        f(&mut m);
+        SettingsPatch {
+            default_models: Some(m),
+            ..SettingsPatch::default()
+        }
+    }
+
+    #[test]
+    fn fallbacks_are_bounded_and_checked_like_model_names() {
+        let three = vec!["@cf/a/b".to_owned(), "@cf/c/d".into(), "@cf/e/f".into()];
+        let ok = models(|m| m.chat_fallbacks = Some(three.clone()));
+        assert_eq!(ok.validate(), Ok(()));
+        let mut settings = TenantSettings::initial(&TenantId::parse("acme").unwrap());
+        assert!(settings.apply(&ok));
+        assert_eq!(settings.default_models.chat_chain().len(), 4);
+        let mut four = three.clone();
+        four.push("@cf/g/h".into());
+        assert_eq!(
+            models(|m| m.chat_fallbacks = Some(four)).validate(),
+            Err(SettingsError::TooManyFallbacks)
+        );
+        assert_eq!(
+            models(|m| m.chat_fallbacks = Some(vec!["bad name".into()])).validate(),
+            Err(SettingsError::ModelName {
+                field: "chatFallbacks"
+            })
+        );
+        assert!(matches!(
+            models(|m| m.chat_fallbacks = Some(vec!["chat".into()])).validate(),
+            Err(SettingsError::Alias { .. })
+        ));
+        // An empty list is a change (it removes the fallbacks), not an empty patch.
+        let none = models(|m| m.chat_fallbacks = Some(vec![]));
+        assert_eq!(none.validate(), Ok(()));
+        assert!(settings.apply(&none));
+        assert!(settings.default_models.chat_fallbacks.is_empty());
+    }
+
+    #[test]
+    fn embedding_model_must_be_known() {
+        assert_eq!(
+            models(|m| m.embedding = Some("@cf/baai/bge-small-en-v1.5".into())).validate(),
+            Ok(())
+        );
+        let unknown = models(|m| m.embedding = Some("@cf/some/other".into())).validate();
+        assert!(
+            matches!(&unknown, Err(SettingsError::UnknownEmbeddingModel { known, .. }) if known.contains("bge-base")),
+            "{unknown:?}"
+        );
+        assert!(matches!(
+            models(|m| m.embedding = Some("embedding".into())).validate(),
+            Err(SettingsError::Alias { .. })
+        ));
+    }
+
+    #[test]
+    fn gateway_is_set_replaced_and_removed() {
+        let mut settings = TenantSettings::initial(&TenantId::parse("acme").unwrap());
+        let gw = AiGateway {
+            id: "gw-1".into(),
+            skip_cache: true,
+            cache_ttl: Some(60),
+        };
+        let set = SettingsPatch {
+            ai_gateway: Some(GatewayPatch::Set(gw.clone())),
+            ..SettingsPatch::default()
+        };
+        assert_eq!(set.validate(), Ok(()));
+        assert!(settings.apply(&set));
+        assert_eq!(settings.ai_gateway.as_ref(), Some(&gw));
+        let bad = SettingsPatch {
+            ai_gateway: Some(GatewayPatch::Set(AiGateway {
+                id: String::new(),
+                ..gw
+            })),
+            ..SettingsPatch::default()
+        };
+        assert_eq!(
+            bad.validate(),
+            Err(SettingsError::Gateway(GatewayError::Id))
+        );
+        let remove = SettingsPatch {
+            ai_gateway: Some(GatewayPatch::Remove),
+            ..SettingsPatch::default()
+        };
+        assert_eq!(remove.validate(), Ok(()), "a removal alone is a change");
+        assert!(settings.apply(&remove));
+        assert_eq!(settings.ai_gateway, None);
+        // The removal survives the wire (MessagePack), unlike a nil would.
+        let bytes = rmp_serde::to_vec_named(&remove).unwrap();
+        let back: SettingsPatch = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, remove);
     }
 }

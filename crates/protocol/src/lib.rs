@@ -16,6 +16,8 @@
 //! - [`keys`]: API keys (format, scopes, records) and the coordinator's key messages;
 //! - [`limits`]: rate limits, budgets, prices, and the `RateLimiter`'s and
 //!   tenant ledger's requests and replies;
+//! - [`models`]: model aliases, chat fallbacks' bound, known embedding
+//!   models and their dimensions, a tenant's AI Gateway;
 //! - [`chat`]: the `ChatSession` actor's requests, its streamed events and their frames;
 //! - [`actor`]: what every actor shares, such as [`ActorKind`].
 
@@ -29,6 +31,7 @@ pub mod ids;
 pub mod ingest;
 pub mod keys;
 pub mod limits;
+pub mod models;
 pub mod usage;
 
 pub use actor::ActorKind;

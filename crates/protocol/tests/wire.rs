@@ -36,11 +36,13 @@ fn all_requests() -> Vec<CoordinatorRequest> {
                 default_models: Some(DefaultModelsPatch {
                     chat: Some("@cf/qwen/qwen3-30b-a3b-fp8".into()),
                     embedding: None,
+                    chat_fallbacks: Some(vec!["@cf/qwen/qwen3-30b-a3b-fp8".into()]),
                 }),
                 anonymous: Some(AnonymousPatch {
                     search: Some(true),
                     chat: None,
                 }),
+                ai_gateway: Some(protocol::coordinator::GatewayPatch::Remove),
             },
         }),
         CoordinatorRequest::Inspect(Inspect {}),
@@ -208,6 +210,7 @@ fn golden_update_settings() {
                 display_name: Some("A".into()),
                 default_models: None,
                 anonymous: None,
+                ai_gateway: None,
             },
         }),
     );

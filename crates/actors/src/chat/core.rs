@@ -28,6 +28,12 @@ pub struct ChatLimits {
     pub max_tool_result_bytes: usize,
     /// `CHAT_RESUMABLE_TURNS`: how many recent turns keep their events for resuming.
     pub resumable_turns: u64,
+    /// `CHAT_FIRST_OUTPUT_TIMEOUT_SECS`: a model attempt that has produced
+    /// nothing by then is abandoned (retried, or the next model asked).
+    pub first_output_timeout_ms: u64,
+    /// `CHAT_GENERATION_TIMEOUT_SECS`: a model attempt not finished by then
+    /// is abandoned; after its text began, the turn fails (`model_timeout`).
+    pub generation_timeout_ms: u64,
 }
 
 impl Default for ChatLimits {
@@ -38,6 +44,8 @@ impl Default for ChatLimits {
             idle_expiry_ms: 30 * DAY_MS,
             max_tool_result_bytes: 16 * 1024,
             resumable_turns: 20,
+            first_output_timeout_ms: crate::generation::routing::DEFAULT_FIRST_OUTPUT_MS,
+            generation_timeout_ms: crate::generation::routing::DEFAULT_GENERATION_TIMEOUT_MS,
         }
     }
 }
@@ -91,7 +99,29 @@ impl ChatLimits {
             )?)
             .unwrap_or(d.max_tool_result_bytes),
             resumable_turns: read("CHAT_RESUMABLE_TURNS", d.resumable_turns, 1, 1000)?,
+            first_output_timeout_ms: read(
+                "CHAT_FIRST_OUTPUT_TIMEOUT_SECS",
+                d.first_output_timeout_ms / 1000,
+                1,
+                600,
+            )? * 1000,
+            generation_timeout_ms: read(
+                "CHAT_GENERATION_TIMEOUT_SECS",
+                d.generation_timeout_ms / 1000,
+                1,
+                3600,
+            )? * 1000,
         })
+    }
+
+    /// The router's bounds under these limits (a first-output timeout
+    /// longer than the generation timeout is cut to it).
+    pub fn route_policy(&self) -> crate::generation::routing::RoutePolicy {
+        crate::generation::routing::RoutePolicy {
+            first_output_ms: self.first_output_timeout_ms.min(self.generation_timeout_ms),
+            generation_timeout_ms: self.generation_timeout_ms,
+            ..crate::generation::routing::RoutePolicy::default()
+        }
     }
 }
 
@@ -133,7 +163,15 @@ pub struct SessionCore {
     /// What the most recently finished turns used, by id: a turn ended by
     /// the alarm is finished before its driver returns from the model, and
     /// the driver still settles its reservation with the turn's usage.
-    ended: std::collections::VecDeque<(u64, Option<protocol::limits::TokenUsage>)>,
+    ended: std::collections::VecDeque<Ended>,
+}
+
+/// What a finished turn used, and which model served it last.
+#[derive(Debug)]
+struct Ended {
+    id: u64,
+    used: Option<protocol::limits::TokenUsage>,
+    model: Option<String>,
 }
 
 /// Finished turns whose usage [`SessionCore`] remembers.
@@ -187,7 +225,11 @@ impl SessionCore {
                 if self.ended.len() >= ENDED_KEPT {
                     self.ended.pop_front();
                 }
-                self.ended.push_back((m.id(), m.used()));
+                self.ended.push_back(Ended {
+                    id: m.id(),
+                    used: m.used(),
+                    model: m.model().map(str::to_owned),
+                });
             }
         }
     }
@@ -200,9 +242,30 @@ impl SessionCore {
                 .ended
                 .iter()
                 .rev()
-                .find(|(ended, _)| *ended == id)
-                .and_then(|(_, used)| *used),
+                .find(|e| e.id == id)
+                .and_then(|e| e.used),
         }
+    }
+
+    /// The model that served turn `id`'s latest successful generation.
+    pub fn served_by(&self, id: u64) -> Option<String> {
+        match self.active.as_ref().filter(|m| m.id() == id) {
+            Some(m) => m.model().map(str::to_owned),
+            None => self
+                .ended
+                .iter()
+                .rev()
+                .find(|e| e.id == id)
+                .and_then(|e| e.model.clone()),
+        }
+    }
+
+    /// Turn `id`'s deadline, while it runs here.
+    pub fn deadline(&self, id: u64) -> Option<u64> {
+        self.active
+            .as_ref()
+            .filter(|m| m.id() == id)
+            .and_then(TurnMachine::deadline)
     }
 
     /// Whether a turn is being answered in this isolate.
@@ -503,6 +566,34 @@ mod tests {
             let e = ChatLimits::from_vars(|n| (n == "CHAT_TURN_TIMEOUT_SECS").then(|| bad.into()))
                 .unwrap_err();
             assert_eq!(e.name, "CHAT_TURN_TIMEOUT_SECS");
+        }
+    }
+
+    #[test]
+    fn generation_timeouts_from_vars() {
+        let d = ChatLimits::default().route_policy();
+        assert_eq!(
+            (d.first_output_ms, d.generation_timeout_ms),
+            (20_000, 60_000)
+        );
+        let l = ChatLimits::from_vars(|n| match n {
+            "CHAT_FIRST_OUTPUT_TIMEOUT_SECS" => Some("5".into()),
+            "CHAT_GENERATION_TIMEOUT_SECS" => Some("2".into()),
+            _ => None,
+        })
+        .unwrap();
+        let p = l.route_policy();
+        assert_eq!(
+            (p.first_output_ms, p.generation_timeout_ms),
+            (2_000, 2_000),
+            "the first output cannot wait longer than the whole generation"
+        );
+        for (name, bad) in [
+            ("CHAT_GENERATION_TIMEOUT_SECS", "0"),
+            ("CHAT_FIRST_OUTPUT_TIMEOUT_SECS", "601"),
+        ] {
+            let e = ChatLimits::from_vars(|n| (n == name).then(|| bad.into())).unwrap_err();
+            assert_eq!(e.name, name);
         }
     }
 

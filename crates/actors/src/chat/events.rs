@@ -131,6 +131,7 @@ mod tests {
             usage: None,
             ok: true,
             message_seq: 4,
+            model: None,
         };
         assert!(ids.issue(1, &done, "b".into()).flush);
         let pending = ids.take_pending();

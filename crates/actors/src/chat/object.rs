@@ -206,7 +206,7 @@ impl worker::DurableObject for ChatSession {
                 state,
                 env,
                 core: RefCell::new(SessionCore::default()),
-                turn_price: Cell::new(None),
+                turn_prices: RefCell::new(None),
                 bound: RefCell::new(None),
                 listeners: RefCell::new(Vec::new()),
                 alarm_at: Cell::new(None),

@@ -17,14 +17,16 @@ use super::socket::{
 use super::store::SessionStore;
 use super::tools;
 use super::turn::Effect;
+use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
 pub(super) use crate::error::internal;
-use crate::generation::AnyGenerator;
+use crate::generation::routing::{chat_chain, generate_routed};
+use crate::generation::{AnyGenerator, ChainConfig};
 use crate::ingest::IngestHandle;
 use crate::limiter::admission::{turn_hold_ms, Applied, Work};
 use crate::limiter::recorder::Used;
 use crate::limiter::{Admission, LimiterHandle};
 use crate::ports::{
-    ChatMessage, Clock, GenerateRequest, GenerationEvent, Generator, Kv, Role, SystemClock,
+    ChatMessage, Clock, GenerateRequest, GenerationEvent, Kv, Role, RuntimeSleep, SystemClock,
     ToolCall,
 };
 use crate::providers;
@@ -34,8 +36,8 @@ use protocol::chat::{
     encode_frame, Access, ChatEvent, ChatResponse, ChatSnapshot, Cleared, Turn, TurnFrame,
     TurnReservation, UpToDate, Usage, DEFAULT_MAX_TOKENS,
 };
-use protocol::coordinator::DEFAULT_CHAT_MODEL;
-use protocol::limits::{Price, TokenUsage};
+use protocol::coordinator::TenantSettings;
+use protocol::limits::{PriceTable, TokenUsage};
 use protocol::usage::caller_of;
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
 use serde_json::{json, Value};
@@ -64,9 +66,8 @@ pub(super) struct Inner {
     pub(super) env: Env,
     pub(super) store: SessionStore,
     pub(super) core: RefCell<SessionCore>,
-    /// The price of the running turn's model, if priced (one turn runs at a
-    /// time).
-    pub(super) turn_price: Cell<Option<Price>>,
+    /// The tenant's prices while a turn runs (one turn runs at a time).
+    pub(super) turn_prices: RefCell<Option<PriceTable>>,
     /// The tenant and session this object is bound to, once checked.
     pub(super) bound: RefCell<Option<(TenantId, SessionId)>>,
     /// Streams following a running turn.
@@ -317,7 +318,12 @@ impl Inner {
                         .and_then(|seq| self.store.turn_done(turn, now).map(|()| seq));
                     match done {
                         Ok(seq) => {
-                            let price = self.turn_price.get();
+                            let model = self.core.borrow().served_by(turn);
+                            let price = self
+                                .turn_prices
+                                .borrow()
+                                .as_ref()
+                                .and_then(|p| model.as_deref().and_then(|m| p.price(m)));
                             let usage = self
                                 .core
                                 .borrow()
@@ -329,6 +335,7 @@ impl Inner {
                                     ok: true,
                                     message_seq: seq,
                                     usage,
+                                    model,
                                 },
                             );
                             self.prune_events(turn);
@@ -444,18 +451,13 @@ impl Inner {
         // it: the first event does not wait for it.
         let arming = Rc::clone(&self);
         self.state.wait_until(async move { arming.rearm().await });
-        // The price of the turn's model (for its `done` event), fetched beside
-        // the model (both from the tenant's coordinator, cached).
+        // The prices of the turn's models (for its `done` event), fetched
+        // beside them (both from the tenant's coordinator, cached).
         let (generator, prices) = futures::join!(
             self.generator(&ctx),
             crate::limiter::recorder::prices(&self.env, &ctx.tenant, &ctx.request_id)
         );
-        self.turn_price.set(
-            generator
-                .as_ref()
-                .ok()
-                .and_then(|g| prices.price(g.model())),
-        );
+        *self.turn_prices.borrow_mut() = Some(prices);
         while let Some(effect) = waiting.pop_front() {
             let more = match effect {
                 Effect::Generate => match &generator {
@@ -475,9 +477,10 @@ impl Inner {
             waiting.extend(self.perform(ctx.id, more));
         }
         let used = self.core.borrow().used(ctx.id);
+        let served_by = self.core.borrow().served_by(ctx.id);
         self.core.borrow_mut().finish(ctx.id);
-        let model = generator.as_ref().ok().map(|g| g.model().to_owned());
-        self.account(&ctx, model, used).await;
+        self.turn_prices.borrow_mut().take();
+        self.account(&ctx, served_by, used).await;
         self.rearm().await;
     }
 
@@ -629,44 +632,63 @@ impl Inner {
         }
     }
 
+    /// The generators of the turn's model chain (the model it names, or
+    /// the tenant's default and fallbacks), reached through the tenant's AI
+    /// Gateway when it has one.
     pub(super) async fn generator(
         &self,
         ctx: &TurnContext,
-    ) -> std::result::Result<AnyGenerator, String> {
+    ) -> std::result::Result<Vec<AnyGenerator>, String> {
         let settings = self.settings().map_err(|e| e.message)?;
-        let model = if settings.workers_ai {
-            self.chat_model(&ctx.tenant, &ctx.request_id, &ctx.turn)
-                .await
-        } else {
-            crate::generation::embedded::EXTRACTIVE_MODEL.to_owned()
+        let tenant = self.tenant_settings(&ctx.tenant, &ctx.request_id).await;
+        let chain = chat_chain(
+            ctx.turn.model.as_deref(),
+            tenant.as_ref().map(|t| &t.default_models),
+        );
+        let config = ChainConfig {
+            workers_ai: settings.workers_ai,
+            fault_injection: settings.fault_injection,
+            route: Route {
+                gateway: tenant.and_then(|t| t.ai_gateway),
+                metadata: GatewayMetadata {
+                    tenant_id: ctx.tenant.as_str().to_owned(),
+                    key_id: ctx.turn.access.key.clone(),
+                    session_id: Some(ctx.turn.session_id.as_str().to_owned()),
+                },
+            },
         };
-        AnyGenerator::new(
-            &self.env,
-            settings.workers_ai,
-            &model,
-            settings.fault_injection,
-        )
-        .map_err(|e| e.to_string())
+        AnyGenerator::chain(&self.env, &config, &chain).map_err(|e| e.to_string())
     }
 
-    /// One generation: its pieces go to the machine (and out) as they arrive.
-    pub(super) async fn generate(
-        &self,
-        ctx: &TurnContext,
-        generator: &AnyGenerator,
-    ) -> Vec<Effect> {
+    /// One generation, routed over the chain: its pieces go to the machine
+    /// (and out) as they arrive.
+    pub(super) async fn generate(&self, ctx: &TurnContext, chain: &[AnyGenerator]) -> Vec<Effect> {
         let history = match self.store.recent() {
             Ok(h) => h,
             Err(e) => return self.feed(ctx.id, |m| m.fail("storage_failed", e.message)),
         };
+        let limits = match self.limits() {
+            Ok(l) => l,
+            Err(e) => return self.feed(ctx.id, |m| m.fail("internal", e.message)),
+        };
+        // Nothing starts past the turn's deadline (the alarm ends the turn then).
+        let Some(give_up_at) = self.core.borrow().deadline(ctx.id) else {
+            return vec![];
+        };
         let request = GenerateRequest {
-            model: generator.model().to_owned(),
+            model: String::new(),
             messages: context(SYSTEM_PROMPT, &history, CONTEXT_BUDGET_CHARS),
             tools: tools::specs(),
             max_tokens: ctx.turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         };
-        let outcome = generator
-            .generate(&request, &mut |event| match event {
+        let outcome = generate_routed(
+            chain,
+            &request,
+            &limits.route_policy(),
+            &RuntimeSleep,
+            &SystemClock,
+            give_up_at,
+            &mut |event| match event {
                 GenerationEvent::Text(piece) => {
                     let effects = self.feed(ctx.id, |m| m.on_text(piece));
                     // Only `Emit`: nothing is left waiting.
@@ -690,11 +712,10 @@ impl Inner {
                         vec![]
                     });
                 }
-            })
-            .await;
-        self.feed(ctx.id, |m| {
-            m.on_generated(outcome.map_err(|e| e.to_string()))
-        })
+            },
+        )
+        .await;
+        self.feed(ctx.id, |m| m.on_routed(outcome))
     }
 
     pub(super) async fn run_tool(
@@ -743,24 +764,20 @@ impl Inner {
         }
     }
 
-    pub(super) async fn chat_model(
+    /// The tenant's settings from its coordinator; `None` if they cannot be
+    /// read (the turn then runs on the platform's default model, directly).
+    async fn tenant_settings(
         &self,
         tenant: &TenantId,
         request_id: &RequestId,
-        turn: &Turn,
-    ) -> String {
-        if let Some(model) = &turn.model {
-            return model.clone();
-        }
-        // The tenant's default, from its coordinator (only worth the call when
-        // a real model will read it).
-        match crate::CoordinatorHandle::new(&self.env, tenant) {
-            Ok(c) => c
-                .get_tenant(request_id)
-                .await
-                .map(|r| r.settings.default_models.chat)
-                .unwrap_or_else(|_| DEFAULT_CHAT_MODEL.to_owned()),
-            Err(_) => DEFAULT_CHAT_MODEL.to_owned(),
+    ) -> Option<TenantSettings> {
+        let coordinator = crate::CoordinatorHandle::new(&self.env, tenant).ok()?;
+        match coordinator.get_tenant(request_id).await {
+            Ok(record) => Some(record.settings),
+            Err(e) => {
+                worker::console_warn!("chat: the tenant's settings could not be read: {e}");
+                None
+            }
         }
     }
 

@@ -155,13 +155,14 @@ pub fn read_frame(text: Option<&str>) -> Result<ClientFrame, Rejected> {
 /// The key's model allow-list is checked by the gateway on `POST /api/chat`;
 /// a socket's frames never pass through it, so over a socket only the
 /// tenant's default model is used, unless the caller is the operator or a
-/// tenant admin.
+/// tenant admin (the alias `chat`, the default, is anyone's).
 pub fn socket_turn(
     info: &SocketInfo,
     content: String,
     model: Option<String>,
     max_tokens: Option<u32>,
 ) -> Result<Turn, Rejected> {
+    let model = protocol::models::turn_model(model);
     if model.is_some() && !info.access.privileged {
         return Err(Rejected::new(
             "model_not_allowed",
@@ -356,6 +357,8 @@ mod tests {
         assert_eq!(err.code, "model_not_allowed");
         let turn = socket_turn(&info(true), "hi".into(), Some("@cf/x".into()), Some(5)).unwrap();
         assert_eq!(turn.model.as_deref(), Some("@cf/x"));
+        let alias = socket_turn(&info(false), "hi".into(), Some("chat".into()), None).unwrap();
+        assert_eq!(alias.model, None, "the alias is the default, anyone's");
         assert_eq!(turn.access, info(true).access);
         let turn = socket_turn(&info(false), "hi".into(), None, None).unwrap();
         assert_eq!(turn.session_id.as_str(), "s1");

@@ -16,6 +16,7 @@
 //! A turn that fails leaves the user message and its complete rounds, never
 //! half a round or a partial answer.
 
+use crate::generation::routing::{RouteError, MODEL_FAILED};
 use crate::ports::{ChatMessage, Role, ToolCall};
 use protocol::chat::{ChatEvent, Usage};
 use protocol::limits::TokenUsage;
@@ -86,6 +87,8 @@ pub struct TurnMachine {
     total: Option<TokenUsage>,
     /// Results of the current round, as stored (possibly truncated).
     results: Vec<String>,
+    /// The model that served the turn's latest successful generation.
+    model: Option<String>,
 }
 
 fn message(role: Role, content: String) -> ChatMessage {
@@ -138,6 +141,7 @@ impl TurnMachine {
             usage: None,
             total: None,
             results: Vec::new(),
+            model: None,
         };
         (machine, vec![Effect::Generate])
     }
@@ -180,8 +184,28 @@ impl TurnMachine {
         }
     }
 
-    /// The generation ended, successfully or with `Err(message)`.
+    /// The generation ended, successfully or with `Err(message)`
+    /// (`model_failed`).
     pub fn on_generated(&mut self, outcome: Result<(), String>) -> Vec<Effect> {
+        self.end_generation(outcome.map(|()| None).map_err(|m| (MODEL_FAILED, m)))
+    }
+
+    /// A routed generation ended: served by `model`, or failed with its
+    /// code (`model_failed`, `model_timeout`).
+    pub fn on_routed(&mut self, outcome: Result<String, RouteError>) -> Vec<Effect> {
+        self.end_generation(outcome.map(Some).map_err(|e| (e.code, e.message)))
+    }
+
+    /// The model that served the turn's latest successful generation (its
+    /// usage is charged at that model's price).
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn end_generation(
+        &mut self,
+        outcome: Result<Option<String>, (&'static str, String)>,
+    ) -> Vec<Effect> {
         if self.phase != Phase::Generating {
             return vec![];
         }
@@ -190,9 +214,13 @@ impl TurnMachine {
             total.input_tokens += u64::from(u.prompt_tokens);
             total.output_tokens += u64::from(u.completion_tokens);
         }
-        if let Err(message) = outcome {
+        let served_by = match outcome {
+            Ok(model) => model,
             // Nothing of the partial answer is stored.
-            return self.fail("model_failed", message);
+            Err((code, message)) => return self.fail(code, message),
+        };
+        if served_by.is_some() {
+            self.model = served_by;
         }
         if self.calls.is_empty() {
             self.phase = Phase::Ended;
@@ -530,5 +558,29 @@ mod tests {
         assert_eq!(parsed["truncated"], true);
         assert_eq!(parsed["originalBytes"], big.to_string().len());
         assert!(bounded_result(&json!({"a": 1}), 1_000) == r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn a_routed_turn_records_its_model_and_fails_with_the_routers_code() {
+        let mut m = start();
+        m.on_tool_call(call("a"));
+        m.on_routed(Ok("@cf/fallback".into()));
+        assert_eq!(m.model(), Some("@cf/fallback"));
+        m.on_tool_result("a", &json!({}), false);
+        m.on_text("ok".into());
+        let fx = m.on_routed(Ok("@cf/primary".into()));
+        assert_eq!(kinds(&fx), vec!["complete"]);
+        assert_eq!(m.model(), Some("@cf/primary"), "the latest one served");
+        let mut timed_out = start();
+        let fx = timed_out.on_routed(Err(RouteError {
+            code: "model_timeout",
+            message: "every model stalled".into(),
+        }));
+        assert!(
+            matches!(&fx[..], [Effect::Fail { code, .. }] if code == "model_timeout"),
+            "{fx:?}"
+        );
+        assert!(timed_out.is_ended());
+        assert_eq!(timed_out.model(), None);
     }
 }

@@ -1,10 +1,11 @@
 //! The Cloudflare implementations of the ports: Workers AI through the `AI`
-//! binding, Vectorize through the `VECTORS` binding (bound by hand: workers-rs
+//! binding (with a tenant's AI Gateway, [`ai_binding`]), Vectorize through the `VECTORS` binding (bound by hand: workers-rs
 //! has no wrapper), KV through `CACHE`, and the runtime's clock.
 //!
 //! The request and response shapes are plain serde types, unit-tested
 //! natively; only the calls themselves need the runtime.
 
+pub mod ai_binding;
 pub mod clock;
 pub mod kv;
 pub mod vectorize;

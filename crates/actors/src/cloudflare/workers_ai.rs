@@ -52,17 +52,30 @@ pub fn check_output(
     Ok(out.data)
 }
 
-/// A Workers AI embedding model.
+/// A Workers AI embedding model, called directly or through the tenant's
+/// AI Gateway.
 pub struct WorkersAiEmbedder {
     ai: worker::Ai,
     model: String,
     dims: usize,
+    route: crate::cloudflare::ai_binding::Route,
 }
 
 impl WorkersAiEmbedder {
-    /// The model `model` (of `dims` dimensions) behind the `AI` binding.
-    pub fn new(ai: worker::Ai, model: String, dims: usize) -> Self {
-        Self { ai, model, dims }
+    /// The model `model` (of `dims` dimensions) behind the `AI` binding,
+    /// reached by `route`.
+    pub fn new(
+        ai: worker::Ai,
+        model: String,
+        dims: usize,
+        route: crate::cloudflare::ai_binding::Route,
+    ) -> Self {
+        Self {
+            ai,
+            model,
+            dims,
+            route,
+        }
     }
 }
 
@@ -78,14 +91,18 @@ impl Embedder for WorkersAiEmbedder {
                 text: batch,
                 pooling: "mean",
             };
+            let failed = |message: String| PortError::Failed {
+                service: SERVICE,
+                message,
+            };
+            let input = crate::cloudflare::to_js(&input).map_err(failed)?;
+            let raw = crate::cloudflare::ai_binding::run(&self.ai, &self.model, input, &self.route)
+                .await?;
             let output: EmbeddingOutput =
-                self.ai
-                    .run(&self.model, &input)
-                    .await
-                    .map_err(|e| PortError::Failed {
-                        service: SERVICE,
-                        message: e.to_string(),
-                    })?;
+                serde_wasm_bindgen::from_value(raw).map_err(|e| PortError::BadShape {
+                    service: SERVICE,
+                    message: e.to_string(),
+                })?;
             out.extend(check_output(output, batch.len(), self.dims)?);
         }
         Ok(out)

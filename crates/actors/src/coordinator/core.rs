@@ -383,12 +383,8 @@ mod tests {
     fn rename(name: &str) -> CoordinatorRequest {
         CoordinatorRequest::UpdateSettings(UpdateSettings {
             patch: SettingsPatch {
-                budget: Default::default(),
-                prices: None,
-                limits: None,
                 display_name: Some(name.into()),
-                default_models: None,
-                anonymous: None,
+                ..SettingsPatch::default()
             },
         })
     }

@@ -13,9 +13,29 @@ use serde_json::{json, Value};
 /// The name it reports wherever a model name appears.
 pub const EXTRACTIVE_MODEL: &str = "local/extractive";
 
-/// See the module documentation.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ExtractiveGenerator;
+/// See the module documentation. It answers under the name it is given:
+/// in an embedded deployment, every model of a tenant's chain is served by
+/// it under that model's name, so routing (fallbacks, timeouts) runs and is
+/// reported exactly as with Workers AI.
+#[derive(Debug, Clone)]
+pub struct ExtractiveGenerator {
+    name: String,
+}
+
+impl Default for ExtractiveGenerator {
+    fn default() -> Self {
+        Self::named(EXTRACTIVE_MODEL)
+    }
+}
+
+impl ExtractiveGenerator {
+    /// The generator, answering as `name`.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+        }
+    }
+}
 
 /// A `prefix:rest` word of `text` that looks like a KV key (`config:theme`).
 pub fn kv_key_in(text: &str) -> Option<String> {
@@ -97,7 +117,7 @@ fn words(text: &str) -> u32 {
 
 impl Generator for ExtractiveGenerator {
     fn model(&self) -> &str {
-        EXTRACTIVE_MODEL
+        &self.name
     }
 
     async fn generate(
@@ -194,8 +214,10 @@ mod tests {
 
     fn run(req: &GenerateRequest) -> Vec<GenerationEvent> {
         let mut out = Vec::new();
-        futures::executor::block_on(ExtractiveGenerator.generate(req, &mut |e| out.push(e)))
-            .unwrap();
+        futures::executor::block_on(
+            ExtractiveGenerator::default().generate(req, &mut |e| out.push(e)),
+        )
+        .unwrap();
         out
     }
 

@@ -1,13 +1,17 @@
 //! Text generation: the embedded extractive generator (local default) and
 //! Workers AI chat models (streaming, tool calls), behind
 //! [`crate::ports::Generator`]; in test deployments, wrapped in
-//! [`faults::FaultInjecting`].
+//! [`faults::FaultInjecting`]. A turn's generation is served by a chain of
+//! them (the tenant's default model and its fallbacks) through
+//! [`routing`].
 
 pub mod embedded;
 pub mod faults;
+pub mod routing;
 pub mod workers_ai;
 
-use crate::ports::{GenerateRequest, GenerationEvent, Generator, PortError};
+use crate::cloudflare::ai_binding::Route;
+use crate::ports::{GenerateRequest, GenerationEvent, Generator, PortError, RuntimeSleep};
 use worker::Env;
 
 /// A real generator.
@@ -23,29 +27,58 @@ pub enum AnyGenerator {
     /// As configured.
     Plain(BaseGenerator),
     /// With the faults the tests ask for (`FAULT_INJECTION` deployments).
-    Faulty(faults::FaultInjecting<BaseGenerator, faults::RuntimeSleep>),
+    Faulty(faults::FaultInjecting<BaseGenerator, RuntimeSleep>),
+}
+
+/// How a turn's generators are built.
+#[derive(Debug, Clone)]
+pub struct ChainConfig {
+    /// Workers AI (else the embedded generator under each model's name).
+    pub workers_ai: bool,
+    /// Wrap each in [`faults::FaultInjecting`] (test deployments).
+    pub fault_injection: bool,
+    /// How Workers AI is reached (the tenant's AI Gateway).
+    pub route: Route,
 }
 
 impl AnyGenerator {
-    /// Workers AI when `workers_ai`, else the embedded generator; wrapped for
-    /// fault injection when `fault_injection`.
+    /// One generator per model of `chain`, in order.
+    pub fn chain(
+        env: &Env,
+        config: &ChainConfig,
+        chain: &[String],
+    ) -> Result<Vec<Self>, PortError> {
+        chain
+            .iter()
+            .enumerate()
+            .map(|(position, model)| Self::new(env, config, model, position))
+            .collect()
+    }
+
+    /// Workers AI when configured, else the embedded generator under
+    /// `model`'s name; wrapped for fault injection as the model at
+    /// `position` of its chain when configured.
     pub fn new(
         env: &Env,
-        workers_ai: bool,
+        config: &ChainConfig,
         model: &str,
-        fault_injection: bool,
+        position: usize,
     ) -> Result<Self, PortError> {
-        let base = if workers_ai {
+        let base = if config.workers_ai {
             let ai = env.ai("AI").map_err(|e| PortError::Failed {
                 service: "Workers AI",
                 message: e.to_string(),
             })?;
-            BaseGenerator::WorkersAi(workers_ai::WorkersAiGenerator::new(ai, model.to_owned()))
+            BaseGenerator::WorkersAi(workers_ai::WorkersAiGenerator::new(
+                ai,
+                model.to_owned(),
+                config.route.clone(),
+            ))
         } else {
-            BaseGenerator::Embedded(embedded::ExtractiveGenerator)
+            BaseGenerator::Embedded(embedded::ExtractiveGenerator::named(model))
         };
-        Ok(if fault_injection {
-            Self::Faulty(faults::FaultInjecting::new(base, faults::RuntimeSleep))
+        Ok(if config.fault_injection {
+            Self::Faulty(faults::FaultInjecting::new(base, RuntimeSleep, position))
         } else {
             Self::Plain(base)
         })

@@ -256,16 +256,18 @@ where
     parser.finish()
 }
 
-/// A Workers AI chat model.
+/// A Workers AI chat model, called directly or through the tenant's AI
+/// Gateway.
 pub struct WorkersAiGenerator {
     ai: worker::Ai,
     model: String,
+    route: crate::cloudflare::ai_binding::Route,
 }
 
 impl WorkersAiGenerator {
-    /// `model` behind the `AI` binding.
-    pub fn new(ai: worker::Ai, model: String) -> Self {
-        Self { ai, model }
+    /// `model` behind the `AI` binding, reached by `route`.
+    pub fn new(ai: worker::Ai, model: String, route: crate::cloudflare::ai_binding::Route) -> Self {
+        Self { ai, model, route }
     }
 }
 
@@ -279,16 +281,16 @@ impl Generator for WorkersAiGenerator {
         request: &GenerateRequest,
         on_event: &mut dyn FnMut(GenerationEvent),
     ) -> Result<(), PortError> {
-        let failed = |e: worker::Error| PortError::Failed {
-            service: SERVICE,
-            message: e.to_string(),
-        };
-        let stream = self
-            .ai
-            .run_bytes(&request.model, chat_input(request))
-            .await
-            .map_err(failed)?;
-        for call in read_stream(stream, on_event).await? {
+        use worker::wasm_bindgen::JsCast;
+        let input = crate::cloudflare::to_js(&chat_input(request)).map_err(bad)?;
+        let output =
+            crate::cloudflare::ai_binding::run(&self.ai, &request.model, input, &self.route)
+                .await?;
+        let stream = output
+            .dyn_into::<worker::web_sys::ReadableStream>()
+            .map_err(|_| bad("a streamed chat answer is not a stream"))?;
+        let bytes = worker::ByteStream::from(stream);
+        for call in read_stream(bytes, on_event).await? {
             on_event(GenerationEvent::ToolCall(call));
         }
         Ok(())

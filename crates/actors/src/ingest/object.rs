@@ -18,11 +18,14 @@ use super::restore;
 use super::search::{choose_mode, SearchPlan, CACHE_TTL_SECS};
 use super::store::QueueStore;
 use super::work::{self, Budget, DocRun, Done, Finish, Step, WorkRun, Worked};
+use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
+use crate::embedding_model;
 use crate::limiter::recorder::{self, Used};
 use crate::ports::{Clock, Embedder, Kv, PortError, SystemClock, VectorIndex};
-use crate::providers::{self, AnyEmbedder, AnyIndex, Settings};
+use crate::providers::{self, AnyEmbedder, AnyIndex, Settings, TenantAi};
 use crate::retrieval::MemIndex;
 use crate::rpc;
+use protocol::coordinator::TenantSettings;
 use protocol::ingest::{Document, Enqueue, IngestRequest, IngestResponse, Search};
 use protocol::limits::TokenUsage;
 use protocol::{Envelope, ErrorReply, RequestId, TenantId};
@@ -57,7 +60,15 @@ pub struct IngestQueue {
     mem: Rc<RefCell<Option<MemIndex>>>,
     /// A work loop is running (they must not overlap).
     working: Cell<bool>,
+    /// The tenant's settings as last read from its coordinator, and when
+    /// (Workers AI deployments: its embedding model and AI Gateway).
+    tenant_settings: RefCell<Option<(u64, TenantSettings)>>,
 }
+
+/// How long the tenant's settings read from its coordinator are used: a
+/// settings change reaches indexing and search within a second, as it
+/// reaches the gateway.
+const TENANT_SETTINGS_HELD_MS: u64 = 1_000;
 
 impl IngestQueue {
     fn store(&self) -> QueueStore {
@@ -70,6 +81,57 @@ impl IngestQueue {
 
     fn settings(&self) -> Result<Settings, ErrorReply> {
         providers::from_env(&self.env).map_err(|e| internal(format!("misconfigured: {e}")))
+    }
+
+    /// The tenant's embedding model and route to Workers AI; nothing to
+    /// read in an embedded deployment. Settings that cannot be read are an
+    /// error (the work is retried, the search fails): another model would
+    /// write vectors that cannot be compared with the index's.
+    async fn tenant_ai(
+        &self,
+        tenant: &TenantId,
+        settings: &Settings,
+    ) -> Result<TenantAi, PortError> {
+        if !settings.workers_ai {
+            return Ok(TenantAi::default());
+        }
+        let now = self.now();
+        let held = self
+            .tenant_settings
+            .borrow()
+            .as_ref()
+            .filter(|(at, _)| now.saturating_sub(*at) < TENANT_SETTINGS_HELD_MS)
+            .map(|(_, t)| t.clone());
+        let current = match held {
+            Some(t) => t,
+            None => {
+                let unavailable = |e: crate::ActorError| PortError::Failed {
+                    service: "TenantCoordinator",
+                    message: format!("the tenant's embedding model could not be read: {e}"),
+                };
+                let request_id = protocol::RequestId::from_random(crate::entropy::random_bytes());
+                let record = crate::CoordinatorHandle::new(&self.env, tenant)
+                    .map_err(unavailable)?
+                    .get_tenant(&request_id)
+                    .await
+                    .map_err(unavailable)?;
+                *self.tenant_settings.borrow_mut() = Some((now, record.settings.clone()));
+                record.settings
+            }
+        };
+        let model = embedding_model::model_in_use(settings, &current.default_models.embedding)
+            .map_err(|e| PortError::Unsupported(e.to_string()))?;
+        Ok(TenantAi {
+            embedding_model: model,
+            route: Route {
+                gateway: current.ai_gateway,
+                metadata: GatewayMetadata {
+                    tenant_id: tenant.as_str().to_owned(),
+                    key_id: None,
+                    session_id: None,
+                },
+            },
+        })
     }
 
     fn index(&self, tenant: &TenantId, settings: &Settings) -> Result<AnyIndex, PortError> {
@@ -207,8 +269,11 @@ impl IngestQueue {
             Err(e) => return self.stop(&e),
         };
         let faults = Some(SqlFaults::new(self.state.storage().sql()));
-        let ports = AnyEmbedder::new(&self.env, settings, faults)
-            .and_then(|embedder| Ok((embedder, self.index(tenant, settings)?)));
+        let ports = match self.tenant_ai(tenant, settings).await {
+            Ok(ai) => AnyEmbedder::new(&self.env, settings, faults, &ai)
+                .and_then(|embedder| Ok((embedder, self.index(tenant, settings)?))),
+            Err(e) => Err(e),
+        };
         let caller = self
             .with_core(|c| c.job_caller(&item.job_id).map(str::to_owned))
             .ok()
@@ -324,7 +389,8 @@ impl IngestQueue {
         }
         let vector = if plan.embeds() {
             // Injected failures are for indexing: a search never takes one.
-            let embedder = AnyEmbedder::new(&self.env, settings, None::<SqlFaults>)?;
+            let ai = self.tenant_ai(tenant, settings).await?;
+            let embedder = AnyEmbedder::new(&self.env, settings, None::<SqlFaults>, &ai)?;
             let query = std::slice::from_ref(&search.query);
             let vector = embedder.embed(query).await?.into_iter().next();
             self.charge(tenant, search.caller.clone(), embedder.model(), query);
@@ -392,6 +458,7 @@ impl worker::DurableObject for IngestQueue {
             loaded: RefCell::new(None),
             mem: Rc::new(RefCell::new(None)),
             working: Cell::new(false),
+            tenant_settings: RefCell::new(None),
         }
     }
 
