@@ -96,6 +96,14 @@ fn usage_sums_the_turns_usage_priced_by_the_operator() {
     // The operator prices the embedded generator: $1 per million input
     // tokens, $2 per million output tokens (so a record costs input + 2 ×
     // output micro-dollars, exactly).
+    // Turns are served by the embedded generator under its own name.
+    let r = server.as_operator(
+        A,
+        "PATCH",
+        "/admin/tenant",
+        Some(json!({ "defaultModels": { "chat": "local/extractive" } })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     let prices = json!({ "prices": {
         "local/extractive": { "inputPerMillionMicros": 1_000_000, "outputPerMillionMicros": 2_000_000 },
         "local/hashed-768": { "inputPerMillionMicros": 1_000_000 }

@@ -35,6 +35,20 @@ impl ExtractiveGenerator {
             name: name.to_owned(),
         }
     }
+
+    /// The generator standing in for `model` (a position of a chain in the
+    /// embedded configuration), named so that nobody mistakes its answer for
+    /// that model's: `local/extractive:<model>` (cut to the 128 characters a
+    /// model name may have), or `local/extractive` itself.
+    pub fn standing_in_for(model: &str) -> Self {
+        if model == EXTRACTIVE_MODEL {
+            return Self::default();
+        }
+        let mut name = format!("{EXTRACTIVE_MODEL}:{model}");
+        // Model names are ASCII: any byte is a character boundary.
+        name.truncate(protocol::coordinator::MAX_MODEL_NAME_LEN);
+        Self { name }
+    }
 }
 
 /// A `prefix:rest` word of `text` that looks like a KV key (`config:theme`).
@@ -186,6 +200,23 @@ impl Generator for ExtractiveGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stand_in_says_what_it_stands_in_for() {
+        assert_eq!(
+            ExtractiveGenerator::standing_in_for("@cf/qwen/qwen3-30b-a3b-fp8").model(),
+            "local/extractive:@cf/qwen/qwen3-30b-a3b-fp8"
+        );
+        assert_eq!(
+            ExtractiveGenerator::standing_in_for(EXTRACTIVE_MODEL).model(),
+            EXTRACTIVE_MODEL
+        );
+        let long = ExtractiveGenerator::standing_in_for(&"m".repeat(128));
+        assert!(
+            protocol::keys::valid_model(long.model()),
+            "still a model name"
+        );
+    }
     use crate::ports::ToolSpec;
 
     fn msg(role: Role, content: &str, name: Option<&str>) -> ChatMessage {

@@ -33,7 +33,7 @@ pub enum AnyGenerator {
 /// How a turn's generators are built.
 #[derive(Debug, Clone)]
 pub struct ChainConfig {
-    /// Workers AI (else the embedded generator under each model's name).
+    /// Workers AI (else the embedded generator standing in for each model).
     pub workers_ai: bool,
     /// Wrap each in [`faults::FaultInjecting`] (test deployments).
     pub fault_injection: bool,
@@ -55,8 +55,8 @@ impl AnyGenerator {
             .collect()
     }
 
-    /// Workers AI when configured, else the embedded generator under
-    /// `model`'s name; wrapped for fault injection as the model at
+    /// Workers AI when configured, else the embedded generator standing in
+    /// for `model` (named `local/extractive:<model>`); wrapped for fault injection as the model at
     /// `position` of its chain when configured.
     pub fn new(
         env: &Env,
@@ -75,7 +75,7 @@ impl AnyGenerator {
                 config.route.clone(),
             ))
         } else {
-            BaseGenerator::Embedded(embedded::ExtractiveGenerator::named(model))
+            BaseGenerator::Embedded(embedded::ExtractiveGenerator::standing_in_for(model))
         };
         Ok(if config.fault_injection {
             Self::Faulty(faults::FaultInjecting::new(base, RuntimeSleep, position))
