@@ -14,7 +14,7 @@ fn settings_survive_a_restart() {
             "PATCH",
             &server.url("/admin/tenant"),
             &[auth, ("content-type", "application/json")],
-            Some(br#"{"displayName":"Survivor","defaultModels":{"embedding":"@cf/baai/bge-small-en-v1.5"}}"#),
+            Some(br#"{"displayName":"Survivor","defaultModels":{"chat":"@cf/qwen/qwen3-30b-a3b-fp8"},"budget":{"tokensPerDay":5000}}"#),
         );
         assert_eq!(r.status, 200, "{}", r.body);
         created_at = r.json()["tenant"]["createdAtMs"].as_u64();
@@ -26,9 +26,10 @@ fn settings_survive_a_restart() {
     let tenant = &r.json()["tenant"];
     assert_eq!(tenant["settings"]["displayName"], "Survivor");
     assert_eq!(
-        tenant["settings"]["defaultModels"]["embedding"],
-        "@cf/baai/bge-small-en-v1.5"
+        tenant["settings"]["defaultModels"]["chat"],
+        "@cf/qwen/qwen3-30b-a3b-fp8"
     );
+    assert_eq!(tenant["settings"]["budget"]["tokensPerDay"], 5000);
     assert_eq!(tenant["createdAtMs"].as_u64(), created_at);
 
     // A fresh folder is a fresh platform: nothing leaks between folders.
