@@ -128,8 +128,8 @@ fn usage_sums_the_turns_usage_priced_by_the_operator() {
         r.json()["tenant"]["settings"]["prices"]["local/extractive"]["outputPerMillionMicros"],
         2_000_000
     );
-    // Prices reach the isolates' caches within 2 s.
-    std::thread::sleep(Duration::from_millis(2_100));
+    // Settings reach the isolates' caches within 1 s.
+    std::thread::sleep(Duration::from_millis(1_100));
 
     let (chat_key, chat_id) = new_key(&server, A, json!(["chat"]));
     let mut sent = (0, 0);

@@ -771,9 +771,8 @@ impl Inner {
         tenant: &TenantId,
         request_id: &RequestId,
     ) -> Option<TenantSettings> {
-        let coordinator = crate::CoordinatorHandle::new(&self.env, tenant).ok()?;
-        match coordinator.get_tenant(request_id).await {
-            Ok(record) => Some(record.settings),
+        match crate::coordinator::tenant_settings(&self.env, tenant, request_id).await {
+            Ok(settings) => Some(settings),
             Err(e) => {
                 worker::console_warn!("chat: the tenant's settings could not be read: {e}");
                 None

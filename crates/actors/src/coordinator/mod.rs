@@ -9,9 +9,11 @@ pub mod core;
 mod handle;
 pub mod keys;
 mod object;
+pub mod settings;
 
 pub use handle::CoordinatorHandle;
 pub use object::TenantCoordinator;
+pub use settings::tenant_settings;
 
 /// The Durable Object binding name in every wrangler config.
 pub const BINDING: &str = "TENANT_COORDINATOR";

@@ -25,7 +25,6 @@ use crate::ports::{Clock, Embedder, Kv, PortError, SystemClock, VectorIndex};
 use crate::providers::{self, AnyEmbedder, AnyIndex, Settings, TenantAi};
 use crate::retrieval::MemIndex;
 use crate::rpc;
-use protocol::coordinator::TenantSettings;
 use protocol::ingest::{Document, Enqueue, IngestRequest, IngestResponse, Search};
 use protocol::limits::TokenUsage;
 use protocol::{Envelope, ErrorReply, RequestId, TenantId};
@@ -60,15 +59,7 @@ pub struct IngestQueue {
     mem: Rc<RefCell<Option<MemIndex>>>,
     /// A work loop is running (they must not overlap).
     working: Cell<bool>,
-    /// The tenant's settings as last read from its coordinator, and when
-    /// (Workers AI deployments: its embedding model and AI Gateway).
-    tenant_settings: RefCell<Option<(u64, TenantSettings)>>,
 }
-
-/// How long the tenant's settings read from its coordinator are used: a
-/// settings change reaches indexing and search within a second, as it
-/// reaches the gateway.
-const TENANT_SETTINGS_HELD_MS: u64 = 1_000;
 
 impl IngestQueue {
     fn store(&self) -> QueueStore {
@@ -95,30 +86,13 @@ impl IngestQueue {
         if !settings.workers_ai {
             return Ok(TenantAi::default());
         }
-        let now = self.now();
-        let held = self
-            .tenant_settings
-            .borrow()
-            .as_ref()
-            .filter(|(at, _)| now.saturating_sub(*at) < TENANT_SETTINGS_HELD_MS)
-            .map(|(_, t)| t.clone());
-        let current = match held {
-            Some(t) => t,
-            None => {
-                let unavailable = |e: crate::ActorError| PortError::Failed {
-                    service: "TenantCoordinator",
-                    message: format!("the tenant's embedding model could not be read: {e}"),
-                };
-                let request_id = protocol::RequestId::from_random(crate::entropy::random_bytes());
-                let record = crate::CoordinatorHandle::new(&self.env, tenant)
-                    .map_err(unavailable)?
-                    .get_tenant(&request_id)
-                    .await
-                    .map_err(unavailable)?;
-                *self.tenant_settings.borrow_mut() = Some((now, record.settings.clone()));
-                record.settings
-            }
-        };
+        let request_id = RequestId::from_random(crate::entropy::random_bytes());
+        let current = crate::coordinator::tenant_settings(&self.env, tenant, &request_id)
+            .await
+            .map_err(|e| PortError::Failed {
+                service: "TenantCoordinator",
+                message: format!("the tenant's embedding model could not be read: {e}"),
+            })?;
         let model = embedding_model::model_in_use(settings, &current.default_models.embedding)
             .map_err(|e| PortError::Unsupported(e.to_string()))?;
         Ok(TenantAi {
@@ -458,7 +432,6 @@ impl worker::DurableObject for IngestQueue {
             loaded: RefCell::new(None),
             mem: Rc::new(RefCell::new(None)),
             working: Cell::new(false),
-            tenant_settings: RefCell::new(None),
         }
     }
 
