@@ -4,11 +4,12 @@
 //! second turn while one runs and frees its slot when the turn ends; a
 //! turn's `done` carries its usage; limits change with `PATCH`; a tenant
 //! admin stays within the tenant's limits, which only the operator sets; the
-//! tenant's total holds across keys; the limiter is inspectable.
+//! tenant's total holds across keys; the limiter is inspectable; anonymous
+//! clients have a limiter each and share the tenant's total.
 
 use e2e::chat::parse_sse;
 use e2e::http::{send, Reply};
-use e2e::{shared, Deployment, Server};
+use e2e::{shared, Deployment, PersistDir, Server};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -437,4 +438,64 @@ fn a_websocket_is_no_way_around_a_keys_limits() {
         "{refused}"
     );
     socket.close();
+}
+
+#[test]
+fn anonymous_clients_are_limited_each_and_in_total() {
+    // Its own server: the tenant's limits it sets would hold the other
+    // tests' keys too.
+    let dir = PersistDir::new("limits-anonymous");
+    let server = Server::start(Deployment::Dedicated(B), &dir);
+    let r = admin(
+        &server,
+        B,
+        "PATCH",
+        "/admin/tenant",
+        Some(json!({ "anonymous": { "search": true }, "limits": { "rpm": 4 } })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The gateway reads the tenant's settings through a 1 s cache.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let anonymous = |client: &str, n: usize| {
+        send(
+            "POST",
+            &server.url("/api/search"),
+            &[
+                ("content-type", "application/json"),
+                ("cf-connecting-ip", client),
+            ],
+            Some(
+                json!({ "query": format!("anonymous harbour question {client} {n}") })
+                    .to_string()
+                    .as_bytes(),
+            ),
+        )
+    };
+    let replies: Vec<Reply> = (0..7).map(|n| anonymous("203.0.113.7", n)).collect();
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 429, 429, 429],
+        "one client gets the tenant's default rpm: {:?}",
+        replies.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    let refused = replies[4].json();
+    assert_eq!(refused["error"]["limit"], "rpm", "{refused}");
+    assert!(replies[4].header("retry-after").is_some());
+    // Another client has its own limiter, but the tenant's total (4 a
+    // minute) is spent: refused for the tenant.
+    let other = anonymous("198.51.100.23", 0);
+    assert_eq!(other.status, 429, "{}", other.body);
+    assert_eq!(other.json()["error"]["scope"], "tenant", "{}", other.body);
+    // Closed again: anonymous search is refused before any limiter.
+    let r = admin(
+        &server,
+        B,
+        "PATCH",
+        "/admin/tenant",
+        Some(json!({ "anonymous": { "search": false } })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    assert_eq!(anonymous("192.0.2.1", 0).status, 401);
 }
