@@ -499,3 +499,69 @@ fn anonymous_clients_are_limited_each_and_in_total() {
     std::thread::sleep(std::time::Duration::from_millis(1_100));
     assert_eq!(anonymous("192.0.2.1", 0).status, 401);
 }
+
+#[test]
+fn tpm_is_reserved_before_a_turn_and_settled_with_what_it_used() {
+    let server = shared(Deployment::Dedicated(B));
+    // 3000 tokens a minute (50 a second refill). Each turn reserves its
+    // estimate, 1000 + maxTokens (20) = 1020: charged at the estimate, only
+    // 2 turns would fit. Settled with what the turns used (a few hundred
+    // tokens each), the difference comes back and more turns fit.
+    let (key, id) = new_key(&server, B, json!(["chat"]), json!({ "tpm": 3000 }));
+    let mut admitted = 0;
+    let mut refused = None;
+    let started = std::time::Instant::now();
+    for n in 0..20 {
+        let r = chat(
+            &server,
+            &key,
+            "limits-tpm",
+            &format!("tpm question {n}: who keeps the lamp?"),
+        );
+        if r.status == 429 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200, "turn {n}: {}", r.body);
+        admitted += 1;
+        // Wait for the settle, so the next admission sees what was used.
+        let settled = (0..40).any(|_| {
+            let r = admin(
+                &server,
+                B,
+                "GET",
+                &format!("/admin/actors/limiter/{id}"),
+                None,
+            );
+            let idle = r.json()["state"]["reservations"]
+                .as_array()
+                .is_some_and(|v| v.is_empty());
+            if !idle {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            idle
+        });
+        assert!(settled, "turn {n} settled");
+    }
+    // Charged at their estimates, the bucket and its refill over the run
+    // would have admitted at most this many.
+    let refill = 50 * (started.elapsed().as_secs() + 1);
+    let at_estimates = (3000 + refill) / 1020;
+    assert!(
+        admitted > at_estimates,
+        "settling gave back the unused estimate: {admitted} turns admitted, {at_estimates} at estimates"
+    );
+    let refused = refused.expect("the tokens of a minute run out within 20 turns");
+    let error = &refused.json()["error"];
+    assert_eq!(
+        (error["limit"].as_str(), error["scope"].as_str()),
+        (Some("tpm"), Some("key")),
+        "{}",
+        refused.body
+    );
+    let retry: u64 = refused
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+}
