@@ -7,6 +7,7 @@
 //! these tests (or `cargo xtask build`, then `cargo test -p e2e`).
 
 pub mod chat;
+pub mod corpus;
 pub mod http;
 
 use std::net::TcpListener;

@@ -1,0 +1,152 @@
+//! Retrieval quality on natural-language questions: the whole corpus
+//! ingested through HTTP, then every question of
+//! `tests/questions/rust-docs.jsonl` (written by hand in users' words, each
+//! naming the sections that answer it) asked in each mode. Scored at
+//! document level: a question is answered at k when one of its sections is
+//! among the first k matches. Also: the uncached latency of these questions
+//! per mode, and what the off-topic questions (no answer) get back.
+//!
+//! Run with `cargo bench -p e2e --bench quality` after `cargo xtask build`.
+//! Results go to stdout as Markdown for `docs/benchmarks.md`.
+
+use e2e::corpus::{index_chunks, ingest, load_corpus, search, TENANT};
+use e2e::{Deployment, PersistDir, Server};
+use serde_json::Value;
+use std::collections::HashSet;
+
+const MODES: [&str; 3] = ["vector", "keyword", "hybrid"];
+const TOP_K: u32 = 5;
+
+struct Question {
+    text: String,
+    answers: HashSet<String>,
+    book: String,
+}
+
+fn questions() -> Vec<Question> {
+    let path = xtask::repo_root().join("tests/questions/rust-docs.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("a JSON line");
+            Question {
+                text: v["question"].as_str().expect("question").to_owned(),
+                answers: v["answers"]
+                    .as_array()
+                    .expect("answers")
+                    .iter()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect(),
+                book: v["book"].as_str().unwrap_or_default().to_owned(),
+            }
+        })
+        .collect()
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (v.len().saturating_sub(1)) as f64).round() as usize;
+    v.get(rank.min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// The documents of a search's matches, best first, each once.
+fn documents(answer: &Value) -> Vec<String> {
+    let mut seen = Vec::new();
+    for m in answer["matches"].as_array().into_iter().flatten() {
+        if let Some(doc) = m["metadata"]["docId"].as_str() {
+            if !seen.iter().any(|d| d == doc) {
+                seen.push(doc.to_owned());
+            }
+        }
+    }
+    seen
+}
+
+fn main() {
+    let corpus = load_corpus();
+    let questions = questions();
+    let dir = PersistDir::new("bench-quality");
+    let server = Server::start_with_vars(
+        Deployment::Dedicated(TENANT),
+        &dir,
+        &[("EMBEDDED_MAX_CHUNKS", "20000")],
+    );
+    let (chunks, secs) = ingest(&server, &corpus);
+    println!(
+        "corpus: {} documents, {chunks} chunks ({} in the index), ingested in {secs:.0} s",
+        corpus.len(),
+        index_chunks(&server)
+    );
+    let on_topic: Vec<&Question> = questions.iter().filter(|q| !q.answers.is_empty()).collect();
+    let off_topic: Vec<&Question> = questions.iter().filter(|q| q.answers.is_empty()).collect();
+    println!(
+        "\n| mode | questions | recall@1 | recall@5 | uncached p50 ms | p90 ms | off-topic with matches | off-topic best score (max) | on-topic best score (median) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut per_book: Vec<(String, String, f64, f64)> = Vec::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        // A suffix per mode keeps every search uncached (the cache key is
+        // the query text) without changing what it means.
+        let salt = " ".repeat(i);
+        let (mut at1, mut at5, mut ms) = (0usize, 0usize, Vec::new());
+        let mut best_on = Vec::new();
+        let mut books: std::collections::BTreeMap<&str, (usize, usize, usize)> = Default::default();
+        for q in &on_topic {
+            let (answer, t) = search(&server, &format!("{}{salt}", q.text), mode, TOP_K);
+            assert_eq!(answer["cached"], false, "uncached");
+            ms.push(t);
+            let docs = documents(&answer);
+            let first = docs.first().is_some_and(|d| q.answers.contains(d));
+            let any = docs.iter().take(5).any(|d| q.answers.contains(d));
+            at1 += usize::from(first);
+            at5 += usize::from(any);
+            let b = books.entry(q.book.as_str()).or_default();
+            b.0 += 1;
+            b.1 += usize::from(first);
+            b.2 += usize::from(any);
+            if let Some(s) = answer["matches"][0]["score"].as_f64() {
+                best_on.push(s);
+            }
+        }
+        let (mut with_matches, mut best_off) = (0, f64::NEG_INFINITY);
+        for q in &off_topic {
+            let (answer, _) = search(&server, &format!("{}{salt}", q.text), mode, TOP_K);
+            if let Some(s) = answer["matches"][0]["score"].as_f64() {
+                with_matches += 1;
+                best_off = best_off.max(s);
+            }
+        }
+        let n = on_topic.len() as f64;
+        println!(
+            "| {mode} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {with_matches}/{} | {} | {:.3} |",
+            on_topic.len(),
+            at1 as f64 / n,
+            at5 as f64 / n,
+            percentile(&mut ms, 50.0),
+            percentile(&mut ms, 90.0),
+            off_topic.len(),
+            if best_off.is_finite() {
+                format!("{best_off:.3}")
+            } else {
+                "-".to_owned()
+            },
+            percentile(&mut best_on, 50.0),
+        );
+        for (book, (count, first, any)) in books {
+            per_book.push((
+                (*mode).to_owned(),
+                format!("{book} ({count})"),
+                first as f64 / count as f64,
+                any as f64 / count as f64,
+            ));
+        }
+    }
+    println!("\n| mode | book (questions) | recall@1 | recall@5 |\n|---|---|---|---|");
+    for (mode, book, r1, r5) in per_book {
+        println!("| {mode} | {book} | {r1:.2} | {r5:.2} |");
+    }
+}
