@@ -359,21 +359,40 @@ impl Ord for HeapEntry {
 /// `None` when the query has no words.
 pub fn fts_query(query: &str) -> Option<String> {
     let mut seen = Vec::new();
+    let mut all = Vec::new();
     for w in embedding::words(query) {
-        if !seen.contains(&w) && seen.len() < 32 {
+        if !all.contains(&w) && all.len() < 32 {
+            all.push(w.clone());
+        }
+        if !QUERY_STOPWORDS.contains(&w.as_str()) && !seen.contains(&w) && seen.len() < 32 {
             seen.push(w);
         }
     }
-    if seen.is_empty() {
+    // A query of function words only ("how do I") still searches for them.
+    let terms = if seen.is_empty() { all } else { seen };
+    if terms.is_empty() {
         return None;
     }
     Some(
-        seen.iter()
+        terms
+            .iter()
             .map(|w| format!("\"{}\"", w.replace('"', "")))
             .collect::<Vec<_>>()
             .join(" OR "),
     )
 }
+
+/// Words a question carries that say nothing of its subject: left out of the
+/// keyword query, where each would match most of the corpus and pull in
+/// passages that share only them.
+const QUERY_STOPWORDS: &[&str] = &[
+    "a", "about", "am", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can",
+    "could", "did", "do", "does", "doing", "for", "from", "get", "got", "had", "has", "have",
+    "how", "i", "if", "in", "into", "is", "it", "its", "just", "me", "my", "of", "on", "or",
+    "our", "so", "some", "than", "that", "the", "their", "them", "then", "there", "these",
+    "they", "this", "those", "to", "was", "we", "were", "what", "when", "where", "which", "while",
+    "who", "whom", "why", "will", "with", "would", "you", "your",
+];
 
 /// The constant of reciprocal rank fusion (the usual 60).
 pub const RRF_K: f64 = 60.0;
@@ -534,10 +553,19 @@ mod tests {
     fn fts_queries_are_quoted_words() {
         assert_eq!(
             fts_query("Borrow checker: \"NEAR\" OR *").as_deref(),
-            Some("\"borrow\" OR \"checker\" OR \"near\" OR \"or\"")
+            Some("\"borrow\" OR \"checker\" OR \"near\""),
+            "operators are quoted words, and function words are left out"
         );
         assert_eq!(fts_query(" ,;* "), None);
-        assert_eq!(fts_query("a a a").as_deref(), Some("\"a\""));
+        assert_eq!(
+            fts_query("How do I split a workspace?").as_deref(),
+            Some("\"split\" OR \"workspace\"")
+        );
+        assert_eq!(
+            fts_query("a a a").as_deref(),
+            Some("\"a\""),
+            "a query of function words only keeps them"
+        );
     }
 
     #[test]

@@ -33,8 +33,22 @@ pub const SCHEMA: &[&str] = &[
         embedding BLOB NOT NULL,
         metadata TEXT NOT NULL
     )",
+    // The full-text index: each chunk's document title and its text, words
+    // stemmed (Porter) so "borrowing" finds "borrowed", accents folded.
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_text USING fts5(
+        title, text, tokenize = 'porter unicode61 remove_diacritics 2')",
+    // The first full-text index (text only, unstemmed): what an older
+    // version wrote moves to `chunk_text` once, and the table stays empty.
     "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_fts USING fts5(text, tokenize = 'unicode61')",
+    "INSERT INTO chunk_text (rowid, title, text)
+        SELECT chunk_fts.rowid, COALESCE(json_extract(vectors.metadata, '$.title'), ''), chunk_fts.text
+        FROM chunk_fts JOIN vectors ON vectors.rid = chunk_fts.rowid",
+    "DELETE FROM chunk_fts",
 ];
+
+/// How much more a query word found in a chunk's document title counts than
+/// one in its text (BM25 column weights).
+pub const TITLE_WEIGHT: f64 = 2.0;
 
 /// Candidates taken from each list before fusing or filtering.
 const CANDIDATES: usize = 50;
@@ -218,21 +232,24 @@ impl SqlVectorIndex {
         let rows = if filter.is_empty() {
             sql::rows::<(i64, f64)>(
                 &self.sql,
-                "SELECT rowid, bm25(chunk_fts) AS score FROM chunk_fts \
-                 WHERE chunk_fts MATCH ? ORDER BY score LIMIT ?",
-                vec![expr.into(), int(k)],
+                "SELECT rowid, bm25(chunk_text, ?, 1.0) AS score FROM chunk_text \
+                 WHERE chunk_text MATCH ? ORDER BY score LIMIT ?",
+                vec![TITLE_WEIGHT.into(), expr.into(), int(k)],
             )
         } else {
             let (condition, mut bindings) = filter_sql(filter);
-            let mut all = vec![SqlStorageValue::from(expr)];
+            let mut all = vec![
+                SqlStorageValue::from(TITLE_WEIGHT),
+                SqlStorageValue::from(expr),
+            ];
             all.append(&mut bindings);
             all.push(int(k));
             sql::rows::<(i64, f64)>(
                 &self.sql,
                 &format!(
-                    "SELECT chunk_fts.rowid, bm25(chunk_fts) AS score FROM chunk_fts \
-                     JOIN vectors ON vectors.rid = chunk_fts.rowid \
-                     WHERE chunk_fts MATCH ? AND {condition} ORDER BY score LIMIT ?"
+                    "SELECT chunk_text.rowid, bm25(chunk_text, ?, 1.0) AS score FROM chunk_text \
+                     JOIN vectors ON vectors.rid = chunk_text.rowid \
+                     WHERE chunk_text MATCH ? AND {condition} ORDER BY score LIMIT ?"
                 ),
                 all,
             )
@@ -265,7 +282,7 @@ impl SqlVectorIndex {
                 Some(rid) => {
                     sql::exec(
                         &self.sql,
-                        "DELETE FROM chunk_fts WHERE rowid = ?",
+                        "DELETE FROM chunk_text WHERE rowid = ?",
                         vec![int(rid)],
                     )
                     .map_err(storage)?;
@@ -291,8 +308,12 @@ impl SqlVectorIndex {
             };
             sql::exec(
                 &self.sql,
-                "INSERT INTO chunk_fts (rowid, text) VALUES (?, ?)",
-                vec![int(rid), text_of(&r.metadata).into()],
+                "INSERT INTO chunk_text (rowid, title, text) VALUES (?, ?, ?)",
+                vec![
+                    int(rid),
+                    title_of(&r.metadata).into(),
+                    text_of(&r.metadata).into(),
+                ],
             )
             .map_err(storage)?;
             if let Some(mem) = self.mem.borrow_mut().as_mut() {
@@ -374,6 +395,13 @@ pub fn from_blob(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+fn title_of(metadata: &Metadata) -> String {
+    match metadata.get("title") {
+        Some(MetaValue::Str(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
 fn text_of(metadata: &Metadata) -> String {
     match metadata.get("text") {
         Some(MetaValue::Str(s)) => s.clone(),
@@ -412,7 +440,7 @@ impl VectorIndex for SqlVectorIndex {
             };
             sql::exec(
                 &self.sql,
-                "DELETE FROM chunk_fts WHERE rowid = ?",
+                "DELETE FROM chunk_text WHERE rowid = ?",
                 vec![int(rid)],
             )
             .and_then(|()| {
