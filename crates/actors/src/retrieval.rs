@@ -3,6 +3,7 @@
 //! reciprocal rank fusion.
 
 use crate::embedding;
+use crate::ports::VectorHit;
 use protocol::ingest::{MetaValue, Metadata};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -388,11 +389,36 @@ pub fn fts_query(query: &str) -> Option<String> {
 const QUERY_STOPWORDS: &[&str] = &[
     "a", "about", "am", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can",
     "could", "did", "do", "does", "doing", "for", "from", "get", "got", "had", "has", "have",
-    "how", "i", "if", "in", "into", "is", "it", "its", "just", "me", "my", "of", "on", "or",
-    "our", "so", "some", "than", "that", "the", "their", "them", "then", "there", "these",
-    "they", "this", "those", "to", "was", "we", "were", "what", "when", "where", "which", "while",
-    "who", "whom", "why", "will", "with", "would", "you", "your",
+    "how", "i", "if", "in", "into", "is", "it", "its", "just", "me", "my", "of", "on", "or", "our",
+    "so", "some", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this",
+    "those", "to", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom",
+    "why", "will", "with", "would", "you", "your",
 ];
+
+/// How many more chunks than asked a search ranks before it keeps the best
+/// chunk of each document ([`one_per_document`]).
+pub const PER_DOCUMENT_DEPTH: usize = 3;
+
+/// The best `k` hits, at most one per document (`docId` metadata; a hit
+/// without one stands alone), in their order: the answer names `k`
+/// documents instead of spending its places on neighbouring chunks of one.
+pub fn one_per_document(hits: Vec<VectorHit>, k: usize) -> Vec<VectorHit> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut kept = Vec::with_capacity(k);
+    for hit in hits {
+        if kept.len() == k {
+            break;
+        }
+        if let Some(MetaValue::Str(doc)) = hit.metadata.get("docId") {
+            if seen.contains(doc) {
+                continue;
+            }
+            seen.push(doc.clone());
+        }
+        kept.push(hit);
+    }
+    kept
+}
 
 /// The constant of reciprocal rank fusion (the usual 60).
 pub const RRF_K: f64 = 60.0;
@@ -547,6 +573,32 @@ mod tests {
             &Metadata::from([("other".to_owned(), MetaValue::Int(3))])
         ));
         assert!(matches_filter(&m, &Metadata::new()));
+    }
+
+    #[test]
+    fn one_chunk_per_document_in_rank_order() {
+        let hit = |id: &str, doc: Option<&str>| VectorHit {
+            id: id.into(),
+            score: 0.0,
+            metadata: doc
+                .map(|d| Metadata::from([("docId".to_owned(), MetaValue::Str(d.into()))]))
+                .unwrap_or_default(),
+        };
+        let hits = vec![
+            hit("a#0", Some("a")),
+            hit("a#1", Some("a")),
+            hit("x", None),
+            hit("b#3", Some("b")),
+            hit("y", None),
+            hit("c#0", Some("c")),
+        ];
+        let ids = |v: Vec<VectorHit>| v.into_iter().map(|h| h.id).collect::<Vec<_>>();
+        assert_eq!(ids(one_per_document(hits.clone(), 3)), ["a#0", "x", "b#3"]);
+        assert_eq!(
+            ids(one_per_document(hits.clone(), 10)),
+            ["a#0", "x", "b#3", "y", "c#0"]
+        );
+        assert!(one_per_document(hits, 0).is_empty());
     }
 
     #[test]

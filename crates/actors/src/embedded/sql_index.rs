@@ -16,7 +16,8 @@
 use crate::embedding::DIMENSIONS;
 use crate::ports::{PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use crate::retrieval::{
-    fts_query, matches_filter, reciprocal_rank_fusion, MemIndex, MemIndexError,
+    fts_query, matches_filter, one_per_document, reciprocal_rank_fusion, MemIndex, MemIndexError,
+    PER_DOCUMENT_DEPTH,
 };
 use crate::sql::{self, int, SqlError};
 use protocol::ingest::{MetaValue, Metadata, SearchMode};
@@ -207,16 +208,6 @@ impl SqlVectorIndex {
         })
     }
 
-    fn vector_hits(
-        &self,
-        vector: &[f32],
-        k: usize,
-        filter: &Metadata,
-    ) -> Result<Vec<VectorHit>, PortError> {
-        let nearest = self.vector_candidates(vector, k, filter)?;
-        self.hits(&nearest, filter)
-    }
-
     /// The best `k` row ids by BM25 (higher is better), within `filter`.
     /// Without a filter, the full-text index alone answers: no `vectors` row
     /// is touched (each holds a 3 KiB embedding) until the top k are read.
@@ -257,16 +248,6 @@ impl SqlVectorIndex {
         .map_err(storage)?;
         // bm25() is lower-is-better; flip it so every mode is higher-is-better.
         Ok(rows.into_iter().map(|(rid, rank)| (rid, -rank)).collect())
-    }
-
-    fn keyword_hits(
-        &self,
-        text: &str,
-        k: usize,
-        filter: &Metadata,
-    ) -> Result<Vec<VectorHit>, PortError> {
-        let best = self.keyword_candidates(text, k, filter)?;
-        self.hits(&best, filter)
     }
 
     /// Forgets the in-memory vectors (reloaded on next use): after a failure
@@ -467,27 +448,29 @@ impl VectorIndex for SqlVectorIndex {
                 PortError::Unsupported("this mode needs the query's embedding".into())
             })
         };
-        match q.mode {
-            SearchMode::Vector => self.vector_hits(need_vector()?, q.top_k, q.filter),
-            SearchMode::Keyword => self.keyword_hits(q.text, q.top_k, q.filter),
+        // Ranked deeper than asked, then the best chunk of each document.
+        let depth = q.top_k.saturating_mul(PER_DOCUMENT_DEPTH);
+        let ranked = match q.mode {
+            SearchMode::Vector => self.vector_candidates(need_vector()?, depth, q.filter)?,
+            SearchMode::Keyword => self.keyword_candidates(q.text, depth, q.filter)?,
             SearchMode::Hybrid => {
                 // Fuse on row ids; read (and parse) only the rows that are
                 // returned, not every candidate.
-                let n = CANDIDATES.max(q.top_k);
+                let n = CANDIDATES.max(depth);
                 let by_vector = self.vector_candidates(need_vector()?, n, q.filter)?;
                 let by_keyword = self.keyword_candidates(q.text, n, q.filter)?;
                 let lists: Vec<Vec<String>> = [by_vector, by_keyword]
                     .iter()
                     .map(|list| list.iter().map(|(rid, _)| rid.to_string()).collect())
                     .collect();
-                let fused: Vec<(i64, f64)> = reciprocal_rank_fusion(&lists)
+                reciprocal_rank_fusion(&lists)
                     .into_iter()
-                    .take(q.top_k)
+                    .take(depth)
                     .filter_map(|(rid, score)| Some((rid.parse().ok()?, score)))
-                    .collect();
-                self.hits(&fused, q.filter)
+                    .collect()
             }
-        }
+        };
+        Ok(one_per_document(self.hits(&ranked, q.filter)?, q.top_k))
     }
 }
 
