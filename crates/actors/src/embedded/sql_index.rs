@@ -16,7 +16,8 @@
 use crate::embedding::DIMENSIONS;
 use crate::ports::{PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use crate::retrieval::{
-    fts_query, matches_filter, reciprocal_rank_fusion, MemIndex, MemIndexError,
+    fts_query, fuse, keyword_relevance, matches_filter, vector_relevance, Fused, MemIndex,
+    MemIndexError,
 };
 use crate::sql::{self, int, SqlError};
 use protocol::ingest::{MetaValue, Metadata, SearchMode};
@@ -136,24 +137,24 @@ impl SqlVectorIndex {
             .collect())
     }
 
-    /// The hits for `(rid, score)` pairs, in their order, read in one
-    /// statement per 90 rows (not one per row: a hybrid query reads up to
-    /// 100 candidates), dropping rows gone meanwhile or outside `filter`.
-    fn hits(&self, scored: &[(i64, f64)], filter: &Metadata) -> Result<Vec<VectorHit>, PortError> {
+    /// The hits for scored row ids, in their order, read in one statement
+    /// per 90 rows (not one per row: a hybrid query reads up to 100
+    /// candidates), dropping rows gone meanwhile or outside `filter`.
+    fn hits(&self, scored: &[Fused<i64>], filter: &Metadata) -> Result<Vec<VectorHit>, PortError> {
         let mut found: HashMap<i64, (String, String)> = HashMap::with_capacity(scored.len());
         for batch in scored.chunks(90) {
             let marks = vec!["?"; batch.len()].join(", ");
             let rows = sql::rows::<(i64, String, String)>(
                 &self.sql,
                 &format!("SELECT rid, id, metadata FROM vectors WHERE rid IN ({marks})"),
-                batch.iter().map(|(rid, _)| int(*rid)).collect(),
+                batch.iter().map(|f| int(f.key)).collect(),
             )
             .map_err(storage)?;
             found.extend(rows.into_iter().map(|(rid, id, meta)| (rid, (id, meta))));
         }
         let mut hits = Vec::with_capacity(scored.len());
-        for (rid, score) in scored {
-            let Some((id, meta)) = found.remove(rid) else {
+        for f in scored {
+            let Some((id, meta)) = found.remove(&f.key) else {
                 continue;
             };
             let metadata: Metadata = serde_json::from_str(&meta).map_err(failed)?;
@@ -162,7 +163,9 @@ impl SqlVectorIndex {
             if matches_filter(&metadata, filter) {
                 hits.push(VectorHit {
                     id,
-                    score: *score,
+                    score: f.score,
+                    vector_score: f.vector,
+                    keyword_score: f.keyword,
                     metadata,
                 });
             }
@@ -193,14 +196,47 @@ impl SqlVectorIndex {
         })
     }
 
+    /// The `k` nearest row ids with their relevance (the clamped cosine).
+    fn vector_relevances(
+        &self,
+        vector: &[f32],
+        k: usize,
+        filter: &Metadata,
+    ) -> Result<Vec<(i64, f64)>, PortError> {
+        Ok(self
+            .vector_candidates(vector, k, filter)?
+            .into_iter()
+            .map(|(rid, cosine)| (rid, vector_relevance(cosine)))
+            .collect())
+    }
+
+    /// The best `k` row ids by BM25 with their relevance in [0, 1]
+    /// ([`keyword_relevance`], which needs the number of indexed chunks).
+    fn keyword_relevances(
+        &self,
+        text: &str,
+        k: usize,
+        filter: &Metadata,
+    ) -> Result<Vec<(i64, f64)>, PortError> {
+        let best = self.keyword_candidates(text, k, filter)?;
+        if best.is_empty() {
+            return Ok(best);
+        }
+        let chunks = self.count()?;
+        Ok(best
+            .into_iter()
+            .map(|(rid, bm25)| (rid, keyword_relevance(bm25, chunks)))
+            .collect())
+    }
+
     fn vector_hits(
         &self,
         vector: &[f32],
         k: usize,
         filter: &Metadata,
     ) -> Result<Vec<VectorHit>, PortError> {
-        let nearest = self.vector_candidates(vector, k, filter)?;
-        self.hits(&nearest, filter)
+        let nearest = self.vector_relevances(vector, k, filter)?;
+        self.hits(&one_leg(nearest), filter)
     }
 
     /// The best `k` row ids by BM25 (higher is better), within `filter`.
@@ -248,8 +284,8 @@ impl SqlVectorIndex {
         k: usize,
         filter: &Metadata,
     ) -> Result<Vec<VectorHit>, PortError> {
-        let best = self.keyword_candidates(text, k, filter)?;
-        self.hits(&best, filter)
+        let best = self.keyword_relevances(text, k, filter)?;
+        self.hits(&one_leg(best), filter)
     }
 
     /// Forgets the in-memory vectors (reloaded on next use): after a failure
@@ -446,21 +482,28 @@ impl VectorIndex for SqlVectorIndex {
                 // Fuse on row ids; read (and parse) only the rows that are
                 // returned, not every candidate.
                 let n = CANDIDATES.max(q.top_k);
-                let by_vector = self.vector_candidates(need_vector()?, n, q.filter)?;
-                let by_keyword = self.keyword_candidates(q.text, n, q.filter)?;
-                let lists: Vec<Vec<String>> = [by_vector, by_keyword]
-                    .iter()
-                    .map(|list| list.iter().map(|(rid, _)| rid.to_string()).collect())
-                    .collect();
-                let fused: Vec<(i64, f64)> = reciprocal_rank_fusion(&lists)
-                    .into_iter()
-                    .take(q.top_k)
-                    .filter_map(|(rid, score)| Some((rid.parse().ok()?, score)))
-                    .collect();
+                let by_vector = self.vector_relevances(need_vector()?, n, q.filter)?;
+                let by_keyword = self.keyword_relevances(q.text, n, q.filter)?;
+                let mut fused = fuse(&by_vector, &by_keyword);
+                fused.truncate(q.top_k);
                 self.hits(&fused, q.filter)
             }
         }
     }
+}
+
+/// A single leg's ranking as hits: its relevance is the score, and no leg
+/// scores are reported beside it (they are the score).
+fn one_leg(ranked: Vec<(i64, f64)>) -> Vec<Fused<i64>> {
+    ranked
+        .into_iter()
+        .map(|(key, score)| Fused {
+            key,
+            score,
+            vector: None,
+            keyword: None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
