@@ -322,7 +322,7 @@ fn sessions_and_tenants_are_isolated() {
     );
     server.ingest(
         B,
-        json!([{ "id": "iso-b", "text": "Tenant B launches in spring." }]),
+        json!([{ "id": "iso-b", "text": "Tenant B keeps its launch code secret until spring." }]),
     );
     let ask = |tenant: &str, session: &str| {
         let r = chat(

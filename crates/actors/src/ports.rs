@@ -127,8 +127,13 @@ pub struct VectorQuery<'a> {
 pub struct VectorHit {
     /// The vector id.
     pub id: String,
-    /// Higher is better.
+    /// Relevance in [0, 1], higher is better, by mode: the clamped cosine,
+    /// the normalised BM25, or their weighted mean (see `retrieval`).
     pub score: f64,
+    /// Hybrid only: the vector leg's relevance, if that leg found the chunk.
+    pub vector_score: Option<f64>,
+    /// Hybrid only: the keyword leg's relevance, if that leg found the chunk.
+    pub keyword_score: Option<f64>,
     /// The chunk's metadata.
     pub metadata: Metadata,
 }

@@ -2,7 +2,10 @@
 //! shapes of admin replies.
 
 use crate::errors::ApiError;
-use protocol::coordinator::{AnonymousPatch, DefaultModelsPatch, GatewayPatch, SettingsPatch};
+use protocol::coordinator::{
+    AnonymousPatch, DefaultModelsPatch, FloorPatch, GatewayPatch, SettingsPatch,
+};
+use protocol::ingest::ScoreFloor;
 use protocol::keys::{self, CreateKey, KeyError, KeyLimits, KeyRecord, NewKey, RotateKey, Scope};
 use protocol::limits::{Budget, Limits, Price, PriceTable};
 use protocol::models::AiGateway;
@@ -23,6 +26,9 @@ pub struct SettingsPatchBody {
     /// Absent: unchanged; `null`: removed; an object: set whole.
     #[serde(default, deserialize_with = "present")]
     ai_gateway: Option<Option<AiGatewayBody>>,
+    /// Absent: unchanged; `null`: the default; a number from 0 to 1: set.
+    #[serde(default, deserialize_with = "present")]
+    search_floor: Option<Option<f64>>,
 }
 
 /// One model's entry of `"prices"`: micro-dollars per million tokens.
@@ -83,7 +89,18 @@ struct DefaultModelsBody {
 impl SettingsPatchBody {
     /// The validated protocol patch.
     pub fn into_patch(self) -> Result<SettingsPatch, ApiError> {
+        let search_floor = match self.search_floor {
+            None => None,
+            Some(None) => Some(FloorPatch::Default),
+            Some(Some(value)) => Some(FloorPatch::Set(ScoreFloor::new(value).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_settings",
+                    "searchFloor must be a number from 0 to 1, or null for the default",
+                )
+            })?)),
+        };
         let patch = SettingsPatch {
+            search_floor,
             budget: self.budget.map(BudgetBody::into_budget).transpose()?,
             prices: self.prices.map(|models| PriceTable {
                 models: models
@@ -500,5 +517,33 @@ mod tests {
         assert_eq!(p.ai_gateway, Some(GatewayPatch::Remove));
         let p = parse(r#"{"displayName":"x"}"#).unwrap();
         assert_eq!(p.ai_gateway, None, "absent is unchanged");
+    }
+
+    #[test]
+    fn search_floor_patches() {
+        let p = parse(r#"{"searchFloor":0.25}"#).unwrap();
+        assert_eq!(
+            p.search_floor,
+            Some(FloorPatch::Set(ScoreFloor::new(0.25).unwrap()))
+        );
+        assert!(!p.operator_only(), "tenant admins may set it");
+        for edge in ["0", "1"] {
+            assert!(parse(&format!(r#"{{"searchFloor":{edge}}}"#)).is_ok());
+        }
+        let p = parse(r#"{"searchFloor":null}"#).unwrap();
+        assert_eq!(p.search_floor, Some(FloorPatch::Default));
+        let p = parse(r#"{"displayName":"x"}"#).unwrap();
+        assert_eq!(p.search_floor, None, "absent is unchanged");
+        for bad in [
+            r#"{"searchFloor":1.5}"#,
+            r#"{"searchFloor":-0.1}"#,
+            r#"{"searchFloor":"0.3"}"#,
+            r#"{"searchFloor":[0.3]}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().status(), 400, "{bad}");
+        }
+        let e = parse(r#"{"searchFloor":2}"#).unwrap_err();
+        assert_eq!(e.code(), "invalid_settings");
+        assert!(e.to_string().contains("searchFloor"), "{e}");
     }
 }

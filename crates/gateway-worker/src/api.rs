@@ -4,8 +4,8 @@
 use crate::errors::ApiError;
 use protocol::chat::{Access, Turn, MAX_HISTORY_PAGE};
 use protocol::ingest::{
-    Document, Enqueue, IngestError, JobAccepted, JobStatus, Metadata, Search, SearchMode,
-    DEFAULT_TOP_K,
+    Document, Enqueue, IngestError, JobAccepted, JobStatus, Metadata, ScoreFloor, Search,
+    SearchMode, DEFAULT_TOP_K,
 };
 use protocol::SessionId;
 use serde::Deserialize;
@@ -54,7 +54,8 @@ impl IngestBody {
     }
 }
 
-/// `POST /api/search`: `{"query", "topK"?, "filter"?, "mode"?}`.
+/// `POST /api/search`: `{"query", "topK"?, "filter"?, "mode"?, "minScore"?}`
+/// (`minScore` absent: the tenant's `searchFloor`).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SearchBody {
@@ -63,6 +64,7 @@ pub struct SearchBody {
     #[serde(default)]
     filter: Metadata,
     mode: Option<SearchMode>,
+    min_score: Option<f64>,
 }
 
 impl SearchBody {
@@ -74,6 +76,11 @@ impl SearchBody {
             top_k: self.top_k.unwrap_or(DEFAULT_TOP_K),
             filter: self.filter,
             mode: self.mode,
+            min_score: self
+                .min_score
+                .map(ScoreFloor::new)
+                .transpose()
+                .map_err(invalid)?,
         };
         search.validate().map_err(invalid)?;
         Ok(search)
@@ -185,7 +192,9 @@ pub struct FaultsBody {
 
 fn invalid(e: IngestError) -> ApiError {
     let code = match e {
-        IngestError::Query | IngestError::TopK | IngestError::Filter(_) => "invalid_search",
+        IngestError::Query | IngestError::TopK | IngestError::Filter(_) | IngestError::MinScore => {
+            "invalid_search"
+        }
         _ => "invalid_documents",
     };
     ApiError::bad_request(code, e.to_string())
@@ -287,7 +296,28 @@ mod tests {
         let s = search(r#"{"query":"hello","topK":20,"mode":"keyword","filter":{"source":"a"}}"#)
             .unwrap();
         assert_eq!((s.top_k, s.mode), (20, Some(SearchMode::Keyword)));
+        assert_eq!(s.min_score, None, "no minScore: the tenant's floor");
+        for (json, want) in [
+            (r#"{"query":"x","minScore":0}"#, 0.0),
+            (r#"{"query":"x","minScore":0.5}"#, 0.5),
+            (r#"{"query":"x","minScore":1}"#, 1.0),
+        ] {
+            assert_eq!(
+                search(json).unwrap().min_score.map(ScoreFloor::get),
+                Some(want)
+            );
+        }
         for bad in [
+            r#"{"query":"x","minScore":1.5}"#,
+            r#"{"query":"x","minScore":-0.1}"#,
+        ] {
+            let e = search(bad).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "invalid_search"), "{bad}");
+            assert!(e.to_string().contains("minScore"), "{e}");
+        }
+        for bad in [
+            r#"{"query":"x","minScore":"high"}"#,
+            r#"{"query":"x","minScore":null,"extra":1}"#,
             r#"{"query":""}"#,
             r#"{"query":"x","topK":21}"#,
             r#"{"query":"x","topK":0}"#,

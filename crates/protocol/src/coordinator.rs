@@ -2,6 +2,7 @@
 //! which owns the tenant's record and settings.
 
 use crate::ids::{RequestId, TenantId};
+use crate::ingest::ScoreFloor;
 use crate::limits::{Budget, PriceTable};
 use crate::models::{AiGateway, GatewayError, MAX_CHAT_FALLBACKS};
 use serde::{Deserialize, Serialize};
@@ -186,6 +187,12 @@ pub struct TenantSettings {
     /// setting existed): Workers AI is called directly.
     #[serde(default)]
     pub ai_gateway: Option<AiGateway>,
+    /// The relevance floor of the tenant's searches that name no
+    /// `minScore`, and of the chat tool `vector_search`; `None` (and in
+    /// records stored before the setting existed):
+    /// [`DEFAULT_SEARCH_FLOOR`](crate::ingest::DEFAULT_SEARCH_FLOOR).
+    #[serde(default)]
+    pub search_floor: Option<ScoreFloor>,
 }
 
 /// What a request without an API key may do.
@@ -215,7 +222,13 @@ impl TenantSettings {
             prices: None,
             budget: Budget::default(),
             ai_gateway: None,
+            search_floor: None,
         }
+    }
+
+    /// The relevance floor in force: the tenant's own, else the default.
+    pub fn search_floor(&self) -> ScoreFloor {
+        self.search_floor.unwrap_or(ScoreFloor::DEFAULT)
     }
 
     /// The prices in force.
@@ -253,6 +266,11 @@ impl TenantSettings {
         }
         if let Some(budget) = &patch.budget {
             self.budget = *budget;
+        }
+        match patch.search_floor {
+            Some(FloorPatch::Set(floor)) => self.search_floor = Some(floor),
+            Some(FloorPatch::Default) => self.search_floor = None,
+            None => {}
         }
         if let Some(anonymous) = &patch.anonymous {
             if let Some(search) = anonymous.search {
@@ -314,6 +332,21 @@ pub struct SettingsPatch {
     /// A new AI Gateway, or its removal; absent: unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ai_gateway: Option<GatewayPatch>,
+    /// A new search floor, or back to the default; absent: unchanged. A
+    /// tenant admin may set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_floor: Option<FloorPatch>,
+}
+
+/// A change of [`TenantSettings::search_floor`] (an enum for the reason
+/// [`GatewayPatch`] is one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FloorPatch {
+    /// Use this floor.
+    Set(ScoreFloor),
+    /// Use the platform's default.
+    Default,
 }
 
 /// A change of [`TenantSettings::ai_gateway`]. An enum, not an
@@ -420,6 +453,7 @@ impl SettingsPatch {
             && empty_anonymous
             && !self.operator_only()
             && self.ai_gateway.is_none()
+            && self.search_floor.is_none()
         {
             return Err(SettingsError::Empty);
         }
@@ -662,6 +696,51 @@ mod tests {
         assert!(settings.default_models.chat_fallbacks.is_empty());
         assert_eq!(settings.ai_gateway, None);
         assert_eq!(settings.default_models.chat_chain(), vec!["a".to_owned()]);
+        assert_eq!(settings.search_floor, None);
+        assert_eq!(settings.search_floor(), ScoreFloor::DEFAULT);
+    }
+
+    #[test]
+    fn the_search_floor_is_set_by_anyone_with_admin_and_reset_to_the_default() {
+        let mut settings = TenantSettings::initial(&TenantId::parse("acme").unwrap());
+        assert_eq!(settings.search_floor(), ScoreFloor::DEFAULT);
+        let floor = ScoreFloor::new(0.2).unwrap();
+        let set = SettingsPatch {
+            search_floor: Some(FloorPatch::Set(floor)),
+            ..SettingsPatch::default()
+        };
+        assert_eq!(set.validate(), Ok(()), "a floor alone is a change");
+        assert!(!set.operator_only(), "a tenant admin may set it");
+        assert!(settings.apply(&set));
+        assert_eq!(settings.search_floor(), floor);
+        assert!(
+            !settings.apply(&set),
+            "the same floor again changes nothing"
+        );
+        // Stored and read back, as JSON (the record) and MessagePack (replies).
+        let json = serde_json::to_string(&settings).unwrap();
+        assert!(json.contains(r#""searchFloor":0.2"#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<TenantSettings>(&json).unwrap(),
+            settings
+        );
+        let bytes = rmp_serde::to_vec_named(&set).unwrap();
+        assert_eq!(rmp_serde::from_slice::<SettingsPatch>(&bytes).unwrap(), set);
+        let reset = SettingsPatch {
+            search_floor: Some(FloorPatch::Default),
+            ..SettingsPatch::default()
+        };
+        let bytes = rmp_serde::to_vec_named(&reset).unwrap();
+        assert_eq!(
+            rmp_serde::from_slice::<SettingsPatch>(&bytes).unwrap(),
+            reset
+        );
+        assert!(settings.apply(&reset));
+        assert_eq!(settings.search_floor, None);
+        assert_eq!(settings.search_floor(), ScoreFloor::DEFAULT);
+        // A stored floor out of range does not decode (never applied).
+        let bad = json.replace(r#""searchFloor":0.2"#, r#""searchFloor":7"#);
+        assert!(serde_json::from_str::<TenantSettings>(&bad).is_err());
     }
 
     fn models(f: impl FnOnce(&mut DefaultModelsPatch)) -> SettingsPatch {

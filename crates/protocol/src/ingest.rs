@@ -27,6 +27,14 @@ pub const MAX_QUERY_CHARS: usize = 2000;
 pub const MAX_TOP_K: u32 = 20;
 /// `topK` when a search names none.
 pub const DEFAULT_TOP_K: u32 = 5;
+/// The relevance floor of a tenant that has set none (`searchFloor`), and
+/// so of every search that names no `minScore`. Chosen from data with the
+/// embedded embedder (`local/hashed-768`) in hybrid mode: on the Rust docs
+/// corpus (8,359 chunks) off-topic questions' best matches score 0.12 to
+/// 0.33 and all but a few on-topic questions' best 0.35 or more; on a
+/// tenant of a few short technical documents off-topic questions score
+/// below 0.25 and on-topic ones 0.45 or more (docs/api.md).
+pub const DEFAULT_SEARCH_FLOOR: f64 = 0.35;
 /// Metadata keys the platform sets on every chunk; a client may not set them,
 /// so that no document can claim another tenant or another document.
 pub const RESERVED_METADATA_KEYS: &[&str] = &["text", "tenantId", "docId", "chunk"];
@@ -60,6 +68,55 @@ pub struct Document {
     pub metadata: Metadata,
 }
 
+/// A relevance floor in [0, 1]: a search drops the matches scoring below it.
+/// Only built by [`ScoreFloor::new`] (decoding too), so never NaN or out of
+/// range.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct ScoreFloor(f64);
+
+// Never NaN (see `new`), so equality is an equivalence.
+impl Eq for ScoreFloor {}
+
+impl ScoreFloor {
+    /// No floor: every match is kept.
+    pub const NONE: ScoreFloor = ScoreFloor(0.0);
+    /// [`DEFAULT_SEARCH_FLOOR`].
+    pub const DEFAULT: ScoreFloor = ScoreFloor(DEFAULT_SEARCH_FLOOR);
+
+    /// `value` as a floor, if it is a number in [0, 1].
+    pub fn new(value: f64) -> Result<Self, IngestError> {
+        if (0.0..=1.0).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(IngestError::MinScore)
+        }
+    }
+
+    /// The floor's value.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// Whether a match of `score` stays.
+    pub fn keeps(self, score: f64) -> bool {
+        score >= self.0
+    }
+}
+
+impl TryFrom<f64> for ScoreFloor {
+    type Error = IngestError;
+    fn try_from(value: f64) -> Result<Self, IngestError> {
+        Self::new(value)
+    }
+}
+
+impl From<ScoreFloor> for f64 {
+    fn from(floor: ScoreFloor) -> f64 {
+        floor.0
+    }
+}
+
 /// How to search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,7 +125,7 @@ pub enum SearchMode {
     Vector,
     /// Full-text (BM25) over the chunks.
     Keyword,
-    /// Both, fused by reciprocal rank.
+    /// Both, fused by the weighted mean of their relevances.
     Hybrid,
 }
 
@@ -138,6 +195,10 @@ pub struct Search {
     pub filter: Metadata,
     /// The mode; `None` is the backend's best (hybrid where it can).
     pub mode: Option<SearchMode>,
+    /// Matches scoring below this are dropped (after ranking); `None`: the
+    /// tenant's `searchFloor`, which is what the chat tool gets too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_score: Option<ScoreFloor>,
     /// Whom the query's embedding is charged to (as in [`Enqueue`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
@@ -247,7 +308,12 @@ pub struct SearchResults {
     pub mode: SearchMode,
     /// The tenant's index version the answer reflects.
     pub index_version: u64,
-    /// Best first.
+    /// The floor applied: the request's `minScore`, else the tenant's
+    /// `searchFloor` (0 in answers cached before floors existed).
+    #[serde(default)]
+    pub min_score: f64,
+    /// Best first; none scoring below `min_score`. Empty when nothing in
+    /// the tenant's documents is relevant enough.
     pub matches: Vec<SearchMatch>,
 }
 
@@ -256,8 +322,27 @@ pub struct SearchResults {
 pub struct SearchMatch {
     /// The chunk's vector id.
     pub id: String,
-    /// Higher is better; cosine similarity, BM25, or fused rank score by mode.
+    /// Relevance in [0, 1], higher is better, the match's rank follows it:
+    /// vector mode the cosine similarity clamped to [0, 1]; keyword mode
+    /// the BM25 normalised to [0, 1); hybrid the weighted mean of the two
+    /// (see docs/api.md).
     pub score: f64,
+    /// Hybrid only: the vector leg's relevance, absent when that leg did
+    /// not find the chunk.
+    #[serde(
+        default,
+        rename = "vectorScore",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vector_score: Option<f64>,
+    /// Hybrid only: the keyword leg's relevance, absent when that leg did
+    /// not find the chunk.
+    #[serde(
+        default,
+        rename = "keywordScore",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub keyword_score: Option<f64>,
     /// `text`, `tenantId`, `docId`, `chunk`, and the document's own metadata.
     pub metadata: Metadata,
 }
@@ -336,6 +421,9 @@ pub enum IngestError {
     /// The filter is not acceptable.
     #[error("filter: {0}")]
     Filter(String),
+    /// `minScore` (or `searchFloor`) is not a number from 0 to 1.
+    #[error("minScore must be a number from 0 to 1")]
+    MinScore,
 }
 
 /// Checks a document id (also used for `DELETE /api/documents/<id>`).
@@ -541,6 +629,7 @@ mod tests {
             top_k: k,
             filter: Metadata::new(),
             mode: None,
+            min_score: None,
         };
         assert_eq!(s("hello", 5).validate(), Ok(()));
         assert_eq!(s("  ", 5).validate(), Err(IngestError::Query));
@@ -558,5 +647,76 @@ mod tests {
             matches!(f.validate(), Err(IngestError::Filter(_))),
             "over 2000 bytes"
         );
+    }
+
+    #[test]
+    fn score_floors_are_numbers_from_0_to_1() {
+        for ok in [0.0, 0.35, 1.0] {
+            assert_eq!(ScoreFloor::new(ok).map(ScoreFloor::get), Ok(ok));
+        }
+        for bad in [-0.01, 1.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(ScoreFloor::new(bad), Err(IngestError::MinScore), "{bad}");
+        }
+        assert_eq!(ScoreFloor::DEFAULT.get(), DEFAULT_SEARCH_FLOOR);
+        let floor = ScoreFloor::new(0.5).unwrap();
+        assert!(floor.keeps(0.5) && floor.keeps(0.9) && !floor.keeps(0.49));
+        assert!(ScoreFloor::NONE.keeps(0.0));
+        // Decoding validates too: a forged floor is refused.
+        assert_eq!(
+            serde_json::from_str::<ScoreFloor>("0.25").unwrap().get(),
+            0.25
+        );
+        assert!(serde_json::from_str::<ScoreFloor>("1.5").is_err());
+        let bytes = rmp_serde::to_vec_named(&2.0f64).unwrap();
+        assert!(rmp_serde::from_slice::<ScoreFloor>(&bytes).is_err());
+    }
+
+    #[test]
+    fn search_messages_round_trip_and_old_ones_still_decode() {
+        let search = Search {
+            caller: None,
+            query: "q".into(),
+            top_k: 3,
+            filter: Metadata::new(),
+            mode: Some(SearchMode::Hybrid),
+            min_score: Some(ScoreFloor::new(0.2).unwrap()),
+        };
+        let bytes = rmp_serde::to_vec_named(&search).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Search>(&bytes).unwrap(), search);
+        // A search of a sender that knows no floor: the tenant's floor.
+        #[derive(Serialize)]
+        struct OldSearch {
+            query: String,
+            top_k: u32,
+            mode: Option<SearchMode>,
+        }
+        let old = OldSearch {
+            query: "q".into(),
+            top_k: 3,
+            mode: None,
+        };
+        let decoded: Search =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+        assert_eq!(decoded.min_score, None);
+        // Leg scores appear in JSON only where present; an answer cached
+        // before scores had legs (or a floor) still decodes.
+        let m = SearchMatch {
+            id: "c".into(),
+            score: 0.5,
+            vector_score: Some(0.4),
+            keyword_score: None,
+            metadata: Metadata::new(),
+        };
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id":"c","score":0.5,"vectorScore":0.4,"metadata":{}})
+        );
+        let old: SearchResults = serde_json::from_str(
+            r#"{"cached":false,"mode":"hybrid","indexVersion":3,"matches":[{"id":"c","score":0.03,"metadata":{}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.min_score, 0.0);
+        assert_eq!(old.matches[0].vector_score, None);
     }
 }

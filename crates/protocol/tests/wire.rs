@@ -43,6 +43,9 @@ fn all_requests() -> Vec<CoordinatorRequest> {
                     chat: None,
                 }),
                 ai_gateway: Some(protocol::coordinator::GatewayPatch::Remove),
+                search_floor: Some(FloorPatch::Set(
+                    protocol::ingest::ScoreFloor::new(0.25).unwrap(),
+                )),
             },
         }),
         CoordinatorRequest::Inspect(Inspect {}),
@@ -211,6 +214,7 @@ fn golden_update_settings() {
                 default_models: None,
                 anonymous: None,
                 ai_gateway: None,
+                search_floor: None,
             },
         }),
     );
@@ -351,6 +355,7 @@ mod ingest_messages {
                 top_k: 5,
                 filter: meta(),
                 mode: Some(SearchMode::Keyword),
+                min_score: Some(ScoreFloor::new(0.5).unwrap()),
             }),
             IngestRequest::Search(Search {
                 caller: None,
@@ -358,6 +363,7 @@ mod ingest_messages {
                 top_k: 1,
                 filter: Metadata::new(),
                 mode: None,
+                min_score: None,
             }),
             IngestRequest::Inspect(Inspect {}),
             IngestRequest::InjectFaults(InjectFaults { embed_failures: 2 }),
@@ -380,9 +386,12 @@ mod ingest_messages {
                 cached: true,
                 mode: SearchMode::Hybrid,
                 index_version: 9,
+                min_score: 0.35,
                 matches: vec![SearchMatch {
                     id: "abc".into(),
                     score: 0.25,
+                    vector_score: Some(0.5),
+                    keyword_score: None,
                     metadata: meta(),
                 }],
             }),

@@ -57,6 +57,9 @@ pub fn search_request(arguments: &Value) -> Result<Search, String> {
         top_k,
         filter: Metadata::new(),
         mode: None,
+        // The tenant's floor: the model never sees passages that score below
+        // it, so an off-topic question gets no matches rather than noise.
+        min_score: None,
     };
     search.validate().map_err(|e| e.to_string())?;
     Ok(search)

@@ -107,7 +107,9 @@ pub fn query_options(tenant: &TenantId, top_k: usize, filter: &Metadata) -> Quer
     }
 }
 
-/// Keeps only matches that really are `tenant`'s (defence in depth).
+/// Keeps only matches that really are `tenant`'s (defence in depth), each
+/// scored by its relevance: the cosine the index answers (the index's metric
+/// is cosine), clamped to [0, 1] as the embedded index does.
 pub fn own_matches(tenant: &TenantId, result: QueryResult) -> Vec<VectorHit> {
     result
         .matches
@@ -115,7 +117,9 @@ pub fn own_matches(tenant: &TenantId, result: QueryResult) -> Vec<VectorHit> {
         .filter(|m| m.metadata.get("tenantId") == Some(&MetaValue::Str(tenant.as_str().to_owned())))
         .map(|m| VectorHit {
             id: m.id,
-            score: m.score,
+            score: crate::retrieval::vector_relevance(m.score),
+            vector_score: None,
+            keyword_score: None,
             metadata: m.metadata,
         })
         .collect()
@@ -272,13 +276,16 @@ mod tests {
             "matches": [
                 {"id":"a","score":0.9,"metadata":{"tenantId":"acme","text":"hi","chunk":0}},
                 {"id":"b","score":0.8,"metadata":{"tenantId":"other","text":"leak"}},
-                {"id":"c","score":0.7}
+                {"id":"c","score":0.7},
+                {"id":"d","score":-0.2,"metadata":{"tenantId":"acme","text":"opposite"}}
             ]
         }))
         .unwrap();
         let hits = own_matches(&acme(), result);
-        assert_eq!(hits.len(), 1);
+        assert_eq!(hits.len(), 2);
         assert_eq!(hits[0].id, "a");
+        assert_eq!(hits[0].score, 0.9);
+        assert_eq!(hits[1].score, 0.0, "a negative cosine is no relevance");
         assert_eq!(hits[0].metadata["chunk"], MetaValue::Int(0));
         let empty: QueryResult = serde_json::from_value(json!({"count":0})).unwrap();
         assert!(own_matches(&acme(), empty).is_empty());

@@ -16,8 +16,8 @@
 use crate::embedding::DIMENSIONS;
 use crate::ports::{PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use crate::retrieval::{
-    fts_query, matches_filter, one_per_document, reciprocal_rank_fusion, MemIndex, MemIndexError,
-    PER_DOCUMENT_DEPTH,
+    fts_query, fuse, keyword_relevance, matches_filter, one_per_document, vector_relevance, Fused,
+    MemIndex, MemIndexError, PER_DOCUMENT_DEPTH,
 };
 use crate::sql::{self, int, SqlError};
 use protocol::ingest::{MetaValue, Metadata, SearchMode};
@@ -151,24 +151,24 @@ impl SqlVectorIndex {
             .collect())
     }
 
-    /// The hits for `(rid, score)` pairs, in their order, read in one
-    /// statement per 90 rows (not one per row: a hybrid query reads up to
-    /// 100 candidates), dropping rows gone meanwhile or outside `filter`.
-    fn hits(&self, scored: &[(i64, f64)], filter: &Metadata) -> Result<Vec<VectorHit>, PortError> {
+    /// The hits for scored row ids, in their order, read in one statement
+    /// per 90 rows (not one per row: a hybrid query reads up to 100
+    /// candidates), dropping rows gone meanwhile or outside `filter`.
+    fn hits(&self, scored: &[Fused<i64>], filter: &Metadata) -> Result<Vec<VectorHit>, PortError> {
         let mut found: HashMap<i64, (String, String)> = HashMap::with_capacity(scored.len());
         for batch in scored.chunks(90) {
             let marks = vec!["?"; batch.len()].join(", ");
             let rows = sql::rows::<(i64, String, String)>(
                 &self.sql,
                 &format!("SELECT rid, id, metadata FROM vectors WHERE rid IN ({marks})"),
-                batch.iter().map(|(rid, _)| int(*rid)).collect(),
+                batch.iter().map(|f| int(f.key)).collect(),
             )
             .map_err(storage)?;
             found.extend(rows.into_iter().map(|(rid, id, meta)| (rid, (id, meta))));
         }
         let mut hits = Vec::with_capacity(scored.len());
-        for (rid, score) in scored {
-            let Some((id, meta)) = found.remove(rid) else {
+        for f in scored {
+            let Some((id, meta)) = found.remove(&f.key) else {
                 continue;
             };
             let metadata: Metadata = serde_json::from_str(&meta).map_err(failed)?;
@@ -177,7 +177,9 @@ impl SqlVectorIndex {
             if matches_filter(&metadata, filter) {
                 hits.push(VectorHit {
                     id,
-                    score: *score,
+                    score: f.score,
+                    vector_score: f.vector,
+                    keyword_score: f.keyword,
                     metadata,
                 });
             }
@@ -206,6 +208,39 @@ impl SqlVectorIndex {
                 .collect(),
             None => Vec::new(),
         })
+    }
+
+    /// The `k` nearest row ids with their relevance (the clamped cosine).
+    fn vector_relevances(
+        &self,
+        vector: &[f32],
+        k: usize,
+        filter: &Metadata,
+    ) -> Result<Vec<(i64, f64)>, PortError> {
+        Ok(self
+            .vector_candidates(vector, k, filter)?
+            .into_iter()
+            .map(|(rid, cosine)| (rid, vector_relevance(cosine)))
+            .collect())
+    }
+
+    /// The best `k` row ids by BM25 with their relevance in [0, 1]
+    /// ([`keyword_relevance`], which needs the number of indexed chunks).
+    fn keyword_relevances(
+        &self,
+        text: &str,
+        k: usize,
+        filter: &Metadata,
+    ) -> Result<Vec<(i64, f64)>, PortError> {
+        let best = self.keyword_candidates(text, k, filter)?;
+        if best.is_empty() {
+            return Ok(best);
+        }
+        let chunks = self.count()?;
+        Ok(best
+            .into_iter()
+            .map(|(rid, bm25)| (rid, keyword_relevance(bm25, chunks)))
+            .collect())
     }
 
     /// The best `k` row ids by BM25 (higher is better), within `filter`.
@@ -451,27 +486,37 @@ impl VectorIndex for SqlVectorIndex {
         // Ranked deeper than asked, then the best chunk of each document.
         let depth = q.top_k.saturating_mul(PER_DOCUMENT_DEPTH);
         let ranked = match q.mode {
-            SearchMode::Vector => self.vector_candidates(need_vector()?, depth, q.filter)?,
-            SearchMode::Keyword => self.keyword_candidates(q.text, depth, q.filter)?,
+            SearchMode::Vector => {
+                one_leg(self.vector_relevances(need_vector()?, depth, q.filter)?)
+            }
+            SearchMode::Keyword => one_leg(self.keyword_relevances(q.text, depth, q.filter)?),
             SearchMode::Hybrid => {
                 // Fuse on row ids; read (and parse) only the rows that are
                 // returned, not every candidate.
                 let n = CANDIDATES.max(depth);
-                let by_vector = self.vector_candidates(need_vector()?, n, q.filter)?;
-                let by_keyword = self.keyword_candidates(q.text, n, q.filter)?;
-                let lists: Vec<Vec<String>> = [by_vector, by_keyword]
-                    .iter()
-                    .map(|list| list.iter().map(|(rid, _)| rid.to_string()).collect())
-                    .collect();
-                reciprocal_rank_fusion(&lists)
-                    .into_iter()
-                    .take(depth)
-                    .filter_map(|(rid, score)| Some((rid.parse().ok()?, score)))
-                    .collect()
+                let by_vector = self.vector_relevances(need_vector()?, n, q.filter)?;
+                let by_keyword = self.keyword_relevances(q.text, n, q.filter)?;
+                let mut fused = fuse(&by_vector, &by_keyword);
+                fused.truncate(depth);
+                fused
             }
         };
         Ok(one_per_document(self.hits(&ranked, q.filter)?, q.top_k))
     }
+}
+
+/// A single leg's ranking as hits: its relevance is the score, and no leg
+/// scores are reported beside it (they are the score).
+fn one_leg(ranked: Vec<(i64, f64)>) -> Vec<Fused<i64>> {
+    ranked
+        .into_iter()
+        .map(|(key, score)| Fused {
+            key,
+            score,
+            vector: None,
+            keyword: None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

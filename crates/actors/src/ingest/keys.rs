@@ -1,6 +1,6 @@
 //! Names derived by hashing: vector ids and search cache keys.
 
-use protocol::ingest::{Metadata, SearchMode};
+use protocol::ingest::{Metadata, ScoreFloor, SearchMode};
 use protocol::TenantId;
 use sha2::{Digest, Sha256};
 
@@ -30,15 +30,23 @@ pub fn vector_id(tenant: &TenantId, doc_id: &str, chunk: u32) -> String {
     hex(&h.finalize(), VECTOR_ID_LEN)
 }
 
+/// What the scores of a cached answer mean; part of every search key, so an
+/// answer scored another way (before scores were relevances in [0, 1]) is
+/// never served. Change it whenever the scoring changes.
+pub const SCORING: &str = "relevance-1";
+
 /// The KV key of a cached search: `${tenantId}:search:<hash>` where the hash
-/// covers the normalised query, `topK`, filter, mode and the index version,
-/// so any change to the index makes old entries unreachable.
+/// covers the normalised query, `topK`, filter, mode, the floor applied, the
+/// scoring and the index version, so any change to the index makes old
+/// entries unreachable and a search with another floor never gets this one's
+/// answer.
 pub fn search_cache_key(
     tenant: &TenantId,
     query: &str,
     top_k: u32,
     filter: &Metadata,
     mode: SearchMode,
+    floor: ScoreFloor,
     index_version: u64,
 ) -> String {
     let normalised = query
@@ -52,10 +60,12 @@ pub fn search_cache_key(
         normalised.as_bytes(),
         filter.as_bytes(),
         mode.as_str().as_bytes(),
+        SCORING.as_bytes(),
     ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
+    h.update(floor.get().to_bits().to_be_bytes());
     h.update(top_k.to_be_bytes());
     h.update(index_version.to_be_bytes());
     tenant.kv_key(&format!("search:{}", hex(&h.finalize(), 32)))
@@ -92,23 +102,44 @@ mod tests {
     #[test]
     fn cache_keys() {
         let f = Metadata::new();
-        let k = search_cache_key(&t("acme"), "Hello  World", 5, &f, SearchMode::Hybrid, 3);
+        let d = ScoreFloor::DEFAULT;
+        let k = search_cache_key(&t("acme"), "Hello  World", 5, &f, SearchMode::Hybrid, d, 3);
         assert!(k.starts_with("acme:search:"));
         assert_eq!(
             k,
-            search_cache_key(&t("acme"), " hello world ", 5, &f, SearchMode::Hybrid, 3)
+            search_cache_key(&t("acme"), " hello world ", 5, &f, SearchMode::Hybrid, d, 3)
         );
+        let floor = |v| ScoreFloor::new(v).unwrap();
         let others = [
-            search_cache_key(&t("beta"), "hello world", 5, &f, SearchMode::Hybrid, 3),
-            search_cache_key(&t("acme"), "hello world", 6, &f, SearchMode::Hybrid, 3),
-            search_cache_key(&t("acme"), "hello world", 5, &f, SearchMode::Vector, 3),
-            search_cache_key(&t("acme"), "hello world", 5, &f, SearchMode::Hybrid, 4),
+            search_cache_key(&t("beta"), "hello world", 5, &f, SearchMode::Hybrid, d, 3),
+            search_cache_key(&t("acme"), "hello world", 6, &f, SearchMode::Hybrid, d, 3),
+            search_cache_key(&t("acme"), "hello world", 5, &f, SearchMode::Vector, d, 3),
+            search_cache_key(&t("acme"), "hello world", 5, &f, SearchMode::Hybrid, d, 4),
+            search_cache_key(
+                &t("acme"),
+                "hello world",
+                5,
+                &f,
+                SearchMode::Hybrid,
+                floor(0.0),
+                3,
+            ),
+            search_cache_key(
+                &t("acme"),
+                "hello world",
+                5,
+                &f,
+                SearchMode::Hybrid,
+                floor(0.36),
+                3,
+            ),
             search_cache_key(
                 &t("acme"),
                 "hello world",
                 5,
                 &Metadata::from([("source".into(), MetaValue::Str("a".into()))]),
                 SearchMode::Hybrid,
+                d,
                 3,
             ),
         ];

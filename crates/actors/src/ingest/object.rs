@@ -15,7 +15,7 @@ use super::facts::JobDoc;
 use super::faults::SqlFaults;
 use super::requests::{self, internal};
 use super::restore;
-use super::search::{choose_mode, SearchPlan, CACHE_TTL_SECS};
+use super::search::{choose_mode, needs_tenant_floor, SearchPlan, CACHE_TTL_SECS};
 use super::store::QueueStore;
 use super::work::{self, Budget, DocRun, Done, Finish, Step, WorkRun, Worked};
 use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
@@ -25,7 +25,7 @@ use crate::ports::{Clock, Embedder, Kv, PortError, SystemClock, VectorIndex};
 use crate::providers::{self, AnyEmbedder, AnyIndex, Settings, TenantAi};
 use crate::retrieval::MemIndex;
 use crate::rpc;
-use protocol::ingest::{Document, Enqueue, IngestRequest, IngestResponse, Search};
+use protocol::ingest::{Document, Enqueue, IngestRequest, IngestResponse, ScoreFloor, Search};
 use protocol::limits::TokenUsage;
 use protocol::{Envelope, ErrorReply, RequestId, TenantId};
 use std::cell::{Cell, RefCell};
@@ -106,6 +106,19 @@ impl IngestQueue {
                 },
             },
         })
+    }
+
+    /// The tenant's `searchFloor` (or the default), from its settings as
+    /// every actor reads them (cached 1 s in the isolate).
+    async fn tenant_floor(&self, tenant: &TenantId) -> Result<ScoreFloor, PortError> {
+        let request_id = RequestId::from_random(crate::entropy::random_bytes());
+        crate::coordinator::tenant_settings(&self.env, tenant, &request_id)
+            .await
+            .map(|settings| settings.search_floor())
+            .map_err(|e| PortError::Failed {
+                service: "TenantCoordinator",
+                message: format!("the tenant's search floor could not be read: {e}"),
+            })
     }
 
     fn index(&self, tenant: &TenantId, settings: &Settings) -> Result<AnyIndex, PortError> {
@@ -352,7 +365,12 @@ impl IngestQueue {
         let index = self.index(tenant, settings)?;
         let mode = choose_mode(search.mode, |m| index.supports(m), index.backend())?;
         let version = self.with_core(|c| c.index())?;
-        let plan = SearchPlan::new(tenant, &search, mode, version);
+        let tenant_floor = if needs_tenant_floor(&search) {
+            self.tenant_floor(tenant).await?
+        } else {
+            ScoreFloor::DEFAULT
+        };
+        let plan = SearchPlan::new(tenant, &search, mode, version, tenant_floor);
         let cache = providers::cache(&self.env);
         if let Some(cache) = &cache {
             if let Some(hit) = cache.get(&plan.key).await.ok().flatten() {

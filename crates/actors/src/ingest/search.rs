@@ -1,5 +1,6 @@
-//! Search policy: which mode a search runs in, what its cache key covers,
-//! how index hits become the answer, and when an answer may be cached.
+//! Search policy: which mode a search runs in, which relevance floor it
+//! applies, what its cache key covers, how index hits become the answer, and
+//! when an answer may be cached.
 //!
 //! Pure: the shell embeds the query, asks the index and the KV cache; this
 //! module decides everything around those calls.
@@ -7,7 +8,7 @@
 use super::core::IndexVersion;
 use super::keys::search_cache_key;
 use crate::ports::{VectorHit, VectorQuery};
-use protocol::ingest::{Search, SearchMatch, SearchMode, SearchResults};
+use protocol::ingest::{ScoreFloor, Search, SearchMatch, SearchMode, SearchResults};
 use protocol::{ErrorCode, ErrorReply, TenantId};
 
 /// How long after an index change a Vectorize search is not cached (its
@@ -41,6 +42,13 @@ pub fn choose_mode(
     Ok(mode)
 }
 
+/// The floor a search applies: its own `minScore`, else the tenant's
+/// `searchFloor` (`tenant_floor`, asked only when needed: it may cost a read
+/// of the tenant's settings).
+pub fn needs_tenant_floor(search: &Search) -> bool {
+    search.min_score.is_none()
+}
+
 /// One search, planned before its awaits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchPlan {
@@ -48,29 +56,40 @@ pub struct SearchPlan {
     pub mode: SearchMode,
     /// The index version it reflects.
     pub version: IndexVersion,
+    /// The relevance floor: matches scoring below it are dropped.
+    pub floor: ScoreFloor,
     /// Its KV key: the tenant, the normalised query, `topK`, the filter, the
-    /// mode and the index version.
+    /// mode, the floor and the index version.
     pub key: String,
 }
 
 impl SearchPlan {
     /// Plans `search` for `tenant` in `mode` ([`choose_mode`]) against an
-    /// index at `version`.
+    /// index at `version`, with the search's own `minScore` or else
+    /// `tenant_floor` (the tenant's `searchFloor`).
     pub fn new(
         tenant: &TenantId,
         search: &Search,
         mode: SearchMode,
         version: IndexVersion,
+        tenant_floor: ScoreFloor,
     ) -> Self {
+        let floor = search.min_score.unwrap_or(tenant_floor);
         let key = search_cache_key(
             tenant,
             &search.query,
             search.top_k,
             &search.filter,
             mode,
+            floor,
             version.version,
         );
-        Self { mode, version, key }
+        Self {
+            mode,
+            version,
+            floor,
+            key,
+        }
     }
 
     /// Whether the query must be embedded (every mode but keyword).
@@ -97,17 +116,23 @@ impl SearchPlan {
         }
     }
 
-    /// The answer from the index's hits, best first.
+    /// The answer from the index's hits (ranked best first by their
+    /// score): those the floor keeps, in that order. Ranking comes first,
+    /// so a floor only ever shortens the answer, never reorders it.
     pub fn results(&self, hits: Vec<VectorHit>) -> SearchResults {
         SearchResults {
             cached: false,
             mode: self.mode,
             index_version: self.version.version,
+            min_score: self.floor.get(),
             matches: hits
                 .into_iter()
+                .filter(|h| self.floor.keeps(h.score))
                 .map(|h| SearchMatch {
                     id: h.id,
                     score: h.score,
+                    vector_score: h.vector_score,
+                    keyword_score: h.keyword_score,
                     metadata: h.metadata,
                 })
                 .collect(),
@@ -150,6 +175,7 @@ mod tests {
             top_k: 3,
             filter: Metadata::from([("source".to_owned(), MetaValue::Str("a.md".into()))]),
             mode,
+            min_score: None,
         }
     }
 
@@ -166,7 +192,13 @@ mod tests {
         backend: &str,
     ) -> Result<SearchPlan, ErrorReply> {
         let mode = choose_mode(search.mode, supports, backend)?;
-        Ok(SearchPlan::new(&tenant(), search, mode, version))
+        Ok(SearchPlan::new(
+            &tenant(),
+            search,
+            mode,
+            version,
+            ScoreFloor::DEFAULT,
+        ))
     }
 
     fn everything(_: SearchMode) -> bool {
@@ -223,7 +255,15 @@ mod tests {
         assert_eq!(plan.mode, SearchMode::Hybrid);
         assert_eq!(
             plan.key,
-            search_cache_key(&tenant(), &s.query, 3, &s.filter, SearchMode::Hybrid, 7)
+            search_cache_key(
+                &tenant(),
+                &s.query,
+                3,
+                &s.filter,
+                SearchMode::Hybrid,
+                ScoreFloor::DEFAULT,
+                7
+            )
         );
         let explicit = plan_for(
             &search(Some(SearchMode::Hybrid)),
@@ -269,11 +309,15 @@ mod tests {
             VectorHit {
                 id: "v1".into(),
                 score: 0.9,
+                vector_score: Some(0.8),
+                keyword_score: Some(1.0),
                 metadata: Metadata::from([("docId".to_owned(), MetaValue::Str("a".into()))]),
             },
             VectorHit {
                 id: "v2".into(),
                 score: 0.4,
+                vector_score: Some(0.8),
+                keyword_score: None,
                 metadata: Metadata::new(),
             },
         ];
@@ -286,6 +330,15 @@ mod tests {
         let ids: Vec<_> = results.matches.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["v1", "v2"], "best first, as the index said");
         assert_eq!(results.matches[0].score, 0.9);
+        assert_eq!(
+            (
+                results.matches[0].vector_score,
+                results.matches[0].keyword_score
+            ),
+            (Some(0.8), Some(1.0)),
+            "the legs go through"
+        );
+        assert_eq!(results.min_score, ScoreFloor::DEFAULT.get());
         assert_eq!(
             results.matches[0].metadata["docId"],
             MetaValue::Str("a".into())
@@ -314,5 +367,57 @@ mod tests {
         assert!(plan.cache_value(&results, false, changed).is_some());
         // A clock behind the change is not settled either.
         assert_eq!(plan.cache_value(&results, true, 0), None);
+    }
+
+    fn hit(id: &str, score: f64) -> VectorHit {
+        VectorHit {
+            id: id.into(),
+            score,
+            vector_score: None,
+            keyword_score: None,
+            metadata: Metadata::new(),
+        }
+    }
+
+    #[test]
+    fn the_floor_is_the_requests_else_the_tenants_and_drops_what_scores_below() {
+        let floor = |v| ScoreFloor::new(v).unwrap();
+        let tenant_floor = floor(0.3);
+        let mut s = search(None);
+        assert!(needs_tenant_floor(&s));
+        let by_tenant = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, tenant_floor);
+        assert_eq!(by_tenant.floor, tenant_floor);
+        let hits = || vec![hit("a", 0.8), hit("b", 0.3), hit("c", 0.29), hit("d", 0.0)];
+        let ids = |r: &SearchResults| r.matches.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        let r = by_tenant.results(hits());
+        assert_eq!(
+            ids(&r),
+            ["a", "b"],
+            "kept in rank order, the floor included"
+        );
+        assert_eq!(r.min_score, 0.3);
+
+        s.min_score = Some(floor(0.0));
+        assert!(!needs_tenant_floor(&s));
+        let everything = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, tenant_floor);
+        assert_eq!(everything.floor, floor(0.0), "the request's own wins");
+        assert_eq!(ids(&everything.results(hits())), ["a", "b", "c", "d"]);
+        assert_ne!(
+            everything.key, by_tenant.key,
+            "another floor, another answer"
+        );
+
+        s.min_score = Some(floor(1.0));
+        let strict = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, tenant_floor);
+        let r = strict.results(hits());
+        assert!(
+            r.matches.is_empty(),
+            "nothing relevant enough: an empty answer"
+        );
+        assert_ne!(strict.key, everything.key);
+        // The same floor, asked for or inherited, is the same answer.
+        s.min_score = Some(tenant_floor);
+        let same = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, floor(0.9));
+        assert_eq!(same.key, by_tenant.key);
     }
 }
