@@ -84,6 +84,19 @@ impl ScoreFloor {
     /// [`DEFAULT_SEARCH_FLOOR`].
     pub const DEFAULT: ScoreFloor = ScoreFloor(DEFAULT_SEARCH_FLOOR);
 
+    /// The floor a search in `mode` gets when neither it nor the tenant
+    /// sets one: [`DEFAULT_SEARCH_FLOOR`] for hybrid, none for vector and
+    /// keyword, whose scores alone do not tell an off-topic question from an
+    /// on-topic one in the embedded configuration (the quality benchmark:
+    /// at 0.35 vector mode loses nearly every answer, keyword mode keeps
+    /// every off-topic question).
+    pub fn default_for(mode: SearchMode) -> Self {
+        match mode {
+            SearchMode::Hybrid => Self::DEFAULT,
+            SearchMode::Vector | SearchMode::Keyword => Self::NONE,
+        }
+    }
+
     /// `value` as a floor, if it is a number in [0, 1].
     pub fn new(value: f64) -> Result<Self, IngestError> {
         if (0.0..=1.0).contains(&value) {
@@ -658,6 +671,18 @@ mod tests {
             assert_eq!(ScoreFloor::new(bad), Err(IngestError::MinScore), "{bad}");
         }
         assert_eq!(ScoreFloor::DEFAULT.get(), DEFAULT_SEARCH_FLOOR);
+        assert_eq!(
+            ScoreFloor::default_for(SearchMode::Hybrid),
+            ScoreFloor::DEFAULT
+        );
+        assert_eq!(
+            ScoreFloor::default_for(SearchMode::Vector),
+            ScoreFloor::NONE
+        );
+        assert_eq!(
+            ScoreFloor::default_for(SearchMode::Keyword),
+            ScoreFloor::NONE
+        );
         let floor = ScoreFloor::new(0.5).unwrap();
         assert!(floor.keeps(0.5) && floor.keeps(0.9) && !floor.keeps(0.49));
         assert!(ScoreFloor::NONE.keeps(0.0));

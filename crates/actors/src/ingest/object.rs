@@ -108,13 +108,13 @@ impl IngestQueue {
         })
     }
 
-    /// The tenant's `searchFloor` (or the default), from its settings as
+    /// The tenant's `searchFloor`, if it set one, from its settings as
     /// every actor reads them (cached 1 s in the isolate).
-    async fn tenant_floor(&self, tenant: &TenantId) -> Result<ScoreFloor, PortError> {
+    async fn tenant_floor(&self, tenant: &TenantId) -> Result<Option<ScoreFloor>, PortError> {
         let request_id = RequestId::from_random(crate::entropy::random_bytes());
         crate::coordinator::tenant_settings(&self.env, tenant, &request_id)
             .await
-            .map(|settings| settings.search_floor())
+            .map(|settings| settings.search_floor)
             .map_err(|e| PortError::Failed {
                 service: "TenantCoordinator",
                 message: format!("the tenant's search floor could not be read: {e}"),
@@ -368,7 +368,7 @@ impl IngestQueue {
         let tenant_floor = if needs_tenant_floor(&search) {
             self.tenant_floor(tenant).await?
         } else {
-            ScoreFloor::DEFAULT
+            None
         };
         let plan = SearchPlan::new(tenant, &search, mode, version, tenant_floor);
         let cache = providers::cache(&self.env);

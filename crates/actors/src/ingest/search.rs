@@ -65,16 +65,20 @@ pub struct SearchPlan {
 
 impl SearchPlan {
     /// Plans `search` for `tenant` in `mode` ([`choose_mode`]) against an
-    /// index at `version`, with the search's own `minScore` or else
-    /// `tenant_floor` (the tenant's `searchFloor`).
+    /// index at `version`, with the search's own `minScore`, else
+    /// `tenant_floor` (the tenant's `searchFloor`, if it set one), else the
+    /// mode's default ([`ScoreFloor::default_for`]).
     pub fn new(
         tenant: &TenantId,
         search: &Search,
         mode: SearchMode,
         version: IndexVersion,
-        tenant_floor: ScoreFloor,
+        tenant_floor: Option<ScoreFloor>,
     ) -> Self {
-        let floor = search.min_score.unwrap_or(tenant_floor);
+        let floor = search
+            .min_score
+            .or(tenant_floor)
+            .unwrap_or(ScoreFloor::default_for(mode));
         let key = search_cache_key(
             tenant,
             &search.query,
@@ -192,13 +196,7 @@ mod tests {
         backend: &str,
     ) -> Result<SearchPlan, ErrorReply> {
         let mode = choose_mode(search.mode, supports, backend)?;
-        Ok(SearchPlan::new(
-            &tenant(),
-            search,
-            mode,
-            version,
-            ScoreFloor::DEFAULT,
-        ))
+        Ok(SearchPlan::new(&tenant(), search, mode, version, None))
     }
 
     fn everything(_: SearchMode) -> bool {
@@ -385,7 +383,13 @@ mod tests {
         let tenant_floor = floor(0.3);
         let mut s = search(None);
         assert!(needs_tenant_floor(&s));
-        let by_tenant = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, tenant_floor);
+        let by_tenant = SearchPlan::new(
+            &tenant(),
+            &s,
+            SearchMode::Hybrid,
+            VERSION,
+            Some(tenant_floor),
+        );
         assert_eq!(by_tenant.floor, tenant_floor);
         let hits = || vec![hit("a", 0.8), hit("b", 0.3), hit("c", 0.29), hit("d", 0.0)];
         let ids = |r: &SearchResults| r.matches.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
@@ -399,7 +403,13 @@ mod tests {
 
         s.min_score = Some(floor(0.0));
         assert!(!needs_tenant_floor(&s));
-        let everything = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, tenant_floor);
+        let everything = SearchPlan::new(
+            &tenant(),
+            &s,
+            SearchMode::Hybrid,
+            VERSION,
+            Some(tenant_floor),
+        );
         assert_eq!(everything.floor, floor(0.0), "the request's own wins");
         assert_eq!(ids(&everything.results(hits())), ["a", "b", "c", "d"]);
         assert_ne!(
@@ -408,7 +418,13 @@ mod tests {
         );
 
         s.min_score = Some(floor(1.0));
-        let strict = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, tenant_floor);
+        let strict = SearchPlan::new(
+            &tenant(),
+            &s,
+            SearchMode::Hybrid,
+            VERSION,
+            Some(tenant_floor),
+        );
         let r = strict.results(hits());
         assert!(
             r.matches.is_empty(),
@@ -417,7 +433,7 @@ mod tests {
         assert_ne!(strict.key, everything.key);
         // The same floor, asked for or inherited, is the same answer.
         s.min_score = Some(tenant_floor);
-        let same = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, floor(0.9));
+        let same = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, Some(floor(0.9)));
         assert_eq!(same.key, by_tenant.key);
     }
 }
