@@ -43,8 +43,13 @@ fn start(label: &str) -> (PersistDir, Server) {
     (dir, server)
 }
 
+/// Changes the tenant's settings; they reach the actors' caches within 1 s.
 fn patch_tenant(server: &Server, body: Value) -> Reply {
-    server.as_operator(A, "PATCH", "/admin/tenant", Some(body))
+    let r = server.as_operator(A, "PATCH", "/admin/tenant", Some(body));
+    if r.status == 200 {
+        std::thread::sleep(Duration::from_millis(1_100));
+    }
+    r
 }
 
 /// A whole SSE turn: the events' data, in order.

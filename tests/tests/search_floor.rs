@@ -154,7 +154,7 @@ fn scores_are_relevances_and_the_floor_keeps_off_topic_questions_out() {
         .collect();
     server.ingest(T, Value::Array(docs));
 
-    // Off-topic: nothing, in the default mode (hybrid) and in vector mode.
+    // Off-topic: nothing in the default mode (hybrid).
     let banana = json!({ "query": "banana bread recipe" });
     let r = search_ok(&server, banana.clone());
     assert_eq!(r["mode"], "hybrid");
@@ -164,11 +164,18 @@ fn scores_are_relevances_and_the_floor_keeps_off_topic_questions_out() {
         let r = search_ok(&server, json!({ "query": q }));
         assert!(matches(&r).is_empty(), "{q}: {r}");
     }
+    // Vector mode has no default floor (its scores alone do not separate
+    // off-topic questions here); a floor the search sets applies.
     let r = search_ok(
         &server,
         json!({ "query": "banana bread recipe", "mode": "vector" }),
     );
-    assert!(matches(&r).is_empty(), "vector: {r}");
+    assert_eq!(r["minScore"], 0.0, "{r}");
+    let r = search_ok(
+        &server,
+        json!({ "query": "banana bread recipe", "mode": "vector", "minScore": DEFAULT_FLOOR }),
+    );
+    assert!(matches(&r).is_empty(), "vector with a floor: {r}");
 
     // minScore 0: the noise the floor held back, every score below it.
     let noise = search_ok(
@@ -217,8 +224,8 @@ fn scores_are_relevances_and_the_floor_keeps_off_topic_questions_out() {
         }
     }
 
-    // Hybrid matches carry their legs; the score is their mean, a missing
-    // leg counting 0 (and left out).
+    // Hybrid matches carry their legs; the score weighs them 0.3 (vector)
+    // and 0.7 (keyword), a missing leg counting 0 (and left out).
     let r = search_ok(
         &server,
         json!({ "query": "closures that capture values from their scope", "minScore": 0 }),
@@ -238,12 +245,12 @@ fn scores_are_relevances_and_the_floor_keeps_off_topic_questions_out() {
         "{top}"
     );
     assert!(
-        (top["score"].as_f64().unwrap() - (v + k) / 2.0).abs() < 1e-9,
+        (top["score"].as_f64().unwrap() - (0.3 * v + 0.7 * k)).abs() < 1e-9,
         "{top}"
     );
     for m in matches(&r) {
         let leg = |name: &str| m.get(name).and_then(Value::as_f64).unwrap_or(0.0);
-        let want = (leg("vectorScore") + leg("keywordScore")) / 2.0;
+        let want = 0.3 * leg("vectorScore") + 0.7 * leg("keywordScore");
         assert!((m["score"].as_f64().unwrap() - want).abs() < 1e-9, "{m}");
         assert!(m.get("vectorScore").is_some() || m.get("keywordScore").is_some());
     }
