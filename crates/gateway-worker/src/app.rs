@@ -548,7 +548,7 @@ async fn json_reply(
             if patch.operator_only() && caller.identity != Identity::Operator {
                 return Err(ApiError::Forbidden {
                     code: "operator_only",
-                    message: "the tenant's limits, prices and budgets are set by the operator (ADMIN_TOKEN)".into(),
+                    message: "the tenant's limits, prices, budgets and AI Gateway are set by the operator (ADMIN_TOKEN)".into(),
                 });
             }
             let embedding = patch
@@ -829,8 +829,6 @@ async fn inspect(
                 .filter(|d| d.len() == 16 && lower_hex(d))
             {
                 LimitedBy::Anonymous(digest.to_owned())
-            } else if name == "tenant-budget" {
-                LimitedBy::TenantBudget
             } else if name == tenant.as_str() {
                 let state = LedgerHandle::new(env, tenant)?.inspect(request_id).await?;
                 return ok_json(&json!({
@@ -838,6 +836,8 @@ async fn inspect(
                     "name": tenant.object_name(actors::limiter::RESOURCE),
                     "state": state,
                 }));
+            } else if name == "tenant-budget" {
+                LimitedBy::TenantBudget
             } else {
                 return Err(ApiError::not_found(
                     "unknown_actor",

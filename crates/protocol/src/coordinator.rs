@@ -226,7 +226,8 @@ impl TenantSettings {
         }
     }
 
-    /// The relevance floor in force: the tenant's own, else the default.
+    /// The tenant's floor, else the default of the default mode (hybrid);
+    /// a search in another mode uses [`ScoreFloor::default_for`] its mode.
     pub fn search_floor(&self) -> ScoreFloor {
         self.search_floor.unwrap_or(ScoreFloor::DEFAULT)
     }

@@ -27,13 +27,14 @@ pub const MAX_QUERY_CHARS: usize = 2000;
 pub const MAX_TOP_K: u32 = 20;
 /// `topK` when a search names none.
 pub const DEFAULT_TOP_K: u32 = 5;
-/// The relevance floor of a tenant that has set none (`searchFloor`), and
-/// so of every search that names no `minScore`. Chosen from data with the
-/// embedded embedder (`local/hashed-768`) in hybrid mode: on the Rust docs
-/// corpus (8,359 chunks) off-topic questions' best matches score 0.12 to
-/// 0.33 and all but a few on-topic questions' best 0.35 or more; on a
-/// tenant of a few short technical documents off-topic questions score
-/// below 0.25 and on-topic ones 0.45 or more (docs/api.md).
+/// The relevance floor of a hybrid search when neither the search
+/// (`minScore`) nor the tenant (`searchFloor`) sets one (vector and keyword
+/// have none: [`ScoreFloor::default_for`]). Chosen from data with the
+/// embedded embedder (`local/hashed-768`): on the Rust docs corpus (8,359
+/// chunks) it leaves 5 of the held-out set's 6 off-topic questions without a
+/// match and none of its 101 on-topic questions (docs/benchmarks.md); on a
+/// tenant of a few short technical documents off-topic questions score below
+/// it (docs/api.md).
 pub const DEFAULT_SEARCH_FLOOR: f64 = 0.35;
 /// Metadata keys the platform sets on every chunk; a client may not set them,
 /// so that no document can claim another tenant or another document.

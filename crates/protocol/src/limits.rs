@@ -290,6 +290,9 @@ pub enum LimitsError {
     /// A price table entry with an invalid model name.
     #[error("prices: {0:?} is not a model name (1 to 128 of A-Z a-z 0-9 @ . _ / : -)")]
     PriceModel(String),
+    /// A price above [`MAX_PRICE_PER_MILLION_MICROS`].
+    #[error("prices: {0:?} costs more than {MAX_PRICE_PER_MILLION_MICROS} micro-dollars per million tokens")]
+    PriceTooHigh(String),
     /// A reservation hold of zero or above [`MAX_HOLD_MS`].
     #[error("holdMs must be 1 to {MAX_HOLD_MS}")]
     Hold,
@@ -408,6 +411,11 @@ impl Price {
     }
 }
 
+/// The highest price a table may set, per million tokens in or out: $10,000
+/// (a thousand times the dearest Workers AI model), so that the costs summed
+/// in the usage records stay far inside SQLite's integers.
+pub const MAX_PRICE_PER_MILLION_MICROS: u64 = 10_000_000_000;
+
 /// Prices per model, set by the operator. A model without an entry is
 /// unpriced: its calls count against token budgets, not cost budgets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -467,10 +475,17 @@ impl PriceTable {
         self.price(model).map(|p| p.cost_micros(usage))
     }
 
-    /// Checks every model name.
+    /// Checks every model name and price.
     pub fn validate(&self) -> Result<(), LimitsError> {
-        match self.models.keys().find(|m| !crate::keys::valid_model(m)) {
-            Some(m) => Err(LimitsError::PriceModel(m.clone())),
+        if let Some(m) = self.models.keys().find(|m| !crate::keys::valid_model(m)) {
+            return Err(LimitsError::PriceModel(m.clone()));
+        }
+        let too_high = |p: &Price| {
+            p.input_per_million_micros > MAX_PRICE_PER_MILLION_MICROS
+                || p.output_per_million_micros > MAX_PRICE_PER_MILLION_MICROS
+        };
+        match self.models.iter().find(|(_, p)| too_high(p)) {
+            Some((m, _)) => Err(LimitsError::PriceTooHigh(m.clone())),
             None => Ok(()),
         }
     }
@@ -1008,6 +1023,16 @@ mod tests {
             models: BTreeMap::from([("a b".to_owned(), Price::default())]),
         };
         assert_eq!(bad.validate(), Err(LimitsError::PriceModel("a b".into())));
+        let dear = PriceTable {
+            models: BTreeMap::from([(
+                "m".to_owned(),
+                Price {
+                    input_per_million_micros: MAX_PRICE_PER_MILLION_MICROS + 1,
+                    output_per_million_micros: 0,
+                },
+            )]),
+        };
+        assert_eq!(dear.validate(), Err(LimitsError::PriceTooHigh("m".into())));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! Every model call is recorded where its usage becomes known: a chat turn
 //! by its session when the turn ends (the usage summed over its model calls,
 //! the same figures as the turn's `done` event), a search's query embedding
-//! by the gateway after answering, an ingest job's embeddings by the queue
-//! as it indexes. All go to the tenant's ledger, which keeps one row per
+//! and an ingest job's embeddings by the `IngestQueue` (gathered in memory
+//! and written at most once a second). All go to the tenant's ledger, which keeps one row per
 //! `(day, caller, model)` and answers reports grouped by key, model or day.
 
 use crate::calendar::{date_string, parse_date};

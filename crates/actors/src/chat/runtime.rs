@@ -66,8 +66,8 @@ pub(super) struct Inner {
     pub(super) env: Env,
     pub(super) store: SessionStore,
     pub(super) core: RefCell<SessionCore>,
-    /// The tenant's prices while a turn runs (one turn runs at a time).
-    pub(super) turn_prices: RefCell<Option<PriceTable>>,
+    /// The tenant's prices while a turn runs, with the turn's id.
+    pub(super) turn_prices: RefCell<Option<(u64, PriceTable)>>,
     /// The tenant and session this object is bound to, once checked.
     pub(super) bound: RefCell<Option<(TenantId, SessionId)>>,
     /// Streams following a running turn.
@@ -323,7 +323,8 @@ impl Inner {
                                 .turn_prices
                                 .borrow()
                                 .as_ref()
-                                .and_then(|p| model.as_deref().and_then(|m| p.price(m)));
+                                .filter(|(id, _)| *id == turn)
+                                .and_then(|(_, p)| model.as_deref().and_then(|m| p.price(m)));
                             let usage = self
                                 .core
                                 .borrow()
@@ -457,7 +458,7 @@ impl Inner {
             self.generator(&ctx),
             crate::limiter::recorder::prices(&self.env, &ctx.tenant, &ctx.request_id)
         );
-        *self.turn_prices.borrow_mut() = Some(prices);
+        *self.turn_prices.borrow_mut() = Some((ctx.id, prices));
         while let Some(effect) = waiting.pop_front() {
             let more = match effect {
                 Effect::Generate => match &generator {
@@ -479,7 +480,14 @@ impl Inner {
         let used = self.core.borrow().used(ctx.id);
         let served_by = self.core.borrow().served_by(ctx.id);
         self.core.borrow_mut().finish(ctx.id);
-        self.turn_prices.borrow_mut().take();
+        // Only this turn's: a turn ended by its deadline may already have a
+        // successor.
+        {
+            let mut prices = self.turn_prices.borrow_mut();
+            if prices.as_ref().is_some_and(|(id, _)| *id == ctx.id) {
+                prices.take();
+            }
+        }
         self.account(&ctx, served_by, used).await;
         self.rearm().await;
     }

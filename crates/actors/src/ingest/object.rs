@@ -59,6 +59,8 @@ pub struct IngestQueue {
     mem: Rc<RefCell<Option<MemIndex>>>,
     /// A work loop is running (they must not overlap).
     working: Cell<bool>,
+    /// Embedding usage not yet written to the ledger.
+    usage: Rc<RefCell<recorder::UsageBuffer>>,
 }
 
 impl IngestQueue {
@@ -292,10 +294,13 @@ impl IngestQueue {
         }
     }
 
-    /// Records what embedding `texts` used, beside the answer (a failure is
-    /// logged; the work is not undone for it).
+    /// Counts what embedding `texts` used. Usage is gathered in memory and
+    /// written to the ledger at most once a second
+    /// ([`recorder::FLUSH_AFTER_MS`]), beside the work: a search or an
+    /// indexed document never waits for it, and the ledger takes one batch
+    /// a second from a busy queue, not one message per search.
     fn charge(&self, tenant: &TenantId, caller: Option<String>, model: &str, texts: &[String]) {
-        let used = [Used {
+        let used = Used {
             caller: caller.unwrap_or_else(|| protocol::usage::OPERATOR.to_owned()),
             model: model.to_owned(),
             requests: 1,
@@ -303,12 +308,21 @@ impl IngestQueue {
                 input_tokens: protocol::usage::embedding_tokens(texts),
                 output_tokens: 0,
             },
-        }];
-        let (env, tenant, now) = (self.env.clone(), tenant.clone(), self.now());
+        };
+        if !self.usage.borrow_mut().add(used) {
+            return;
+        }
+        let (env, tenant, usage) = (self.env.clone(), tenant.clone(), Rc::clone(&self.usage));
         self.state.wait_until(async move {
+            worker::Delay::from(std::time::Duration::from_millis(recorder::FLUSH_AFTER_MS)).await;
+            let batch = usage.borrow_mut().take();
+            if batch.is_empty() {
+                return;
+            }
             let request_id = RequestId::from_random(crate::entropy::random_bytes());
             let prices = recorder::prices(&env, &tenant, &request_id).await;
-            if let Err(e) = recorder::record(&env, &tenant, &request_id, now, &used, &prices).await
+            let now = SystemClock.now_ms();
+            if let Err(e) = recorder::record(&env, &tenant, &request_id, now, &batch, &prices).await
             {
                 worker::console_warn!("ingest queue: embedding usage not recorded: {e}");
             }
@@ -450,6 +464,7 @@ impl worker::DurableObject for IngestQueue {
             loaded: RefCell::new(None),
             mem: Rc::new(RefCell::new(None)),
             working: Cell::new(false),
+            usage: Rc::default(),
         }
     }
 

@@ -6,7 +6,7 @@
 //! Tables: `owner` (the tenant, [`crate::sql`]), `meta` (the index version),
 //! `jobs` (one row per job), `job_docs` (the documents of unfinished jobs),
 //! `documents` (chunk count per indexed document), `faults` (tests), and the
-//! embedded index's `vectors` and `chunk_fts`.
+//! embedded index's `vectors` and `chunk_text`.
 
 use super::core::{Effect, WorkItem};
 use super::facts::Records;

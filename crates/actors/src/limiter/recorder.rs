@@ -23,6 +23,48 @@ pub struct Used {
     pub usage: TokenUsage,
 }
 
+/// How long an actor gathers usage before it writes it to the ledger: a
+/// busy `IngestQueue` sends one record batch a second, not one per search.
+pub const FLUSH_AFTER_MS: u64 = 1_000;
+
+/// Usage gathered in an actor's memory until it is written: summed per
+/// caller and model, so a batch holds at most one record for each. Records
+/// still here when the isolate is evicted are lost (at most
+/// [`FLUSH_AFTER_MS`] of them).
+#[derive(Debug, Default)]
+pub struct UsageBuffer {
+    pending: Vec<Used>,
+}
+
+impl UsageBuffer {
+    /// Adds `used`; true when the buffer was empty (the caller then arranges
+    /// a flush in [`FLUSH_AFTER_MS`]).
+    pub fn add(&mut self, used: Used) -> bool {
+        let was_empty = self.pending.is_empty();
+        match self
+            .pending
+            .iter_mut()
+            .find(|u| u.caller == used.caller && u.model == used.model)
+        {
+            Some(u) => {
+                u.requests = u.requests.saturating_add(used.requests);
+                u.usage.input_tokens = u.usage.input_tokens.saturating_add(used.usage.input_tokens);
+                u.usage.output_tokens = u
+                    .usage
+                    .output_tokens
+                    .saturating_add(used.usage.output_tokens);
+            }
+            None => self.pending.push(used),
+        }
+        was_empty
+    }
+
+    /// Everything gathered, leaving the buffer empty.
+    pub fn take(&mut self) -> Vec<Used> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
 /// The tenant's prices (its settings, as the isolate holds them: see
 /// [`crate::coordinator::settings`]); the defaults when the coordinator
 /// cannot answer, which is logged.
@@ -58,4 +100,46 @@ pub async fn record(
         ledger.record_usage(request_id, batch.to_vec()).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn used(caller: &str, model: &str, input: u64) -> Used {
+        Used {
+            caller: caller.into(),
+            model: model.into(),
+            requests: 1,
+            usage: TokenUsage {
+                input_tokens: input,
+                output_tokens: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_buffer_sums_per_caller_and_model_and_says_when_it_starts() {
+        let mut b = UsageBuffer::default();
+        assert!(b.add(used("k1", "m", 5)), "the first record starts a batch");
+        assert!(!b.add(used("k1", "m", 7)));
+        assert!(!b.add(used("k2", "m", 1)));
+        let batch = b.take();
+        assert_eq!(batch.len(), 2);
+        assert_eq!((batch[0].requests, batch[0].usage.input_tokens), (2, 12));
+        assert_eq!(batch[1].caller, "k2");
+        assert!(b.take().is_empty());
+        assert!(b.add(used("k1", "m", 1)), "empty again: a new batch");
+    }
+
+    #[test]
+    fn records_are_priced_on_the_day_of_the_flush() {
+        let prices = PriceTable::workers_ai_defaults();
+        let r = records(
+            &[used("k", "@cf/baai/bge-base-en-v1.5", 1_000_000)],
+            20_786 * protocol::calendar::DAY_MS + 5,
+            &prices,
+        );
+        assert_eq!((r[0].day, r[0].cost_micros), (20_786, 67_000));
+    }
 }
