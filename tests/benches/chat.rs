@@ -7,7 +7,7 @@
 
 use e2e::chat::Socket;
 use e2e::http::send;
-use e2e::{Deployment, PersistDir, Server};
+use e2e::{percentile, Deployment, PersistDir, Server};
 use serde_json::json;
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -15,14 +15,6 @@ use std::time::{Duration, Instant};
 const TENANT: &str = "mrrainbowsmoke";
 const TURNS: usize = 50;
 const SESSIONS: usize = 50;
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * (v.len().saturating_sub(1)) as f64).round() as usize;
-    v.get(rank.min(v.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(f64::NAN)
-}
 
 fn row(label: &str, first: &mut [f64], full: &mut [f64], tokens: &[usize]) -> String {
     let avg_tokens = tokens.iter().sum::<usize>() as f64 / tokens.len().max(1) as f64;

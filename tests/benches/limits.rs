@@ -20,7 +20,7 @@
 //! Results go to stdout as Markdown.
 
 use e2e::http::send;
-use e2e::{Deployment, PersistDir, Server};
+use e2e::{percentile, Deployment, PersistDir, Server};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,14 +30,6 @@ const TENANT: &str = "mrrainbowsmoke";
 const SEARCHES: usize = 400;
 const CLIENTS: usize = 32;
 const HAMMER: Duration = Duration::from_secs(10);
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * (v.len().saturating_sub(1)) as f64).round() as usize;
-    v.get(rank.min(v.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(f64::NAN)
-}
 
 fn key(server: &Server, limits: serde_json::Value) -> String {
     let r = server.as_operator(

@@ -13,7 +13,7 @@
 //! Results go to stdout as Markdown for `docs/benchmarks.md`.
 
 use e2e::corpus::{index_chunks, ingest, load_corpus, search, search_with, TENANT};
-use e2e::{Deployment, PersistDir, Server};
+use e2e::{percentile, Deployment, PersistDir, Server};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -46,14 +46,6 @@ fn questions() -> Vec<Question> {
             }
         })
         .collect()
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * (v.len().saturating_sub(1)) as f64).round() as usize;
-    v.get(rank.min(v.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(f64::NAN)
 }
 
 /// The documents of a search's matches, best first, each once.

@@ -108,3 +108,12 @@ impl Socket {
         let _ = self.ws.flush();
     }
 }
+
+/// The answer's text: the `message` events' content, in order.
+pub fn answer_text(events: &[serde_json::Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .filter_map(|e| e["content"].as_str())
+        .collect()
+}

@@ -263,6 +263,24 @@ impl Server {
         )
     }
 
+    /// Waits (up to 2 s) until the limiter `name` of `tenant` (a key id,
+    /// `anon-<digest>` or `tenant-budget`) holds no reservation: a turn's
+    /// session settles its reservation just after `done`. Whether it did.
+    pub fn limiter_idle(&self, tenant: &str, name: &str) -> bool {
+        (0..40).any(|_| {
+            let path = format!("/admin/actors/limiter/{name}");
+            let r = self.as_operator(tenant, "GET", &path, None);
+            assert_eq!(r.status, 200, "{}", r.body);
+            let idle = r.json()["state"]["reservations"]
+                .as_array()
+                .is_some_and(|v| v.is_empty());
+            if !idle {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            idle
+        })
+    }
+
     /// A new key of `tenant` with `scopes`.
     pub fn create_key(&self, tenant: &str, scopes: &[&str]) -> String {
         let body = serde_json::json!({ "name": "e2e", "scopes": scopes });
@@ -379,4 +397,13 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("find a free loopback port")
+}
+
+/// The `p`th percentile (0 to 100) of `v`, which it sorts; NaN when empty.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (v.len().saturating_sub(1)) as f64).round() as usize;
+    v.get(rank.min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
 }

@@ -3,7 +3,7 @@
 //! history (paged, erased, surviving a restart), the concurrency rule, model
 //! failures, isolation, and bad input.
 
-use e2e::chat::{parse_sse, Socket};
+use e2e::chat::{answer_text, parse_sse, Socket};
 use e2e::http::{get, send, Reply};
 use e2e::{shared, Deployment, PersistDir, Server};
 use serde_json::{json, Value};
@@ -71,14 +71,6 @@ fn assert_turn_shape(types: &[String]) {
         "{types:?}"
     );
     assert_eq!(types.last().map(String::as_str), Some("done"), "{types:?}");
-}
-
-fn answer_text(events: &[Value]) -> String {
-    events
-        .iter()
-        .filter(|e| e["type"] == "message")
-        .filter_map(|e| e["content"].as_str())
-        .collect()
 }
 
 #[test]

@@ -347,22 +347,7 @@ fn a_keys_daily_token_budget_refuses_with_402_naming_it() {
             + done["usage"]["outputTokens"].as_u64().unwrap_or(0);
         // The session settles the turn's reservation just after `done`: wait
         // for it, so the next admission sees what was really used.
-        let settled = (0..40).any(|_| {
-            let r = admin(
-                &server,
-                B,
-                "GET",
-                &format!("/admin/actors/limiter/{id}"),
-                None,
-            );
-            let idle = r.json()["state"]["reservations"]
-                .as_array()
-                .is_some_and(|v| v.is_empty());
-            if !idle {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            idle
-        });
+        let settled = server.limiter_idle(B, &id);
         assert!(settled, "turn {n}'s reservation was settled");
     }
     let (n, r) = refused.expect("the budget refuses a turn within 20");
@@ -525,22 +510,7 @@ fn tpm_is_reserved_before_a_turn_and_settled_with_what_it_used() {
         assert_eq!(r.status, 200, "turn {n}: {}", r.body);
         admitted += 1;
         // Wait for the settle, so the next admission sees what was used.
-        let settled = (0..40).any(|_| {
-            let r = admin(
-                &server,
-                B,
-                "GET",
-                &format!("/admin/actors/limiter/{id}"),
-                None,
-            );
-            let idle = r.json()["state"]["reservations"]
-                .as_array()
-                .is_some_and(|v| v.is_empty());
-            if !idle {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            idle
-        });
+        let settled = server.limiter_idle(B, &id);
         assert!(settled, "turn {n} settled");
     }
     // Charged at their estimates, the bucket and its refill over the run

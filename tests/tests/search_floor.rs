@@ -10,7 +10,7 @@
 //! test: the tenant's floor changes part way, which would disturb any test
 //! running beside it.
 
-use e2e::chat::parse_sse;
+use e2e::chat::{answer_text, parse_sse};
 use e2e::http::{get, send, Reply};
 use e2e::{shared, Deployment, Server};
 use serde_json::{json, Value};
@@ -134,14 +134,6 @@ fn chat_events(server: &Server, session: &str, message: &str) -> Vec<Value> {
     parse_sse(r.body.as_bytes())
         .into_iter()
         .map(|e| e.data)
-        .collect()
-}
-
-fn answer(events: &[Value]) -> String {
-    events
-        .iter()
-        .filter(|e| e["type"] == "message")
-        .filter_map(|e| e["content"].as_str())
         .collect()
 }
 
@@ -282,7 +274,7 @@ fn scores_are_relevances_and_the_floor_keeps_off_topic_questions_out() {
     assert_eq!(events[0]["tool"], "vector_search", "{events:?}");
     let result: Value = serde_json::from_str(events[1]["result"].as_str().unwrap()).unwrap();
     assert_eq!(result["matches"], json!([]), "{result}");
-    let text = answer(&events);
+    let text = answer_text(&events);
     assert!(text.contains("found nothing"), "{text}");
     assert!(!text.contains("[1]") && !text.contains("Sources"), "{text}");
     assert_eq!(events.last().unwrap()["type"], "done");
@@ -292,7 +284,7 @@ fn scores_are_relevances_and_the_floor_keeps_off_topic_questions_out() {
         "floor-closures",
         "do closures capture values from their scope?",
     );
-    assert!(answer(&events).contains("[1] closures"), "{events:?}");
+    assert!(answer_text(&events).contains("[1] closures"), "{events:?}");
 
     // The tenant's floor: a tenant admin lowers it to 0, and searches
     // without minScore (and the chat) get what it no longer holds back.

@@ -267,17 +267,7 @@ fn a_tenants_daily_token_budget_holds_across_its_keys() {
             }
         }
         // Let the turn settle before the next admission.
-        let settled = (0..40).any(|_| {
-            let r = server.as_operator(B, "GET", "/admin/actors/limiter/tenant-budget", None);
-            assert_eq!(r.status, 200, "{}", r.body);
-            let idle = r.json()["state"]["reservations"]
-                .as_array()
-                .is_some_and(|v| v.is_empty());
-            if !idle {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            idle
-        });
+        let settled = server.limiter_idle(B, "tenant-budget");
         assert!(settled, "turn {n} settled at the tenant's budget");
     }
     let (n, r) = refused.expect("the tenant's budget refuses a turn within 30");
