@@ -145,8 +145,9 @@ fn usage_sums_the_turns_usage_priced_by_the_operator() {
         sent = (sent.0 + input, sent.1 + output);
     }
     let path = format!("/admin/usage?groupBy=model&key={chat_id}");
+    // The queue writes embedding usage within a second of the search.
     let report = report_when(&server, A, &path, |r| {
-        row(r, "local/extractive")["requests"] == 3
+        row(r, "local/extractive")["requests"] == 3 && !row(r, "local/hashed-768").is_null()
     });
     let chat = row(&report, "local/extractive");
     assert_eq!(chat["requests"], 3, "{report}");
@@ -187,7 +188,9 @@ fn usage_sums_the_turns_usage_priced_by_the_operator() {
         "{report}"
     );
 
-    // By key and by day: the same totals, split otherwise.
+    // By key and by day: the same totals, split otherwise (once every
+    // batch the queue gathered is written).
+    std::thread::sleep(Duration::from_millis(1_200));
     let by_key = report_when(&server, A, "/admin/usage?groupBy=key", |_| true);
     let chat_row = row(&by_key, &chat_id);
     assert!(chat_row["inputTokens"].as_u64() >= Some(sent.0), "{by_key}");
