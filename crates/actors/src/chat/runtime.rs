@@ -452,13 +452,14 @@ impl Inner {
         // it: the first event does not wait for it.
         let arming = Rc::clone(&self);
         self.state.wait_until(async move { arming.rearm().await });
-        // The prices of the turn's models (for its `done` event), fetched
-        // beside them (both from the tenant's coordinator, cached).
+        // The prices of the turn's models (for its `done` event, its usage
+        // record and its settle: one table for all three), fetched beside
+        // them (both from the tenant's settings, cached).
         let (generator, prices) = futures::join!(
             self.generator(&ctx),
             crate::limiter::recorder::prices(&self.env, &ctx.tenant, &ctx.request_id)
         );
-        *self.turn_prices.borrow_mut() = Some((ctx.id, prices));
+        *self.turn_prices.borrow_mut() = Some((ctx.id, prices.clone()));
         while let Some(effect) = waiting.pop_front() {
             let more = match effect {
                 Effect::Generate => match &generator {
@@ -488,7 +489,7 @@ impl Inner {
                 prices.take();
             }
         }
-        self.account(&ctx, served_by, used).await;
+        self.account(&ctx, served_by, used, &prices).await;
         self.rearm().await;
     }
 
@@ -573,13 +574,17 @@ impl Inner {
     /// served it), and its reservation settled with it (nothing used:
     /// released). A failure is logged: a reservation then expires at the
     /// limiter and is charged its estimate.
-    async fn account(&self, ctx: &TurnContext, model: Option<String>, used: Option<TokenUsage>) {
+    async fn account(
+        &self,
+        ctx: &TurnContext,
+        model: Option<String>,
+        used: Option<TokenUsage>,
+        prices: &PriceTable,
+    ) {
         let reservation = ctx.turn.reservation.as_ref();
         if used.is_none() && reservation.is_none() {
             return;
         }
-        let prices =
-            crate::limiter::recorder::prices(&self.env, &ctx.tenant, &ctx.request_id).await;
         let model = model
             .or_else(|| reservation.and_then(|r| r.model.clone()))
             .unwrap_or_else(|| "unknown".to_owned());
@@ -597,7 +602,7 @@ impl Inner {
                 &ctx.request_id,
                 now,
                 &turn,
-                &prices,
+                prices,
             )
             .await
             {

@@ -124,3 +124,15 @@ impl Generator for AnyGenerator {
         }
     }
 }
+
+/// The text of generation events, in order (for the tests of this module).
+#[cfg(test)]
+pub(crate) fn text_of(events: &[GenerationEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            GenerationEvent::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
+}

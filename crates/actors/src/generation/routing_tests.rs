@@ -172,16 +172,6 @@ fn run(chain: &[Scripted], deadline_after: u64) -> Run {
     }
 }
 
-fn text(events: &[GenerationEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            GenerationEvent::Text(t) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn the_primary_answers_when_it_can() {
     let chain = [
@@ -190,7 +180,7 @@ fn the_primary_answers_when_it_can() {
     ];
     let r = run(&chain, 60_000);
     assert_eq!(r.result, Ok("primary".to_owned()));
-    assert_eq!(text(&r.events), "hi");
+    assert_eq!(crate::generation::text_of(&r.events), "hi");
     assert_eq!(chain[1].calls.get(), 0, "the fallback is not asked");
     assert!(r
         .events
@@ -217,7 +207,7 @@ fn an_overloaded_primary_is_retried_with_backoff_then_falls_back() {
         "the model that answered"
     );
     assert_eq!(chain[0].calls.get(), 2, "one retry of the primary");
-    assert_eq!(text(&r.events), "from the fallback");
+    assert_eq!(crate::generation::text_of(&r.events), "from the fallback");
     // One backoff between the primary's attempts; the fallback starts at once.
     assert_eq!(r.slept, vec![100]);
 }
@@ -322,7 +312,7 @@ fn a_failure_after_text_was_sent_is_final() {
     );
     assert_eq!(chain[0].calls.get(), 1, "no retry");
     assert_eq!(chain[1].calls.get(), 0, "no fallback");
-    assert_eq!(text(&r.events), "partial");
+    assert_eq!(crate::generation::text_of(&r.events), "partial");
 }
 
 #[test]

@@ -312,16 +312,6 @@ mod tests {
         (events, calls)
     }
 
-    fn text(events: &[GenerationEvent]) -> String {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                GenerationEvent::Text(t) => Some(t.as_str()),
-                _ => None,
-            })
-            .collect()
-    }
-
     #[test]
     fn response_deltas_and_late_usage() {
         let (events, calls) = parse_all(&[
@@ -330,7 +320,7 @@ mod tests {
             "data: {\"response\":\"\",\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\n",
             "data: [DONE]\n\n",
         ]);
-        assert_eq!(text(&events), "Hello");
+        assert_eq!(crate::generation::text_of(&events), "Hello");
         assert!(events.contains(&GenerationEvent::Usage {
             prompt_tokens: 7,
             completion_tokens: 2
@@ -345,7 +335,7 @@ mod tests {
             "data: {\"choices\":[{\"delta\":{\"content\":\"there\"}}]}\n\n",
             "data: [DONE]\n",
         ]);
-        assert_eq!(text(&events), "Hi there");
+        assert_eq!(crate::generation::text_of(&events), "Hi there");
     }
 
     #[test]
@@ -394,7 +384,7 @@ mod tests {
         // Multi-line data is one chunk (the SSE rules), not two broken ones.
         let (events, calls) =
             parse_all(&["data: {\"response\":\ndata: \"ok\"}\n\ndata: [DONE]\n\n"]);
-        assert_eq!(text(&events), "ok");
+        assert_eq!(crate::generation::text_of(&events), "ok");
         assert!(calls.unwrap().is_empty());
     }
 
