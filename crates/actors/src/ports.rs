@@ -220,7 +220,7 @@ pub struct ToolSpec {
 }
 
 /// A generation request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerateRequest {
     /// The model.
     pub model: String,
@@ -230,6 +230,10 @@ pub struct GenerateRequest {
     pub tools: Vec<ToolSpec>,
     /// Always explicit (Workers AI's default is small).
     pub max_tokens: u32,
+    /// Whether and which tool must be called (a session's turns: `Auto`).
+    pub tool_choice: protocol::completion::ToolChoice,
+    /// Sampling and the answer's shape (a session's turns: the defaults).
+    pub options: protocol::completion::GenerationOptions,
 }
 
 /// What a streaming generation produces, in order.

@@ -38,6 +38,9 @@ pub enum ChatRequest {
     /// Replay a turn's events after a sequence id, then follow it live;
     /// answered by a stream of frames, or [`ChatResponse::UpToDate`].
     Resume(Resume),
+    /// A stateless completion in the OpenAI style; answered by a stream of
+    /// [`crate::completion::CompletionFrame`]s. Nothing is stored.
+    Complete(crate::completion::Complete),
 }
 
 /// Payload of [`ChatRequest::Resume`].
@@ -485,6 +488,12 @@ pub struct TurnFrame {
 /// Encodes one frame: big-endian `u32` length, then named MessagePack. A frame
 /// larger than [`MAX_FRAME_BYTES`] is refused here, as the decoder would.
 pub fn encode_frame(frame: &TurnFrame) -> Result<Vec<u8>, ProtocolError> {
+    encode_frame_of(frame)
+}
+
+/// Encodes any frame the way [`encode_frame`] does (completions stream
+/// [`crate::completion::CompletionFrame`]s in the same framing).
+pub fn encode_frame_of<T: Serialize>(frame: &T) -> Result<Vec<u8>, ProtocolError> {
     let body = rmp_serde::to_vec_named(frame)?;
     if body.len() > MAX_FRAME_BYTES {
         return Err(ProtocolError::TooLarge {
@@ -517,6 +526,14 @@ impl FrameDecoder {
     /// Adds bytes and returns every frame now complete, in order. A frame
     /// larger than [`MAX_FRAME_BYTES`] or one that does not decode is an error.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<TurnFrame>, ProtocolError> {
+        self.push_as(bytes)
+    }
+
+    /// [`FrameDecoder::push`] for frames of any type.
+    pub fn push_as<T: serde::de::DeserializeOwned>(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<Vec<T>, ProtocolError> {
         self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
         while let Some(&[a, b, c, d]) = self.buf.get(..4) {

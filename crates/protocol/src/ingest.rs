@@ -169,6 +169,54 @@ pub enum IngestRequest {
     Inspect(Inspect),
     /// Make the next embedder calls fail (only where the deployment allows it).
     InjectFaults(InjectFaults),
+    /// Embed texts with the tenant's embedding model (`POST /v1/embeddings`);
+    /// nothing is stored.
+    Embed(Embed),
+}
+
+/// Most texts in one [`Embed`].
+pub const MAX_EMBED_TEXTS: usize = 256;
+/// Longest text of an [`Embed`], in characters.
+pub const MAX_EMBED_CHARS: usize = 8_000;
+
+/// Payload of [`IngestRequest::Embed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Embed {
+    /// 1 to [`MAX_EMBED_TEXTS`] texts, each 1 to [`MAX_EMBED_CHARS`] characters.
+    pub texts: Vec<String>,
+    /// Whom the embeddings are charged to (as in [`Enqueue`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+}
+
+impl Embed {
+    /// Checks the bounds; the message says which.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.texts.is_empty() || self.texts.len() > MAX_EMBED_TEXTS {
+            return Err(format!("input must hold 1 to {MAX_EMBED_TEXTS} texts"));
+        }
+        if let Some(i) = self
+            .texts
+            .iter()
+            .position(|t| t.is_empty() || t.chars().count() > MAX_EMBED_CHARS)
+        {
+            return Err(format!(
+                "input[{i}] must be 1 to {MAX_EMBED_CHARS} characters"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Answers [`IngestRequest::Embed`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embeddings {
+    /// The model that embedded them.
+    pub model: String,
+    /// One vector per text, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// The tokens charged for them.
+    pub tokens: u64,
 }
 
 /// Payload of [`IngestRequest::Enqueue`].
@@ -244,6 +292,8 @@ pub enum IngestResponse {
     Snapshot(IngestSnapshot),
     /// Answers `InjectFaults`.
     FaultsInjected(InjectFaults),
+    /// Answers `Embed`.
+    Embeddings(Embeddings),
 }
 
 /// Where a job is.

@@ -19,11 +19,13 @@
 //! - [`models`]: model aliases, chat fallbacks' bound, known embedding
 //!   models and their dimensions, a tenant's AI Gateway;
 //! - [`chat`]: the `ChatSession` actor's requests, its streamed events and their frames;
+//! - [`completion`]: stateless completions in the OpenAI style, run by a `ChatSession`;
 //! - [`actor`]: what every actor shares, such as [`ActorKind`].
 
 pub mod actor;
 pub mod calendar;
 pub mod chat;
+pub mod completion;
 pub mod coordinator;
 pub mod envelope;
 pub mod error;

@@ -8,6 +8,7 @@ use protocol::chat::{
     Access, ChatRequest, ChatResponse, ChatSnapshot, ClearHistory, Cleared, FrameDecoder,
     GetHistory, HistoryPage, Inspect, Resume, Turn, TurnFrame, UpToDate,
 };
+use protocol::completion::{Complete, CompletionFrame};
 use protocol::{Envelope, RequestId, SessionId, TenantId};
 use worker::{ByteStream, Env, Headers, Method, Request, RequestInit, Response};
 
@@ -41,12 +42,17 @@ pub enum Resumed {
     UpToDate(UpToDate),
 }
 
+/// A completion's events, decoded, as they are produced.
+pub type CompletionStream = LocalBoxStream<'static, Result<CompletionFrame, ActorError>>;
+
 /// Decodes a session's frame bytes into frames, whatever the chunking.
-fn decode_frames(bytes: ByteStream) -> TurnStream {
-    struct State {
+fn decode_frames<T: serde::de::DeserializeOwned + 'static>(
+    bytes: ByteStream,
+) -> LocalBoxStream<'static, Result<T, ActorError>> {
+    struct State<T> {
         bytes: ByteStream,
         decoder: FrameDecoder,
-        ready: std::collections::VecDeque<TurnFrame>,
+        ready: std::collections::VecDeque<T>,
         done: bool,
     }
     let state = State {
@@ -64,7 +70,7 @@ fn decode_frames(bytes: ByteStream) -> TurnStream {
                 return None;
             }
             match st.bytes.next().await {
-                Some(Ok(chunk)) => match st.decoder.push(&chunk) {
+                Some(Ok(chunk)) => match st.decoder.push_as(&chunk) {
                     Ok(frames) => st.ready.extend(frames),
                     Err(e) => {
                         st.done = true;
@@ -100,11 +106,12 @@ impl ChatHandle {
     }
 
     /// Sends a request answered by a stream of frames, or by a reply.
-    async fn stream_or_reply(
+    async fn stream_or_reply<T: serde::de::DeserializeOwned + 'static>(
         &self,
         request_id: &RequestId,
         message: ChatRequest,
-    ) -> Result<Result<TurnStream, ChatResponse>, ActorError> {
+    ) -> Result<Result<LocalBoxStream<'static, Result<T, ActorError>>, ChatResponse>, ActorError>
+    {
         let envelope = Envelope::new(request_id.clone(), self.actor.tenant().clone(), message);
         let mut response = rpc::post(self.actor.stub(), &envelope).await?;
         let content_type = response.headers().get("content-type")?.unwrap_or_default();
@@ -131,6 +138,26 @@ impl ChatHandle {
             Ok(stream) => Ok(stream),
             Err(reply) => Err(ActorError::UnexpectedReply {
                 expected: "a stream of events",
+                got: reply.variant(),
+            }),
+        }
+    }
+
+    /// Runs a stateless completion in this object; the stream yields its
+    /// events as they happen. A refusal before it starts is an error instead.
+    pub async fn complete(
+        &self,
+        request_id: &RequestId,
+        mut complete: Complete,
+    ) -> Result<CompletionStream, ActorError> {
+        complete.access = self.access.clone();
+        match self
+            .stream_or_reply(request_id, ChatRequest::Complete(complete))
+            .await?
+        {
+            Ok(stream) => Ok(stream),
+            Err(reply) => Err(ActorError::UnexpectedReply {
+                expected: "a stream of completion events",
                 got: reply.variant(),
             }),
         }

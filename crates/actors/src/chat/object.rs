@@ -105,6 +105,25 @@ impl ChatSession {
                     Err(e) => reply(Err(e)),
                 }
             }
+            ChatRequest::Complete(complete) => {
+                if let Err(e) = complete.validate() {
+                    return reply(Err(ErrorReply::new(
+                        ErrorCode::InvalidRequest,
+                        e.to_string(),
+                    )));
+                }
+                if let Err(e) = inner.bind(&tenant, &complete.session_id) {
+                    return reply(Err(e));
+                }
+                let (tx, rx) = mpsc::unbounded();
+                // Like a turn, it runs beside the request: a client that goes
+                // away does not stop its accounting.
+                let running = Rc::clone(inner);
+                inner
+                    .state
+                    .wait_until(running.complete(tenant, rid, complete, tx));
+                frames_response(rx)
+            }
             ChatRequest::History(get) => {
                 if let Err(e) = get.validate() {
                     return reply(Err(ErrorReply::new(

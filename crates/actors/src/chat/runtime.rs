@@ -489,7 +489,16 @@ impl Inner {
                 prices.take();
             }
         }
-        self.account(&ctx, served_by, used, &prices).await;
+        self.account(
+            &ctx.tenant,
+            &ctx.request_id,
+            ctx.turn.access.key.as_deref(),
+            ctx.turn.reservation.as_ref(),
+            served_by,
+            used,
+            &prices,
+        )
+        .await;
         self.rearm().await;
     }
 
@@ -574,14 +583,17 @@ impl Inner {
     /// served it), and its reservation settled with it (nothing used:
     /// released). A failure is logged: a reservation then expires at the
     /// limiter and is charged its estimate.
-    async fn account(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn account(
         &self,
-        ctx: &TurnContext,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        key: Option<&str>,
+        reservation: Option<&TurnReservation>,
         model: Option<String>,
         used: Option<TokenUsage>,
         prices: &PriceTable,
     ) {
-        let reservation = ctx.turn.reservation.as_ref();
         if used.is_none() && reservation.is_none() {
             return;
         }
@@ -590,7 +602,7 @@ impl Inner {
             .unwrap_or_else(|| "unknown".to_owned());
         if let Some(usage) = used {
             let turn = [Used {
-                caller: caller_of(ctx.turn.access.key.as_deref(), true),
+                caller: caller_of(key, true),
                 model: model.clone(),
                 requests: 1,
                 usage,
@@ -598,8 +610,8 @@ impl Inner {
             let now = crate::ports::SystemClock.now_ms();
             if let Err(e) = crate::limiter::recorder::record(
                 &self.env,
-                &ctx.tenant,
-                &ctx.request_id,
+                tenant,
+                request_id,
                 now,
                 &turn,
                 prices,
@@ -617,7 +629,7 @@ impl Inner {
             return;
         }
         for (limiter, id) in reservation.held() {
-            let limiter = match LimiterHandle::at(&self.env, &ctx.tenant, limiter) {
+            let limiter = match LimiterHandle::at(&self.env, tenant, limiter) {
                 Ok(l) => l,
                 Err(e) => {
                     worker::console_error!("chat: no limiter to settle with: {e}");
@@ -627,7 +639,7 @@ impl Inner {
             let settled = match used {
                 Some(usage) => limiter
                     .settle(
-                        &ctx.request_id,
+                        request_id,
                         protocol::limits::Settle {
                             reservation_id: id,
                             usage,
@@ -637,7 +649,7 @@ impl Inner {
                     )
                     .await
                     .map(|_| ()),
-                None => limiter.release(&ctx.request_id, id).await.map(|_| ()),
+                None => limiter.release(request_id, id).await.map(|_| ()),
             };
             if let Err(e) = settled {
                 worker::console_warn!("chat: the turn's reservation was not settled: {e}");
@@ -652,21 +664,39 @@ impl Inner {
         &self,
         ctx: &TurnContext,
     ) -> std::result::Result<Vec<AnyGenerator>, String> {
-        let settings = self.settings().map_err(|e| e.message)?;
-        let tenant = self.tenant_settings(&ctx.tenant, &ctx.request_id).await;
-        let chain = chat_chain(
+        self.chain(
+            &ctx.tenant,
+            &ctx.request_id,
             ctx.turn.model.as_deref(),
-            tenant.as_ref().map(|t| &t.default_models),
-        );
+            ctx.turn.access.key.clone(),
+            Some(ctx.turn.session_id.as_str().to_owned()),
+        )
+        .await
+    }
+
+    /// The generators of `model`'s chain (or the tenant's default and its
+    /// fallbacks), reached through the tenant's AI Gateway when it has one,
+    /// with `key` and `session` in the gateway's metadata.
+    pub(super) async fn chain(
+        &self,
+        tenant_id: &TenantId,
+        request_id: &RequestId,
+        model: Option<&str>,
+        key: Option<String>,
+        session: Option<String>,
+    ) -> std::result::Result<Vec<AnyGenerator>, String> {
+        let settings = self.settings().map_err(|e| e.message)?;
+        let tenant = self.tenant_settings(tenant_id, request_id).await;
+        let chain = chat_chain(model, tenant.as_ref().map(|t| &t.default_models));
         let config = ChainConfig {
             workers_ai: settings.workers_ai,
             fault_injection: settings.fault_injection,
             route: Route {
                 gateway: tenant.and_then(|t| t.ai_gateway),
                 metadata: GatewayMetadata {
-                    tenant_id: ctx.tenant.as_str().to_owned(),
-                    key_id: ctx.turn.access.key.clone(),
-                    session_id: Some(ctx.turn.session_id.as_str().to_owned()),
+                    tenant_id: tenant_id.as_str().to_owned(),
+                    key_id: key,
+                    session_id: session,
                 },
             },
         };
@@ -688,7 +718,7 @@ impl Inner {
         let Some(give_up_at) = self.core.borrow().deadline(ctx.id) else {
             return vec![];
         };
-        let request = GenerateRequest {
+        let request = GenerateRequest { options: Default::default(), tool_choice: Default::default(),
             model: String::new(),
             messages: context(SYSTEM_PROMPT, &history, CONTEXT_BUDGET_CHARS),
             tools: tools::specs(),

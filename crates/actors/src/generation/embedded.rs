@@ -6,8 +6,9 @@
 //! fed back, streamed text, usage.
 
 use crate::ports::{
-    ChatMessage, GenerateRequest, GenerationEvent, Generator, PortError, Role, ToolCall,
+    ChatMessage, GenerateRequest, GenerationEvent, Generator, PortError, Role, ToolCall, ToolSpec,
 };
+use protocol::completion::{ResponseFormat, ToolChoice};
 use serde_json::{json, Value};
 
 /// The name it reports wherever a model name appears.
@@ -118,10 +119,42 @@ pub fn compose_answer(results: &[&ChatMessage]) -> String {
                 };
                 parts.push(text);
             }
-            _ => parts.push("A tool answered, but I cannot use its result.".to_owned()),
+            Some(other) => parts.push(format!(
+                "The {other} tool answered: {}",
+                first_sentence(&msg.content, 200)
+            )),
+            None => parts.push("A tool answered, but I cannot use its result.".to_owned()),
         }
     }
     parts.join(" ")
+}
+
+/// Whether `question` names the function `name` (as written, or with its
+/// underscores and dashes read as spaces), ignoring case.
+fn mentions(question: &str, name: &str) -> bool {
+    let question = question.to_lowercase();
+    let name = name.to_lowercase();
+    question.contains(&name) || question.contains(&name.replace(['_', '-'], " "))
+}
+
+/// Arguments for a call of `tool` about `question`, from its JSON schema:
+/// each required property gets the question (a string), 0, false, an empty
+/// array or object by its type; nothing else is made up.
+fn arguments_for(tool: &ToolSpec, question: &str) -> Value {
+    let schema = &tool.parameters;
+    let mut arguments = serde_json::Map::new();
+    for name in schema["required"].as_array().into_iter().flatten() {
+        let Some(name) = name.as_str() else { continue };
+        let value = match schema["properties"][name]["type"].as_str() {
+            Some("integer") | Some("number") => json!(0),
+            Some("boolean") => json!(false),
+            Some("array") => json!([]),
+            Some("object") => json!({}),
+            _ => json!(question),
+        };
+        arguments.insert(name.to_owned(), value);
+    }
+    Value::Object(arguments)
 }
 
 /// Rough token count: words.
@@ -139,7 +172,22 @@ impl Generator for ExtractiveGenerator {
         request: &GenerateRequest,
         on_event: &mut dyn FnMut(GenerationEvent),
     ) -> Result<(), PortError> {
-        let has_tool = |name: &str| request.tools.iter().any(|t| t.name == name);
+        if let ResponseFormat::JsonSchema(_) = request.options.response_format {
+            return Err(PortError::Unsupported(format!(
+                "{} cannot follow a JSON schema",
+                self.name
+            )));
+        }
+        let offered: Vec<&ToolSpec> = request
+            .tools
+            .iter()
+            .filter(|t| match &request.tool_choice {
+                ToolChoice::None => false,
+                ToolChoice::Function(only) => &t.name == only,
+                ToolChoice::Auto | ToolChoice::Required => true,
+            })
+            .collect();
+        let has_tool = |name: &str| offered.iter().any(|t| t.name == name);
         let last_user = request.messages.iter().rposition(|m| m.role == Role::User);
         let tool_results: Vec<&ChatMessage> = match last_user {
             Some(i) => request
@@ -155,11 +203,24 @@ impl Generator for ExtractiveGenerator {
             .map(|m| m.content.as_str())
             .unwrap_or_default();
         let answer = if tool_results.is_empty() {
-            let call = match kv_key_in(question) {
-                Some(key) if has_tool("kv_get") => Some(("kv_get", json!({ "key": key }))),
+            // A function the question names (`get_weather`, or "get
+            // weather"), other than the tenant's own tools.
+            let named = offered.iter().find(|t| {
+                !matches!(t.name.as_str(), "kv_get" | "vector_search")
+                    && mentions(question, &t.name)
+            });
+            let call = match (kv_key_in(question), named) {
+                (_, Some(tool)) => Some((tool.name.as_str(), arguments_for(tool, question))),
+                (Some(key), None) if has_tool("kv_get") => {
+                    Some(("kv_get", json!({ "key": key })))
+                }
                 _ if has_tool("vector_search") => {
                     Some(("vector_search", json!({ "query": question, "topK": 3 })))
                 }
+                // Bound to call one: the first offered.
+                _ if request.tool_choice != ToolChoice::Auto => offered
+                    .first()
+                    .map(|tool| (tool.name.as_str(), arguments_for(tool, question))),
                 _ => None,
             };
             if let Some((name, arguments)) = call {
@@ -174,6 +235,10 @@ impl Generator for ExtractiveGenerator {
                 .to_owned()
         } else {
             compose_answer(&tool_results)
+        };
+        let answer = match request.options.response_format {
+            ResponseFormat::JsonObject => json!({ "answer": answer }).to_string(),
+            _ => answer,
         };
         let mut emitted = 0;
         for (i, word) in answer.split(' ').enumerate() {
@@ -235,7 +300,7 @@ mod tests {
             description: String::new(),
             parameters: json!({}),
         };
-        GenerateRequest {
+        GenerateRequest { options: Default::default(), tool_choice: Default::default(),
             model: EXTRACTIVE_MODEL.into(),
             messages,
             tools: vec![tool("vector_search"), tool("kv_get")],
@@ -321,6 +386,61 @@ mod tests {
             .filter(|e| matches!(e, GenerationEvent::Text(_)))
             .count();
         assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn client_functions_are_called_when_named_or_required() {
+        let weather = ToolSpec {
+            name: "get_weather".into(),
+            description: String::new(),
+            parameters: json!({"type":"object","properties":{
+                "city":{"type":"string"},"days":{"type":"integer"},"metric":{"type":"boolean"}},
+                "required":["city","days"]}),
+        };
+        let mut req = request(vec![msg(Role::User, "What does get weather say?", None)]);
+        req.tools = vec![weather.clone()];
+        let events = run(&req);
+        let [GenerationEvent::ToolCall(call)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(call.name, "get_weather");
+        assert_eq!(
+            call.arguments,
+            json!({"city": "What does get weather say?", "days": 0})
+        );
+        // Not named: answered in text, unless a call is required.
+        req.messages = vec![msg(Role::User, "hello", None)];
+        assert!(matches!(run(&req).first(), Some(GenerationEvent::Text(_))));
+        req.tool_choice = ToolChoice::Required;
+        assert!(matches!(run(&req).first(), Some(GenerationEvent::ToolCall(_))));
+        req.tool_choice = ToolChoice::None;
+        req.messages = vec![msg(Role::User, "get_weather now", None)];
+        assert!(matches!(run(&req).first(), Some(GenerationEvent::Text(_))));
+        // The function's result is quoted.
+        req.tool_choice = ToolChoice::Auto;
+        req.messages = vec![
+            msg(Role::User, "get_weather now", None),
+            msg(Role::Tool, "Rain all day in Oslo.", Some("get_weather")),
+        ];
+        let text = crate::generation::text_of(&run(&req));
+        assert_eq!(text, "The get_weather tool answered: Rain all day in Oslo.");
+    }
+
+    #[test]
+    fn json_answers_and_schemas() {
+        let mut req = request(vec![
+            msg(Role::User, "x", None),
+            msg(Role::Tool, r#"{"key":"config:a","value":"blue"}"#, Some("kv_get")),
+        ]);
+        req.options.response_format = ResponseFormat::JsonObject;
+        let text = crate::generation::text_of(&run(&req));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["answer"], "The value of config:a is blue.");
+        req.options.response_format = ResponseFormat::JsonSchema("{}".into());
+        let refused = futures::executor::block_on(
+            ExtractiveGenerator::default().generate(&req, &mut |_| {}),
+        );
+        assert!(matches!(refused, Err(PortError::Unsupported(_))));
     }
 
     #[test]

@@ -196,7 +196,7 @@ mod tests {
     }
 
     fn request(messages: Vec<ChatMessage>) -> GenerateRequest {
-        GenerateRequest {
+        GenerateRequest { options: Default::default(), tool_choice: Default::default(),
             model: "m".into(),
             messages,
             tools: vec![],
@@ -282,7 +282,7 @@ mod chain_tests {
     use crate::ports::ChatMessage;
 
     fn asking(text: &str) -> GenerateRequest {
-        GenerateRequest {
+        GenerateRequest { options: Default::default(), tool_choice: Default::default(),
             model: "m".into(),
             messages: vec![ChatMessage {
                 role: Role::User,

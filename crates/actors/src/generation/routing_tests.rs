@@ -129,7 +129,7 @@ fn failed() -> PortError {
 }
 
 fn request() -> GenerateRequest {
-    GenerateRequest {
+    GenerateRequest { options: Default::default(), tool_choice: Default::default(),
         model: "chat".into(),
         messages: vec![],
         tools: vec![],

@@ -13,6 +13,7 @@ use crate::ports::{
 };
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
+use protocol::completion::{ResponseFormat, ToolChoice};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::cell::Cell;
@@ -39,6 +40,24 @@ pub struct ChatInput {
     pub stream: bool,
     /// Always explicit.
     pub max_tokens: u32,
+    /// Sampling, where the request sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Repeatable sampling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Penalty for tokens already present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// Penalty by frequency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// `{"type":"json_object"}` or `{"type":"json_schema","json_schema":{..}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
 }
 
 /// One message in the documented format: assistant tool calls as
@@ -69,16 +88,40 @@ pub fn message_json(m: &ChatMessage) -> Value {
 }
 
 /// The whole request body for `request`.
+///
+/// Workers AI takes no `tool_choice`: `none` sends no tools, a named
+/// function sends only that one, and `required` sends them all (a model that
+/// answers without calling is answered as it is).
 pub fn chat_input(request: &GenerateRequest) -> ChatInput {
+    let options = &request.options;
+    let offered = |name: &str| match &request.tool_choice {
+        ToolChoice::None => false,
+        ToolChoice::Function(only) => only == name,
+        ToolChoice::Auto | ToolChoice::Required => true,
+    };
     ChatInput {
         messages: request.messages.iter().map(message_json).collect(),
         tools: request
             .tools
             .iter()
+            .filter(|t| offered(&t.name))
             .map(|t| json!({ "type": "function", "function": { "name": t.name, "description": t.description, "parameters": t.parameters } }))
             .collect(),
         stream: true,
         max_tokens: request.max_tokens,
+        temperature: options.temperature,
+        top_p: options.top_p,
+        seed: options.seed,
+        presence_penalty: options.presence_penalty,
+        frequency_penalty: options.frequency_penalty,
+        response_format: match &options.response_format {
+            ResponseFormat::Text => None,
+            ResponseFormat::JsonObject => Some(json!({ "type": "json_object" })),
+            ResponseFormat::JsonSchema(schema) => Some(json!({
+                "type": "json_schema",
+                "json_schema": serde_json::from_str::<Value>(schema).unwrap_or(Value::Null),
+            })),
+        },
     }
 }
 
@@ -390,7 +433,7 @@ mod tests {
 
     #[test]
     fn request_shape() {
-        let req = GenerateRequest {
+        let req = GenerateRequest { options: Default::default(), tool_choice: Default::default(),
             model: "@cf/meta/llama-3.3-70b-instruct-fp8-fast".into(),
             messages: vec![
                 ChatMessage {
@@ -441,5 +484,41 @@ mod tests {
             v["messages"][2],
             json!({"role":"tool","content":"{}","tool_call_id":"c1","name":"kv_get"})
         );
+        assert!(v.get("temperature").is_none(), "unset options are left out");
+        assert!(v.get("response_format").is_none());
+    }
+
+    #[test]
+    fn options_and_tool_choice_reach_the_model() {
+        use protocol::completion::GenerationOptions;
+        let spec = |n: &str| crate::ports::ToolSpec {
+            name: n.into(),
+            description: String::new(),
+            parameters: json!({}),
+        };
+        let mut req = GenerateRequest {
+            tools: vec![spec("a"), spec("b")],
+            max_tokens: 9,
+            options: GenerationOptions {
+                temperature: Some(0.5),
+                top_p: Some(0.9),
+                seed: Some(7),
+                response_format: ResponseFormat::JsonSchema(r#"{"name":"x","schema":{}}"#.into()),
+                ..GenerationOptions::default()
+            },
+            ..GenerateRequest::default()
+        };
+        let v = serde_json::to_value(chat_input(&req)).unwrap();
+        assert_eq!((v["temperature"].as_f64(), v["seed"].as_u64()), (Some(0.5), Some(7)));
+        assert_eq!(v["response_format"]["type"], "json_schema");
+        assert_eq!(v["response_format"]["json_schema"]["name"], "x");
+        assert_eq!(v["tools"].as_array().map(Vec::len), Some(2));
+        req.tool_choice = ToolChoice::Function("b".into());
+        let v = serde_json::to_value(chat_input(&req)).unwrap();
+        assert_eq!(v["tools"][0]["function"]["name"], "b");
+        assert_eq!(v["tools"].as_array().map(Vec::len), Some(1));
+        req.tool_choice = ToolChoice::None;
+        let v = serde_json::to_value(chat_input(&req)).unwrap();
+        assert!(v.get("tools").is_none());
     }
 }

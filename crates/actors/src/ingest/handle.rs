@@ -35,6 +35,7 @@ fn variant_name(reply: &IngestResponse) -> &'static str {
         IngestResponse::Results(_) => "Results",
         IngestResponse::Snapshot(_) => "Snapshot",
         IngestResponse::FaultsInjected(_) => "FaultsInjected",
+        IngestResponse::Embeddings(_) => "Embeddings",
     }
 }
 
@@ -115,5 +116,17 @@ impl IngestHandle {
     ) -> Result<InjectFaults, ActorError> {
         let message = IngestRequest::InjectFaults(InjectFaults { embed_failures });
         expect_reply!(self.send(request_id, message).await?, FaultsInjected)
+    }
+
+    /// Embeds texts with the tenant's embedding model (nothing is stored).
+    pub async fn embed(
+        &self,
+        request_id: &RequestId,
+        embed: protocol::ingest::Embed,
+    ) -> Result<protocol::ingest::Embeddings, ActorError> {
+        expect_reply!(
+            self.send(request_id, IngestRequest::Embed(embed)).await?,
+            Embeddings
+        )
     }
 }

@@ -27,10 +27,13 @@ use crate::retrieval::MemIndex;
 use crate::rpc;
 use protocol::ingest::{Document, Enqueue, IngestRequest, IngestResponse, ScoreFloor, Search};
 use protocol::limits::TokenUsage;
-use protocol::{Envelope, ErrorReply, RequestId, TenantId};
+use protocol::{Envelope, ErrorCode, ErrorReply, RequestId, TenantId};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use worker::{durable_object, Env, Request as HttpRequest, Response, ScheduledTime, State};
+
+/// Most texts in one embedder call (Workers AI takes 100).
+const EMBED_BATCH: usize = 100;
 
 /// Clears the "a work run is going" flag when dropped.
 struct Working<'a>(&'a Cell<bool>);
@@ -419,6 +422,38 @@ impl IngestQueue {
         Ok(IngestResponse::Results(results))
     }
 
+    /// Embeds texts with the tenant's model, in calls of at most
+    /// [`EMBED_BATCH`] texts, and charges them to the caller.
+    async fn embed(
+        &self,
+        tenant: &TenantId,
+        settings: &providers::Settings,
+        embed: protocol::ingest::Embed,
+    ) -> Result<IngestResponse, ErrorReply> {
+        embed
+            .validate()
+            .map_err(|m| ErrorReply::new(ErrorCode::InvalidRequest, m))?;
+        let ai = self.tenant_ai(tenant, settings).await?;
+        let embedder = AnyEmbedder::new(&self.env, settings, None::<SqlFaults>, &ai)?;
+        let mut vectors = Vec::with_capacity(embed.texts.len());
+        for batch in embed.texts.chunks(EMBED_BATCH) {
+            let got = embedder.embed(batch).await?;
+            if got.len() != batch.len() {
+                return Err(ErrorReply::new(
+                    ErrorCode::BadUpstream,
+                    format!("{} vectors for {} texts", got.len(), batch.len()),
+                ));
+            }
+            vectors.extend(got);
+        }
+        self.charge(tenant, embed.caller.clone(), embedder.model(), &embed.texts);
+        Ok(IngestResponse::Embeddings(protocol::ingest::Embeddings {
+            model: embedder.model().to_owned(),
+            vectors,
+            tokens: protocol::usage::embedding_tokens(&embed.texts),
+        }))
+    }
+
     async fn handle(
         &self,
         envelope: Envelope<IngestRequest>,
@@ -449,6 +484,7 @@ impl IngestQueue {
                 self.store().arm_faults(injected.embed_failures)?;
                 Ok(IngestResponse::FaultsInjected(injected))
             }
+            IngestRequest::Embed(embed) => self.embed(&tenant, &settings, embed).await,
         }
     }
 }
