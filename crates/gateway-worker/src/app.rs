@@ -14,13 +14,13 @@ use crate::request_id::REQUEST_ID_HEADER;
 use crate::routing::Route;
 use crate::sse;
 use crate::tenant::{TenantMode, TENANT_HEADER};
-use crate::{auth, body, errors, limits, routing};
+use crate::{auth, body, errors, limits, openai, routing};
 use actors::chat::{Resumed, TurnStream};
 use actors::limiter::{admit_applied, LedgerHandle, LimitedBy, LimiterHandle};
 use actors::{ChatHandle, CoordinatorHandle, IngestHandle};
 use futures::StreamExt;
 use protocol::chat::{Access, ChatEvent, TurnReservation, DEFAULT_MAX_TOKENS};
-use protocol::coordinator::AnonymousAccess;
+use protocol::coordinator::{AnonymousAccess, DefaultModels};
 use protocol::ingest::{Enqueue, Search};
 use protocol::keys::{Scope, VerifyKey};
 use protocol::limits::{Budget, Limits, PriceTable, RateLimitInfo};
@@ -48,6 +48,8 @@ impl From<(u16, serde_json::Value)> for Reply {
 /// Serves one request; never fails: every error becomes a JSON response.
 pub async fn handle(req: Request, env: Env, request_id: RequestId) -> Response {
     let mut limit_headers = Vec::new();
+    // The OpenAI-compatible routes answer every failure in OpenAI's shape.
+    let openai_route = routing::is_openai_path(&req.path());
     let result = serve(req, &env, &request_id, &mut limit_headers).await;
     let (status, body, extra) = match result {
         Ok(Reply::Raw(response)) => {
@@ -57,6 +59,11 @@ pub async fn handle(req: Request, env: Env, request_id: RequestId) -> Response {
             return response;
         }
         Ok(Reply::Json(status, body)) => (status, body, limit_headers),
+        Err(ApiError::OpenAi(e)) => (e.status, e.body(), e.headers.clone()),
+        Err(e) if openai_route => {
+            let e = openai::errors::OpenAiError::from_api(&e, now_ms());
+            (e.status, e.body(), e.headers)
+        }
         Err(e) => (e.status(), e.body(), e.headers(now_ms())),
     };
     let headers = Headers::new();
@@ -123,7 +130,10 @@ async fn serve(
     let client = header(&req, "cf-connecting-ip");
     // Chat turns spend model tokens: they (and a socket, which admits its
     // turns with what it was admitted with) are held to the tenant's budget.
-    let spends = matches!(route, Route::Chat | Route::ChatSocket);
+    let spends = matches!(
+        route,
+        Route::Chat | Route::ChatSocket | Route::V1ChatCompletions
+    );
     let limit = |work: limits::Work| {
         admit_work(
             env,
@@ -138,7 +148,9 @@ async fn serve(
     // Every limited route but a chat turn is admitted here, before its
     // work; a turn once its body says what it will use.
     let admitted = match limits::work_of(&route) {
-        Some(work) if route != Route::Chat => limit(work).await?,
+        Some(work) if !matches!(route, Route::Chat | Route::V1ChatCompletions) => {
+            limit(work).await?
+        }
         _ => None,
     };
     if let Some(info) = admitted.as_ref().and_then(|a| a.info.as_ref()) {
@@ -198,6 +210,37 @@ async fn serve(
                 }
             };
             return event_stream(frames, request_id).map(Reply::Raw);
+        }
+        Route::V1ChatCompletions
+        | Route::V1Embeddings
+        | Route::V1Models
+        | Route::V1Model { .. } => {
+            let ctx = openai::Context {
+                env,
+                tenant: &tenant,
+                caller: &caller,
+                request_id,
+                client: client.as_deref(),
+            };
+            return match route {
+                Route::V1ChatCompletions => {
+                    let body =
+                        read_json::<serde_json::Value>(&mut req, openai::MAX_COMPLETION_BODY_BYTES)
+                            .await?;
+                    let session = header(&req, openai::SESSION_HEADER);
+                    let response =
+                        openai::chat_completions(&ctx, body, session, limit_headers, limit).await?;
+                    Ok(Reply::Raw(response))
+                }
+                Route::V1Embeddings => {
+                    let body =
+                        read_json::<serde_json::Value>(&mut req, openai::MAX_EMBEDDINGS_BODY_BYTES)
+                            .await?;
+                    openai::embeddings(&ctx, body).await.map(Reply::from)
+                }
+                Route::V1Model { id } => openai::models(&ctx, Some(&id)).await.map(Reply::from),
+                _ => openai::models(&ctx, None).await.map(Reply::from),
+            };
         }
         Route::ChatStream { session } => {
             let session = api::session_id(&session)?;
@@ -280,15 +323,15 @@ async fn admit(
 }
 
 /// A request admitted by its caller's limiter.
-struct Admitted {
+pub(crate) struct Admitted {
     /// The limits and budget it applied (a socket admits its turns with them).
-    applied: limits::Applied,
+    pub(crate) applied: limits::Applied,
     /// What it reserved (a turn's slot and estimate), to settle or release.
-    reservation_id: Option<u64>,
+    pub(crate) reservation_id: Option<u64>,
     /// What a turn reserved against the tenant's budget.
-    tenant_reservation: Option<u64>,
+    pub(crate) tenant_reservation: Option<u64>,
     /// The numbers for the `RateLimit` headers.
-    info: Option<RateLimitInfo>,
+    pub(crate) info: Option<RateLimitInfo>,
 }
 
 /// Admits `work` at the caller's limiter (see [`limits`]): `None` for the
@@ -337,7 +380,12 @@ async fn admit_work(
 /// Gives back what an admitted request reserved but never used (a turn the
 /// session refused to start). A failure only logs: the reservation then
 /// expires at the limiter.
-async fn release(env: &Env, tenant: &TenantId, admitted: &Admitted, request_id: &RequestId) {
+pub(crate) async fn release(
+    env: &Env,
+    tenant: &TenantId,
+    admitted: &Admitted,
+    request_id: &RequestId,
+) {
     let held = [
         (admitted.applied.limiter.as_str(), admitted.reservation_id),
         (limits::TENANT_BUDGET_LIMITER, admitted.tenant_reservation),
@@ -369,12 +417,14 @@ type VerificationKey = (TenantId, String, String);
 
 /// What the gateway needs of a tenant's settings.
 #[derive(Debug, Clone)]
-struct TenantPolicy {
-    anonymous: AnonymousAccess,
-    default_chat: String,
-    limits: Limits,
-    prices: PriceTable,
-    budget: Budget,
+pub(crate) struct TenantPolicy {
+    pub(crate) anonymous: AnonymousAccess,
+    pub(crate) default_chat: String,
+    /// The default models (the `/v1` aliases resolve to them).
+    pub(crate) default_models: DefaultModels,
+    pub(crate) limits: Limits,
+    pub(crate) prices: PriceTable,
+    pub(crate) budget: Budget,
 }
 
 thread_local! {
@@ -424,7 +474,7 @@ fn forget_key(tenant: &TenantId, id: &str) {
 }
 
 /// The tenant's anonymous access and default chat model, cached like keys.
-async fn tenant_policy(
+pub(crate) async fn tenant_policy(
     env: &Env,
     tenant: &TenantId,
     request_id: &RequestId,
@@ -438,7 +488,8 @@ async fn tenant_policy(
     let policy = TenantPolicy {
         anonymous: record.settings.anonymous,
         prices: record.settings.prices(),
-        default_chat: record.settings.default_models.chat,
+        default_chat: record.settings.default_models.chat.clone(),
+        default_models: record.settings.default_models,
         budget: record.settings.budget,
         limits: record.settings.limits,
     };
@@ -511,9 +562,13 @@ async fn json_reply(
 ) -> Result<(u16, serde_json::Value), ApiError> {
     let tenant = tenant.clone();
     match route {
-        Route::Chat | Route::ChatSocket | Route::ChatStream { .. } => {
-            Err(ApiError::not_found("not_found", "no such route"))
-        }
+        Route::Chat
+        | Route::ChatSocket
+        | Route::ChatStream { .. }
+        | Route::V1ChatCompletions
+        | Route::V1Embeddings
+        | Route::V1Models
+        | Route::V1Model { .. } => Err(ApiError::not_found("not_found", "no such route")),
         Route::History { session } => {
             let session = api::session_id(&session)?;
             let (before, limit) = api::history_page(
@@ -925,7 +980,7 @@ const OPERATOR_OWNER: &str = "operator";
 /// Who asks, as a chat session sees it: the key (none for the operator, the
 /// legacy token or an anonymous caller), the end user, and whether the caller
 /// may read and erase every session of the tenant (the operator, an `admin` key).
-fn access(caller: &Caller) -> Access {
+pub(crate) fn access(caller: &Caller) -> Access {
     let (key, privileged) = match &caller.identity {
         Identity::Key { id, scopes, .. } => (Some(id.clone()), scopes.contains(&Scope::Admin)),
         // Not `None`: the operator's sessions are not anonymous callers'.

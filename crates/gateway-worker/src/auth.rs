@@ -247,6 +247,7 @@ pub fn admit_key(
     let allowed = match access {
         Access::Public => true,
         Access::Scoped(scope) => grant.scopes.contains(&scope),
+        Access::AnyKey => !grant.scopes.is_empty(),
         Access::Operator => false,
     };
     if !allowed {
@@ -359,6 +360,7 @@ fn matches_token(presented: &str, expected: Option<&str>) -> bool {
 fn needed(access: Access) -> &'static str {
     match access {
         Access::Scoped(scope) => scope.as_str(),
+        Access::AnyKey => "search, chat, ingest or admin",
         Access::Public | Access::Operator => "operator",
     }
 }

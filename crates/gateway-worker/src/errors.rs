@@ -115,6 +115,9 @@ pub enum ApiError {
     /// An actor answered something it should not have: 502.
     #[error("{0}")]
     BadUpstream(String),
+    /// A failure of an OpenAI-compatible route, already in OpenAI's terms.
+    #[error("{0}")]
+    OpenAi(Box<crate::openai::errors::OpenAiError>),
 }
 
 impl ApiError {
@@ -194,6 +197,7 @@ impl ApiError {
             Self::UnsupportedMediaType { .. } => 415,
             Self::BadUpstream(_) => 502,
             Self::NotConfigured(_) | Self::Unavailable(_) => 503,
+            Self::OpenAi(e) => e.status,
         }
     }
 
@@ -217,6 +221,7 @@ impl ApiError {
             Self::NotConfigured(_) => "not_configured",
             Self::Unavailable(_) => "actor_unavailable",
             Self::BadUpstream(_) => "bad_upstream",
+            Self::OpenAi(e) => e.code.as_deref().unwrap_or(e.kind),
         }
     }
 
@@ -245,6 +250,7 @@ impl ApiError {
                     .max(1)
                     .to_string(),
             )],
+            Self::OpenAi(e) => e.headers.clone(),
             _ => vec![],
         }
     }

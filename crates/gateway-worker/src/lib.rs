@@ -18,6 +18,7 @@ pub mod body;
 pub mod errors;
 pub mod isolate_cache;
 pub mod limits;
+pub mod openai;
 pub mod request_id;
 pub mod routing;
 pub mod sse;

@@ -26,7 +26,12 @@ pub use actors::limiter::admission::{
 /// once its body is read ([`Work::Turn`]).
 pub fn work_of(route: &Route) -> Option<Work> {
     match route {
-        Route::Search | Route::Ingest | Route::ChatSocket | Route::Chat => Some(Work::Request),
+        Route::Search
+        | Route::Ingest
+        | Route::ChatSocket
+        | Route::Chat
+        | Route::V1ChatCompletions
+        | Route::V1Embeddings => Some(Work::Request),
         _ => None,
     }
 }

@@ -92,6 +92,17 @@ pub enum Route {
         /// The session id, unvalidated.
         session: String,
     },
+    /// `POST /v1/chat/completions`: OpenAI-compatible chat.
+    V1ChatCompletions,
+    /// `POST /v1/embeddings`: OpenAI-compatible embeddings.
+    V1Embeddings,
+    /// `GET /v1/models`: the models the caller may use.
+    V1Models,
+    /// `GET /v1/models/<id>`.
+    V1Model {
+        /// The model id, unvalidated (model names hold `/`: the rest of the path).
+        id: String,
+    },
 }
 
 /// Who may call a route.
@@ -105,6 +116,9 @@ pub enum Access {
     Scoped(Scope),
     /// The operator only (`POST /admin/faults`: it breaks a tenant on purpose).
     Operator,
+    /// The operator, or a key with any scope (`GET /v1/models`); never
+    /// anonymous.
+    AnyKey,
 }
 
 impl Route {
@@ -134,6 +148,9 @@ impl Route {
             | Route::UpdateKey { .. }
             | Route::Usage => Access::Scoped(Scope::Admin),
             Route::InjectFaults => Access::Operator,
+            Route::V1ChatCompletions => Access::Scoped(Scope::Chat),
+            Route::V1Embeddings => Access::Scoped(Scope::Search),
+            Route::V1Models | Route::V1Model { .. } => Access::AnyKey,
         }
     }
 
@@ -142,6 +159,12 @@ impl Route {
     pub fn is_browser_stream(&self) -> bool {
         matches!(self, Route::ChatSocket | Route::ChatStream { .. })
     }
+}
+
+/// Whether `path` is one of the OpenAI-compatible routes (`/v1/...`), whose
+/// failures take OpenAI's error shape.
+pub fn is_openai_path(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
 }
 
 /// Finds the route for `method` and `path`.
@@ -215,6 +238,16 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         ),
         ["api", "search"] => (&["POST"], (method == "POST").then_some(Route::Search)),
         ["api", "chat"] => (&["POST"], (method == "POST").then_some(Route::Chat)),
+        ["v1", "chat", "completions"] => (
+            &["POST"],
+            (method == "POST").then_some(Route::V1ChatCompletions),
+        ),
+        ["v1", "embeddings"] => (&["POST"], (method == "POST").then_some(Route::V1Embeddings)),
+        ["v1", "models"] => (&["GET"], (method == "GET").then_some(Route::V1Models)),
+        ["v1", "models", id @ ..] if !id.is_empty() => (
+            &["GET"],
+            (method == "GET").then(|| Route::V1Model { id: id.join("/") }),
+        ),
         ["api", "chat", "ws"] => (&["GET"], (method == "GET").then_some(Route::ChatSocket)),
         ["api", "chat", session, "stream"] => (
             &["GET"],

@@ -178,14 +178,20 @@ pub enum CompletionError {
     #[error("at most {MAX_CLIENT_TOOLS} tools, and tenant tools among vector_search and kv_get")]
     Tools,
     /// Too many or too long stop sequences.
-    #[error("stop holds at most {MAX_STOP_SEQUENCES} sequences of 1 to {MAX_STOP_CHARS} characters")]
+    #[error(
+        "stop holds at most {MAX_STOP_SEQUENCES} sequences of 1 to {MAX_STOP_CHARS} characters"
+    )]
     Stop,
 }
 
 impl Complete {
     /// Checks the bounds.
     pub fn validate(&self) -> Result<(), CompletionError> {
-        let chars: usize = self.messages.iter().map(|m| m.content.chars().count()).sum();
+        let chars: usize = self
+            .messages
+            .iter()
+            .map(|m| m.content.chars().count())
+            .sum();
         if self.messages.is_empty()
             || self.messages.len() > MAX_COMPLETION_MESSAGES
             || chars > MAX_COMPLETION_CHARS

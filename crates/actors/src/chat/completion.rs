@@ -542,7 +542,10 @@ mod tests {
         let effects = m.on_tool_result("c1", &json!({"matches": []}), false);
         assert!(matches!(
             effects.first(),
-            Some(Effect::Emit(CompletionEvent::ToolRun { is_error: false, .. }))
+            Some(Effect::Emit(CompletionEvent::ToolRun {
+                is_error: false,
+                ..
+            }))
         ));
         let Some(Effect::Generate(next)) = effects.last() else {
             panic!("{effects:?}")
@@ -572,7 +575,9 @@ mod tests {
             50,
             1000,
         );
-        assert!(matches!(&effects[0], Effect::Generate(r) if r.tool_choice == ToolChoice::Required));
+        assert!(
+            matches!(&effects[0], Effect::Generate(r) if r.tool_choice == ToolChoice::Required)
+        );
         m.on_tool_call(call("c1", "vector_search"));
         m.on_routed(Ok("m".into()));
         let effects = m.on_tool_result("c1", &json!({}), false);

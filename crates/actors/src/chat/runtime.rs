@@ -608,15 +608,9 @@ impl Inner {
                 usage,
             }];
             let now = crate::ports::SystemClock.now_ms();
-            if let Err(e) = crate::limiter::recorder::record(
-                &self.env,
-                tenant,
-                request_id,
-                now,
-                &turn,
-                prices,
-            )
-            .await
+            if let Err(e) =
+                crate::limiter::recorder::record(&self.env, tenant, request_id, now, &turn, prices)
+                    .await
             {
                 worker::console_warn!("chat: the turn's usage was not recorded: {e}");
             }
@@ -718,7 +712,9 @@ impl Inner {
         let Some(give_up_at) = self.core.borrow().deadline(ctx.id) else {
             return vec![];
         };
-        let request = GenerateRequest { options: Default::default(), tool_choice: Default::default(),
+        let request = GenerateRequest {
+            options: Default::default(),
+            tool_choice: Default::default(),
             model: String::new(),
             messages: context(SYSTEM_PROMPT, &history, CONTEXT_BUDGET_CHARS),
             tools: tools::specs(),

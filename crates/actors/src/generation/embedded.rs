@@ -211,9 +211,7 @@ impl Generator for ExtractiveGenerator {
             });
             let call = match (kv_key_in(question), named) {
                 (_, Some(tool)) => Some((tool.name.as_str(), arguments_for(tool, question))),
-                (Some(key), None) if has_tool("kv_get") => {
-                    Some(("kv_get", json!({ "key": key })))
-                }
+                (Some(key), None) if has_tool("kv_get") => Some(("kv_get", json!({ "key": key }))),
                 _ if has_tool("vector_search") => {
                     Some(("vector_search", json!({ "query": question, "topK": 3 })))
                 }
@@ -300,7 +298,9 @@ mod tests {
             description: String::new(),
             parameters: json!({}),
         };
-        GenerateRequest { options: Default::default(), tool_choice: Default::default(),
+        GenerateRequest {
+            options: Default::default(),
+            tool_choice: Default::default(),
             model: EXTRACTIVE_MODEL.into(),
             messages,
             tools: vec![tool("vector_search"), tool("kv_get")],
@@ -412,7 +412,10 @@ mod tests {
         req.messages = vec![msg(Role::User, "hello", None)];
         assert!(matches!(run(&req).first(), Some(GenerationEvent::Text(_))));
         req.tool_choice = ToolChoice::Required;
-        assert!(matches!(run(&req).first(), Some(GenerationEvent::ToolCall(_))));
+        assert!(matches!(
+            run(&req).first(),
+            Some(GenerationEvent::ToolCall(_))
+        ));
         req.tool_choice = ToolChoice::None;
         req.messages = vec![msg(Role::User, "get_weather now", None)];
         assert!(matches!(run(&req).first(), Some(GenerationEvent::Text(_))));
@@ -430,16 +433,19 @@ mod tests {
     fn json_answers_and_schemas() {
         let mut req = request(vec![
             msg(Role::User, "x", None),
-            msg(Role::Tool, r#"{"key":"config:a","value":"blue"}"#, Some("kv_get")),
+            msg(
+                Role::Tool,
+                r#"{"key":"config:a","value":"blue"}"#,
+                Some("kv_get"),
+            ),
         ]);
         req.options.response_format = ResponseFormat::JsonObject;
         let text = crate::generation::text_of(&run(&req));
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["answer"], "The value of config:a is blue.");
         req.options.response_format = ResponseFormat::JsonSchema("{}".into());
-        let refused = futures::executor::block_on(
-            ExtractiveGenerator::default().generate(&req, &mut |_| {}),
-        );
+        let refused =
+            futures::executor::block_on(ExtractiveGenerator::default().generate(&req, &mut |_| {}));
         assert!(matches!(refused, Err(PortError::Unsupported(_))));
     }
 

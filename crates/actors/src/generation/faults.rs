@@ -196,7 +196,9 @@ mod tests {
     }
 
     fn request(messages: Vec<ChatMessage>) -> GenerateRequest {
-        GenerateRequest { options: Default::default(), tool_choice: Default::default(),
+        GenerateRequest {
+            options: Default::default(),
+            tool_choice: Default::default(),
             model: "m".into(),
             messages,
             tools: vec![],
@@ -282,7 +284,9 @@ mod chain_tests {
     use crate::ports::ChatMessage;
 
     fn asking(text: &str) -> GenerateRequest {
-        GenerateRequest { options: Default::default(), tool_choice: Default::default(),
+        GenerateRequest {
+            options: Default::default(),
+            tool_choice: Default::default(),
             model: "m".into(),
             messages: vec![ChatMessage {
                 role: Role::User,

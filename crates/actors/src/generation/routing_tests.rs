@@ -129,7 +129,9 @@ fn failed() -> PortError {
 }
 
 fn request() -> GenerateRequest {
-    GenerateRequest { options: Default::default(), tool_choice: Default::default(),
+    GenerateRequest {
+        options: Default::default(),
+        tool_choice: Default::default(),
         model: "chat".into(),
         messages: vec![],
         tools: vec![],

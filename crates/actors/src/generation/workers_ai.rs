@@ -433,7 +433,9 @@ mod tests {
 
     #[test]
     fn request_shape() {
-        let req = GenerateRequest { options: Default::default(), tool_choice: Default::default(),
+        let req = GenerateRequest {
+            options: Default::default(),
+            tool_choice: Default::default(),
             model: "@cf/meta/llama-3.3-70b-instruct-fp8-fast".into(),
             messages: vec![
                 ChatMessage {
@@ -509,7 +511,10 @@ mod tests {
             ..GenerateRequest::default()
         };
         let v = serde_json::to_value(chat_input(&req)).unwrap();
-        assert_eq!((v["temperature"].as_f64(), v["seed"].as_u64()), (Some(0.5), Some(7)));
+        assert_eq!(
+            (v["temperature"].as_f64(), v["seed"].as_u64()),
+            (Some(0.5), Some(7))
+        );
         assert_eq!(v["response_format"]["type"], "json_schema");
         assert_eq!(v["response_format"]["json_schema"]["name"], "x");
         assert_eq!(v["tools"].as_array().map(Vec::len), Some(2));
