@@ -518,9 +518,16 @@ fn bad_chat_input_is_refused() {
         ),
         ("not json", vec![ct], "{".to_owned(), 400, "invalid_json"),
         (
-            "text/plain",
+            "text/plain, not JSON",
             vec![("content-type", "text/plain")],
             "hi".to_owned(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "a form",
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            "message=hi".to_owned(),
             415,
             "unsupported_media_type",
         ),

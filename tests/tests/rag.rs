@@ -342,11 +342,18 @@ fn bad_input_is_refused_and_changes_nothing() {
             "missing_key",
         ),
         (
-            "text/plain",
-            vec![auth, ("content-type", "text/plain")],
-            b"x".to_vec(),
+            "a form",
+            vec![auth, ("content-type", "application/x-www-form-urlencoded")],
+            br#"{"documents":[{"id":"a","text":"b"}]}"#.to_vec(),
             415,
             "unsupported_media_type",
+        ),
+        (
+            "text/plain, not JSON",
+            vec![auth, ("content-type", "text/plain")],
+            b"x".to_vec(),
+            400,
+            "invalid_json",
         ),
         (
             "bad json",
