@@ -132,8 +132,12 @@ fn sse_turn_streams_tool_calls_then_a_cited_answer() {
     assert_eq!(roles, vec!["user", "assistant", "tool", "assistant"]);
     assert_eq!(h["messages"][3]["content"].as_str().unwrap(), text);
     assert_eq!(
-        events.last().unwrap()["message_seq"],
+        events.last().unwrap()["messageSeq"],
         h["messages"][3]["seq"]
+    );
+    assert!(
+        events.last().unwrap().get("message_seq").is_none(),
+        "one casing: camelCase"
     );
     let page = history(&server, B, "sse-1", "?limit=2").json();
     assert_eq!(page["messages"].as_array().unwrap().len(), 2);
@@ -171,7 +175,8 @@ fn kv_get_reads_only_allowed_keys() {
     let events = ask("what is config:support_email ?");
     assert_turn_shape(&names(&events));
     assert_eq!(events[0]["tool"], "kv_get");
-    assert_eq!(events[1]["is_error"], false);
+    assert_eq!(events[1]["isError"], false);
+    assert!(events[1].get("is_error").is_none(), "one casing: camelCase");
     assert!(
         answer_text(&events).contains("The value of config:support_email is help@example.com."),
         "{events:?}"
@@ -184,7 +189,7 @@ fn kv_get_reads_only_allowed_keys() {
     // Outside config: the tool refuses; the turn still completes.
     let events = ask("read secret:admin_token");
     assert_turn_shape(&names(&events));
-    assert_eq!(events[1]["is_error"], true);
+    assert_eq!(events[1]["isError"], true);
     assert!(events[1]["result"]
         .as_str()
         .unwrap()

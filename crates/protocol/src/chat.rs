@@ -364,7 +364,10 @@ pub enum ChatEvent {
         tool: String,
         /// The result, as JSON text.
         result: String,
-        /// Whether the tool refused or failed.
+        /// Whether the tool refused or failed. `isError` in JSON, like
+        /// every field of the API; `is_error` (what earlier versions stored
+        /// and sent) still decodes.
+        #[serde(rename = "isError", alias = "is_error")]
         is_error: bool,
     },
     /// A piece of the answer.
@@ -376,7 +379,10 @@ pub enum ChatEvent {
     Done {
         /// Always true.
         ok: bool,
-        /// Sequence number of the stored answer.
+        /// Sequence number of the stored answer: `messageSeq` in JSON
+        /// (`message_seq`, what earlier versions stored and sent, still
+        /// decodes).
+        #[serde(rename = "messageSeq", alias = "message_seq")]
         message_seq: u64,
         /// Tokens the turn's model calls used, summed (`inputTokens`,
         /// `outputTokens`), and their cost where the model is priced
@@ -639,7 +645,7 @@ mod tests {
         let done = serde_json::to_value(&events()[3]).unwrap();
         assert_eq!(
             done,
-            serde_json::json!({"type":"done","ok":true,"message_seq":4,
+            serde_json::json!({"type":"done","ok":true,"messageSeq":4,
                                "usage":{"inputTokens":10,"outputTokens":3,"costMicros":7},
                                "model":"@cf/m"})
         );
@@ -652,8 +658,45 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_value(&bare).unwrap(),
-            serde_json::json!({"type":"done","ok":true,"message_seq":4})
+            serde_json::json!({"type":"done","ok":true,"messageSeq":4})
         );
+    }
+
+    #[test]
+    fn every_json_field_is_camel_case_and_old_names_still_decode() {
+        // The clients' view: no snake_case field in any event.
+        for event in events() {
+            let json = serde_json::to_value(&event).unwrap();
+            for key in json.as_object().unwrap().keys() {
+                assert!(!key.contains('_'), "{key} in {json}");
+            }
+        }
+        let result = serde_json::to_value(&events()[1]).unwrap();
+        assert_eq!(result["isError"], false);
+        // Events stored (as JSON) by an earlier version replay unchanged.
+        let old: ChatEvent = serde_json::from_str(
+            r#"{"type":"tool_result","id":"c1","tool":"kv_get","result":"{}","is_error":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(old, ChatEvent::ToolResult { is_error: true, .. }));
+        let old: ChatEvent =
+            serde_json::from_str(r#"{"type":"done","ok":true,"message_seq":9}"#).unwrap();
+        assert!(matches!(old, ChatEvent::Done { message_seq: 9, .. }));
+        // And frames of an earlier sender (named MessagePack) decode too.
+        #[derive(Serialize)]
+        struct OldDone {
+            r#type: &'static str,
+            ok: bool,
+            message_seq: u64,
+        }
+        let bytes = rmp_serde::to_vec_named(&OldDone {
+            r#type: "done",
+            ok: true,
+            message_seq: 5,
+        })
+        .unwrap();
+        let old: ChatEvent = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(matches!(old, ChatEvent::Done { message_seq: 5, .. }));
     }
 
     #[test]
