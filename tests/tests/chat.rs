@@ -108,7 +108,9 @@ fn sse_turn_streams_tool_calls_then_a_cited_answer() {
     let events: Vec<Value> = sse.into_iter().map(|e| e.data).collect();
     assert_turn_shape(&names(&events));
     assert_eq!(events[0]["tool"], "vector_search");
-    let result: Value = serde_json::from_str(events[1]["result"].as_str().unwrap()).unwrap();
+    // The result is a JSON object, as in the seed, not JSON text in a string.
+    let result = &events[1]["result"];
+    assert!(result.is_object(), "{result}");
     let cited: Vec<&str> = result["matches"]
         .as_array()
         .unwrap()
@@ -130,6 +132,10 @@ fn sse_turn_streams_tool_calls_then_a_cited_answer() {
     let h = history(&server, B, "sse-1", "").json();
     let roles = roles(&h);
     assert_eq!(roles, vec!["user", "assistant", "tool", "assistant"]);
+    assert_eq!(
+        &h["messages"][2]["content"], result,
+        "the history shows the tool result as the event did: a JSON value"
+    );
     assert_eq!(h["messages"][3]["content"].as_str().unwrap(), text);
     assert_eq!(
         events.last().unwrap()["messageSeq"],
@@ -190,7 +196,7 @@ fn kv_get_reads_only_allowed_keys() {
     let events = ask("read secret:admin_token");
     assert_turn_shape(&names(&events));
     assert_eq!(events[1]["isError"], true);
-    assert!(events[1]["result"]
+    assert!(events[1]["result"]["error"]
         .as_str()
         .unwrap()
         .contains("only keys under config:"));

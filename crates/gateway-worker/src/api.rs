@@ -2,7 +2,7 @@
 //! rules before anything is forwarded, and the shapes of the answers.
 
 use crate::errors::ApiError;
-use protocol::chat::{Access, Turn, MAX_HISTORY_PAGE};
+use protocol::chat::{tool_result_value, Access, HistoryPage, Turn, MAX_HISTORY_PAGE};
 use protocol::ingest::{
     Document, Enqueue, IngestError, JobAccepted, JobStatus, Metadata, ScoreFloor, Search,
     SearchMode, DEFAULT_TOP_K,
@@ -149,6 +149,21 @@ pub fn history_page(
             )
         })?;
     Ok((before, limit))
+}
+
+/// A page of history as clients get it: every field as stored, except that
+/// a tool message's `content` (the result, stored as JSON text for the
+/// model) is the JSON value itself, as in the `tool_result` event, or the
+/// text as a JSON string when it is not JSON.
+pub fn history_json(page: &HistoryPage) -> Result<Value, ApiError> {
+    let mut json = serde_json::to_value(page).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let views = json["messages"].as_array_mut().into_iter().flatten();
+    for (view, message) in views.zip(&page.messages) {
+        if message.role == "tool" {
+            view["content"] = tool_result_value(&message.content);
+        }
+    }
+    Ok(json)
 }
 
 /// The event id to resume after: the `Last-Event-ID` header (what an
@@ -374,6 +389,50 @@ mod tests {
         ] {
             assert_eq!(history_page(b, l).unwrap_err().status(), 400);
         }
+    }
+
+    #[test]
+    fn history_shows_tool_results_as_json_values() {
+        use protocol::chat::StoredMessage;
+        let message = |seq: u64, role: &str, content: &str| StoredMessage {
+            seq,
+            role: role.into(),
+            content: content.into(),
+            tool_calls: vec![],
+            tool_call_id: None,
+            name: None,
+            usage: None,
+            created_at_ms: 1,
+            turn: None,
+        };
+        let page = HistoryPage {
+            messages: vec![
+                message(1, "user", r#"{"not":"parsed"}"#),
+                message(2, "tool", r#"{"matches":[{"id":"doc-a"}]}"#),
+                message(3, "tool", "not json"),
+                message(4, "assistant", "[1]"),
+            ],
+            next_before: None,
+        };
+        let json = history_json(&page).unwrap();
+        let contents: Vec<&Value> = json["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| &m["content"])
+            .collect();
+        assert_eq!(
+            contents,
+            [
+                &json!(r#"{"not":"parsed"}"#),
+                &json!({"matches":[{"id":"doc-a"}]}),
+                &json!("not json"),
+                &json!("[1]"),
+            ],
+            "only tool results are values; other messages stay text"
+        );
+        assert_eq!(json["messages"][1]["createdAtMs"], 1);
+        assert_eq!(json["nextBefore"], Value::Null);
     }
 
     #[test]

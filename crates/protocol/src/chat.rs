@@ -362,7 +362,11 @@ pub enum ChatEvent {
         id: String,
         /// The tool.
         tool: String,
-        /// The result, as JSON text.
+        /// The result, as JSON text. On the wire (JSON and MessagePack)
+        /// it is the JSON value itself, an object for the built-in tools,
+        /// so clients need not parse a string; text that is not JSON goes
+        /// as a string ([`result_json`]).
+        #[serde(with = "result_json")]
         result: String,
         /// Whether the tool refused or failed. `isError` in JSON, like
         /// every field of the API; `is_error` (what earlier versions stored
@@ -401,6 +405,35 @@ pub enum ChatEvent {
         /// Human explanation.
         message: String,
     },
+}
+
+/// A tool result (JSON text, as the session stores it and the model reads
+/// it) as the JSON value clients get: the value the text holds, or the text
+/// itself as a JSON string when it is not JSON.
+pub fn tool_result_value(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+}
+
+/// How [`ChatEvent::ToolResult`]'s `result` (JSON text in Rust) crosses the
+/// wire: as the JSON value the text holds ([`tool_result_value`]). Decoding
+/// takes a value back to its text; a string is taken as the text itself,
+/// which is what events stored and sent before results were values hold
+/// (JSON text inside a string), so they decode to the same result.
+pub mod result_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Writes the text as the JSON value it holds.
+    pub fn serialize<S: Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+        super::tool_result_value(text).serialize(serializer)
+    }
+
+    /// Reads a JSON value (or the string of an earlier version) back as text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+        Ok(match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(text) => text,
+            value => value.to_string(),
+        })
+    }
 }
 
 impl ChatEvent {
@@ -660,6 +693,46 @@ mod tests {
             serde_json::to_value(&bare).unwrap(),
             serde_json::json!({"type":"done","ok":true,"messageSeq":4})
         );
+    }
+
+    #[test]
+    fn a_tool_result_is_a_json_value_on_the_wire() {
+        let event = |result: &str| ChatEvent::ToolResult {
+            id: "c1".into(),
+            tool: "vector_search".into(),
+            result: result.into(),
+            is_error: false,
+        };
+        let found = event(r#"{"matches":[{"id":"doc-a","score":0.5}]}"#);
+        let json = serde_json::to_value(&found).unwrap();
+        assert_eq!(
+            json["result"],
+            serde_json::json!({"matches":[{"id":"doc-a","score":0.5}]}),
+            "an object, not JSON text in a string"
+        );
+        // It decodes back to the same text, from JSON (stored events) and
+        // from MessagePack (frames).
+        let back: ChatEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, found);
+        let bytes = rmp_serde::to_vec_named(&found).unwrap();
+        assert_eq!(rmp_serde::from_slice::<ChatEvent>(&bytes).unwrap(), found);
+        // Text that is not JSON goes as a JSON string, and comes back.
+        let plain = event("the tool broke");
+        let json = serde_json::to_value(&plain).unwrap();
+        assert_eq!(json["result"], "the tool broke");
+        assert_eq!(serde_json::from_value::<ChatEvent>(json).unwrap(), plain);
+        // An event stored by an earlier version (the result as a string of
+        // JSON text) replays as an object.
+        let old: ChatEvent = serde_json::from_str(
+            r#"{"type":"tool_result","id":"c1","tool":"kv_get","result":"{\"key\":\"config:a\",\"value\":null}","is_error":false}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&old).unwrap()["result"],
+            serde_json::json!({"key":"config:a","value":null})
+        );
+        assert_eq!(tool_result_value("[1,2]"), serde_json::json!([1, 2]));
+        assert_eq!(tool_result_value("{"), serde_json::json!("{"));
     }
 
     #[test]
