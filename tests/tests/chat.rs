@@ -118,14 +118,22 @@ fn sse_turn_streams_tool_calls_then_a_cited_answer() {
         .map(|m| m["docId"].as_str().unwrap())
         .collect();
     assert_eq!(cited.first(), Some(&"sse-doc-1"), "{result}");
+    // One passage per document, named by its document, with its place there.
+    assert_eq!(result["matches"][0]["id"], "sse-doc-1", "{result}");
+    assert_eq!(result["matches"][0]["chunk"], 0, "{result}");
+    assert_eq!(
+        result["matches"][0]["chunkId"].as_str().map(str::len),
+        Some(40),
+        "{result}"
+    );
     let text = answer_text(&events);
     assert!(
         text.contains("trims the wick every evening before sunset. [1]"),
         "{text}"
     );
     assert!(
-        text.contains("[1] sse-doc-1"),
-        "citations point at the ingested document: {text}"
+        text.contains("[1] sse-doc-1 (chunk 0)"),
+        "citations point at the ingested document and the passage: {text}"
     );
 
     // History: the user message, the tool round, the answer; paged.

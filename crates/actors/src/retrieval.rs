@@ -398,8 +398,9 @@ const QUERY_STOPWORDS: &[&str] = &[
     "why", "will", "with", "would", "you", "your",
 ];
 
-/// How many more chunks than asked a search ranks before it keeps the best
-/// chunk of each document ([`one_per_document`]).
+/// How many more chunks than asked a search grouped by document asks the
+/// index for, before it keeps the best chunk of each document
+/// ([`one_per_document`]).
 pub const PER_DOCUMENT_DEPTH: usize = 3;
 
 /// The best `k` hits, at most one per document (`docId` metadata; a hit

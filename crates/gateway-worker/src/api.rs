@@ -5,7 +5,7 @@ use crate::errors::ApiError;
 use protocol::chat::{tool_result_value, Access, HistoryPage, Turn, MAX_HISTORY_PAGE};
 use protocol::ingest::{
     Document, Enqueue, IngestError, JobAccepted, JobStatus, Metadata, ScoreFloor, Search,
-    SearchMode, DEFAULT_TOP_K,
+    SearchGroup, SearchMode, DEFAULT_TOP_K,
 };
 use protocol::SessionId;
 use serde::Deserialize;
@@ -54,8 +54,9 @@ impl IngestBody {
     }
 }
 
-/// `POST /api/search`: `{"query", "topK"?, "filter"?, "mode"?, "minScore"?}`
-/// (`minScore` absent: the tenant's `searchFloor`).
+/// `POST /api/search`: `{"query", "topK"?, "filter"?, "mode"?, "minScore"?,
+/// "group"?}` (`minScore` absent: the tenant's `searchFloor`; `group`
+/// absent: `document`).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SearchBody {
@@ -65,6 +66,9 @@ pub struct SearchBody {
     filter: Metadata,
     mode: Option<SearchMode>,
     min_score: Option<f64>,
+    // A name, checked here, so that a bad one is `invalid_search` naming
+    // the choices rather than a serde message.
+    group: Option<String>,
 }
 
 impl SearchBody {
@@ -81,6 +85,13 @@ impl SearchBody {
                 .map(ScoreFloor::new)
                 .transpose()
                 .map_err(invalid)?,
+            group: self
+                .group
+                .as_deref()
+                .map(SearchGroup::parse)
+                .transpose()
+                .map_err(invalid)?
+                .unwrap_or_default(),
         };
         search.validate().map_err(invalid)?;
         Ok(search)
@@ -207,9 +218,11 @@ pub struct FaultsBody {
 
 fn invalid(e: IngestError) -> ApiError {
     let code = match e {
-        IngestError::Query | IngestError::TopK | IngestError::Filter(_) | IngestError::MinScore => {
-            "invalid_search"
-        }
+        IngestError::Query
+        | IngestError::TopK
+        | IngestError::Filter(_)
+        | IngestError::MinScore
+        | IngestError::Group => "invalid_search",
         _ => "invalid_documents",
     };
     ApiError::bad_request(code, e.to_string())
@@ -312,6 +325,27 @@ mod tests {
             .unwrap();
         assert_eq!((s.top_k, s.mode), (20, Some(SearchMode::Keyword)));
         assert_eq!(s.min_score, None, "no minScore: the tenant's floor");
+        assert_eq!(s.group, SearchGroup::Document, "per document by default");
+        for (json, want) in [
+            (r#"{"query":"x","group":"chunk"}"#, SearchGroup::Chunk),
+            (r#"{"query":"x","group":"document"}"#, SearchGroup::Document),
+            (r#"{"query":"x","group":null}"#, SearchGroup::Document),
+        ] {
+            assert_eq!(search(json).unwrap().group, want, "{json}");
+        }
+        for bad in [
+            r#"{"query":"x","group":"chunks"}"#,
+            r#"{"query":"x","group":""}"#,
+            r#"{"query":"x","group":"Document"}"#,
+        ] {
+            let e = search(bad).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "invalid_search"), "{bad}");
+            assert!(e.to_string().contains("group"), "{e}");
+        }
+        assert_eq!(
+            search(r#"{"query":"x","group":5}"#).unwrap_err().status(),
+            400
+        );
         for (json, want) in [
             (r#"{"query":"x","minScore":0}"#, 0.0),
             (r#"{"query":"x","minScore":0.5}"#, 0.5),
