@@ -108,7 +108,9 @@ fn sse_turn_streams_tool_calls_then_a_cited_answer() {
     let events: Vec<Value> = sse.into_iter().map(|e| e.data).collect();
     assert_turn_shape(&names(&events));
     assert_eq!(events[0]["tool"], "vector_search");
-    let result: Value = serde_json::from_str(events[1]["result"].as_str().unwrap()).unwrap();
+    // The result is a JSON object, as in the seed, not JSON text in a string.
+    let result = &events[1]["result"];
+    assert!(result.is_object(), "{result}");
     let cited: Vec<&str> = result["matches"]
         .as_array()
         .unwrap()
@@ -116,24 +118,40 @@ fn sse_turn_streams_tool_calls_then_a_cited_answer() {
         .map(|m| m["docId"].as_str().unwrap())
         .collect();
     assert_eq!(cited.first(), Some(&"sse-doc-1"), "{result}");
+    // One passage per document, named by its document, with its place there.
+    assert_eq!(result["matches"][0]["id"], "sse-doc-1", "{result}");
+    assert_eq!(result["matches"][0]["chunk"], 0, "{result}");
+    assert_eq!(
+        result["matches"][0]["chunkId"].as_str().map(str::len),
+        Some(40),
+        "{result}"
+    );
     let text = answer_text(&events);
     assert!(
         text.contains("trims the wick every evening before sunset. [1]"),
         "{text}"
     );
     assert!(
-        text.contains("[1] sse-doc-1"),
-        "citations point at the ingested document: {text}"
+        text.contains("[1] sse-doc-1 (chunk 0)"),
+        "citations point at the ingested document and the passage: {text}"
     );
 
     // History: the user message, the tool round, the answer; paged.
     let h = history(&server, B, "sse-1", "").json();
     let roles = roles(&h);
     assert_eq!(roles, vec!["user", "assistant", "tool", "assistant"]);
+    assert_eq!(
+        &h["messages"][2]["content"], result,
+        "the history shows the tool result as the event did: a JSON value"
+    );
     assert_eq!(h["messages"][3]["content"].as_str().unwrap(), text);
     assert_eq!(
-        events.last().unwrap()["message_seq"],
+        events.last().unwrap()["messageSeq"],
         h["messages"][3]["seq"]
+    );
+    assert!(
+        events.last().unwrap().get("message_seq").is_none(),
+        "one casing: camelCase"
     );
     let page = history(&server, B, "sse-1", "?limit=2").json();
     assert_eq!(page["messages"].as_array().unwrap().len(), 2);
@@ -171,7 +189,8 @@ fn kv_get_reads_only_allowed_keys() {
     let events = ask("what is config:support_email ?");
     assert_turn_shape(&names(&events));
     assert_eq!(events[0]["tool"], "kv_get");
-    assert_eq!(events[1]["is_error"], false);
+    assert_eq!(events[1]["isError"], false);
+    assert!(events[1].get("is_error").is_none(), "one casing: camelCase");
     assert!(
         answer_text(&events).contains("The value of config:support_email is help@example.com."),
         "{events:?}"
@@ -184,8 +203,8 @@ fn kv_get_reads_only_allowed_keys() {
     // Outside config: the tool refuses; the turn still completes.
     let events = ask("read secret:admin_token");
     assert_turn_shape(&names(&events));
-    assert_eq!(events[1]["is_error"], true);
-    assert!(events[1]["result"]
+    assert_eq!(events[1]["isError"], true);
+    assert!(events[1]["result"]["error"]
         .as_str()
         .unwrap()
         .contains("only keys under config:"));
@@ -518,9 +537,16 @@ fn bad_chat_input_is_refused() {
         ),
         ("not json", vec![ct], "{".to_owned(), 400, "invalid_json"),
         (
-            "text/plain",
+            "text/plain, not JSON",
             vec![("content-type", "text/plain")],
             "hi".to_owned(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "a form",
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            "message=hi".to_owned(),
             415,
             "unsupported_media_type",
         ),

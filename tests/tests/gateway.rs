@@ -238,18 +238,32 @@ fn settings_patch_validation() {
 
     let cases: Vec<RefusalCase> = vec![
         (
-            "no content type",
-            vec![auth],
+            "a form",
+            vec![auth, ("content-type", "application/x-www-form-urlencoded")],
             br#"{"displayName":"X"}"#.to_vec(),
             415,
             "unsupported_media_type",
         ),
         (
-            "text/plain",
-            vec![auth, ("content-type", "text/plain")],
+            "a multipart form",
+            vec![auth, ("content-type", "multipart/form-data; boundary=x")],
             br#"{"displayName":"X"}"#.to_vec(),
             415,
             "unsupported_media_type",
+        ),
+        (
+            "another type",
+            vec![auth, ("content-type", "application/xml")],
+            br#"{"displayName":"X"}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "text/plain, not JSON",
+            vec![auth, ("content-type", "text/plain")],
+            b"displayName=X".to_vec(),
+            400,
+            "invalid_json",
         ),
         (
             "too large",
@@ -333,6 +347,20 @@ fn settings_patch_validation() {
         before["tenant"]["settings"]["defaultModels"]["embedding"]
     );
     assert_eq!(get(&url, &[auth]).json()["tenant"]["settings"], *settings);
+
+    // A JSON body sent as fetch() sends a string (text/plain), or with no
+    // content type at all, is read as JSON.
+    for (ct, name) in [
+        (Some("text/plain;charset=UTF-8"), "Plain Smoke"),
+        (None, "Untyped Smoke"),
+    ] {
+        let mut headers = vec![auth];
+        headers.extend(ct.map(|ct| ("content-type", ct)));
+        let body = format!(r#"{{"displayName":"{name}"}}"#);
+        let r = send("PATCH", &url, &headers, Some(body.as_bytes()));
+        assert_eq!(r.status, 200, "{ct:?}: {}", r.body);
+        assert_eq!(r.json()["tenant"]["settings"]["displayName"], name);
+    }
 }
 
 #[test]

@@ -170,7 +170,13 @@ fn ingest_then_search_in_every_mode() {
             assert_eq!(top["metadata"]["tenantId"], B);
             assert_eq!(top["metadata"]["source"], format!("{want}.md"));
             assert!(top["metadata"]["text"].as_str().unwrap().len() > 20);
-            assert!(top["id"].as_str().unwrap().len() <= 64);
+            // Per document by default, as in the seed: `id` is the
+            // document's, beside its best chunk.
+            assert_eq!(top["id"], want, "{r}");
+            assert_eq!(top["docId"], want);
+            assert_eq!(top["chunkId"].as_str().unwrap().len(), 40);
+            assert_eq!(top["chunk"], 0);
+            assert_eq!(top["text"], top["metadata"]["text"]);
         }
     }
     // The default mode is hybrid, topK defaults to 5, and a filter narrows.
@@ -185,6 +191,93 @@ fn ingest_then_search_in_every_mode() {
         "minScore": 0
     }));
     assert_eq!(doc_ids(&r), vec!["traits"]);
+}
+
+#[test]
+fn matches_are_documents_by_default_and_chunks_on_request() {
+    let server = shared(Deployment::Dedicated(A));
+    let c = Client {
+        server: &server,
+        tenant: A,
+    };
+    // Three paragraphs (of 599, 449 and 639 characters) no two of which
+    // fit one chunk: three chunks of one document, each holding one word of
+    // the query a different number of times, so their scores differ.
+    let para = |word: &str, n: usize| format!("{word} ").repeat(n);
+    let text = format!(
+        "{}\n\n{}\n\n{}",
+        para("okapi", 100),
+        para("ibex", 90),
+        para("gazelle", 80)
+    );
+    let job = c.ingest_done(json!([{ "id": "grouped-doc", "text": text }]));
+    assert_eq!(job["chunksDone"], 3);
+    let q = |group: Option<&str>| {
+        let mut q = json!({ "query": "okapi ibex gazelle", "mode": "keyword", "minScore": 0,
+                            "filter": { "docId": "grouped-doc" } });
+        if let Some(group) = group {
+            q["group"] = json!(group);
+        }
+        q
+    };
+    let chunks = c.search_ok(q(Some("chunk")));
+    let matches = chunks["matches"].as_array().unwrap();
+    assert_eq!(matches.len(), 3, "{chunks}");
+    let mut positions: Vec<u64> = matches
+        .iter()
+        .map(|m| m["chunk"].as_u64().unwrap())
+        .collect();
+    positions.sort();
+    assert_eq!(positions, [0, 1, 2]);
+    for m in matches {
+        assert_eq!(m["id"], m["chunkId"], "raw chunks: the vector id");
+        assert_eq!(m["id"].as_str().unwrap().len(), 40);
+        assert_eq!(m["docId"], "grouped-doc");
+        assert_eq!(m["text"], m["metadata"]["text"]);
+    }
+    for by_document in [c.search_ok(q(None)), c.search_ok(q(Some("document")))] {
+        let matches = by_document["matches"].as_array().unwrap();
+        assert_eq!(matches.len(), 1, "one per document: {by_document}");
+        let best = &matches[0];
+        assert_eq!(best["id"], "grouped-doc");
+        assert_eq!(
+            best["chunkId"], chunks["matches"][0]["id"],
+            "the best chunk"
+        );
+        assert_eq!(best["chunk"], chunks["matches"][0]["chunk"]);
+        assert_eq!(best["score"], chunks["matches"][0]["score"]);
+    }
+    // Another grouping is another answer, never the cached one.
+    let again = c.search_ok(q(Some("chunk")));
+    assert_eq!(again["matches"].as_array().unwrap().len(), 3, "{again}");
+
+    let r = c.search(json!({ "query": "okapi", "group": "page" }));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid_search"),
+        "{}",
+        r.body
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("group"));
+
+    // A client written against the seed: no content type, `id` and
+    // `metadata.text` of each match.
+    let r = send(
+        "POST",
+        &server.url("/api/search"),
+        &[("authorization", &server.bearer(A))],
+        Some(br#"{"query":"okapi ibex gazelle","topK":5}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seed = r.json();
+    let top = &seed["matches"][0];
+    assert_eq!(top["id"], "grouped-doc", "{seed}");
+    assert!(top["metadata"]["text"].as_str().unwrap().contains("okapi"));
+    assert!(top["score"].as_f64().is_some());
+    assert_eq!(seed["cached"], false);
 }
 
 /// Repeats a search until it is answered from the cache (at most 5 s).
@@ -305,8 +398,10 @@ fn tenants_never_see_each_other() {
             .unwrap()
             .contains(word));
     }
+    assert_eq!(ra["matches"][0]["id"], "same-id");
+    assert_eq!(rb["matches"][0]["id"], "same-id");
     assert_ne!(
-        ra["matches"][0]["id"], rb["matches"][0]["id"],
+        ra["matches"][0]["chunkId"], rb["matches"][0]["chunkId"],
         "vector ids differ per tenant"
     );
     assert!(!rb.to_string().contains("marigold"));
@@ -342,11 +437,18 @@ fn bad_input_is_refused_and_changes_nothing() {
             "missing_key",
         ),
         (
-            "text/plain",
-            vec![auth, ("content-type", "text/plain")],
-            b"x".to_vec(),
+            "a form",
+            vec![auth, ("content-type", "application/x-www-form-urlencoded")],
+            br#"{"documents":[{"id":"a","text":"b"}]}"#.to_vec(),
             415,
             "unsupported_media_type",
+        ),
+        (
+            "text/plain, not JSON",
+            vec![auth, ("content-type", "text/plain")],
+            b"x".to_vec(),
+            400,
+            "invalid_json",
         ),
         (
             "bad json",

@@ -114,7 +114,8 @@ pub struct VectorQuery<'a> {
     pub vector: Option<&'a [f32]>,
     /// The query's text (needed by keyword and hybrid modes).
     pub text: &'a str,
-    /// How many matches.
+    /// How many matches: the best chunks, however many of one document
+    /// (grouping them is the search's business, not the index's).
     pub top_k: usize,
     /// Metadata equality filter.
     pub filter: &'a Metadata,

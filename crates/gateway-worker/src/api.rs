@@ -2,10 +2,10 @@
 //! rules before anything is forwarded, and the shapes of the answers.
 
 use crate::errors::ApiError;
-use protocol::chat::{Access, Turn, MAX_HISTORY_PAGE};
+use protocol::chat::{tool_result_value, Access, HistoryPage, Turn, MAX_HISTORY_PAGE};
 use protocol::ingest::{
     Document, Enqueue, IngestError, JobAccepted, JobStatus, Metadata, ScoreFloor, Search,
-    SearchMode, DEFAULT_TOP_K,
+    SearchGroup, SearchMode, DEFAULT_TOP_K,
 };
 use protocol::SessionId;
 use serde::Deserialize;
@@ -54,8 +54,9 @@ impl IngestBody {
     }
 }
 
-/// `POST /api/search`: `{"query", "topK"?, "filter"?, "mode"?, "minScore"?}`
-/// (`minScore` absent: the tenant's `searchFloor`).
+/// `POST /api/search`: `{"query", "topK"?, "filter"?, "mode"?, "minScore"?,
+/// "group"?}` (`minScore` absent: the tenant's `searchFloor`; `group`
+/// absent: `document`).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SearchBody {
@@ -65,6 +66,9 @@ pub struct SearchBody {
     filter: Metadata,
     mode: Option<SearchMode>,
     min_score: Option<f64>,
+    // A name, checked here, so that a bad one is `invalid_search` naming
+    // the choices rather than a serde message.
+    group: Option<String>,
 }
 
 impl SearchBody {
@@ -81,6 +85,13 @@ impl SearchBody {
                 .map(ScoreFloor::new)
                 .transpose()
                 .map_err(invalid)?,
+            group: self
+                .group
+                .as_deref()
+                .map(SearchGroup::parse)
+                .transpose()
+                .map_err(invalid)?
+                .unwrap_or_default(),
         };
         search.validate().map_err(invalid)?;
         Ok(search)
@@ -151,6 +162,21 @@ pub fn history_page(
     Ok((before, limit))
 }
 
+/// A page of history as clients get it: every field as stored, except that
+/// a tool message's `content` (the result, stored as JSON text for the
+/// model) is the JSON value itself, as in the `tool_result` event, or the
+/// text as a JSON string when it is not JSON.
+pub fn history_json(page: &HistoryPage) -> Result<Value, ApiError> {
+    let mut json = serde_json::to_value(page).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let views = json["messages"].as_array_mut().into_iter().flatten();
+    for (view, message) in views.zip(&page.messages) {
+        if message.role == "tool" {
+            view["content"] = tool_result_value(&message.content);
+        }
+    }
+    Ok(json)
+}
+
 /// The event id to resume after: the `Last-Event-ID` header (what an
 /// EventSource sends when it reconnects) or, for clients that cannot set
 /// headers, `?after=`; both must agree when both are given.
@@ -192,9 +218,11 @@ pub struct FaultsBody {
 
 fn invalid(e: IngestError) -> ApiError {
     let code = match e {
-        IngestError::Query | IngestError::TopK | IngestError::Filter(_) | IngestError::MinScore => {
-            "invalid_search"
-        }
+        IngestError::Query
+        | IngestError::TopK
+        | IngestError::Filter(_)
+        | IngestError::MinScore
+        | IngestError::Group => "invalid_search",
         _ => "invalid_documents",
     };
     ApiError::bad_request(code, e.to_string())
@@ -297,6 +325,27 @@ mod tests {
             .unwrap();
         assert_eq!((s.top_k, s.mode), (20, Some(SearchMode::Keyword)));
         assert_eq!(s.min_score, None, "no minScore: the tenant's floor");
+        assert_eq!(s.group, SearchGroup::Document, "per document by default");
+        for (json, want) in [
+            (r#"{"query":"x","group":"chunk"}"#, SearchGroup::Chunk),
+            (r#"{"query":"x","group":"document"}"#, SearchGroup::Document),
+            (r#"{"query":"x","group":null}"#, SearchGroup::Document),
+        ] {
+            assert_eq!(search(json).unwrap().group, want, "{json}");
+        }
+        for bad in [
+            r#"{"query":"x","group":"chunks"}"#,
+            r#"{"query":"x","group":""}"#,
+            r#"{"query":"x","group":"Document"}"#,
+        ] {
+            let e = search(bad).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "invalid_search"), "{bad}");
+            assert!(e.to_string().contains("group"), "{e}");
+        }
+        assert_eq!(
+            search(r#"{"query":"x","group":5}"#).unwrap_err().status(),
+            400
+        );
         for (json, want) in [
             (r#"{"query":"x","minScore":0}"#, 0.0),
             (r#"{"query":"x","minScore":0.5}"#, 0.5),
@@ -374,6 +423,50 @@ mod tests {
         ] {
             assert_eq!(history_page(b, l).unwrap_err().status(), 400);
         }
+    }
+
+    #[test]
+    fn history_shows_tool_results_as_json_values() {
+        use protocol::chat::StoredMessage;
+        let message = |seq: u64, role: &str, content: &str| StoredMessage {
+            seq,
+            role: role.into(),
+            content: content.into(),
+            tool_calls: vec![],
+            tool_call_id: None,
+            name: None,
+            usage: None,
+            created_at_ms: 1,
+            turn: None,
+        };
+        let page = HistoryPage {
+            messages: vec![
+                message(1, "user", r#"{"not":"parsed"}"#),
+                message(2, "tool", r#"{"matches":[{"id":"doc-a"}]}"#),
+                message(3, "tool", "not json"),
+                message(4, "assistant", "[1]"),
+            ],
+            next_before: None,
+        };
+        let json = history_json(&page).unwrap();
+        let contents: Vec<&Value> = json["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| &m["content"])
+            .collect();
+        assert_eq!(
+            contents,
+            [
+                &json!(r#"{"not":"parsed"}"#),
+                &json!({"matches":[{"id":"doc-a"}]}),
+                &json!("not json"),
+                &json!("[1]"),
+            ],
+            "only tool results are values; other messages stay text"
+        );
+        assert_eq!(json["messages"][1]["createdAtMs"], 1);
+        assert_eq!(json["nextBefore"], Value::Null);
     }
 
     #[test]

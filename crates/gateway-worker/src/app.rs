@@ -579,7 +579,7 @@ async fn json_reply(
                 .with_access(access(caller))
                 .history(request_id, before, limit)
                 .await?;
-            ok_json(&page)
+            Ok((200, api::history_json(&page)?))
         }
         Route::ClearSession { session } => {
             let session = api::session_id(&session)?;

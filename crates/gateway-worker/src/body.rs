@@ -6,12 +6,21 @@ use serde::de::DeserializeOwned;
 /// The largest body accepted by the admin routes.
 pub const MAX_ADMIN_BODY_BYTES: usize = 16 * 1024;
 
-/// Checks that `content_type` is JSON (parameters such as `charset` allowed).
+/// Checks that a body of `content_type` may be read as JSON: declared
+/// `application/json` (parameters such as `charset` allowed), declared
+/// `text/plain`, or not declared at all. The last two are what a browser's
+/// `fetch(url, {method: "POST", body: JSON.stringify(x)})` sends (a string
+/// body is `text/plain;charset=UTF-8`), and what the seed accepted, so such
+/// clients work unchanged; the body is still parsed as JSON (400
+/// `invalid_json` if it is not). Forms (`application/x-www-form-urlencoded`,
+/// `multipart/form-data`) and every other type are 415: their bodies are
+/// not JSON, and refusing them keeps an HTML form from posting to the API.
 pub fn require_json(content_type: Option<&str>) -> Result<(), ApiError> {
     let essence = content_type
         .and_then(|ct| ct.split(';').next())
-        .map(|ct| ct.trim().to_ascii_lowercase());
-    if essence.as_deref() == Some("application/json") {
+        .map(|ct| ct.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if matches!(essence.as_str(), "" | "application/json" | "text/plain") {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType {
@@ -62,13 +71,24 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert!(require_json(Some("application/json")).is_ok());
-        assert!(require_json(Some("Application/JSON; charset=utf-8")).is_ok());
         for ct in [
-            None,
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+            // What fetch() sends with a string body, and no type at all.
             Some("text/plain"),
-            Some("application/jsonx"),
+            Some("text/plain;charset=UTF-8"),
+            None,
             Some(""),
+        ] {
+            assert!(require_json(ct).is_ok(), "{ct:?}");
+        }
+        for ct in [
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=----x"),
+            Some("text/html"),
+            Some("text/plainx"),
+            Some("application/jsonx"),
+            Some("application/xml"),
         ] {
             assert_eq!(require_json(ct).unwrap_err().status(), 415, "{ct:?}");
         }
@@ -111,7 +131,12 @@ mod tests {
             Ok(Some(serde_json::json!({})))
         );
         assert_eq!(
-            parse_optional_json::<V>(None, b"{}", 10)
+            parse_optional_json::<V>(None, b"{}", 10),
+            Ok(Some(serde_json::json!({}))),
+            "no content type: read as JSON"
+        );
+        assert_eq!(
+            parse_optional_json::<V>(Some("multipart/form-data"), b"{}", 10)
                 .unwrap_err()
                 .status(),
             415

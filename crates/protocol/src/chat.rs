@@ -365,9 +365,16 @@ pub enum ChatEvent {
         id: String,
         /// The tool.
         tool: String,
-        /// The result, as JSON text.
+        /// The result, as JSON text. On the wire (JSON and MessagePack)
+        /// it is the JSON value itself, an object for the built-in tools,
+        /// so clients need not parse a string; text that is not JSON goes
+        /// as a string ([`result_json`]).
+        #[serde(with = "result_json")]
         result: String,
-        /// Whether the tool refused or failed.
+        /// Whether the tool refused or failed. `isError` in JSON, like
+        /// every field of the API; `is_error` (what earlier versions stored
+        /// and sent) still decodes.
+        #[serde(rename = "isError", alias = "is_error")]
         is_error: bool,
     },
     /// A piece of the answer.
@@ -379,7 +386,10 @@ pub enum ChatEvent {
     Done {
         /// Always true.
         ok: bool,
-        /// Sequence number of the stored answer.
+        /// Sequence number of the stored answer: `messageSeq` in JSON
+        /// (`message_seq`, what earlier versions stored and sent, still
+        /// decodes).
+        #[serde(rename = "messageSeq", alias = "message_seq")]
         message_seq: u64,
         /// Tokens the turn's model calls used, summed (`inputTokens`,
         /// `outputTokens`), and their cost where the model is priced
@@ -398,6 +408,35 @@ pub enum ChatEvent {
         /// Human explanation.
         message: String,
     },
+}
+
+/// A tool result (JSON text, as the session stores it and the model reads
+/// it) as the JSON value clients get: the value the text holds, or the text
+/// itself as a JSON string when it is not JSON.
+pub fn tool_result_value(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+}
+
+/// How [`ChatEvent::ToolResult`]'s `result` (JSON text in Rust) crosses the
+/// wire: as the JSON value the text holds ([`tool_result_value`]). Decoding
+/// takes a value back to its text; a string is taken as the text itself,
+/// which is what events stored and sent before results were values hold
+/// (JSON text inside a string), so they decode to the same result.
+pub mod result_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Writes the text as the JSON value it holds.
+    pub fn serialize<S: Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+        super::tool_result_value(text).serialize(serializer)
+    }
+
+    /// Reads a JSON value (or the string of an earlier version) back as text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+        Ok(match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(text) => text,
+            value => value.to_string(),
+        })
+    }
 }
 
 impl ChatEvent {
@@ -656,7 +695,7 @@ mod tests {
         let done = serde_json::to_value(&events()[3]).unwrap();
         assert_eq!(
             done,
-            serde_json::json!({"type":"done","ok":true,"message_seq":4,
+            serde_json::json!({"type":"done","ok":true,"messageSeq":4,
                                "usage":{"inputTokens":10,"outputTokens":3,"costMicros":7},
                                "model":"@cf/m"})
         );
@@ -669,8 +708,85 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_value(&bare).unwrap(),
-            serde_json::json!({"type":"done","ok":true,"message_seq":4})
+            serde_json::json!({"type":"done","ok":true,"messageSeq":4})
         );
+    }
+
+    #[test]
+    fn a_tool_result_is_a_json_value_on_the_wire() {
+        let event = |result: &str| ChatEvent::ToolResult {
+            id: "c1".into(),
+            tool: "vector_search".into(),
+            result: result.into(),
+            is_error: false,
+        };
+        let found = event(r#"{"matches":[{"id":"doc-a","score":0.5}]}"#);
+        let json = serde_json::to_value(&found).unwrap();
+        assert_eq!(
+            json["result"],
+            serde_json::json!({"matches":[{"id":"doc-a","score":0.5}]}),
+            "an object, not JSON text in a string"
+        );
+        // It decodes back to the same text, from JSON (stored events) and
+        // from MessagePack (frames).
+        let back: ChatEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, found);
+        let bytes = rmp_serde::to_vec_named(&found).unwrap();
+        assert_eq!(rmp_serde::from_slice::<ChatEvent>(&bytes).unwrap(), found);
+        // Text that is not JSON goes as a JSON string, and comes back.
+        let plain = event("the tool broke");
+        let json = serde_json::to_value(&plain).unwrap();
+        assert_eq!(json["result"], "the tool broke");
+        assert_eq!(serde_json::from_value::<ChatEvent>(json).unwrap(), plain);
+        // An event stored by an earlier version (the result as a string of
+        // JSON text) replays as an object.
+        let old: ChatEvent = serde_json::from_str(
+            r#"{"type":"tool_result","id":"c1","tool":"kv_get","result":"{\"key\":\"config:a\",\"value\":null}","is_error":false}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&old).unwrap()["result"],
+            serde_json::json!({"key":"config:a","value":null})
+        );
+        assert_eq!(tool_result_value("[1,2]"), serde_json::json!([1, 2]));
+        assert_eq!(tool_result_value("{"), serde_json::json!("{"));
+    }
+
+    #[test]
+    fn every_json_field_is_camel_case_and_old_names_still_decode() {
+        // The clients' view: no snake_case field in any event.
+        for event in events() {
+            let json = serde_json::to_value(&event).unwrap();
+            for key in json.as_object().unwrap().keys() {
+                assert!(!key.contains('_'), "{key} in {json}");
+            }
+        }
+        let result = serde_json::to_value(&events()[1]).unwrap();
+        assert_eq!(result["isError"], false);
+        // Events stored (as JSON) by an earlier version replay unchanged.
+        let old: ChatEvent = serde_json::from_str(
+            r#"{"type":"tool_result","id":"c1","tool":"kv_get","result":"{}","is_error":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(old, ChatEvent::ToolResult { is_error: true, .. }));
+        let old: ChatEvent =
+            serde_json::from_str(r#"{"type":"done","ok":true,"message_seq":9}"#).unwrap();
+        assert!(matches!(old, ChatEvent::Done { message_seq: 9, .. }));
+        // And frames of an earlier sender (named MessagePack) decode too.
+        #[derive(Serialize)]
+        struct OldDone {
+            r#type: &'static str,
+            ok: bool,
+            message_seq: u64,
+        }
+        let bytes = rmp_serde::to_vec_named(&OldDone {
+            r#type: "done",
+            ok: true,
+            message_seq: 5,
+        })
+        .unwrap();
+        let old: ChatEvent = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(matches!(old, ChatEvent::Done { message_seq: 5, .. }));
     }
 
     #[test]

@@ -154,6 +154,38 @@ impl SearchMode {
     }
 }
 
+/// How a search's matches are grouped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchGroup {
+    /// One match per document, its best chunk, the match's `id` the
+    /// document's id: the default, the seed's shape (it stored one vector
+    /// per document, so its ids were document ids).
+    #[default]
+    Document,
+    /// Every chunk on its own, the match's `id` the chunk's vector id.
+    Chunk,
+}
+
+impl SearchGroup {
+    /// The grouping's name on the wire and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchGroup::Document => "document",
+            SearchGroup::Chunk => "chunk",
+        }
+    }
+
+    /// The grouping named `name` (`document`, `chunk`).
+    pub fn parse(name: &str) -> Result<Self, IngestError> {
+        match name {
+            "document" => Ok(SearchGroup::Document),
+            "chunk" => Ok(SearchGroup::Chunk),
+            _ => Err(IngestError::Group),
+        }
+    }
+}
+
 /// A request to the ingest queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum IngestRequest {
@@ -261,6 +293,10 @@ pub struct Search {
     /// tenant's `searchFloor`, which is what the chat tool gets too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_score: Option<ScoreFloor>,
+    /// Per document (the default, also for senders that know no grouping)
+    /// or per chunk.
+    #[serde(default)]
+    pub group: SearchGroup,
     /// Whom the query's embedding is charged to (as in [`Enqueue`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
@@ -381,10 +417,13 @@ pub struct SearchResults {
     pub matches: Vec<SearchMatch>,
 }
 
-/// One search match (a chunk).
+/// One search match: a document and its best chunk (grouped by document,
+/// the default), or a chunk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SearchMatch {
-    /// The chunk's vector id.
+    /// The document's id (grouped by document), or the chunk's vector id
+    /// (grouped by chunk).
     pub id: String,
     /// Relevance in [0, 1], higher is better, the match's rank follows it:
     /// vector mode the cosine similarity clamped to [0, 1]; keyword mode
@@ -393,22 +432,70 @@ pub struct SearchMatch {
     pub score: f64,
     /// Hybrid only: the vector leg's relevance, absent when that leg did
     /// not find the chunk.
-    #[serde(
-        default,
-        rename = "vectorScore",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vector_score: Option<f64>,
     /// Hybrid only: the keyword leg's relevance, absent when that leg did
     /// not find the chunk.
-    #[serde(
-        default,
-        rename = "keywordScore",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyword_score: Option<f64>,
-    /// `text`, `tenantId`, `docId`, `chunk`, and the document's own metadata.
+    /// The document's id.
+    #[serde(default)]
+    pub doc_id: String,
+    /// The chunk's vector id (grouped by document: the best chunk's).
+    #[serde(default)]
+    pub chunk_id: String,
+    /// The chunk's position in its document, from 0.
+    #[serde(default)]
+    pub chunk: u32,
+    /// The chunk's text.
+    #[serde(default)]
+    pub text: String,
+    /// `text`, `tenantId`, `docId`, `chunk`, and the document's own metadata
+    /// (the seed's `metadata`).
     pub metadata: Metadata,
+}
+
+impl SearchMatch {
+    /// The match for a chunk of vector id `chunk_id`, scored `score`, with
+    /// its `metadata` (where the platform keeps `docId`, `chunk` and
+    /// `text`), grouped by `group`: `id` is the document's id or the
+    /// chunk's. A chunk without a `docId` (never written by this platform)
+    /// stands for itself.
+    pub fn new(chunk_id: String, score: f64, metadata: Metadata, group: SearchGroup) -> Self {
+        let doc_id = match metadata.get("docId") {
+            Some(MetaValue::Str(doc)) => doc.clone(),
+            _ => String::new(),
+        };
+        let chunk = match metadata.get("chunk") {
+            Some(MetaValue::Int(n)) => u32::try_from(*n).unwrap_or(0),
+            // Vectorize may hand integers back as floats.
+            Some(MetaValue::Float(f))
+                if f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX) =>
+            {
+                *f as u32
+            }
+            _ => 0,
+        };
+        let text = match metadata.get("text") {
+            Some(MetaValue::Str(t)) => t.clone(),
+            _ => String::new(),
+        };
+        let id = match group {
+            SearchGroup::Document if !doc_id.is_empty() => doc_id.clone(),
+            _ => chunk_id.clone(),
+        };
+        Self {
+            id,
+            score,
+            vector_score: None,
+            keyword_score: None,
+            doc_id,
+            chunk_id,
+            chunk,
+            text,
+            metadata,
+        }
+    }
 }
 
 /// An operator's view of the queue.
@@ -488,6 +575,9 @@ pub enum IngestError {
     /// `minScore` (or `searchFloor`) is not a number from 0 to 1.
     #[error("minScore must be a number from 0 to 1")]
     MinScore,
+    /// `group` names no grouping.
+    #[error("group must be \"document\" (the default) or \"chunk\"")]
+    Group,
 }
 
 /// Checks a document id (also used for `DELETE /api/documents/<id>`).
@@ -694,6 +784,7 @@ mod tests {
             filter: Metadata::new(),
             mode: None,
             min_score: None,
+            group: SearchGroup::Document,
         };
         assert_eq!(s("hello", 5).validate(), Ok(()));
         assert_eq!(s("  ", 5).validate(), Err(IngestError::Query));
@@ -711,6 +802,63 @@ mod tests {
             matches!(f.validate(), Err(IngestError::Filter(_))),
             "over 2000 bytes"
         );
+    }
+
+    #[test]
+    fn matches_name_their_document_or_their_chunk() {
+        let metadata = Metadata::from([
+            ("docId".to_owned(), MetaValue::Str("doc-a".into())),
+            ("chunk".to_owned(), MetaValue::Int(3)),
+            (
+                "text".to_owned(),
+                MetaValue::Str("Closures capture.".into()),
+            ),
+            ("tenantId".to_owned(), MetaValue::Str("acme".into())),
+            ("source".to_owned(), MetaValue::Str("a.md".into())),
+        ]);
+        let by_doc = SearchMatch::new("62a0".into(), 0.5, metadata.clone(), SearchGroup::Document);
+        assert_eq!(
+            serde_json::to_value(&by_doc).unwrap(),
+            serde_json::json!({"id":"doc-a","score":0.5,"docId":"doc-a","chunkId":"62a0","chunk":3,
+                "text":"Closures capture.","metadata":{"docId":"doc-a","chunk":3,
+                "text":"Closures capture.","tenantId":"acme","source":"a.md"}}),
+            "the seed's id (the document) and metadata, with the best chunk beside"
+        );
+        let by_chunk = SearchMatch::new("62a0".into(), 0.5, metadata.clone(), SearchGroup::Chunk);
+        assert_eq!(by_chunk.id, "62a0");
+        assert_eq!(
+            (
+                by_chunk.doc_id.as_str(),
+                by_chunk.chunk_id.as_str(),
+                by_chunk.chunk
+            ),
+            ("doc-a", "62a0", 3)
+        );
+        // Vectorize may answer a whole number as a float.
+        let mut float = metadata;
+        float.insert("chunk".into(), MetaValue::Float(7.0));
+        assert_eq!(
+            SearchMatch::new("x".into(), 0.1, float, SearchGroup::Document).chunk,
+            7
+        );
+        // A chunk without a document stands for itself.
+        let alone = SearchMatch::new("x".into(), 0.1, Metadata::new(), SearchGroup::Document);
+        assert_eq!((alone.id.as_str(), alone.doc_id.as_str()), ("x", ""));
+    }
+
+    #[test]
+    fn groupings_by_name() {
+        for group in [SearchGroup::Document, SearchGroup::Chunk] {
+            assert_eq!(SearchGroup::parse(group.as_str()), Ok(group));
+            assert_eq!(
+                serde_json::to_value(group).unwrap(),
+                serde_json::json!(group.as_str())
+            );
+        }
+        assert_eq!(SearchGroup::default(), SearchGroup::Document);
+        for bad in ["", "documents", "Chunk", "page"] {
+            assert_eq!(SearchGroup::parse(bad), Err(IngestError::Group), "{bad}");
+        }
     }
 
     #[test]
@@ -756,6 +904,7 @@ mod tests {
             filter: Metadata::new(),
             mode: Some(SearchMode::Hybrid),
             min_score: Some(ScoreFloor::new(0.2).unwrap()),
+            group: SearchGroup::Chunk,
         };
         let bytes = rmp_serde::to_vec_named(&search).unwrap();
         assert_eq!(rmp_serde::from_slice::<Search>(&bytes).unwrap(), search);
@@ -774,19 +923,22 @@ mod tests {
         let decoded: Search =
             rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
         assert_eq!(decoded.min_score, None);
+        assert_eq!(
+            decoded.group,
+            SearchGroup::Document,
+            "a sender that knows no grouping gets the default"
+        );
         // Leg scores appear in JSON only where present; an answer cached
         // before scores had legs (or a floor) still decodes.
         let m = SearchMatch {
-            id: "c".into(),
-            score: 0.5,
             vector_score: Some(0.4),
-            keyword_score: None,
-            metadata: Metadata::new(),
+            ..SearchMatch::new("c".into(), 0.5, Metadata::new(), SearchGroup::Chunk)
         };
         let json = serde_json::to_value(&m).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"id":"c","score":0.5,"vectorScore":0.4,"metadata":{}})
+            serde_json::json!({"id":"c","score":0.5,"vectorScore":0.4,"docId":"","chunkId":"c",
+                               "chunk":0,"text":"","metadata":{}})
         );
         let old: SearchResults = serde_json::from_str(
             r#"{"cached":false,"mode":"hybrid","indexVersion":3,"matches":[{"id":"c","score":0.03,"metadata":{}}]}"#,

@@ -356,6 +356,7 @@ mod ingest_messages {
                 filter: meta(),
                 mode: Some(SearchMode::Keyword),
                 min_score: Some(ScoreFloor::new(0.5).unwrap()),
+                group: SearchGroup::Chunk,
             }),
             IngestRequest::Search(Search {
                 caller: None,
@@ -364,6 +365,7 @@ mod ingest_messages {
                 filter: Metadata::new(),
                 mode: None,
                 min_score: None,
+                group: SearchGroup::Document,
             }),
             IngestRequest::Inspect(Inspect {}),
             IngestRequest::InjectFaults(InjectFaults { embed_failures: 2 }),
@@ -388,11 +390,8 @@ mod ingest_messages {
                 index_version: 9,
                 min_score: 0.35,
                 matches: vec![SearchMatch {
-                    id: "abc".into(),
-                    score: 0.25,
                     vector_score: Some(0.5),
-                    keyword_score: None,
-                    metadata: meta(),
+                    ..SearchMatch::new("abc".into(), 0.25, meta(), SearchGroup::Document)
                 }],
             }),
             IngestResponse::Snapshot(IngestSnapshot {

@@ -4,10 +4,13 @@
 //! - [`toolchain`]: where the pinned tools live and how a missing one is
 //!   installed (the wasm32 target, `wasm-bindgen-cli`, `worker-build`, and the
 //!   npm packages: `wrangler`, a Node 22 for it, binaryen's `wasm-opt`);
-//! - [`wrangler`]: commands that run the pinned wrangler on the pinned Node.
+//! - [`wrangler`]: commands that run the pinned wrangler on the pinned Node;
+//! - [`vectorize`]: the Vectorize metadata indexes a deployment needs, and
+//!   the commands that create them.
 
 pub mod devkey;
 pub mod toolchain;
+pub mod vectorize;
 pub mod wrangler;
 
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use xtask::toolchain::{run, step, ToolError, Toolchain, WASM_TARGET};
-use xtask::{config_path, repo_root, tenant_ids, wrangler};
+use xtask::{config_path, repo_root, tenant_ids, vectorize, wrangler};
 
 const USAGE: &str = "usage: cargo xtask <task>
 
@@ -24,7 +24,9 @@ tasks:
   size  build and report the bundle size of every tenant (wrangler deploy --dry-run)
   bench build, then run the benchmarks against wrangler dev (results: docs/benchmarks.md)
   deploy (ID | --all) [--dry-run]
-        build and deploy one tenant or all of them (needs a Cloudflare login)";
+        build and deploy one tenant or all of them (needs a Cloudflare login), after
+        creating the Vectorize metadata indexes its filters need; --dry-run prints
+        those commands and validates the bundle, uploading nothing";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -396,6 +398,7 @@ fn deploy(args: &[String]) -> Result<(), ToolError> {
     let tools = Toolchain::ensure()?;
     tools.build_worker()?;
     for tenant in targets {
+        metadata_indexes(&tenant, dry_run)?;
         step(&format!("deploying {tenant}"));
         let mut cmd = wrangler::command(["deploy"]);
         cmd.arg("--config").arg(config_path(Some(&tenant)));
@@ -405,6 +408,46 @@ fn deploy(args: &[String]) -> Result<(), ToolError> {
                 .arg(repo_root().join("target/dry-run").join(&tenant));
         }
         run(&mut cmd, &format!("wrangler deploy ({tenant})"))?;
+    }
+    Ok(())
+}
+
+/// Creates the Vectorize metadata indexes the platform filters on (see
+/// `xtask::vectorize`) that `tenant`'s index lacks, before the Worker that
+/// upserts into it is deployed. With `dry_run` (no account needed) it only
+/// prints the commands a deploy would run when none exists yet.
+fn metadata_indexes(tenant: &str, dry_run: bool) -> Result<(), ToolError> {
+    let config = config_path(Some(tenant));
+    let text = std::fs::read_to_string(&config)
+        .map_err(|e| ToolError(format!("{}: {e}", config.display())))?;
+    if dry_run {
+        step(&format!(
+            "Vectorize metadata indexes of {tenant}: a deploy creates those missing with"
+        ));
+        for args in vectorize::plan(&text, &config) {
+            println!("  wrangler {}", args.join(" "));
+        }
+        return Ok(());
+    }
+    for index in vectorize::index_names(&text) {
+        step(&format!("Vectorize metadata indexes of {index}"));
+        let out = wrangler::command(vectorize::list_args(&index, &config))
+            .output()
+            .map_err(|e| ToolError(format!("wrangler: {e}")))?;
+        let listed = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(ToolError(format!(
+                "wrangler vectorize list-metadata-index {index} failed (does the index exist? \
+                 see docs/deploy.md):\n{listed}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        for (property, kind) in vectorize::missing(&listed).map_err(ToolError)? {
+            run(
+                &mut wrangler::command(vectorize::create_args(&index, property, kind, &config)),
+                &format!("wrangler vectorize create-metadata-index {index} {property}"),
+            )?;
+        }
     }
     Ok(())
 }

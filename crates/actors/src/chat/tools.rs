@@ -2,7 +2,7 @@
 //! arguments. Running them needs the runtime and lives in the shell.
 
 use crate::ports::ToolSpec;
-use protocol::ingest::{Metadata, Search, SearchResults, MAX_TOP_K};
+use protocol::ingest::{Metadata, Search, SearchGroup, SearchResults, MAX_TOP_K};
 use protocol::TenantId;
 use serde_json::{json, Value};
 
@@ -16,7 +16,7 @@ pub fn specs() -> Vec<ToolSpec> {
     vec![
         ToolSpec {
             name: "vector_search".into(),
-            description: "Search this tenant's documents; returns passages with chunk ids, scores and text.".into(),
+            description: "Search this tenant's documents; returns the best passage of each matching document: its document id, its chunk (position in the document), score and text.".into(),
             parameters: json!({
                 "type": "object",
                 "properties": {
@@ -60,12 +60,17 @@ pub fn search_request(arguments: &Value) -> Result<Search, String> {
         // The tenant's floor: the model never sees passages that score below
         // it, so an off-topic question gets no matches rather than noise.
         min_score: None,
+        // One passage per document, as `/api/search` answers by default.
+        group: SearchGroup::Document,
     };
     search.validate().map_err(|e| e.to_string())?;
     Ok(search)
 }
 
-/// The tool result of a search: chunk ids, scores, document ids and text.
+/// The tool result of a search, in the shape of `/api/search`'s matches
+/// without their metadata: `id` (the document's, as the search is grouped
+/// by document), `score`, `docId`, `chunkId`, `chunk` (the passage's
+/// position in its document) and `text`.
 pub fn search_result(results: &SearchResults) -> Value {
     let matches: Vec<Value> = results
         .matches
@@ -74,8 +79,10 @@ pub fn search_result(results: &SearchResults) -> Value {
             json!({
                 "id": m.id,
                 "score": m.score,
-                "docId": m.metadata.get("docId"),
-                "text": m.metadata.get("text"),
+                "docId": m.doc_id,
+                "chunkId": m.chunk_id,
+                "chunk": m.chunk,
+                "text": m.text,
             })
         })
         .collect();
@@ -141,6 +148,36 @@ mod tests {
         assert!(search_request(&json!({"query":"x","topK":99})).is_err());
         assert!(search_request(&json!({"query":"x","topK":"a"})).is_err());
         assert!(search_request(&json!({"q":"x"})).is_err());
+    }
+
+    #[test]
+    fn search_results_name_documents_and_their_passage() {
+        use protocol::ingest::{MetaValue, SearchMatch, SearchMode};
+        let s = search_request(&json!({"query":"rust"})).unwrap();
+        assert_eq!(s.group, SearchGroup::Document);
+        let metadata = Metadata::from([
+            ("docId".to_owned(), MetaValue::Str("doc-a".into())),
+            ("chunk".to_owned(), MetaValue::Int(3)),
+            ("text".to_owned(), MetaValue::Str("Passage.".into())),
+            ("tenantId".to_owned(), MetaValue::Str("acme".into())),
+        ]);
+        let results = SearchResults {
+            cached: false,
+            mode: SearchMode::Hybrid,
+            index_version: 1,
+            min_score: 0.35,
+            matches: vec![SearchMatch::new(
+                "62a0".into(),
+                0.5,
+                metadata,
+                SearchGroup::Document,
+            )],
+        };
+        assert_eq!(
+            search_result(&results),
+            json!({"matches":[{"id":"doc-a","score":0.5,"docId":"doc-a","chunkId":"62a0",
+                               "chunk":3,"text":"Passage."}]})
+        );
     }
 
     #[test]

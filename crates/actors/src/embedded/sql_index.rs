@@ -16,8 +16,8 @@
 use crate::embedding::DIMENSIONS;
 use crate::ports::{PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use crate::retrieval::{
-    fts_query, fuse, keyword_relevance, matches_filter, one_per_document, vector_relevance, Fused,
-    MemIndex, MemIndexError, PER_DOCUMENT_DEPTH,
+    fts_query, fuse, keyword_relevance, matches_filter, vector_relevance, Fused, MemIndex,
+    MemIndexError,
 };
 use crate::sql::{self, int, SqlError};
 use protocol::ingest::{MetaValue, Metadata, SearchMode};
@@ -483,8 +483,9 @@ impl VectorIndex for SqlVectorIndex {
                 PortError::Unsupported("this mode needs the query's embedding".into())
             })
         };
-        // Ranked deeper than asked, then the best chunk of each document.
-        let depth = q.top_k.saturating_mul(PER_DOCUMENT_DEPTH);
+        // The best `top_k` chunks; the search groups them by document
+        // (and asks deep enough for that: `SearchPlan::query`).
+        let depth = q.top_k;
         let ranked = match q.mode {
             SearchMode::Vector => {
                 one_leg(self.vector_relevances(need_vector()?, depth, q.filter)?)
@@ -501,7 +502,7 @@ impl VectorIndex for SqlVectorIndex {
                 fused
             }
         };
-        Ok(one_per_document(self.hits(&ranked, q.filter)?, q.top_k))
+        self.hits(&ranked, q.filter)
     }
 }
 

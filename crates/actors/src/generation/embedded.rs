@@ -84,6 +84,17 @@ fn first_sentence(text: &str, max_chars: usize) -> String {
     }
 }
 
+/// How a passage is cited: its document and its position there
+/// (`doc-a (chunk 3)`); a result without a position (stored before matches
+/// carried one) names the chunk's id instead.
+fn source(m: &Value) -> String {
+    let doc = m["docId"].as_str().unwrap_or("?");
+    match m["chunk"].as_u64() {
+        Some(chunk) => format!("{doc} (chunk {chunk})"),
+        None => format!("{doc} ({})", m["id"].as_str().unwrap_or("?")),
+    }
+}
+
 /// The answer to the tool results since the last user message.
 pub fn compose_answer(results: &[&ChatMessage]) -> String {
     let mut parts = Vec::new();
@@ -101,12 +112,7 @@ pub fn compose_answer(results: &[&ChatMessage]) -> String {
                 for (n, m) in matches.iter().take(3).enumerate() {
                     let text = m["text"].as_str().unwrap_or_default();
                     answer.push_str(&format!(" {} [{}]", first_sentence(text, 160), n + 1));
-                    sources.push_str(&format!(
-                        " [{}] {} ({})",
-                        n + 1,
-                        m["docId"].as_str().unwrap_or("?"),
-                        m["id"].as_str().unwrap_or("?")
-                    ));
+                    sources.push_str(&format!(" [{}] {}", n + 1, source(m)));
                 }
                 parts.push(format!("{answer} {sources}"));
             }
@@ -356,8 +362,8 @@ mod tests {
     #[test]
     fn results_become_a_cited_streamed_answer() {
         let result = json!({"matches":[
-            {"id":"v1","docId":"doc-a","score":0.9,"text":"Lifetimes ensure references stay valid. More text."},
-            {"id":"v2","docId":"doc-b","score":0.5,"text":"The borrow checker compares scopes."}
+            {"id":"doc-a","docId":"doc-a","chunkId":"v1","chunk":3,"score":0.9,"text":"Lifetimes ensure references stay valid. More text."},
+            {"id":"doc-b","docId":"doc-b","chunkId":"v2","chunk":0,"score":0.5,"text":"The borrow checker compares scopes."}
         ]});
         let mut req = request(vec![
             msg(Role::User, "lifetimes?", None),
@@ -376,7 +382,15 @@ mod tests {
             text.contains("Lifetimes ensure references stay valid. [1]"),
             "{text}"
         );
-        assert!(text.contains("[2] doc-b (v2)"), "{text}");
+        assert!(
+            text.contains("Sources: [1] doc-a (chunk 3) [2] doc-b (chunk 0)"),
+            "each citation names the document and the passage's place in it: {text}"
+        );
+        // A result stored before matches carried their position names the
+        // chunk's id.
+        let old = json!({"matches":[{"id":"v9","docId":"doc-c","score":0.5,"text":"Old."}]});
+        let old = msg(Role::Tool, &old.to_string(), Some("vector_search"));
+        assert!(compose_answer(&[&old]).ends_with("[1] doc-c (v9)"));
         assert!(events.len() > 10, "streamed word by word");
         assert!(matches!(events.last(), Some(GenerationEvent::Usage { .. })));
         // The token budget is honoured.

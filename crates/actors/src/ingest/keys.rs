@@ -1,6 +1,6 @@
 //! Names derived by hashing: vector ids and search cache keys.
 
-use protocol::ingest::{Metadata, ScoreFloor, SearchMode};
+use protocol::ingest::{ScoreFloor, Search, SearchMode};
 use protocol::TenantId;
 use sha2::{Digest, Sha256};
 
@@ -36,37 +36,38 @@ pub fn vector_id(tenant: &TenantId, doc_id: &str, chunk: u32) -> String {
 pub const SCORING: &str = "relevance-1";
 
 /// The KV key of a cached search: `${tenantId}:search:<hash>` where the hash
-/// covers the normalised query, `topK`, filter, mode, the floor applied, the
-/// scoring and the index version, so any change to the index makes old
-/// entries unreachable and a search with another floor never gets this one's
-/// answer.
+/// covers the normalised query, `topK`, filter, grouping, mode, the floor
+/// applied, the scoring and the index version, so any change to the index
+/// makes old entries unreachable and a search with another floor or
+/// grouping never gets this one's answer. (Hashing the grouping also left
+/// every answer cached before matches named their document unreachable.)
 pub fn search_cache_key(
     tenant: &TenantId,
-    query: &str,
-    top_k: u32,
-    filter: &Metadata,
+    search: &Search,
     mode: SearchMode,
     floor: ScoreFloor,
     index_version: u64,
 ) -> String {
-    let normalised = query
+    let normalised = search
+        .query
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
         .to_lowercase();
-    let filter = serde_json::to_string(filter).unwrap_or_default();
+    let filter = serde_json::to_string(&search.filter).unwrap_or_default();
     let mut h = Sha256::new();
     for part in [
         normalised.as_bytes(),
         filter.as_bytes(),
         mode.as_str().as_bytes(),
         SCORING.as_bytes(),
+        search.group.as_str().as_bytes(),
     ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
     h.update(floor.get().to_bits().to_be_bytes());
-    h.update(top_k.to_be_bytes());
+    h.update(search.top_k.to_be_bytes());
     h.update(index_version.to_be_bytes());
     tenant.kv_key(&format!("search:{}", hex(&h.finalize(), 32)))
 }
@@ -74,7 +75,7 @@ pub fn search_cache_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::ingest::MetaValue;
+    use protocol::ingest::{MetaValue, Metadata, SearchGroup};
     use std::collections::HashSet;
 
     fn t(s: &str) -> TenantId {
@@ -101,44 +102,57 @@ mod tests {
 
     #[test]
     fn cache_keys() {
-        let f = Metadata::new();
+        let search = |query: &str, top_k: u32| Search {
+            caller: None,
+            query: query.into(),
+            top_k,
+            filter: Metadata::new(),
+            mode: None,
+            min_score: None,
+            group: SearchGroup::Document,
+        };
         let d = ScoreFloor::DEFAULT;
-        let k = search_cache_key(&t("acme"), "Hello  World", 5, &f, SearchMode::Hybrid, d, 3);
+        let hybrid = SearchMode::Hybrid;
+        let k = search_cache_key(&t("acme"), &search("Hello  World", 5), hybrid, d, 3);
         assert!(k.starts_with("acme:search:"));
         assert_eq!(
             k,
-            search_cache_key(&t("acme"), " hello world ", 5, &f, SearchMode::Hybrid, d, 3)
+            search_cache_key(&t("acme"), &search(" hello world ", 5), hybrid, d, 3)
         );
+        // Who pays for the embedding, and how the mode was named, are not
+        // part of the answer.
+        let paid = Search {
+            caller: Some("key-1".into()),
+            mode: Some(hybrid),
+            ..search("hello world", 5)
+        };
+        assert_eq!(k, search_cache_key(&t("acme"), &paid, hybrid, d, 3));
         let floor = |v| ScoreFloor::new(v).unwrap();
+        let s = search("hello world", 5);
         let others = [
-            search_cache_key(&t("beta"), "hello world", 5, &f, SearchMode::Hybrid, d, 3),
-            search_cache_key(&t("acme"), "hello world", 6, &f, SearchMode::Hybrid, d, 3),
-            search_cache_key(&t("acme"), "hello world", 5, &f, SearchMode::Vector, d, 3),
-            search_cache_key(&t("acme"), "hello world", 5, &f, SearchMode::Hybrid, d, 4),
+            search_cache_key(&t("beta"), &s, hybrid, d, 3),
+            search_cache_key(&t("acme"), &search("hello world", 6), hybrid, d, 3),
+            search_cache_key(&t("acme"), &s, SearchMode::Vector, d, 3),
+            search_cache_key(&t("acme"), &s, hybrid, d, 4),
+            search_cache_key(&t("acme"), &s, hybrid, floor(0.0), 3),
+            search_cache_key(&t("acme"), &s, hybrid, floor(0.36), 3),
             search_cache_key(
                 &t("acme"),
-                "hello world",
-                5,
-                &f,
-                SearchMode::Hybrid,
-                floor(0.0),
+                &Search {
+                    filter: Metadata::from([("source".into(), MetaValue::Str("a".into()))]),
+                    ..s.clone()
+                },
+                hybrid,
+                d,
                 3,
             ),
             search_cache_key(
                 &t("acme"),
-                "hello world",
-                5,
-                &f,
-                SearchMode::Hybrid,
-                floor(0.36),
-                3,
-            ),
-            search_cache_key(
-                &t("acme"),
-                "hello world",
-                5,
-                &Metadata::from([("source".into(), MetaValue::Str("a".into()))]),
-                SearchMode::Hybrid,
+                &Search {
+                    group: SearchGroup::Chunk,
+                    ..s.clone()
+                },
+                hybrid,
                 d,
                 3,
             ),

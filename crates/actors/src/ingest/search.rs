@@ -8,7 +8,8 @@
 use super::core::IndexVersion;
 use super::keys::search_cache_key;
 use crate::ports::{VectorHit, VectorQuery};
-use protocol::ingest::{ScoreFloor, Search, SearchMatch, SearchMode, SearchResults};
+use crate::retrieval::{one_per_document, PER_DOCUMENT_DEPTH};
+use protocol::ingest::{ScoreFloor, Search, SearchGroup, SearchMatch, SearchMode, SearchResults};
 use protocol::{ErrorCode, ErrorReply, TenantId};
 
 /// How long after an index change a Vectorize search is not cached (its
@@ -58,8 +59,12 @@ pub struct SearchPlan {
     pub version: IndexVersion,
     /// The relevance floor: matches scoring below it are dropped.
     pub floor: ScoreFloor,
+    /// How many matches the answer holds at most (`topK`).
+    pub top_k: usize,
+    /// Per document or per chunk.
+    pub group: SearchGroup,
     /// Its KV key: the tenant, the normalised query, `topK`, the filter, the
-    /// mode, the floor and the index version.
+    /// grouping, the mode, the floor and the index version.
     pub key: String,
 }
 
@@ -79,19 +84,13 @@ impl SearchPlan {
             .min_score
             .or(tenant_floor)
             .unwrap_or(ScoreFloor::default_for(mode));
-        let key = search_cache_key(
-            tenant,
-            &search.query,
-            search.top_k,
-            &search.filter,
-            mode,
-            floor,
-            version.version,
-        );
+        let key = search_cache_key(tenant, search, mode, floor, version.version);
         Self {
             mode,
             version,
             floor,
+            top_k: search.top_k as usize,
+            group: search.group,
             key,
         }
     }
@@ -109,21 +108,34 @@ impl SearchPlan {
         Some(results)
     }
 
-    /// The index query for `search`, with the query's embedding if any.
+    /// The index query for `search`, with the query's embedding if any:
+    /// grouped by document, [`PER_DOCUMENT_DEPTH`] times deeper than
+    /// `topK`, so that `topK` different documents are likely among the hits.
     pub fn query<'a>(&self, search: &'a Search, vector: Option<&'a [f32]>) -> VectorQuery<'a> {
+        let top_k = match self.group {
+            SearchGroup::Document => self.top_k.saturating_mul(PER_DOCUMENT_DEPTH),
+            SearchGroup::Chunk => self.top_k,
+        };
         VectorQuery {
             vector,
             text: &search.query,
-            top_k: search.top_k as usize,
+            top_k,
             filter: &search.filter,
             mode: self.mode,
         }
     }
 
-    /// The answer from the index's hits (ranked best first by their
-    /// score): those the floor keeps, in that order. Ranking comes first,
-    /// so a floor only ever shortens the answer, never reorders it.
+    /// The answer from the index's hits (chunks, ranked best first by
+    /// their score): grouped by document, the best chunk of each of the
+    /// first `topK` documents, each match named by its document; grouped by
+    /// chunk, the first `topK` chunks. Then those the floor keeps, in that
+    /// order: ranking comes first, so a floor only ever shortens the
+    /// answer, never reorders it.
     pub fn results(&self, hits: Vec<VectorHit>) -> SearchResults {
+        let hits = match self.group {
+            SearchGroup::Document => one_per_document(hits, self.top_k),
+            SearchGroup::Chunk => hits.into_iter().take(self.top_k).collect(),
+        };
         SearchResults {
             cached: false,
             mode: self.mode,
@@ -133,11 +145,9 @@ impl SearchPlan {
                 .into_iter()
                 .filter(|h| self.floor.keeps(h.score))
                 .map(|h| SearchMatch {
-                    id: h.id,
-                    score: h.score,
                     vector_score: h.vector_score,
                     keyword_score: h.keyword_score,
-                    metadata: h.metadata,
+                    ..SearchMatch::new(h.id, h.score, h.metadata, self.group)
                 })
                 .collect(),
         }
@@ -180,6 +190,7 @@ mod tests {
             filter: Metadata::from([("source".to_owned(), MetaValue::Str("a.md".into()))]),
             mode,
             min_score: None,
+            group: SearchGroup::Document,
         }
     }
 
@@ -253,16 +264,14 @@ mod tests {
         assert_eq!(plan.mode, SearchMode::Hybrid);
         assert_eq!(
             plan.key,
-            search_cache_key(
-                &tenant(),
-                &s.query,
-                3,
-                &s.filter,
-                SearchMode::Hybrid,
-                ScoreFloor::DEFAULT,
-                7
-            )
+            search_cache_key(&tenant(), &s, SearchMode::Hybrid, ScoreFloor::DEFAULT, 7)
         );
+        let by_chunk = Search {
+            group: SearchGroup::Chunk,
+            ..s.clone()
+        };
+        let chunks = plan_for(&by_chunk, VERSION, everything, "embedded-sqlite").unwrap();
+        assert_ne!(chunks.key, plan.key, "another grouping, another answer");
         let explicit = plan_for(
             &search(Some(SearchMode::Hybrid)),
             VERSION,
@@ -300,7 +309,8 @@ mod tests {
         let q = plan.query(&s, Some(&v));
         assert_eq!(
             (q.text, q.top_k, q.mode, q.vector),
-            (s.query.as_str(), 3, SearchMode::Hybrid, Some(&v[..]))
+            (s.query.as_str(), 9, SearchMode::Hybrid, Some(&v[..])),
+            "grouped by document: three times deeper than topK"
         );
         assert_eq!(q.filter, &s.filter);
         let hits = vec![
@@ -326,7 +336,12 @@ mod tests {
             (SearchMode::Hybrid, 7)
         );
         let ids: Vec<_> = results.matches.iter().map(|m| m.id.as_str()).collect();
-        assert_eq!(ids, ["v1", "v2"], "best first, as the index said");
+        assert_eq!(
+            ids,
+            ["a", "v2"],
+            "best first, as the index said; named by their document (a chunk without one by itself)"
+        );
+        assert_eq!(results.matches[0].chunk_id, "v1");
         assert_eq!(results.matches[0].score, 0.9);
         assert_eq!(
             (
@@ -346,6 +361,82 @@ mod tests {
         assert!(hit.cached);
         assert_eq!(hit.matches, results.matches);
         assert_eq!(plan.cached("not json"), None, "a bad value is a miss");
+    }
+
+    fn chunk_of(id: &str, doc: &str, chunk: i64, score: f64) -> VectorHit {
+        VectorHit {
+            id: id.into(),
+            score,
+            vector_score: None,
+            keyword_score: None,
+            metadata: Metadata::from([
+                ("docId".to_owned(), MetaValue::Str(doc.into())),
+                ("chunk".to_owned(), MetaValue::Int(chunk)),
+                ("text".to_owned(), MetaValue::Str(format!("{doc} #{chunk}"))),
+            ]),
+        }
+    }
+
+    #[test]
+    fn matches_are_documents_by_default_and_chunks_on_request() {
+        let hits = || {
+            vec![
+                chunk_of("a3", "doc-a", 3, 0.9),
+                chunk_of("a0", "doc-a", 0, 0.8),
+                chunk_of("b1", "doc-b", 1, 0.7),
+                chunk_of("a1", "doc-a", 1, 0.6),
+                chunk_of("c0", "doc-c", 0, 0.5),
+                chunk_of("d0", "doc-d", 0, 0.4),
+            ]
+        };
+        let mut s = search(None);
+        s.min_score = Some(ScoreFloor::NONE);
+        let plan = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, None);
+        let r = plan.results(hits());
+        let view: Vec<_> = r
+            .matches
+            .iter()
+            .map(|m| (m.id.as_str(), m.chunk_id.as_str(), m.chunk, m.text.as_str()))
+            .collect();
+        assert_eq!(
+            view,
+            [
+                ("doc-a", "a3", 3, "doc-a #3"),
+                ("doc-b", "b1", 1, "doc-b #1"),
+                ("doc-c", "c0", 0, "doc-c #0"),
+            ],
+            "topK documents, each with its best chunk"
+        );
+        assert!(r.matches.iter().all(|m| m.doc_id == m.id));
+
+        s.group = SearchGroup::Chunk;
+        let plan = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, None);
+        assert_eq!(plan.query(&s, None).top_k, 3, "raw chunks: no deeper ask");
+        let r = plan.results(hits());
+        let view: Vec<_> = r
+            .matches
+            .iter()
+            .map(|m| (m.id.as_str(), m.doc_id.as_str(), m.chunk))
+            .collect();
+        assert_eq!(
+            view,
+            [("a3", "doc-a", 3), ("a0", "doc-a", 0), ("b1", "doc-b", 1)],
+            "topK chunks, named by their vector ids, several of one document"
+        );
+        assert!(r.matches.iter().all(|m| m.chunk_id == m.id));
+
+        // The floor applies after grouping: a document whose best chunk is
+        // below it is gone, and so are its weaker chunks.
+        s.group = SearchGroup::Document;
+        s.min_score = Some(ScoreFloor::new(0.75).unwrap());
+        let plan = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, None);
+        let ids: Vec<_> = plan
+            .results(hits())
+            .matches
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, ["doc-a"]);
     }
 
     #[test]
@@ -382,6 +473,7 @@ mod tests {
         let floor = |v| ScoreFloor::new(v).unwrap();
         let tenant_floor = floor(0.3);
         let mut s = search(None);
+        s.top_k = 4;
         assert!(needs_tenant_floor(&s));
         let by_tenant = SearchPlan::new(
             &tenant(),
