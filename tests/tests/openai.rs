@@ -619,6 +619,29 @@ fn a_session_header_stores_the_conversation() {
         (r.status, r.json()["error"]["param"].as_str()),
         (400, Some("tools"))
     );
+    // The completion objects' names are no client's session.
+    let r = post(
+        &server,
+        &key,
+        "/api/chat",
+        &json!({"sessionId": "v1-abc-0", "message": "squat"}),
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid_session")
+    );
+    let r = post(
+        &server,
+        &key,
+        "/v1/chat/completions",
+        &json!({"model": "chat", "temperature": 0.5, "messages": [{"role": "user", "content": "x"}]}),
+        &[("x-session-id", session)],
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["param"].as_str()),
+        (400, Some("temperature"))
+    );
     // The SSE dialect of our own route is unchanged beside it.
     let r = post(
         &server,

@@ -130,6 +130,23 @@ impl ChatBody {
 
 /// Checks a session id (`^[a-z0-9][a-z0-9-]{0,127}$`).
 pub fn session_id(raw: &str) -> Result<SessionId, ApiError> {
+    if raw.starts_with(COMPLETION_OBJECT_PREFIX) {
+        return Err(ApiError::bad_request(
+            "invalid_session",
+            format!("session ids starting with {COMPLETION_OBJECT_PREFIX} are reserved for the /v1 completion objects"),
+        ));
+    }
+    any_session_id(raw)
+}
+
+/// The prefix of the `ChatSession` objects that run stateless `/v1`
+/// completions (`v1-<caller>-<n>`): no client's session may take it, so no
+/// one can own, fill or crowd another caller's completion objects.
+pub const COMPLETION_OBJECT_PREFIX: &str = "v1-";
+
+/// A session id, the reserved prefix included (an operator's look inside
+/// any chat object).
+pub fn any_session_id(raw: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(raw).map_err(|e| {
         ApiError::bad_request(
             "invalid_session",
@@ -267,6 +284,21 @@ pub fn accepted(job: &JobAccepted) -> (u16, Value) {
         status,
         json!({ "ok": true, "count": job.count, "jobId": job.job_id, "status": job.status }),
     )
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    #[test]
+    fn the_completion_objects_prefix_is_reserved() {
+        assert_eq!(
+            session_id("v1-abc-0").unwrap_err().code(),
+            "invalid_session"
+        );
+        assert!(session_id("v1abc").is_ok());
+        assert!(any_session_id("v1-abc-0").is_ok());
+    }
 }
 
 #[cfg(test)]

@@ -848,7 +848,7 @@ async fn inspect(
             }))
         }
         ActorKind::Chat => {
-            let session = api::session_id(name)?;
+            let session = api::any_session_id(name)?;
             let state = ChatHandle::new(env, tenant, &session)?
                 .inspect(request_id)
                 .await?;

@@ -208,10 +208,14 @@ impl CompletionMachine {
         }
         self.held.push_str(&piece);
         let stops = &self.options.stop;
+        // The stop that ends first wins, cut at its start: whatever the
+        // pieces, the answer is the same (no possible start of a stop is
+        // ever sent before it).
         let first_stop = stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
+            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at + s.len(), at)))
+            .min()
+            .map(|(_, at)| at);
         let send = match first_stop {
             Some(at) => {
                 self.stopped = true;
@@ -237,9 +241,15 @@ impl CompletionMachine {
         vec![Effect::Emit(CompletionEvent::Text { content: text })]
     }
 
-    /// The model called a tool.
+    /// The model called a tool: kept if it was offered in this round (a
+    /// model may invent names, or call one `tool_choice: none` withheld),
+    /// and unless a stop sequence already ended the answer.
     pub fn on_tool_call(&mut self, call: ToolCall) {
-        if self.phase == Phase::Generating {
+        if self.phase != Phase::Generating || self.stopped {
+            return;
+        }
+        let offered = self.request();
+        if offered.tools.iter().any(|t| t.name == call.name) {
             self.calls.push(call);
         }
     }
@@ -477,6 +487,46 @@ mod tests {
         assert_eq!(sent, "Hello ");
         assert_eq!(finish(&end), Some(FinishReason::Stop));
         assert_eq!(m.used().map(|u| u.output_tokens), Some(9));
+    }
+
+    #[test]
+    fn overlapping_stops_and_multibyte_text_cut_the_same_whatever_the_pieces() {
+        for pieces in [
+            vec!["abc", "d"],
+            vec!["ab", "cd"],
+            vec!["a", "b", "c", "d"],
+            vec!["abcd"],
+        ] {
+            let (mut m, _) = machine(&["abcd", "bc"], &[]);
+            let mut sent = String::new();
+            for p in &pieces {
+                sent.push_str(&texts(&m.on_text((*p).into())));
+            }
+            sent.push_str(&texts(&m.on_routed(Ok("m".into()))));
+            assert_eq!(sent, "a", "{pieces:?}");
+        }
+        let (mut m, _) = machine(&["→ø"], &[]);
+        let mut sent = String::new();
+        for p in ["før ", "→", "ø and more"] {
+            sent.push_str(&texts(&m.on_text(p.into())));
+        }
+        sent.push_str(&texts(&m.on_routed(Ok("m".into()))));
+        assert_eq!(sent, "før ");
+    }
+
+    #[test]
+    fn calls_not_offered_or_after_a_stop_are_dropped() {
+        let (mut m, _) = machine(&["END"], &[]);
+        m.on_tool_call(call("c1", "invented"));
+        let end = m.on_routed(Ok("m".into()));
+        assert_eq!(finish(&end), Some(FinishReason::Stop));
+        let (mut m, _) = machine(&["END"], &[]);
+        m.on_text("done END".into());
+        m.on_tool_call(call("c1", "get_weather"));
+        assert_eq!(
+            finish(&m.on_routed(Ok("m".into()))),
+            Some(FinishReason::Stop)
+        );
     }
 
     #[test]

@@ -74,6 +74,18 @@ impl Inner {
                     code: "internal".into(),
                     message: e.message,
                 });
+                // Nothing was used: the reservation goes back.
+                drop(frames);
+                self.account(
+                    &tenant,
+                    &request_id,
+                    complete.access.key.as_deref(),
+                    complete.reservation.as_ref(),
+                    None,
+                    None,
+                    &protocol::limits::PriceTable::default(),
+                )
+                .await;
                 return;
             }
         };

@@ -28,7 +28,9 @@ use actors::{ChatHandle, IngestHandle};
 use errors::OpenAiError;
 use futures::{Future, Stream, StreamExt};
 use protocol::chat::{Turn, TurnReservation, DEFAULT_MAX_TOKENS};
-use protocol::completion::{Complete, CompletionEvent, ResponseFormat, Speaker, TENANT_TOOLS};
+use protocol::completion::{
+    Complete, CompletionEvent, ResponseFormat, Speaker, ToolChoice, TENANT_TOOLS,
+};
 use protocol::ids::SessionId;
 use protocol::ingest::Embed;
 use protocol::models::{embedding_dimensions, CHAT_ALIAS, EMBEDDING_ALIAS};
@@ -208,11 +210,8 @@ where
     }
     let session = session
         .map(|s| {
-            SessionId::parse(&s).map_err(|_| {
-                ApiError::from(OpenAiError::invalid(
-                    format!("{SESSION_HEADER} must match ^[a-z0-9][a-z0-9-]{{0,127}}$"),
-                    None,
-                ))
+            crate::api::session_id(&s).map_err(|e| {
+                ApiError::from(OpenAiError::invalid(format!("{SESSION_HEADER}: {e}"), None))
             })
         })
         .transpose()?;
@@ -229,6 +228,14 @@ where
         Some(session_id) => Some(session_turn(&request, session_id, &model, max_tokens)?),
         None => None,
     };
+    // Everything that can fail is done before the admission: nothing fails
+    // between it and the actor's request but the request itself.
+    let access = app::access(ctx.caller);
+    let object = match &session {
+        Some(session_id) => session_id.clone(),
+        None => completion_object(ctx)?,
+    };
+    let handle = ChatHandle::new(ctx.env, ctx.tenant, &object)?.with_access(access.clone());
     let admitted = limit(limits::Work::Turn {
         max_tokens,
         model: model.clone(),
@@ -247,11 +254,9 @@ where
             tenant: a.tenant_reservation,
         })
     });
-    let access = app::access(ctx.caller);
     let started: Result<CompletionStream, ApiError> = match (session, turn) {
-        (Some(session_id), Some(mut turn)) => {
+        (Some(_), Some(mut turn)) => {
             turn.reservation = reservation;
-            let handle = ChatHandle::new(ctx.env, ctx.tenant, &session_id)?.with_access(access);
             handle
                 .turn(ctx.request_id, turn)
                 .await
@@ -272,8 +277,8 @@ where
         }
         _ => {
             let complete = Complete {
-                session_id: completion_object(ctx)?,
-                access: access.clone(),
+                session_id: object,
+                access,
                 messages: request.messages.clone(),
                 tools: request.tools.clone(),
                 tool_choice: request.tool_choice.clone(),
@@ -283,8 +288,6 @@ where
                 options: request.options.clone(),
                 reservation,
             };
-            let handle =
-                ChatHandle::new(ctx.env, ctx.tenant, &complete.session_id)?.with_access(access);
             handle
                 .complete(ctx.request_id, complete)
                 .await
@@ -354,6 +357,20 @@ fn session_turn(
     if request.options.response_format != ResponseFormat::Text {
         return Err(refuse("response_format", "a response format"));
     }
+    let options = &request.options;
+    for (param, set) in [
+        ("temperature", options.temperature.is_some()),
+        ("top_p", options.top_p.is_some()),
+        ("seed", options.seed.is_some()),
+        ("presence_penalty", options.presence_penalty.is_some()),
+        ("frequency_penalty", options.frequency_penalty.is_some()),
+        ("tool_choice", request.tool_choice != ToolChoice::Auto),
+        ("tenant_tools", request.tenant_tools.is_some()),
+    ] {
+        if set {
+            return Err(refuse(param, param));
+        }
+    }
     let Some(last) = request.messages.last().filter(|m| m.role == Speaker::User) else {
         return Err(OpenAiError::invalid(
             format!("with {SESSION_HEADER}, the last message must be the user's new message"),
@@ -376,6 +393,11 @@ fn session_turn(
 
 /// `POST /v1/embeddings`.
 pub async fn embeddings(ctx: &Context<'_>, body: Value) -> Result<(u16, Value), ApiError> {
+    // A tenant that opens search to anonymous callers does not open a raw
+    // embedding service with it.
+    if matches!(ctx.caller.identity, Identity::Anonymous) {
+        return Err(ApiError::missing_key());
+    }
     let request = wire::embeddings(&body)?;
     let defaults = app::tenant_policy(ctx.env, ctx.tenant, ctx.request_id)
         .await?
