@@ -162,12 +162,7 @@ async fn serve(
                 .await?
                 .into_turn()?;
             if let Some(model) = turn.model.as_deref() {
-                let default_chat = if auth::model_check_needs_default(&caller.identity) {
-                    tenant_policy(env, &tenant, request_id).await?.default_chat
-                } else {
-                    String::new()
-                };
-                auth::check_model(&caller.identity, model, &default_chat)?;
+                check_model(env, &tenant, &caller.identity, model, request_id).await?;
             }
             let session = turn.session_id.clone();
             // Built before admission: nothing fails between the admission
@@ -419,7 +414,6 @@ type VerificationKey = (TenantId, String, String);
 #[derive(Debug, Clone)]
 pub(crate) struct TenantPolicy {
     pub(crate) anonymous: AnonymousAccess,
-    pub(crate) default_chat: String,
     /// The default models (the `/v1` aliases resolve to them).
     pub(crate) default_models: DefaultModels,
     pub(crate) limits: Limits,
@@ -488,7 +482,6 @@ pub(crate) async fn tenant_policy(
     let policy = TenantPolicy {
         anonymous: record.settings.anonymous,
         prices: record.settings.prices(),
-        default_chat: record.settings.default_models.chat.clone(),
         default_models: record.settings.default_models,
         budget: record.settings.budget,
         limits: record.settings.limits,
@@ -499,6 +492,27 @@ pub(crate) async fn tenant_policy(
             .insert(tenant.clone(), policy.clone(), fetched)
     });
     Ok(policy)
+}
+
+/// Refuses a chat `model` outside the caller's allow-list (403
+/// `model_not_allowed`); the tenant's default model is read only for the
+/// callers whose list it is.
+pub(crate) async fn check_model(
+    env: &Env,
+    tenant: &TenantId,
+    identity: &Identity,
+    model: &str,
+    request_id: &RequestId,
+) -> Result<(), ApiError> {
+    let default_chat = if auth::model_check_needs_default(identity) {
+        tenant_policy(env, tenant, request_id)
+            .await?
+            .default_models
+            .chat
+    } else {
+        String::new()
+    };
+    auth::check_model(identity, model, &default_chat)
 }
 
 /// Refuses a change of the tenant's embedding model that this deployment

@@ -160,14 +160,19 @@ impl CompletionMachine {
         (machine, vec![Effect::Generate(first)])
     }
 
-    fn request(&self) -> GenerateRequest {
-        // Once the tenant's tools have run, the model is free to answer: a
-        // `required` or named choice asked for one call, not a loop of them.
-        let tool_choice = if self.iteration > 0 && self.tool_choice != ToolChoice::None {
+    /// This round's `tool_choice`: once the tenant's tools have run, the
+    /// model is free to answer (a `required` or named choice asked for one
+    /// call, not a loop of them).
+    fn round_choice(&self) -> ToolChoice {
+        if self.iteration > 0 && self.tool_choice != ToolChoice::None {
             ToolChoice::Auto
         } else {
             self.tool_choice.clone()
-        };
+        }
+    }
+
+    fn request(&self) -> GenerateRequest {
+        let tool_choice = self.round_choice();
         GenerateRequest {
             model: String::new(),
             messages: self.messages.clone(),
@@ -248,8 +253,14 @@ impl CompletionMachine {
         if self.phase != Phase::Generating || self.stopped {
             return;
         }
-        let offered = self.request();
-        if offered.tools.iter().any(|t| t.name == call.name) {
+        let offered = match self.round_choice() {
+            ToolChoice::None => false,
+            ToolChoice::Function(only) => only == call.name,
+            ToolChoice::Auto | ToolChoice::Required => {
+                self.tools.iter().any(|t| t.name == call.name)
+            }
+        };
+        if offered {
             self.calls.push(call);
         }
     }

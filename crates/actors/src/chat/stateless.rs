@@ -76,14 +76,13 @@ impl Inner {
                 });
                 // Nothing was used: the reservation goes back.
                 drop(frames);
-                self.account(
+                self.settle(
                     &tenant,
                     &request_id,
-                    complete.access.key.as_deref(),
-                    complete.reservation.as_ref(),
+                    &complete,
                     None,
                     None,
-                    &protocol::limits::PriceTable::default(),
+                    &Default::default(),
                 )
                 .await;
                 return;
@@ -192,14 +191,30 @@ impl Inner {
             });
         }
         drop(frames);
+        let (model, used) = (machine.model().map(str::to_owned), machine.used());
+        self.settle(&tenant, &request_id, &complete, model, used, &prices)
+            .await;
+    }
+
+    /// Records what `complete` used and settles its reservation (nothing
+    /// used: released).
+    async fn settle(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        complete: &Complete,
+        model: Option<String>,
+        used: Option<protocol::limits::TokenUsage>,
+        prices: &protocol::limits::PriceTable,
+    ) {
         self.account(
-            &tenant,
-            &request_id,
+            tenant,
+            request_id,
             complete.access.key.as_deref(),
             complete.reservation.as_ref(),
-            machine.model().map(str::to_owned),
-            machine.used(),
-            &prices,
+            model,
+            used,
+            prices,
         )
         .await;
     }

@@ -19,7 +19,7 @@ pub mod reply;
 pub mod wire;
 
 use crate::app::{self, Admitted};
-use crate::auth::{self, Caller, Identity};
+use crate::auth::{Caller, Identity};
 use crate::errors::ApiError;
 use crate::limits;
 use crate::request_id::REQUEST_ID_HEADER;
@@ -143,16 +143,18 @@ async fn chat_model(ctx: &Context<'_>, asked: &str) -> Result<Option<String>, Ap
     if asked == CHAT_ALIAS || asked == RAG_ALIAS {
         return Ok(None);
     }
-    let default_chat = if auth::model_check_needs_default(&ctx.caller.identity) {
-        app::tenant_policy(ctx.env, ctx.tenant, ctx.request_id)
-            .await?
-            .default_models
-            .chat
-    } else {
-        String::new()
-    };
-    auth::check_model(&ctx.caller.identity, asked, &default_chat)
-        .map_err(|_| ApiError::from(OpenAiError::model_not_found(asked)))?;
+    app::check_model(
+        ctx.env,
+        ctx.tenant,
+        &ctx.caller.identity,
+        asked,
+        ctx.request_id,
+    )
+    .await
+    .map_err(|e| match e {
+        ApiError::Forbidden { .. } => ApiError::from(OpenAiError::model_not_found(asked)),
+        other => other,
+    })?;
     Ok(Some(asked.to_owned()))
 }
 
@@ -278,7 +280,8 @@ where
         _ => {
             let complete = Complete {
                 session_id: object,
-                access,
+                // The handle's access is the one sent.
+                access: Default::default(),
                 messages: request.messages.clone(),
                 tools: request.tools.clone(),
                 tool_choice: request.tool_choice.clone(),

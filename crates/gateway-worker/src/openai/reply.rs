@@ -35,6 +35,11 @@ fn usage_json(usage: &TurnUsage) -> Value {
     v
 }
 
+/// A call of the client's function, as OpenAI shapes it.
+fn tool_call_json(id: &str, name: &str, arguments: &str) -> Value {
+    json!({ "id": id, "type": "function", "function": { "name": name, "arguments": arguments } })
+}
+
 /// A tenant tool run as shown to the client: the result parsed back to JSON.
 fn run_json(name: &str, arguments: &str, result: &str, is_error: bool) -> Value {
     json!({
@@ -102,11 +107,7 @@ impl Aggregate {
                 name,
                 arguments,
                 ..
-            } => self.tool_calls.push(json!({
-                "id": id,
-                "type": "function",
-                "function": { "name": name, "arguments": arguments },
-            })),
+            } => self.tool_calls.push(tool_call_json(&id, &name, &arguments)),
             CompletionEvent::ToolRun {
                 name,
                 arguments,
@@ -237,12 +238,9 @@ impl ChunkWriter {
                 name,
                 arguments,
             } => {
-                let delta = self.delta(json!({ "tool_calls": [{
-                    "index": index,
-                    "id": id,
-                    "type": "function",
-                    "function": { "name": name, "arguments": arguments },
-                }]}));
+                let mut call = tool_call_json(&id, &name, &arguments);
+                call["index"] = json!(index);
+                let delta = self.delta(json!({ "tool_calls": [call] }));
                 vec![self.chunk(delta, None).to_string()]
             }
             CompletionEvent::ToolRun {
