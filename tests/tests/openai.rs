@@ -656,3 +656,35 @@ fn a_session_header_stores_the_conversation() {
         "done"
     );
 }
+
+#[test]
+fn a_long_conversation_reserves_its_size_against_tpm() {
+    let server = shared(Deployment::Dedicated(A));
+    let made = server.as_operator(
+        A,
+        "POST",
+        "/admin/keys",
+        Some(json!({"name": "tpm", "scopes": ["chat"], "limits": {"tpm": 5000}})),
+    );
+    assert_eq!(made.status, 201, "{}", made.body);
+    let key = made.json()["key"].as_str().unwrap().to_owned();
+    // A short completion reserves a turn's estimate (1000 + 512) and fits.
+    let short = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]});
+    let r = post(&server, &key, "/v1/chat/completions", &short, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // 30,000 characters are about 7,500 input tokens: more than the key's
+    // tokens per minute, refused before any model call.
+    let long =
+        json!({"model": "chat", "messages": [{"role": "user", "content": "word ".repeat(6_000)}]});
+    let r = post(&server, &key, "/v1/chat/completions", &long, &[]);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tpm"),
+        "{}",
+        r.body
+    );
+}

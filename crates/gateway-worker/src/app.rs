@@ -176,6 +176,7 @@ async fn serve(
                 None => None,
             };
             let work = limits::Work::Turn {
+                input_tokens: limits::TURN_INPUT_ESTIMATE,
                 max_tokens: turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
                 model: turn.model.clone(),
                 price,

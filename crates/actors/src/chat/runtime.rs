@@ -513,6 +513,7 @@ impl Inner {
     ) -> std::result::Result<Option<TurnReservation>, Rejected> {
         let prices = crate::limiter::recorder::prices(&self.env, tenant, request_id).await;
         let work = Work::Turn {
+            input_tokens: crate::limiter::admission::TURN_INPUT_ESTIMATE,
             max_tokens: turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             model: turn.model.clone(),
             price: turn.model.as_deref().and_then(|m| prices.price(m)),

@@ -103,6 +103,10 @@ pub enum Work {
         price: Option<Price>,
         /// How long the reservation is held ([`turn_hold_ms`]).
         hold_ms: u64,
+        /// The input tokens it reserves: [`TURN_INPUT_ESTIMATE`] for a
+        /// session's turn (its context is bounded), the request's own size
+        /// for an OpenAI-style completion that brings its conversation.
+        input_tokens: u64,
     },
 }
 
@@ -110,8 +114,12 @@ impl Work {
     fn estimate(&self) -> TokenUsage {
         match self {
             Work::Request => TokenUsage::default(),
-            Work::Turn { max_tokens, .. } => TokenUsage {
-                input_tokens: TURN_INPUT_ESTIMATE,
+            Work::Turn {
+                max_tokens,
+                input_tokens,
+                ..
+            } => TokenUsage {
+                input_tokens: *input_tokens,
                 output_tokens: u64::from(*max_tokens),
             },
         }
@@ -179,6 +187,7 @@ mod tests {
         assert_eq!(request.estimate.total(), 0);
         assert!(request.validate().is_ok());
         let turn = applied.admit(&Work::Turn {
+            input_tokens: TURN_INPUT_ESTIMATE,
             max_tokens: 300,
             model: Some("@cf/meta/llama-3.1-8b-instruct".into()),
             price: PriceTable::workers_ai_defaults().price("@cf/meta/llama-3.1-8b-instruct"),
@@ -194,6 +203,7 @@ mod tests {
         assert!(turn.price.is_some(), "a priced model is priced");
         assert_eq!(applied.tenant_admit(&Work::Request), None);
         let turn_work = Work::Turn {
+            input_tokens: TURN_INPUT_ESTIMATE,
             max_tokens: 300,
             model: None,
             price: None,

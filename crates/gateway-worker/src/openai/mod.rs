@@ -239,6 +239,12 @@ where
     };
     let handle = ChatHandle::new(ctx.env, ctx.tenant, &object)?.with_access(access.clone());
     let admitted = limit(limits::Work::Turn {
+        // A session's turn sends its own bounded context, not the request's.
+        input_tokens: if session.is_some() {
+            limits::TURN_INPUT_ESTIMATE
+        } else {
+            request.input_estimate()
+        },
         max_tokens,
         model: model.clone(),
         price,

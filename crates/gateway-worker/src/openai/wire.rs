@@ -37,6 +37,36 @@ pub struct ChatCompletion {
     pub tenant_tools: Option<Vec<String>>,
 }
 
+impl ChatCompletion {
+    /// The input tokens a model call of this conversation takes, estimated
+    /// as a character in four over everything sent (messages, their tool
+    /// calls, the functions' names, descriptions and schemas), and never
+    /// below what a session turn reserves: what the completion reserves at
+    /// its limiter before it starts.
+    pub fn input_estimate(&self) -> u64 {
+        let chars = |s: &str| s.chars().count() as u64;
+        let messages: u64 = self
+            .messages
+            .iter()
+            .map(|m| {
+                chars(&m.content)
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| chars(&c.id) + chars(&c.name) + chars(&c.arguments))
+                        .sum::<u64>()
+            })
+            .sum();
+        let tools: u64 = self
+            .tools
+            .iter()
+            .map(|t| chars(&t.name) + chars(&t.description) + chars(&t.parameters))
+            .sum();
+        (messages + tools)
+            .div_ceil(4)
+            .max(crate::limits::TURN_INPUT_ESTIMATE)
+    }
+}
+
 /// An embeddings request, read and checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmbeddingsRequest {
@@ -646,6 +676,24 @@ mod tests {
         assert_eq!(c.tool_choice, ToolChoice::Function("get_weather".into()));
         assert_eq!(c.options.response_format, ResponseFormat::JsonObject);
         assert_eq!(c.tenant_tools, Some(vec!["vector_search".into()]));
+    }
+
+    #[test]
+    fn a_long_conversation_reserves_its_size() {
+        let short = chat_completion(
+            &json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .unwrap();
+        assert_eq!(short.input_estimate(), crate::limits::TURN_INPUT_ESTIMATE);
+        let long = chat_completion(&json!({"model": "chat",
+            "messages": [{"role": "user", "content": "x".repeat(40_000)}],
+            "tools": [{"type": "function", "function": {"name": "f", "description": "d".repeat(3_999)}}]}))
+        .unwrap();
+        let schema = r#"{"properties":{},"type":"object"}"#.len() as u64;
+        assert_eq!(
+            long.input_estimate(),
+            (40_000 + 1 + 3_999 + schema).div_ceil(4)
+        );
     }
 
     #[test]
