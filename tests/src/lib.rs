@@ -9,6 +9,7 @@
 pub mod chat;
 pub mod corpus;
 pub mod http;
+pub mod webdriver;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -392,7 +393,8 @@ pub fn shared(deployment: Deployment) -> Arc<Server> {
     server
 }
 
-fn free_port() -> u16 {
+/// A free loopback port.
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

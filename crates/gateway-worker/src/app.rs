@@ -87,11 +87,16 @@ async fn serve(
     request_id: &RequestId,
     limit_headers: &mut Vec<(&'static str, String)>,
 ) -> Result<Reply, ApiError> {
+    let route = routing::route(req.method().as_ref(), &req.path())?;
+    // The dashboard's files are the same for every tenant and hold nothing
+    // secret: served before any tenant or credential is looked at.
+    if let Route::Dashboard { asset } = &route {
+        return crate::ui::serve(asset, request_id.as_str()).map(Reply::Raw);
+    }
     let mode = TenantMode::from_vars(
         var(env, "TENANT_ID").as_deref(),
         var(env, "TENANTS").as_deref(),
     )?;
-    let route = routing::route(req.method().as_ref(), &req.path())?;
     // Browsers cannot set headers on a WebSocket or EventSource request:
     // there, and only there, the tenant may come as `?tenant=` and the key as
     // `?key=` instead, validated the same way.
@@ -583,6 +588,7 @@ async fn json_reply(
         | Route::V1ChatCompletions
         | Route::V1Embeddings
         | Route::V1Models
+        | Route::Dashboard { .. }
         | Route::V1Model { .. } => Err(ApiError::not_found("not_found", "no such route")),
         Route::History { session } => {
             let session = api::session_id(&session)?;

@@ -23,6 +23,7 @@ pub mod request_id;
 pub mod routing;
 pub mod sse;
 pub mod tenant;
+pub mod ui;
 
 pub use actors::{ChatSession, IngestQueue, RateLimiter, TenantCoordinator};
 

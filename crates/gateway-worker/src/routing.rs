@@ -9,6 +9,11 @@ use protocol::ActorKind;
 pub enum Route {
     /// `GET /health`.
     Health,
+    /// `GET /admin/ui[/<asset>]`: the operators' dashboard (static files).
+    Dashboard {
+        /// The file, `""` for the page itself; unvalidated.
+        asset: String,
+    },
     /// `GET /admin/tenant`: the tenant's record.
     GetTenant,
     /// `PATCH /admin/tenant`: change the tenant's settings.
@@ -125,7 +130,7 @@ impl Route {
     /// Who may call the route.
     pub fn access(&self) -> Access {
         match self {
-            Route::Health => Access::Public,
+            Route::Health | Route::Dashboard { .. } => Access::Public,
             Route::Search => Access::Scoped(Scope::Search),
             Route::Chat
             | Route::ChatSocket
@@ -172,6 +177,18 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (allow, found): (&[&'static str], Option<Route>) = match segments.as_slice() {
         ["health"] => (&["GET"], (method == "GET").then_some(Route::Health)),
+        ["admin", "ui"] => (
+            &["GET"],
+            (method == "GET").then(|| Route::Dashboard {
+                asset: String::new(),
+            }),
+        ),
+        ["admin", "ui", asset] => (
+            &["GET"],
+            (method == "GET").then(|| Route::Dashboard {
+                asset: (*asset).to_owned(),
+            }),
+        ),
         ["admin", "tenant"] => (
             &["GET", "PATCH"],
             match method {
@@ -303,6 +320,25 @@ mod tests {
     #[test]
     fn known_routes() {
         assert_eq!(route("GET", "/health"), Ok(Route::Health));
+        assert_eq!(
+            route("GET", "/admin/ui"),
+            Ok(Route::Dashboard {
+                asset: String::new()
+            })
+        );
+        assert_eq!(
+            route("GET", "/admin/ui/app.js"),
+            Ok(Route::Dashboard {
+                asset: "app.js".into()
+            })
+        );
+        assert_eq!(
+            Route::Dashboard {
+                asset: String::new()
+            }
+            .access(),
+            Access::Public
+        );
         assert_eq!(route("GET", "/admin/tenant"), Ok(Route::GetTenant));
         assert_eq!(route("PATCH", "/admin/tenant"), Ok(Route::PatchTenant));
         assert_eq!(

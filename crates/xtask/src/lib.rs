@@ -8,6 +8,7 @@
 //! - [`vectorize`]: the Vectorize metadata indexes a deployment needs, and
 //!   the commands that create them.
 
+pub mod browser;
 pub mod devkey;
 pub mod toolchain;
 pub mod vectorize;

@@ -116,6 +116,8 @@ fn test() -> Result<(), ToolError> {
     )?);
     step("building the Worker");
     tools.build_worker()?;
+    // The dashboard's test drives a real browser.
+    xtask::browser::Browser::ensure()?;
     step("end-to-end tests against wrangler dev");
     counts = counts.add(run_tests(
         cargo().args(["test", "-p", "e2e", "--tests"]),
