@@ -88,8 +88,12 @@ fn an_operator_runs_a_tenant_from_the_browser() {
     assert!(browser
         .find("nav button[data-view=tenants]")
         .is_some_and(|b| browser.displayed(&b)));
-    let overview = browser.text_of("#overview-body");
-    assert!(overview.contains(TENANT), "{overview}");
+    browser.wait_until("the tenant's record", WAIT, || {
+        browser
+            .text_of("#overview-body")
+            .contains(TENANT)
+            .then_some(())
+    });
 
     // A key, shown once.
     open_view(&browser, "keys");

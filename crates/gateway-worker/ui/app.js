@@ -32,7 +32,7 @@ function el(tag, attrs, ...children) {
     else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
     else node.setAttribute(name, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -658,6 +658,9 @@ async function config(method) {
 // ---- wiring -------------------------------------------------------------------
 
 function start() {
+  // A bug in this script shows in the status line rather than silently.
+  window.addEventListener("error", (e) => setStatus("dashboard error: " + e.message, true));
+  window.addEventListener("unhandledrejection", (e) => setStatus("dashboard error: " + (e.reason && e.reason.message), true));
   $("#login-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     $("#login-error").textContent = "";
