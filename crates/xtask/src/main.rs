@@ -305,6 +305,8 @@ xtask: try:
         ),
         Err(e) => eprintln!("xtask: no development key ({e}); the server runs on"),
     }
+    // The token rides in the fragment, which the browser never sends.
+    eprintln!("xtask: dashboard (signs in as the operator): {base}/admin/ui#token={admin}\n");
     let status = child
         .wait()
         .map_err(|e| ToolError(format!("wrangler dev: {e}")))?;
