@@ -212,7 +212,7 @@ fn an_operator_runs_a_tenant_from_the_browser() {
         let text = browser.text_of("#usage-keys");
         text.contains(&key_id).then_some(())
     });
-    assert!(browser.find("#usage-chart svg rect.bar-out").is_some());
+    assert!(browser.find("#usage-chart svg rect.bar").is_some());
 
     // Revoke: the table says so and the API refuses the key.
     open_view(&browser, "keys");

@@ -728,6 +728,7 @@ async fn json_reply(
                 param("key").as_deref(),
                 today,
             )
+            .and_then(|q| q.with_model(param("model").as_deref()))
             .map_err(|e| ApiError::bad_request("invalid_usage_query", e))?;
             let report = LedgerHandle::new(env, &tenant)?
                 .usage_report(request_id, query)

@@ -313,52 +313,63 @@ async function renderUsage() {
     $("#usage-from").value = isoDay(new Date(today.getTime() - 29 * 86400000));
   }
   const range = `from=${$("#usage-from").value}&to=${$("#usage-to").value}`;
-  const [days, models, keys] = await attempt("loading usage", () => Promise.all(
-    ["day", "model", "key"].map((g) => api("GET", `/admin/usage?${range}&groupBy=${g}`)))) || [];
-  if (!days) return;
-  drawUsageChart(days.rows, days.from, days.to);
+  const [models, keys] = await attempt("loading usage", () => Promise.all(
+    ["model", "key"].map((g) => api("GET", `/admin/usage?${range}&groupBy=${g}`)))) || [];
+  if (!models) return;
+  // Each model's days, for a chart stacked by model (the busiest first).
+  const shown = [...models.rows].sort((a, b) => (b.inputTokens + b.outputTokens) - (a.inputTokens + a.outputTokens)).slice(0, CHART_COLORS.length);
+  const series = await attempt("loading usage per model", () => Promise.all(shown.map((m) =>
+    api("GET", `/admin/usage?${range}&groupBy=day&model=${encodeURIComponent(m.group)}`)
+      .then((days) => ({ model: m.group, days: days.rows }))))) || [];
+  drawUsageChart(series, models.from, models.to, models.rows.length - shown.length);
   const rowsOf = (reply) => reply.rows.map((r) => [r.group, fmtNum(r.requests), fmtNum(r.inputTokens), fmtNum(r.outputTokens), fmtCost(r.costMicros)]);
   const heads = (first) => [first, { label: "requests", n: true }, { label: "input tokens", n: true }, { label: "output tokens", n: true }, { label: "cost", n: true }];
   table("#usage-models", heads("model"), rowsOf(models));
   table("#usage-keys", heads("key"), rowsOf(keys));
 }
 
-// Tokens per UTC day as stacked bars (input below, output above), in SVG.
-function drawUsageChart(rows, from, to) {
-  const byDay = new Map(rows.map((r) => [r.group, r]));
+const CHART_COLORS = ["#2f6fdf", "#e08a1e", "#1f8a4c", "#a23fb8", "#c4372c", "#178a8a", "#7a6a2a", "#5a5f66"];
+
+// Tokens (input + output) per UTC day, one stacked bar segment per model, in SVG.
+function drawUsageChart(series, from, to, hidden) {
   const days = [];
   for (let t = Date.parse(from + "T00:00:00Z"); t <= Date.parse(to + "T00:00:00Z"); t += 86400000) days.push(isoDay(new Date(t)));
-  const max = Math.max(1, ...days.map((d) => (byDay.get(d) ? byDay.get(d).inputTokens + byDay.get(d).outputTokens : 0)));
+  const perModel = series.map((s) => new Map(s.days.map((r) => [r.group, r])));
+  const dayTotal = (d) => perModel.reduce((sum, m) => sum + (m.get(d) ? m.get(d).inputTokens + m.get(d).outputTokens : 0), 0);
+  const max = Math.max(1, ...days.map(dayTotal));
   const W = 760, H = 200, pad = 28, bw = (W - pad) / Math.max(days.length, 1);
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H + 20}`);
   svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", "tokens per day");
-  const add = (tag, attrs, text) => {
+  svg.setAttribute("aria-label", "tokens per day and model");
+  const add = (parent, tag, attrs, text) => {
     const n = document.createElementNS(ns, tag);
     for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
     if (text !== undefined) n.textContent = text;
-    svg.append(n);
+    parent.append(n);
     return n;
   };
-  add("text", { x: 0, y: 10 }, fmtNum(max) + " tokens");
+  add(svg, "text", { x: 0, y: 10 }, fmtNum(max) + " tokens");
   days.forEach((d, i) => {
-    const r = byDay.get(d);
     const x = pad + i * bw + 1;
-    const hin = r ? (r.inputTokens / max) * (H - 20) : 0;
-    const hout = r ? (r.outputTokens / max) * (H - 20) : 0;
-    const bar = (cls, y, h) => {
-      const rect = add("rect", { class: cls, x, y, width: Math.max(bw - 2, 1), height: h });
-      const title = document.createElementNS(ns, "title");
-      title.textContent = r ? `${d}: ${fmtNum(r.inputTokens)} in, ${fmtNum(r.outputTokens)} out, ${r.requests} requests, ${fmtCost(r.costMicros)}` : d;
-      rect.append(title);
-    };
-    bar("bar-in", H - hin, hin);
-    bar("bar-out", H - hin - hout, hout);
-    if (i % Math.ceil(days.length / 8) === 0) add("text", { x, y: H + 14 }, d.slice(5));
+    let y = H;
+    perModel.forEach((m, j) => {
+      const r = m.get(d);
+      if (!r) return;
+      const h = ((r.inputTokens + r.outputTokens) / max) * (H - 20);
+      y -= h;
+      const rect = add(svg, "rect", { class: "bar", "data-model": series[j].model, x, y, width: Math.max(bw - 2, 1), height: h, fill: CHART_COLORS[j] });
+      add(rect, "title", {}, `${d} · ${series[j].model}: ${fmtNum(r.inputTokens)} in, ${fmtNum(r.outputTokens)} out, ${r.requests} requests, ${fmtCost(r.costMicros)}`);
+    });
+    if (i % Math.ceil(days.length / 8) === 0) add(svg, "text", { x, y: H + 14 }, d.slice(5));
   });
-  $("#usage-chart").replaceChildren(svg, el("p", { class: "muted" }, "Tokens per UTC day: input (light) and output (dark). Hover a bar for its figures."));
+  const legend = el("p", { class: "legend" }, series.map((s, j) => el("span", {},
+    el("span", { class: "swatch", "data-color": j }), s.model, " ")));
+  // Colours come from the palette by index (the CSP allows no inline style).
+  legend.querySelectorAll(".swatch").forEach((sw) => sw.classList.add("c" + sw.dataset.color));
+  const note = hidden > 0 ? ` (${hidden} less used model(s) not drawn; see the table)` : "";
+  $("#usage-chart").replaceChildren(svg, legend, el("p", { class: "muted" }, "Tokens (input and output) per UTC day and model. Hover a bar for its figures." + note));
 }
 
 async function renderLimits() {

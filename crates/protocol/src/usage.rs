@@ -133,6 +133,9 @@ pub struct UsageQuery {
     /// Only this caller's usage (a key id, `anonymous` or `operator`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Only this model's usage (the name a record was charged to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl UsageQuery {
@@ -183,7 +186,19 @@ impl UsageQuery {
             to,
             group_by,
             key,
+            model: None,
         })
+    }
+
+    /// Keeps only `model`'s usage (`&model=` of `GET /admin/usage`), so that
+    /// a report by day can be drawn per model.
+    pub fn with_model(mut self, model: Option<&str>) -> Result<Self, String> {
+        self.model = match model {
+            None => None,
+            Some(m) if valid_name(m) => Some(m.to_owned()),
+            Some(m) => return Err(format!("model must be a model name, not {m:?}")),
+        };
+        Ok(self)
     }
 }
 
@@ -245,6 +260,7 @@ pub fn report(query: &UsageQuery, records: &[UsageRecord]) -> UsageReport {
     for r in records.iter().filter(|r| {
         (query.from..=query.to).contains(&r.day)
             && query.key.as_ref().is_none_or(|k| *k == r.caller)
+            && query.model.as_ref().is_none_or(|m| *m == r.model)
     }) {
         let group = match query.group_by {
             GroupBy::Key => r.caller.clone(),
@@ -384,6 +400,7 @@ mod tests {
             to: parse_date("2026-11-29").unwrap(),
             group_by: by,
             key: None,
+            model: None,
         };
         let by_key = report(&q(GroupBy::Key), &records);
         let groups: Vec<_> = by_key.rows.iter().map(|r| r.group.as_str()).collect();
@@ -422,12 +439,26 @@ mod tests {
         );
         assert_eq!(k1.rows.len(), 1, "only k1's calls");
         assert_eq!(k1.total.input_tokens, 3_000);
+        // One model's days: what a chart per day and model is drawn from.
+        let model = q(GroupBy::Day)
+            .with_model(Some("@cf/meta/llama-3.1-8b-instruct"))
+            .unwrap();
+        let llama = report(&model, &records);
+        let days: Vec<_> = llama
+            .rows
+            .iter()
+            .map(|r| (r.group.as_str(), r.totals.input_tokens))
+            .collect();
+        assert_eq!(days, [("2026-11-28", 1_000), ("2026-11-29", 2_000)]);
+        assert!(q(GroupBy::Day).with_model(Some("a \"b")).is_err());
+        assert_eq!(q(GroupBy::Day).with_model(None).unwrap().model, None);
     }
 
     #[test]
     fn the_report_serialises_flat_rows() {
         let r = report(
             &UsageQuery {
+                model: Default::default(),
                 from: 0,
                 to: 0,
                 group_by: GroupBy::Model,
