@@ -267,14 +267,25 @@ mod tests {
         assert!(raw.bytes().all(|b| b.is_ascii_hexdigit()), "{raw}");
         assert_eq!(SessionCursor::decode(&raw), Ok(c));
         for bad in ["", "zz", "abc", "ABCD", &"00".repeat(400)] {
-            assert_eq!(SessionCursor::decode(bad), Err(ListingError::Cursor), "{bad}");
+            assert_eq!(
+                SessionCursor::decode(bad),
+                Err(ListingError::Cursor),
+                "{bad}"
+            );
         }
         // Well-formed hex of a wrong position.
         for text in ["no-colon", "x:user", "1:Bad Id", "1:"] {
             let raw = encode_cursor(text);
-            assert_eq!(SessionCursor::decode(&raw), Err(ListingError::Cursor), "{text}");
+            assert_eq!(
+                SessionCursor::decode(&raw),
+                Err(ListingError::Cursor),
+                "{text}"
+            );
         }
-        assert_eq!(decode_cursor(&encode_cursor("doc-1.md")).unwrap(), "doc-1.md");
+        assert_eq!(
+            decode_cursor(&encode_cursor("doc-1.md")).unwrap(),
+            "doc-1.md"
+        );
         // Not UTF-8.
         assert_eq!(decode_cursor("ff"), Err(ListingError::Cursor));
     }

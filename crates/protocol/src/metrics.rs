@@ -95,7 +95,9 @@ impl Histogram {
         if total == 0 {
             return None;
         }
-        let rank = ((pct / 100.0) * total as f64).ceil().clamp(1.0, total as f64) as u64;
+        let rank = ((pct / 100.0) * total as f64)
+            .ceil()
+            .clamp(1.0, total as f64) as u64;
         let mut seen = 0u64;
         for (index, count) in self.counts.iter().enumerate() {
             seen = seen.saturating_add(*count);
@@ -237,11 +239,7 @@ impl RouteWindows {
             if bucket > current || bucket < day_from {
                 continue;
             }
-            windows
-                .day
-                .entry(route.to_owned())
-                .or_default()
-                .merge(cell);
+            windows.day.entry(route.to_owned()).or_default().merge(cell);
             if bucket >= hour_from {
                 windows
                     .hour
