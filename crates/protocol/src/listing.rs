@@ -43,7 +43,7 @@ pub fn encode_cursor(position: &str) -> String {
 
 /// The position an [`encode_cursor`] cursor names.
 pub fn decode_cursor(raw: &str) -> Result<String, ListingError> {
-    if raw.is_empty() || raw.len() > MAX_CURSOR_LEN || raw.len() % 2 != 0 {
+    if raw.is_empty() || raw.len() > MAX_CURSOR_LEN || !raw.len().is_multiple_of(2) {
         return Err(ListingError::Cursor);
     }
     let bytes = (0..raw.len())

@@ -506,7 +506,7 @@ mod tests {
         let write = effects.config_write.unwrap();
         core.config_written(&write, true, 20);
         assert_eq!(core.pending_config("config:email"), None, "KV holds it now");
-        core.handle(env("acme", "r2", set("email", None)), 30, None);
+        let _ = core.handle(env("acme", "r2", set("email", None)), 30, None);
         assert_eq!(core.pending_config("config:email"), Some(None));
     }
 
