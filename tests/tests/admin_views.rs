@@ -110,8 +110,26 @@ fn sessions_appear_after_a_turn_page_by_cursor_and_go_after_erase() {
         .iter()
         .find(|e| e["sessionId"] == "views-s1")
         .unwrap_or_else(|| panic!("views-s1 listed: {listed}"));
-    // The user message and the answer.
-    assert_eq!(entry["messageCount"], 2, "{entry}");
+    // Every stored message, as the history has them.
+    let history = with_key(
+        &server,
+        &key,
+        "GET",
+        "/api/sessions/views-s1/history?limit=200",
+        None,
+    );
+    assert_eq!(history.status, 200, "{}", history.body);
+    let stored = history.json()["messages"].as_array().map(Vec::len).unwrap();
+    assert!(
+        stored >= 2,
+        "the question and its answer at least: {}",
+        history.body
+    );
+    assert_eq!(
+        entry["messageCount"].as_u64(),
+        Some(stored as u64),
+        "{entry}"
+    );
     assert!(entry["lastActivityMs"].as_u64().unwrap() >= entry["createdAtMs"].as_u64().unwrap());
     let key_id = key.split('_').nth(2).unwrap();
     assert_eq!(entry["keyId"], key_id);
@@ -125,7 +143,13 @@ fn sessions_appear_after_a_turn_page_by_cursor_and_go_after_erase() {
         .collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
     // Pages of one, every session once.
-    let paged = all_pages(&server, &key, "/admin/sessions?limit=1", "sessions", "sessionId");
+    let paged = all_pages(
+        &server,
+        &key,
+        "/admin/sessions?limit=1",
+        "sessions",
+        "sessionId",
+    );
     let mut unique = paged.clone();
     unique.sort();
     unique.dedup();
@@ -147,7 +171,11 @@ fn sessions_appear_after_a_turn_page_by_cursor_and_go_after_erase() {
         "/admin/sessions?cursor=6e6f",
     ] {
         let r = with_key(&server, &key, "GET", bad, None);
-        assert_eq!((r.status, r.error_code()), (400, "invalid_request".into()), "{bad}");
+        assert_eq!(
+            (r.status, r.error_code()),
+            (400, "invalid_request".into()),
+            "{bad}"
+        );
     }
 }
 
@@ -161,7 +189,13 @@ fn documents_are_listed_after_ingest_with_titles_and_cursors() {
                    "metadata": {"title": format!("Doc {i}")}})
         })
         .collect();
-    let r = with_key(&server, &key, "POST", "/api/ingest", Some(json!({ "documents": docs })));
+    let r = with_key(
+        &server,
+        &key,
+        "POST",
+        "/api/ingest",
+        Some(json!({ "documents": docs })),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let r = with_key(&server, &key, "GET", "/admin/documents?limit=200", None);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -181,7 +215,10 @@ fn documents_are_listed_after_ingest_with_titles_and_cursors() {
     assert!(doc["chunks"].as_u64().unwrap() >= 1);
     assert!(doc["updatedAtMs"].as_u64().unwrap() > 0);
     let paged = all_pages(&server, &key, "/admin/documents?limit=2", "documents", "id");
-    assert_eq!(paged, listed, "pages of two give the same documents in order");
+    assert_eq!(
+        paged, listed,
+        "pages of two give the same documents in order"
+    );
     // A deleted document leaves the listing.
     let r = with_key(&server, &key, "DELETE", "/api/documents/views-doc-0", None);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -196,7 +233,13 @@ fn config_values_read_back_and_are_404_once_deleted() {
     let path = "/admin/config/views-email";
     let r = with_key(&server, &key, "GET", path, None);
     assert_eq!((r.status, r.error_code()), (404, "not_found".into()));
-    let r = with_key(&server, &key, "PUT", path, Some(json!({"value": "help@example.com"})));
+    let r = with_key(
+        &server,
+        &key,
+        "PUT",
+        path,
+        Some(json!({"value": "help@example.com"})),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let r = with_key(&server, &key, "GET", path, None);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -266,7 +309,10 @@ fn listings_never_cross_tenants() {
         "sessions",
         "sessionId",
     );
-    assert!(!sessions_b.contains(&"views-only-a".to_owned()), "{sessions_b:?}");
+    assert!(
+        !sessions_b.contains(&"views-only-a".to_owned()),
+        "{sessions_b:?}"
+    );
     let docs_b = ids(
         &with_key(&server, &b, "GET", "/admin/documents?limit=200", None).json(),
         "documents",
@@ -303,12 +349,30 @@ fn metrics_count_exactly_the_requests_made_per_tenant() {
     let a = server.create_key(A, &["search", "chat", "admin"]);
     let b = server.create_key(B, &["search", "admin"]);
     for _ in 0..3 {
-        let r = with_key(&server, &a, "POST", "/api/search", Some(json!({"query": "state"})));
+        let r = with_key(
+            &server,
+            &a,
+            "POST",
+            "/api/search",
+            Some(json!({"query": "state"})),
+        );
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    let r = with_key(&server, &a, "POST", "/api/search", Some(json!({"query": ""})));
-    assert_eq!((r.status, r.error_code()), (400, "invalid_query".into()));
-    let r = with_key(&server, &b, "POST", "/api/search", Some(json!({"query": "state"})));
+    let r = with_key(
+        &server,
+        &a,
+        "POST",
+        "/api/search",
+        Some(json!({"query": ""})),
+    );
+    assert_eq!((r.status, r.error_code()), (400, "invalid_search".into()));
+    let r = with_key(
+        &server,
+        &b,
+        "POST",
+        "/api/search",
+        Some(json!({"query": "state"})),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     turn(&server, &a, "views-metrics");
 
@@ -327,18 +391,36 @@ fn metrics_count_exactly_the_requests_made_per_tenant() {
     );
     assert_eq!(report["tenantId"], A);
     for window in ["hour", "day"] {
-        assert_eq!(count(&report, window, "POST /api/search", "200"), 3, "{report}");
-        assert_eq!(count(&report, window, "POST /api/search", "400"), 1, "{report}");
-        assert_eq!(count(&report, window, "POST /api/chat", "200"), 1, "{report}");
+        assert_eq!(
+            count(&report, window, "POST /api/search", "200"),
+            3,
+            "{report}"
+        );
+        assert_eq!(
+            count(&report, window, "POST /api/search", "400"),
+            1,
+            "{report}"
+        );
+        assert_eq!(
+            count(&report, window, "POST /api/chat", "200"),
+            1,
+            "{report}"
+        );
         let search = report["windows"][window]["routes"]
             .as_array()
             .unwrap()
             .iter()
             .find(|r| r["route"] == "POST /api/search")
             .unwrap();
-        assert_eq!((search["requests"].as_u64(), search["errors"].as_u64()), (Some(4), Some(1)));
-        assert_eq!(search["byCode"]["invalid_query"], 1, "{search}");
-        let (p50, p99) = (search["p50Ms"].as_u64().unwrap(), search["p99Ms"].as_u64().unwrap());
+        assert_eq!(
+            (search["requests"].as_u64(), search["errors"].as_u64()),
+            (Some(4), Some(1))
+        );
+        assert_eq!(search["byCode"]["invalid_search"], 1, "{search}");
+        let (p50, p99) = (
+            search["p50Ms"].as_u64().unwrap(),
+            search["p99Ms"].as_u64().unwrap(),
+        );
         assert!(p50 <= p99, "{search}");
     }
     // The turn's tokens reach the windows (the ledger's records).
@@ -353,9 +435,21 @@ fn metrics_count_exactly_the_requests_made_per_tenant() {
         |m| count(m, "hour", "POST /api/search", "200") >= 1,
     );
     assert_eq!(report_b["tenantId"], B);
-    assert_eq!(count(&report_b, "hour", "POST /api/search", "200"), 1, "{report_b}");
-    assert_eq!(count(&report_b, "hour", "POST /api/search", "400"), 0, "{report_b}");
-    assert_eq!(count(&report_b, "hour", "POST /api/chat", "200"), 0, "{report_b}");
+    assert_eq!(
+        count(&report_b, "hour", "POST /api/search", "200"),
+        1,
+        "{report_b}"
+    );
+    assert_eq!(
+        count(&report_b, "hour", "POST /api/search", "400"),
+        0,
+        "{report_b}"
+    );
+    assert_eq!(
+        count(&report_b, "hour", "POST /api/chat", "200"),
+        0,
+        "{report_b}"
+    );
     // The operator reads any tenant's.
     let r = server.as_operator(B, "GET", "/admin/metrics", None);
     assert_eq!(r.status, 200, "{}", r.body);
