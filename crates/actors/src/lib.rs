@@ -37,6 +37,8 @@ pub mod error;
 pub mod generation;
 pub mod ingest;
 pub mod limiter;
+pub mod metrics;
+pub mod observe;
 pub mod ports;
 pub mod providers;
 pub mod retrieval;

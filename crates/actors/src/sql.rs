@@ -127,7 +127,10 @@ tuple_from_row!(1; A 0);
 tuple_from_row!(2; A 0, B 1);
 tuple_from_row!(3; A 0, B 1, C 2);
 tuple_from_row!(4; A 0, B 1, C 2, D 3);
+tuple_from_row!(5; A 0, B 1, C 2, D 3, E 4);
+tuple_from_row!(6; A 0, B 1, C 2, D 3, E 4, F 5);
 tuple_from_row!(7; A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+tuple_from_row!(8; A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
 
 fn shape(query: &str, message: String) -> SqlError {
     SqlError::Shape {

@@ -10,6 +10,7 @@ use crate::api::{self, FaultsBody, IngestBody, SearchBody};
 use crate::auth::{Caller, Decision, Identity, KeyGrant};
 use crate::errors::ApiError;
 use crate::isolate_cache::TtlCache;
+use crate::observe::Observation;
 use crate::request_id::REQUEST_ID_HEADER;
 use crate::routing::Route;
 use crate::sse;
@@ -24,6 +25,8 @@ use protocol::coordinator::{AnonymousAccess, DefaultModels};
 use protocol::ingest::{Enqueue, Search};
 use protocol::keys::{Scope, VerifyKey};
 use protocol::limits::{Budget, Limits, PriceTable, RateLimitInfo};
+use protocol::listing::{ListDocuments, ListSessions, SessionCursor};
+use protocol::metrics::MetricsReport;
 use protocol::usage::UsageQuery;
 use protocol::{ActorKind, RequestId, TenantId};
 use serde::Serialize;
@@ -46,11 +49,21 @@ impl From<(u16, serde_json::Value)> for Reply {
 }
 
 /// Serves one request; never fails: every error becomes a JSON response.
-pub async fn handle(req: Request, env: Env, request_id: RequestId) -> Response {
+/// `seen` receives what the pipeline learned (route, tenant, caller, error
+/// code, cache hit) for the request's log line and metrics.
+pub async fn handle(
+    req: Request,
+    env: Env,
+    request_id: RequestId,
+    seen: &mut Observation,
+) -> Response {
     let mut limit_headers = Vec::new();
     // The OpenAI-compatible routes answer every failure in OpenAI's shape.
     let openai_route = routing::is_openai_path(&req.path());
-    let result = serve(req, &env, &request_id, &mut limit_headers).await;
+    let result = serve(req, &env, &request_id, &mut limit_headers, seen).await;
+    if let Err(e) = &result {
+        seen.code = Some(e.code().to_owned());
+    }
     let (status, body, extra) = match result {
         Ok(Reply::Raw(response)) => {
             for (name, value) in &limit_headers {
@@ -66,6 +79,7 @@ pub async fn handle(req: Request, env: Env, request_id: RequestId) -> Response {
         }
         Err(e) => (e.status(), e.body(), e.headers(now_ms())),
     };
+    seen.answered(&body);
     let headers = Headers::new();
     // These values are ASCII we produced ourselves, so setting them cannot fail.
     let _ = headers.set("content-type", "application/json");
@@ -86,8 +100,10 @@ async fn serve(
     env: &Env,
     request_id: &RequestId,
     limit_headers: &mut Vec<(&'static str, String)>,
+    seen: &mut Observation,
 ) -> Result<Reply, ApiError> {
     let route = routing::route(req.method().as_ref(), &req.path())?;
+    seen.route = Some(route.template());
     // The dashboard's files are the same for every tenant and hold nothing
     // secret: served before any tenant or credential is looked at.
     if let Route::Dashboard { asset } = &route {
@@ -97,6 +113,9 @@ async fn serve(
         var(env, "TENANT_ID").as_deref(),
         var(env, "TENANTS").as_deref(),
     )?;
+    // Until a credential decides, the tenant the request names (or the
+    // deployment's own), so that its refusals count in its metrics.
+    seen.tenant = mode.resolve(header(&req, TENANT_HEADER).as_deref()).ok();
     // Browsers cannot set headers on a WebSocket or EventSource request:
     // there, and only there, the tenant may come as `?tenant=` and the key as
     // `?key=` instead, validated the same way.
@@ -114,20 +133,25 @@ async fn serve(
     let authorization = header(&req, "authorization");
     let query_key = browser_stream.then(|| query(&req, "key")).flatten();
     let (admin_token, ingest_token) = (var(env, "ADMIN_TOKEN"), var(env, "INGEST_TOKEN"));
-    let decision = auth::decide(
-        route.access(),
-        &auth::Presented {
-            authorization: authorization.as_deref(),
-            query_key: query_key.as_deref(),
-            claimed_tenant: claimed.as_deref(),
-        },
-        &mode,
-        &auth::Tokens {
-            admin: admin_token.as_deref(),
-            ingest: ingest_token.as_deref(),
-        },
-    )?;
+    let presented = auth::Presented {
+        authorization: authorization.as_deref(),
+        query_key: query_key.as_deref(),
+        claimed_tenant: claimed.as_deref(),
+    };
+    let tokens = auth::Tokens {
+        admin: admin_token.as_deref(),
+        ingest: ingest_token.as_deref(),
+    };
+    if !route.needs_tenant() && auth::is_operator(&presented, &tokens) {
+        // The deployment's own listing: the operator needs no tenant. Any
+        // other credential goes on to the usual decision (a key: 403).
+        seen.caller_is(&Identity::Operator);
+        return list_tenants(env, &mode, request_id).await.map(Reply::from);
+    }
+    let decision = auth::decide(route.access(), &presented, &mode, &tokens)?;
     let (tenant, identity, proof) = admit(decision, env, request_id).await?;
+    seen.tenant = Some(tenant.clone());
+    seen.caller_is(&identity);
     // Checked after the credential, so an unauthenticated caller learns
     // nothing but 401.
     let user = auth::user(header(&req, auth::USER_HEADER).as_deref())?;
@@ -742,6 +766,56 @@ async fn json_reply(
                 .await?;
             ok_json(&json!({ "ok": true, "key": entry.key, "value": entry.value }))
         }
+        Route::GetConfig { name } => {
+            let entry = CoordinatorHandle::new(env, &tenant)?
+                .get_config(request_id, name)
+                .await?;
+            match entry.value {
+                Some(value) => ok_json(&json!({ "ok": true, "key": entry.key, "value": value })),
+                None => Err(ApiError::not_found(
+                    "not_found",
+                    format!("{} is not set", entry.key),
+                )),
+            }
+        }
+        Route::ListSessions => {
+            let limit = page_limit(&req)?;
+            let after = query(&req, "cursor")
+                .map(|c| SessionCursor::decode(&c))
+                .transpose()
+                .map_err(listing_error)?;
+            let page = CoordinatorHandle::new(env, &tenant)?
+                .list_sessions(request_id, ListSessions { limit, after })
+                .await?;
+            ok_json(&page)
+        }
+        Route::ListDocuments => {
+            let limit = page_limit(&req)?;
+            let after = query(&req, "cursor")
+                .map(|c| protocol::listing::decode_cursor(&c))
+                .transpose()
+                .map_err(listing_error)?;
+            let page = IngestHandle::new(env, &tenant)?
+                .list_documents(request_id, ListDocuments { limit, after })
+                .await?;
+            ok_json(&page)
+        }
+        Route::Metrics => {
+            let (routes, tokens) = futures::join!(
+                actors::metrics::handle::tenant_windows(env, &tenant, request_id),
+                async {
+                    LedgerHandle::new(env, &tenant)?
+                        .recent_usage(request_id)
+                        .await
+                }
+            );
+            let report = MetricsReport::new(tenant.as_str(), now_ms(), &routes?, &tokens?);
+            ok_json(&report)
+        }
+        Route::ListTenants => Err(ApiError::Forbidden {
+            code: "forbidden_scope",
+            message: "the tenants listing is the operator's (ADMIN_TOKEN)".into(),
+        }),
         Route::DeleteConfig { name } => {
             let entry = CoordinatorHandle::new(env, &tenant)?
                 .set_config(request_id, name, None)
@@ -798,6 +872,51 @@ async fn json_reply(
             ok_json(&results)
         }
     }
+}
+
+/// `GET /admin/tenants`: every tenant the deployment serves, with what its
+/// coordinator says of it (read concurrently; a summary never creates a
+/// tenant's record). A coordinator that cannot answer gives its tenant the
+/// status `"unavailable"` rather than failing the listing.
+async fn list_tenants(
+    env: &Env,
+    mode: &TenantMode,
+    request_id: &RequestId,
+) -> Result<(u16, serde_json::Value), ApiError> {
+    let tenants: Vec<TenantId> = match mode {
+        TenantMode::Dedicated(own) => vec![own.clone()],
+        TenantMode::Shared(listed) => listed.clone(),
+    };
+    let summaries = futures::future::join_all(tenants.iter().map(|tenant| async move {
+        let summary = match CoordinatorHandle::new(env, tenant) {
+            Ok(coordinator) => coordinator.summary(request_id).await,
+            Err(e) => Err(e),
+        };
+        match summary {
+            Ok(s) => json!({
+                "tenantId": s.tenant_id, "displayName": s.display_name, "status": s.status,
+                "createdAtMs": s.created_at_ms, "keys": s.keys, "budgetSet": s.budget_set,
+            }),
+            Err(e) => {
+                worker::console_warn!("tenants listing: {tenant}: {e}");
+                json!({
+                    "tenantId": tenant, "displayName": tenant, "status": "unavailable",
+                    "createdAtMs": null, "keys": null, "budgetSet": null,
+                })
+            }
+        }
+    }))
+    .await;
+    Ok((200, json!({ "tenants": summaries })))
+}
+
+/// `?limit=` of a listing (400 `invalid_request` when out of 1..=200).
+fn page_limit(req: &Request) -> Result<u32, ApiError> {
+    protocol::listing::page_limit(query(req, "limit").as_deref()).map_err(listing_error)
+}
+
+fn listing_error(e: protocol::listing::ListingError) -> ApiError {
+    ApiError::bad_request("invalid_request", e.to_string())
 }
 
 /// Reads a JSON body: content type (415), declared and actual size (413),

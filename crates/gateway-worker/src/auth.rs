@@ -233,6 +233,17 @@ pub fn decide(
     })
 }
 
+/// Whether the request presents the operator's `ADMIN_TOKEN` in its
+/// `authorization` header (compared in constant time): the routes that serve
+/// no tenant (`GET /admin/tenants`) admit it without one. Anything else goes
+/// through [`decide`], which refuses it as usual.
+pub fn is_operator(presented: &Presented<'_>, tokens: &Tokens<'_>) -> bool {
+    matches!(
+        credential(presented.authorization, None),
+        Ok(Some(token)) if matches_token(token, tokens.admin)
+    )
+}
+
 /// Finishes a [`Decision::Verify`] with its answer (`None`: not valid) at
 /// `now_ms`: refused unless valid, unexpired and holding the route's scope.
 pub fn admit_key(
@@ -483,6 +494,33 @@ mod tests {
                 (403, "forbidden_scope".into())
             );
         }
+    }
+
+    #[test]
+    fn the_operator_is_recognised_without_a_tenant() {
+        let tokens = Tokens {
+            admin: Some("op-secret"),
+            ingest: Some("in-secret"),
+        };
+        let presented = |authorization| Presented {
+            authorization,
+            query_key: None,
+            claimed_tenant: None,
+        };
+        assert!(is_operator(&presented(Some("Bearer op-secret")), &tokens));
+        for other in [
+            None,
+            Some("Bearer in-secret"),
+            Some("Bearer op-secre"),
+            Some("op-secret"),
+            Some("Bearer "),
+        ] {
+            assert!(!is_operator(&presented(other), &tokens), "{other:?}");
+        }
+        assert!(!is_operator(
+            &presented(Some("Bearer op-secret")),
+            &Tokens::default()
+        ));
     }
 
     #[test]

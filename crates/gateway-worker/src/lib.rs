@@ -6,6 +6,9 @@
 //! their typed handles ([`app`]). Failures become JSON in one place
 //! ([`errors`]).
 //!
+//! After the answer, [`observe`] writes the request's log line and the entry
+//! point records its metrics sample beside the response (`waitUntil`).
+//!
 //! Everything but [`app`] and the entry point is plain Rust, tested natively.
 //! The Durable Object classes live in the `actors` crate and are exported from
 //! here, so this crate builds the one Worker.
@@ -18,6 +21,7 @@ pub mod body;
 pub mod errors;
 pub mod isolate_cache;
 pub mod limits;
+pub mod observe;
 pub mod openai;
 pub mod request_id;
 pub mod routing;
@@ -32,7 +36,7 @@ pub use actors::{ChatSession, IngestQueue, RateLimiter, TenantCoordinator};
 async fn fetch(
     req: worker::Request,
     env: worker::Env,
-    _ctx: worker::Context,
+    ctx: worker::Context,
 ) -> worker::Result<worker::Response> {
     let request_id = request_id::choose(
         req.headers()
@@ -42,5 +46,32 @@ async fn fetch(
             .as_deref(),
         actors::entropy::random_bytes,
     );
-    Ok(app::handle(req, env, request_id).await)
+    let started = worker::Date::now().as_millis();
+    let method = req.method().to_string();
+    let mut seen = observe::Observation::default();
+    let response = app::handle(req, env.clone(), request_id.clone(), &mut seen).await;
+    let latency_ms = worker::Date::now().as_millis().saturating_sub(started);
+    let status = response.status_code();
+    worker::console_log!(
+        "{}",
+        seen.log_line(request_id.as_str(), &method, status, latency_ms)
+    );
+    if let Some((tenant, sample)) = seen.sample(status, latency_ms) {
+        // Off the answer's path: the response goes out now, the count after.
+        ctx.wait_until(async move {
+            let shard = actors::metrics::MetricsHandle::shard_of(&request_id);
+            let recorded = match actors::metrics::MetricsHandle::new(&env, &tenant, shard) {
+                Ok(metrics) => metrics.record(&request_id, vec![sample]).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = recorded {
+                worker::console_warn!(
+                    "{}",
+                    serde_json::json!({"event": "metrics_not_recorded", "tenant": tenant.as_str(),
+                        "requestId": request_id.as_str(), "error": e.to_string()})
+                );
+            }
+        });
+    }
+    Ok(response)
 }

@@ -32,6 +32,20 @@ pub enum Route {
         /// The name after `config:`, unvalidated.
         name: String,
     },
+    /// `GET /admin/config/<name>`: read a configuration value back.
+    GetConfig {
+        /// The name after `config:`, unvalidated.
+        name: String,
+    },
+    /// `GET /admin/tenants`: the deployment's tenants (operator only; no
+    /// tenant needed).
+    ListTenants,
+    /// `GET /admin/sessions?limit=&cursor=`: the tenant's sessions.
+    ListSessions,
+    /// `GET /admin/documents?limit=&cursor=`: the tenant's documents.
+    ListDocuments,
+    /// `GET /admin/metrics`: the tenant's request metrics.
+    Metrics,
     /// `DELETE /admin/config/<name>`.
     DeleteConfig {
         /// The name after `config:`, unvalidated.
@@ -144,6 +158,10 @@ impl Route {
             | Route::PatchTenant
             | Route::InspectActor { .. }
             | Route::SetConfig { .. }
+            | Route::GetConfig { .. }
+            | Route::ListSessions
+            | Route::ListDocuments
+            | Route::Metrics
             | Route::DeleteConfig { .. }
             | Route::CreateKey
             | Route::ListKeys
@@ -152,10 +170,56 @@ impl Route {
             | Route::RevokeKey { .. }
             | Route::UpdateKey { .. }
             | Route::Usage => Access::Scoped(Scope::Admin),
-            Route::InjectFaults => Access::Operator,
+            Route::InjectFaults | Route::ListTenants => Access::Operator,
             Route::V1ChatCompletions => Access::Scoped(Scope::Chat),
             Route::V1Embeddings => Access::Scoped(Scope::Search),
             Route::V1Models | Route::V1Model { .. } => Access::AnyKey,
+        }
+    }
+
+    /// Whether the route serves a tenant: every route but the operator's
+    /// listing of the deployment's tenants.
+    pub fn needs_tenant(&self) -> bool {
+        !matches!(self, Route::ListTenants)
+    }
+
+    /// The route's template, as logs and metrics name it (ids left out).
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Health => "GET /health",
+            Route::Dashboard { asset } if asset.is_empty() => "GET /admin/ui",
+            Route::Dashboard { .. } => "GET /admin/ui/:asset",
+            Route::GetTenant => "GET /admin/tenant",
+            Route::PatchTenant => "PATCH /admin/tenant",
+            Route::InspectActor { .. } => "GET /admin/actors/:kind/:name",
+            Route::InjectFaults => "POST /admin/faults",
+            Route::SetConfig { .. } => "PUT /admin/config/:name",
+            Route::GetConfig { .. } => "GET /admin/config/:name",
+            Route::DeleteConfig { .. } => "DELETE /admin/config/:name",
+            Route::ListTenants => "GET /admin/tenants",
+            Route::ListSessions => "GET /admin/sessions",
+            Route::ListDocuments => "GET /admin/documents",
+            Route::Metrics => "GET /admin/metrics",
+            Route::CreateKey => "POST /admin/keys",
+            Route::ListKeys => "GET /admin/keys",
+            Route::GetKey { .. } => "GET /admin/keys/:id",
+            Route::RotateKey { .. } => "POST /admin/keys/:id/rotate",
+            Route::RevokeKey { .. } => "DELETE /admin/keys/:id",
+            Route::UpdateKey { .. } => "PATCH /admin/keys/:id",
+            Route::Usage => "GET /admin/usage",
+            Route::Ingest => "POST /api/ingest",
+            Route::IngestJob { .. } => "GET /api/ingest/:jobId",
+            Route::DeleteDocument { .. } => "DELETE /api/documents/:id",
+            Route::Search => "POST /api/search",
+            Route::Chat => "POST /api/chat",
+            Route::ChatSocket => "GET /api/chat/ws",
+            Route::ChatStream { .. } => "GET /api/chat/:id/stream",
+            Route::History { .. } => "GET /api/sessions/:id/history",
+            Route::ClearSession { .. } => "DELETE /api/sessions/:id",
+            Route::V1ChatCompletions => "POST /v1/chat/completions",
+            Route::V1Embeddings => "POST /v1/embeddings",
+            Route::V1Models => "GET /v1/models",
+            Route::V1Model { .. } => "GET /v1/models/:id",
         }
     }
 
@@ -198,8 +262,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             },
         ),
         ["admin", "config", name] => (
-            &["PUT", "DELETE"],
+            &["GET", "PUT", "DELETE"],
             match method {
+                "GET" => Some(Route::GetConfig {
+                    name: (*name).to_owned(),
+                }),
                 "PUT" => Some(Route::SetConfig {
                     name: (*name).to_owned(),
                 }),
@@ -239,6 +306,10 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             }),
         ),
         ["admin", "usage"] => (&["GET"], (method == "GET").then_some(Route::Usage)),
+        ["admin", "tenants"] => (&["GET"], (method == "GET").then_some(Route::ListTenants)),
+        ["admin", "sessions"] => (&["GET"], (method == "GET").then_some(Route::ListSessions)),
+        ["admin", "documents"] => (&["GET"], (method == "GET").then_some(Route::ListDocuments)),
+        ["admin", "metrics"] => (&["GET"], (method == "GET").then_some(Route::Metrics)),
         ["admin", "faults"] => (&["POST"], (method == "POST").then_some(Route::InjectFaults)),
         ["api", "ingest"] => (&["POST"], (method == "POST").then_some(Route::Ingest)),
         ["api", "ingest", job_id] => (
@@ -470,6 +541,65 @@ mod tests {
         ] {
             assert_eq!(r.access(), Access::Scoped(Scope::Admin));
         }
+    }
+
+    #[test]
+    fn listing_and_metrics_routes() {
+        assert_eq!(route("GET", "/admin/tenants"), Ok(Route::ListTenants));
+        assert_eq!(Route::ListTenants.access(), Access::Operator);
+        assert!(!Route::ListTenants.needs_tenant());
+        assert!(Route::ListSessions.needs_tenant());
+        for (path, r) in [
+            ("/admin/sessions", Route::ListSessions),
+            ("/admin/documents", Route::ListDocuments),
+            ("/admin/metrics", Route::Metrics),
+        ] {
+            assert_eq!(route("GET", path), Ok(r.clone()), "{path}");
+            assert_eq!(r.access(), Access::Scoped(Scope::Admin), "{path}");
+            assert_eq!(
+                route("POST", path).unwrap_err().allow_header(),
+                Some("GET".into()),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            route("GET", "/admin/config/theme"),
+            Ok(Route::GetConfig {
+                name: "theme".into()
+            })
+        );
+        assert_eq!(
+            route("POST", "/admin/config/theme")
+                .unwrap_err()
+                .allow_header(),
+            Some("GET, PUT, DELETE".into())
+        );
+        assert_eq!(
+            Route::GetConfig { name: "x".into() }.access(),
+            Access::Scoped(Scope::Admin)
+        );
+    }
+
+    #[test]
+    fn templates_name_the_route_without_its_ids() {
+        let cases = [
+            (
+                "GET",
+                "/api/sessions/s1/history",
+                "GET /api/sessions/:id/history",
+            ),
+            ("DELETE", "/api/documents/d1", "DELETE /api/documents/:id"),
+            ("GET", "/admin/keys/0123456789ab", "GET /admin/keys/:id"),
+            ("GET", "/v1/models/@cf/meta/x", "GET /v1/models/:id"),
+            ("POST", "/api/search", "POST /api/search"),
+            ("GET", "/admin/metrics", "GET /admin/metrics"),
+        ];
+        for (method, path, template) in cases {
+            assert_eq!(route(method, path).unwrap().template(), template, "{path}");
+        }
+        // Every template is a method and a path.
+        let t = Route::Health.template();
+        assert!(t.starts_with("GET /"), "{t}");
     }
 
     #[test]

@@ -41,6 +41,23 @@ pub enum CoordinatorRequest {
     UpdateKey(crate::keys::UpdateKey),
     /// Check a key (from the gateway).
     VerifyKey(crate::keys::VerifyKey),
+    /// A session's change, for the tenant's session registry (from the
+    /// `ChatSession`).
+    RecordSession(crate::listing::SessionReport),
+    /// A page of the tenant's sessions.
+    ListSessions(crate::listing::ListSessions),
+    /// The tenant's summary for the tenants listing; unlike every other
+    /// message, it does not create the tenant's record.
+    Summary,
+    /// Read a configuration value back (`config:<name>`).
+    GetConfig(GetConfig),
+}
+
+/// Payload of [`CoordinatorRequest::GetConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetConfig {
+    /// The name after `config:` (the rule of [`SetConfig`]).
+    pub name: String,
 }
 
 /// The prefix of configuration keys in KV (after the tenant's own prefix):
@@ -133,6 +150,15 @@ pub enum CoordinatorResponse {
     Key(crate::keys::KeyRecord),
     /// Answers `VerifyKey`.
     Verification(crate::keys::Verification),
+    /// Answers `RecordSession`: whether the change was applied (an older
+    /// report than the registry holds is not).
+    SessionRecorded(bool),
+    /// Answers `ListSessions`.
+    Sessions(crate::listing::SessionPage),
+    /// Answers `Summary`.
+    Summary(crate::listing::TenantSummary),
+    /// Answers `GetConfig`: the value, `None` when unset.
+    Config(ConfigEntry),
 }
 
 /// A configuration value as written.

@@ -204,6 +204,8 @@ pub enum IngestRequest {
     /// Embed texts with the tenant's embedding model (`POST /v1/embeddings`);
     /// nothing is stored.
     Embed(Embed),
+    /// A page of the tenant's indexed documents.
+    ListDocuments(crate::listing::ListDocuments),
 }
 
 /// Most texts in one [`Embed`].
@@ -330,6 +332,8 @@ pub enum IngestResponse {
     FaultsInjected(InjectFaults),
     /// Answers `Embed`.
     Embeddings(Embeddings),
+    /// Answers `ListDocuments`.
+    Documents(crate::listing::DocumentPage),
 }
 
 /// Where a job is.

@@ -20,6 +20,9 @@
 //!   models and their dimensions, a tenant's AI Gateway;
 //! - [`chat`]: the `ChatSession` actor's requests, its streamed events and their frames;
 //! - [`completion`]: stateless completions in the OpenAI style, run by a `ChatSession`;
+//! - [`listing`]: the operators' listings (sessions, documents, tenants),
+//!   their pages and cursors;
+//! - [`metrics`]: request metrics (cells, latency histograms, the report);
 //! - [`actor`]: what every actor shares, such as [`ActorKind`].
 
 pub mod actor;
@@ -33,6 +36,8 @@ pub mod ids;
 pub mod ingest;
 pub mod keys;
 pub mod limits;
+pub mod listing;
+pub mod metrics;
 pub mod models;
 pub mod usage;
 

@@ -881,6 +881,8 @@ pub enum RateLimiterRequest {
     Ledger(LedgerRequest),
     /// To the tenant's ledger: usage records and reports.
     Usage(crate::usage::UsageRequest),
+    /// To one of the tenant's metrics objects (`${tenantId}:metrics:<n>`).
+    Metrics(crate::metrics::MetricsRequest),
 }
 
 /// What a `RateLimiter` object answers.
@@ -892,6 +894,8 @@ pub enum RateLimiterResponse {
     Ledger(LedgerResponse),
     /// From the tenant's ledger, about usage.
     Usage(crate::usage::UsageResponse),
+    /// From a metrics object.
+    Metrics(crate::metrics::MetricsResponse),
 }
 
 #[cfg(test)]

@@ -289,6 +289,8 @@ pub enum UsageRequest {
     Record(Vec<UsageRecord>),
     /// A report.
     Report(UsageQuery),
+    /// Tokens and cost over the last hour and day (the metrics' windows).
+    Recent,
 }
 
 /// The ledger's answer to a [`UsageRequest`].
@@ -298,6 +300,8 @@ pub enum UsageResponse {
     Recorded(u64),
     /// Answers `Report`.
     Report(UsageReport),
+    /// Answers `Recent`.
+    Recent(crate::metrics::RecentTokens),
 }
 
 /// Input tokens of an embedding's text, counted deterministically where the

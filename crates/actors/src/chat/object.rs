@@ -139,12 +139,23 @@ impl ChatSession {
                         .map(ChatResponse::History),
                 )
             }
-            ChatRequest::Clear(clear) => reply(
-                inner
+            ChatRequest::Clear(clear) => {
+                let erased = inner
                     .bind(&tenant, &clear.session_id)
                     .and_then(|()| inner.allow(&clear.access, Action::Erase))
-                    .and_then(|()| inner.clear()),
-            ),
+                    .and_then(|()| inner.store.max_turn_id())
+                    .and_then(|version| inner.clear().map(|cleared| (version, cleared)));
+                match erased {
+                    Ok((version, cleared)) => {
+                        // Awaited (an erase is not on a turn's path), so a
+                        // listing right after the answer no longer shows it;
+                        // a failure is logged, the erase stands.
+                        inner.report_erased(&tenant, &rid, version).await;
+                        reply(Ok(cleared))
+                    }
+                    Err(e) => reply(Err(e)),
+                }
+            }
             ChatRequest::Inspect(inspect) => reply(
                 inner
                     .bind(&tenant, &inspect.session_id)
@@ -375,6 +386,12 @@ impl worker::DurableObject for ChatSession {
             .map_err(|e| worker::Error::RustError(e.message))?;
         let now = inner.now();
         let (turn, effects) = inner.core.borrow_mut().on_alarm(now);
+        crate::observe::event(
+            "alarm",
+            "chat",
+            Some(tenant.as_str()),
+            serde_json::json!({"sessionId": session.as_str(), "endsTurn": turn}),
+        );
         if let Some(turn) = turn {
             let _ = inner.perform(turn, effects);
             inner.core.borrow_mut().finish(turn);
@@ -390,7 +407,17 @@ impl worker::DurableObject for ChatSession {
         {
             // Idle past its expiry: the conversation is erased; the object
             // keeps only its binding.
-            let _ = inner.clear();
+            let version = inner.store.max_turn_id().unwrap_or(0);
+            if inner.clear().is_ok() {
+                crate::observe::event(
+                    "session_expired",
+                    "chat",
+                    Some(tenant.as_str()),
+                    serde_json::json!({"sessionId": session.as_str()}),
+                );
+                let request_id = RequestId::from_random(crate::entropy::random_bytes());
+                inner.report_erased(&tenant, &request_id, version).await;
+            }
             return Response::ok("expired");
         }
         inner.rearm().await;

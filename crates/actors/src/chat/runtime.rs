@@ -38,6 +38,7 @@ use protocol::chat::{
 };
 use protocol::coordinator::TenantSettings;
 use protocol::limits::{PriceTable, TokenUsage};
+use protocol::listing::{SessionChange, SessionEntry, SessionReport};
 use protocol::usage::caller_of;
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
 use serde_json::{json, Value};
@@ -284,6 +285,18 @@ impl Inner {
         if let Ok(false) = self.store.turn_failed(id, code, message, self.now()) {
             return;
         }
+        let bound = self.bound.borrow().clone();
+        crate::observe::event(
+            "turn_failed",
+            "chat",
+            bound.as_ref().map(|(t, _)| t.as_str()),
+            json!({
+                "sessionId": bound.as_ref().map(|(_, s)| s.as_str()),
+                "turn": id,
+                "code": code,
+                "message": message,
+            }),
+        );
         self.emit(id, &ChatEvent::error(code, message));
         self.prune_events(id);
     }
@@ -499,7 +512,84 @@ impl Inner {
             &prices,
         )
         .await;
+        // After the turn's last event and its accounting: the client never
+        // waits for the registry.
+        self.report_turn(&ctx.tenant, &ctx.request_id, ctx.id).await;
         self.rearm().await;
+    }
+
+    /// Tells the tenant's session registry how the session stands after
+    /// turn `turn` ended (its version). A failure is logged, never the
+    /// turn's: the registry is corrected by the session's next report.
+    pub(super) async fn report_turn(&self, tenant: &TenantId, request_id: &RequestId, turn: u64) {
+        let Some((_, session)) = self.bound.borrow().clone() else {
+            return;
+        };
+        let entry = (|| {
+            let owner = self.store.owner()?;
+            let last = self.store.last_activity();
+            Ok::<_, ErrorReply>(last.map(|last_activity_ms| {
+                SessionEntry {
+                    session_id: session.as_str().to_owned(),
+                    message_count: self.store.message_count().unwrap_or(0),
+                    last_activity_ms,
+                    created_at_ms: self.store.first_activity().unwrap_or(last_activity_ms),
+                    key_id: owner
+                        .as_ref()
+                        .map(|o| o.key.clone())
+                        .filter(|k| !k.is_empty()),
+                    user_id: owner.and_then(|o| o.user),
+                }
+            }))
+        })();
+        let change = match entry {
+            Ok(Some(entry)) => SessionChange::Touched(entry),
+            // Nothing stored (erased meanwhile): the erase reported it.
+            Ok(None) => return,
+            Err(e) => {
+                registry_failed(tenant, session.as_str(), "read", &e.message);
+                return;
+            }
+        };
+        self.report_session(tenant, request_id, change, turn).await;
+    }
+
+    /// Tells the registry the session was erased; `version` is its highest
+    /// turn id before the erase.
+    pub(super) async fn report_erased(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        version: u64,
+    ) {
+        let Some((_, session)) = self.bound.borrow().clone() else {
+            return;
+        };
+        let change = SessionChange::Erased {
+            session_id: session.as_str().to_owned(),
+        };
+        self.report_session(tenant, request_id, change, version)
+            .await;
+    }
+
+    async fn report_session(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        change: SessionChange,
+        version: u64,
+    ) {
+        let session = change.session_id().to_owned();
+        let sent = match crate::coordinator::CoordinatorHandle::new(&self.env, tenant) {
+            Ok(coordinator) => coordinator
+                .record_session(request_id, SessionReport { change, version })
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            registry_failed(tenant, &session, "send", &e.to_string());
+        }
     }
 
     /// Admits a socket's turn at its limiter with the limits the socket was
@@ -932,6 +1022,16 @@ impl Inner {
             messages_removed: removed,
         }))
     }
+}
+
+/// The log line of a registry report that did not arrive.
+fn registry_failed(tenant: &TenantId, session: &str, stage: &str, error: &str) {
+    crate::observe::event(
+        "session_registry_failed",
+        "chat",
+        Some(tenant.as_str()),
+        json!({"sessionId": session, "stage": stage, "error": error}),
+    );
 }
 
 pub(super) fn wrong_session() -> ErrorReply {

@@ -393,6 +393,23 @@ impl SessionStore {
             .collect()
     }
 
+    /// The highest turn id given (0 before the first turn). Read before an
+    /// erase, it versions the erase in the tenant's session registry.
+    pub fn max_turn_id(&self) -> Result<u64, ErrorReply> {
+        Ok(sql::scalar(
+            &self.sql,
+            "SELECT COALESCE(MAX(id), 0) FROM turns",
+            vec![],
+        )?)
+    }
+
+    /// When the first stored message was stored.
+    pub fn first_activity(&self) -> Option<u64> {
+        sql::scalar::<Option<u64>>(&self.sql, "SELECT MIN(created_at) FROM messages", vec![])
+            .ok()
+            .flatten()
+    }
+
     /// The last event id stored.
     pub fn last_event_id(&self) -> Result<Option<u64>, ErrorReply> {
         Ok(sql::scalar(

@@ -26,6 +26,7 @@ use protocol::coordinator::{
     ConfigEntry, CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, TenantRecord,
     TenantSettings,
 };
+use protocol::listing::TenantSummary;
 use protocol::{Envelope, ErrorCode, ErrorReply, RequestId, TenantId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -162,6 +163,14 @@ impl CoordinatorCore {
         entropy: Option<KeyEntropy>,
     ) -> (Result<CoordinatorResponse, ErrorReply>, Effects) {
         let mut effects = Effects::default();
+        if let CoordinatorRequest::Summary = envelope.message {
+            // Read only: the listing of tenants must not create records.
+            return (
+                self.summary(&envelope.tenant_id, now_ms)
+                    .map(CoordinatorResponse::Summary),
+                effects,
+            );
+        }
         let state = match &mut self.state {
             Some(state) if state.record.tenant_id != envelope.tenant_id => {
                 // The object is named after its tenant, so this is a routing bug
@@ -276,8 +285,70 @@ impl CoordinatorCore {
                 effects.key_write = stored;
                 Ok(CoordinatorResponse::Verification(verification))
             }
+            // Storage and KV answer these (the shell, with `owns` and
+            // `pending_config`); a core that receives one was misused.
+            CoordinatorRequest::RecordSession(_)
+            | CoordinatorRequest::ListSessions(_)
+            | CoordinatorRequest::GetConfig(_)
+            | CoordinatorRequest::Summary => Err(ErrorReply::new(
+                ErrorCode::Internal,
+                "this message is answered by the coordinator's shell",
+            )),
         };
         (reply, effects)
+    }
+
+    /// Whether this coordinator may answer for `tenant`: it is its tenant,
+    /// or it has no record yet.
+    pub fn owns(&self, tenant: &TenantId) -> bool {
+        self.tenant().is_none_or(|t| t == tenant)
+    }
+
+    /// The latest decision for configuration key `key` (`config:<name>`)
+    /// that KV may not hold yet: `Some(value)` (`Some(None)`: removed), or
+    /// `None` when KV is up to date for it and is the answer.
+    pub fn pending_config(&self, key: &str) -> Option<Option<String>> {
+        self.unsynced.get(key).map(|u| u.value.clone())
+    }
+
+    /// The tenant as the tenants listing shows it, without creating its
+    /// record: `"new"` until its coordinator has one, then `"active"`
+    /// with its keys that are neither revoked nor expired at `now_ms`.
+    pub fn summary(&self, tenant: &TenantId, now_ms: u64) -> Result<TenantSummary, ErrorReply> {
+        if !self.owns(tenant) {
+            return Err(ErrorReply::new(
+                ErrorCode::WrongTenant,
+                "this coordinator belongs to another tenant",
+            ));
+        }
+        Ok(match &self.state {
+            None => TenantSummary {
+                tenant_id: tenant.as_str().to_owned(),
+                display_name: tenant.as_str().to_owned(),
+                status: "new".into(),
+                created_at_ms: None,
+                keys: None,
+                budget_set: false,
+            },
+            Some(state) => {
+                let active = self
+                    .keys
+                    .list()
+                    .iter()
+                    .filter(|k| {
+                        k.revoked_at_ms.is_none() && k.expires_at_ms.is_none_or(|t| t > now_ms)
+                    })
+                    .count();
+                TenantSummary {
+                    tenant_id: tenant.as_str().to_owned(),
+                    display_name: state.record.settings.display_name.clone(),
+                    status: "active".into(),
+                    created_at_ms: Some(state.record.created_at_ms),
+                    keys: Some(u64::try_from(active).unwrap_or(u64::MAX)),
+                    budget_set: state.record.settings.budget.is_set(),
+                }
+            }
+        })
     }
 
     /// A KV write this core asked for (through [`Effects::config_write`],
@@ -387,6 +458,56 @@ mod tests {
                 ..SettingsPatch::default()
             },
         })
+    }
+
+    #[test]
+    fn a_summary_never_creates_the_record_and_counts_live_keys() {
+        let mut core = CoordinatorCore::new(None, Vec::new());
+        let (reply, effects) =
+            core.handle(env("acme", "r1", CoordinatorRequest::Summary), 1000, None);
+        let Ok(CoordinatorResponse::Summary(summary)) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(summary.status, "new");
+        assert_eq!((summary.created_at_ms, summary.keys), (None, None));
+        assert_eq!(effects, Effects::default(), "nothing stored");
+        assert_eq!(core.tenant(), None);
+        let (_, _) = core.handle(env("acme", "r2", rename("Acme")), 2000, None);
+        let (reply, _) = core.handle(env("acme", "r3", CoordinatorRequest::Summary), 3000, None);
+        let Ok(CoordinatorResponse::Summary(summary)) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(summary.status, "active");
+        assert_eq!(summary.display_name, "Acme");
+        assert_eq!((summary.created_at_ms, summary.keys), (Some(2000), Some(0)));
+        assert!(!summary.budget_set);
+        // Another tenant's summary is refused, as every other message.
+        let (reply, _) = core.handle(env("other", "r4", CoordinatorRequest::Summary), 3000, None);
+        assert_eq!(reply.unwrap_err().code, ErrorCode::WrongTenant);
+        assert!(core.owns(&TenantId::parse("acme").unwrap()));
+        assert!(!core.owns(&TenantId::parse("other").unwrap()));
+    }
+
+    #[test]
+    fn a_config_decision_not_yet_in_kv_is_the_value_read_back() {
+        let mut core = CoordinatorCore::new(None, Vec::new());
+        let set = |name: &str, value: Option<&str>| {
+            CoordinatorRequest::SetConfig(SetConfig {
+                name: name.into(),
+                value: value.map(str::to_owned),
+            })
+        };
+        let (_, effects) = core.handle(env("acme", "r1", set("email", Some("a@b"))), 10, None);
+        assert_eq!(
+            core.pending_config("config:email"),
+            Some(Some("a@b".into()))
+        );
+        assert_eq!(core.pending_config("config:other"), None, "KV answers");
+        let write = effects.config_write.unwrap();
+        core.config_written(&write, true, 20);
+        assert_eq!(core.pending_config("config:email"), None, "KV holds it now");
+        let _ = core.handle(env("acme", "r2", set("email", None)), 30, None);
+        assert_eq!(core.pending_config("config:email"), Some(None));
     }
 
     #[test]

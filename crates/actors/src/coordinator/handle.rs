@@ -4,10 +4,11 @@ use super::{BINDING, RESOURCE};
 use crate::error::ActorError;
 use crate::rpc::{reply_as, ActorStub, NamedReply};
 use protocol::coordinator::{
-    ConfigEntry, CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, GetTenant, Inspect,
-    SetConfig, SettingsPatch, TenantRecord, UpdateSettings,
+    ConfigEntry, CoordinatorRequest, CoordinatorResponse, CoordinatorSnapshot, GetConfig,
+    GetTenant, Inspect, SetConfig, SettingsPatch, TenantRecord, UpdateSettings,
 };
 use protocol::keys::{CreateKey, KeyId, KeyRecord, NewKey, RotateKey, Verification, VerifyKey};
+use protocol::listing::{ListSessions, SessionPage, SessionReport, TenantSummary};
 use protocol::{RequestId, TenantId};
 use worker::Env;
 
@@ -26,6 +27,10 @@ impl NamedReply for CoordinatorResponse {
             CoordinatorResponse::Keys(_) => "Keys",
             CoordinatorResponse::Key(_) => "Key",
             CoordinatorResponse::Verification(_) => "Verification",
+            CoordinatorResponse::SessionRecorded(_) => "SessionRecorded",
+            CoordinatorResponse::Sessions(_) => "Sessions",
+            CoordinatorResponse::Summary(_) => "Summary",
+            CoordinatorResponse::Config(_) => "Config",
         }
     }
 }
@@ -44,6 +49,57 @@ impl CoordinatorHandle {
         message: CoordinatorRequest,
     ) -> Result<CoordinatorResponse, ActorError> {
         self.actor.send(request_id, message).await
+    }
+
+    /// Reports a session's change to the tenant's session registry; whether
+    /// it applied (an older report than the registry holds does not).
+    pub async fn record_session(
+        &self,
+        request_id: &RequestId,
+        report: SessionReport,
+    ) -> Result<bool, ActorError> {
+        reply_as!(
+            self.send(request_id, CoordinatorRequest::RecordSession(report))
+                .await?,
+            CoordinatorResponse::SessionRecorded
+        )
+    }
+
+    /// A page of the tenant's sessions, most recent activity first.
+    pub async fn list_sessions(
+        &self,
+        request_id: &RequestId,
+        list: ListSessions,
+    ) -> Result<SessionPage, ActorError> {
+        reply_as!(
+            self.send(request_id, CoordinatorRequest::ListSessions(list))
+                .await?,
+            CoordinatorResponse::Sessions
+        )
+    }
+
+    /// The tenant's summary (never creates its record).
+    pub async fn summary(&self, request_id: &RequestId) -> Result<TenantSummary, ActorError> {
+        reply_as!(
+            self.send(request_id, CoordinatorRequest::Summary).await?,
+            CoordinatorResponse::Summary
+        )
+    }
+
+    /// `config:<name>` as it is now (`value` `None` when unset).
+    pub async fn get_config(
+        &self,
+        request_id: &RequestId,
+        name: String,
+    ) -> Result<ConfigEntry, ActorError> {
+        reply_as!(
+            self.send(
+                request_id,
+                CoordinatorRequest::GetConfig(GetConfig { name })
+            )
+            .await?,
+            CoordinatorResponse::Config
+        )
     }
 
     /// The tenant's record.

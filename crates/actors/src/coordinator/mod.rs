@@ -2,13 +2,14 @@
 //! the tenant's record, settings and API keys.
 //!
 //! [`core`] decides (pure), [`keys`] is its key store, `object` is the
-//! Durable Object shell (storage, KV, alarm) and `handle` the gateway's typed
-//! way in.
+//! Durable Object shell (storage, KV, alarm), [`sessions`] the tenant's
+//! session registry in its SQLite, and `handle` the gateway's typed way in.
 
 pub mod core;
 mod handle;
 pub mod keys;
 mod object;
+pub mod sessions;
 pub mod settings;
 
 pub use handle::CoordinatorHandle;

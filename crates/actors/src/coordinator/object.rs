@@ -16,9 +16,12 @@ use crate::ports::Kv;
 use crate::rpc;
 use crate::sql::{self, FromRow, FromValue};
 use futures::channel::oneshot;
-use protocol::coordinator::{CoordinatorRequest, CoordinatorResponse};
+use protocol::coordinator::{
+    ConfigEntry, CoordinatorRequest, CoordinatorResponse, SetConfig, CONFIG_PREFIX,
+};
 use protocol::keys::{KeyLimits, KeyRecord, Scope};
 use protocol::limits::Budget;
+use protocol::listing::{ListingError, MAX_PAGE_LIMIT};
 use protocol::{ErrorCode, ErrorReply, TenantId};
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
@@ -203,6 +206,89 @@ impl TenantCoordinator {
             ));
         }
         Ok((reply, effects))
+    }
+
+    /// The messages answered from storage or KV rather than the core: the
+    /// session registry's ([`super::sessions`]) and a configuration read.
+    async fn answer_from_storage(
+        &self,
+        envelope: protocol::Envelope<CoordinatorRequest>,
+    ) -> std::result::Result<CoordinatorResponse, ErrorReply> {
+        let tenant = envelope.tenant_id;
+        let pending = {
+            let mut slot = self.core.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(
+                    self.load()
+                        .map_err(|e| ErrorReply::new(ErrorCode::Internal, e))?,
+                );
+            }
+            let core = slot
+                .as_ref()
+                .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "coordinator not loaded"))?;
+            if !core.owns(&tenant) {
+                return Err(ErrorReply::new(
+                    ErrorCode::WrongTenant,
+                    "this coordinator belongs to another tenant",
+                ));
+            }
+            match &envelope.message {
+                CoordinatorRequest::GetConfig(get) => {
+                    core.pending_config(&format!("{CONFIG_PREFIX}{}", get.name))
+                }
+                _ => None,
+            }
+        };
+        let sql = self.sql();
+        let storage = |e: crate::sql::SqlError| ErrorReply::new(ErrorCode::Internal, e.to_string());
+        match envelope.message {
+            CoordinatorRequest::RecordSession(report) => {
+                super::sessions::record(&sql, &report, now_ms())
+                    .map(CoordinatorResponse::SessionRecorded)
+                    .map_err(storage)
+            }
+            CoordinatorRequest::ListSessions(list) => {
+                if !(1..=MAX_PAGE_LIMIT).contains(&list.limit) {
+                    return Err(ErrorReply::new(
+                        ErrorCode::InvalidRequest,
+                        ListingError::Limit.to_string(),
+                    ));
+                }
+                super::sessions::list(&sql, list.limit, list.after.as_ref())
+                    .map(CoordinatorResponse::Sessions)
+                    .map_err(storage)
+            }
+            CoordinatorRequest::GetConfig(get) => {
+                let check = SetConfig {
+                    name: get.name,
+                    value: None,
+                };
+                check
+                    .validate()
+                    .map_err(|e| ErrorReply::new(ErrorCode::InvalidRequest, e.to_string()))?;
+                let key = check.key();
+                // A decision KV may not hold yet is the truth; else KV is.
+                let value = match pending {
+                    Some(value) => value,
+                    None => {
+                        let kv = crate::ingest::providers::cache(&self.env).ok_or_else(|| {
+                            ErrorReply::new(
+                                ErrorCode::Internal,
+                                "this deployment has no KV namespace",
+                            )
+                        })?;
+                        kv.get(&tenant.kv_key(&key))
+                            .await
+                            .map_err(|e| ErrorReply::new(ErrorCode::Unavailable, e.to_string()))?
+                    }
+                };
+                Ok(CoordinatorResponse::Config(ConfigEntry { key, value }))
+            }
+            _ => Err(ErrorReply::new(
+                ErrorCode::Internal,
+                "not a message answered from storage",
+            )),
+        }
     }
 
     /// Writes or removes `${tenantId}:config:<name>` in the `CACHE` namespace.
@@ -520,6 +606,15 @@ impl worker::DurableObject for TenantCoordinator {
             Err(response) => return Ok(response),
         };
         let request_id = envelope.request_id.clone();
+        if matches!(
+            envelope.message,
+            CoordinatorRequest::RecordSession(_)
+                | CoordinatorRequest::ListSessions(_)
+                | CoordinatorRequest::GetConfig(_)
+        ) {
+            let reply = self.answer_from_storage(envelope).await;
+            return Ok(rpc::reply_response(Some(request_id), reply));
+        }
         if matches!(envelope.message, CoordinatorRequest::SetConfig(_))
             && crate::ingest::providers::cache(&self.env).is_none()
         {

@@ -36,10 +36,24 @@ fn variant_name(reply: &IngestResponse) -> &'static str {
         IngestResponse::Snapshot(_) => "Snapshot",
         IngestResponse::FaultsInjected(_) => "FaultsInjected",
         IngestResponse::Embeddings(_) => "Embeddings",
+        IngestResponse::Documents(_) => "Documents",
     }
 }
 
 impl IngestHandle {
+    /// A page of the tenant's indexed documents, in id order.
+    pub async fn list_documents(
+        &self,
+        request_id: &RequestId,
+        list: protocol::listing::ListDocuments,
+    ) -> Result<protocol::listing::DocumentPage, ActorError> {
+        expect_reply!(
+            self.send(request_id, IngestRequest::ListDocuments(list))
+                .await?,
+            Documents
+        )
+    }
+
     /// The ingest queue of `tenant`.
     pub fn new(env: &Env, tenant: &TenantId) -> Result<Self, ActorError> {
         Ok(Self {

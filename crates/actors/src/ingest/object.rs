@@ -182,6 +182,11 @@ impl IngestQueue {
             .try_for_each(|effect| store.perform(effect, documents));
         if result.is_err() {
             *self.loaded.borrow_mut() = None;
+        } else {
+            let tenant = self.loaded.borrow().as_ref().map(|l| l.tenant.clone());
+            for (event, fields) in crate::observe::job_events(effects) {
+                crate::observe::event(event, "ingest", tenant.as_ref().map(|t| t.as_str()), fields);
+            }
         }
         result
     }
@@ -485,6 +490,18 @@ impl IngestQueue {
                 Ok(IngestResponse::FaultsInjected(injected))
             }
             IngestRequest::Embed(embed) => self.embed(&tenant, &settings, embed).await,
+            IngestRequest::ListDocuments(list) => {
+                if !(1..=protocol::listing::MAX_PAGE_LIMIT).contains(&list.limit) {
+                    return Err(ErrorReply::new(
+                        protocol::ErrorCode::InvalidRequest,
+                        protocol::listing::ListingError::Limit.to_string(),
+                    ));
+                }
+                let page = self
+                    .store()
+                    .list_documents(list.limit, list.after.as_deref())?;
+                Ok(IngestResponse::Documents(page))
+            }
         }
     }
 }
@@ -520,6 +537,12 @@ impl worker::DurableObject for IngestQueue {
             .and_then(|settings| Ok((self.load(None, &settings)?, settings)));
         match loaded {
             Ok((tenant, settings)) => {
+                crate::observe::event(
+                    "alarm",
+                    "ingest",
+                    Some(tenant.as_str()),
+                    serde_json::Value::Null,
+                );
                 self.work(&tenant, &settings, work::ALARM).await;
                 Response::ok("done")
             }

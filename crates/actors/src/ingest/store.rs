@@ -16,6 +16,7 @@ use super::restore::LegacySaved;
 use crate::embedded::sql_index;
 use crate::sql::{self, int, SqlError};
 use protocol::ingest::Document;
+use protocol::listing::{encode_cursor, DocumentEntry, DocumentPage};
 use protocol::{ErrorReply, TenantId};
 use worker::SqlStorage;
 
@@ -28,6 +29,9 @@ const SCHEMA: &[&str] = &[
         text TEXT NOT NULL, metadata TEXT NOT NULL, PRIMARY KEY (job_id, idx))",
     "CREATE INDEX IF NOT EXISTS job_docs_by_doc ON job_docs (doc_id)",
     "CREATE TABLE IF NOT EXISTS documents (doc_id TEXT PRIMARY KEY, chunks INTEGER NOT NULL, updated_at INTEGER NOT NULL)",
+    // A document's `metadata.title` when it was last indexed, for the
+    // documents listing (a table of its own: `documents` predates it).
+    "CREATE TABLE IF NOT EXISTS document_titles (doc_id TEXT PRIMARY KEY, title TEXT)",
     faults::SCHEMA,
 ];
 
@@ -95,6 +99,43 @@ impl QueueStore {
             documents: sql::scalar(&self.sql, "SELECT COUNT(*) FROM documents", vec![])?,
             chunks: self.indexed_chunks()?,
             pending_faults: faults::armed(&self.sql)?,
+        })
+    }
+
+    /// A page of at most `limit` indexed documents after id `after`, in id
+    /// order, and how many there are.
+    pub fn list_documents(
+        &self,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<DocumentPage, SqlError> {
+        let total = sql::scalar(&self.sql, "SELECT COUNT(*) FROM documents", vec![])?;
+        let rows = sql::rows::<(String, Option<String>, u32, u64)>(
+            &self.sql,
+            "SELECT d.doc_id, t.title, d.chunks, d.updated_at
+             FROM documents d LEFT JOIN document_titles t ON t.doc_id = d.doc_id
+             WHERE d.doc_id > ? ORDER BY d.doc_id LIMIT ?",
+            vec![after.unwrap_or("").into(), int(u64::from(limit) + 1)],
+        )?;
+        let mut documents: Vec<DocumentEntry> = rows
+            .into_iter()
+            .map(|(id, title, chunks, updated_at_ms)| DocumentEntry {
+                id,
+                title,
+                chunks,
+                updated_at_ms,
+            })
+            .collect();
+        let more = documents.len() > limit as usize;
+        documents.truncate(limit as usize);
+        let next_cursor = more
+            .then(|| documents.last())
+            .flatten()
+            .map(|last| encode_cursor(&last.id));
+        Ok(DocumentPage {
+            documents,
+            total,
+            next_cursor,
         })
     }
 
@@ -199,11 +240,27 @@ impl QueueStore {
                      ON CONFLICT(doc_id) DO UPDATE SET chunks = excluded.chunks, updated_at = excluded.updated_at",
                     vec![doc_id.as_str().into(), int(*chunks), int(*at_ms)],
                 )?;
+                // The version being indexed is the one of the oldest
+                // unfinished job that holds the document (jobs run in order).
+                sql::exec(
+                    sql,
+                    "INSERT OR REPLACE INTO document_titles (doc_id, title)
+                     SELECT ?, (SELECT CASE WHEN json_type(d.metadata, '$.title') = 'text'
+                                            THEN json_extract(d.metadata, '$.title') END
+                                FROM job_docs d JOIN jobs j ON j.job_id = d.job_id
+                                WHERE d.doc_id = ? ORDER BY j.seq LIMIT 1)",
+                    vec![doc_id.as_str().into(), doc_id.as_str().into()],
+                )?;
             }
             Effect::RemoveDocument(doc_id) => {
                 sql::exec(
                     sql,
                     "DELETE FROM documents WHERE doc_id = ?",
+                    vec![doc_id.as_str().into()],
+                )?;
+                sql::exec(
+                    sql,
+                    "DELETE FROM document_titles WHERE doc_id = ?",
                     vec![doc_id.as_str().into()],
                 )?;
             }

@@ -33,6 +33,11 @@ impl NamedReply for RateLimiterResponse {
             RateLimiterResponse::Usage(u) => match u {
                 UsageResponse::Recorded(_) => "Recorded",
                 UsageResponse::Report(_) => "Report",
+                UsageResponse::Recent(_) => "Recent",
+            },
+            RateLimiterResponse::Metrics(m) => match m {
+                protocol::metrics::MetricsResponse::Recorded(_) => "MetricsRecorded",
+                protocol::metrics::MetricsResponse::Windows(_) => "Windows",
             },
         }
     }
@@ -306,6 +311,17 @@ impl LedgerHandle {
         {
             UsageResponse::Recorded(n) => Ok(n),
             other => Err(usage_unexpected("Recorded", other)),
+        }
+    }
+
+    /// Tokens and cost over the last hour and day.
+    pub async fn recent_usage(
+        &self,
+        request_id: &RequestId,
+    ) -> Result<protocol::metrics::RecentTokens, ActorError> {
+        match self.usage(request_id, UsageRequest::Recent).await? {
+            UsageResponse::Recent(r) => Ok(r),
+            other => Err(usage_unexpected("Recent", other)),
         }
     }
 

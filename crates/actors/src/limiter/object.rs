@@ -15,6 +15,7 @@ use super::core::{Effect, LimiterCore, LimiterState, Outcome};
 use super::handle::LedgerHandle;
 use super::ledger::{LedgerCore, LedgerState};
 use crate::error::internal;
+use crate::metrics::{self, core::MetricsCore};
 use crate::ports::{Clock, SystemClock};
 use crate::rpc;
 use crate::sql;
@@ -22,6 +23,7 @@ use protocol::limits::{
     LeaseReturn, LedgerRequest, LimitKind, LimitScope, LimiterRequest, LimiterResponse,
     RateLimited, RateLimiterRequest, RateLimiterResponse,
 };
+use protocol::metrics::{MetricsRequest, MetricsResponse};
 use protocol::usage::{UsageRequest, UsageResponse};
 use protocol::{ErrorCode, ErrorReply, RequestId, TenantId};
 use std::cell::{Cell, RefCell};
@@ -38,6 +40,9 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS limiter_state (
 enum Role {
     Key(Box<LimiterCore>),
     Ledger(LedgerCore),
+    /// One of the tenant's metrics objects ([`crate::metrics`]): its state
+    /// is its cells' table, not the state row.
+    Metrics(MetricsCore),
 }
 
 impl Role {
@@ -45,6 +50,7 @@ impl Role {
         match self {
             Role::Key(_) => "key",
             Role::Ledger(_) => "ledger",
+            Role::Metrics(_) => "metrics",
         }
     }
 
@@ -52,6 +58,7 @@ impl Role {
         match self {
             Role::Key(core) => serde_json::to_string(core.state()),
             Role::Ledger(core) => serde_json::to_string(core.state()),
+            Role::Metrics(_) => Ok("{}".to_owned()),
         }
     }
 }
@@ -94,12 +101,26 @@ impl RateLimiter {
                     "key" => Role::Key(Box::new(LimiterCore::restore(
                         serde_json::from_str::<LimiterState>(&json).map_err(internal)?,
                     ))),
+                    "metrics" => Role::Metrics(MetricsCore::restore(
+                        metrics::store::load(&sql).map_err(internal)?,
+                    )),
                     _ => Role::Ledger(LedgerCore::restore(
                         serde_json::from_str::<LedgerState>(&json).map_err(internal)?,
                     )),
                 }
             }
             None if wanted == "key" => Role::Key(Box::new(LimiterCore::new())),
+            None if wanted == "metrics" => {
+                // The role is stored at once: nothing else writes the row.
+                sql::exec(
+                    &sql,
+                    "INSERT INTO limiter_state (id, role, state) VALUES (1, 'metrics', '{}')",
+                    vec![],
+                )?;
+                Role::Metrics(MetricsCore::restore(
+                    metrics::store::load(&sql).map_err(internal)?,
+                ))
+            }
             None => Role::Ledger(LedgerCore::default()),
         };
         *self.loaded.borrow_mut() = Some((owner, role));
@@ -220,7 +241,10 @@ impl RateLimiter {
             };
             self.perform(effects).await?;
             let ask = match outcome {
-                Outcome::Reply(reply) => return reply,
+                Outcome::Reply(reply) => {
+                    self.log_refusal(&reply);
+                    return reply;
+                }
                 Outcome::NeedLease(ask) => ask,
             };
             if tries >= LEASE_TRIES {
@@ -268,16 +292,77 @@ impl RateLimiter {
         }
     }
 
+    /// One log line per refusal of a key's limiter: the limit or budget,
+    /// its scope, when to retry (no key material: the object's name has
+    /// the key id, the line has the tenant).
+    fn log_refusal(&self, reply: &std::result::Result<LimiterResponse, ErrorReply>) {
+        let tenant = self.tenant();
+        let tenant = tenant.as_ref().map(|t| t.as_str());
+        match reply {
+            Ok(LimiterResponse::RateLimited(r)) => crate::observe::event(
+                "rate_limited",
+                "limiter",
+                tenant,
+                serde_json::json!({
+                    "limit": r.limit.as_str(),
+                    "scope": r.scope.as_str(),
+                    "retryAfterSecs": r.retry_after_secs,
+                }),
+            ),
+            Ok(LimiterResponse::BudgetExceeded(b)) => crate::observe::event(
+                "budget_exceeded",
+                "limiter",
+                tenant,
+                serde_json::json!({
+                    "budget": b.budget.as_str(),
+                    "scope": b.scope.as_str(),
+                    "limit": b.limit,
+                    "used": b.used,
+                    "reserved": b.reserved,
+                    "requested": b.requested,
+                    "resetsAtMs": b.resets_at_ms,
+                }),
+            ),
+            _ => {}
+        }
+    }
+
     /// Usage records and reports, at the tenant's ledger.
     fn usage(&self, request: UsageRequest) -> std::result::Result<UsageResponse, ErrorReply> {
         let sql = self.state.storage().sql();
+        let now = self.now();
         match request {
             UsageRequest::Record(records) => {
-                super::usage::record(&sql, &records).map(UsageResponse::Recorded)
+                super::usage::record(&sql, &records, now).map(UsageResponse::Recorded)
             }
             UsageRequest::Report(query) => {
                 super::usage::read(&sql, &query).map(UsageResponse::Report)
             }
+            UsageRequest::Recent => super::usage::recent(&sql, now).map(UsageResponse::Recent),
+        }
+    }
+
+    /// One request to a metrics object: counted in memory, stored as the
+    /// core says, before the answer. A failed write drops the in-memory
+    /// cells, so the next message starts from storage.
+    fn metrics(&self, request: MetricsRequest) -> std::result::Result<MetricsResponse, ErrorReply> {
+        let now = self.now();
+        let mut loaded = self.loaded.borrow_mut();
+        let Some((_, Role::Metrics(core))) = loaded.as_mut() else {
+            return Err(internal("metrics not loaded"));
+        };
+        match request {
+            MetricsRequest::Record(samples) => {
+                let effects = core
+                    .record(&samples, now)
+                    .map_err(|e| ErrorReply::new(ErrorCode::InvalidRequest, e))?;
+                if let Err(e) = metrics::store::perform(&self.state.storage().sql(), &effects) {
+                    *loaded = None;
+                    return Err(e.into());
+                }
+                Ok(MetricsResponse::Recorded(samples.len() as u64))
+            }
+            MetricsRequest::Report => Ok(MetricsResponse::Windows(core.windows(now))),
         }
     }
 
@@ -338,6 +423,10 @@ impl worker::DurableObject for RateLimiter {
             },
             RateLimiterRequest::Usage(request) => match self.load(Some(&tenant), "ledger") {
                 Ok(()) => self.usage(request).map(RateLimiterResponse::Usage),
+                Err(e) => Err(e),
+            },
+            RateLimiterRequest::Metrics(request) => match self.load(Some(&tenant), "metrics") {
+                Ok(()) => self.metrics(request).map(RateLimiterResponse::Metrics),
                 Err(e) => Err(e),
             },
         };
