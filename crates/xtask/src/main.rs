@@ -406,6 +406,19 @@ fn deploy(args: &[String]) -> Result<(), ToolError> {
         Some(id) => return Err(ToolError(format!("no tenants/{id}/wrangler.toml"))),
         None => return Err(ToolError(USAGE.into())),
     };
+    if !dry_run {
+        for tenant in &targets {
+            let text = std::fs::read_to_string(config_path(Some(tenant))).unwrap_or_default();
+            if xtask::tenant::kv_namespace_id(&text).as_deref()
+                == Some(xtask::tenant::UNPROVISIONED_KV_ID)
+            {
+                return Err(ToolError(format!(
+                    "{tenant} has no KV namespace yet: run `cargo xtask provision {tenant}` first \
+                     (docs/deploy.md)"
+                )));
+            }
+        }
+    }
     let tools = Toolchain::ensure()?;
     tools.build_worker()?;
     for tenant in targets {

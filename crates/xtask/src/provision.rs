@@ -366,7 +366,7 @@ pub fn gateway_patch_hint(tenant: &str, gateway: &str, secrets: &Path) -> String
 
 /// `cargo xtask provision <tenant> [--dry-run]`.
 pub fn provision(tenant: &str, dry_run: bool) -> Result<(), ToolError> {
-    tenant::check_id(tenant).map_err(ToolError)?;
+    tenant::check_deployable(tenant).map_err(ToolError)?;
     let config = crate::config_path(Some(tenant));
     let text = std::fs::read_to_string(&config).map_err(|e| {
         ToolError(format!(
