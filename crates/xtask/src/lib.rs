@@ -6,10 +6,18 @@
 //!   npm packages: `wrangler`, a Node 22 for it, binaryen's `wasm-opt`);
 //! - [`wrangler`]: commands that run the pinned wrangler on the pinned Node;
 //! - [`vectorize`]: the Vectorize metadata indexes a deployment needs, and
-//!   the commands that create them.
+//!   the commands that create them;
+//! - [`tenant`]: the one template of every tenant's configuration, and
+//!   `cargo xtask tenant new`;
+//! - [`provision`]: what a tenant needs on Cloudflare (`cargo xtask provision`);
+//! - [`stamp`]: the fingerprint of the Worker's inputs that lets a build be
+//!   skipped when nothing changed.
 
 pub mod browser;
 pub mod devkey;
+pub mod provision;
+pub mod stamp;
+pub mod tenant;
 pub mod toolchain;
 pub mod vectorize;
 pub mod wrangler;
@@ -53,4 +61,15 @@ pub fn config_path(tenant: Option<&str>) -> PathBuf {
 /// The Worker entry point that every configuration's `main` points at.
 pub fn worker_shim() -> PathBuf {
     repo_root().join("crates/gateway-worker/build/worker/shim.mjs")
+}
+
+/// `bytes` random bytes from the system's generator, as lowercase hex (the
+/// tokens of `.dev.vars` and of a provisioned tenant's secrets).
+pub fn random_hex(bytes: usize) -> Result<String, toolchain::ToolError> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| toolchain::ToolError(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }

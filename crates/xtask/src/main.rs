@@ -7,6 +7,11 @@
 //!   Worker build, then the end-to-end tests against `wrangler dev`.
 //! - `cargo xtask build`, `cargo xtask setup`, `cargo xtask size`,
 //!   `cargo xtask deploy (ID | --all) [--dry-run]`.
+//! - `cargo xtask tenant new ID`, `cargo xtask provision ID [--dry-run]`:
+//!   a new tenant's configuration, and its Cloudflare resources.
+//!
+//! Every task that needs the Worker builds it only when one of its inputs
+//! changed since the last successful build (`xtask::stamp`).
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -19,14 +24,23 @@ tasks:
   dev [--tenant ID | --shared] [--port N] [--persist DIR]
         build and run the platform locally (default: --tenant mrrainbowsmoke --port 8787)
   test  fmt, clippy (native + wasm32), native tests, Worker build, end-to-end tests
-  build install what is missing and build the Worker
+  build install what is missing and build the Worker (skipped when no input changed
+        since the last build; every task below that builds does the same)
   setup install what is missing (wasm32 target, wasm-bindgen-cli, worker-build, npm packages)
   size  build and report the bundle size of every tenant (wrangler deploy --dry-run)
   bench build, then run the benchmarks against wrangler dev (results: docs/benchmarks.md)
   deploy (ID | --all) [--dry-run]
         build and deploy one tenant or all of them (needs a Cloudflare login), after
         creating the Vectorize metadata indexes its filters need; --dry-run prints
-        those commands and validates the bundle, uploading nothing";
+        those commands and validates the bundle, uploading nothing
+  tenant new ID
+        write tenants/ID/wrangler.toml from tenants/_template/wrangler.toml and add ID
+        to the shared configuration's TENANTS (refuses an invalid or existing id)
+  provision ID [--dry-run]
+        create what tenant ID needs on Cloudflare (KV namespace, Vectorize index and its
+        metadata indexes, AI Gateway, ADMIN_TOKEN and INGEST_TOKEN secrets), keeping what
+        exists, and write the KV namespace id into its configuration; needs
+        CLOUDFLARE_API_TOKEN and CLOUDFLARE_ACCOUNT_ID; --dry-run prints the plan only";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +52,8 @@ fn main() -> ExitCode {
         Some("size") => size(),
         Some("bench") => bench(),
         Some("deploy") => deploy(&args[1..]),
+        Some("tenant") => tenant(&args[1..]),
+        Some("provision") => provision(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -116,6 +132,8 @@ fn test() -> Result<(), ToolError> {
     )?);
     step("building the Worker");
     tools.build_worker()?;
+    step("cargo xtask deploy --all --dry-run");
+    deploy(&["--all".into(), "--dry-run".into()])?;
     // The dashboard's test drives a real browser.
     xtask::browser::Browser::ensure()?;
     step("end-to-end tests against wrangler dev");
@@ -332,14 +350,7 @@ fn ensure_dev_vars(path: &std::path::Path) -> Result<(), ToolError> {
     if path.exists() {
         return Ok(());
     }
-    let token = || -> Result<String, ToolError> {
-        let mut bytes = [0u8; 24];
-        use std::io::Read;
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|e| ToolError(format!("cannot read /dev/urandom: {e}")))?;
-        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-    };
+    let token = || xtask::random_hex(24);
     let text = format!(
         "# Local secrets for `cargo xtask dev` (git-ignored). Deployed Workers use\n# `wrangler secret put` instead; see docs/deploy.md.\nADMIN_TOKEN={}\nINGEST_TOKEN={}\n",
         token()?,
@@ -399,6 +410,19 @@ fn deploy(args: &[String]) -> Result<(), ToolError> {
         Some(id) => return Err(ToolError(format!("no tenants/{id}/wrangler.toml"))),
         None => return Err(ToolError(USAGE.into())),
     };
+    if !dry_run {
+        for tenant in &targets {
+            let text = std::fs::read_to_string(config_path(Some(tenant))).unwrap_or_default();
+            if xtask::tenant::kv_namespace_id(&text).as_deref()
+                == Some(xtask::tenant::UNPROVISIONED_KV_ID)
+            {
+                return Err(ToolError(format!(
+                    "{tenant} has no KV namespace yet: run `cargo xtask provision {tenant}` first \
+                     (docs/deploy.md)"
+                )));
+            }
+        }
+    }
     let tools = Toolchain::ensure()?;
     tools.build_worker()?;
     for tenant in targets {
@@ -414,6 +438,42 @@ fn deploy(args: &[String]) -> Result<(), ToolError> {
         run(&mut cmd, &format!("wrangler deploy ({tenant})"))?;
     }
     Ok(())
+}
+
+fn tenant(args: &[String]) -> Result<(), ToolError> {
+    let [sub, id] = args else {
+        return Err(ToolError(format!("tenant needs: new ID\n\n{USAGE}")));
+    };
+    if sub != "new" {
+        return Err(ToolError(format!("unknown tenant task {sub:?}\n\n{USAGE}")));
+    }
+    let config = xtask::tenant::scaffold(&repo_root(), id).map_err(ToolError)?;
+    step(&format!(
+        "wrote {} and added {id} to tenants/_shared/wrangler.toml (TENANTS); next:",
+        config.display()
+    ));
+    println!(
+        "  cargo xtask dev --tenant {id}         # run it locally
+  cargo xtask provision {id} --dry-run  # what it needs on Cloudflare (then without --dry-run)
+  cargo xtask deploy {id} --dry-run     # validate the bundle, then deploy without --dry-run"
+    );
+    Ok(())
+}
+
+fn provision(args: &[String]) -> Result<(), ToolError> {
+    let dry_run = args.iter().any(|a| a == "--dry-run");
+    let ids: Vec<&String> = args.iter().filter(|a| *a != "--dry-run").collect();
+    let [id] = ids.as_slice() else {
+        return Err(ToolError(format!("provision needs one ID\n\n{USAGE}")));
+    };
+    if !tenant_ids().contains(id) {
+        return Err(ToolError(format!(
+            "no tenants/{id}/wrangler.toml (make it with `cargo xtask tenant new {id}`); \
+             tenants: {}",
+            tenant_ids().join(", ")
+        )));
+    }
+    xtask::provision::provision(id, dry_run)
 }
 
 /// Creates the Vectorize metadata indexes the platform filters on (see
@@ -434,24 +494,7 @@ fn metadata_indexes(tenant: &str, dry_run: bool) -> Result<(), ToolError> {
         return Ok(());
     }
     for index in vectorize::index_names(&text) {
-        step(&format!("Vectorize metadata indexes of {index}"));
-        let out = wrangler::command(vectorize::list_args(&index, &config))
-            .output()
-            .map_err(|e| ToolError(format!("wrangler: {e}")))?;
-        let listed = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            return Err(ToolError(format!(
-                "wrangler vectorize list-metadata-index {index} failed (does the index exist? \
-                 see docs/deploy.md):\n{listed}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        for (property, kind) in vectorize::missing(&listed).map_err(ToolError)? {
-            run(
-                &mut wrangler::command(vectorize::create_args(&index, property, kind, &config)),
-                &format!("wrangler vectorize create-metadata-index {index} {property}"),
-            )?;
-        }
+        vectorize::ensure_metadata_indexes(&index, &config)?;
     }
     Ok(())
 }

@@ -70,8 +70,39 @@ impl Toolchain {
         std::env::join_paths(dirs).unwrap_or_default()
     }
 
-    /// Builds the Worker (release, wasm-opt on) into `crates/gateway-worker/build`.
+    /// Builds the Worker (release, wasm-opt on) into `crates/gateway-worker/build`,
+    /// unless the last successful build had the same inputs and its output is
+    /// still there (see [`crate::stamp`]): then it returns at once.
     pub fn build_worker(&self) -> Result<(), ToolError> {
+        let root = crate::repo_root();
+        let fingerprint = crate::stamp::fingerprint(&root, &self.build_identity()?)
+            .map_err(|e| ToolError(format!("fingerprint of the Worker's inputs: {e}")))?;
+        if crate::stamp::is_fresh(&root, &fingerprint) {
+            step("the Worker is up to date (no input changed since its last build)");
+            return Ok(());
+        }
+        crate::stamp::clear(&root).map_err(ToolError)?;
+        self.run_worker_build()?;
+        crate::stamp::write(&root, &fingerprint).map_err(ToolError)
+    }
+
+    /// What, beside the input files, decides the build's output: its
+    /// arguments and the versions of the tools it runs.
+    fn build_identity(&self) -> Result<Vec<String>, ToolError> {
+        let rustc = output(
+            Command::new("rustc")
+                .arg("-vV")
+                .current_dir(crate::repo_root().join("crates/gateway-worker")),
+        )?;
+        Ok(vec![
+            format!("worker-build {WORKER_BUILD_VERSION} --release"),
+            format!("wasm-bindgen {}", wasm_bindgen_version()?),
+            format!("target {WASM_TARGET}"),
+            rustc,
+        ])
+    }
+
+    fn run_worker_build(&self) -> Result<(), ToolError> {
         let crate_dir = crate::repo_root().join("crates/gateway-worker");
         let mut cmd = Command::new(&self.worker_build);
         cmd.arg("--release")

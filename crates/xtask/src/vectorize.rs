@@ -9,6 +9,7 @@
 //! creates any that are missing before it deploys the Worker (nothing is
 //! upserted until the Worker runs).
 
+use crate::toolchain::{run, step, ToolError};
 use std::path::Path;
 
 /// The metadata properties the platform filters on, with their Vectorize
@@ -102,6 +103,30 @@ pub fn missing(listed: &str) -> Result<Vec<(&'static str, &'static str)>, String
         }
     }
     Ok(missing)
+}
+
+/// Creates the metadata indexes of [`METADATA_INDEXES`] that `index` lacks
+/// (listing them first), with the account of `config`.
+pub fn ensure_metadata_indexes(index: &str, config: &Path) -> Result<(), ToolError> {
+    step(&format!("Vectorize metadata indexes of {index}"));
+    let out = crate::wrangler::command(list_args(index, config))
+        .output()
+        .map_err(|e| ToolError(format!("wrangler: {e}")))?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(ToolError(format!(
+            "wrangler vectorize list-metadata-index {index} failed (does the index exist? \
+             see docs/deploy.md):\n{listed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    for (property, kind) in missing(&listed).map_err(ToolError)? {
+        run(
+            &mut crate::wrangler::command(create_args(index, property, kind, config)),
+            &format!("wrangler vectorize create-metadata-index {index} {property}"),
+        )?;
+    }
+    Ok(())
 }
 
 /// The commands (wrangler arguments) that create every metadata index of
