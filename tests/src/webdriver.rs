@@ -207,10 +207,22 @@ impl Browser {
         );
     }
 
-    /// Clicks the first element matching `selector`.
+    /// Clicks the first element matching `selector`, finding it again if
+    /// the page replaced it in between (a table re-rendered by its view).
     pub fn click_on(&self, selector: &str) {
-        let element = self.wait_for(selector, Duration::from_secs(10));
-        self.click(&element);
+        self.wait_until(
+            &format!("a clickable {selector}"),
+            Duration::from_secs(10),
+            || {
+                let element = self.find(selector).filter(|e| self.displayed(e))?;
+                self.try_command(
+                    "POST",
+                    &self.session_path(&format!("/element/{}/click", element.0)),
+                    json!({}),
+                )
+                .ok()
+            },
+        );
     }
 
     /// Replaces the value of the input matching `selector` with `text`.

@@ -268,3 +268,46 @@ fn a_tenant_admin_signs_in_without_the_operators_views() {
     );
     assert_eq!(stored, json!([admin_key, 0]));
 }
+
+#[test]
+fn the_operator_of_a_shared_deployment_switches_tenants() {
+    const OTHER: &str = "rainbowsmokeofficial";
+    let dir = PersistDir::new("dashboard-shared");
+    let server = Server::start(Deployment::Shared, &dir);
+    // One document in each tenant, to tell their views apart.
+    server.ingest(
+        TENANT,
+        json!([{"id": "only-in-a", "text": "Alpha tenant's notes."}]),
+    );
+    server.ingest(
+        OTHER,
+        json!([{"id": "only-in-b", "text": "Beta tenant's notes."}]),
+    );
+    let browser = Browser::start();
+    browser.goto(&format!("{}/admin/ui#token={ADMIN_TOKEN}", server.base()));
+    browser.wait_for("#app", WAIT);
+
+    open_view(&browser, "tenants");
+    let listed = browser.wait_until("both tenants listed", WAIT, || {
+        let text = browser.text_of("#tenants-table");
+        (text.contains(TENANT) && text.contains(OTHER)).then_some(text)
+    });
+    assert!(listed.contains("active"), "{listed}");
+
+    let documents_of = |tenant: &str| {
+        browser.click_on(&format!("button[data-open-tenant={tenant}]"));
+        browser.wait_until("the tenant selected", WAIT, || {
+            browser.text_of("#who").contains(tenant).then_some(())
+        });
+        open_view(&browser, "ingest");
+        browser.wait_until("the tenant's documents", WAIT, || {
+            let text = browser.text_of("#documents-table");
+            text.contains("only-in-").then_some(text)
+        })
+    };
+    let b = documents_of(OTHER);
+    assert!(b.contains("only-in-b") && !b.contains("only-in-a"), "{b}");
+    open_view(&browser, "tenants");
+    let a = documents_of(TENANT);
+    assert!(a.contains("only-in-a") && !a.contains("only-in-b"), "{a}");
+}

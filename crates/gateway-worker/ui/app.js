@@ -135,6 +135,8 @@ function signOut() {
   sessionStorage.removeItem("tp.tenant");
   closeSocket();
   Object.assign(state, { token: null, tenant: null, operator: false, tenants: [], record: null, chatKey: null });
+  clearViews();
+  $("#chat-key").value = "";
   $("#app").hidden = true;
   $("#login").hidden = false;
   $("#logout-btn").hidden = true;
@@ -216,11 +218,23 @@ async function renderTenants() {
       badge(t.status || "unknown", t.status === "active" ? "good" : ""),
       fmtTime(t.createdAtMs),
       fmtNum(t.keys),
-      el("button", { class: "small", type: "button", onclick: () => selectTenant(t.tenantId) }, "open"),
+      el("button", { class: "small", type: "button", "data-open-tenant": t.tenantId, onclick: () => selectTenant(t.tenantId) }, "open"),
     ]));
 }
 
+// Empties every view, so nothing of one tenant is on screen under another's name.
+function clearViews() {
+  for (const node of document.querySelectorAll("section[data-panel] table, #overview-body, #limits-body, #usage-chart, #metrics-tokens, #search-results, #chat-log, #history-list, #ingest-result, #new-key-secret, #config-result")) {
+    node.replaceChildren();
+  }
+  $("#history").hidden = true;
+  $("#new-key").hidden = true;
+  state.historySession = null;
+  state.assistant = null;
+}
+
 function selectTenant(id) {
+  clearViews();
   state.tenant = id;
   sessionStorage.setItem("tp.tenant", id);
   state.documentsCursor = null;
