@@ -91,7 +91,14 @@ async fn serve(
         var(env, "TENANT_ID").as_deref(),
         var(env, "TENANTS").as_deref(),
     )?;
-    let route = routing::route(req.method().as_ref(), &req.path())?;
+    // The method as sent: `worker::Method` reads every method it does not
+    // know (`QUERY`, `PROPFIND`, ...) as GET, which served them as GETs
+    // (found by the schema fuzzer).
+    let route = routing::route(&req.inner().method(), &req.path())?;
+    if route == Route::OpenApi {
+        // The same document for every tenant: no tenant, no credential.
+        return crate::openapi::response(request_id).map(Reply::Raw);
+    }
     // Browsers cannot set headers on a WebSocket or EventSource request:
     // there, and only there, the tenant may come as `?tenant=` and the key as
     // `?key=` instead, validated the same way.
@@ -264,11 +271,13 @@ async fn serve(
             };
         }
         Route::ChatSocket => {
+            // Bad input is a 400 whether or not the upgrade came with it (the
+            // schema fuzzer found a bad session id answered 426).
+            let session = api::session_id(&query(&req, "sessionId").unwrap_or_default())?;
             let upgrade = header(&req, "upgrade").unwrap_or_default();
             if !upgrade.eq_ignore_ascii_case("websocket") {
                 return Err(ApiError::UpgradeRequired);
             }
-            let session = api::session_id(&query(&req, "sessionId").unwrap_or_default())?;
             let mut socket_access = access(&caller);
             // The key check's time goes with it: the socket's first
             // re-check falls due a second after this verification, not at
@@ -605,6 +614,8 @@ async fn json_reply(
             ok_json(&json!({ "ok": true, "messagesRemoved": cleared.messages_removed }))
         }
         Route::Health => Ok((200, json!({ "ok": true, "tenantId": tenant }))),
+        // Answered in `serve` before the tenant is resolved; the same here.
+        Route::OpenApi => Ok((200, crate::openapi::document()?)),
         Route::GetTenant => {
             let record = CoordinatorHandle::new(env, &tenant)?
                 .get_tenant(request_id)

@@ -4,7 +4,7 @@
 //! ([`tenant`]), finds the route ([`routing`]), checks credentials ([`auth`])
 //! and body ([`body`]), then forwards tenant-scoped work to the actors through
 //! their typed handles ([`app`]). Failures become JSON in one place
-//! ([`errors`]).
+//! ([`errors`]). [`openapi`] serves the OpenAPI document of every route.
 //!
 //! Everything but [`app`] and the entry point is plain Rust, tested natively.
 //! The Durable Object classes live in the `actors` crate and are exported from
@@ -19,6 +19,7 @@ pub mod errors;
 pub mod isolate_cache;
 pub mod limits;
 pub mod openai;
+pub mod openapi;
 pub mod request_id;
 pub mod routing;
 pub mod sse;

@@ -1,4 +1,7 @@
-//! The route table: method and path to a [`Route`], or the 404/405 to answer.
+//! The route table: method and path to a [`Route`], or the 404/405 to answer,
+//! and back: every route's method and path template ([`Route::template`],
+//! [`TEMPLATES`]), which the OpenAPI document must list exactly
+//! (`crate::openapi`'s tests check both).
 
 use crate::errors::ApiError;
 use protocol::keys::Scope;
@@ -9,6 +12,8 @@ use protocol::ActorKind;
 pub enum Route {
     /// `GET /health`.
     Health,
+    /// `GET /openapi.json`: the OpenAPI document (public, needs no tenant).
+    OpenApi,
     /// `GET /admin/tenant`: the tenant's record.
     GetTenant,
     /// `PATCH /admin/tenant`: change the tenant's settings.
@@ -125,7 +130,7 @@ impl Route {
     /// Who may call the route.
     pub fn access(&self) -> Access {
         match self {
-            Route::Health => Access::Public,
+            Route::Health | Route::OpenApi => Access::Public,
             Route::Search => Access::Scoped(Scope::Search),
             Route::Chat
             | Route::ChatSocket
@@ -154,12 +159,82 @@ impl Route {
         }
     }
 
+    /// The route's method and path template, as the OpenAPI document names
+    /// it (`{name}` for a path parameter). Exhaustive on purpose: a new
+    /// variant needs a template, and then a place in [`TEMPLATES`] and in the
+    /// document, or the tests fail.
+    pub fn template(&self) -> (&'static str, &'static str) {
+        match self {
+            Route::Health => ("GET", "/health"),
+            Route::OpenApi => ("GET", "/openapi.json"),
+            Route::GetTenant => ("GET", "/admin/tenant"),
+            Route::PatchTenant => ("PATCH", "/admin/tenant"),
+            Route::InspectActor { .. } => ("GET", "/admin/actors/{kind}/{name}"),
+            Route::InjectFaults => ("POST", "/admin/faults"),
+            Route::SetConfig { .. } => ("PUT", "/admin/config/{name}"),
+            Route::DeleteConfig { .. } => ("DELETE", "/admin/config/{name}"),
+            Route::CreateKey => ("POST", "/admin/keys"),
+            Route::ListKeys => ("GET", "/admin/keys"),
+            Route::GetKey { .. } => ("GET", "/admin/keys/{id}"),
+            Route::RotateKey { .. } => ("POST", "/admin/keys/{id}/rotate"),
+            Route::RevokeKey { .. } => ("DELETE", "/admin/keys/{id}"),
+            Route::UpdateKey { .. } => ("PATCH", "/admin/keys/{id}"),
+            Route::Usage => ("GET", "/admin/usage"),
+            Route::Ingest => ("POST", "/api/ingest"),
+            Route::IngestJob { .. } => ("GET", "/api/ingest/{jobId}"),
+            Route::DeleteDocument { .. } => ("DELETE", "/api/documents/{id}"),
+            Route::Search => ("POST", "/api/search"),
+            Route::Chat => ("POST", "/api/chat"),
+            Route::ChatSocket => ("GET", "/api/chat/ws"),
+            Route::ChatStream { .. } => ("GET", "/api/chat/{sessionId}/stream"),
+            Route::History { .. } => ("GET", "/api/sessions/{sessionId}/history"),
+            Route::ClearSession { .. } => ("DELETE", "/api/sessions/{sessionId}"),
+            Route::V1ChatCompletions => ("POST", "/v1/chat/completions"),
+            Route::V1Embeddings => ("POST", "/v1/embeddings"),
+            Route::V1Models => ("GET", "/v1/models"),
+            Route::V1Model { .. } => ("GET", "/v1/models/{model}"),
+        }
+    }
+
     /// Routes a browser opens with `WebSocket` or `EventSource`, which cannot
     /// set headers: there the tenant and key may also come in the query.
     pub fn is_browser_stream(&self) -> bool {
         matches!(self, Route::ChatSocket | Route::ChatStream { .. })
     }
 }
+
+/// Every route's (method, path template), one per [`Route`] variant: what
+/// [`Route::template`] answers, and what the OpenAPI document lists.
+pub const TEMPLATES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+    ("GET", "/admin/tenant"),
+    ("PATCH", "/admin/tenant"),
+    ("GET", "/admin/actors/{kind}/{name}"),
+    ("POST", "/admin/faults"),
+    ("PUT", "/admin/config/{name}"),
+    ("DELETE", "/admin/config/{name}"),
+    ("POST", "/admin/keys"),
+    ("GET", "/admin/keys"),
+    ("GET", "/admin/keys/{id}"),
+    ("POST", "/admin/keys/{id}/rotate"),
+    ("DELETE", "/admin/keys/{id}"),
+    ("PATCH", "/admin/keys/{id}"),
+    ("GET", "/admin/usage"),
+    ("POST", "/api/ingest"),
+    ("GET", "/api/ingest/{jobId}"),
+    ("DELETE", "/api/documents/{id}"),
+    ("POST", "/api/search"),
+    ("POST", "/api/chat"),
+    ("GET", "/api/chat/ws"),
+    ("GET", "/api/chat/{sessionId}/stream"),
+    ("GET", "/api/sessions/{sessionId}/history"),
+    ("DELETE", "/api/sessions/{sessionId}"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model}"),
+];
 
 /// Whether `path` is one of the OpenAI-compatible routes (`/v1/...`), whose
 /// failures take OpenAI's error shape.
@@ -172,6 +247,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (allow, found): (&[&'static str], Option<Route>) = match segments.as_slice() {
         ["health"] => (&["GET"], (method == "GET").then_some(Route::Health)),
+        ["openapi.json"] => (&["GET"], (method == "GET").then_some(Route::OpenApi)),
         ["admin", "tenant"] => (
             &["GET", "PATCH"],
             match method {
@@ -434,6 +510,54 @@ mod tests {
         ] {
             assert_eq!(r.access(), Access::Scoped(Scope::Admin));
         }
+    }
+
+    /// `template` with every `{param}` replaced by a sample value.
+    fn instantiate(template: &str) -> String {
+        template
+            .split('/')
+            .map(|segment| match segment {
+                "{kind}" => "coordinator",
+                "{model}" => "@cf/meta/llama-3.3-70b-instruct-fp8-fast",
+                s if s.starts_with('{') => "sample-1",
+                s => s,
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    #[test]
+    fn every_template_routes_back_to_itself() {
+        for &(method, template) in TEMPLATES {
+            let path = instantiate(template);
+            let route = route(method, &path)
+                .unwrap_or_else(|e| panic!("{method} {path} ({template}): {e}"));
+            assert_eq!(route.template(), (method, template), "{method} {path}");
+        }
+        let mut unique = TEMPLATES.to_vec();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), TEMPLATES.len(), "a template is listed twice");
+    }
+
+    #[test]
+    fn every_allowed_method_has_a_template() {
+        // A method added to a known path is routed, so it needs a template.
+        for &(_, template) in TEMPLATES {
+            let path = instantiate(template);
+            let allow = route("TRACE", &path)
+                .unwrap_err()
+                .allow_header()
+                .unwrap_or_default();
+            for method in allow.split(", ") {
+                assert!(
+                    TEMPLATES.contains(&(method, template)),
+                    "{method} {template} is routed but not in TEMPLATES"
+                );
+            }
+        }
+        assert_eq!(route("GET", "/openapi.json"), Ok(Route::OpenApi));
+        assert_eq!(Route::OpenApi.access(), Access::Public);
     }
 
     #[test]
