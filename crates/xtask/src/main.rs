@@ -116,6 +116,8 @@ fn test() -> Result<(), ToolError> {
     )?);
     step("building the Worker");
     tools.build_worker()?;
+    step("schemathesis (the schema fuzzer of the end-to-end tests)");
+    xtask::toolchain::ensure_schemathesis()?;
     step("end-to-end tests against wrangler dev");
     counts = counts.add(run_tests(
         cargo().args(["test", "-p", "e2e", "--tests"]),
