@@ -102,12 +102,20 @@ async fn serve(
     limit_headers: &mut Vec<(&'static str, String)>,
     seen: &mut Observation,
 ) -> Result<Reply, ApiError> {
-    let route = routing::route(req.method().as_ref(), &req.path())?;
+    // The method as sent: `worker::Method` reads every method it does not
+    // know (`QUERY`, `PROPFIND`, ...) as GET, which served them as GETs
+    // (found by the schema fuzzer).
+    let route = routing::route(&req.inner().method(), &req.path())?;
     seen.route = Some(route.template());
-    // The dashboard's files are the same for every tenant and hold nothing
-    // secret: served before any tenant or credential is looked at.
-    if let Route::Dashboard { asset } = &route {
-        return crate::ui::serve(asset, request_id.as_str()).map(Reply::Raw);
+    // The OpenAPI document and the dashboard's files are the same for every
+    // tenant and hold nothing secret: served before any tenant or
+    // credential is looked at.
+    match &route {
+        Route::OpenApi => return crate::openapi::response(request_id).map(Reply::Raw),
+        Route::Dashboard { asset } => {
+            return crate::ui::serve(asset, request_id.as_str()).map(Reply::Raw)
+        }
+        _ => {}
     }
     let mode = TenantMode::from_vars(
         var(env, "TENANT_ID").as_deref(),
@@ -293,11 +301,13 @@ async fn serve(
             };
         }
         Route::ChatSocket => {
+            // Bad input is a 400 whether or not the upgrade came with it (the
+            // schema fuzzer found a bad session id answered 426).
+            let session = api::session_id(&query(&req, "sessionId").unwrap_or_default())?;
             let upgrade = header(&req, "upgrade").unwrap_or_default();
             if !upgrade.eq_ignore_ascii_case("websocket") {
                 return Err(ApiError::UpgradeRequired);
             }
-            let session = api::session_id(&query(&req, "sessionId").unwrap_or_default())?;
             let mut socket_access = access(&caller);
             // The key check's time goes with it: the socket's first
             // re-check falls due a second after this verification, not at
@@ -635,6 +645,8 @@ async fn json_reply(
             ok_json(&json!({ "ok": true, "messagesRemoved": cleared.messages_removed }))
         }
         Route::Health => Ok((200, json!({ "ok": true, "tenantId": tenant }))),
+        // Answered in `serve` before the tenant is resolved; the same here.
+        Route::OpenApi => Ok((200, crate::openapi::document()?)),
         Route::GetTenant => {
             let record = CoordinatorHandle::new(env, &tenant)?
                 .get_tenant(request_id)

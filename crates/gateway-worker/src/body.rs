@@ -1,7 +1,7 @@
 //! Request bodies: content type and size are checked before a body is parsed.
 
 use crate::errors::ApiError;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Visitor};
 
 /// The largest body accepted by the admin routes.
 pub const MAX_ADMIN_BODY_BYTES: usize = 16 * 1024;
@@ -47,8 +47,139 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, 
     if bytes.len() > limit {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid: {e}")))
+    let invalid = |e: &dyn std::fmt::Display| {
+        ApiError::bad_request("invalid_json", format!("the body is not valid: {e}"))
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| invalid(&e))?;
+    T::deserialize(ObjectsOnly(&value)).map_err(|e| invalid(&e))
+}
+
+/// A JSON value read as a request type, like `serde_json::Value`'s own
+/// deserializer except that a struct must come as an object: serde's
+/// derived structs also take an array of their fields in order, so
+/// `["arr",["chat"]]` was a key to create and `"anonymous":[true,false]`
+/// a setting (found by the schema fuzzer, which sends what the document
+/// says is invalid). Maps, lists and scalars read as before.
+struct ObjectsOnly<'a>(&'a serde_json::Value);
+
+/// What a failed read says.
+#[derive(Debug)]
+struct ReadError(String);
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+impl serde::de::Error for ReadError {
+    fn custom<M: std::fmt::Display>(msg: M) -> Self {
+        Self(msg.to_string())
+    }
+}
+
+impl<'de> serde::Deserializer<'de> for ObjectsOnly<'de> {
+    type Error = ReadError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ReadError> {
+        use serde_json::Value;
+        match self.0 {
+            Value::Null => visitor.visit_unit(),
+            Value::Bool(b) => visitor.visit_bool(*b),
+            Value::Number(n) => {
+                if let Some(u) = n.as_u64() {
+                    visitor.visit_u64(u)
+                } else if let Some(i) = n.as_i64() {
+                    visitor.visit_i64(i)
+                } else {
+                    visitor.visit_f64(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            Value::String(s) => visitor.visit_borrowed_str(s),
+            Value::Array(items) => visitor.visit_seq(serde::de::value::SeqDeserializer::new(
+                items.iter().map(ObjectsOnly),
+            )),
+            Value::Object(map) => visitor.visit_map(serde::de::value::MapDeserializer::new(
+                map.iter().map(|(k, v)| (k.as_str(), ObjectsOnly(v))),
+            )),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ReadError> {
+        match self.0 {
+            serde_json::Value::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ReadError> {
+        match self.0 {
+            serde_json::Value::Object(_) => self.deserialize_any(visitor),
+            other => Err(ReadError(format!(
+                "{name} must be a JSON object, not {}",
+                kind(other)
+            ))),
+        }
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ReadError> {
+        match self.0 {
+            // Unit variants by name: the only enums the bodies hold.
+            serde_json::Value::String(s) => {
+                visitor.visit_enum(serde::de::value::BorrowedStrDeserializer::new(s))
+            }
+            other => Err(ReadError(format!(
+                "expected one of the names, not {}",
+                kind(other)
+            ))),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, ReadError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier
+        ignored_any
+    }
+}
+
+impl<'de> serde::de::IntoDeserializer<'de, ReadError> for ObjectsOnly<'de> {
+    type Deserializer = Self;
+
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+/// A JSON value's kind, for messages.
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// Parses a body that may be left out: an empty body is `None` (and needs no
@@ -119,6 +250,69 @@ mod tests {
             400
         );
         assert!(parse_json::<serde_json::Value>(b"{}", 10).is_ok());
+    }
+
+    #[test]
+    fn structs_come_as_objects_at_every_depth() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Inner {
+            search: Option<bool>,
+            chat: Option<bool>,
+        }
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Outer {
+            name: String,
+            scopes: Vec<String>,
+            top_k: Option<u32>,
+            inner: Option<Inner>,
+            #[serde(default)]
+            items: Vec<Inner>,
+            mode: Option<protocol::ingest::SearchMode>,
+        }
+        let ok: Outer = parse_json(
+            br#"{"name":"a","scopes":["chat"],"topK":null,"inner":{"search":true},"items":[{}],"mode":"keyword"}"#,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            Outer {
+                name: "a".into(),
+                scopes: vec!["chat".into()],
+                top_k: None,
+                inner: Some(Inner {
+                    search: Some(true),
+                    chat: None
+                }),
+                items: vec![Inner {
+                    search: None,
+                    chat: None
+                }],
+                mode: Some(protocol::ingest::SearchMode::Keyword),
+            }
+        );
+        for bad in [
+            // The whole body, a nested struct, a struct in a list: serde's
+            // derive takes arrays of fields for all of them.
+            r#"["a",["chat"],null,null,[],null]"#,
+            r#"{"name":"a","scopes":[],"inner":[true,false]}"#,
+            r#"{"name":"a","scopes":[],"items":[[true,false]]}"#,
+            r#"{"name":"a","scopes":[],"topK":-1}"#,
+            r#"{"name":"a","scopes":[],"topK":1.5}"#,
+            r#"{"name":"a","scopes":[],"mode":"nope"}"#,
+            r#"{"name":"a","scopes":[],"mode":["keyword"]}"#,
+            r#"{"name":"a","scopes":[],"extra":1}"#,
+            r#"{"name":"a","scopes":"chat"}"#,
+            r#"{"name":"a","scopes":[]} x"#,
+        ] {
+            let e = parse_json::<Outer>(bad.as_bytes(), 1000).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "invalid_json"), "{bad}");
+        }
+        // Values that are JSON through and through read as before.
+        let v: serde_json::Value = parse_json(br#"[1,-2,2.5,"x",null,{"a":[true]}]"#, 100).unwrap();
+        assert_eq!(v, serde_json::json!([1, -2, 2.5, "x", null, {"a": [true]}]));
     }
 
     #[test]

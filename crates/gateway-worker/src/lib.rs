@@ -4,7 +4,7 @@
 //! ([`tenant`]), finds the route ([`routing`]), checks credentials ([`auth`])
 //! and body ([`body`]), then forwards tenant-scoped work to the actors through
 //! their typed handles ([`app`]). Failures become JSON in one place
-//! ([`errors`]).
+//! ([`errors`]). [`openapi`] serves the OpenAPI document of every route.
 //!
 //! After the answer, [`observe`] writes the request's log line and the entry
 //! point records its metrics sample beside the response (`waitUntil`).
@@ -23,6 +23,7 @@ pub mod isolate_cache;
 pub mod limits;
 pub mod observe;
 pub mod openai;
+pub mod openapi;
 pub mod request_id;
 pub mod routing;
 pub mod sse;

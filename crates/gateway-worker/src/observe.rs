@@ -14,8 +14,8 @@ pub const UNMATCHED: &str = "unmatched";
 /// What the pipeline learned of a request while serving it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observation {
-    /// The route's template, once routed.
-    pub route: Option<&'static str>,
+    /// The route's method and path template, once routed.
+    pub route: Option<(&'static str, &'static str)>,
     /// The tenant, once known (admitted, or the one the request named in
     /// a deployment that serves it).
     pub tenant: Option<TenantId>,
@@ -54,9 +54,13 @@ impl Observation {
         }
     }
 
-    /// The route label for logs and metrics.
-    pub fn route_label(&self) -> &'static str {
-        self.route.unwrap_or(UNMATCHED)
+    /// The route label for logs and metrics: `POST /api/search`,
+    /// `GET /admin/keys/{id}` (no ids), or [`UNMATCHED`].
+    pub fn route_label(&self) -> String {
+        match self.route {
+            Some((method, path)) => format!("{method} {path}"),
+            None => UNMATCHED.to_owned(),
+        }
     }
 
     /// The request's log line: one JSON object.
@@ -83,7 +87,7 @@ impl Observation {
         Some((
             tenant,
             RequestSample {
-                route: self.route_label().to_owned(),
+                route: self.route_label(),
                 status,
                 code: if status >= 400 {
                     self.code.clone()
@@ -104,7 +108,7 @@ mod tests {
     #[test]
     fn a_refused_search_logs_and_samples_its_code_and_never_a_secret() {
         let mut obs = Observation {
-            route: Some("POST /api/search"),
+            route: Some(("POST", "/api/search")),
             tenant: Some(TenantId::parse("acme").unwrap()),
             ..Observation::default()
         };

@@ -1,4 +1,7 @@
-//! The route table: method and path to a [`Route`], or the 404/405 to answer.
+//! The route table: method and path to a [`Route`], or the 404/405 to answer,
+//! and back: every route's method and path template ([`Route::template`],
+//! [`TEMPLATES`]), which the OpenAPI document must list exactly
+//! (`crate::openapi`'s tests check both).
 
 use crate::errors::ApiError;
 use protocol::keys::Scope;
@@ -14,6 +17,8 @@ pub enum Route {
         /// The file, `""` for the page itself; unvalidated.
         asset: String,
     },
+    /// `GET /openapi.json`: the OpenAPI document (public, needs no tenant).
+    OpenApi,
     /// `GET /admin/tenant`: the tenant's record.
     GetTenant,
     /// `PATCH /admin/tenant`: change the tenant's settings.
@@ -144,7 +149,7 @@ impl Route {
     /// Who may call the route.
     pub fn access(&self) -> Access {
         match self {
-            Route::Health | Route::Dashboard { .. } => Access::Public,
+            Route::Health | Route::Dashboard { .. } | Route::OpenApi => Access::Public,
             Route::Search => Access::Scoped(Scope::Search),
             Route::Chat
             | Route::ChatSocket
@@ -183,44 +188,54 @@ impl Route {
         !matches!(self, Route::ListTenants)
     }
 
-    /// The route's template, as logs and metrics name it (ids left out).
-    pub fn template(&self) -> &'static str {
+    /// The route's method and path template, as the OpenAPI document names
+    /// it (`{name}` for a path parameter). Exhaustive on purpose: a new
+    /// variant needs a template, and then a place in [`TEMPLATES`] and in the
+    /// document, or the tests fail.
+    pub fn template(&self) -> (&'static str, &'static str) {
         match self {
-            Route::Health => "GET /health",
-            Route::Dashboard { asset } if asset.is_empty() => "GET /admin/ui",
-            Route::Dashboard { .. } => "GET /admin/ui/:asset",
-            Route::GetTenant => "GET /admin/tenant",
-            Route::PatchTenant => "PATCH /admin/tenant",
-            Route::InspectActor { .. } => "GET /admin/actors/:kind/:name",
-            Route::InjectFaults => "POST /admin/faults",
-            Route::SetConfig { .. } => "PUT /admin/config/:name",
-            Route::GetConfig { .. } => "GET /admin/config/:name",
-            Route::DeleteConfig { .. } => "DELETE /admin/config/:name",
-            Route::ListTenants => "GET /admin/tenants",
-            Route::ListSessions => "GET /admin/sessions",
-            Route::ListDocuments => "GET /admin/documents",
-            Route::Metrics => "GET /admin/metrics",
-            Route::CreateKey => "POST /admin/keys",
-            Route::ListKeys => "GET /admin/keys",
-            Route::GetKey { .. } => "GET /admin/keys/:id",
-            Route::RotateKey { .. } => "POST /admin/keys/:id/rotate",
-            Route::RevokeKey { .. } => "DELETE /admin/keys/:id",
-            Route::UpdateKey { .. } => "PATCH /admin/keys/:id",
-            Route::Usage => "GET /admin/usage",
-            Route::Ingest => "POST /api/ingest",
-            Route::IngestJob { .. } => "GET /api/ingest/:jobId",
-            Route::DeleteDocument { .. } => "DELETE /api/documents/:id",
-            Route::Search => "POST /api/search",
-            Route::Chat => "POST /api/chat",
-            Route::ChatSocket => "GET /api/chat/ws",
-            Route::ChatStream { .. } => "GET /api/chat/:id/stream",
-            Route::History { .. } => "GET /api/sessions/:id/history",
-            Route::ClearSession { .. } => "DELETE /api/sessions/:id",
-            Route::V1ChatCompletions => "POST /v1/chat/completions",
-            Route::V1Embeddings => "POST /v1/embeddings",
-            Route::V1Models => "GET /v1/models",
-            Route::V1Model { .. } => "GET /v1/models/:id",
+            Route::Health => ("GET", "/health"),
+            Route::OpenApi => ("GET", "/openapi.json"),
+            Route::Dashboard { asset } if asset.is_empty() => ("GET", "/admin/ui"),
+            Route::Dashboard { .. } => ("GET", "/admin/ui/{asset}"),
+            Route::GetConfig { .. } => ("GET", "/admin/config/{name}"),
+            Route::ListTenants => ("GET", "/admin/tenants"),
+            Route::ListSessions => ("GET", "/admin/sessions"),
+            Route::ListDocuments => ("GET", "/admin/documents"),
+            Route::Metrics => ("GET", "/admin/metrics"),
+            Route::GetTenant => ("GET", "/admin/tenant"),
+            Route::PatchTenant => ("PATCH", "/admin/tenant"),
+            Route::InspectActor { .. } => ("GET", "/admin/actors/{kind}/{name}"),
+            Route::InjectFaults => ("POST", "/admin/faults"),
+            Route::SetConfig { .. } => ("PUT", "/admin/config/{name}"),
+            Route::DeleteConfig { .. } => ("DELETE", "/admin/config/{name}"),
+            Route::CreateKey => ("POST", "/admin/keys"),
+            Route::ListKeys => ("GET", "/admin/keys"),
+            Route::GetKey { .. } => ("GET", "/admin/keys/{id}"),
+            Route::RotateKey { .. } => ("POST", "/admin/keys/{id}/rotate"),
+            Route::RevokeKey { .. } => ("DELETE", "/admin/keys/{id}"),
+            Route::UpdateKey { .. } => ("PATCH", "/admin/keys/{id}"),
+            Route::Usage => ("GET", "/admin/usage"),
+            Route::Ingest => ("POST", "/api/ingest"),
+            Route::IngestJob { .. } => ("GET", "/api/ingest/{jobId}"),
+            Route::DeleteDocument { .. } => ("DELETE", "/api/documents/{id}"),
+            Route::Search => ("POST", "/api/search"),
+            Route::Chat => ("POST", "/api/chat"),
+            Route::ChatSocket => ("GET", "/api/chat/ws"),
+            Route::ChatStream { .. } => ("GET", "/api/chat/{sessionId}/stream"),
+            Route::History { .. } => ("GET", "/api/sessions/{sessionId}/history"),
+            Route::ClearSession { .. } => ("DELETE", "/api/sessions/{sessionId}"),
+            Route::V1ChatCompletions => ("POST", "/v1/chat/completions"),
+            Route::V1Embeddings => ("POST", "/v1/embeddings"),
+            Route::V1Models => ("GET", "/v1/models"),
+            Route::V1Model { .. } => ("GET", "/v1/models/{model}"),
         }
+    }
+
+    /// The route as logs and metrics name it: `GET /admin/keys/{id}`.
+    pub fn label(&self) -> String {
+        let (method, path) = self.template();
+        format!("{method} {path}")
     }
 
     /// Routes a browser opens with `WebSocket` or `EventSource`, which cannot
@@ -229,6 +244,46 @@ impl Route {
         matches!(self, Route::ChatSocket | Route::ChatStream { .. })
     }
 }
+
+/// Every route's (method, path template), one per [`Route`] variant: what
+/// [`Route::template`] answers, and what the OpenAPI document lists.
+pub const TEMPLATES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+    ("GET", "/admin/ui"),
+    ("GET", "/admin/ui/{asset}"),
+    ("GET", "/admin/tenants"),
+    ("GET", "/admin/sessions"),
+    ("GET", "/admin/documents"),
+    ("GET", "/admin/metrics"),
+    ("GET", "/admin/config/{name}"),
+    ("GET", "/admin/tenant"),
+    ("PATCH", "/admin/tenant"),
+    ("GET", "/admin/actors/{kind}/{name}"),
+    ("POST", "/admin/faults"),
+    ("PUT", "/admin/config/{name}"),
+    ("DELETE", "/admin/config/{name}"),
+    ("POST", "/admin/keys"),
+    ("GET", "/admin/keys"),
+    ("GET", "/admin/keys/{id}"),
+    ("POST", "/admin/keys/{id}/rotate"),
+    ("DELETE", "/admin/keys/{id}"),
+    ("PATCH", "/admin/keys/{id}"),
+    ("GET", "/admin/usage"),
+    ("POST", "/api/ingest"),
+    ("GET", "/api/ingest/{jobId}"),
+    ("DELETE", "/api/documents/{id}"),
+    ("POST", "/api/search"),
+    ("POST", "/api/chat"),
+    ("GET", "/api/chat/ws"),
+    ("GET", "/api/chat/{sessionId}/stream"),
+    ("GET", "/api/sessions/{sessionId}/history"),
+    ("DELETE", "/api/sessions/{sessionId}"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model}"),
+];
 
 /// Whether `path` is one of the OpenAI-compatible routes (`/v1/...`), whose
 /// failures take OpenAI's error shape.
@@ -241,6 +296,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (allow, found): (&[&'static str], Option<Route>) = match segments.as_slice() {
         ["health"] => (&["GET"], (method == "GET").then_some(Route::Health)),
+        ["openapi.json"] => (&["GET"], (method == "GET").then_some(Route::OpenApi)),
         ["admin", "ui"] => (
             &["GET"],
             (method == "GET").then(|| Route::Dashboard {
@@ -543,6 +599,54 @@ mod tests {
         }
     }
 
+    /// `template` with every `{param}` replaced by a sample value.
+    fn instantiate(template: &str) -> String {
+        template
+            .split('/')
+            .map(|segment| match segment {
+                "{kind}" => "coordinator",
+                "{model}" => "@cf/meta/llama-3.3-70b-instruct-fp8-fast",
+                s if s.starts_with('{') => "sample-1",
+                s => s,
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    #[test]
+    fn every_template_routes_back_to_itself() {
+        for &(method, template) in TEMPLATES {
+            let path = instantiate(template);
+            let route = route(method, &path)
+                .unwrap_or_else(|e| panic!("{method} {path} ({template}): {e}"));
+            assert_eq!(route.template(), (method, template), "{method} {path}");
+        }
+        let mut unique = TEMPLATES.to_vec();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), TEMPLATES.len(), "a template is listed twice");
+    }
+
+    #[test]
+    fn every_allowed_method_has_a_template() {
+        // A method added to a known path is routed, so it needs a template.
+        for &(_, template) in TEMPLATES {
+            let path = instantiate(template);
+            let allow = route("TRACE", &path)
+                .unwrap_err()
+                .allow_header()
+                .unwrap_or_default();
+            for method in allow.split(", ") {
+                assert!(
+                    TEMPLATES.contains(&(method, template)),
+                    "{method} {template} is routed but not in TEMPLATES"
+                );
+            }
+        }
+        assert_eq!(route("GET", "/openapi.json"), Ok(Route::OpenApi));
+        assert_eq!(Route::OpenApi.access(), Access::Public);
+    }
+
     #[test]
     fn listing_and_metrics_routes() {
         assert_eq!(route("GET", "/admin/tenants"), Ok(Route::ListTenants));
@@ -581,25 +685,24 @@ mod tests {
     }
 
     #[test]
-    fn templates_name_the_route_without_its_ids() {
+    fn labels_name_the_route_without_its_ids() {
         let cases = [
             (
                 "GET",
                 "/api/sessions/s1/history",
-                "GET /api/sessions/:id/history",
+                "GET /api/sessions/{sessionId}/history",
             ),
-            ("DELETE", "/api/documents/d1", "DELETE /api/documents/:id"),
-            ("GET", "/admin/keys/0123456789ab", "GET /admin/keys/:id"),
-            ("GET", "/v1/models/@cf/meta/x", "GET /v1/models/:id"),
+            ("DELETE", "/api/documents/d1", "DELETE /api/documents/{id}"),
+            ("GET", "/admin/keys/0123456789ab", "GET /admin/keys/{id}"),
+            ("GET", "/v1/models/@cf/meta/x", "GET /v1/models/{model}"),
             ("POST", "/api/search", "POST /api/search"),
             ("GET", "/admin/metrics", "GET /admin/metrics"),
+            ("GET", "/admin/ui", "GET /admin/ui"),
+            ("GET", "/admin/ui/app.js", "GET /admin/ui/{asset}"),
         ];
-        for (method, path, template) in cases {
-            assert_eq!(route(method, path).unwrap().template(), template, "{path}");
+        for (method, path, label) in cases {
+            assert_eq!(route(method, path).unwrap().label(), label, "{path}");
         }
-        // Every template is a method and a path.
-        let t = Route::Health.template();
-        assert!(t.starts_with("GET /"), "{t}");
     }
 
     #[test]

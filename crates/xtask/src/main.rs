@@ -136,6 +136,8 @@ fn test() -> Result<(), ToolError> {
     deploy(&["--all".into(), "--dry-run".into()])?;
     // The dashboard's test drives a real browser.
     xtask::browser::Browser::ensure()?;
+    step("schemathesis (the schema fuzzer of the end-to-end tests)");
+    xtask::toolchain::ensure_schemathesis()?;
     step("end-to-end tests against wrangler dev");
     counts = counts.add(run_tests(
         cargo().args(["test", "-p", "e2e", "--tests"]),

@@ -4,7 +4,8 @@
 //! Cargo-installed tools go to a versioned folder under the user's cache
 //! (`~/.cache/tenant-platform/tools/<crate>-<version>`), so they are shared by
 //! every clone of the repository and never replace a tool of another version
-//! that the user installed themselves.
+//! that the user installed themselves. The schema fuzzer's schemathesis goes
+//! beside them, in a Python virtual environment of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -212,6 +213,43 @@ fn ensure_npm_packages() -> Result<(), ToolError> {
     )?;
     std::fs::write(&stamp, &lock)
         .map_err(|e| ToolError(format!("cannot write {}: {e}", stamp.display())))
+}
+
+/// The schemathesis release the schema fuzzer (`tests/tests/fuzz.rs`) runs.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+/// The `st` command of the pinned schemathesis, installed on demand from
+/// PyPI into its own virtual environment beside the cargo-installed tools
+/// (`python3` with `venv` is all it needs; about 100 MB, once per machine).
+pub fn ensure_schemathesis() -> Result<PathBuf, ToolError> {
+    let root = tool_root("schemathesis", SCHEMATHESIS_VERSION);
+    let st = root.join("bin/st");
+    if st.is_file() {
+        return Ok(st);
+    }
+    step(&format!(
+        "installing schemathesis {SCHEMATHESIS_VERSION} into {} (once per machine)",
+        root.display()
+    ));
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&root),
+        "python3 -m venv (Debian: apt-get install python3-venv)",
+    )?;
+    let installed = run(
+        Command::new(root.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+        ]),
+        "pip install schemathesis",
+    );
+    if let Err(e) = installed {
+        // No half-made environment: the next run starts again.
+        let _ = std::fs::remove_dir_all(&root);
+        return Err(e);
+    }
+    Ok(st)
 }
 
 /// Prints a step of a task, in the same style everywhere.
