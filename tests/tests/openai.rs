@@ -668,15 +668,18 @@ fn a_long_conversation_reserves_its_size_against_tpm() {
     );
     assert_eq!(made.status, 201, "{}", made.body);
     let key = made.json()["key"].as_str().unwrap().to_owned();
-    // A short completion reserves a turn's estimate (1000 + 512) and fits.
-    let short = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]});
-    let r = post(&server, &key, "/v1/chat/completions", &short, &[]);
-    assert_eq!(r.status, 200, "{}", r.body);
-    // 30,000 characters are about 7,500 input tokens: more than the key's
-    // tokens per minute, refused before any model call.
+    // 30,000 characters are about 7,500 input tokens, more than the key's
+    // tokens per minute: a full bucket admits work larger than the whole
+    // limit (else it could never run), and is left in debt by its size.
     let long =
         json!({"model": "chat", "messages": [{"role": "user", "content": "word ".repeat(6_000)}]});
     let r = post(&server, &key, "/v1/chat/completions", &long, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // So a short completion (a turn's 1,000 + 512) is refused now, whether
+    // the long one has settled (about 6,000 used) or not (8,012 reserved):
+    // had it reserved only a turn's estimate, 3,488 would be left.
+    let short = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]});
+    let r = post(&server, &key, "/v1/chat/completions", &short, &[]);
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
     assert!(
