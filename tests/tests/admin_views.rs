@@ -375,6 +375,9 @@ fn metrics_count_exactly_the_requests_made_per_tenant() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     turn(&server, &a, "views-metrics");
+    // A path with no route, naming tenant A: counted as `unmatched`.
+    let r = send("GET", &server.url("/api/nope"), &[("x-tenant-id", A)], None);
+    assert_eq!(r.status, 404, "{}", r.body);
 
     let metrics = |key: &str| {
         let r = with_key(&server, key, "GET", "/admin/metrics", None);
@@ -387,6 +390,7 @@ fn metrics_count_exactly_the_requests_made_per_tenant() {
             count(m, "hour", "POST /api/search", "200") >= 3
                 && count(m, "hour", "POST /api/search", "400") >= 1
                 && count(m, "hour", "POST /api/chat", "200") >= 1
+                && count(m, "hour", "unmatched", "404") >= 1
         },
     );
     assert_eq!(report["tenantId"], A);
@@ -406,6 +410,7 @@ fn metrics_count_exactly_the_requests_made_per_tenant() {
             1,
             "{report}"
         );
+        assert_eq!(count(&report, window, "unmatched", "404"), 1, "{report}");
         let search = report["windows"][window]["routes"]
             .as_array()
             .unwrap()

@@ -196,7 +196,15 @@ fn an_operator_runs_a_tenant_from_the_browser() {
     );
 
     // The session is listed, and its history readable.
+    // The registry hears of the turn just after its `done`: look until it has.
     open_view(&browser, "sessions");
+    browser.wait_until("the session listed", WAIT, || {
+        let listed = browser.text_of("#sessions-table").contains(&session);
+        if !listed {
+            browser.click_on("nav button[data-view=sessions]");
+        }
+        listed.then_some(())
+    });
     browser.click_on(&format!("button[data-open-session={session}]"));
     browser.wait_for("#history", WAIT);
     let history = browser.text_of("#history-list");

@@ -102,6 +102,16 @@ async fn serve(
     limit_headers: &mut Vec<(&'static str, String)>,
     seen: &mut Observation,
 ) -> Result<Reply, ApiError> {
+    let mode = TenantMode::from_vars(
+        var(env, "TENANT_ID").as_deref(),
+        var(env, "TENANTS").as_deref(),
+    );
+    // Until a credential decides, the tenant the request names (or the
+    // deployment's own), so that its refusals, and paths with no route,
+    // count in its metrics.
+    if let Ok(mode) = &mode {
+        seen.tenant = mode.resolve(header(&req, TENANT_HEADER).as_deref()).ok();
+    }
     // The method as sent: `worker::Method` reads every method it does not
     // know (`QUERY`, `PROPFIND`, ...) as GET, which served them as GETs
     // (found by the schema fuzzer).
@@ -117,13 +127,7 @@ async fn serve(
         }
         _ => {}
     }
-    let mode = TenantMode::from_vars(
-        var(env, "TENANT_ID").as_deref(),
-        var(env, "TENANTS").as_deref(),
-    )?;
-    // Until a credential decides, the tenant the request names (or the
-    // deployment's own), so that its refusals count in its metrics.
-    seen.tenant = mode.resolve(header(&req, TENANT_HEADER).as_deref()).ok();
+    let mode = mode?;
     // Browsers cannot set headers on a WebSocket or EventSource request:
     // there, and only there, the tenant may come as `?tenant=` and the key as
     // `?key=` instead, validated the same way.

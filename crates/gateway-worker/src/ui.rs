@@ -113,8 +113,17 @@ mod tests {
     fn the_script_never_writes_html_or_puts_the_token_in_a_url() {
         // Server values go in as text; the only credential in a URL is the
         // WebSocket's API key, which the route requires.
-        assert!(!SCRIPT.body.contains("innerHTML"));
-        assert!(!SCRIPT.body.contains("outerHTML"));
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "srcdoc",
+            "eval(",
+            "new Function",
+        ] {
+            assert!(!SCRIPT.body.contains(sink), "{sink}");
+        }
         assert!(!SCRIPT.body.contains("localStorage"));
         assert!(!SCRIPT.body.contains("token="), "no token in a query");
     }

@@ -122,6 +122,8 @@ async function signIn(token, tenant) {
     if (!state.tenant && state.tenants.length > 0) state.tenant = state.tenants[0].tenantId;
   } catch (e) {
     if (e.status === 401) throw new Error("this token is not valid here (" + e.message + ")");
+    // 403 is a tenant admin's key; anything else is a failure, not an answer.
+    if (e.status !== 403) throw e;
   }
   state.record = (await api("GET", "/admin/tenant")).tenant;
   state.tenant = state.tenant || state.record.tenantId;
@@ -235,6 +237,9 @@ function clearViews() {
 
 function selectTenant(id) {
   clearViews();
+  // A key belongs to one tenant: the chat panel's goes with the old one.
+  state.chatKey = null;
+  $("#chat-key").value = "";
   state.tenant = id;
   sessionStorage.setItem("tp.tenant", id);
   state.documentsCursor = null;
