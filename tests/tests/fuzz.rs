@@ -101,7 +101,10 @@ fn schemathesis(
         .args(["--max-examples", &examples])
         .args(["--seed", &seed])
         .args(["--request-timeout", REQUEST_TIMEOUT_SECS])
-        .args(["--workers", "2"])
+        // One worker: with two, schemathesis 4.32.5 failed now and then with
+        // an internal KeyError in its coverage phase (a race in its caches),
+        // which would make the test fail for nothing the API did.
+        .args(["--workers", "1"])
         .args(["--generation-database", "none"])
         .args(["--generation-with-security-parameters", "false"])
         .args(["--suppress-health-check", "all"])
