@@ -264,6 +264,28 @@ impl Server {
         )
     }
 
+    /// A request to `path` with API key `key` (and a JSON `body`, if any);
+    /// the tenant is the key's.
+    pub fn with_key(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> http::Reply {
+        let auth = format!("Bearer {key}");
+        let body = body.map(|b| b.to_string());
+        http::send(
+            method,
+            &self.url(path),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            body.as_deref().map(str::as_bytes),
+        )
+    }
+
     /// Waits (up to 2 s) until the limiter `name` of `tenant` (a key id,
     /// `anon-<digest>` or `tenant-budget`) holds no reservation: a turn's
     /// session settles its reservation just after `done`. Whether it did.

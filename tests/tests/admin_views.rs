@@ -6,7 +6,7 @@
 //! the requests made, and tenant isolation of every listing and metric.
 
 use e2e::chat::parse_sse;
-use e2e::http::{send, Reply};
+use e2e::http::send;
 use e2e::{shared, Deployment, PersistDir, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -14,24 +14,9 @@ use std::time::{Duration, Instant};
 const A: &str = "mrrainbowsmoke";
 const B: &str = "rainbowsmokeofficial";
 
-fn with_key(server: &Server, key: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
-    let auth = format!("Bearer {key}");
-    let body = body.map(|b| b.to_string());
-    send(
-        method,
-        &server.url(path),
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ],
-        body.as_deref().map(str::as_bytes),
-    )
-}
-
 /// One chat turn of `session` with `key`; checks it ended with `done`.
 fn turn(server: &Server, key: &str, session: &str) {
-    let r = with_key(
-        server,
+    let r = server.with_key(
         key,
         "POST",
         "/api/chat",
@@ -73,7 +58,7 @@ fn all_pages(server: &Server, key: &str, path: &str, field: &str, id: &str) -> V
             Some(c) => format!("{path}&cursor={c}"),
             None => path.to_owned(),
         };
-        let r = with_key(server, key, "GET", &url, None);
+        let r = server.with_key(key, "GET", &url, None);
         assert_eq!(r.status, 200, "{url}: {}", r.body);
         let page = r.json();
         out.extend(ids(&page, field, id));
@@ -95,7 +80,7 @@ fn sessions_appear_after_a_turn_page_by_cursor_and_go_after_erase() {
     }
     let listed = until(
         || {
-            let r = with_key(&server, &key, "GET", "/admin/sessions?limit=200", None);
+            let r = server.with_key(&key, "GET", "/admin/sessions?limit=200", None);
             assert_eq!(r.status, 200, "{}", r.body);
             r.json()
         },
@@ -111,8 +96,7 @@ fn sessions_appear_after_a_turn_page_by_cursor_and_go_after_erase() {
         .find(|e| e["sessionId"] == "views-s1")
         .unwrap_or_else(|| panic!("views-s1 listed: {listed}"));
     // Every stored message, as the history has them.
-    let history = with_key(
-        &server,
+    let history = server.with_key(
         &key,
         "GET",
         "/api/sessions/views-s1/history?limit=200",
@@ -156,9 +140,9 @@ fn sessions_appear_after_a_turn_page_by_cursor_and_go_after_erase() {
     assert_eq!(unique.len(), paged.len(), "no session twice: {paged:?}");
     assert_eq!(paged, ids(&listed, "sessions", "sessionId"));
     // Erased: gone from the listing as soon as the erase answered.
-    let r = with_key(&server, &key, "DELETE", "/api/sessions/views-s2", None);
+    let r = server.with_key(&key, "DELETE", "/api/sessions/views-s2", None);
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = with_key(&server, &key, "GET", "/admin/sessions?limit=200", None);
+    let r = server.with_key(&key, "GET", "/admin/sessions?limit=200", None);
     let after = ids(&r.json(), "sessions", "sessionId");
     assert!(!after.iter().any(|s| s == "views-s2"), "{after:?}");
     assert!(after.iter().any(|s| s == "views-s1"), "{after:?}");
@@ -170,7 +154,7 @@ fn sessions_appear_after_a_turn_page_by_cursor_and_go_after_erase() {
         "/admin/sessions?cursor=zz",
         "/admin/sessions?cursor=6e6f",
     ] {
-        let r = with_key(&server, &key, "GET", bad, None);
+        let r = server.with_key(&key, "GET", bad, None);
         assert_eq!(
             (r.status, r.error_code()),
             (400, "invalid_request".into()),
@@ -189,15 +173,14 @@ fn documents_are_listed_after_ingest_with_titles_and_cursors() {
                    "metadata": {"title": format!("Doc {i}")}})
         })
         .collect();
-    let r = with_key(
-        &server,
+    let r = server.with_key(
         &key,
         "POST",
         "/api/ingest",
         Some(json!({ "documents": docs })),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = with_key(&server, &key, "GET", "/admin/documents?limit=200", None);
+    let r = server.with_key(&key, "GET", "/admin/documents?limit=200", None);
     assert_eq!(r.status, 200, "{}", r.body);
     let page = r.json();
     let listed = ids(&page, "documents", "id");
@@ -220,9 +203,9 @@ fn documents_are_listed_after_ingest_with_titles_and_cursors() {
         "pages of two give the same documents in order"
     );
     // A deleted document leaves the listing.
-    let r = with_key(&server, &key, "DELETE", "/api/documents/views-doc-0", None);
+    let r = server.with_key(&key, "DELETE", "/api/documents/views-doc-0", None);
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = with_key(&server, &key, "GET", "/admin/documents", None);
+    let r = server.with_key(&key, "GET", "/admin/documents", None);
     assert!(!ids(&r.json(), "documents", "id").contains(&"views-doc-0".to_owned()));
 }
 
@@ -231,17 +214,16 @@ fn config_values_read_back_and_are_404_once_deleted() {
     let server = shared(Deployment::Shared);
     let key = server.create_key(A, &["admin"]);
     let path = "/admin/config/views-email";
-    let r = with_key(&server, &key, "GET", path, None);
+    let r = server.with_key(&key, "GET", path, None);
     assert_eq!((r.status, r.error_code()), (404, "not_found".into()));
-    let r = with_key(
-        &server,
+    let r = server.with_key(
         &key,
         "PUT",
         path,
         Some(json!({"value": "help@example.com"})),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = with_key(&server, &key, "GET", path, None);
+    let r = server.with_key(&key, "GET", path, None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         r.json(),
@@ -250,11 +232,11 @@ fn config_values_read_back_and_are_404_once_deleted() {
     // Tenant B has no such value.
     let r = server.as_operator(B, "GET", path, None);
     assert_eq!(r.status, 404, "{}", r.body);
-    let r = with_key(&server, &key, "DELETE", path, None);
+    let r = server.with_key(&key, "DELETE", path, None);
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = with_key(&server, &key, "GET", path, None);
+    let r = server.with_key(&key, "GET", path, None);
     assert_eq!((r.status, r.error_code()), (404, "not_found".into()));
-    let r = with_key(&server, &key, "GET", "/admin/config/a%20b", None);
+    let r = server.with_key(&key, "GET", "/admin/config/a%20b", None);
     assert_eq!(r.status, 400, "{}", r.body);
 }
 
@@ -279,7 +261,7 @@ fn the_tenants_listing_is_the_operators() {
     assert!(a["keys"].as_u64().unwrap() >= 1, "{a}");
     assert!(a["createdAtMs"].as_u64().is_some(), "{a}");
     // A tenant admin key is refused, and so is no credential.
-    let r = with_key(&server, &admin, "GET", "/admin/tenants", None);
+    let r = server.with_key(&admin, "GET", "/admin/tenants", None);
     assert_eq!((r.status, r.error_code()), (403, "forbidden_scope".into()));
     let r = send("GET", &server.url("/admin/tenants"), &[], None);
     assert_eq!(r.status, 401, "{}", r.body);
@@ -291,8 +273,7 @@ fn listings_never_cross_tenants() {
     let a = server.create_key(A, &["chat", "ingest", "admin"]);
     let b = server.create_key(B, &["chat", "ingest", "admin"]);
     turn(&server, &a, "views-only-a");
-    let r = with_key(
-        &server,
+    let r = server.with_key(
         &a,
         "POST",
         "/api/ingest",
@@ -300,12 +281,18 @@ fn listings_never_cross_tenants() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let listed_a = until(
-        || with_key(&server, &a, "GET", "/admin/sessions?limit=200", None).json(),
+        || {
+            server
+                .with_key(&a, "GET", "/admin/sessions?limit=200", None)
+                .json()
+        },
         |v| ids(v, "sessions", "sessionId").contains(&"views-only-a".to_owned()),
     );
     assert!(ids(&listed_a, "sessions", "sessionId").contains(&"views-only-a".to_owned()));
     let sessions_b = ids(
-        &with_key(&server, &b, "GET", "/admin/sessions?limit=200", None).json(),
+        &server
+            .with_key(&b, "GET", "/admin/sessions?limit=200", None)
+            .json(),
         "sessions",
         "sessionId",
     );
@@ -314,7 +301,9 @@ fn listings_never_cross_tenants() {
         "{sessions_b:?}"
     );
     let docs_b = ids(
-        &with_key(&server, &b, "GET", "/admin/documents?limit=200", None).json(),
+        &server
+            .with_key(&b, "GET", "/admin/documents?limit=200", None)
+            .json(),
         "documents",
         "id",
     );
@@ -349,30 +338,12 @@ fn metrics_count_exactly_the_requests_made_per_tenant() {
     let a = server.create_key(A, &["search", "chat", "admin"]);
     let b = server.create_key(B, &["search", "admin"]);
     for _ in 0..3 {
-        let r = with_key(
-            &server,
-            &a,
-            "POST",
-            "/api/search",
-            Some(json!({"query": "state"})),
-        );
+        let r = server.with_key(&a, "POST", "/api/search", Some(json!({"query": "state"})));
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    let r = with_key(
-        &server,
-        &a,
-        "POST",
-        "/api/search",
-        Some(json!({"query": ""})),
-    );
+    let r = server.with_key(&a, "POST", "/api/search", Some(json!({"query": ""})));
     assert_eq!((r.status, r.error_code()), (400, "invalid_search".into()));
-    let r = with_key(
-        &server,
-        &b,
-        "POST",
-        "/api/search",
-        Some(json!({"query": "state"})),
-    );
+    let r = server.with_key(&b, "POST", "/api/search", Some(json!({"query": "state"})));
     assert_eq!(r.status, 200, "{}", r.body);
     turn(&server, &a, "views-metrics");
     // A path with no route, naming tenant A: counted as `unmatched`.
@@ -380,7 +351,7 @@ fn metrics_count_exactly_the_requests_made_per_tenant() {
     assert_eq!(r.status, 404, "{}", r.body);
 
     let metrics = |key: &str| {
-        let r = with_key(&server, key, "GET", "/admin/metrics", None);
+        let r = server.with_key(key, "GET", "/admin/metrics", None);
         assert_eq!(r.status, 200, "{}", r.body);
         r.json()
     };

@@ -7,7 +7,7 @@
 //! of any of its keys with 402 naming the tenant's budget.
 
 use e2e::chat::parse_sse;
-use e2e::http::{send, Reply};
+use e2e::http::Reply;
 use e2e::{shared, Deployment, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -31,24 +31,9 @@ fn new_key(server: &Server, tenant: &str, scopes: Value) -> (String, String) {
     )
 }
 
-fn with_key(server: &Server, key: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
-    let auth = format!("Bearer {key}");
-    let body = body.map(|b| b.to_string());
-    send(
-        method,
-        &server.url(path),
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ],
-        body.as_deref().map(str::as_bytes),
-    )
-}
-
 /// One turn; its `done` event's usage: (input, output).
 fn turn(server: &Server, key: &str, session: &str, message: &str) -> Result<(u64, u64), Reply> {
-    let r = with_key(
-        server,
+    let r = server.with_key(
         key,
         "POST",
         "/api/chat",
@@ -109,13 +94,7 @@ fn usage_sums_the_turns_usage_priced_by_the_operator() {
         "local/hashed-768": { "inputPerMillionMicros": 1_000_000 }
     }});
     let (admin_key, _) = new_key(&server, A, json!(["admin"]));
-    let r = with_key(
-        &server,
-        &admin_key,
-        "PATCH",
-        "/admin/tenant",
-        Some(prices.clone()),
-    );
+    let r = server.with_key(&admin_key, "PATCH", "/admin/tenant", Some(prices.clone()));
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (403, "operator_only"),
@@ -166,8 +145,7 @@ fn usage_sums_the_turns_usage_priced_by_the_operator() {
     // A search embeds its query once, charged to the key that searched:
     // "usage probe 7f3a9c" is 2 + 2 + 2 tokens (pieces of four characters).
     let (search_key, search_id) = new_key(&server, A, json!(["search"]));
-    let r = with_key(
-        &server,
+    let r = server.with_key(
         &search_key,
         "POST",
         "/api/search",
@@ -205,9 +183,9 @@ fn usage_sums_the_turns_usage_priced_by_the_operator() {
     assert_eq!(rows[0]["group"], by_day["to"]);
 
     // A tenant admin reads its own tenant's usage; a search key may not.
-    let r = with_key(&server, &admin_key, "GET", "/admin/usage?groupBy=key", None);
+    let r = server.with_key(&admin_key, "GET", "/admin/usage?groupBy=key", None);
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = with_key(&server, &search_key, "GET", "/admin/usage", None);
+    let r = server.with_key(&search_key, "GET", "/admin/usage", None);
     assert_eq!(r.status, 403, "{}", r.body);
     for bad in [
         "/admin/usage?groupBy=week",
@@ -230,13 +208,7 @@ fn a_tenants_daily_token_budget_holds_across_its_keys() {
     let server = shared(Deployment::Dedicated(B));
     let (admin_key, _) = new_key(&server, B, json!(["admin"]));
     let budget = json!({ "budget": { "tokensPerDay": 4000 } });
-    let r = with_key(
-        &server,
-        &admin_key,
-        "PATCH",
-        "/admin/tenant",
-        Some(budget.clone()),
-    );
+    let r = server.with_key(&admin_key, "PATCH", "/admin/tenant", Some(budget.clone()));
     assert_eq!(r.status, 403, "only the operator sets it: {}", r.body);
     let r = server.as_operator(B, "PATCH", "/admin/tenant", Some(budget));
     assert_eq!(r.status, 200, "{}", r.body);
