@@ -627,6 +627,7 @@ async fn json_reply(
         | Route::V1Embeddings
         | Route::V1Models
         | Route::Dashboard { .. }
+        | Route::OpenApi
         | Route::V1Model { .. } => Err(ApiError::not_found("not_found", "no such route")),
         Route::History { session } => {
             let session = api::session_id(&session)?;
@@ -649,8 +650,6 @@ async fn json_reply(
             ok_json(&json!({ "ok": true, "messagesRemoved": cleared.messages_removed }))
         }
         Route::Health => Ok((200, json!({ "ok": true, "tenantId": tenant }))),
-        // Answered in `serve` before the tenant is resolved; the same here.
-        Route::OpenApi => Ok((200, crate::openapi::document()?)),
         Route::GetTenant => {
             let record = CoordinatorHandle::new(env, &tenant)?
                 .get_tenant(request_id)
