@@ -12,7 +12,7 @@
 
 use crate::chunking::ChunkConfig;
 use crate::cloudflare::kv::WorkersKv;
-use crate::cloudflare::vectorize::VectorizeIndex;
+use crate::cloudflare::vectorize::{DeployedIndex, VectorizeIndex};
 use crate::cloudflare::workers_ai::WorkersAiEmbedder;
 use crate::embedded::{FaultBudget, FaultyEmbedder, HashedEmbedder, SqlVectorIndex};
 use crate::ports::{Embedder, PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
@@ -266,8 +266,8 @@ impl<B: FaultBudget> Embedder for AnyEmbedder<B> {
 pub enum AnyIndex {
     /// SQLite + FTS5 in the tenant's object.
     Sql(SqlVectorIndex),
-    /// Vectorize.
-    Vectorize(VectorizeIndex),
+    /// Vectorize, with the full text in the tenant's object.
+    Vectorize(DeployedIndex),
 }
 
 impl AnyIndex {
@@ -281,11 +281,10 @@ impl AnyIndex {
         mem: Rc<RefCell<Option<MemIndex>>>,
     ) -> Result<Self, PortError> {
         if settings.vectorize {
-            Ok(Self::Vectorize(VectorizeIndex::from_env(
-                env,
-                bindings::VECTORS,
-                tenant.clone(),
-            )?))
+            Ok(Self::Vectorize(DeployedIndex::new(
+                VectorizeIndex::from_env(env, bindings::VECTORS, tenant.clone())?,
+                SqlVectorIndex::text_only(sql),
+            )))
         } else {
             Ok(Self::Sql(SqlVectorIndex::new(
                 sql,

@@ -7,7 +7,7 @@
 
 use crate::embedding;
 use crate::ports::VectorHit;
-use protocol::ingest::{MetaValue, Metadata};
+use protocol::ingest::{MetaValue, Metadata, SearchMode};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
@@ -521,6 +521,38 @@ pub fn fuse<K: Ord + Clone + std::hash::Hash>(
         .collect();
     fused.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key)));
     fused
+}
+
+/// A single leg's ranking as hits: its relevance is the score, and no leg
+/// scores are reported beside it (they are the score).
+pub fn one_leg<K>(ranked: Vec<(K, f64)>) -> Vec<Fused<K>> {
+    ranked
+        .into_iter()
+        .map(|(key, score)| Fused {
+            key,
+            score,
+            vector: None,
+            keyword: None,
+        })
+        .collect()
+}
+
+/// The best `depth` chunks of a search in `mode`, from its legs (each best
+/// first; the leg a mode does not use is ignored): the same for the
+/// embedded index and for Vectorize beside the full text.
+pub fn rank_legs<K: Ord + Clone + std::hash::Hash>(
+    mode: SearchMode,
+    depth: usize,
+    by_vector: Vec<(K, f64)>,
+    by_keyword: Vec<(K, f64)>,
+) -> Vec<Fused<K>> {
+    let mut ranked = match mode {
+        SearchMode::Vector => one_leg(by_vector),
+        SearchMode::Keyword => one_leg(by_keyword),
+        SearchMode::Hybrid => fuse(&by_vector, &by_keyword),
+    };
+    ranked.truncate(depth);
+    ranked
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 use crate::embedding::DIMENSIONS;
 use crate::ports::{PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use crate::retrieval::{
-    fts_query, fuse, keyword_relevance, matches_filter, vector_relevance, Fused, MemIndex,
+    fts_query, keyword_relevance, matches_filter, rank_legs, vector_relevance, Fused, MemIndex,
     MemIndexError,
 };
 use crate::sql::{self, int, SqlError};
@@ -52,7 +52,21 @@ pub const SCHEMA: &[&str] = &[
 pub const TITLE_WEIGHT: f64 = 2.0;
 
 /// Candidates taken from each list before fusing or filtering.
-const CANDIDATES: usize = 50;
+pub const CANDIDATES: usize = 50;
+
+/// How many candidates each leg of a hybrid search of depth `depth` brings.
+pub fn candidates(depth: usize) -> usize {
+    CANDIDATES.max(depth)
+}
+
+/// A vector leg found elsewhere, by chunk id, joined to this index's row ids
+/// (`rids`): ids without a row are dropped, the order is kept.
+pub fn join_leg(by_vector: &[(String, f64)], rids: &HashMap<String, i64>) -> Vec<(i64, f64)> {
+    by_vector
+        .iter()
+        .filter_map(|(id, score)| rids.get(id).map(|rid| (*rid, *score)))
+        .collect()
+}
 
 const SERVICE: &str = "embedded index";
 
@@ -81,17 +95,92 @@ fn full(count: u64, adding: u64, cap: u64) -> PortError {
 }
 
 /// The index over one object's SQLite storage, with its in-memory vectors.
+///
+/// Beside Vectorize ([`SqlVectorIndex::text_only`]) it keeps each chunk's row
+/// (id, metadata, text) and the full-text index but no embedding (an empty
+/// BLOB): the vectors are in Vectorize, and the vector leg of a search comes
+/// from there ([`SqlVectorIndex::rank_with`]).
 pub struct SqlVectorIndex {
     sql: SqlStorage,
     mem: Rc<RefCell<Option<MemIndex>>>,
     cap: u64,
+    /// Whether the embeddings are stored here (the embedded index) or
+    /// elsewhere (beside Vectorize).
+    vectors: bool,
 }
 
 impl SqlVectorIndex {
     /// The index in `sql`; `mem` is the object's cache of the vectors, `cap`
     /// the most chunks the index may hold.
     pub fn new(sql: SqlStorage, mem: Rc<RefCell<Option<MemIndex>>>, cap: u64) -> Self {
-        Self { sql, mem, cap }
+        Self {
+            sql,
+            mem,
+            cap,
+            vectors: true,
+        }
+    }
+
+    /// The rows and full-text index alone, beside a vector index kept
+    /// elsewhere (Vectorize): no embedding is stored or loaded, and no chunk
+    /// cap applies (nothing of it is held in memory).
+    pub fn text_only(sql: SqlStorage) -> Self {
+        Self {
+            sql,
+            mem: Rc::new(RefCell::new(None)),
+            cap: u64::MAX,
+            vectors: false,
+        }
+    }
+
+    /// The row ids of chunk `ids` that this index holds (an id it does not
+    /// hold, another tenant's or one deleted meanwhile, is left out).
+    fn rids_of(&self, ids: &[&str]) -> Result<HashMap<String, i64>, PortError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for batch in ids.chunks(90) {
+            let marks = vec!["?"; batch.len()].join(", ");
+            let rows = sql::rows::<(i64, String)>(
+                &self.sql,
+                &format!("SELECT rid, id FROM vectors WHERE id IN ({marks})"),
+                batch.iter().map(|id| SqlStorageValue::from(*id)).collect(),
+            )
+            .map_err(storage)?;
+            found.extend(rows.into_iter().map(|(rid, id)| (id, rid)));
+        }
+        Ok(found)
+    }
+
+    /// Answers `q` with a vector leg found elsewhere (`by_vector`: chunk ids
+    /// with their relevance, best first, e.g. Vectorize's): in vector mode
+    /// that leg alone, in hybrid mode fused with this index's keyword leg,
+    /// in keyword mode this index alone. Chunks of the vector leg that this
+    /// index does not hold are dropped ([`join_leg`]): only this tenant's
+    /// current chunks are ever answered.
+    pub fn rank_with(
+        &self,
+        q: &VectorQuery<'_>,
+        by_vector: &[(String, f64)],
+    ) -> Result<Vec<VectorHit>, PortError> {
+        let ids: Vec<&str> = by_vector.iter().map(|(id, _)| id.as_str()).collect();
+        let rids = self.rids_of(&ids)?;
+        let by_vector = join_leg(by_vector, &rids);
+        let ranked = self.rank(q, by_vector)?;
+        self.hits(&ranked, q.filter)
+    }
+
+    /// The ranking of `q` given its vector leg (row ids with relevances):
+    /// the keyword leg is asked only where the mode uses it.
+    fn rank(
+        &self,
+        q: &VectorQuery<'_>,
+        by_vector: Vec<(i64, f64)>,
+    ) -> Result<Vec<Fused<i64>>, PortError> {
+        let by_keyword = match q.mode {
+            SearchMode::Vector => Vec::new(),
+            SearchMode::Keyword => self.keyword_relevances(q.text, q.top_k, q.filter)?,
+            SearchMode::Hybrid => self.keyword_relevances(q.text, candidates(q.top_k), q.filter)?,
+        };
+        Ok(rank_legs(q.mode, q.top_k, by_vector, by_keyword))
     }
 
     fn count(&self) -> Result<u64, PortError> {
@@ -294,6 +383,11 @@ impl SqlVectorIndex {
     fn write(&self, records: &[VectorRecord]) -> Result<(), PortError> {
         for r in records {
             let meta = serde_json::to_string(&r.metadata).map_err(failed)?;
+            let embedding = if self.vectors {
+                to_blob(&r.values)
+            } else {
+                Vec::new()
+            };
             let rid = match self.rid(&r.id)? {
                 Some(rid) => {
                     sql::exec(
@@ -305,7 +399,7 @@ impl SqlVectorIndex {
                     sql::exec(
                         &self.sql,
                         "UPDATE vectors SET embedding = ?, metadata = ? WHERE rid = ?",
-                        vec![to_blob(&r.values).into(), meta.into(), int(rid)],
+                        vec![embedding.into(), meta.into(), int(rid)],
                     )
                     .map_err(storage)?;
                     rid
@@ -314,7 +408,7 @@ impl SqlVectorIndex {
                     sql::exec(
                         &self.sql,
                         "INSERT INTO vectors (id, embedding, metadata) VALUES (?, ?, ?)",
-                        vec![r.id.as_str().into(), to_blob(&r.values).into(), meta.into()],
+                        vec![r.id.as_str().into(), embedding.into(), meta.into()],
                     )
                     .map_err(storage)?;
                     self.rid(&r.id)?.ok_or_else(|| {
@@ -430,21 +524,25 @@ impl VectorIndex for SqlVectorIndex {
         "embedded-sqlite"
     }
 
-    fn supports(&self, _mode: SearchMode) -> bool {
-        true
+    fn supports(&self, mode: SearchMode) -> bool {
+        self.vectors || mode == SearchMode::Keyword
     }
 
     async fn upsert(&self, records: &[VectorRecord]) -> Result<(), PortError> {
-        // Refuse before writing anything if the new ids would not fit.
-        let mut adding = 0u64;
-        for r in records {
-            if self.rid(&r.id)?.is_none() {
-                adding += 1;
+        // Refuse before writing anything if the new ids would not fit (only
+        // the embedded index has a cap: beside Vectorize nothing is held in
+        // memory).
+        if self.vectors {
+            let mut adding = 0u64;
+            for r in records {
+                if self.rid(&r.id)?.is_none() {
+                    adding += 1;
+                }
             }
-        }
-        let count = self.count()?;
-        if count.saturating_add(adding) > self.cap {
-            return Err(full(count, adding, self.cap));
+            let count = self.count()?;
+            if count.saturating_add(adding) > self.cap {
+                return Err(full(count, adding, self.cap));
+            }
         }
         self.write(records).inspect_err(|_| self.forget_memory())
     }
@@ -478,46 +576,35 @@ impl VectorIndex for SqlVectorIndex {
     }
 
     async fn query(&self, q: VectorQuery<'_>) -> Result<Vec<VectorHit>, PortError> {
-        let need_vector = || {
-            q.vector.ok_or_else(|| {
-                PortError::Unsupported("this mode needs the query's embedding".into())
-            })
-        };
         // The best `top_k` chunks; the search groups them by document
         // (and asks deep enough for that: `SearchPlan::query`).
-        let depth = q.top_k;
-        let ranked = match q.mode {
-            SearchMode::Vector => {
-                one_leg(self.vector_relevances(need_vector()?, depth, q.filter)?)
-            }
-            SearchMode::Keyword => one_leg(self.keyword_relevances(q.text, depth, q.filter)?),
-            SearchMode::Hybrid => {
-                // Fuse on row ids; read (and parse) only the rows that are
-                // returned, not every candidate.
-                let n = CANDIDATES.max(depth);
-                let by_vector = self.vector_relevances(need_vector()?, n, q.filter)?;
-                let by_keyword = self.keyword_relevances(q.text, n, q.filter)?;
-                let mut fused = fuse(&by_vector, &by_keyword);
-                fused.truncate(depth);
-                fused
+        let by_vector = match q.mode {
+            SearchMode::Keyword => Vec::new(),
+            mode => {
+                let vector = match (self.vectors, q.vector) {
+                    (true, Some(vector)) => vector,
+                    (true, None) => {
+                        return Err(PortError::Unsupported(
+                            "this mode needs the query's embedding".into(),
+                        ))
+                    }
+                    (false, _) => {
+                        return Err(PortError::Unsupported(
+                            "this index holds no vectors; its vector leg is elsewhere".into(),
+                        ))
+                    }
+                };
+                let n = if mode == SearchMode::Hybrid {
+                    candidates(q.top_k)
+                } else {
+                    q.top_k
+                };
+                self.vector_relevances(vector, n, q.filter)?
             }
         };
+        let ranked = self.rank(&q, by_vector)?;
         self.hits(&ranked, q.filter)
     }
-}
-
-/// A single leg's ranking as hits: its relevance is the score, and no leg
-/// scores are reported beside it (they are the score).
-fn one_leg(ranked: Vec<(i64, f64)>) -> Vec<Fused<i64>> {
-    ranked
-        .into_iter()
-        .map(|(key, score)| Fused {
-            key,
-            score,
-            vector: None,
-            keyword: None,
-        })
-        .collect()
 }
 
 #[cfg(test)]
