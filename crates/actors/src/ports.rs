@@ -96,6 +96,16 @@ pub trait Embedder {
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, PortError>;
 }
 
+/// Reranks passages against a query (a cross-encoder): one score per text,
+/// in the texts' order, higher is better.
+#[allow(async_fn_in_trait)]
+pub trait Reranker {
+    /// The model's name.
+    fn model(&self) -> &str;
+    /// The texts' scores.
+    async fn rerank(&self, query: &str, texts: &[String]) -> Result<Vec<f64>, PortError>;
+}
+
 /// A chunk's vector on its way into an index.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorRecord {

@@ -13,7 +13,7 @@
 use crate::chunking::ChunkConfig;
 use crate::cloudflare::kv::WorkersKv;
 use crate::cloudflare::vectorize::{DeployedIndex, VectorizeIndex};
-use crate::cloudflare::workers_ai::WorkersAiEmbedder;
+use crate::cloudflare::workers_ai::{WorkersAiEmbedder, WorkersAiReranker};
 use crate::embedded::{FaultBudget, FaultyEmbedder, HashedEmbedder, SqlVectorIndex};
 use crate::ports::{Embedder, PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use crate::retrieval::MemIndex;
@@ -57,6 +57,9 @@ pub mod vars {
     pub const INGEST_MAX_ATTEMPTS: &str = "INGEST_MAX_ATTEMPTS";
     /// `enabled`: honour injected failures (tests only).
     pub const FAULT_INJECTION: &str = "FAULT_INJECTION";
+    /// A Workers AI reranking model (`@cf/baai/bge-reranker-base`) that
+    /// reorders each search's best documents; unset: no reranking.
+    pub const RERANK_MODEL: &str = "RERANK_MODEL";
 }
 
 /// Default of `INGEST_MAX_PENDING_JOBS`.
@@ -112,6 +115,8 @@ pub struct Settings {
     pub chunking: ChunkConfig,
     /// Whether injected failures are honoured.
     pub fault_injection: bool,
+    /// The reranking model, if searches are reranked (Workers AI only).
+    pub reranker: Option<String>,
     /// The bounds.
     pub bounds: Bounds,
 }
@@ -162,6 +167,17 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Settings, String
             },
         }
     };
+    let reranker = match var(vars::RERANK_MODEL).as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(model) if workers_ai => Some(model.to_owned()),
+        Some(model) => {
+            return Err(format!(
+                "{} is {model:?}, but a reranking model runs on Workers AI: set {}=workers-ai or unset it",
+                vars::RERANK_MODEL,
+                vars::AI_PROVIDER
+            ))
+        }
+    };
     let d = Bounds::default();
     let bounds = Bounds {
         max_pending_jobs: usize::try_from(bound(
@@ -184,6 +200,7 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Settings, String
             number(vars::CHUNK_OVERLAP_CHARS),
         ),
         fault_injection: !workers_ai && var(vars::FAULT_INJECTION).as_deref() == Some("enabled"),
+        reranker,
         bounds,
     })
 }
@@ -260,6 +277,27 @@ impl<B: FaultBudget> Embedder for AnyEmbedder<B> {
             Self::WorkersAi(e) => e.embed(texts).await,
         }
     }
+}
+
+/// The reranker the settings choose, if any: Workers AI's model reached by
+/// the tenant's route (`tenant`).
+pub fn reranker(
+    env: &Env,
+    settings: &Settings,
+    tenant: &TenantAi,
+) -> Result<Option<WorkersAiReranker>, PortError> {
+    let Some(model) = &settings.reranker else {
+        return Ok(None);
+    };
+    let ai = env.ai(bindings::AI).map_err(|e| PortError::Failed {
+        service: "Workers AI",
+        message: e.to_string(),
+    })?;
+    Ok(Some(WorkersAiReranker::new(
+        ai,
+        model.clone(),
+        tenant.route.clone(),
+    )))
 }
 
 /// The vector index in use.
@@ -400,6 +438,22 @@ mod tests {
         for bad in ["0", "-1", "lots", "1e6"] {
             assert!(from(&[("EMBEDDED_MAX_CHUNKS", bad)]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_reranker_needs_workers_ai() {
+        assert_eq!(from(&[]).unwrap().reranker, None);
+        let s = from(&[
+            ("AI_PROVIDER", "workers-ai"),
+            ("RERANK_MODEL", " @cf/baai/bge-reranker-base "),
+        ])
+        .unwrap();
+        assert_eq!(s.reranker.as_deref(), Some("@cf/baai/bge-reranker-base"));
+        let e = from(&[("RERANK_MODEL", "@cf/baai/bge-reranker-base")]).unwrap_err();
+        assert!(
+            e.contains("RERANK_MODEL") && e.contains("AI_PROVIDER=workers-ai"),
+            "{e}"
+        );
     }
 
     #[test]

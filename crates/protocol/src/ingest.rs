@@ -442,6 +442,11 @@ pub struct SearchMatch {
     /// not find the chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyword_score: Option<f64>,
+    /// With a reranker (deployments that set `RERANK_MODEL`): its score for
+    /// the match; the answer is in the reranker's order, and `score` stays
+    /// retrieval's relevance (the floor applies to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank_score: Option<f64>,
     /// The document's id.
     #[serde(default)]
     pub doc_id: String,
@@ -493,6 +498,7 @@ impl SearchMatch {
             score,
             vector_score: None,
             keyword_score: None,
+            rerank_score: None,
             doc_id,
             chunk_id,
             chunk,

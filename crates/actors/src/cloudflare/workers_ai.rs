@@ -140,3 +140,150 @@ mod tests {
         assert!(check_output(extra, 1, 1).is_ok());
     }
 }
+
+/// The reranker deployments may turn on (`RERANK_MODEL`).
+pub const BGE_RERANKER: &str = "@cf/baai/bge-reranker-base";
+
+/// The input of a reranking model: `{ query, contexts: [{ text }] }` (no
+/// `top_k`: every context is scored).
+#[derive(Debug, Serialize)]
+pub struct RerankInput<'a> {
+    /// The question.
+    pub query: &'a str,
+    /// The passages, in the order the scores are wanted.
+    pub contexts: Vec<RerankContext<'a>>,
+}
+
+/// One passage of a [`RerankInput`].
+#[derive(Debug, Serialize)]
+pub struct RerankContext<'a> {
+    /// Its text.
+    pub text: &'a str,
+}
+
+/// The output of a reranking model: `{ response: [{ id, score }] }`, `id`
+/// the context's index in the request, best first.
+#[derive(Debug, Deserialize)]
+pub struct RerankOutput {
+    /// The scored contexts.
+    pub response: Vec<RerankScore>,
+}
+
+/// One scored context.
+#[derive(Debug, Deserialize)]
+pub struct RerankScore {
+    /// The context's index in the request.
+    pub id: usize,
+    /// Its relevance to the query (higher is better).
+    pub score: f64,
+}
+
+/// The scores of `contexts` contexts in request order; every context must
+/// be scored exactly once, with a finite score.
+pub fn rerank_scores(out: RerankOutput, contexts: usize) -> Result<Vec<f64>, PortError> {
+    let bad = |message: String| PortError::BadShape {
+        service: SERVICE,
+        message,
+    };
+    let mut scores: Vec<Option<f64>> = vec![None; contexts];
+    for s in out.response {
+        let slot = scores
+            .get_mut(s.id)
+            .ok_or_else(|| bad(format!("a score for context {} of {contexts}", s.id)))?;
+        if slot.is_some() || !s.score.is_finite() {
+            return Err(bad(format!(
+                "context {} scored twice or not a number",
+                s.id
+            )));
+        }
+        *slot = Some(s.score);
+    }
+    scores
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| s.ok_or_else(|| bad(format!("context {i} of {contexts} was not scored"))))
+        .collect()
+}
+
+/// A Workers AI reranking model, called directly or through the tenant's AI
+/// Gateway.
+pub struct WorkersAiReranker {
+    ai: worker::Ai,
+    model: String,
+    route: crate::cloudflare::ai_binding::Route,
+}
+
+impl WorkersAiReranker {
+    /// The model `model` behind the `AI` binding, reached by `route`.
+    pub fn new(ai: worker::Ai, model: String, route: crate::cloudflare::ai_binding::Route) -> Self {
+        Self { ai, model, route }
+    }
+}
+
+impl crate::ports::Reranker for WorkersAiReranker {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    async fn rerank(&self, query: &str, texts: &[String]) -> Result<Vec<f64>, PortError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input = RerankInput {
+            query,
+            contexts: texts.iter().map(|t| RerankContext { text: t }).collect(),
+        };
+        let input = crate::cloudflare::to_js(&input).map_err(|message| PortError::Failed {
+            service: SERVICE,
+            message,
+        })?;
+        let raw =
+            crate::cloudflare::ai_binding::run(&self.ai, &self.model, input, &self.route).await?;
+        let output: RerankOutput =
+            serde_wasm_bindgen::from_value(raw).map_err(|e| PortError::BadShape {
+                service: SERVICE,
+                message: e.to_string(),
+            })?;
+        rerank_scores(output, texts.len())
+    }
+}
+
+#[cfg(test)]
+mod rerank_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rerank_input_shape() {
+        let input = RerankInput {
+            query: "why does my String move?",
+            contexts: vec![RerankContext { text: "a" }, RerankContext { text: "b" }],
+        };
+        assert_eq!(
+            serde_json::to_value(input).unwrap(),
+            json!({"query": "why does my String move?", "contexts": [{"text": "a"}, {"text": "b"}]})
+        );
+    }
+
+    #[test]
+    fn rerank_scores_come_back_in_request_order() {
+        let parse = |v: serde_json::Value| serde_json::from_value::<RerankOutput>(v).unwrap();
+        // Best first in the answer; request order out.
+        let out = parse(
+            json!({"response": [{"id": 2, "score": 0.9}, {"id": 0, "score": 0.4}, {"id": 1, "score": 0.01}]}),
+        );
+        assert_eq!(rerank_scores(out, 3).unwrap(), vec![0.4, 0.01, 0.9]);
+        // A context left out, one out of range, or scored twice: a bad shape.
+        for bad in [
+            json!({"response": [{"id": 0, "score": 0.4}]}),
+            json!({"response": [{"id": 0, "score": 0.4}, {"id": 5, "score": 0.1}]}),
+            json!({"response": [{"id": 0, "score": 0.4}, {"id": 0, "score": 0.1}]}),
+        ] {
+            assert!(matches!(
+                rerank_scores(parse(bad), 2),
+                Err(PortError::BadShape { .. })
+            ));
+        }
+        assert!(serde_json::from_value::<RerankOutput>(json!({"result": []})).is_err());
+    }
+}

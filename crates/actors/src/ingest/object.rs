@@ -21,7 +21,7 @@ use super::work::{self, Budget, DocRun, Done, Finish, Step, WorkRun, Worked};
 use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
 use crate::embedding_model;
 use crate::limiter::recorder::{self, Used};
-use crate::ports::{Clock, Embedder, Kv, PortError, SystemClock, VectorIndex};
+use crate::ports::{Clock, Embedder, Kv, PortError, Reranker, SystemClock, VectorIndex};
 use crate::providers::{self, AnyEmbedder, AnyIndex, Settings, TenantAi};
 use crate::retrieval::MemIndex;
 use crate::rpc;
@@ -392,7 +392,8 @@ impl IngestQueue {
         } else {
             None
         };
-        let plan = SearchPlan::new(tenant, &search, mode, version, tenant_floor);
+        let plan = SearchPlan::new(tenant, &search, mode, version, tenant_floor)
+            .reranked_by(settings.reranker.as_deref());
         let cache = providers::cache(&self.env);
         if let Some(cache) = &cache {
             if let Some(hit) = cache.get(&plan.key).await.ok().flatten() {
@@ -413,8 +414,12 @@ impl IngestQueue {
             None
         };
         let hits = index.query(plan.query(&search, vector.as_deref())).await?;
-        let results = plan.results(hits);
-        let value = plan.cache_value(&results, settings.vectorize, self.now());
+        let shortlist = plan.shortlist(hits);
+        let (scores, complete) = self.rerank(tenant, settings, &search, &shortlist).await;
+        let results = plan.finish(shortlist, scores);
+        let value = plan
+            .cache_value(&results, settings.vectorize, self.now())
+            .filter(|_| complete);
         if let (Some(cache), Some(value)) = (cache, value) {
             // The answer does not wait for the cache write.
             let key = plan.key;
@@ -425,6 +430,46 @@ impl IngestQueue {
             });
         }
         Ok(IngestResponse::Results(results))
+    }
+
+    /// The reranker's scores for `shortlist`, where the deployment reranks
+    /// and there is an order to choose, charged to the caller; and whether
+    /// the answer is complete. A reranker that fails leaves retrieval's
+    /// order (the search still answers) in an answer that is not cached.
+    async fn rerank(
+        &self,
+        tenant: &TenantId,
+        settings: &Settings,
+        search: &Search,
+        shortlist: &[crate::ports::VectorHit],
+    ) -> (Option<Vec<f64>>, bool) {
+        if settings.reranker.is_none() || shortlist.len() < 2 {
+            return (None, true);
+        }
+        let texts = SearchPlan::rerank_texts(shortlist);
+        let scored = match self.tenant_ai(tenant, settings).await {
+            Ok(ai) => match providers::reranker(&self.env, settings, &ai) {
+                Ok(Some(reranker)) => reranker
+                    .rerank(&search.query, &texts)
+                    .await
+                    .map(|scores| (scores, reranker.model().to_owned())),
+                Ok(None) => return (None, true),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match scored {
+            Ok((scores, model)) => {
+                let mut charged = texts;
+                charged.push(search.query.clone());
+                self.charge(tenant, search.caller.clone(), &model, &charged);
+                (Some(scores), true)
+            }
+            Err(e) => {
+                worker::console_warn!("search: the reranker failed, retrieval's order kept: {e}");
+                (None, false)
+            }
+        }
     }
 
     /// Embeds texts with the tenant's model, in calls of at most

@@ -64,9 +64,15 @@ pub struct SearchPlan {
     /// Per document or per chunk.
     pub group: SearchGroup,
     /// Its KV key: the tenant, the normalised query, `topK`, the filter, the
-    /// grouping, the mode, the floor and the index version.
+    /// grouping, the mode, the floor, the index version and the reranker.
     pub key: String,
+    /// The reranking model that reorders the best documents, if any.
+    pub reranker: Option<String>,
 }
+
+/// How many of a search's best documents (or chunks) a reranker scores, at
+/// least: it can only lift what retrieval found.
+pub const RERANK_CANDIDATES: usize = 20;
 
 impl SearchPlan {
     /// Plans `search` for `tenant` in `mode` ([`choose_mode`]) against an
@@ -92,6 +98,27 @@ impl SearchPlan {
             top_k: search.top_k as usize,
             group: search.group,
             key,
+            reranker: None,
+        }
+    }
+
+    /// The same plan, its best candidates reordered by `model` (a reranker)
+    /// when there is one; the model is part of the cache key.
+    pub fn reranked_by(mut self, model: Option<&str>) -> Self {
+        if let Some(model) = model {
+            self.key = format!("{}:rerank:{model}", self.key);
+            self.reranker = Some(model.to_owned());
+        }
+        self
+    }
+
+    /// How many documents (or chunks) the answer is chosen from: `topK`, or
+    /// with a reranker at least [`RERANK_CANDIDATES`].
+    fn candidates(&self) -> usize {
+        if self.reranker.is_some() {
+            self.top_k.max(RERANK_CANDIDATES)
+        } else {
+            self.top_k
         }
     }
 
@@ -113,8 +140,8 @@ impl SearchPlan {
     /// `topK`, so that `topK` different documents are likely among the hits.
     pub fn query<'a>(&self, search: &'a Search, vector: Option<&'a [f32]>) -> VectorQuery<'a> {
         let top_k = match self.group {
-            SearchGroup::Document => self.top_k.saturating_mul(PER_DOCUMENT_DEPTH),
-            SearchGroup::Chunk => self.top_k,
+            SearchGroup::Document => self.candidates().saturating_mul(PER_DOCUMENT_DEPTH),
+            SearchGroup::Chunk => self.candidates(),
         };
         VectorQuery {
             vector,
@@ -126,27 +153,71 @@ impl SearchPlan {
     }
 
     /// The answer from the index's hits (chunks, ranked best first by
-    /// their score): grouped by document, the best chunk of each of the
-    /// first `topK` documents, each match named by its document; grouped by
-    /// chunk, the first `topK` chunks. Then those the floor keeps, in that
-    /// order: ranking comes first, so a floor only ever shortens the
-    /// answer, never reorders it.
+    /// their score), without a reranker: [`SearchPlan::shortlist`], then
+    /// [`SearchPlan::finish`].
     pub fn results(&self, hits: Vec<VectorHit>) -> SearchResults {
+        self.finish(self.shortlist(hits), None)
+    }
+
+    /// The candidates of the answer, from the index's hits (chunks, ranked
+    /// best first by their score): grouped by document, the best chunk of
+    /// each of the first documents, each match named by its document;
+    /// grouped by chunk, the first chunks (`topK` of either, or with a
+    /// reranker at least [`RERANK_CANDIDATES`]). Then those the floor keeps,
+    /// in that order: ranking comes first, so a floor only ever shortens the
+    /// answer, never reorders it.
+    pub fn shortlist(&self, hits: Vec<VectorHit>) -> Vec<VectorHit> {
+        let n = self.candidates();
         let hits = match self.group {
-            SearchGroup::Document => one_per_document(hits, self.top_k),
-            SearchGroup::Chunk => hits.into_iter().take(self.top_k).collect(),
+            SearchGroup::Document => one_per_document(hits, n),
+            SearchGroup::Chunk => hits.into_iter().take(n).collect(),
         };
+        hits.into_iter()
+            .filter(|h| self.floor.keeps(h.score))
+            .collect()
+    }
+
+    /// The texts a reranker scores for `shortlist`, in its order.
+    pub fn rerank_texts(shortlist: &[VectorHit]) -> Vec<String> {
+        shortlist
+            .iter()
+            .map(|h| match h.metadata.get("text") {
+                Some(protocol::ingest::MetaValue::Str(t)) => t.clone(),
+                _ => String::new(),
+            })
+            .collect()
+    }
+
+    /// The answer: the first `topK` of `shortlist`, in its order, or with
+    /// `rerank` (one score per candidate, from the reranker) in the
+    /// reranker's order (ties keep retrieval's order), each match carrying
+    /// its `rerankScore`. A reranker's answer of the wrong length is not
+    /// used.
+    pub fn finish(&self, shortlist: Vec<VectorHit>, rerank: Option<Vec<f64>>) -> SearchResults {
+        let mut scored: Vec<(VectorHit, Option<f64>)> = match rerank {
+            Some(scores) if scores.len() == shortlist.len() => shortlist
+                .into_iter()
+                .zip(scores.into_iter().map(Some))
+                .collect(),
+            _ => shortlist.into_iter().map(|h| (h, None)).collect(),
+        };
+        // Stable: equal rerank scores (and no reranker) keep retrieval's order.
+        scored.sort_by(|a, b| match (a.1, b.1) {
+            (Some(x), Some(y)) => y.total_cmp(&x),
+            _ => std::cmp::Ordering::Equal,
+        });
+        scored.truncate(self.top_k);
         SearchResults {
             cached: false,
             mode: self.mode,
             index_version: self.version.version,
             min_score: self.floor.get(),
-            matches: hits
+            matches: scored
                 .into_iter()
-                .filter(|h| self.floor.keeps(h.score))
-                .map(|h| SearchMatch {
+                .map(|(h, rerank_score)| SearchMatch {
                     vector_score: h.vector_score,
                     keyword_score: h.keyword_score,
+                    rerank_score,
                     ..SearchMatch::new(h.id, h.score, h.metadata, self.group)
                 })
                 .collect(),
@@ -527,5 +598,69 @@ mod tests {
         s.min_score = Some(tenant_floor);
         let same = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, Some(floor(0.9)));
         assert_eq!(same.key, by_tenant.key);
+    }
+
+    #[test]
+    fn a_reranker_reorders_the_documents_retrieval_found_and_the_floor_kept() {
+        let mut s = search(None);
+        s.top_k = 2;
+        s.min_score = Some(ScoreFloor::new(0.45).unwrap());
+        let plain = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, None);
+        let plan = plain
+            .clone()
+            .reranked_by(Some("@cf/baai/bge-reranker-base"));
+        assert_ne!(plan.key, plain.key, "the reranker is part of the cache key");
+        assert_eq!(plain.clone().reranked_by(None), plain);
+        // Without a reranker, 3 chunks a document; with one, at least 20
+        // documents' worth.
+        assert_eq!(plain.query(&s, None).top_k, 6);
+        assert_eq!(
+            plan.query(&s, None).top_k,
+            RERANK_CANDIDATES * PER_DOCUMENT_DEPTH
+        );
+
+        let hits = vec![
+            chunk_of("a3", "doc-a", 3, 0.9),
+            chunk_of("a0", "doc-a", 0, 0.8),
+            chunk_of("b1", "doc-b", 1, 0.7),
+            chunk_of("c0", "doc-c", 0, 0.5),
+            chunk_of("d0", "doc-d", 0, 0.4),
+        ];
+        let shortlist = plan.shortlist(hits.clone());
+        let ids: Vec<&str> = shortlist.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec!["a3", "b1", "c0"],
+            "best chunk per document, floor 0.45"
+        );
+        assert_eq!(
+            SearchPlan::rerank_texts(&shortlist),
+            vec!["doc-a #3", "doc-b #1", "doc-c #0"]
+        );
+
+        let r = plan.finish(shortlist.clone(), Some(vec![0.1, 0.9, 0.5]));
+        let got: Vec<(&str, f64, Option<f64>)> = r
+            .matches
+            .iter()
+            .map(|m| (m.id.as_str(), m.score, m.rerank_score))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("doc-b", 0.7, Some(0.9)), ("doc-c", 0.5, Some(0.5))],
+            "the reranker's order, topK of it, retrieval's score kept"
+        );
+
+        // Equal rerank scores keep retrieval's order; a wrong-length answer
+        // is not used; no reranker: retrieval's order.
+        let tie = plan.finish(shortlist.clone(), Some(vec![0.3, 0.3, 0.3]));
+        assert_eq!(tie.matches[0].id, "doc-a");
+        let short = plan.finish(shortlist.clone(), Some(vec![0.9]));
+        assert_eq!(short.matches[0].id, "doc-a");
+        assert_eq!(short.matches[0].rerank_score, None);
+        assert_eq!(plain.results(hits).matches, {
+            let mut m = plan.finish(shortlist, None).matches;
+            m.truncate(2);
+            m
+        });
     }
 }
