@@ -15,7 +15,9 @@ use super::facts::JobDoc;
 use super::faults::SqlFaults;
 use super::requests::{self, internal};
 use super::restore;
-use super::search::{choose_mode, needs_tenant_floor, SearchPlan, CACHE_TTL_SECS};
+use super::search::{
+    choose_mode, needs_tenant_floor, uses_kv, ResultCache, SearchPlan, CACHE_TTL_SECS,
+};
 use super::store::QueueStore;
 use super::work::{self, Budget, DocRun, Done, Finish, Step, WorkRun, Worked};
 use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
@@ -64,6 +66,8 @@ pub struct IngestQueue {
     working: Cell<bool>,
     /// Embedding usage not yet written to the ledger.
     usage: Rc<RefCell<recorder::UsageBuffer>>,
+    /// Recent search answers.
+    answers: RefCell<ResultCache>,
 }
 
 impl IngestQueue {
@@ -394,10 +398,15 @@ impl IngestQueue {
         };
         let plan = SearchPlan::new(tenant, &search, mode, version, tenant_floor)
             .reranked_by(settings.reranker.as_deref());
-        let cache = providers::cache(&self.env);
+        if let Some(results) = self.answers.borrow_mut().get(&plan) {
+            return Ok(IngestResponse::Results(results));
+        }
+        let cache = providers::cache(&self.env)
+            .filter(|_| uses_kv(settings.workers_ai, settings.vectorize));
         if let Some(cache) = &cache {
             if let Some(hit) = cache.get(&plan.key).await.ok().flatten() {
                 if let Some(results) = plan.cached(&hit) {
+                    self.answers.borrow_mut().put(&plan, &results);
                     return Ok(IngestResponse::Results(results));
                 }
             }
@@ -417,9 +426,14 @@ impl IngestQueue {
         let shortlist = plan.shortlist(hits);
         let (scores, complete) = self.rerank(tenant, settings, &search, &shortlist).await;
         let results = plan.finish(shortlist, scores);
-        let value = plan
-            .cache_value(&results, settings.vectorize, self.now())
-            .filter(|_| complete);
+        let now = self.now();
+        if !(complete && plan.cacheable(settings.vectorize, now)) {
+            return Ok(IngestResponse::Results(results));
+        }
+        self.answers.borrow_mut().put(&plan, &results);
+        let value = cache
+            .as_ref()
+            .and_then(|_| plan.cache_value(&results, settings.vectorize, now));
         if let (Some(cache), Some(value)) = (cache, value) {
             // The answer does not wait for the cache write.
             let key = plan.key;
@@ -563,6 +577,7 @@ impl worker::DurableObject for IngestQueue {
             mem: Rc::new(RefCell::new(None)),
             working: Cell::new(false),
             usage: Rc::default(),
+            answers: RefCell::default(),
         }
     }
 

@@ -224,22 +224,114 @@ impl SearchPlan {
         }
     }
 
-    /// What to write to the cache for `results` at `now_ms`, if anything.
-    /// Vectorize (`vectorize`) shows new writes to queries only after a few
-    /// seconds: an answer computed within [`VECTORIZE_SETTLE_MS`] of the
-    /// index's last change may not reflect it yet, so it is not cached.
+    /// Whether an answer computed at `now_ms` may be cached. Vectorize
+    /// (`vectorize`) shows new writes to queries only after a few seconds:
+    /// an answer computed within [`VECTORIZE_SETTLE_MS`] of the index's last
+    /// change may not reflect it yet, so it is not cached.
+    pub fn cacheable(&self, vectorize: bool, now_ms: u64) -> bool {
+        !vectorize || now_ms.saturating_sub(self.version.changed_at_ms) > VECTORIZE_SETTLE_MS
+    }
+
+    /// What to write to the cache for `results` at `now_ms`, if anything
+    /// ([`SearchPlan::cacheable`]).
     pub fn cache_value(
         &self,
         results: &SearchResults,
         vectorize: bool,
         now_ms: u64,
     ) -> Option<String> {
-        let settled =
-            !vectorize || now_ms.saturating_sub(self.version.changed_at_ms) > VECTORIZE_SETTLE_MS;
-        if !settled {
+        if !self.cacheable(vectorize, now_ms) {
             return None;
         }
         serde_json::to_string(results).ok()
+    }
+}
+
+/// Whether a search's answers go through the KV cache: where a search costs
+/// a call to a remote service (Workers AI's embedding or reranker,
+/// Vectorize), a KV read is cheaper than the search; the embedded index
+/// answers in less time than a KV read takes, so there only the object's
+/// own [`ResultCache`] holds answers.
+pub fn uses_kv(workers_ai: bool, vectorize: bool) -> bool {
+    workers_ai || vectorize
+}
+
+/// Most answers the object keeps in memory.
+pub const RESULT_CACHE_ENTRIES: usize = 256;
+
+/// The tenant's recent answers, in the object's memory (the first level of
+/// the cache, before KV): keyed by [`SearchPlan::key`], which names the
+/// index version, so an answer is never older than the content. Bounded:
+/// the least recently used answer goes first, and answers of an older index
+/// version go as soon as one of a newer version is kept.
+#[derive(Debug)]
+pub struct ResultCache {
+    entries: std::collections::HashMap<String, (u64, SearchResults)>,
+    version: u64,
+    tick: u64,
+    cap: usize,
+}
+
+impl Default for ResultCache {
+    fn default() -> Self {
+        Self::new(RESULT_CACHE_ENTRIES)
+    }
+}
+
+impl ResultCache {
+    /// A cache of at most `cap` answers.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            entries: std::collections::HashMap::new(),
+            version: 0,
+            tick: 0,
+            cap,
+        }
+    }
+
+    /// How many answers it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The answer of `plan`, if kept, marked `cached`.
+    pub fn get(&mut self, plan: &SearchPlan) -> Option<SearchResults> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (used, results) = self.entries.get_mut(&plan.key)?;
+        *used = tick;
+        let mut results = results.clone();
+        results.cached = true;
+        Some(results)
+    }
+
+    /// Keeps `results`, the answer of `plan`.
+    pub fn put(&mut self, plan: &SearchPlan, results: &SearchResults) {
+        if self.cap == 0 || plan.version.version < self.version {
+            return;
+        }
+        if plan.version.version > self.version {
+            self.entries.clear();
+            self.version = plan.version.version;
+        }
+        if self.entries.len() >= self.cap && !self.entries.contains_key(&plan.key) {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(key, _)| key.clone());
+            if let Some(oldest) = oldest {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.tick += 1;
+        self.entries
+            .insert(plan.key.clone(), (self.tick, results.clone()));
     }
 }
 
@@ -662,5 +754,59 @@ mod tests {
             m.truncate(2);
             m
         });
+    }
+
+    #[test]
+    fn the_object_keeps_recent_answers_of_the_current_index_version() {
+        let mut s = search(None);
+        s.min_score = Some(ScoreFloor::NONE);
+        let plan = |query: &str, version: u64| {
+            let mut s = s.clone();
+            s.query = query.to_owned();
+            let v = IndexVersion {
+                version,
+                changed_at_ms: 0,
+            };
+            SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, v, None)
+        };
+        let answer = |p: &SearchPlan| p.results(vec![chunk_of("a0", "doc-a", 0, 0.5)]);
+        let mut cache = ResultCache::new(2);
+        let (a, b, c) = (plan("a", 7), plan("b", 7), plan("c", 7));
+        assert_eq!(cache.get(&a), None);
+        cache.put(&a, &answer(&a));
+        let hit = cache.get(&a).unwrap();
+        assert!(hit.cached);
+        assert_eq!(hit.matches, answer(&a).matches);
+        cache.put(&b, &answer(&b));
+        // a was used after b was kept: b is the least recently used.
+        assert!(cache.get(&a).is_some());
+        cache.put(&c, &answer(&c));
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(&b).is_none(), "the least recently used went");
+        assert!(cache.get(&a).is_some() && cache.get(&c).is_some());
+
+        // A newer index version empties it; an answer of an older one is
+        // not kept.
+        let newer = plan("a", 8);
+        assert!(cache.get(&newer).is_none(), "another version, another key");
+        cache.put(&newer, &answer(&newer));
+        assert_eq!(cache.len(), 1);
+        cache.put(&b, &answer(&b));
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get(&b).is_none());
+        let mut off = ResultCache::new(0);
+        off.put(&a, &answer(&a));
+        assert!(off.is_empty());
+    }
+
+    #[test]
+    fn kv_is_read_where_a_search_costs_a_remote_call() {
+        assert!(
+            !uses_kv(false, false),
+            "the embedded index is faster than a KV read"
+        );
+        assert!(uses_kv(true, false));
+        assert!(uses_kv(false, true));
+        assert!(uses_kv(true, true));
     }
 }
