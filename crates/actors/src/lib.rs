@@ -39,6 +39,7 @@ pub mod ingest;
 pub mod limiter;
 pub mod metrics;
 pub mod observe;
+pub mod porter;
 pub mod ports;
 pub mod providers;
 pub mod retrieval;

@@ -362,6 +362,13 @@ impl Ord for HeapEntry {
 /// `OR`. Quoting every word means no query text is read as FTS syntax.
 /// `None` when the query has no words.
 pub fn fts_query(query: &str) -> Option<String> {
+    match_expression(&query_terms(query))
+}
+
+/// The words of `query` a keyword search looks for: each once, at most 32,
+/// without the function words ([`QUERY_STOPWORDS`]) unless it has nothing
+/// else ("how do I" still searches for them).
+pub fn query_terms(query: &str) -> Vec<String> {
     let mut seen = Vec::new();
     let mut all = Vec::new();
     for w in embedding::words(query) {
@@ -372,8 +379,15 @@ pub fn fts_query(query: &str) -> Option<String> {
             seen.push(w);
         }
     }
-    // A query of function words only ("how do I") still searches for them.
-    let terms = if seen.is_empty() { all } else { seen };
+    if seen.is_empty() {
+        all
+    } else {
+        seen
+    }
+}
+
+/// `terms`, each quoted, joined by `OR`; `None` for no terms.
+pub fn match_expression(terms: &[String]) -> Option<String> {
     if terms.is_empty() {
         return None;
     }
@@ -384,6 +398,44 @@ pub fn fts_query(query: &str) -> Option<String> {
             .collect::<Vec<_>>()
             .join(" OR "),
     )
+}
+
+/// How many of an index's `chunks` a word may be in and still be searched
+/// for: a fifth of them, and never fewer than 100. A word found in more
+/// chunks than that ("use", "type", "rust" in a Rust corpus) weighs little
+/// in BM25 (its idf is low) but costs the most: FTS5 scores every chunk that
+/// holds any query word.
+pub fn common_limit(chunks: u64) -> u64 {
+    (chunks / 5).max(100)
+}
+
+/// The index term of a query word, as FTS5 stores it (`porter unicode61`):
+/// `None` for a word FTS5 would cut in several (`snake_case`) or whose
+/// accents it would fold, which are kept whatever their frequency.
+pub fn index_term(word: &str) -> Option<String> {
+    word.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        .then(|| crate::porter::stem(word))
+}
+
+/// `terms` without those found in more than `limit` chunks (`df`: a term's
+/// chunk count, `None` when unknown, which keeps it); all of them if every
+/// one is that common.
+pub fn without_common(
+    terms: Vec<String>,
+    df: impl Fn(&str) -> Option<u64>,
+    limit: u64,
+) -> Vec<String> {
+    let kept: Vec<String> = terms
+        .iter()
+        .filter(|t| df(t).is_none_or(|n| n <= limit))
+        .cloned()
+        .collect();
+    if kept.is_empty() {
+        terms
+    } else {
+        kept
+    }
 }
 
 /// Words a question carries that say nothing of its subject: left out of the
@@ -558,6 +610,36 @@ pub fn rank_legs<K: Ord + Clone + std::hash::Hash>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_in_most_chunks_are_left_out_of_a_large_index_query() {
+        assert_eq!(common_limit(10), 100, "a small index keeps every word");
+        assert_eq!(common_limit(10_000), 2_000);
+        let terms = query_terms("How do I use a HashMap to count words in Rust?");
+        assert_eq!(terms, ["use", "hashmap", "count", "words", "rust"]);
+        let df = |t: &str| match t {
+            "use" => Some(4_000),
+            "rust" => Some(2_001),
+            "count" => Some(2_000),
+            "words" => None,
+            _ => Some(3),
+        };
+        assert_eq!(
+            without_common(terms.clone(), df, 2_000),
+            ["hashmap", "count", "words"]
+        );
+        // Only common words: all of them are searched for.
+        assert_eq!(without_common(terms.clone(), |_| Some(9_000), 2_000), terms);
+        assert_eq!(
+            match_expression(&["a\"b".to_owned(), "c".to_owned()]).as_deref(),
+            Some("\"ab\" OR \"c\"")
+        );
+        assert_eq!(match_expression(&[]), None);
+        assert_eq!(index_term("borrowing").as_deref(), Some("borrow"));
+        assert_eq!(index_term("u8").as_deref(), Some("u8"));
+        assert_eq!(index_term("snake_case"), None);
+        assert_eq!(index_term("naïve"), None);
+    }
 
     #[test]
     fn dot_handles_every_length() {
@@ -863,7 +945,7 @@ mod tests {
         fn tokens(text: &str) -> Vec<String> {
             text.split(|c: char| !c.is_alphanumeric())
                 .filter(|w| !w.is_empty())
-                .map(|w| porter(&w.to_lowercase()))
+                .map(|w| crate::porter::stem(&w.to_lowercase()))
                 .collect()
         }
 
@@ -1038,7 +1120,7 @@ mod tests {
                 ("0usize", "0usiz"),
                 ("1960s", "1960"),
             ] {
-                assert_eq!(porter(word), stem, "{word}");
+                assert_eq!(crate::porter::stem(word), stem, "{word}");
             }
             assert_eq!(
                 phrases("How do I propagate errors from crates.io?"),
@@ -1092,255 +1174,6 @@ mod tests {
                     matches!(score, Some((_, s)) if (s - want).abs() < 1e-6),
                     "{query} / {passage}: {got:?}"
                 );
-            }
-        }
-
-        /// The Porter stemmer (Porter 1980, as in his reference C code and
-        /// SQLite's FTS5 `porter` tokenizer): the stem FTS5 indexes for a
-        /// lowercase word. Words of fewer than 3 or more than 64 bytes pass
-        /// through, as there. It gave SQLite 3.40's stem for each of the
-        /// 15,367 words of the Rust docs corpus and the question set
-        /// (compared through `fts5vocab` when it was written).
-        fn porter(word: &str) -> String {
-            if word.len() < 3 || word.len() > 64 {
-                return word.to_owned();
-            }
-            let mut s = Stemmer {
-                b: word.as_bytes().to_vec(),
-                k: word.len() as isize - 1,
-                j: 0,
-            };
-            s.step1ab();
-            if s.k > 0 {
-                s.step1c();
-                s.step2();
-                s.step3();
-                s.step4();
-                s.step5();
-            }
-            s.b.truncate((s.k + 1) as usize);
-            String::from_utf8(s.b).unwrap()
-        }
-
-        /// The word being stemmed: `b[..=k]` is the current stem, `j` the
-        /// end of the part before the suffix last found by `ends`.
-        struct Stemmer {
-            b: Vec<u8>,
-            k: isize,
-            j: isize,
-        }
-
-        impl Stemmer {
-            fn at(&self, i: isize) -> u8 {
-                self.b[i as usize]
-            }
-
-            fn cons(&self, i: isize) -> bool {
-                match self.at(i) {
-                    b'a' | b'e' | b'i' | b'o' | b'u' => false,
-                    b'y' => i == 0 || !self.cons(i - 1),
-                    _ => true,
-                }
-            }
-
-            /// The number of vowel-consonant sequences in `b[..=j]`.
-            fn m(&self) -> usize {
-                let (mut n, mut i) = (0, 0);
-                loop {
-                    if i > self.j {
-                        return n;
-                    }
-                    if !self.cons(i) {
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-                loop {
-                    loop {
-                        if i > self.j {
-                            return n;
-                        }
-                        if self.cons(i) {
-                            break;
-                        }
-                        i += 1;
-                    }
-                    i += 1;
-                    n += 1;
-                    loop {
-                        if i > self.j {
-                            return n;
-                        }
-                        if !self.cons(i) {
-                            break;
-                        }
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
-
-            fn vowel_in_stem(&self) -> bool {
-                (0..=self.j).any(|i| !self.cons(i))
-            }
-
-            fn double_c(&self, i: isize) -> bool {
-                i >= 1 && self.at(i) == self.at(i - 1) && self.cons(i)
-            }
-
-            fn cvc(&self, i: isize) -> bool {
-                i >= 2
-                    && self.cons(i)
-                    && !self.cons(i - 1)
-                    && self.cons(i - 2)
-                    && !matches!(self.at(i), b'w' | b'x' | b'y')
-            }
-
-            fn ends(&mut self, suffix: &str) -> bool {
-                let len = suffix.len() as isize;
-                if len > self.k + 1 || !self.b[..=(self.k as usize)].ends_with(suffix.as_bytes()) {
-                    return false;
-                }
-                self.j = self.k - len;
-                true
-            }
-
-            fn set_to(&mut self, s: &str) {
-                self.b.truncate((self.j + 1) as usize);
-                self.b.extend_from_slice(s.as_bytes());
-                self.k = self.j + s.len() as isize;
-            }
-
-            fn r(&mut self, s: &str) {
-                if self.m() > 0 {
-                    self.set_to(s);
-                }
-            }
-
-            fn step1ab(&mut self) {
-                if self.at(self.k) == b's' {
-                    if self.ends("sses") {
-                        self.k -= 2;
-                    } else if self.ends("ies") {
-                        self.set_to("i");
-                    } else if self.at(self.k - 1) != b's' {
-                        self.k -= 1;
-                    }
-                }
-                if self.ends("eed") {
-                    if self.m() > 0 {
-                        self.k -= 1;
-                    }
-                } else if (self.ends("ed") || self.ends("ing")) && self.vowel_in_stem() {
-                    self.k = self.j;
-                    if self.ends("at") {
-                        self.set_to("ate");
-                    } else if self.ends("bl") {
-                        self.set_to("ble");
-                    } else if self.ends("iz") {
-                        self.set_to("ize");
-                    } else if self.double_c(self.k) {
-                        self.k -= 1;
-                        if matches!(self.at(self.k), b'l' | b's' | b'z') {
-                            self.k += 1;
-                        }
-                    } else {
-                        self.j = self.k;
-                        if self.m() == 1 && self.cvc(self.k) {
-                            self.set_to("e");
-                        }
-                    }
-                }
-            }
-
-            fn step1c(&mut self) {
-                if self.ends("y") && self.vowel_in_stem() {
-                    let k = self.k as usize;
-                    self.b[k] = b'i';
-                }
-            }
-
-            /// The first of `rules` (suffix, replacement) the word ends
-            /// with is replaced if the stem before it has `m() > 0`.
-            fn replace_first(&mut self, rules: &[(&str, &str)]) {
-                for (suffix, with) in rules {
-                    if self.ends(suffix) {
-                        self.r(with);
-                        return;
-                    }
-                }
-            }
-
-            fn step2(&mut self) {
-                self.replace_first(&[
-                    ("ational", "ate"),
-                    ("tional", "tion"),
-                    ("enci", "ence"),
-                    ("anci", "ance"),
-                    ("izer", "ize"),
-                    ("bli", "ble"),
-                    ("alli", "al"),
-                    ("entli", "ent"),
-                    ("eli", "e"),
-                    ("ousli", "ous"),
-                    ("ization", "ize"),
-                    ("ation", "ate"),
-                    ("ator", "ate"),
-                    ("alism", "al"),
-                    ("iveness", "ive"),
-                    ("fulness", "ful"),
-                    ("ousness", "ous"),
-                    ("aliti", "al"),
-                    ("iviti", "ive"),
-                    ("biliti", "ble"),
-                    ("logi", "log"),
-                ]);
-            }
-
-            fn step3(&mut self) {
-                self.replace_first(&[
-                    ("icate", "ic"),
-                    ("ative", ""),
-                    ("alize", "al"),
-                    ("iciti", "ic"),
-                    ("ical", "ic"),
-                    ("ful", ""),
-                    ("ness", ""),
-                ]);
-            }
-
-            fn step4(&mut self) {
-                const SUFFIXES: &[&str] = &[
-                    "al", "ance", "ence", "er", "ic", "able", "ible", "ant", "ement", "ment",
-                    "ent", "ion", "ou", "ism", "ate", "iti", "ous", "ive", "ize",
-                ];
-                for suffix in SUFFIXES {
-                    if self.ends(suffix) {
-                        if *suffix == "ion"
-                            && !(self.j >= 0 && matches!(self.at(self.j), b's' | b't'))
-                        {
-                            return;
-                        }
-                        if self.m() > 1 {
-                            self.k = self.j;
-                        }
-                        return;
-                    }
-                }
-            }
-
-            fn step5(&mut self) {
-                self.j = self.k;
-                if self.at(self.k) == b'e' {
-                    let a = self.m();
-                    if a > 1 || (a == 1 && !self.cvc(self.k - 1)) {
-                        self.k -= 1;
-                    }
-                }
-                if self.at(self.k) == b'l' && self.double_c(self.k) && self.m() > 1 {
-                    self.k -= 1;
-                }
             }
         }
     }
