@@ -373,6 +373,11 @@ fn bench() -> Result<(), ToolError> {
         cargo().args(["bench", "-p", "e2e", "--bench", "rag"]),
         "cargo bench (rag)",
     )?;
+    step("quality benchmark (recall and latency per mode on natural-language questions)");
+    run(
+        cargo().args(["bench", "-p", "e2e", "--bench", "quality"]),
+        "cargo bench (quality)",
+    )?;
     step("chat benchmark (first event and full answer over SSE and WebSocket)");
     run(
         cargo().args(["bench", "-p", "e2e", "--bench", "chat"]),
