@@ -324,11 +324,8 @@ impl SqlVectorIndex {
         k: usize,
         filter: &Metadata,
     ) -> Result<Vec<(i64, f64)>, PortError> {
-        let best = self.keyword_candidates(text, k, filter)?;
-        if best.is_empty() {
-            return Ok(best);
-        }
         let chunks = self.count()?;
+        let best = self.keyword_candidates(text, k, filter, chunks)?;
         Ok(best
             .into_iter()
             .map(|(rid, bm25)| (rid, keyword_relevance(bm25, chunks)))
@@ -343,8 +340,9 @@ impl SqlVectorIndex {
         text: &str,
         k: usize,
         filter: &Metadata,
+        chunks: u64,
     ) -> Result<Vec<(i64, f64)>, PortError> {
-        let Some(expr) = self.keyword_query(text)? else {
+        let Some(expr) = self.keyword_query(text, chunks)? else {
             return Ok(Vec::new());
         };
         let rows = if filter.is_empty() {
@@ -377,12 +375,12 @@ impl SqlVectorIndex {
         Ok(rows.into_iter().map(|(rid, rank)| (rid, -rank)).collect())
     }
 
-    /// The `MATCH` expression for `text`: its terms ([`query_terms`]), less
-    /// those in more chunks than [`common_limit`] allows (looked up in
+    /// The `MATCH` expression for `text` in an index of `chunks`: its terms
+    /// ([`query_terms`]), less those in more chunks than [`common_limit`]
+    /// allows (looked up in
     /// `chunk_vocab` only where the index is large enough for one to be).
-    fn keyword_query(&self, text: &str) -> Result<Option<String>, PortError> {
+    fn keyword_query(&self, text: &str, chunks: u64) -> Result<Option<String>, PortError> {
         let terms = query_terms(text);
-        let chunks = self.count()?;
         let limit = common_limit(chunks);
         let mut df = HashMap::new();
         if chunks > limit {
