@@ -535,3 +535,101 @@ fn tpm_is_reserved_before_a_turn_and_settled_with_what_it_used() {
         .expect("Retry-After");
     assert!((1..=60).contains(&retry), "{retry}");
 }
+
+#[test]
+fn a_refusal_by_the_tenants_budget_spends_nothing_of_the_keys_rpm() {
+    // Its own server: the tenant budget it sets would refuse the other
+    // tests' turns too.
+    let dir = PersistDir::new("limits-tenant-refusal");
+    let server = Server::start(Deployment::Dedicated(A), &dir);
+    // A turn reserves 1000 + 20 tokens: more than the tenant's day allows.
+    let r = admin(
+        &server,
+        A,
+        "PATCH",
+        "/admin/tenant",
+        Some(json!({ "budget": { "tokensPerDay": 500 } })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let (key, id) = new_key(&server, A, json!(["chat"]), json!({ "rpm": 2 }));
+    // Each refusal is the tenant's budget's, never the key's rpm: a refused
+    // turn spends no request of the key.
+    for n in 0..4 {
+        let r = chat(&server, &key, "limits-tenant-refusal", "a question");
+        assert_eq!(r.status, 402, "turn {n}: {}", r.body);
+        assert_eq!(r.json()["error"]["scope"], "tenant", "{}", r.body);
+    }
+    let r = admin(
+        &server,
+        A,
+        "GET",
+        &format!("/admin/actors/limiter/{id}"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let state = &r.json()["state"];
+    let spent = state["buckets"].as_array().into_iter().flatten().any(|b| {
+        b["limit"] == "rpm" && b["level"].as_i64().is_some_and(|level| level < 2)
+    });
+    assert!(!spent, "the key's rpm is untouched: {state}");
+    // Lifted: the key still has both of its requests.
+    let r = admin(
+        &server,
+        A,
+        "PATCH",
+        "/admin/tenant",
+        Some(json!({ "budget": {} })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    for n in 0..2 {
+        let r = chat(&server, &key, "limits-tenant-refusal", "a question");
+        assert_eq!(r.status, 200, "turn {n}: {}", r.body);
+        assert!(server.limiter_idle(A, &id), "turn {n} settled");
+    }
+    let r = chat(&server, &key, "limits-tenant-refusal", "one too many");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["limit"], "rpm", "{}", r.body);
+}
+
+#[test]
+fn an_open_websocket_follows_its_keys_changed_limits() {
+    let server = shared(Deployment::Dedicated(B));
+    let (key, id) = new_key(&server, B, json!(["chat"]), json!({ "rpm": 1000 }));
+    let ws = server.base().replace("http://", "ws://");
+    let mut socket = e2e::chat::Socket::connect(
+        &format!("{ws}/api/chat/ws?sessionId=limits-ws-follow&key={key}"),
+        &[],
+    )
+    .expect("connect");
+    let mut turn = |n: usize| {
+        socket.send(
+            &json!({ "type": "message", "content": format!("harbour question {n}") })
+                .to_string(),
+        );
+        let events = socket.events_until_end();
+        events.last().expect("events").clone()
+    };
+    assert_eq!(turn(0)["type"], "done");
+    // Lowered to 1 a minute while the socket is open: its bucket holds at
+    // most 1 from the next turn on, whatever it was admitted with.
+    let r = admin(
+        &server,
+        B,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(json!({ "limits": { "rpm": 1 } })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The socket re-checks its key at most once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    assert_eq!(turn(1)["type"], "done");
+    let refused = turn(2);
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("rate_limited")),
+        "{refused}"
+    );
+    socket.close();
+}

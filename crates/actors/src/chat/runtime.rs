@@ -177,19 +177,72 @@ impl Inner {
             secret_sha256: proof.clone(),
         };
         let request_id = RequestId::from_random(crate::entropy::random_bytes());
-        let valid = match crate::CoordinatorHandle::new(&self.env, &info.tenant) {
-            Ok(c) => matches!(
-                c.verify_key(&request_id, verify).await,
-                Ok(protocol::keys::Verification::Valid(_))
-            ),
-            Err(_) => false,
+        let record = match crate::CoordinatorHandle::new(&self.env, &info.tenant) {
+            Ok(c) => match c.verify_key(&request_id, verify).await {
+                Ok(protocol::keys::Verification::Valid(record)) => Some(record),
+                _ => None,
+            },
+            Err(_) => None,
         };
-        if valid {
+        let valid = record.is_some();
+        if let Some(record) = record {
             key_verified(&name, now, now);
+            let terms = (protocol::limits::Limits::from(&record.limits), record.budget);
+            KEY_CHECKS.with(|c| c.borrow_mut().found(&name, terms));
         } else {
             KEY_CHECKS.with(|c| c.borrow_mut().failed(&name));
         }
         valid
+    }
+
+    /// The limits a socket's next turn is admitted with: those its upgrade
+    /// was admitted with until its key is checked again (at most a second
+    /// later), then the key's as that check found them over the tenant's
+    /// current defaults and budget (its settings, cached for a second), so
+    /// a change of either reaches an open socket within about a second. An
+    /// anonymous socket follows the tenant's. If the settings cannot be
+    /// read, the upgrade's limits stay.
+    pub(super) async fn socket_limits(
+        &self,
+        info: &SocketInfo,
+        request_id: &RequestId,
+    ) -> Option<Applied> {
+        let own = match (&info.access.key, &info.access.proof) {
+            (Some(id), Some(proof)) => {
+                let name = KeyChecks::name(&info.tenant, id, proof);
+                match KEY_CHECKS.with(|c| c.borrow().terms(&name)) {
+                    Some(terms) => Some(terms),
+                    // Not checked since the upgrade: its limits are fresh.
+                    None => return info.limits.clone(),
+                }
+            }
+            // A key without its proof is never re-checked: its upgrade's.
+            (Some(_), None) => return info.limits.clone(),
+            (None, _) => None,
+        };
+        let limiter = match (&info.limits, &info.access.key) {
+            (Some(applied), _) => applied.limiter.clone(),
+            (None, Some(id)) => format!("{}:{id}", crate::limiter::RESOURCE),
+            // An anonymous socket the tenant set no limit for when it
+            // connected: its limiter is named by the client's address,
+            // which only the gateway knows.
+            (None, None) => return None,
+        };
+        let settings = match crate::coordinator::tenant_settings(&self.env, &info.tenant, request_id).await {
+            Ok(settings) => settings,
+            Err(e) => {
+                worker::console_warn!("chat: the tenant's limits are unavailable: {e}");
+                return info.limits.clone();
+            }
+        };
+        let (limits, budget) = own.unwrap_or_default();
+        crate::limiter::admission::applied_now(
+            limiter,
+            &limits,
+            budget,
+            settings.limits,
+            settings.budget,
+        )
     }
 
     /// Refuses `access` doing `action` unless the session's owner allows it,
