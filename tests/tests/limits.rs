@@ -633,3 +633,61 @@ fn an_open_websocket_follows_its_keys_changed_limits() {
     );
     socket.close();
 }
+
+#[test]
+fn a_lost_turns_reservation_is_settled_when_its_session_recovers() {
+    let dir = PersistDir::new("limits-recover");
+    // The model stalls for longer than the test runs.
+    let vars = [("CHAT_FIRST_OUTPUT_TIMEOUT_SECS", "50")];
+    let (key, id, stalled) = {
+        let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, &vars);
+        let (key, id) = new_key(&server, A, json!(["chat"]), json!({ "concurrency": 1 }));
+        // A turn whose model stalls holds the key's one slot.
+        let (url, auth) = (server.url("/api/chat"), format!("Bearer {key}"));
+        let stalled = std::thread::spawn(move || {
+            send(
+                "POST",
+                &url,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                Some(
+                    json!({ "sessionId": "limits-recover", "message": "ferry? [[model-all-stall]]" })
+                        .to_string()
+                        .as_bytes(),
+                ),
+            )
+        });
+        let held = (0..100).any(|_| {
+            let r = admin(&server, A, "GET", &format!("/admin/actors/limiter/{id}"), None);
+            let held = r.json()["state"]["reservations"]
+                .as_array()
+                .is_some_and(|v| !v.is_empty());
+            if !held {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            held
+        });
+        assert!(held, "the stalled turn holds a reservation");
+        (key, id, stalled)
+    }; // Stopped mid-turn: the isolate, and the turn in it, are gone.
+    // The client's stream ended with the server.
+    let _ = stalled.join();
+    let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, &vars);
+    // The next request to the session finds the lost turn and settles what
+    // it held (its deadline, and so its expiry, are minutes away).
+    let auth = format!("Bearer {key}");
+    let r = e2e::http::get(
+        &server.url("/api/sessions/limits-recover/history"),
+        &[("authorization", auth.as_str())],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        server.limiter_idle(A, &id),
+        "the lost turn's reservation was settled"
+    );
+    // The key's one slot is free again.
+    let r = chat(&server, &key, "limits-recover-next", "a question");
+    assert_eq!(r.status, 200, "{}", r.body);
+}
