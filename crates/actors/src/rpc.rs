@@ -17,17 +17,6 @@ pub const CONTENT_TYPE: &str = "application/msgpack";
 /// The URL actors are called at; the host is never resolved, only the path is read.
 const RPC_URL: &str = "https://actor.internal/rpc";
 
-/// A message or reply of at most this many bytes travels in a header
-/// ([`MESSAGE_HEADER`], [`REPLY_HEADER`]; hex) instead of the body: the
-/// receiver then has it with the request's (or response's) head, without
-/// awaiting a body stream. Most messages are this small (an admit, a key
-/// check, a search and its cached results); larger ones use the body.
-pub const INLINE_MAX_BYTES: usize = 2_048;
-/// The header of an inline message.
-pub const MESSAGE_HEADER: &str = "x-actor-message";
-/// The header of an inline reply.
-pub const REPLY_HEADER: &str = "x-actor-reply";
-
 /// One tenant's object of one actor class, reached by its tenant-scoped name
 /// (`${tenantId}:${resource}`); what every typed handle is built on.
 pub struct ActorStub {
@@ -79,7 +68,7 @@ pub async fn call<M: Serialize, R: DeserializeOwned>(
     envelope: &Envelope<M>,
 ) -> Result<R, ActorError> {
     let mut response = post(stub, envelope).await?;
-    let bytes = reply_bytes(&mut response).await?;
+    let bytes = response.bytes().await?;
     let reply: ReplyEnvelope<R> = protocol::decode_reply(&bytes)?;
     reply.reply.map_err(ActorError::Refused)
 }
@@ -94,15 +83,11 @@ pub async fn post<M: Serialize>(
     let headers = Headers::new();
     headers.set("content-type", CONTENT_TYPE)?;
     let mut init = RequestInit::new();
-    init.with_method(Method::Post);
-    if body.len() <= INLINE_MAX_BYTES {
-        headers.set(MESSAGE_HEADER, &hex::encode(&body))?;
-    } else {
-        init.with_body(Some(
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(
             worker::js_sys::Uint8Array::from(body.as_slice()).into(),
         ));
-    }
-    init.with_headers(headers);
     let request = Request::new_with_init(RPC_URL, &init)?;
     Ok(stub.fetch_with_request(request).await?)
 }
@@ -121,17 +106,12 @@ pub async fn read_request<M: DeserializeOwned, R: Serialize>(
             )),
         ));
     }
-    let inline = req.headers().get(MESSAGE_HEADER).ok().flatten();
-    let bytes = match inline {
-        Some(text) => hex::decode(text).map_err(|e| e.to_string()),
-        None => req.bytes().await.map_err(|e| e.to_string()),
-    };
-    let bytes = match bytes {
+    let bytes = match req.bytes().await {
         Ok(b) => b,
         Err(e) => {
             return Err(reply_response::<R>(
                 None,
-                Err(ErrorReply::new(ErrorCode::Protocol, e)),
+                Err(ErrorReply::new(ErrorCode::Protocol, e.to_string())),
             ))
         }
     };
@@ -160,27 +140,9 @@ pub fn reply_response<R: Serialize>(
         .unwrap_or_default(),
     };
     let headers = Headers::new();
-    // Setting a constant, valid header cannot fail, nor one of hex digits.
+    // Setting a constant, valid header cannot fail.
     let _ = headers.set("content-type", CONTENT_TYPE);
-    if bytes.len() <= INLINE_MAX_BYTES {
-        let _ = headers.set(REPLY_HEADER, &hex::encode(&bytes));
-        return Response::builder().with_headers(headers).fixed(Vec::new());
-    }
     Response::builder().with_headers(headers).fixed(bytes)
-}
-
-/// The bytes of an actor's reply: from [`REPLY_HEADER`] when it came inline,
-/// else the body.
-pub async fn reply_bytes(response: &mut Response) -> Result<Vec<u8>, ActorError> {
-    match response.headers().get(REPLY_HEADER)? {
-        Some(text) => hex::decode(text).map_err(|e| {
-            ActorError::Refused(ErrorReply::new(
-                ErrorCode::Protocol,
-                format!("an inline reply that is not hex: {e}"),
-            ))
-        }),
-        None => Ok(response.bytes().await?),
-    }
 }
 
 /// An actor's response enum: names the variant it holds, so that a reply of

@@ -118,7 +118,7 @@ impl ChatHandle {
         if content_type == FRAMES_CONTENT_TYPE {
             return Ok(Ok(decode_frames(response.stream()?)));
         }
-        let bytes = rpc::reply_bytes(&mut response).await?;
+        let bytes = response.bytes().await?;
         let reply: protocol::ReplyEnvelope<ChatResponse> = protocol::decode_reply(&bytes)?;
         reply.reply.map(Err).map_err(ActorError::Refused)
     }
@@ -275,7 +275,7 @@ impl ChatHandle {
         if response.status_code() == 101 {
             return Ok(response);
         }
-        let bytes = rpc::reply_bytes(&mut response).await?;
+        let bytes = response.bytes().await?;
         let reply: protocol::ReplyEnvelope<ChatResponse> = protocol::decode_reply(&bytes)?;
         match reply.reply {
             Err(refusal) => Err(ActorError::Refused(refusal)),
