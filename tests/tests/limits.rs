@@ -569,9 +569,11 @@ fn a_refusal_by_the_tenants_budget_spends_nothing_of_the_keys_rpm() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let state = &r.json()["state"];
-    let spent = state["buckets"].as_array().into_iter().flatten().any(|b| {
-        b["limit"] == "rpm" && b["level"].as_i64().is_some_and(|level| level < 2)
-    });
+    let spent = state["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|b| b["limit"] == "rpm" && b["level"].as_i64().is_some_and(|level| level < 2));
     assert!(!spent, "the key's rpm is untouched: {state}");
     // Lifted: the key still has both of its requests.
     let r = admin(
@@ -605,8 +607,7 @@ fn an_open_websocket_follows_its_keys_changed_limits() {
     .expect("connect");
     let mut turn = |n: usize| {
         socket.send(
-            &json!({ "type": "message", "content": format!("harbour question {n}") })
-                .to_string(),
+            &json!({ "type": "message", "content": format!("harbour question {n}") }).to_string(),
         );
         let events = socket.events_until_end();
         events.last().expect("events").clone()
@@ -660,7 +661,13 @@ fn a_lost_turns_reservation_is_settled_when_its_session_recovers() {
             )
         });
         let held = (0..100).any(|_| {
-            let r = admin(&server, A, "GET", &format!("/admin/actors/limiter/{id}"), None);
+            let r = admin(
+                &server,
+                A,
+                "GET",
+                &format!("/admin/actors/limiter/{id}"),
+                None,
+            );
             let held = r.json()["state"]["reservations"]
                 .as_array()
                 .is_some_and(|v| !v.is_empty());
@@ -672,7 +679,7 @@ fn a_lost_turns_reservation_is_settled_when_its_session_recovers() {
         assert!(held, "the stalled turn holds a reservation");
         (key, id, stalled)
     }; // Stopped mid-turn: the isolate, and the turn in it, are gone.
-    // The client's stream ended with the server.
+       // The client's stream ended with the server.
     let _ = stalled.join();
     let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, &vars);
     // The next request to the session finds the lost turn and settles what

@@ -56,7 +56,6 @@ pub fn client_digest(address: &str) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-
 /// The limits that apply to `identity`: a key's own over the tenant's
 /// defaults; an anonymous client's are the tenant's defaults.
 pub fn limits_for(identity: &Identity, tenant: &Limits) -> Limits {

@@ -187,7 +187,10 @@ impl Inner {
         let valid = record.is_some();
         if let Some(record) = record {
             key_verified(&name, now, now);
-            let terms = (protocol::limits::Limits::from(&record.limits), record.budget);
+            let terms = (
+                protocol::limits::Limits::from(&record.limits),
+                record.budget,
+            );
             KEY_CHECKS.with(|c| c.borrow_mut().found(&name, terms));
         } else {
             KEY_CHECKS.with(|c| c.borrow_mut().failed(&name));
@@ -228,13 +231,14 @@ impl Inner {
             // which only the gateway knows.
             (None, None) => return None,
         };
-        let settings = match crate::coordinator::tenant_settings(&self.env, &info.tenant, request_id).await {
-            Ok(settings) => settings,
-            Err(e) => {
-                worker::console_warn!("chat: the tenant's limits are unavailable: {e}");
-                return info.limits.clone();
-            }
-        };
+        let settings =
+            match crate::coordinator::tenant_settings(&self.env, &info.tenant, request_id).await {
+                Ok(settings) => settings,
+                Err(e) => {
+                    worker::console_warn!("chat: the tenant's limits are unavailable: {e}");
+                    return info.limits.clone();
+                }
+            };
         let (limits, budget) = own.unwrap_or_default();
         crate::limiter::admission::applied_now(
             limiter,
@@ -290,7 +294,10 @@ impl Inner {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
-                worker::console_warn!("chat: a lost turn's reservation was not read: {}", e.message);
+                worker::console_warn!(
+                    "chat: a lost turn's reservation was not read: {}",
+                    e.message
+                );
                 return;
             }
         };
@@ -617,7 +624,10 @@ impl Inner {
         .await;
         if ctx.turn.reservation.is_some() {
             if let Err(e) = self.store.take_reservation(ctx.id) {
-                worker::console_warn!("chat: a settled reservation was not forgotten: {}", e.message);
+                worker::console_warn!(
+                    "chat: a settled reservation was not forgotten: {}",
+                    e.message
+                );
             }
         }
         // After the turn's last event and its accounting: the client never
@@ -789,7 +799,17 @@ impl Inner {
         used: Option<TokenUsage>,
         prices: &PriceTable,
     ) {
-        account(&self.env, tenant, request_id, key, reservation, model, used, prices).await;
+        account(
+            &self.env,
+            tenant,
+            request_id,
+            key,
+            reservation,
+            model,
+            used,
+            prices,
+        )
+        .await;
     }
 
     /// The generators of the turn's model chain (the model it names, or
@@ -1122,8 +1142,7 @@ async fn account(
         }];
         let now = crate::ports::SystemClock.now_ms();
         if let Err(e) =
-            crate::limiter::recorder::record(env, tenant, request_id, now, &turn, prices)
-                .await
+            crate::limiter::recorder::record(env, tenant, request_id, now, &turn, prices).await
         {
             worker::console_warn!("chat: the turn's usage was not recorded: {e}");
         }

@@ -214,7 +214,19 @@ pub async fn generate_routed<G: Generator, S: Sleep, C: Clock>(
     let mut last: Option<(String, AttemptError)> = None;
     // What the attempts reported, summed (each attempt's last report).
     let mut used: Option<(u32, u32)> = None;
-    let result = route(chain, request, policy, sleep, clock, give_up_at_ms, on_event, &mut used, &mut log, &mut last).await;
+    let result = route(
+        chain,
+        request,
+        policy,
+        sleep,
+        clock,
+        give_up_at_ms,
+        on_event,
+        &mut used,
+        &mut log,
+        &mut last,
+    )
+    .await;
     if let Some((prompt_tokens, completion_tokens)) = used {
         on_event(GenerationEvent::Usage {
             prompt_tokens,

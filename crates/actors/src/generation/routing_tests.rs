@@ -347,7 +347,11 @@ fn tool_calls_of_a_failed_attempt_are_dropped() {
         .iter()
         .filter(|e| matches!(e, GenerationEvent::Usage { .. }))
         .count();
-    assert_eq!((calls, usages), (1, 1), "only the successful attempt's call");
+    assert_eq!(
+        (calls, usages),
+        (1, 1),
+        "only the successful attempt's call"
+    );
 }
 
 /// The usage events of a run, summed: (prompt, completion, events).
@@ -374,7 +378,10 @@ fn the_tokens_of_failed_attempts_are_counted() {
     // answer's 5 + 2.
     assert_eq!(usage_of(&r.events), (10, 4, 1));
     // Every attempt failing still reports what the failed ones used.
-    let chain = [model("only", &[Step::ToolCallThenFail, Step::ToolCallThenFail])];
+    let chain = [model(
+        "only",
+        &[Step::ToolCallThenFail, Step::ToolCallThenFail],
+    )];
     let r = run(&chain, 60_000);
     assert!(r.result.is_err());
     assert_eq!(usage_of(&r.events), (10, 4, 1));

@@ -204,12 +204,24 @@ mod tests {
         };
         let none = Limits::default();
         // The key's own limit over the tenant's default.
-        let now = applied_now(limiter(), &rpm(1), Budget::default(), rpm(10), Budget::default())
-            .expect("limits apply");
+        let now = applied_now(
+            limiter(),
+            &rpm(1),
+            Budget::default(),
+            rpm(10),
+            Budget::default(),
+        )
+        .expect("limits apply");
         assert_eq!((now.limits.rpm, now.tenant_limits.rpm), (Some(1), Some(10)));
         // Unset on the key: the tenant's.
-        let now = applied_now(limiter(), &none, Budget::default(), rpm(10), Budget::default())
-            .expect("the tenant's apply");
+        let now = applied_now(
+            limiter(),
+            &none,
+            Budget::default(),
+            rpm(10),
+            Budget::default(),
+        )
+        .expect("the tenant's apply");
         assert_eq!(now.limits.rpm, Some(10));
         // Nothing set anywhere: no limiter at all.
         assert_eq!(
