@@ -13,8 +13,10 @@
 //!    behind one gateway.
 //!
 //! 3. the same decisions in the limiter's pure core, natively: what one
-//!    object's logic and its state write (one JSON row) cost per decision,
-//!    without the runtime around it.
+//!    object's logic and its state's serialisation (the one JSON row it
+//!    writes: before the answer for a reservation, within a second after
+//!    it for a plain request's spend) cost per decision, without the
+//!    runtime around it.
 //!
 //! Run with `cargo bench -p e2e --bench limits` after `cargo xtask build`.
 //! Results go to stdout as Markdown.

@@ -535,3 +535,166 @@ fn tpm_is_reserved_before_a_turn_and_settled_with_what_it_used() {
         .expect("Retry-After");
     assert!((1..=60).contains(&retry), "{retry}");
 }
+
+#[test]
+fn a_refusal_by_the_tenants_budget_spends_nothing_of_the_keys_rpm() {
+    // Its own server: the tenant budget it sets would refuse the other
+    // tests' turns too.
+    let dir = PersistDir::new("limits-tenant-refusal");
+    let server = Server::start(Deployment::Dedicated(A), &dir);
+    // A turn reserves 1000 + 20 tokens: more than the tenant's day allows.
+    let r = admin(
+        &server,
+        A,
+        "PATCH",
+        "/admin/tenant",
+        Some(json!({ "budget": { "tokensPerDay": 500 } })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let (key, id) = new_key(&server, A, json!(["chat"]), json!({ "rpm": 2 }));
+    // Each refusal is the tenant's budget's, never the key's rpm: a refused
+    // turn spends no request of the key.
+    for n in 0..4 {
+        let r = chat(&server, &key, "limits-tenant-refusal", "a question");
+        assert_eq!(r.status, 402, "turn {n}: {}", r.body);
+        assert_eq!(r.json()["error"]["scope"], "tenant", "{}", r.body);
+    }
+    let r = admin(
+        &server,
+        A,
+        "GET",
+        &format!("/admin/actors/limiter/{id}"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let state = &r.json()["state"];
+    let spent = state["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|b| b["limit"] == "rpm" && b["level"].as_i64().is_some_and(|level| level < 2));
+    assert!(!spent, "the key's rpm is untouched: {state}");
+    // Lifted: the key still has both of its requests.
+    let r = admin(
+        &server,
+        A,
+        "PATCH",
+        "/admin/tenant",
+        Some(json!({ "budget": {} })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    for n in 0..2 {
+        let r = chat(&server, &key, "limits-tenant-refusal", "a question");
+        assert_eq!(r.status, 200, "turn {n}: {}", r.body);
+        assert!(server.limiter_idle(A, &id), "turn {n} settled");
+    }
+    let r = chat(&server, &key, "limits-tenant-refusal", "one too many");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["limit"], "rpm", "{}", r.body);
+}
+
+#[test]
+fn an_open_websocket_follows_its_keys_changed_limits() {
+    let server = shared(Deployment::Dedicated(B));
+    let (key, id) = new_key(&server, B, json!(["chat"]), json!({ "rpm": 1000 }));
+    let ws = server.base().replace("http://", "ws://");
+    let mut socket = e2e::chat::Socket::connect(
+        &format!("{ws}/api/chat/ws?sessionId=limits-ws-follow&key={key}"),
+        &[],
+    )
+    .expect("connect");
+    let mut turn = |n: usize| {
+        socket.send(
+            &json!({ "type": "message", "content": format!("harbour question {n}") }).to_string(),
+        );
+        let events = socket.events_until_end();
+        events.last().expect("events").clone()
+    };
+    assert_eq!(turn(0)["type"], "done");
+    // Lowered to 1 a minute while the socket is open: its bucket holds at
+    // most 1 from the next turn on, whatever it was admitted with.
+    let r = admin(
+        &server,
+        B,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(json!({ "limits": { "rpm": 1 } })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The socket re-checks its key at most once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    assert_eq!(turn(1)["type"], "done");
+    let refused = turn(2);
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("rate_limited")),
+        "{refused}"
+    );
+    socket.close();
+}
+
+#[test]
+fn a_lost_turns_reservation_is_settled_when_its_session_recovers() {
+    let dir = PersistDir::new("limits-recover");
+    // The model stalls for longer than the test runs.
+    let vars = [("CHAT_FIRST_OUTPUT_TIMEOUT_SECS", "50")];
+    let (key, id, stalled) = {
+        let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, &vars);
+        let (key, id) = new_key(&server, A, json!(["chat"]), json!({ "concurrency": 1 }));
+        // A turn whose model stalls holds the key's one slot.
+        let (url, auth) = (server.url("/api/chat"), format!("Bearer {key}"));
+        let stalled = std::thread::spawn(move || {
+            send(
+                "POST",
+                &url,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                Some(
+                    json!({ "sessionId": "limits-recover", "message": "ferry? [[model-all-stall]]" })
+                        .to_string()
+                        .as_bytes(),
+                ),
+            )
+        });
+        let held = (0..100).any(|_| {
+            let r = admin(
+                &server,
+                A,
+                "GET",
+                &format!("/admin/actors/limiter/{id}"),
+                None,
+            );
+            let held = r.json()["state"]["reservations"]
+                .as_array()
+                .is_some_and(|v| !v.is_empty());
+            if !held {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            held
+        });
+        assert!(held, "the stalled turn holds a reservation");
+        (key, id, stalled)
+    }; // Stopped mid-turn: the isolate, and the turn in it, are gone.
+       // The client's stream ended with the server.
+    let _ = stalled.join();
+    let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, &vars);
+    // The next request to the session finds the lost turn and settles what
+    // it held (its deadline, and so its expiry, are minutes away).
+    let auth = format!("Bearer {key}");
+    let r = e2e::http::get(
+        &server.url("/api/sessions/limits-recover/history"),
+        &[("authorization", auth.as_str())],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        server.limiter_idle(A, &id),
+        "the lost turn's reservation was settled"
+    );
+    // The key's one slot is free again.
+    let r = chat(&server, &key, "limits-recover-next", "a question");
+    assert_eq!(r.status, 200, "{}", r.body);
+}

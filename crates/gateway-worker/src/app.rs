@@ -161,7 +161,27 @@ async fn serve(
         return list_tenants(env, &mode, request_id).await.map(Reply::from);
     }
     let decision = auth::decide(route.access(), &presented, &mode, &tokens)?;
-    let (tenant, identity, proof) = admit(decision, env, request_id).await?;
+    // A key on a limited route needs the tenant's policy for its admission
+    // too: both lookups (each cached for a second) run at once rather than
+    // one after the other.
+    let policy_too = match &decision {
+        Decision::Verify { tenant, .. } if limits::work_of(&route).is_some() => {
+            Some(tenant.clone())
+        }
+        _ => None,
+    };
+    let (tenant, identity, proof) = match policy_too {
+        Some(tenant) => {
+            // The admission below reads the policy again (from the cache,
+            // or, after a failure here, from the coordinator).
+            let (admitted, _policy) = futures::join!(
+                admit(decision, env, request_id),
+                tenant_policy(env, &tenant, request_id)
+            );
+            admitted?
+        }
+        None => admit(decision, env, request_id).await?,
+    };
     seen.tenant = Some(tenant.clone());
     seen.caller_is(&identity);
     // Checked after the credential, so an unauthenticated caller learns

@@ -17,7 +17,7 @@ use protocol::limits::{Budget, Limits, RateLimitInfo};
 use sha2::{Digest, Sha256};
 
 pub use actors::limiter::admission::{
-    admit, turn_hold_ms, Applied, Work, TENANT_BUDGET_LIMITER, TURN_HOLD_MARGIN_MS,
+    admit, effective, turn_hold_ms, Applied, Work, TENANT_BUDGET_LIMITER, TURN_HOLD_MARGIN_MS,
     TURN_INPUT_ESTIMATE,
 };
 
@@ -54,15 +54,6 @@ pub fn limited_by(identity: &Identity, client_address: Option<&str>) -> Option<L
 pub fn client_digest(address: &str) -> String {
     let digest = Sha256::digest(address.trim().as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// A key's limits: each one it sets, else the tenant's default for it.
-pub fn effective(key: &Limits, tenant: &Limits) -> Limits {
-    Limits {
-        rpm: key.rpm.or(tenant.rpm),
-        tpm: key.tpm.or(tenant.tpm),
-        concurrency: key.concurrency.or(tenant.concurrency),
-    }
 }
 
 /// The limits that apply to `identity`: a key's own over the tenant's

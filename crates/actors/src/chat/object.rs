@@ -307,8 +307,9 @@ impl worker::DurableObject for ChatSession {
         };
         let request_id = RequestId::from_random(crate::entropy::random_bytes());
         // Admitted like a `POST /api/chat` turn, with the limits the socket
-        // was admitted with: a socket is no way around them.
-        if let Some(applied) = &info.limits {
+        // was admitted with, kept current with the key's and the tenant's:
+        // a socket is no way around them.
+        if let Some(applied) = &self.inner.socket_limits(&info, &request_id).await {
             match self
                 .inner
                 .admit_turn(&info.tenant, &request_id, applied, &turn)

@@ -177,19 +177,76 @@ impl Inner {
             secret_sha256: proof.clone(),
         };
         let request_id = RequestId::from_random(crate::entropy::random_bytes());
-        let valid = match crate::CoordinatorHandle::new(&self.env, &info.tenant) {
-            Ok(c) => matches!(
-                c.verify_key(&request_id, verify).await,
-                Ok(protocol::keys::Verification::Valid(_))
-            ),
-            Err(_) => false,
+        let record = match crate::CoordinatorHandle::new(&self.env, &info.tenant) {
+            Ok(c) => match c.verify_key(&request_id, verify).await {
+                Ok(protocol::keys::Verification::Valid(record)) => Some(record),
+                _ => None,
+            },
+            Err(_) => None,
         };
-        if valid {
+        let valid = record.is_some();
+        if let Some(record) = record {
             key_verified(&name, now, now);
+            let terms = (
+                protocol::limits::Limits::from(&record.limits),
+                record.budget,
+            );
+            KEY_CHECKS.with(|c| c.borrow_mut().found(&name, terms));
         } else {
             KEY_CHECKS.with(|c| c.borrow_mut().failed(&name));
         }
         valid
+    }
+
+    /// The limits a socket's next turn is admitted with: those its upgrade
+    /// was admitted with until its key is checked again (at most a second
+    /// later), then the key's as that check found them over the tenant's
+    /// current defaults and budget (its settings, cached for a second), so
+    /// a change of either reaches an open socket within about a second. An
+    /// anonymous socket follows the tenant's. If the settings cannot be
+    /// read, the upgrade's limits stay.
+    pub(super) async fn socket_limits(
+        &self,
+        info: &SocketInfo,
+        request_id: &RequestId,
+    ) -> Option<Applied> {
+        let own = match (&info.access.key, &info.access.proof) {
+            (Some(id), Some(proof)) => {
+                let name = KeyChecks::name(&info.tenant, id, proof);
+                match KEY_CHECKS.with(|c| c.borrow().terms(&name)) {
+                    Some(terms) => Some(terms),
+                    // Not checked since the upgrade: its limits are fresh.
+                    None => return info.limits.clone(),
+                }
+            }
+            // A key without its proof is never re-checked: its upgrade's.
+            (Some(_), None) => return info.limits.clone(),
+            (None, _) => None,
+        };
+        let limiter = match (&info.limits, &info.access.key) {
+            (Some(applied), _) => applied.limiter.clone(),
+            (None, Some(id)) => format!("{}:{id}", crate::limiter::RESOURCE),
+            // An anonymous socket the tenant set no limit for when it
+            // connected: its limiter is named by the client's address,
+            // which only the gateway knows.
+            (None, None) => return None,
+        };
+        let settings =
+            match crate::coordinator::tenant_settings(&self.env, &info.tenant, request_id).await {
+                Ok(settings) => settings,
+                Err(e) => {
+                    worker::console_warn!("chat: the tenant's limits are unavailable: {e}");
+                    return info.limits.clone();
+                }
+            };
+        let (limits, budget) = own.unwrap_or_default();
+        crate::limiter::admission::applied_now(
+            limiter,
+            &limits,
+            budget,
+            settings.limits,
+            settings.budget,
+        )
     }
 
     /// Refuses `access` doing `action` unless the session's owner allows it,
@@ -212,6 +269,11 @@ impl Inner {
     /// Marks failed every turn that storage calls running but that is not
     /// running here (its isolate was reset or evicted mid-turn), with an
     /// `error` event a resuming client sees.
+    /// A lost turn's limiter reservation is settled with the usage its
+    /// stored messages carry (the model calls it completed; none: a
+    /// release), beside the request that found it, so its concurrency slot
+    /// and the rest of its estimate come back at once instead of at its
+    /// deadline.
     pub(super) fn recover(&self) -> std::result::Result<(), ErrorReply> {
         let running = self.store.running_turns()?;
         let lost = self.core.borrow().interrupted(&running);
@@ -221,8 +283,51 @@ impl Inner {
                 "turn_interrupted",
                 "the turn was interrupted (the session restarted) and did not finish",
             );
+            self.settle_lost(id);
         }
         Ok(())
+    }
+
+    /// Settles the reservation lost turn `id` held (see [`Self::recover`]).
+    fn settle_lost(&self, id: u64) {
+        let reservation = match self.store.take_reservation(id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                worker::console_warn!(
+                    "chat: a lost turn's reservation was not read: {}",
+                    e.message
+                );
+                return;
+            }
+        };
+        let used = self.store.stored_usage(id).ok().filter(|u| u.total() > 0);
+        let key = self
+            .store
+            .owner()
+            .ok()
+            .flatten()
+            .map(|o| o.key)
+            .filter(|k| !k.is_empty());
+        let Some((tenant, _)) = self.bound.borrow().clone() else {
+            return;
+        };
+        let env = self.env.clone();
+        self.state.wait_until(async move {
+            let request_id = RequestId::from_random(crate::entropy::random_bytes());
+            let prices = crate::limiter::recorder::prices(&env, &tenant, &request_id).await;
+            account(
+                &env,
+                &tenant,
+                &request_id,
+                key.as_deref(),
+                Some(&reservation),
+                None,
+                used,
+                &prices,
+            )
+            .await;
+        });
     }
 
     /// Sends `event` as the next event of turn `turn` to the turn's
@@ -445,6 +550,11 @@ impl Inner {
         }
         let user_seq = self.store.append(&user, None, now)?;
         let id = self.store.start_turn(user_seq, now)?;
+        // With the turn's row: if this isolate loses the turn, `recover`
+        // finds what it holds at the limiter and settles it.
+        if let Some(reservation) = &turn.reservation {
+            self.store.hold_reservation(id, reservation)?;
+        }
         let effects = self.core.borrow_mut().start(id, now, &limits);
         if let Some(tx) = listener {
             self.listeners.borrow_mut().push(Listener { turn: id, tx });
@@ -512,6 +622,14 @@ impl Inner {
             &prices,
         )
         .await;
+        if ctx.turn.reservation.is_some() {
+            if let Err(e) = self.store.take_reservation(ctx.id) {
+                worker::console_warn!(
+                    "chat: a settled reservation was not forgotten: {}",
+                    e.message
+                );
+            }
+        }
         // After the turn's last event and its accounting: the client never
         // waits for the registry.
         self.report_turn(&ctx.tenant, &ctx.request_id, ctx.id).await;
@@ -669,11 +787,7 @@ impl Inner {
         }
     }
 
-    /// Accounts for a turn that ended: its usage is recorded at the tenant's
-    /// ledger (priced with the tenant's prices, charged to the model that
-    /// served it), and its reservation settled with it (nothing used:
-    /// released). A failure is logged: a reservation then expires at the
-    /// limiter and is charged its estimate.
+    /// Accounts for a turn that ended (see [`account`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn account(
         &self,
@@ -685,61 +799,17 @@ impl Inner {
         used: Option<TokenUsage>,
         prices: &PriceTable,
     ) {
-        if used.is_none() && reservation.is_none() {
-            return;
-        }
-        let model = model
-            .or_else(|| reservation.and_then(|r| r.model.clone()))
-            .unwrap_or_else(|| "unknown".to_owned());
-        if let Some(usage) = used {
-            let turn = [Used {
-                caller: caller_of(key, true),
-                model: model.clone(),
-                requests: 1,
-                usage,
-            }];
-            let now = crate::ports::SystemClock.now_ms();
-            if let Err(e) =
-                crate::limiter::recorder::record(&self.env, tenant, request_id, now, &turn, prices)
-                    .await
-            {
-                worker::console_warn!("chat: the turn's usage was not recorded: {e}");
-            }
-        }
-        let Some(reservation) = reservation else {
-            return;
-        };
-        if !reservation.valid() {
-            worker::console_error!("chat: a turn carried an invalid reservation");
-            return;
-        }
-        for (limiter, id) in reservation.held() {
-            let limiter = match LimiterHandle::at(&self.env, tenant, limiter) {
-                Ok(l) => l,
-                Err(e) => {
-                    worker::console_error!("chat: no limiter to settle with: {e}");
-                    continue;
-                }
-            };
-            let settled = match used {
-                Some(usage) => limiter
-                    .settle(
-                        request_id,
-                        protocol::limits::Settle {
-                            reservation_id: id,
-                            usage,
-                            price: prices.price(&model),
-                            model: Some(model.clone()),
-                        },
-                    )
-                    .await
-                    .map(|_| ()),
-                None => limiter.release(request_id, id).await.map(|_| ()),
-            };
-            if let Err(e) = settled {
-                worker::console_warn!("chat: the turn's reservation was not settled: {e}");
-            }
-        }
+        account(
+            &self.env,
+            tenant,
+            request_id,
+            key,
+            reservation,
+            model,
+            used,
+            prices,
+        )
+        .await;
     }
 
     /// The generators of the turn's model chain (the model it names, or
@@ -1039,4 +1109,76 @@ pub(super) fn wrong_session() -> ErrorReply {
         ErrorCode::WrongTenant,
         "this session belongs to another tenant or session",
     )
+}
+
+/// Accounts for a turn that ended: its usage is recorded at the tenant's
+/// ledger (priced with the tenant's prices, charged to the model that
+/// served it), and its reservation settled with it (nothing used:
+/// released). A failure is logged: a reservation then expires at the
+/// limiter and is charged its estimate.
+#[allow(clippy::too_many_arguments)]
+async fn account(
+    env: &Env,
+    tenant: &TenantId,
+    request_id: &RequestId,
+    key: Option<&str>,
+    reservation: Option<&TurnReservation>,
+    model: Option<String>,
+    used: Option<TokenUsage>,
+    prices: &PriceTable,
+) {
+    if used.is_none() && reservation.is_none() {
+        return;
+    }
+    let model = model
+        .or_else(|| reservation.and_then(|r| r.model.clone()))
+        .unwrap_or_else(|| "unknown".to_owned());
+    if let Some(usage) = used {
+        let turn = [Used {
+            caller: caller_of(key, true),
+            model: model.clone(),
+            requests: 1,
+            usage,
+        }];
+        let now = crate::ports::SystemClock.now_ms();
+        if let Err(e) =
+            crate::limiter::recorder::record(env, tenant, request_id, now, &turn, prices).await
+        {
+            worker::console_warn!("chat: the turn's usage was not recorded: {e}");
+        }
+    }
+    let Some(reservation) = reservation else {
+        return;
+    };
+    if !reservation.valid() {
+        worker::console_error!("chat: a turn carried an invalid reservation");
+        return;
+    }
+    for (limiter, id) in reservation.held() {
+        let limiter = match LimiterHandle::at(env, tenant, limiter) {
+            Ok(l) => l,
+            Err(e) => {
+                worker::console_error!("chat: no limiter to settle with: {e}");
+                continue;
+            }
+        };
+        let settled = match used {
+            Some(usage) => limiter
+                .settle(
+                    request_id,
+                    protocol::limits::Settle {
+                        reservation_id: id,
+                        usage,
+                        price: prices.price(&model),
+                        model: Some(model.clone()),
+                    },
+                )
+                .await
+                .map(|_| ()),
+            None => limiter.release(request_id, id).await.map(|_| ()),
+        };
+        if let Err(e) = settled {
+            worker::console_warn!("chat: the turn's reservation was not settled: {e}");
+        }
+    }
 }

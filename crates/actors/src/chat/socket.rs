@@ -6,6 +6,7 @@
 use super::core::{may, Action, Owner};
 use crate::limiter::admission::Applied;
 use protocol::chat::{Access, Turn, TurnFrame};
+use protocol::limits::{Budget, Limits};
 use protocol::{ErrorCode, ErrorReply, SessionId, TenantId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -221,6 +222,8 @@ pub fn close_code(code: usize) -> u16 {
 pub struct KeyChecks {
     held: usize,
     at: HashMap<String, u64>,
+    /// The key's own limits and budget as its latest check found them.
+    terms: HashMap<String, (Limits, Budget)>,
 }
 
 impl KeyChecks {
@@ -229,6 +232,7 @@ impl KeyChecks {
         Self {
             held,
             at: HashMap::new(),
+            terms: HashMap::new(),
         }
     }
 
@@ -258,6 +262,21 @@ impl KeyChecks {
     /// The key did not verify: check it again next time.
     pub fn failed(&mut self, proof: &str) {
         self.at.remove(proof);
+        self.terms.remove(proof);
+    }
+
+    /// A check found the key's own limits and budget to be `terms`.
+    pub fn found(&mut self, proof: &str, terms: (Limits, Budget)) {
+        if self.terms.len() >= self.held && !self.terms.contains_key(proof) {
+            self.terms.clear();
+        }
+        self.terms.insert(proof.to_owned(), terms);
+    }
+
+    /// The key's own limits and budget as its latest check found them, if
+    /// it was checked since this isolate's map was last cleared.
+    pub fn terms(&self, proof: &str) -> Option<(Limits, Budget)> {
+        self.terms.get(proof).copied()
     }
 }
 

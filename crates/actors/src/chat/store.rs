@@ -29,6 +29,12 @@ const SCHEMA: &[&str] = &[
         error_code TEXT, error_message TEXT, started_at INTEGER NOT NULL, ended_at INTEGER)",
     "CREATE INDEX IF NOT EXISTS turns_by_user_seq ON turns (user_seq)",
     "CREATE INDEX IF NOT EXISTS turns_by_status ON turns (status)",
+    // The limiter reservations a running turn holds (JSON of a
+    // `TurnReservation`), written with the turn and deleted when the turn
+    // has settled them: a turn its isolate lost still has its reservation
+    // here for `recover` to settle.
+    "CREATE TABLE IF NOT EXISTS turn_reservations (
+        turn_id INTEGER PRIMARY KEY, reservation TEXT NOT NULL)",
     // Every event of the recent turns, for resuming streams; the id is the
     // SSE `id:` and grows across the session (AUTOINCREMENT, never reused).
     "CREATE TABLE IF NOT EXISTS turn_events (
@@ -258,6 +264,56 @@ impl SessionStore {
             "INSERT INTO turns (user_seq, status, started_at) VALUES (?, 'running', ?) RETURNING id",
             vec![int(user_seq), int(now_ms)],
         )?)
+    }
+
+    /// Stores the reservation turn `id` holds (with the turn's row, in the
+    /// same write).
+    pub fn hold_reservation(
+        &self,
+        id: u64,
+        reservation: &protocol::chat::TurnReservation,
+    ) -> Result<(), ErrorReply> {
+        let json = serde_json::to_string(reservation)
+            .map_err(|e| ErrorReply::new(protocol::ErrorCode::Internal, e.to_string()))?;
+        self.exec(
+            "INSERT OR REPLACE INTO turn_reservations (turn_id, reservation) VALUES (?, ?)",
+            vec![int(id), json.into()],
+        )
+    }
+
+    /// Takes (reads and deletes) the reservation turn `id` held, if any.
+    pub fn take_reservation(
+        &self,
+        id: u64,
+    ) -> Result<Option<protocol::chat::TurnReservation>, ErrorReply> {
+        let rows: Vec<(String,)> = sql::rows(
+            &self.sql,
+            "DELETE FROM turn_reservations WHERE turn_id = ? RETURNING reservation",
+            vec![int(id)],
+        )?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|(json,)| serde_json::from_str(&json).ok()))
+    }
+
+    /// The usage stored with turn `id`'s messages (its tool rounds and its
+    /// answer), summed: what its completed model calls reported.
+    pub fn stored_usage(&self, id: u64) -> Result<protocol::limits::TokenUsage, ErrorReply> {
+        let rows: Vec<(Option<String>,)> = sql::rows(
+            &self.sql,
+            "SELECT m.usage FROM messages m, turns t WHERE t.id = ? AND m.seq > t.user_seq \
+             AND m.seq < COALESCE((SELECT MIN(user_seq) FROM turns WHERE id > t.id), 9223372036854775807)",
+            vec![int(id)],
+        )?;
+        let mut total = protocol::limits::TokenUsage::default();
+        for usage in rows.into_iter().filter_map(|(u,)| u) {
+            if let Ok(u) = serde_json::from_str::<Usage>(&usage) {
+                total.input_tokens += u64::from(u.prompt_tokens);
+                total.output_tokens += u64::from(u.completion_tokens);
+            }
+        }
+        Ok(total)
     }
 
     /// The turns recorded as running.

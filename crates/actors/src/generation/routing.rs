@@ -17,9 +17,13 @@
 //! Text goes to the client as it arrives, so once an attempt has sent any,
 //! it is the generation: a failure or timeout after that ends the
 //! generation (the client must never see two answers spliced). Tool calls
-//! and usage are held until the attempt succeeds, so a failed attempt
-//! leaves nothing behind. Nothing starts after `give_up_at_ms` (the turn's
-//! deadline). The model that answered is returned, for the turn's usage.
+//! are held until the attempt succeeds, so a failed attempt leaves no call
+//! behind. Its tokens are not forgotten: the usage a failed attempt
+//! reported before failing is added to the generation's, which is reported
+//! once, at the end (one [`GenerationEvent::Usage`], the sum of every
+//! attempt's last report), whether the generation succeeded or not.
+//! Nothing starts after `give_up_at_ms` (the turn's deadline). The model
+//! that answered is returned, for the turn's usage.
 
 use crate::cloudflare::ai_binding::ACCOUNT_WIDE_CODES;
 use crate::ports::{Clock, GenerateRequest, GenerationEvent, Generator, PortError, Sleep};
@@ -208,6 +212,44 @@ pub async fn generate_routed<G: Generator, S: Sleep, C: Clock>(
 ) -> Result<String, RouteError> {
     let mut log: Vec<String> = Vec::new();
     let mut last: Option<(String, AttemptError)> = None;
+    // What the attempts reported, summed (each attempt's last report).
+    let mut used: Option<(u32, u32)> = None;
+    let result = route(
+        chain,
+        request,
+        policy,
+        sleep,
+        clock,
+        give_up_at_ms,
+        on_event,
+        &mut used,
+        &mut log,
+        &mut last,
+    )
+    .await;
+    if let Some((prompt_tokens, completion_tokens)) = used {
+        on_event(GenerationEvent::Usage {
+            prompt_tokens,
+            completion_tokens,
+        });
+    }
+    result
+}
+
+/// [`generate_routed`] but for the usage, which it adds up in `used`.
+#[allow(clippy::too_many_arguments)]
+async fn route<G: Generator, S: Sleep, C: Clock>(
+    chain: &[G],
+    request: &GenerateRequest,
+    policy: &RoutePolicy,
+    sleep: &S,
+    clock: &C,
+    give_up_at_ms: u64,
+    on_event: &mut dyn FnMut(GenerationEvent),
+    used: &mut Option<(u32, u32)>,
+    log: &mut Vec<String>,
+    last: &mut Option<(String, AttemptError)>,
+) -> Result<String, RouteError> {
     'models: for generator in chain {
         let model = generator.model().to_owned();
         for attempt in 0..policy.attempts_per_model.max(1) {
@@ -226,9 +268,16 @@ pub async fn generate_routed<G: Generator, S: Sleep, C: Clock>(
                 model: model.clone(),
                 ..request.clone()
             };
-            match attempt_once(generator, &request, policy, sleep, remaining, on_event).await {
+            let (outcome, reported) =
+                attempt_once(generator, &request, policy, sleep, remaining, on_event).await;
+            if let Some((p, c)) = reported {
+                let (sum_p, sum_c) = used.get_or_insert((0, 0));
+                *sum_p = sum_p.saturating_add(p);
+                *sum_c = sum_c.saturating_add(c);
+            }
+            match outcome {
                 Outcome::Done => return Ok(model),
-                Outcome::Sent(e) => return Err(RouteError::from_attempt(&model, &e, true, &log)),
+                Outcome::Sent(e) => return Err(RouteError::from_attempt(&model, &e, true, log)),
                 Outcome::Unsent(e) => {
                     let next = disposition(&e);
                     if let Some((m, e)) = last.replace((model.clone(), e)) {
@@ -243,8 +292,8 @@ pub async fn generate_routed<G: Generator, S: Sleep, C: Clock>(
             }
         }
     }
-    Err(match last {
-        Some((model, e)) => RouteError::from_attempt(&model, &e, false, &log),
+    Err(match last.take() {
+        Some((model, e)) => RouteError::from_attempt(&model, &e, false, log),
         None => RouteError {
             code: MODEL_TIMEOUT,
             message: "no model could be tried before the turn's deadline".to_owned(),
@@ -253,7 +302,8 @@ pub async fn generate_routed<G: Generator, S: Sleep, C: Clock>(
 }
 
 /// One attempt on one model, raced against its timeouts (`remaining`: what
-/// is left before the turn's deadline bounds both).
+/// is left before the turn's deadline bounds both); with the last usage it
+/// reported (prompt, completion), whether it succeeded or not.
 async fn attempt_once<G: Generator, S: Sleep>(
     generator: &G,
     request: &GenerateRequest,
@@ -261,10 +311,12 @@ async fn attempt_once<G: Generator, S: Sleep>(
     sleep: &S,
     remaining: u64,
     on_event: &mut dyn FnMut(GenerationEvent),
-) -> Outcome {
+) -> (Outcome, Option<(u32, u32)>) {
     let produced = Cell::new(false);
     let sent = Cell::new(false);
     let mut held: Vec<GenerationEvent> = Vec::new();
+    // A stream may report usage more than once: its last report counts.
+    let mut reported: Option<(u32, u32)> = None;
     let first = policy.first_output_ms.min(remaining);
     let total = policy.generation_timeout_ms.min(remaining).max(first);
     let outcome = {
@@ -278,7 +330,10 @@ async fn attempt_once<G: Generator, S: Sleep>(
                 produced.set(true);
                 held.push(event);
             }
-            GenerationEvent::Usage { .. } => held.push(event),
+            GenerationEvent::Usage {
+                prompt_tokens,
+                completion_tokens,
+            } => reported = Some((prompt_tokens, completion_tokens)),
         };
         let generation = std::pin::pin!(generator.generate(request, &mut forward));
         let timer = std::pin::pin!(async {
@@ -294,7 +349,7 @@ async fn attempt_once<G: Generator, S: Sleep>(
             Either::Right((timeout, _)) => Err(timeout),
         }
     };
-    match outcome {
+    let outcome = match outcome {
         Ok(()) => {
             for event in held {
                 on_event(event);
@@ -303,7 +358,8 @@ async fn attempt_once<G: Generator, S: Sleep>(
         }
         Err(e) if sent.get() => Outcome::Sent(e),
         Err(e) => Outcome::Unsent(e),
-    }
+    };
+    (outcome, reported)
 }
 
 #[cfg(test)]

@@ -347,7 +347,48 @@ fn tool_calls_of_a_failed_attempt_are_dropped() {
         .iter()
         .filter(|e| matches!(e, GenerationEvent::Usage { .. }))
         .count();
-    assert_eq!((calls, usages), (1, 1), "only the successful attempt's");
+    assert_eq!(
+        (calls, usages),
+        (1, 1),
+        "only the successful attempt's call"
+    );
+}
+
+/// The usage events of a run, summed: (prompt, completion, events).
+fn usage_of(events: &[GenerationEvent]) -> (u32, u32, usize) {
+    events.iter().fold((0, 0, 0), |(p, c, n), e| match e {
+        GenerationEvent::Usage {
+            prompt_tokens,
+            completion_tokens,
+        } => (p + prompt_tokens, c + completion_tokens, n + 1),
+        _ => (p, c, n),
+    })
+}
+
+#[test]
+fn the_tokens_of_failed_attempts_are_counted() {
+    // The primary streams its usage, then fails; the fallback answers.
+    let chain = [
+        model("primary", &[Step::ToolCallThenFail, Step::Fail(failed())]),
+        model("fallback", &[Step::Answer("hi")]),
+    ];
+    let r = run(&chain, 60_000);
+    assert_eq!(r.result, Ok("fallback".to_owned()));
+    // One report for the generation: the failed attempt's 5 + 2 and the
+    // answer's 5 + 2.
+    assert_eq!(usage_of(&r.events), (10, 4, 1));
+    // Every attempt failing still reports what the failed ones used.
+    let chain = [model(
+        "only",
+        &[Step::ToolCallThenFail, Step::ToolCallThenFail],
+    )];
+    let r = run(&chain, 60_000);
+    assert!(r.result.is_err());
+    assert_eq!(usage_of(&r.events), (10, 4, 1));
+    // Nothing reported: no usage event.
+    let chain = [model("only", &[Step::Fail(failed()), Step::Fail(failed())])];
+    let r = run(&chain, 60_000);
+    assert_eq!(usage_of(&r.events), (0, 0, 0));
 }
 
 #[test]

@@ -61,6 +61,42 @@ impl Applied {
     }
 }
 
+/// A caller's limits: each one its key sets, else the tenant's default.
+pub fn effective(key: &Limits, tenant: &Limits) -> Limits {
+    Limits {
+        rpm: key.rpm.or(tenant.rpm),
+        tpm: key.tpm.or(tenant.tpm),
+        concurrency: key.concurrency.or(tenant.concurrency),
+    }
+}
+
+/// The limits a chat turn is admitted with at `limiter` (the caller's
+/// limiter's resource name), from the caller's own limits and budget (a
+/// key's; none for an anonymous caller) and the tenant's as they are now:
+/// `None` when nothing applies (no limiter is asked). A WebSocket admits each
+/// of its turns with these, re-read as its key is re-checked, so a change of
+/// the key's or the tenant's limits reaches an open socket.
+pub fn applied_now(
+    limiter: String,
+    own: &Limits,
+    budget: Budget,
+    tenant_limits: Limits,
+    tenant_budget: Budget,
+) -> Option<Applied> {
+    let limits = effective(own, &tenant_limits);
+    let applies = limits != Limits::default()
+        || tenant_limits != Limits::default()
+        || budget.is_set()
+        || tenant_budget.is_set();
+    applies.then_some(Applied {
+        limiter,
+        limits,
+        tenant_limits,
+        budget,
+        tenant_budget,
+    })
+}
+
 /// Input tokens a chat turn reserves before its prompt is known (the system
 /// prompt, the history that fits and the question). The turn settles with
 /// what the model reported, so this only decides how much `tpm` a turn needs
@@ -158,6 +194,50 @@ pub fn admit(work: &Work, limits: Limits, tenant: Limits, budget: Budget) -> Adm
 mod tests {
     use super::*;
     use protocol::limits::PriceTable;
+
+    #[test]
+    fn a_sockets_limits_follow_the_key_and_the_tenant() {
+        let limiter = || "limiter:0123456789ab".to_owned();
+        let rpm = |n| Limits {
+            rpm: Some(n),
+            ..Limits::default()
+        };
+        let none = Limits::default();
+        // The key's own limit over the tenant's default.
+        let now = applied_now(
+            limiter(),
+            &rpm(1),
+            Budget::default(),
+            rpm(10),
+            Budget::default(),
+        )
+        .expect("limits apply");
+        assert_eq!((now.limits.rpm, now.tenant_limits.rpm), (Some(1), Some(10)));
+        // Unset on the key: the tenant's.
+        let now = applied_now(
+            limiter(),
+            &none,
+            Budget::default(),
+            rpm(10),
+            Budget::default(),
+        )
+        .expect("the tenant's apply");
+        assert_eq!(now.limits.rpm, Some(10));
+        // Nothing set anywhere: no limiter at all.
+        assert_eq!(
+            applied_now(limiter(), &none, Budget::default(), none, Budget::default()),
+            None
+        );
+        // A budget alone (the key's or the tenant's) applies.
+        let budget = Budget {
+            tokens_per_day: Some(100),
+            ..Budget::default()
+        };
+        assert!(applied_now(limiter(), &none, budget, none, Budget::default()).is_some());
+        let now = applied_now(limiter(), &none, Budget::default(), none, budget).unwrap();
+        assert_eq!(now.tenant_budget, budget);
+        assert_eq!(now.limiter, limiter());
+    }
 
     #[test]
     fn a_turn_reserves_its_estimate_and_a_slot_and_a_request_nothing() {

@@ -47,6 +47,10 @@ pub const EXPIRED_KEPT: usize = 64;
 /// which the limiter cannot predict, so the client polls.
 pub const CONCURRENCY_RETRY_SECS: u64 = 1;
 
+/// How long a [`Effect::PersistSoon`] write may wait: the requests a key
+/// was admitted in that time are what an isolate reset can forget.
+pub const PERSIST_SOON_MS: u64 = 1_000;
+
 /// What the shell must do after a message, in this order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -54,6 +58,14 @@ pub enum Effect {
     SoftThreshold(SoftMark),
     /// Store [`LimiterCore::state`] (one row) before answering.
     Persist,
+    /// Store [`LimiterCore::state`] soon, without holding the answer for
+    /// the write (at most [`PERSIST_SOON_MS`] later, unless a
+    /// [`Effect::Persist`] comes first): the only change is a plain
+    /// request's spend from the rate buckets (and the lease), no
+    /// reservation, no budget. An isolate reset before the write forgets
+    /// those spends, so a key may be admitted that many requests again: at
+    /// most what it was admitted in the last [`PERSIST_SOON_MS`].
+    PersistSoon,
     /// Set the object's alarm to this time (ms since the Unix epoch).
     SetAlarm(u64),
     /// Delete the alarm: nothing is due.
@@ -184,6 +196,9 @@ pub struct LimiterCore {
     state: LimiterState,
     /// Whether the state changed since the last [`Effect::Persist`].
     dirty: bool,
+    /// Whether plain requests spent from the buckets since the last write
+    /// ([`Effect::PersistSoon`]).
+    spent: bool,
     /// Unused lease capacity to give back at the end of this call.
     returning: LeaseReturn,
 }
@@ -390,6 +405,10 @@ impl LimiterCore {
         if self.dirty {
             effects.push(Effect::Persist);
             self.dirty = false;
+            self.spent = false;
+        } else if self.spent {
+            effects.push(Effect::PersistSoon);
+            self.spent = false;
         }
         effects.extend(alarm);
         let back = std::mem::take(&mut self.returning);
@@ -623,7 +642,13 @@ impl LimiterCore {
             );
             id
         });
-        self.dirty = true;
+        // A reservation is stored before the answer; a plain request's
+        // spend from the buckets may be stored just after it.
+        if reservation_id.is_some() {
+            self.dirty = true;
+        } else {
+            self.spent = true;
+        }
         Outcome::Reply(Ok(LimiterResponse::Admitted(Admitted {
             reservation_id,
             rate_limit: self.tightest(),
@@ -897,6 +922,36 @@ mod tests {
             assert_eq!(r.retry_after_secs, 6);
             assert_eq!(r.rate_limit.map(|i| (i.limit, i.remaining)), Some((10, 0)));
         }
+    }
+
+    #[test]
+    fn a_plain_requests_spend_does_not_hold_its_answer_for_a_write() {
+        let mut core = LimiterCore::new();
+        let admit = request(limits(Some(10), None, None));
+        // The first admit adopts the key's limits: stored before the answer.
+        let (_, effects) = core.handle(LimiterRequest::Admit(admit.clone()), noon());
+        assert_eq!(effects, vec![Effect::Persist]);
+        // Later ones only spend from the bucket: stored soon after.
+        let (outcome, effects) = core.handle(LimiterRequest::Admit(admit.clone()), noon() + 1);
+        assert!(matches!(
+            outcome,
+            Outcome::Reply(Ok(LimiterResponse::Admitted(_)))
+        ));
+        assert_eq!(effects, vec![Effect::PersistSoon]);
+        // A refusal changes nothing.
+        for _ in 0..8 {
+            core.handle(LimiterRequest::Admit(admit.clone()), noon() + 2);
+        }
+        let (_, effects) = core.handle(LimiterRequest::Admit(admit.clone()), noon() + 2);
+        assert!(effects.is_empty(), "{effects:?}");
+        // A turn's reservation is stored before its answer, and the spends
+        // before it with it.
+        let (_, effects) = core.handle(
+            LimiterRequest::Admit(turn(limits(Some(10), Some(100_000), None), 10)),
+            noon() + 60_000,
+        );
+        assert!(effects.contains(&Effect::Persist), "{effects:?}");
+        assert!(!effects.contains(&Effect::PersistSoon), "{effects:?}");
     }
 
     #[test]

@@ -183,12 +183,13 @@ fn unexpected(expected: &'static str, got: LimiterResponse) -> ActorError {
     }
 }
 
-/// A tenant's ledger, `${tenantId}:limiter`: the tenant's capacity, lent to
-/// its keys' limiters.
-/// Admits `work` as `applied` says: at the caller's limiter, then, for a
-/// turn under a tenant budget, at [`TENANT_BUDGET_LIMITER`]. A refusal or
-/// failure there gives the caller's reservation back. Returns the admission
-/// and the reservation at the tenant's budget limiter, if one was made.
+/// Admits `work` as `applied` says: for a turn under a tenant budget, first
+/// at [`TENANT_BUDGET_LIMITER`], then at the caller's limiter; otherwise at
+/// the caller's limiter only. The tenant's budget comes first so that its
+/// refusal spends nothing of the caller's (its `rpm` token, its slot); a
+/// refusal or failure at the caller's limiter gives the tenant budget's
+/// reservation back. Returns the admission and the reservation at the
+/// tenant's budget limiter, if one was made.
 pub async fn admit_applied(
     env: &Env,
     tenant: &TenantId,
@@ -197,35 +198,38 @@ pub async fn admit_applied(
     work: &Work,
 ) -> Result<(Admission, Option<u64>), ActorError> {
     let caller = LimiterHandle::at(env, tenant, &applied.limiter)?;
-    let admission = caller.admit(request_id, applied.admit(work)).await?;
-    let (Admission::Admitted(admitted), Some(at_tenant)) = (&admission, applied.tenant_admit(work))
-    else {
+    let Some(at_tenant) = applied.tenant_admit(work) else {
+        let admission = caller.admit(request_id, applied.admit(work)).await?;
         return Ok((admission, None));
     };
-    let second = match LimiterHandle::at(env, tenant, TENANT_BUDGET_LIMITER) {
-        Ok(limiter) => limiter.admit(request_id, at_tenant).await,
-        Err(e) => Err(e),
+    let budget = LimiterHandle::at(env, tenant, TENANT_BUDGET_LIMITER)?;
+    let held = match budget.admit(request_id, at_tenant).await? {
+        Admission::Admitted(t) => t.reservation_id,
+        Admission::BudgetExceeded(b) => {
+            return Ok((
+                Admission::BudgetExceeded(BudgetExceeded {
+                    scope: LimitScope::Tenant,
+                    ..b
+                }),
+                None,
+            ))
+        }
+        refused => return Ok((refused, None)),
     };
-    if let Ok(Admission::Admitted(t)) = &second {
-        return Ok((admission, t.reservation_id));
+    let admission = caller.admit(request_id, applied.admit(work)).await;
+    if let Ok(Admission::Admitted(_)) = admission {
+        return Ok((admission?, held));
     }
-    if let Some(id) = admitted.reservation_id {
-        if let Err(e) = caller.release(request_id, id).await {
+    if let Some(id) = held {
+        if let Err(e) = budget.release(request_id, id).await {
             worker::console_warn!("a reservation was not released: {e}");
         }
     }
-    match second? {
-        Admission::BudgetExceeded(b) => Ok((
-            Admission::BudgetExceeded(BudgetExceeded {
-                scope: LimitScope::Tenant,
-                ..b
-            }),
-            None,
-        )),
-        refused => Ok((refused, None)),
-    }
+    admission.map(|a| (a, None))
 }
 
+/// A tenant's ledger, `${tenantId}:limiter`: the tenant's capacity, lent to
+/// its keys' limiters.
 pub struct LedgerHandle {
     actor: ActorStub,
 }

@@ -11,7 +11,7 @@
 //! An admit the tenant lease is short for asks the ledger (an await that is
 //! not storage) and then asks the core again: nothing was reserved before.
 
-use super::core::{Effect, LimiterCore, LimiterState, Outcome};
+use super::core::{Effect, LimiterCore, LimiterState, Outcome, PERSIST_SOON_MS};
 use super::handle::LedgerHandle;
 use super::ledger::{LedgerCore, LedgerState};
 use crate::error::internal;
@@ -27,7 +27,11 @@ use protocol::metrics::{MetricsRequest, MetricsResponse};
 use protocol::usage::{UsageRequest, UsageResponse};
 use protocol::{ErrorCode, ErrorReply, RequestId, TenantId};
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use worker::{durable_object, Env, Request, Response, Result, ScheduledTime, State};
+
+/// The tenant and the role of a loaded object.
+type Loaded = Rc<RefCell<Option<(TenantId, Role)>>>;
 
 /// Times one admit may ask the ledger for a lease before it is refused for
 /// the tenant (other admits may spend a grant while this one awaits it).
@@ -68,10 +72,37 @@ impl Role {
 pub struct RateLimiter {
     state: State,
     env: Env,
-    /// The tenant and the role, once loaded.
-    loaded: RefCell<Option<(TenantId, Role)>>,
+    /// The tenant and the role, once loaded (shared with a pending
+    /// [`Effect::PersistSoon`] write).
+    loaded: Loaded,
     /// The alarm this isolate set last.
     alarm_at: Cell<Option<u64>>,
+    /// Whether a [`Effect::PersistSoon`] write is scheduled and not yet
+    /// done (a [`Effect::Persist`] does it too).
+    unwritten: Rc<Cell<bool>>,
+}
+
+/// Stores the state of `loaded` (one row); on failure memory is ahead of
+/// storage, so it is forgotten and the next message starts from storage.
+fn write_state(loaded: &Loaded, sql: &worker::SqlStorage) -> std::result::Result<(), ErrorReply> {
+    let written = {
+        let loaded = loaded.borrow();
+        let Some((_, role)) = loaded.as_ref() else {
+            return Err(internal("limiter not loaded"));
+        };
+        let json = role.state_json().map_err(internal)?;
+        sql::exec(
+            sql,
+            "INSERT INTO limiter_state (id, role, state) VALUES (1, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET role = excluded.role, state = excluded.state",
+            vec![role.name().into(), json.into()],
+        )
+        .map_err(ErrorReply::from)
+    };
+    if written.is_err() {
+        *loaded.borrow_mut() = None;
+    }
+    written
 }
 
 impl RateLimiter {
@@ -127,27 +158,32 @@ impl RateLimiter {
         Ok(())
     }
 
-    /// Stores the state (one row); on failure memory is ahead of storage,
-    /// so it is forgotten and the next message starts from storage.
+    /// Stores the state (one row) now: the answer waits for the write.
     fn persist(&self) -> std::result::Result<(), ErrorReply> {
-        let written = {
-            let loaded = self.loaded.borrow();
-            let Some((_, role)) = loaded.as_ref() else {
-                return Err(internal("limiter not loaded"));
-            };
-            let json = role.state_json().map_err(internal)?;
-            sql::exec(
-                &self.state.storage().sql(),
-                "INSERT INTO limiter_state (id, role, state) VALUES (1, ?, ?)
-                 ON CONFLICT (id) DO UPDATE SET role = excluded.role, state = excluded.state",
-                vec![role.name().into(), json.into()],
-            )
-            .map_err(ErrorReply::from)
-        };
-        if written.is_err() {
-            *self.loaded.borrow_mut() = None;
+        self.unwritten.set(false);
+        write_state(&self.loaded, &self.state.storage().sql())
+    }
+
+    /// Stores the state within [`PERSIST_SOON_MS`], beside the answers: a
+    /// write commits before any answer sent after it, so an answer that
+    /// does not wait for one leaves while nothing is being written. One
+    /// write covers every spend until it runs; a [`Effect::Persist`] in
+    /// between does it instead.
+    fn persist_soon(&self) {
+        if self.unwritten.replace(true) {
+            return;
         }
-        written
+        let (loaded, unwritten) = (Rc::clone(&self.loaded), Rc::clone(&self.unwritten));
+        let storage = self.state.storage();
+        self.state.wait_until(async move {
+            worker::Delay::from(std::time::Duration::from_millis(PERSIST_SOON_MS)).await;
+            if !unwritten.replace(false) {
+                return;
+            }
+            if let Err(e) = write_state(&loaded, &storage.sql()) {
+                worker::console_error!("limiter: the state was not stored: {}", e.message);
+            }
+        });
     }
 
     /// Performs a key limiter's effects, in order; what goes back to the
@@ -170,6 +206,7 @@ impl RateLimiter {
                     );
                 }
                 Effect::Persist => self.persist()?,
+                Effect::PersistSoon => self.persist_soon(),
                 Effect::SetAlarm(at) => self.set_alarm(at).await,
                 Effect::ClearAlarm => {
                     self.alarm_at.set(None);
@@ -400,8 +437,9 @@ impl worker::DurableObject for RateLimiter {
         Self {
             state,
             env,
-            loaded: RefCell::new(None),
+            loaded: Rc::new(RefCell::new(None)),
             alarm_at: Cell::new(None),
+            unwritten: Rc::new(Cell::new(false)),
         }
     }
 
