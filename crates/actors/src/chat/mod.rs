@@ -7,6 +7,7 @@ pub mod core;
 pub mod events;
 mod handle;
 mod object;
+mod outbox;
 mod runtime;
 pub mod socket;
 mod stateless;
