@@ -9,7 +9,7 @@ use crate::admin::{
 use crate::api::{self, FaultsBody, IngestBody, SearchBody};
 use crate::auth::{Caller, Decision, Identity, KeyGrant};
 use crate::errors::ApiError;
-use crate::isolate_cache::{InFlight, TtlCache};
+use crate::isolate_cache::TtlCache;
 use crate::observe::Observation;
 use crate::request_id::REQUEST_ID_HEADER;
 use crate::routing::Route;
@@ -19,7 +19,7 @@ use crate::{auth, body, errors, limits, openai, routing};
 use actors::chat::{Resumed, TurnStream};
 use actors::limiter::{admit_applied, LedgerHandle, LimitedBy, LimiterHandle};
 use actors::{ChatHandle, CoordinatorHandle, IngestHandle};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use protocol::chat::{Access, ChatEvent, TurnReservation, DEFAULT_MAX_TOKENS};
 use protocol::coordinator::{AnonymousAccess, DefaultModels};
 use protocol::ingest::{Enqueue, Search};
@@ -472,12 +472,6 @@ thread_local! {
         RefCell::new(TtlCache::new(CACHE_ENTRIES, CACHE_MAX_AGE_MS));
     static POLICIES: RefCell<TtlCache<TenantId, TenantPolicy>> =
         RefCell::new(TtlCache::new(CACHE_ENTRIES, CACHE_MAX_AGE_MS));
-    // The lookups of both in progress: requests that miss the cache at the
-    // same moment share one call to the coordinator.
-    static VERIFYING: RefCell<InFlight<VerificationKey, Result<(Option<KeyGrant>, u64), ApiError>>> =
-        RefCell::new(InFlight::new());
-    static READING_POLICY: RefCell<InFlight<TenantId, Result<(TenantPolicy, u64), ApiError>>> =
-        RefCell::new(InFlight::new());
 }
 
 /// A key's verification and when it was fetched, from the isolate's cache
@@ -499,27 +493,13 @@ async fn verified(
     if let Some(hit) = VERIFICATIONS.with(|c| c.borrow().get_with_time(&key, now)) {
         return Ok(hit);
     }
-    let (env, tenant, request_id) = (env.clone(), tenant.clone(), request_id.clone());
-    let lookup = VERIFYING.with(|v| {
-        v.borrow_mut().join(&key, || {
-            async move {
-                let verification = CoordinatorHandle::new(&env, &tenant)?
-                    .verify_key(&request_id, verify)
-                    .await?;
-                Ok::<_, ApiError>((KeyGrant::from_verification(verification), now_ms()))
-            }
-            .boxed_local()
-        })
-    });
-    let answer = lookup.clone().await;
-    // Cached once, and only if the key was not revoked or rotated here
-    // meanwhile ([`forget_key`] forgets the lookup too).
-    if VERIFYING.with(|v| v.borrow_mut().finish(&key, &lookup)) {
-        if let Ok((grant, fetched)) = &answer {
-            VERIFICATIONS.with(|c| c.borrow_mut().insert(key, grant.clone(), *fetched));
-        }
-    }
-    answer
+    let verification = CoordinatorHandle::new(env, tenant)?
+        .verify_key(request_id, verify)
+        .await?;
+    let grant = KeyGrant::from_verification(verification);
+    let fetched = now_ms();
+    VERIFICATIONS.with(|c| c.borrow_mut().insert(key, grant.clone(), fetched));
+    Ok((grant, fetched))
 }
 
 /// Forgets this isolate's verifications of key `id` (revoked or rotated
@@ -528,10 +508,6 @@ fn forget_key(tenant: &TenantId, id: &str) {
     VERIFICATIONS.with(|c| {
         c.borrow_mut()
             .remove_where(|(t, k, _)| t == tenant && k == id)
-    });
-    VERIFYING.with(|v| {
-        v.borrow_mut()
-            .forget_where(|(t, k, _)| t == tenant && k == id)
     });
 }
 
@@ -544,36 +520,22 @@ pub(crate) async fn tenant_policy(
     if let Some(hit) = POLICIES.with(|c| c.borrow().get(tenant, now_ms())) {
         return Ok(hit);
     }
-    let (env, owner, request_id) = (env.clone(), tenant.clone(), request_id.clone());
-    let lookup = READING_POLICY.with(|r| {
-        r.borrow_mut().join(tenant, || {
-            async move {
-                let record = CoordinatorHandle::new(&env, &owner)?
-                    .get_tenant(&request_id)
-                    .await?;
-                let policy = TenantPolicy {
-                    anonymous: record.settings.anonymous,
-                    prices: record.settings.prices(),
-                    default_models: record.settings.default_models,
-                    budget: record.settings.budget,
-                    limits: record.settings.limits,
-                };
-                Ok::<_, ApiError>((policy, now_ms()))
-            }
-            .boxed_local()
-        })
+    let record = CoordinatorHandle::new(env, tenant)?
+        .get_tenant(request_id)
+        .await?;
+    let policy = TenantPolicy {
+        anonymous: record.settings.anonymous,
+        prices: record.settings.prices(),
+        default_models: record.settings.default_models,
+        budget: record.settings.budget,
+        limits: record.settings.limits,
+    };
+    let fetched = now_ms();
+    POLICIES.with(|c| {
+        c.borrow_mut()
+            .insert(tenant.clone(), policy.clone(), fetched)
     });
-    let answer = lookup.clone().await;
-    // Cached once, and only if the settings did not change here meanwhile.
-    if READING_POLICY.with(|r| r.borrow_mut().finish(tenant, &lookup)) {
-        if let Ok((policy, fetched)) = &answer {
-            POLICIES.with(|c| {
-                c.borrow_mut()
-                    .insert(tenant.clone(), policy.clone(), *fetched)
-            });
-        }
-    }
-    answer.map(|(policy, _)| policy)
+    Ok(policy)
 }
 
 /// Refuses a chat `model` outside the caller's allow-list (403
@@ -716,7 +678,6 @@ async fn json_reply(
                 .await?;
             // This isolate applies the new settings from the next request on.
             POLICIES.with(|c| c.borrow_mut().remove_where(|t| t == &tenant));
-            READING_POLICY.with(|r| r.borrow_mut().forget_where(|t| t == &tenant));
             ok_json(&json!({ "tenant": record }))
         }
         Route::CreateKey => {

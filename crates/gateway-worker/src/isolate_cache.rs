@@ -6,77 +6,8 @@
 //! the map never holds more than its bound, so a flood of distinct keys cannot
 //! grow an isolate's memory. The clock is passed in: no reads of time here.
 
-use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use std::collections::HashMap;
 use std::hash::Hash;
-
-/// A lookup in progress, shared by everyone who waits for it.
-pub type Lookup<V> = Shared<LocalBoxFuture<'static, V>>;
-
-/// One lookup in progress per key: callers that miss the cache while it
-/// runs wait for it instead of starting their own (fifty sockets opened at
-/// once verify their key once, not fifty times at the tenant's one
-/// coordinator).
-pub struct InFlight<K, V> {
-    lookups: HashMap<K, Lookup<V>>,
-}
-
-impl<K: Eq + Hash + Clone, V: Clone + 'static> InFlight<K, V> {
-    /// None in progress.
-    pub fn new() -> Self {
-        Self {
-            lookups: HashMap::new(),
-        }
-    }
-
-    /// The lookup of `key` in progress, or the one `start` begins now.
-    pub fn join(
-        &mut self,
-        key: &K,
-        start: impl FnOnce() -> LocalBoxFuture<'static, V>,
-    ) -> Lookup<V> {
-        self.lookups
-            .entry(key.clone())
-            .or_insert_with(|| start().shared())
-            .clone()
-    }
-
-    /// Forgets `lookup` of `key`, which has finished; whether it was still
-    /// the current one (not forgotten by [`Self::forget_where`] meanwhile,
-    /// nor finished by another waiter): only then does its answer go into
-    /// the cache, once.
-    pub fn finish(&mut self, key: &K, lookup: &Lookup<V>) -> bool {
-        if self.lookups.get(key).is_some_and(|l| l.ptr_eq(lookup)) {
-            self.lookups.remove(key);
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Forgets the lookups whose key matches `stale` (what they will answer
-    /// may predate a change: later callers start their own, and their answer
-    /// is not cached).
-    pub fn forget_where(&mut self, stale: impl Fn(&K) -> bool) {
-        self.lookups.retain(|k, _| !stale(k));
-    }
-
-    /// How many lookups are in progress.
-    pub fn len(&self) -> usize {
-        self.lookups.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.lookups.is_empty()
-    }
-}
-
-impl<K: Eq + Hash + Clone, V: Clone + 'static> Default for InFlight<K, V> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// A map whose entries expire `max_age_ms` after they were stored.
 #[derive(Debug)]
@@ -166,50 +97,6 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn lookups_that_overlap_share_one_and_a_finished_one_is_forgotten() {
-        use futures::channel::oneshot;
-        use std::cell::Cell;
-        use std::rc::Rc;
-        let started = Rc::new(Cell::new(0));
-        let mut inflight: InFlight<&str, u32> = InFlight::new();
-        let (tx, rx) = oneshot::channel::<u32>();
-        let rx = Rc::new(std::cell::RefCell::new(Some(rx)));
-        let start = || {
-            started.set(started.get() + 1);
-            let rx = rx.borrow_mut().take().expect("started once");
-            async move { rx.await.unwrap_or(0) }.boxed_local()
-        };
-        let first = inflight.join(&"k", start);
-        let second = inflight.join(&"k", || unreachable!("joins the first"));
-        assert_eq!((started.get(), inflight.len()), (1, 1));
-        tx.send(7).unwrap();
-        assert_eq!(futures::executor::block_on(first.clone()), 7);
-        assert_eq!(futures::executor::block_on(second), 7);
-        assert!(inflight.finish(&"k", &first), "the first waiter caches it");
-        assert!(!inflight.finish(&"k", &first), "the others do not");
-        assert!(inflight.is_empty());
-        let third = inflight.join(&"k", || async { 8 }.boxed_local());
-        assert_eq!(
-            futures::executor::block_on(third.clone()),
-            8,
-            "a new lookup"
-        );
-        // An old lookup's finish leaves a newer one in place.
-        assert!(!inflight.finish(&"k", &first));
-        assert_eq!(inflight.len(), 1);
-        assert!(inflight.finish(&"k", &third));
-        assert!(inflight.is_empty());
-        // A forgotten lookup is not joined, and its answer is not cached.
-        let old = inflight.join(&"k", || async { 1 }.boxed_local());
-        inflight.forget_where(|k| *k == "k");
-        let new = inflight.join(&"k", || async { 2 }.boxed_local());
-        assert!(!old.ptr_eq(&new), "a later caller starts its own");
-        assert_eq!(futures::executor::block_on(old.clone()), 1);
-        assert!(!inflight.finish(&"k", &old));
-        assert!(inflight.finish(&"k", &new));
-    }
-
     use super::*;
 
     #[test]
