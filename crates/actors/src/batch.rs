@@ -1,12 +1,13 @@
-//! Work that leaves an isolate in batches: what the isolate's requests and
-//! turns send to a tenant's other actors after they answer (request
-//! metrics, usage records, session registry reports) is gathered per tenant
+//! Work that leaves an isolate in batches: what the gateway's requests send
+//! to a tenant's metrics objects after they answer is gathered per tenant
 //! and sent at most [`FLUSH_AFTER_MS`] after the first item of a batch, or
-//! at once when a batch is full. One call a second per tenant and kind,
-//! instead of one beside every answer: on a busy isolate those calls took
-//! turns with the next request's own work (the next chat turn's first event
-//! waited for the last one's ledger write, registry report and metrics
-//! sample).
+//! at once when a batch is full. One call a second per tenant, instead of
+//! one beside every answer, where it took turns with the work still being
+//! answered (a chat stream's events).
+//!
+//! Only for a stateless Worker's requests: Durable Objects of one isolate
+//! must not share such a batch (a flush would run in one object's I/O
+//! context on behalf of others; see docs/benchmarks.md).
 //!
 //! Every item is sent exactly once, in the order it was added. Items still
 //! gathered when the isolate is evicted are lost: at most

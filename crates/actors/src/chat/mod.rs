@@ -7,7 +7,6 @@ pub mod core;
 pub mod events;
 mod handle;
 mod object;
-mod outbox;
 mod runtime;
 pub mod socket;
 mod stateless;

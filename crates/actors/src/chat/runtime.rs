@@ -514,15 +514,14 @@ impl Inner {
         .await;
         // After the turn's last event and its accounting: the client never
         // waits for the registry.
-        self.report_turn(&ctx.tenant, ctx.id);
+        self.report_turn(&ctx.tenant, &ctx.request_id, ctx.id).await;
         self.rearm().await;
     }
 
     /// Tells the tenant's session registry how the session stands after
-    /// turn `turn` ended (its version), with the isolate's next batch of
-    /// reports. A failure is logged, never the turn's: the registry is
-    /// corrected by the session's next report.
-    pub(super) fn report_turn(&self, tenant: &TenantId, turn: u64) {
+    /// turn `turn` ended (its version). A failure is logged, never the
+    /// turn's: the registry is corrected by the session's next report.
+    pub(super) async fn report_turn(&self, tenant: &TenantId, request_id: &RequestId, turn: u64) {
         let Some((_, session)) = self.bound.borrow().clone() else {
             return;
         };
@@ -552,11 +551,7 @@ impl Inner {
                 return;
             }
         };
-        let report = SessionReport {
-            change,
-            version: turn,
-        };
-        super::outbox::report_session(&self.state, &self.env, tenant, report);
+        self.report_session(tenant, request_id, change, turn).await;
     }
 
     /// Tells the registry the session was erased; `version` is its highest
@@ -573,11 +568,28 @@ impl Inner {
         let change = SessionChange::Erased {
             session_id: session.as_str().to_owned(),
         };
-        // At once, not batched: a listing right after the erase no longer
-        // shows it (a turn's report gathered before it has an older or the
-        // same version, which the registry does not apply over an erase).
-        let report = SessionReport { change, version };
-        super::outbox::send_report(&self.env, tenant, request_id, report).await;
+        self.report_session(tenant, request_id, change, version)
+            .await;
+    }
+
+    async fn report_session(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        change: SessionChange,
+        version: u64,
+    ) {
+        let session = change.session_id().to_owned();
+        let sent = match crate::coordinator::CoordinatorHandle::new(&self.env, tenant) {
+            Ok(coordinator) => coordinator
+                .record_session(request_id, SessionReport { change, version })
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            registry_failed(tenant, &session, "send", &e.to_string());
+        }
     }
 
     /// Admits a socket's turn at its limiter with the limits the socket was
@@ -686,11 +698,13 @@ impl Inner {
                 requests: 1,
                 usage,
             }];
-            // Priced now, with the turn's prices, one record per turn as
-            // before; sent to the ledger with the isolate's next batch.
             let now = crate::ports::SystemClock.now_ms();
-            let records = crate::limiter::recorder::records(&turn, now, prices);
-            super::outbox::record_usage(&self.state, &self.env, tenant, records);
+            if let Err(e) =
+                crate::limiter::recorder::record(&self.env, tenant, request_id, now, &turn, prices)
+                    .await
+            {
+                worker::console_warn!("chat: the turn's usage was not recorded: {e}");
+            }
         }
         let Some(reservation) = reservation else {
             return;
