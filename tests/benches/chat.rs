@@ -99,6 +99,21 @@ fn main() {
         Some(json!({ "documents": docs }).to_string().as_bytes()),
     );
     assert_eq!(r.status, 200, "{}", r.body);
+    // No relevance floor for the search tool (`searchFloor: 0`): the same
+    // passages reach the extractive generator as before the floor existed
+    // (commit fa62616), so every answer is 40 `message` events as it was
+    // then, and the figures stay comparable with that baseline.
+    let r = send(
+        "PATCH",
+        &server.url("/admin/tenant"),
+        &[
+            ("x-tenant-id", TENANT),
+            ("content-type", "application/json"),
+            ("authorization", &format!("Bearer {}", e2e::ADMIN_TOKEN)),
+        ],
+        Some(br#"{"searchFloor":0}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     // Warm up the objects and the isolate.
     for i in 0..3 {
         sse_turn(&server, "warmup", i);

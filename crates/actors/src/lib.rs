@@ -25,6 +25,7 @@
 //! index uses, and when it may change); and [`generation`] (the generators
 //! and the chat router: fallbacks, retries, timeouts).
 
+pub mod batch;
 pub mod chat;
 pub mod chunking;
 pub mod cloudflare;

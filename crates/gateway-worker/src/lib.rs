@@ -33,6 +33,13 @@ pub mod ui;
 pub use actors::{ChatSession, IngestQueue, RateLimiter, TenantCoordinator};
 
 #[cfg(target_arch = "wasm32")]
+thread_local! {
+    /// Each tenant's request samples not sent to its metrics yet.
+    static SAMPLES: std::cell::RefCell<actors::batch::TenantBatches<protocol::metrics::RequestSample>> =
+        std::cell::RefCell::new(actors::batch::TenantBatches::new(protocol::metrics::MAX_SAMPLES));
+}
+
+#[cfg(target_arch = "wasm32")]
 #[worker::event(fetch)]
 async fn fetch(
     req: worker::Request,
@@ -58,11 +65,29 @@ async fn fetch(
         seen.log_line(request_id.as_str(), &method, status, latency_ms)
     );
     if let Some((tenant, sample)) = seen.sample(status, latency_ms) {
-        // Off the answer's path: the response goes out now, the count after.
+        // Off the answer's path, and gathered: the isolate sends a tenant's
+        // samples once a second (or 64 at once), not one call beside every
+        // answer, where it took turns with the stream still being answered.
+        use actors::batch::{Added, FLUSH_AFTER_MS};
+        let batch = match SAMPLES.with(|s| s.borrow_mut().add(&tenant, sample)) {
+            Added::Gathered => return Ok(response),
+            Added::FlushNow(batch) => Some(batch),
+            Added::FlushLater => None,
+        };
         ctx.wait_until(async move {
+            let batch = match batch {
+                Some(batch) => batch,
+                None => {
+                    worker::Delay::from(std::time::Duration::from_millis(FLUSH_AFTER_MS)).await;
+                    SAMPLES.with(|s| s.borrow_mut().take(&tenant))
+                }
+            };
+            if batch.is_empty() {
+                return;
+            }
             let shard = actors::metrics::MetricsHandle::shard_of(&request_id);
             let recorded = match actors::metrics::MetricsHandle::new(&env, &tenant, shard) {
-                Ok(metrics) => metrics.record(&request_id, vec![sample]).await.map(|_| ()),
+                Ok(metrics) => metrics.record(&request_id, batch).await.map(|_| ()),
                 Err(e) => Err(e),
             };
             if let Err(e) = recorded {

@@ -136,23 +136,6 @@ impl SqlVectorIndex {
         }
     }
 
-    /// The row ids of chunk `ids` that this index holds (an id it does not
-    /// hold, another tenant's or one deleted meanwhile, is left out).
-    fn rids_of(&self, ids: &[&str]) -> Result<HashMap<String, i64>, PortError> {
-        let mut found = HashMap::with_capacity(ids.len());
-        for batch in ids.chunks(90) {
-            let marks = vec!["?"; batch.len()].join(", ");
-            let rows = sql::rows::<(i64, String)>(
-                &self.sql,
-                &format!("SELECT rid, id FROM vectors WHERE id IN ({marks})"),
-                batch.iter().map(|id| SqlStorageValue::from(*id)).collect(),
-            )
-            .map_err(storage)?;
-            found.extend(rows.into_iter().map(|(rid, id)| (id, rid)));
-        }
-        Ok(found)
-    }
-
     /// Answers `q` with a vector leg found elsewhere (`by_vector`: chunk ids
     /// with their relevance, best first, e.g. Vectorize's): in vector mode
     /// that leg alone, in hybrid mode fused with this index's keyword leg,
@@ -165,7 +148,7 @@ impl SqlVectorIndex {
         by_vector: &[(String, f64)],
     ) -> Result<Vec<VectorHit>, PortError> {
         let ids: Vec<&str> = by_vector.iter().map(|(id, _)| id.as_str()).collect();
-        let rids = self.rids_of(&ids)?;
+        let rids = self.rids(&ids)?;
         let by_vector = join_leg(by_vector, &rids);
         let ranked = self.rank(q, by_vector)?;
         self.hits(&ranked, q.filter)
@@ -220,6 +203,39 @@ impl SqlVectorIndex {
         }
         *self.mem.borrow_mut() = Some(index);
         Ok(())
+    }
+
+    /// An upper bound of the chunk count that needs no scan (`COUNT(*)`
+    /// walks a whole index; an upsert per document paid it): row ids are
+    /// positive and distinct, so the highest is at least the count. Exact
+    /// when the vectors are in memory.
+    fn count_bound(&self) -> Result<u64, PortError> {
+        if let Some(mem) = self.mem.borrow().as_ref() {
+            return Ok(mem.len() as u64);
+        }
+        sql::scalar(
+            &self.sql,
+            "SELECT COALESCE(MAX(rid), 0) FROM vectors",
+            vec![],
+        )
+        .map_err(storage)
+    }
+
+    /// The row ids of those of `ids` that are stored, in one statement per
+    /// 90 ids (not one per chunk).
+    fn rids(&self, ids: &[&str]) -> Result<HashMap<String, i64>, PortError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for batch in ids.chunks(90) {
+            let marks = vec!["?"; batch.len()].join(", ");
+            let rows = sql::rows::<(String, i64)>(
+                &self.sql,
+                &format!("SELECT id, rid FROM vectors WHERE id IN ({marks})"),
+                batch.iter().map(|id| (*id).into()).collect(),
+            )
+            .map_err(storage)?;
+            found.extend(rows);
+        }
+        Ok(found)
     }
 
     fn rid(&self, id: &str) -> Result<Option<i64>, PortError> {
@@ -409,7 +425,12 @@ impl SqlVectorIndex {
         *self.mem.borrow_mut() = None;
     }
 
-    fn write(&self, records: &[VectorRecord]) -> Result<(), PortError> {
+    /// Writes `records`; `stored` holds the row ids of those already stored.
+    fn write(
+        &self,
+        records: &[VectorRecord],
+        mut stored: HashMap<String, i64>,
+    ) -> Result<(), PortError> {
         for r in records {
             let meta = serde_json::to_string(&r.metadata).map_err(failed)?;
             let embedding = if self.vectors {
@@ -417,7 +438,7 @@ impl SqlVectorIndex {
             } else {
                 Vec::new()
             };
-            let rid = match self.rid(&r.id)? {
+            let rid = match stored.get(&r.id).copied() {
                 Some(rid) => {
                     sql::exec(
                         &self.sql,
@@ -434,15 +455,15 @@ impl SqlVectorIndex {
                     rid
                 }
                 None => {
-                    sql::exec(
+                    let rid: i64 = sql::scalar(
                         &self.sql,
-                        "INSERT INTO vectors (id, embedding, metadata) VALUES (?, ?, ?)",
+                        "INSERT INTO vectors (id, embedding, metadata) VALUES (?, ?, ?) RETURNING rid",
                         vec![r.id.as_str().into(), embedding.into(), meta.into()],
                     )
                     .map_err(storage)?;
-                    self.rid(&r.id)?.ok_or_else(|| {
-                        failed(format!("vector {} vanished after its write", r.id))
-                    })?
+                    // The same id again in this write is an update.
+                    stored.insert(r.id.clone(), rid);
+                    rid
                 }
             };
             sql::exec(
@@ -558,22 +579,26 @@ impl VectorIndex for SqlVectorIndex {
     }
 
     async fn upsert(&self, records: &[VectorRecord]) -> Result<(), PortError> {
-        // Refuse before writing anything if the new ids would not fit (only
-        // the embedded index has a cap: beside Vectorize nothing is held in
-        // memory).
-        if self.vectors {
-            let mut adding = 0u64;
-            for r in records {
-                if self.rid(&r.id)?.is_none() {
-                    adding += 1;
-                }
-            }
+        // Refuse before writing anything if the new ids would not fit: the
+        // stored ids in one read, the count only when the cheap bound
+        // leaves it in doubt. Only the embedded index has a cap: beside
+        // Vectorize nothing is held in memory.
+        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        let stored = self.rids(&ids)?;
+        let adding = records
+            .iter()
+            .filter(|r| !stored.contains_key(&r.id))
+            .map(|r| r.id.as_str())
+            .collect::<HashSet<_>>()
+            .len() as u64;
+        if self.vectors && adding > 0 && self.count_bound()?.saturating_add(adding) > self.cap {
             let count = self.count()?;
             if count.saturating_add(adding) > self.cap {
                 return Err(full(count, adding, self.cap));
             }
         }
-        self.write(records).inspect_err(|_| self.forget_memory())
+        self.write(records, stored)
+            .inspect_err(|_| self.forget_memory())
     }
 
     async fn delete(&self, ids: &[String]) -> Result<(), PortError> {

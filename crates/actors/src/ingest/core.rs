@@ -249,6 +249,9 @@ pub enum Effect {
         chunks: u32,
         /// When (ms since the Unix epoch).
         at_ms: u64,
+        /// The indexed version's `metadata.title`, if it is a string (for
+        /// the documents listing).
+        title: Option<String>,
     },
     /// Remove a document's record.
     RemoveDocument(String),
@@ -572,9 +575,16 @@ impl QueueCore {
         })
     }
 
-    /// The document of `item` was indexed as `plan` says. Re-checks that the
-    /// item is still current; a stale report changes nothing.
-    pub fn document_indexed(&mut self, item: &WorkItem, plan: &DocPlan, now_ms: u64) -> Effects {
+    /// The document of `item` was indexed as `plan` says, with `title` (its
+    /// `metadata.title`). Re-checks that the item is still current; a stale
+    /// report changes nothing.
+    pub fn document_indexed(
+        &mut self,
+        item: &WorkItem,
+        plan: &DocPlan,
+        title: Option<String>,
+        now_ms: u64,
+    ) -> Effects {
         if !self.is_current(item) || self.deleting.contains(&plan.doc_id) {
             return Vec::new();
         }
@@ -592,6 +602,7 @@ impl QueueCore {
                 doc_id: plan.doc_id.clone(),
                 chunks: plan.chunks(),
                 at_ms: now_ms,
+                title,
             },
             version,
         ];
@@ -703,7 +714,7 @@ mod tests {
             upsert: 0..chunks,
             stale: chunks..chunks,
         };
-        q.document_indexed(it, &plan, now)
+        q.document_indexed(it, &plan, None, now)
     }
 
     fn view<'a>(q: &'a QueueCore, job: &str) -> &'a JobView {
@@ -814,7 +825,7 @@ mod tests {
             while let Some((it, step)) = self.plan(q, now) {
                 let DocStep::Index(plan) = step else { break };
                 self.write_index(&plan);
-                let fx = q.document_indexed(&it, &plan, now);
+                let fx = q.document_indexed(&it, &plan, None, now);
                 self.apply(fx);
             }
         }

@@ -373,7 +373,7 @@ mod tests {
                 job_id: job,
                 doc_index: 0,
             };
-            core.document_indexed(&item, &plan, 1);
+            core.document_indexed(&item, &plan, None, 1);
         }
         accepted(&mut core, "waiting", &["b"]);
         let counts = Counts {

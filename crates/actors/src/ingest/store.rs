@@ -233,6 +233,7 @@ impl QueueStore {
                 doc_id,
                 chunks,
                 at_ms,
+                title,
             } => {
                 sql::exec(
                     sql,
@@ -240,16 +241,12 @@ impl QueueStore {
                      ON CONFLICT(doc_id) DO UPDATE SET chunks = excluded.chunks, updated_at = excluded.updated_at",
                     vec![doc_id.as_str().into(), int(*chunks), int(*at_ms)],
                 )?;
-                // The version being indexed is the one of the oldest
-                // unfinished job that holds the document (jobs run in order).
+                // The title of the version just indexed, as the work read it
+                // (no second read of its stored row).
                 sql::exec(
                     sql,
-                    "INSERT OR REPLACE INTO document_titles (doc_id, title)
-                     SELECT ?, (SELECT CASE WHEN json_type(d.metadata, '$.title') = 'text'
-                                            THEN json_extract(d.metadata, '$.title') END
-                                FROM job_docs d JOIN jobs j ON j.job_id = d.job_id
-                                WHERE d.doc_id = ? ORDER BY j.seq LIMIT 1)",
-                    vec![doc_id.as_str().into(), doc_id.as_str().into()],
+                    "INSERT OR REPLACE INTO document_titles (doc_id, title) VALUES (?, ?)",
+                    vec![doc_id.as_str().into(), title.clone().into()],
                 )?;
             }
             Effect::RemoveDocument(doc_id) => {

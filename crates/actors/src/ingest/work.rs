@@ -181,6 +181,15 @@ pub struct DocRun {
     plan: DocPlan,
 }
 
+/// A document's `metadata.title`, when it is a string (what the documents
+/// listing shows).
+fn doc_title(metadata: &protocol::ingest::Metadata) -> Option<String> {
+    match metadata.get("title") {
+        Some(protocol::ingest::MetaValue::Str(title)) => Some(title.clone()),
+        _ => None,
+    }
+}
+
 impl DocRun {
     /// Plans the document of `item` (`doc`, as read from storage), cut into
     /// chunks. Stops at once, with what to persist, if the document cannot
@@ -293,7 +302,12 @@ impl DocRun {
     fn record(&self, core: &mut QueueCore, now_ms: u64) -> Step {
         Step::Finish(Finish {
             worked: Worked::Indexed(self.plan.chunks()),
-            effects: core.document_indexed(&self.item, &self.plan, now_ms),
+            effects: core.document_indexed(
+                &self.item,
+                &self.plan,
+                doc_title(&self.doc.metadata),
+                now_ms,
+            ),
         })
     }
 }
@@ -404,9 +418,40 @@ mod tests {
                 doc_id: "a".into(),
                 chunks: 2,
                 at_ms: 3,
+                title: None,
             }
         );
         assert_eq!(core.job("j1").unwrap().status, JobStatus::Done);
+    }
+
+    #[test]
+    fn the_record_carries_the_indexed_versions_title_when_it_is_a_string() {
+        for (title, expected) in [
+            (Some(MetaValue::Str("The Guide".into())), Some("The Guide")),
+            (Some(MetaValue::Int(7)), None),
+            (None, None),
+        ] {
+            let mut core = queue(BOUNDS, "a");
+            let mut d = doc("a", 1);
+            if let Some(title) = title {
+                d.metadata.insert("title".into(), title);
+            }
+            let run = start(&mut core, d, &MemRecords::default());
+            let _ = run.advance(&mut core, Ok(Done::Embedded(vectors(1))), 2);
+            let Step::Finish(finish) = run.advance(&mut core, Ok(Done::Upserted), 3) else {
+                panic!("the record comes next")
+            };
+            assert!(
+                finish.effects.contains(&Effect::RecordDocument {
+                    doc_id: "a".into(),
+                    chunks: 1,
+                    at_ms: 3,
+                    title: expected.map(str::to_owned),
+                }),
+                "{:?}",
+                finish.effects
+            );
+        }
     }
 
     #[test]
@@ -453,6 +498,7 @@ mod tests {
             doc_id: "a".into(),
             chunks: 2,
             at_ms: 4,
+            title: None,
         }));
     }
 
