@@ -310,23 +310,26 @@ pub enum AnyIndex {
 
 impl AnyIndex {
     /// The index the settings choose, for `tenant`; `mem` is the object's
-    /// in-memory copy of the embedded index's vectors.
+    /// in-memory copy of the embedded index's vectors, `chunks` its count of
+    /// the index's chunks.
     pub fn new(
         env: &Env,
         settings: &Settings,
         tenant: &TenantId,
         sql: worker::SqlStorage,
         mem: Rc<RefCell<Option<MemIndex>>>,
+        chunks: Rc<std::cell::Cell<Option<u64>>>,
     ) -> Result<Self, PortError> {
         if settings.vectorize {
             Ok(Self::Vectorize(DeployedIndex::new(
                 VectorizeIndex::from_env(env, bindings::VECTORS, tenant.clone())?,
-                SqlVectorIndex::text_only(sql),
+                SqlVectorIndex::text_only(sql, chunks),
             )))
         } else {
             Ok(Self::Sql(SqlVectorIndex::new(
                 sql,
                 mem,
+                chunks,
                 settings.bounds.embedded_max_chunks,
             )))
         }

@@ -14,7 +14,7 @@
 //! Vectorize still answers it) is never answered: a third wall.
 
 use crate::cloudflare::to_js;
-use crate::embedded::sql_index::{candidates, SqlVectorIndex};
+use crate::embedded::sql_index::{leg_depth, SqlVectorIndex};
 use crate::ports::{PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use protocol::ingest::{MetaValue, Metadata, SearchMode};
 use protocol::TenantId;
@@ -237,17 +237,6 @@ impl DeployedIndex {
     }
 }
 
-/// How deep Vectorize is asked for a query of `mode` answering `top_k`
-/// chunks: as deep as the embedded index's leg, at most [`MAX_TOP_K`].
-pub fn vector_depth(mode: SearchMode, top_k: usize) -> usize {
-    let depth = if mode == SearchMode::Hybrid {
-        candidates(top_k)
-    } else {
-        top_k
-    };
-    depth.min(MAX_TOP_K)
-}
-
 impl VectorIndex for DeployedIndex {
     fn backend(&self) -> &'static str {
         "vectorize"
@@ -265,10 +254,12 @@ impl VectorIndex for DeployedIndex {
     }
 
     async fn delete(&self, ids: &[String]) -> Result<(), PortError> {
-        // The rows first: from then on no leg answers these chunks (a vector
-        // Vectorize still returns has no row and is dropped).
-        self.text.delete(ids).await?;
-        self.vectors.delete(ids).await
+        // Vectorize first: if it fails, nothing changed and the delete is
+        // retried whole. Then the rows: from then on no leg answers these
+        // chunks (a vector Vectorize still returns for a few seconds has no
+        // row and is dropped).
+        self.vectors.delete(ids).await?;
+        self.text.delete(ids).await
     }
 
     async fn query(&self, q: VectorQuery<'_>) -> Result<Vec<VectorHit>, PortError> {
@@ -280,7 +271,7 @@ impl VectorIndex for DeployedIndex {
         })?;
         let leg = self
             .vectors
-            .nearest(vector, vector_depth(q.mode, q.top_k), q.filter)
+            .nearest(vector, leg_depth(q.mode, q.top_k).min(MAX_TOP_K), q.filter)
             .await?;
         self.text.rank_with(&q, &leg)
     }
@@ -327,12 +318,12 @@ mod tests {
 
     #[test]
     fn vectorize_is_asked_as_deep_as_the_embedded_leg() {
-        assert_eq!(vector_depth(SearchMode::Vector, 15), 15);
-        assert_eq!(vector_depth(SearchMode::Hybrid, 15), 50);
-        assert_eq!(vector_depth(SearchMode::Hybrid, 60), 60);
-        // topK ≤ 100 without metadata.
-        assert_eq!(vector_depth(SearchMode::Hybrid, 150), MAX_TOP_K);
-        assert_eq!(vector_depth(SearchMode::Vector, 300), MAX_TOP_K);
+        assert_eq!(leg_depth(SearchMode::Vector, 15), 15);
+        assert_eq!(leg_depth(SearchMode::Hybrid, 15), 50);
+        assert_eq!(leg_depth(SearchMode::Hybrid, 60), 60);
+        // The deepest search (topK 20, three chunks a document) stays within
+        // what Vectorize answers without metadata.
+        assert!(leg_depth(SearchMode::Hybrid, 60) <= MAX_TOP_K);
     }
 
     /// A query answer as Vectorize gives it with `returnMetadata: "none"`.

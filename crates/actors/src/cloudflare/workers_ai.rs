@@ -144,14 +144,16 @@ mod tests {
 /// The reranker deployments may turn on (`RERANK_MODEL`).
 pub const BGE_RERANKER: &str = "@cf/baai/bge-reranker-base";
 
-/// The input of a reranking model: `{ query, contexts: [{ text }] }` (no
-/// `top_k`: every context is scored).
+/// The input of a reranking model: `{ query, contexts: [{ text }], top_k }`,
+/// `top_k` the number of contexts, so that every one is scored.
 #[derive(Debug, Serialize)]
 pub struct RerankInput<'a> {
     /// The question.
     pub query: &'a str,
     /// The passages, in the order the scores are wanted.
     pub contexts: Vec<RerankContext<'a>>,
+    /// How many scores to answer: all of them.
+    pub top_k: usize,
 }
 
 /// One passage of a [`RerankInput`].
@@ -232,6 +234,7 @@ impl crate::ports::Reranker for WorkersAiReranker {
         let input = RerankInput {
             query,
             contexts: texts.iter().map(|t| RerankContext { text: t }).collect(),
+            top_k: texts.len(),
         };
         let input = crate::cloudflare::to_js(&input).map_err(|message| PortError::Failed {
             service: SERVICE,
@@ -258,10 +261,11 @@ mod rerank_tests {
         let input = RerankInput {
             query: "why does my String move?",
             contexts: vec![RerankContext { text: "a" }, RerankContext { text: "b" }],
+            top_k: 2,
         };
         assert_eq!(
             serde_json::to_value(input).unwrap(),
-            json!({"query": "why does my String move?", "contexts": [{"text": "a"}, {"text": "b"}]})
+            json!({"query": "why does my String move?", "contexts": [{"text": "a"}, {"text": "b"}], "top_k": 2})
         );
     }
 

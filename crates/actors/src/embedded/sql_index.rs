@@ -21,7 +21,7 @@ use crate::retrieval::{
 };
 use crate::sql::{self, int, SqlError};
 use protocol::ingest::{MetaValue, Metadata, SearchMode};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use worker::{SqlStorage, SqlStorageValue};
@@ -60,6 +60,16 @@ pub const CANDIDATES: usize = 50;
 /// How many candidates each leg of a hybrid search of depth `depth` brings.
 pub fn candidates(depth: usize) -> usize {
     CANDIDATES.max(depth)
+}
+
+/// How deep the vector leg of a search in `mode` answering `top_k` chunks
+/// goes: as deep as the answer, or for hybrid, as deep as its candidates.
+pub fn leg_depth(mode: SearchMode, top_k: usize) -> usize {
+    if mode == SearchMode::Hybrid {
+        candidates(top_k)
+    } else {
+        top_k
+    }
 }
 
 /// A vector leg found elsewhere, by chunk id, joined to this index's row ids
@@ -106,6 +116,9 @@ fn full(count: u64, adding: u64, cap: u64) -> PortError {
 pub struct SqlVectorIndex {
     sql: SqlStorage,
     mem: Rc<RefCell<Option<MemIndex>>>,
+    /// The object's count of the index's chunks, once counted; forgotten
+    /// by every write and delete.
+    chunks: Rc<Cell<Option<u64>>>,
     cap: u64,
     /// Whether the embeddings are stored here (the embedded index) or
     /// elsewhere (beside Vectorize).
@@ -113,12 +126,19 @@ pub struct SqlVectorIndex {
 }
 
 impl SqlVectorIndex {
-    /// The index in `sql`; `mem` is the object's cache of the vectors, `cap`
-    /// the most chunks the index may hold.
-    pub fn new(sql: SqlStorage, mem: Rc<RefCell<Option<MemIndex>>>, cap: u64) -> Self {
+    /// The index in `sql`; `mem` is the object's cache of the vectors,
+    /// `chunks` its count of the chunks, `cap` the most chunks the index may
+    /// hold.
+    pub fn new(
+        sql: SqlStorage,
+        mem: Rc<RefCell<Option<MemIndex>>>,
+        chunks: Rc<Cell<Option<u64>>>,
+        cap: u64,
+    ) -> Self {
         Self {
             sql,
             mem,
+            chunks,
             cap,
             vectors: true,
         }
@@ -127,10 +147,11 @@ impl SqlVectorIndex {
     /// The rows and full-text index alone, beside a vector index kept
     /// elsewhere (Vectorize): no embedding is stored or loaded, and no chunk
     /// cap applies (nothing of it is held in memory).
-    pub fn text_only(sql: SqlStorage) -> Self {
+    pub fn text_only(sql: SqlStorage, chunks: Rc<Cell<Option<u64>>>) -> Self {
         Self {
             sql,
             mem: Rc::new(RefCell::new(None)),
+            chunks,
             cap: u64::MAX,
             vectors: false,
         }
@@ -169,11 +190,19 @@ impl SqlVectorIndex {
         Ok(rank_legs(q.mode, q.top_k, by_vector, by_keyword))
     }
 
+    /// The chunks the index holds: from memory where the vectors are
+    /// loaded, else counted once (a scan of the table, which Durable Object
+    /// storage bills row by row) and remembered until the next write.
     fn count(&self) -> Result<u64, PortError> {
         if let Some(mem) = self.mem.borrow().as_ref() {
             return Ok(mem.len() as u64);
         }
-        sql::scalar(&self.sql, "SELECT COUNT(*) FROM vectors", vec![]).map_err(storage)
+        if let Some(n) = self.chunks.get() {
+            return Ok(n);
+        }
+        let n = sql::scalar(&self.sql, "SELECT COUNT(*) FROM vectors", vec![]).map_err(storage)?;
+        self.chunks.set(Some(n));
+        Ok(n)
     }
 
     /// Loads the vectors into memory if they are not there yet.
@@ -579,6 +608,25 @@ impl VectorIndex for SqlVectorIndex {
     }
 
     async fn upsert(&self, records: &[VectorRecord]) -> Result<(), PortError> {
+        let written = self.upsert_rows(records);
+        // The count changed (or may have, part way through a failure).
+        self.chunks.set(None);
+        written
+    }
+
+    async fn delete(&self, ids: &[String]) -> Result<(), PortError> {
+        let deleted = self.delete_rows(ids);
+        self.chunks.set(None);
+        deleted
+    }
+
+    async fn query(&self, q: VectorQuery<'_>) -> Result<Vec<VectorHit>, PortError> {
+        self.answer(q)
+    }
+}
+
+impl SqlVectorIndex {
+    fn upsert_rows(&self, records: &[VectorRecord]) -> Result<(), PortError> {
         // Refuse before writing anything if the new ids would not fit: the
         // stored ids in one read, the count only when the cheap bound
         // leaves it in doubt. Only the embedded index has a cap: beside
@@ -601,7 +649,7 @@ impl VectorIndex for SqlVectorIndex {
             .inspect_err(|_| self.forget_memory())
     }
 
-    async fn delete(&self, ids: &[String]) -> Result<(), PortError> {
+    fn delete_rows(&self, ids: &[String]) -> Result<(), PortError> {
         for id in ids {
             let Some(rid) = self.rid(id)? else {
                 continue;
@@ -629,7 +677,7 @@ impl VectorIndex for SqlVectorIndex {
         Ok(())
     }
 
-    async fn query(&self, q: VectorQuery<'_>) -> Result<Vec<VectorHit>, PortError> {
+    fn answer(&self, q: VectorQuery<'_>) -> Result<Vec<VectorHit>, PortError> {
         // The best `top_k` chunks; the search groups them by document
         // (and asks deep enough for that: `SearchPlan::query`).
         let by_vector = match q.mode {
@@ -648,12 +696,7 @@ impl VectorIndex for SqlVectorIndex {
                         ))
                     }
                 };
-                let n = if mode == SearchMode::Hybrid {
-                    candidates(q.top_k)
-                } else {
-                    q.top_k
-                };
-                self.vector_relevances(vector, n, q.filter)?
+                self.vector_relevances(vector, leg_depth(mode, q.top_k), q.filter)?
             }
         };
         let ranked = self.rank(&q, by_vector)?;

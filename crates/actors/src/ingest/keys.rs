@@ -33,7 +33,7 @@ pub fn vector_id(tenant: &TenantId, doc_id: &str, chunk: u32) -> String {
 /// What the scores of a cached answer mean; part of every search key, so an
 /// answer scored another way (before scores were relevances in [0, 1]) is
 /// never served. Change it whenever the scoring changes.
-pub const SCORING: &str = "relevance-1";
+pub const SCORING: &str = "relevance-2";
 
 /// The KV key of a cached search: `${tenantId}:search:<hash>` where the hash
 /// covers the normalised query, `topK`, filter, grouping, mode, the floor

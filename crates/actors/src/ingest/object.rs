@@ -15,9 +15,7 @@ use super::facts::JobDoc;
 use super::faults::SqlFaults;
 use super::requests::{self, internal};
 use super::restore;
-use super::search::{
-    choose_mode, needs_tenant_floor, uses_kv, ResultCache, SearchPlan, CACHE_TTL_SECS,
-};
+use super::search::{choose_mode, needs_tenant_floor, ResultCache, SearchPlan, CACHE_TTL_SECS};
 use super::store::QueueStore;
 use super::work::{self, Budget, DocRun, Done, Finish, Step, WorkRun, Worked};
 use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
@@ -68,6 +66,8 @@ pub struct IngestQueue {
     usage: Rc<RefCell<recorder::UsageBuffer>>,
     /// Recent search answers.
     answers: RefCell<ResultCache>,
+    /// The index's chunk count, once counted (forgotten by every write).
+    chunks: Rc<Cell<Option<u64>>>,
 }
 
 impl IngestQueue {
@@ -132,7 +132,14 @@ impl IngestQueue {
 
     fn index(&self, tenant: &TenantId, settings: &Settings) -> Result<AnyIndex, PortError> {
         let sql = self.state.storage().sql();
-        AnyIndex::new(&self.env, settings, tenant, sql, self.mem.clone())
+        AnyIndex::new(
+            &self.env,
+            settings,
+            tenant,
+            sql,
+            self.mem.clone(),
+            self.chunks.clone(),
+        )
     }
 
     /// Loads the queue (creating the tables on first use). `claimed` is the
@@ -402,7 +409,7 @@ impl IngestQueue {
             return Ok(IngestResponse::Results(results));
         }
         let cache = providers::cache(&self.env)
-            .filter(|_| uses_kv(settings.workers_ai, settings.vectorize));
+            .filter(|_| plan.uses_kv(settings.workers_ai, settings.vectorize));
         if let Some(cache) = &cache {
             if let Some(hit) = cache.get(&plan.key).await.ok().flatten() {
                 if let Some(results) = plan.cached(&hit) {
@@ -578,6 +585,7 @@ impl worker::DurableObject for IngestQueue {
             working: Cell::new(false),
             usage: Rc::default(),
             answers: RefCell::default(),
+            chunks: Rc::default(),
         }
     }
 

@@ -127,6 +127,16 @@ impl SearchPlan {
         self.mode != SearchMode::Keyword
     }
 
+    /// Whether its answers go through the KV cache: where the search calls a
+    /// remote service (Workers AI to embed the query or to rerank,
+    /// Vectorize for the vector leg), a KV read is cheaper than the search.
+    /// A search the object answers alone (the embedded index, or a keyword
+    /// search beside Vectorize) takes less time than a KV read, so only the
+    /// object's own [`ResultCache`] holds its answers.
+    pub fn uses_kv(&self, workers_ai: bool, vectorize: bool) -> bool {
+        self.reranker.is_some() || (self.embeds() && (workers_ai || vectorize))
+    }
+
     /// A cached answer, from the KV value under [`SearchPlan::key`]; a value
     /// that does not decode is a miss.
     pub fn cached(&self, value: &str) -> Option<SearchResults> {
@@ -247,46 +257,49 @@ impl SearchPlan {
     }
 }
 
-/// Whether a search's answers go through the KV cache: where a search costs
-/// a call to a remote service (Workers AI's embedding or reranker,
-/// Vectorize), a KV read is cheaper than the search; the embedded index
-/// answers in less time than a KV read takes, so there only the object's
-/// own [`ResultCache`] holds answers.
-pub fn uses_kv(workers_ai: bool, vectorize: bool) -> bool {
-    workers_ai || vectorize
-}
-
 /// Most answers the object keeps in memory.
 pub const RESULT_CACHE_ENTRIES: usize = 256;
+/// Most bytes of answers (as JSON) the object keeps in memory.
+pub const RESULT_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The tenant's recent answers, in the object's memory (the first level of
 /// the cache, before KV): keyed by [`SearchPlan::key`], which names the
-/// index version, so an answer is never older than the content. Bounded:
-/// the least recently used answer goes first, and answers of an older index
+/// index version, so an answer is never older than the content. Bounded in
+/// answers and in bytes (each answer counted by its JSON's length): the
+/// least recently used answer goes first, and answers of an older index
 /// version go as soon as one of a newer version is kept.
 #[derive(Debug)]
 pub struct ResultCache {
-    entries: std::collections::HashMap<String, (u64, SearchResults)>,
+    entries: std::collections::HashMap<String, (u64, usize, SearchResults)>,
     version: u64,
     tick: u64,
     cap: usize,
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl Default for ResultCache {
     fn default() -> Self {
-        Self::new(RESULT_CACHE_ENTRIES)
+        Self::new(RESULT_CACHE_ENTRIES, RESULT_CACHE_BYTES)
     }
 }
 
 impl ResultCache {
-    /// A cache of at most `cap` answers.
-    pub fn new(cap: usize) -> Self {
+    /// A cache of at most `cap` answers and `max_bytes` bytes of them.
+    pub fn new(cap: usize, max_bytes: usize) -> Self {
         Self {
             entries: std::collections::HashMap::new(),
             version: 0,
             tick: 0,
             cap,
+            bytes: 0,
+            max_bytes,
         }
+    }
+
+    /// Bytes of answers held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// How many answers it holds.
@@ -303,7 +316,7 @@ impl ResultCache {
     pub fn get(&mut self, plan: &SearchPlan) -> Option<SearchResults> {
         self.tick += 1;
         let tick = self.tick;
-        let (used, results) = self.entries.get_mut(&plan.key)?;
+        let (used, _, results) = self.entries.get_mut(&plan.key)?;
         *used = tick;
         let mut results = results.clone();
         results.cached = true;
@@ -312,26 +325,33 @@ impl ResultCache {
 
     /// Keeps `results`, the answer of `plan`.
     pub fn put(&mut self, plan: &SearchPlan, results: &SearchResults) {
-        if self.cap == 0 || plan.version.version < self.version {
+        let size = serde_json::to_string(results).map_or(usize::MAX, |j| j.len());
+        if self.cap == 0 || size > self.max_bytes || plan.version.version < self.version {
             return;
         }
         if plan.version.version > self.version {
             self.entries.clear();
+            self.bytes = 0;
             self.version = plan.version.version;
         }
-        if self.entries.len() >= self.cap && !self.entries.contains_key(&plan.key) {
+        if let Some((_, old, _)) = self.entries.remove(&plan.key) {
+            self.bytes -= old;
+        }
+        while self.entries.len() >= self.cap || self.bytes + size > self.max_bytes {
             let oldest = self
                 .entries
                 .iter()
-                .min_by_key(|(_, (used, _))| *used)
+                .min_by_key(|(_, (used, _, _))| *used)
                 .map(|(key, _)| key.clone());
-            if let Some(oldest) = oldest {
-                self.entries.remove(&oldest);
+            match oldest.and_then(|key| self.entries.remove(&key)) {
+                Some((_, old, _)) => self.bytes -= old,
+                None => break,
             }
         }
         self.tick += 1;
+        self.bytes += size;
         self.entries
-            .insert(plan.key.clone(), (self.tick, results.clone()));
+            .insert(plan.key.clone(), (self.tick, size, results.clone()));
     }
 }
 
@@ -770,7 +790,7 @@ mod tests {
             SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, v, None)
         };
         let answer = |p: &SearchPlan| p.results(vec![chunk_of("a0", "doc-a", 0, 0.5)]);
-        let mut cache = ResultCache::new(2);
+        let mut cache = ResultCache::new(2, RESULT_CACHE_BYTES);
         let (a, b, c) = (plan("a", 7), plan("b", 7), plan("c", 7));
         assert_eq!(cache.get(&a), None);
         cache.put(&a, &answer(&a));
@@ -794,19 +814,48 @@ mod tests {
         cache.put(&b, &answer(&b));
         assert_eq!(cache.len(), 1);
         assert!(cache.get(&b).is_none());
-        let mut off = ResultCache::new(0);
+        let mut off = ResultCache::new(0, RESULT_CACHE_BYTES);
         off.put(&a, &answer(&a));
         assert!(off.is_empty());
+
+        // Bounded in bytes: two answers fit, the third pushes out the least
+        // recently used; one larger than the whole budget is not kept.
+        let one = serde_json::to_string(&answer(&a)).unwrap().len();
+        let mut small = ResultCache::new(10, 2 * one + 1);
+        small.put(&a, &answer(&a));
+        small.put(&b, &answer(&b));
+        assert_eq!(small.bytes(), 2 * one);
+        small.put(&c, &answer(&c));
+        assert_eq!((small.len(), small.bytes()), (2, 2 * one));
+        assert!(small.get(&a).is_none() && small.get(&c).is_some());
+        small.put(&c, &answer(&c));
+        assert_eq!(small.bytes(), 2 * one, "a key kept again is counted once");
+        let mut tiny = ResultCache::new(10, one - 1);
+        tiny.put(&a, &answer(&a));
+        assert!(tiny.is_empty());
     }
 
     #[test]
     fn kv_is_read_where_a_search_costs_a_remote_call() {
+        let plan = |mode| SearchPlan::new(&tenant(), &search(None), mode, VERSION, None);
+        let (vector, keyword) = (plan(SearchMode::Vector), plan(SearchMode::Keyword));
         assert!(
-            !uses_kv(false, false),
+            !vector.uses_kv(false, false),
             "the embedded index is faster than a KV read"
         );
-        assert!(uses_kv(true, false));
-        assert!(uses_kv(false, true));
-        assert!(uses_kv(true, true));
+        assert!(
+            vector.uses_kv(true, false),
+            "the query is embedded by Workers AI"
+        );
+        assert!(
+            vector.uses_kv(false, true),
+            "Vectorize answers the vector leg"
+        );
+        assert!(!keyword.uses_kv(true, true), "the object's full text alone");
+        let reranked = keyword.reranked_by(Some("@cf/baai/bge-reranker-base"));
+        assert!(
+            reranked.uses_kv(true, true),
+            "the reranker is a Workers AI call"
+        );
     }
 }
