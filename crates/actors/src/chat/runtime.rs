@@ -612,7 +612,8 @@ impl Inner {
                 prices.take();
             }
         }
-        self.account(
+        account(
+            &self.env,
             &ctx.tenant,
             &ctx.request_id,
             ctx.turn.access.key.as_deref(),
@@ -785,31 +786,6 @@ impl Inner {
                 worker::console_warn!("chat: a reservation was not released: {e}");
             }
         }
-    }
-
-    /// Accounts for a turn that ended (see [`account`]).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn account(
-        &self,
-        tenant: &TenantId,
-        request_id: &RequestId,
-        key: Option<&str>,
-        reservation: Option<&TurnReservation>,
-        model: Option<String>,
-        used: Option<TokenUsage>,
-        prices: &PriceTable,
-    ) {
-        account(
-            &self.env,
-            tenant,
-            request_id,
-            key,
-            reservation,
-            model,
-            used,
-            prices,
-        )
-        .await;
     }
 
     /// The generators of the turn's model chain (the model it names, or
@@ -1117,7 +1093,7 @@ pub(super) fn wrong_session() -> ErrorReply {
 /// released). A failure is logged: a reservation then expires at the
 /// limiter and is charged its estimate.
 #[allow(clippy::too_many_arguments)]
-async fn account(
+pub(super) async fn account(
     env: &Env,
     tenant: &TenantId,
     request_id: &RequestId,

@@ -207,7 +207,8 @@ impl Inner {
         used: Option<protocol::limits::TokenUsage>,
         prices: &protocol::limits::PriceTable,
     ) {
-        self.account(
+        super::runtime::account(
+            &self.env,
             tenant,
             request_id,
             complete.access.key.as_deref(),
