@@ -40,7 +40,8 @@ pub mod ingest;
 pub mod limiter;
 pub mod metrics;
 pub mod observe;
-pub mod porter;
+#[cfg(test)]
+mod porter;
 pub mod ports;
 pub mod providers;
 pub mod retrieval;

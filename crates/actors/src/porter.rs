@@ -1,9 +1,10 @@
 //! The Porter stemmer (M. F. Porter, "An algorithm for suffix stripping",
 //! 1980), as SQLite's FTS5 `porter` tokenizer applies it to the index's
-//! words: so a word of a query can be looked up in the index's vocabulary
-//! (`fts5vocab`), which holds stems. Written for this platform from the
-//! paper's rules and checked against SQLite's own output over the corpus's
-//! vocabulary (`tests::agrees_with_sqlite`).
+//! words, for the tests that model the keyword index's scores in Rust
+//! (`retrieval`'s floor model). Written from the paper's rules and checked
+//! against SQLite's own output over the corpus's vocabulary
+//! (`tests::agrees_with_sqlite`). Test code only: the index itself stems
+//! in SQLite.
 //!
 //! Like FTS5, it leaves words shorter than 3 or longer than 64 bytes as they
 //! are; any other byte than `a e i o u` (and `y` after a vowel) counts as a

@@ -362,13 +362,6 @@ impl Ord for HeapEntry {
 /// `OR`. Quoting every word means no query text is read as FTS syntax.
 /// `None` when the query has no words.
 pub fn fts_query(query: &str) -> Option<String> {
-    match_expression(&query_terms(query))
-}
-
-/// The words of `query` a keyword search looks for: each once, at most 32,
-/// without the function words ([`QUERY_STOPWORDS`]) unless it has nothing
-/// else ("how do I" still searches for them).
-pub fn query_terms(query: &str) -> Vec<String> {
     let mut seen = Vec::new();
     let mut all = Vec::new();
     for w in embedding::words(query) {
@@ -379,15 +372,8 @@ pub fn query_terms(query: &str) -> Vec<String> {
             seen.push(w);
         }
     }
-    if seen.is_empty() {
-        all
-    } else {
-        seen
-    }
-}
-
-/// `terms`, each quoted, joined by `OR`; `None` for no terms.
-pub fn match_expression(terms: &[String]) -> Option<String> {
+    // A query of function words only ("how do I") still searches for them.
+    let terms = if seen.is_empty() { all } else { seen };
     if terms.is_empty() {
         return None;
     }
@@ -398,44 +384,6 @@ pub fn match_expression(terms: &[String]) -> Option<String> {
             .collect::<Vec<_>>()
             .join(" OR "),
     )
-}
-
-/// How many of an index's `chunks` a word may be in and still be searched
-/// for: a fifth of them, and never fewer than 100. A word found in more
-/// chunks than that ("use", "type", "rust" in a Rust corpus) weighs little
-/// in BM25 (its idf is low) but costs the most: FTS5 scores every chunk that
-/// holds any query word.
-pub fn common_limit(chunks: u64) -> u64 {
-    (chunks / 5).max(100)
-}
-
-/// The index term of a query word, as FTS5 stores it (`porter unicode61`):
-/// `None` for a word FTS5 would cut in several (`snake_case`) or whose
-/// accents it would fold, which are kept whatever their frequency.
-pub fn index_term(word: &str) -> Option<String> {
-    word.bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        .then(|| crate::porter::stem(word))
-}
-
-/// `terms` without those found in more than `limit` chunks (`df`: a term's
-/// chunk count, `None` when unknown, which keeps it); all of them if every
-/// one is that common.
-pub fn without_common(
-    terms: Vec<String>,
-    df: impl Fn(&str) -> Option<u64>,
-    limit: u64,
-) -> Vec<String> {
-    let kept: Vec<String> = terms
-        .iter()
-        .filter(|t| df(t).is_none_or(|n| n <= limit))
-        .cloned()
-        .collect();
-    if kept.is_empty() {
-        terms
-    } else {
-        kept
-    }
 }
 
 /// Words a question carries that say nothing of its subject: left out of the
@@ -610,36 +558,6 @@ pub fn rank_legs<K: Ord + Clone + std::hash::Hash>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn words_in_most_chunks_are_left_out_of_a_large_index_query() {
-        assert_eq!(common_limit(10), 100, "a small index keeps every word");
-        assert_eq!(common_limit(10_000), 2_000);
-        let terms = query_terms("How do I use a HashMap to count words in Rust?");
-        assert_eq!(terms, ["use", "hashmap", "count", "words", "rust"]);
-        let df = |t: &str| match t {
-            "use" => Some(4_000),
-            "rust" => Some(2_001),
-            "count" => Some(2_000),
-            "words" => None,
-            _ => Some(3),
-        };
-        assert_eq!(
-            without_common(terms.clone(), df, 2_000),
-            ["hashmap", "count", "words"]
-        );
-        // Only common words: all of them are searched for.
-        assert_eq!(without_common(terms.clone(), |_| Some(9_000), 2_000), terms);
-        assert_eq!(
-            match_expression(&["a\"b".to_owned(), "c".to_owned()]).as_deref(),
-            Some("\"ab\" OR \"c\"")
-        );
-        assert_eq!(match_expression(&[]), None);
-        assert_eq!(index_term("borrowing").as_deref(), Some("borrow"));
-        assert_eq!(index_term("u8").as_deref(), Some("u8"));
-        assert_eq!(index_term("snake_case"), None);
-        assert_eq!(index_term("naïve"), None);
-    }
 
     #[test]
     fn dot_handles_every_length() {

@@ -16,8 +16,8 @@
 use crate::embedding::DIMENSIONS;
 use crate::ports::{PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use crate::retrieval::{
-    common_limit, index_term, keyword_relevance, match_expression, matches_filter, query_terms,
-    rank_legs, vector_relevance, without_common, Fused, MemIndex, MemIndexError,
+    fts_query, keyword_relevance, matches_filter, rank_legs, vector_relevance, Fused, MemIndex,
+    MemIndexError,
 };
 use crate::sql::{self, int, SqlError};
 use protocol::ingest::{MetaValue, Metadata, SearchMode};
@@ -45,9 +45,6 @@ pub const SCHEMA: &[&str] = &[
         SELECT chunk_fts.rowid, COALESCE(json_extract(vectors.metadata, '$.title'), ''), chunk_fts.text
         FROM chunk_fts JOIN vectors ON vectors.rid = chunk_fts.rowid",
     "DELETE FROM chunk_fts",
-    // Each index term's chunk count, read to leave the most common words out
-    // of a query (`retrieval::without_common`).
-    "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_vocab USING fts5vocab(chunk_text, 'row')",
 ];
 
 /// How much more a query word found in a chunk's document title counts than
@@ -369,8 +366,11 @@ impl SqlVectorIndex {
         k: usize,
         filter: &Metadata,
     ) -> Result<Vec<(i64, f64)>, PortError> {
+        let best = self.keyword_candidates(text, k, filter)?;
+        if best.is_empty() {
+            return Ok(best);
+        }
         let chunks = self.count()?;
-        let best = self.keyword_candidates(text, k, filter, chunks)?;
         Ok(best
             .into_iter()
             .map(|(rid, bm25)| (rid, keyword_relevance(bm25, chunks)))
@@ -385,9 +385,8 @@ impl SqlVectorIndex {
         text: &str,
         k: usize,
         filter: &Metadata,
-        chunks: u64,
     ) -> Result<Vec<(i64, f64)>, PortError> {
-        let Some(expr) = self.keyword_query(text, chunks)? else {
+        let Some(expr) = fts_query(text) else {
             return Ok(Vec::new());
         };
         let rows = if filter.is_empty() {
@@ -418,34 +417,6 @@ impl SqlVectorIndex {
         .map_err(storage)?;
         // bm25() is lower-is-better; flip it so every mode is higher-is-better.
         Ok(rows.into_iter().map(|(rid, rank)| (rid, -rank)).collect())
-    }
-
-    /// The `MATCH` expression for `text` in an index of `chunks`: its terms
-    /// ([`query_terms`]), less those in more chunks than [`common_limit`]
-    /// allows (looked up in
-    /// `chunk_vocab` only where the index is large enough for one to be).
-    fn keyword_query(&self, text: &str, chunks: u64) -> Result<Option<String>, PortError> {
-        let terms = query_terms(text);
-        let limit = common_limit(chunks);
-        let mut df = HashMap::new();
-        if chunks > limit {
-            for term in &terms {
-                let Some(stem) = index_term(term) else {
-                    continue;
-                };
-                let found = sql::first::<(i64,)>(
-                    &self.sql,
-                    "SELECT doc FROM chunk_vocab WHERE term = ?",
-                    vec![stem.as_str().into()],
-                )
-                .map_err(storage)?;
-                if let Some((n,)) = found {
-                    df.insert(term.clone(), u64::try_from(n).unwrap_or(0));
-                }
-            }
-        }
-        let terms = without_common(terms, |t| df.get(t).copied(), limit);
-        Ok(match_expression(&terms))
     }
 
     /// Forgets the in-memory vectors (reloaded on next use): after a failure
