@@ -20,6 +20,27 @@ fn admin(server: &Server, tenant: &str, method: &str, path: &str, body: Option<V
     server.as_operator(tenant, method, path, body)
 }
 
+/// The operator's view of `tenant`'s limiter `name` (a key id, or the
+/// tenant's ledger).
+fn limiter(server: &Server, tenant: &str, name: &str) -> Reply {
+    admin(
+        server,
+        tenant,
+        "GET",
+        &format!("/admin/actors/limiter/{name}"),
+        None,
+    )
+}
+
+/// The bucket of `limit` (`rpm`, `tpm`) in a limiter's state.
+fn bucket<'a>(state: &'a Value, limit: &str) -> Option<&'a Value> {
+    state["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["limit"] == limit)
+}
+
 /// A new key of `tenant`: (the key, its id).
 fn new_key(server: &Server, tenant: &str, scopes: Value, limits: Value) -> (String, String) {
     let r = admin(
@@ -130,22 +151,10 @@ fn a_keys_rpm_admits_exactly_its_quota_under_concurrency() {
         );
     }
     // The operator sees the bucket: empty, a capacity of 10.
-    let r = admin(
-        &server,
-        B,
-        "GET",
-        &format!("/admin/actors/limiter/{id}"),
-        None,
-    );
+    let r = limiter(&server, B, &id);
     assert_eq!(r.status, 200, "{}", r.body);
     let state = &r.json()["state"];
-    let rpm = state["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["limit"] == "rpm")
-        .expect("an rpm bucket")
-        .clone();
+    let rpm = bucket(state, "rpm").expect("an rpm bucket").clone();
     assert_eq!(rpm["capacity"], 10, "{state}");
     assert_eq!(r.json()["name"], format!("{B}:limiter:{id}"));
 
@@ -291,13 +300,7 @@ fn the_tenants_limits_are_the_operators_and_its_total_holds_across_keys() {
         assert_eq!(r.status, 429, "{}", r.body);
         assert_eq!(r.json()["error"]["limit"], "rpm", "{}", r.body);
     }
-    let r = admin(
-        &server,
-        A,
-        "GET",
-        &format!("/admin/actors/limiter/{A}"),
-        None,
-    );
+    let r = limiter(&server, A, A);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["name"], format!("{A}:limiter"));
     // Back to unlimited for the other tests of this binary.
@@ -560,20 +563,11 @@ fn a_refusal_by_the_tenants_budget_spends_nothing_of_the_keys_rpm() {
         assert_eq!(r.status, 402, "turn {n}: {}", r.body);
         assert_eq!(r.json()["error"]["scope"], "tenant", "{}", r.body);
     }
-    let r = admin(
-        &server,
-        A,
-        "GET",
-        &format!("/admin/actors/limiter/{id}"),
-        None,
-    );
+    let r = limiter(&server, A, &id);
     assert_eq!(r.status, 200, "{}", r.body);
     let state = &r.json()["state"];
-    let spent = state["buckets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|b| b["limit"] == "rpm" && b["level"].as_i64().is_some_and(|level| level < 2));
+    let spent =
+        bucket(state, "rpm").is_some_and(|b| b["level"].as_i64().is_some_and(|level| level < 2));
     assert!(!spent, "the key's rpm is untouched: {state}");
     // Lifted: the key still has both of its requests.
     let r = admin(
@@ -661,13 +655,7 @@ fn a_lost_turns_reservation_is_settled_when_its_session_recovers() {
             )
         });
         let held = (0..100).any(|_| {
-            let r = admin(
-                &server,
-                A,
-                "GET",
-                &format!("/admin/actors/limiter/{id}"),
-                None,
-            );
+            let r = limiter(&server, A, &id);
             let held = r.json()["state"]["reservations"]
                 .as_array()
                 .is_some_and(|v| !v.is_empty());
