@@ -1,8 +1,11 @@
 //! What the RateLimiter costs, against `wrangler dev`:
 //!
 //! 1. `POST /api/search` latency with a key that has no limits (the gateway
-//!    skips the limiter) and with a key that has an `rpm` limit too high to
-//!    refuse anything (every search is admitted at the key's limiter first),
+//!    skips the limiter), with a key that has an `rpm` limit too high to
+//!    refuse anything (a steady caller: its limiter counts requests in
+//!    advance for the gateway's isolate, see `gateway_worker::advances`),
+//!    and with keys like it each used only every second or so (a sporadic
+//!    caller: every search is admitted at its key's limiter first),
 //!    interleaved one by one on the same index and query (a cached search,
 //!    so the search itself is as short as it gets and the limiter's share
 //!    shows);
@@ -32,6 +35,9 @@ const TENANT: &str = "mrrainbowsmoke";
 const SEARCHES: usize = 400;
 const CLIENTS: usize = 32;
 const HAMMER: Duration = Duration::from_secs(10);
+/// Keys taken in turn for the sporadic callers (each used every 40 rounds
+/// of 4 searches: about 2 s apart).
+const SPORADIC: usize = 40;
 
 fn key(server: &Server, limits: serde_json::Value) -> String {
     let r = server.as_operator(
@@ -81,6 +87,8 @@ fn core_decisions() -> (usize, f64, usize) {
         price: None,
         turn: false,
         hold_ms: 60_000,
+        advance: 0,
+        unspent: 0,
     };
     let mut core = LimiterCore::new();
     let mut admitted = 0;
@@ -113,27 +121,50 @@ fn main() {
     );
     let free = key(&server, json!({}));
     let limited = key(&server, json!({ "rpm": 1_000_000 }));
-    // Warm both paths (isolate caches, the limiter object, the search cache).
+    // Each used once every `SPORADIC` rounds (well over a second apart), so
+    // its isolate never asks for an advance.
+    let sporadic: Vec<String> = (0..SPORADIC)
+        .map(|_| key(&server, json!({ "rpm": 1_000_000 })))
+        .collect();
+    // The same without limits: their verifications leave the isolate's
+    // cache (1 s) between uses too, so only the limiter call differs.
+    let sporadic_free: Vec<String> = (0..SPORADIC).map(|_| key(&server, json!({}))).collect();
+    // Warm every path (isolate caches, the limiter objects, the search cache).
     for _ in 0..20 {
         assert_eq!(search(&server, &free).1, 200);
         assert_eq!(search(&server, &limited).1, 200);
     }
+    for k in sporadic.iter().chain(&sporadic_free) {
+        assert_eq!(search(&server, k).1, 200);
+    }
     let (mut without, mut with) = (Vec::new(), Vec::new());
-    for _ in 0..SEARCHES {
+    let (mut alone, mut asked) = (Vec::new(), Vec::new());
+    for i in 0..SEARCHES {
         let (ms, status) = search(&server, &free);
         assert_eq!(status, 200);
         without.push(ms);
         let (ms, status) = search(&server, &limited);
         assert_eq!(status, 200);
         with.push(ms);
+        let (ms, status) = search(&server, &sporadic_free[i % SPORADIC]);
+        assert_eq!(status, 200);
+        alone.push(ms);
+        let (ms, status) = search(&server, &sporadic[i % SPORADIC]);
+        assert_eq!(status, 200);
+        asked.push(ms);
     }
     println!(
         "| `POST /api/search` (cached), {SEARCHES} each, interleaved | p50 ms | p90 ms | p99 ms |"
     );
     println!("|---|---|---|---|");
     for (label, v) in [
-        ("key without limits (no limiter call)", &mut without),
-        ("key with `rpm` (admitted at its limiter)", &mut with),
+        ("steady: key without limits (no limiter call)", &mut without),
+        ("steady: key with `rpm` (advances)", &mut with),
+        ("sporadic: keys without limits", &mut alone),
+        (
+            "sporadic: keys with `rpm` (a limiter call each)",
+            &mut asked,
+        ),
     ] {
         println!(
             "| {label} | {:.2} | {:.2} | {:.2} |",
@@ -142,8 +173,11 @@ fn main() {
             percentile(v, 99.0)
         );
     }
-    let added = percentile(&mut with, 50.0) - percentile(&mut without, 50.0);
-    println!("\nThe limiter adds {added:.2} ms to the p50.\n");
+    println!(
+        "\nThe limiter adds {:.2} ms to the p50 of a steady caller, {:.2} ms to a sporadic one's.\n",
+        percentile(&mut with, 50.0) - percentile(&mut without, 50.0),
+        percentile(&mut asked, 50.0) - percentile(&mut alone, 50.0),
+    );
 
     let hammered = key(&server, json!({ "rpm": 10 }));
     let server = Arc::new(server);

@@ -138,6 +138,36 @@ impl Server {
         )
         .expect("write the secrets file");
         let state = dir.join("state");
+        // Another test's server may take a port between `free_port` and
+        // wrangler binding it: then it exits at once, and a second pair of
+        // ports is tried.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut server = Self::spawn(deployment, &env_file, &state, extra_vars);
+            match server.wait_ready() {
+                Ok(()) => {
+                    server._owned_dir = owned;
+                    return server;
+                }
+                Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
+                Err(log) => panic!(
+                    "wrangler dev exited early; log {}:\n{log}",
+                    server.log.display()
+                ),
+            }
+        }
+    }
+
+    /// Starts `wrangler dev` for `deployment` on a free port.
+    fn spawn(
+        deployment: Deployment,
+        env_file: &Path,
+        state: &Path,
+        extra_vars: &[(&str, &str)],
+    ) -> Self {
+        let env_file = env_file.to_path_buf();
+        let state = state.to_path_buf();
         let port = free_port();
         let opts = xtask::wrangler::DevOptions {
             config: deployment.config(),
@@ -175,16 +205,14 @@ impl Server {
         let child = cmd
             .spawn()
             .expect("start wrangler dev (run cargo xtask setup first)");
-        let mut server = Self {
+        Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
             deployment,
-            _owned_dir: owned,
+            _owned_dir: None,
             keys: Mutex::new(Vec::new()),
-        };
-        server.wait_ready();
-        server
+        }
     }
 
     /// An API key of `tenant` with every scope (made once per server through
@@ -315,23 +343,21 @@ impl Server {
             .to_owned()
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the server answers; `Err` with the log's end when
+    /// wrangler exited first.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(120);
         let url = self.url("/health");
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "wrangler dev exited early ({status}); log {}:\n{}",
-                    self.log.display(),
-                    self.log_tail()
-                );
+                return Err(format!("({status})\n{}", self.log_tail()));
             }
             let probe = ureq::get(&url)
                 .set("x-tenant-id", self.deployment.probe_tenant())
                 .timeout(Duration::from_secs(5))
                 .call();
             match probe {
-                Ok(_) | Err(ureq::Error::Status(..)) => return,
+                Ok(_) | Err(ureq::Error::Status(..)) => return Ok(()),
                 Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(200))
                 }

@@ -108,6 +108,64 @@ fn concurrent_searches(server: &Arc<Server>, keys: &[String], n: usize) -> Vec<R
         .collect()
 }
 
+/// The number after `r=` in a `RateLimit` header.
+fn remaining(r: &Reply) -> Option<u64> {
+    let header = r.header("ratelimit")?;
+    let start = header.find(";r=")? + 3;
+    let digits: String = header[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+#[test]
+fn a_steady_callers_requests_are_counted_in_advance_and_stop_at_the_limit() {
+    let server = shared(Deployment::Dedicated(B));
+    const RPM: u64 = 300;
+    let (key, id) = new_key(&server, B, json!(["search"]), json!({ "rpm": RPM }));
+    let started = std::time::Instant::now();
+    let (mut ok, mut last_remaining) = (0_u64, None);
+    let refused = loop {
+        let r = search(&server, &key, "how is the lamp trimmed?");
+        if r.status != 200 {
+            break r;
+        }
+        ok += 1;
+        // What the headers say is left goes down as requests are admitted,
+        // whether the limiter or this isolate's advance admitted them (a
+        // refill may add one now and then).
+        let left = remaining(&r).expect("a RateLimit header");
+        if let Some(before) = last_remaining {
+            assert!(left < before + 2, "remaining went from {before} to {left}");
+        }
+        last_remaining = Some(left);
+        assert!(ok <= 2 * RPM, "never refused after {ok} searches");
+    };
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["limit"], "rpm", "{}", refused.body);
+    // The quota, plus what the bucket refilled while the test ran: never
+    // more, though most of them never reached the limiter one by one.
+    let refilled = elapsed_ms * RPM / 60_000 + 1;
+    assert!(
+        (RPM..=RPM + refilled).contains(&ok),
+        "{ok} admitted of {RPM} a minute in {elapsed_ms} ms"
+    );
+    let r = limiter(&server, B, &id);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let state = &r.json()["state"];
+    let advanced = state["advanced"].as_u64().expect("advanced in the view");
+    assert!(
+        advanced > 0 && advanced < ok,
+        "{advanced} of {ok} counted in advance: {state}"
+    );
+    let level = bucket(state, "rpm").expect("an rpm bucket")["level"]
+        .as_i64()
+        .expect("a level");
+    assert!(level <= 1, "the bucket is spent: {state}");
+}
+
 #[test]
 fn a_keys_rpm_admits_exactly_its_quota_under_concurrency() {
     let server = shared(Deployment::Dedicated(B));
@@ -157,6 +215,8 @@ fn a_keys_rpm_admits_exactly_its_quota_under_concurrency() {
     let rpm = bucket(state, "rpm").expect("an rpm bucket").clone();
     assert_eq!(rpm["capacity"], 10, "{state}");
     assert_eq!(r.json()["name"], format!("{B}:limiter:{id}"));
+    // So near the limit nothing was counted in advance.
+    assert_eq!(state["advanced"], 0, "{state}");
 
     // Raised with PATCH: the key gets more from the next request on.
     let r = admin(

@@ -6,6 +6,7 @@
 use crate::admin::{
     self, CreateKeyBody, NewKeyReply, RotateKeyBody, SettingsPatchBody, UpdateKeyBody,
 };
+use crate::advances::{Advances, Take};
 use crate::api::{self, FaultsBody, IngestBody, SearchBody};
 use crate::auth::{Caller, Decision, Identity, KeyGrant};
 use crate::errors::ApiError;
@@ -17,7 +18,7 @@ use crate::sse;
 use crate::tenant::{TenantMode, TENANT_HEADER};
 use crate::{auth, body, errors, limits, openai, routing};
 use actors::chat::{Resumed, TurnStream};
-use actors::limiter::{admit_applied, LedgerHandle, LimitedBy, LimiterHandle};
+use actors::limiter::{admit_applied, Admission, LedgerHandle, LimitedBy, LimiterHandle};
 use actors::{ChatHandle, CoordinatorHandle, IngestHandle};
 use futures::StreamExt;
 use protocol::chat::{Access, ChatEvent, TurnReservation, DEFAULT_MAX_TOKENS};
@@ -425,6 +426,11 @@ async fn admit_work(
         budget,
         tenant_budget: policy.budget,
     };
+    if matches!(work, limits::Work::Request) {
+        return admit_request(env, tenant, request_id, applied)
+            .await
+            .map(Some);
+    }
     let (admission, tenant_reservation) =
         admit_applied(env, tenant, request_id, &applied, &work).await?;
     let (reservation_id, info) = limits::outcome(admission)?;
@@ -434,6 +440,56 @@ async fn admit_work(
         tenant_reservation,
         info,
     }))
+}
+
+/// Admits a plain request (one against `rpm`, nothing reserved): from what
+/// the caller's limiter counted in advance for this isolate while that
+/// lasts, else at the limiter, asking it for an advance when this isolate
+/// has sent it requests lately (see [`crate::advances`]).
+async fn admit_request(
+    env: &Env,
+    tenant: &TenantId,
+    request_id: &RequestId,
+    applied: limits::Applied,
+) -> Result<Admitted, ApiError> {
+    let limiter = format!("{}:{}", tenant.as_str(), applied.limiter);
+    let terms = (applied.limits, applied.tenant_limits);
+    let taken = ADVANCES.with(|a| a.borrow_mut().take(&limiter, terms, now_ms()));
+    let mut admit = applied.admit(&limits::Work::Request);
+    match taken {
+        Take::Spent(info) => {
+            return Ok(Admitted {
+                applied,
+                reservation_id: None,
+                tenant_reservation: None,
+                info,
+            })
+        }
+        Take::Ask { advance, unspent } => {
+            admit.advance = advance;
+            admit.unspent = unspent;
+        }
+    }
+    let admission = LimiterHandle::at(env, tenant, &applied.limiter)?
+        .admit(request_id, admit)
+        .await?;
+    let admission = match admission {
+        Admission::Admitted(mut a) => {
+            a.rate_limit = ADVANCES.with(|x| {
+                x.borrow_mut()
+                    .grant(&limiter, terms, a.advanced, a.rate_limit, now_ms())
+            });
+            Admission::Admitted(a)
+        }
+        refused => refused,
+    };
+    let (reservation_id, info) = limits::outcome(admission)?;
+    Ok(Admitted {
+        applied,
+        reservation_id,
+        tenant_reservation: None,
+        info,
+    })
 }
 
 /// Gives back what an admitted request reserved but never used (a turn the
@@ -492,6 +548,8 @@ thread_local! {
         RefCell::new(TtlCache::new(CACHE_ENTRIES, CACHE_MAX_AGE_MS));
     static POLICIES: RefCell<TtlCache<TenantId, TenantPolicy>> =
         RefCell::new(TtlCache::new(CACHE_ENTRIES, CACHE_MAX_AGE_MS));
+    // The requests limiters counted in advance for this isolate.
+    static ADVANCES: RefCell<Advances> = RefCell::new(Advances::new());
 }
 
 /// A key's verification and when it was fetched, from the isolate's cache

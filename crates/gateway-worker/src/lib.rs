@@ -14,6 +14,7 @@
 //! here, so this crate builds the one Worker.
 
 pub mod admin;
+pub mod advances;
 pub mod api;
 pub mod app;
 pub mod auth;

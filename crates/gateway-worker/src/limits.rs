@@ -202,6 +202,7 @@ mod tests {
         let ok = outcome(Admission::Admitted(Admitted {
             reservation_id: Some(7),
             rate_limit: None,
+            advanced: 0,
         }));
         assert_eq!(ok, Ok((Some(7), None)));
         let limited = outcome(Admission::RateLimited(RateLimited {

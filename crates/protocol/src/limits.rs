@@ -34,6 +34,9 @@ pub const MAX_HOLD_MS: u64 = 3_600_000;
 /// The window of every per-minute limit, in seconds (the `w` of
 /// `RateLimit-Policy`).
 pub const RATE_WINDOW_SECS: u64 = 60;
+/// The most requests an admit may ask for in advance ([`Admit::advance`]),
+/// and give back unspent ([`Admit::unspent`]).
+pub const MAX_ADVANCE: u32 = 32;
 /// Micro-dollars in a dollar.
 pub const MICROS_PER_DOLLAR: u64 = 1_000_000;
 
@@ -296,6 +299,9 @@ pub enum LimitsError {
     /// A reservation hold of zero or above [`MAX_HOLD_MS`].
     #[error("holdMs must be 1 to {MAX_HOLD_MS}")]
     Hold,
+    /// An advance (or an unspent one) above [`MAX_ADVANCE`].
+    #[error("advance and unspent must be at most {MAX_ADVANCE}")]
+    Advance,
     /// A model name that cannot be one.
     #[error("model must be 1 to 128 of A-Z a-z 0-9 @ . _ / : -")]
     Model,
@@ -532,6 +538,22 @@ pub struct Admit {
     /// reservation whose settle never arrives is charged its estimate and
     /// frees its slot at expiry.
     pub hold_ms: u64,
+    /// Requests beyond this one that the caller (a gateway isolate) would
+    /// take now, to admit itself without asking again: counted at once, so
+    /// never more than the limits allow. Only plain requests (no tokens, no
+    /// slot) get any; the limiter grants at most a small share of what is
+    /// left ([`Admitted::advanced`]), none near the limit. At most
+    /// [`MAX_ADVANCE`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub advance: u32,
+    /// Requests of an earlier advance the caller did not spend, given back
+    /// before this admit is decided. At most [`MAX_ADVANCE`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unspent: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Admit {
@@ -542,6 +564,9 @@ impl Admit {
         self.budget.validate()?;
         if self.hold_ms == 0 || self.hold_ms > MAX_HOLD_MS {
             return Err(LimitsError::Hold);
+        }
+        if self.advance > MAX_ADVANCE || self.unspent > MAX_ADVANCE {
+            return Err(LimitsError::Advance);
         }
         if let Some(m) = &self.model {
             if !crate::keys::valid_model(m) {
@@ -626,8 +651,12 @@ pub struct Admitted {
     /// reserved (no tokens, no slot).
     pub reservation_id: Option<u64>,
     /// The tightest of the key's per-minute limits, for the headers; `None`
-    /// when the key has none.
+    /// when the key has none. Its `remaining` leaves out what was advanced.
     pub rate_limit: Option<RateLimitInfo>,
+    /// Requests counted in advance for the caller ([`Admit::advance`]): it
+    /// may admit that many more itself.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub advanced: u32,
 }
 
 /// Payload of [`LimiterResponse::RateLimited`].
@@ -787,6 +816,13 @@ pub struct LimiterSnapshot {
     pub lease: Option<LeaseView>,
     /// When the alarm is due, if set.
     pub next_alarm_ms: Option<u64>,
+    /// Requests counted in advance for gateway isolates
+    /// ([`Admit::advance`]), in total since the limiter began.
+    #[serde(default)]
+    pub advanced: u64,
+    /// Of those, how many came back unspent.
+    #[serde(default)]
+    pub given_back: u64,
 }
 
 /// A request to a tenant's ledger (`${tenantId}:limiter`), which lends each
@@ -1051,11 +1087,19 @@ mod tests {
             price: None,
             turn: false,
             hold_ms: 1_000,
+            advance: MAX_ADVANCE,
+            unspent: MAX_ADVANCE,
         };
         assert_eq!(ok.validate(), Ok(()));
         let mut bad = ok.clone();
         bad.hold_ms = 0;
         assert_eq!(bad.validate(), Err(LimitsError::Hold));
+        let mut bad = ok.clone();
+        bad.advance = MAX_ADVANCE + 1;
+        assert_eq!(bad.validate(), Err(LimitsError::Advance));
+        let mut bad = ok.clone();
+        bad.unspent = MAX_ADVANCE + 1;
+        assert_eq!(bad.validate(), Err(LimitsError::Advance));
         let mut bad = ok.clone();
         bad.model = Some(String::new());
         assert_eq!(bad.validate(), Err(LimitsError::Model));
@@ -1102,6 +1146,21 @@ mod tests {
                 price,
                 turn: true,
                 hold_ms: 120_000,
+                advance: 0,
+                unspent: 0,
+            }),
+            LimiterRequest::Admit(Admit {
+                limits: limits(Some(1), None, None),
+                budget: Budget::default(),
+                tenant_limits: Limits::default(),
+                count_request: true,
+                estimate: TokenUsage::default(),
+                model: None,
+                price: None,
+                turn: false,
+                hold_ms: 60_000,
+                advance: MAX_ADVANCE,
+                unspent: 3,
             }),
             LimiterRequest::Settle(Settle {
                 reservation_id: 9,
@@ -1129,6 +1188,12 @@ mod tests {
             LimiterResponse::Admitted(Admitted {
                 reservation_id: Some(1),
                 rate_limit: Some(info),
+                advanced: 0,
+            }),
+            LimiterResponse::Admitted(Admitted {
+                reservation_id: None,
+                rate_limit: Some(info),
+                advanced: 7,
             }),
             LimiterResponse::RateLimited(RateLimited {
                 limit: LimitKind::Concurrency,
@@ -1184,6 +1249,8 @@ mod tests {
                     expires_at_ms: 3,
                 }),
                 next_alarm_ms: None,
+                advanced: 40,
+                given_back: 2,
             }),
         ];
         for reply in replies {

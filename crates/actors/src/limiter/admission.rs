@@ -187,6 +187,8 @@ pub fn admit(work: &Work, limits: Limits, tenant: Limits, budget: Budget) -> Adm
         price,
         turn,
         hold_ms,
+        advance: 0,
+        unspent: 0,
     }
 }
 

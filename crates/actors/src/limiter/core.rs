@@ -51,6 +51,26 @@ pub const CONCURRENCY_RETRY_SECS: u64 = 1;
 /// was admitted in that time are what an isolate reset can forget.
 pub const PERSIST_SOON_MS: u64 = 1_000;
 
+/// An advance ([`Admit::advance`]) is at most this share of what is left:
+/// `1 / ADVANCE_SHARE` of the key's `rpm` bucket (and of its tenant lease).
+/// So a caller that stops spending strands at most that share, and near
+/// the limit (fewer than `2 * ADVANCE_SHARE` left) nothing is advanced and
+/// every request is decided here, one by one.
+pub const ADVANCE_SHARE: u64 = 16;
+
+/// `request` as the shell sends it again after an [`Outcome::NeedLease`]:
+/// an admit's unspent requests were given back by the first handling, so
+/// the retry carries none.
+pub fn once(request: LimiterRequest) -> LimiterRequest {
+    match request {
+        LimiterRequest::Admit(admit) => LimiterRequest::Admit(Admit {
+            unspent: 0,
+            ..admit
+        }),
+        other => other,
+    }
+}
+
 /// What the shell must do after a message, in this order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -188,6 +208,12 @@ pub struct LimiterState {
     pub expired: VecDeque<Expired>,
     /// The alarm as last reported to the shell.
     pub alarm_at: Option<u64>,
+    /// Requests counted in advance for callers, in total.
+    #[serde(default)]
+    pub advanced: u64,
+    /// Of those, how many were given back unspent.
+    #[serde(default)]
+    pub given_back: u64,
 }
 
 /// A key's rate limiter, budgets and usage windows.
@@ -540,6 +566,7 @@ impl LimiterCore {
             return Outcome::Reply(Err(err(e)));
         }
         self.adopt(&admit, now);
+        self.give_back(admit.unspent, &admit, now);
         let tokens = admit.estimate.total();
         let cost = admit.price.map_or(0, |p| p.cost_micros(admit.estimate));
 
@@ -624,6 +651,8 @@ impl LimiterCore {
         }
         s.lease.rpm = s.lease.rpm.saturating_sub(need_rpm);
         s.lease.tpm = s.lease.tpm.saturating_sub(need_tpm);
+        let advanced = self.advance(&admit, tokens, now);
+        let s = &mut self.state;
         let reservation_id = (admit.turn || tokens > 0).then(|| {
             let id = s.next_id;
             s.next_id = s.next_id.saturating_add(1);
@@ -652,7 +681,63 @@ impl LimiterCore {
         Outcome::Reply(Ok(LimiterResponse::Admitted(Admitted {
             reservation_id,
             rate_limit: self.tightest(),
+            advanced,
         })))
+    }
+
+    /// Counts up to `admit.advance` more requests for the caller, once this
+    /// one is taken: only for a plain request (no tokens, no slot), and at
+    /// most [`ADVANCE_SHARE`]'s share of what the key's `rpm` bucket and
+    /// its tenant lease have left, so a limit near its end is decided here
+    /// request by request.
+    fn advance(&mut self, admit: &Admit, tokens: u64, now: u64) -> u32 {
+        if admit.advance == 0 || !admit.count_request || admit.turn || tokens > 0 {
+            return 0;
+        }
+        let s = &mut self.state;
+        let mut grant = u64::from(admit.advance);
+        if let Some(b) = &s.rpm {
+            grant = grant.min(b.available() / ADVANCE_SHARE);
+        }
+        let tenant_rpm = admit.tenant_limits.rpm.is_some();
+        if tenant_rpm {
+            let have = if s.lease.expires_at_ms > now {
+                s.lease.rpm.max(0).unsigned_abs()
+            } else {
+                0
+            };
+            grant = grant.min(have / ADVANCE_SHARE);
+        }
+        if grant == 0 {
+            return 0;
+        }
+        if let Some(b) = &mut s.rpm {
+            b.take(grant);
+        }
+        if tenant_rpm {
+            s.lease.rpm = s.lease.rpm.saturating_sub(signed(grant));
+        }
+        s.advanced = s.advanced.saturating_add(grant);
+        u32::try_from(grant).unwrap_or(0)
+    }
+
+    /// Takes back `unspent` requests of an earlier advance: into the key's
+    /// `rpm` bucket (never above its capacity) and the tenant lease while it
+    /// lasts (a lease that is over was already settled with the ledger, so
+    /// they are lost to it: the tenant is under-admitted, never over).
+    fn give_back(&mut self, unspent: u32, admit: &Admit, now: u64) {
+        if unspent == 0 {
+            return;
+        }
+        let s = &mut self.state;
+        if let Some(b) = &mut s.rpm {
+            b.give(u64::from(unspent));
+        }
+        if admit.tenant_limits.rpm.is_some() && s.lease.expires_at_ms > now {
+            s.lease.rpm = s.lease.rpm.saturating_add(i64::from(unspent));
+        }
+        s.given_back = s.given_back.saturating_add(u64::from(unspent));
+        self.spent = true;
     }
 
     /// Adds settled (or expired) usage to both windows.
@@ -801,6 +886,8 @@ impl LimiterCore {
             soft_marks: s.soft_marks.clone(),
             lease,
             next_alarm_ms: s.alarm_at,
+            advanced: s.advanced,
+            given_back: s.given_back,
         }
     }
 }
@@ -811,7 +898,7 @@ mod tests {
     use super::super::calendar::{days_from_civil, DAY_MS};
     use super::super::ledger::{LedgerCore, LEASE_TTL_MS};
     use super::*;
-    use protocol::limits::{Inspect, LedgerRequest, LedgerResponse, Release, Settle};
+    use protocol::limits::{Inspect, LedgerRequest, LedgerResponse, Release, Settle, MAX_ADVANCE};
 
     /// Midnight UTC of a date, in ms.
     fn at(year: i64, month: u32, day: u32) -> u64 {
@@ -850,6 +937,8 @@ mod tests {
             price: None,
             turn: false,
             hold_ms: 60_000,
+            advance: 0,
+            unspent: 0,
         }
     }
 
@@ -1349,6 +1438,154 @@ mod tests {
             }
         }
         panic!("a grant did not settle the admit")
+    }
+
+    /// The advance an admit got (panics on a refusal).
+    fn advanced(core: &mut LimiterCore, admit: &Admit, now: u64) -> u32 {
+        match reply(core, admit, now) {
+            LimiterResponse::Admitted(a) => a.advanced,
+            other => panic!("refused: {other:?}"),
+        }
+    }
+
+    fn rpm_level(core: &LimiterCore) -> i64 {
+        core.state().rpm.as_ref().unwrap().whole()
+    }
+
+    #[test]
+    fn an_advance_is_a_share_of_what_is_left() {
+        let t = noon();
+        let mut ask = request(limits(Some(1_000_000), None, None));
+        ask.advance = MAX_ADVANCE;
+        let mut core = LimiterCore::new();
+        assert_eq!(advanced(&mut core, &ask, t), MAX_ADVANCE);
+        // This request and the advance are both counted at once.
+        assert_eq!(rpm_level(&core), 1_000_000 - 1 - i64::from(MAX_ADVANCE));
+
+        // 99 left after this one: a sixteenth of it.
+        let mut ask = request(limits(Some(100), None, None));
+        ask.advance = MAX_ADVANCE;
+        let mut core = LimiterCore::new();
+        assert_eq!(advanced(&mut core, &ask, t), 6);
+        assert_eq!(rpm_level(&core), 100 - 1 - 6);
+
+        // Near the limit nothing is advanced: every request is decided here.
+        let mut ask = request(limits(Some(10), None, None));
+        ask.advance = MAX_ADVANCE;
+        let mut core = LimiterCore::new();
+        let mut admitted = 0;
+        for _ in 0..100 {
+            match reply(&mut core, &ask, t) {
+                LimiterResponse::Admitted(a) => {
+                    assert_eq!(a.advanced, 0);
+                    admitted += 1;
+                }
+                LimiterResponse::RateLimited(r) => assert_eq!(r.limit, LimitKind::Rpm),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(admitted, 10);
+
+        // Without any `rpm` (a key with only other limits) there is nothing
+        // to count: the whole advance is granted.
+        let mut ask = request(limits(None, Some(1_000), None));
+        ask.advance = 5;
+        assert_eq!(advanced(&mut LimiterCore::new(), &ask, t), 5);
+    }
+
+    #[test]
+    fn work_that_reserves_gets_no_advance() {
+        let t = noon();
+        let mut core = LimiterCore::new();
+        let mut ask = turn(limits(Some(1_000), Some(100_000), Some(4)), 100);
+        ask.advance = MAX_ADVANCE;
+        assert_eq!(advanced(&mut core, &ask, t), 0);
+        assert_eq!(rpm_level(&core), 999);
+    }
+
+    #[test]
+    fn callers_spending_advances_are_admitted_exactly_the_limit() {
+        // Four callers (gateway isolates) at one instant, each spending what
+        // it was advanced before it asks again: together they get exactly
+        // the limit, whatever the limit.
+        for limit in [1_u32, 10, 31, 32, 100, 600, 1_000, 5_000] {
+            let t = noon();
+            let mut core = LimiterCore::new();
+            let mut pools = [0_u32; 4];
+            let (mut spent, mut refusals) = (0_u32, 0);
+            let mut i = 0;
+            while refusals < 8 {
+                let caller = i % pools.len();
+                i += 1;
+                if pools[caller] > 0 {
+                    pools[caller] -= 1;
+                    spent += 1;
+                    continue;
+                }
+                let mut ask = request(limits(Some(limit), None, None));
+                ask.advance = MAX_ADVANCE;
+                match reply(&mut core, &ask, t) {
+                    LimiterResponse::Admitted(a) => {
+                        spent += 1;
+                        pools[caller] += a.advanced;
+                    }
+                    LimiterResponse::RateLimited(_) => refusals += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(pools, [0; 4], "limit {limit}");
+            assert_eq!(spent, limit, "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn unspent_requests_come_back_once() {
+        let t = noon();
+        let mut core = LimiterCore::new();
+        let mut ask = request(limits(Some(100), None, None));
+        ask.advance = MAX_ADVANCE;
+        assert_eq!(advanced(&mut core, &ask, t), 6);
+        assert_eq!(rpm_level(&core), 93);
+        // The caller spent 2 of the 6 and gives 4 back with its next admit.
+        let mut next = request(limits(Some(100), None, None));
+        next.unspent = 4;
+        assert_eq!(advanced(&mut core, &next, t), 0);
+        assert_eq!(rpm_level(&core), 93 + 4 - 1);
+        let seen = snapshot(&mut core, t);
+        assert_eq!((seen.advanced, seen.given_back), (6, 4));
+        // Never above the capacity.
+        let mut core = LimiterCore::new();
+        next.unspent = MAX_ADVANCE;
+        advanced(&mut core, &next, t);
+        assert_eq!(rpm_level(&core), 99);
+        // Sent again after a lease ask, an admit gives nothing back twice.
+        match once(LimiterRequest::Admit(next.clone())) {
+            LimiterRequest::Admit(a) => assert_eq!(a, Admit { unspent: 0, ..next }),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_advance_under_a_tenant_limit_comes_from_the_lease() {
+        let t = noon();
+        let mut core = LimiterCore::new();
+        let mut ledger = LedgerCore::default();
+        let mut ask = request(Limits::default());
+        ask.tenant_limits = limits(Some(1_000), None, None);
+        ask.advance = MAX_ADVANCE;
+        // The first admit leases a tenth of the tenant's 1,000 (100), takes
+        // one and is advanced a sixteenth of the other 99.
+        let LimiterResponse::Admitted(a) = admit_leased(&mut core, &mut ledger, &ask, t) else {
+            panic!("refused")
+        };
+        assert_eq!(a.advanced, 6);
+        assert_eq!(core.state().lease.rpm, 100 - 1 - 6);
+        // Given back while the lease lasts, they are the lease's again.
+        let mut back = ask.clone();
+        back.advance = 0;
+        back.unspent = 6;
+        admit_leased(&mut core, &mut ledger, &back, t);
+        assert_eq!(core.state().lease.rpm, 100 - 1 - 6 + 6 - 1);
     }
 
     #[test]

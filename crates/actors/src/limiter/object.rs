@@ -264,7 +264,7 @@ impl RateLimiter {
     /// One request to a key's limiter.
     async fn key(
         &self,
-        request: LimiterRequest,
+        mut request: LimiterRequest,
     ) -> std::result::Result<LimiterResponse, ErrorReply> {
         let mut tries = 0;
         loop {
@@ -276,6 +276,9 @@ impl RateLimiter {
                     _ => return Err(internal("limiter not loaded")),
                 }
             };
+            // What the admit gave back is taken once: asked again after a
+            // lease, it gives nothing back.
+            request = super::core::once(request);
             self.perform(effects).await?;
             let ask = match outcome {
                 Outcome::Reply(reply) => {
