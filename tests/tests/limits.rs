@@ -125,7 +125,7 @@ fn a_steady_callers_requests_are_counted_in_advance_and_stop_at_the_limit() {
     const RPM: u64 = 300;
     let (key, id) = new_key(&server, B, json!(["search"]), json!({ "rpm": RPM }));
     let started = std::time::Instant::now();
-    let (mut ok, mut last_remaining) = (0_u64, None);
+    let (mut ok, mut last) = (0_u64, None);
     let refused = loop {
         let r = search(&server, &key, "how is the lamp trimmed?");
         if r.status != 200 {
@@ -133,13 +133,18 @@ fn a_steady_callers_requests_are_counted_in_advance_and_stop_at_the_limit() {
         }
         ok += 1;
         // What the headers say is left goes down as requests are admitted,
-        // whether the limiter or this isolate's advance admitted them (a
-        // refill may add one now and then).
+        // whether the limiter or this isolate's advance admitted them; it
+        // goes up only by what the bucket refilled since the last answer.
         let left = remaining(&r).expect("a RateLimit header");
-        if let Some(before) = last_remaining {
-            assert!(left < before + 2, "remaining went from {before} to {left}");
+        if let Some((before, at)) = last {
+            let since = std::time::Instant::now().duration_since(at).as_millis() as u64;
+            let refill = (since * RPM).div_ceil(60_000) + 1;
+            assert!(
+                left <= before + refill,
+                "remaining went from {before} to {left} in {since} ms"
+            );
         }
-        last_remaining = Some(left);
+        last = Some((left, std::time::Instant::now()));
         assert!(ok <= 2 * RPM, "never refused after {ok} searches");
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;

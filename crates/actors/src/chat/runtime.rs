@@ -23,7 +23,7 @@ use crate::generation::routing::{chat_chain, generate_routed};
 use crate::generation::{AnyGenerator, ChainConfig};
 use crate::ingest::IngestHandle;
 use crate::limiter::admission::{turn_hold_ms, Applied, Work};
-use crate::limiter::recorder::Used;
+use crate::limiter::recorder::{UsageBuffer, Used, FLUSH_AFTER_MS};
 use crate::limiter::{Admission, LimiterHandle};
 use crate::ports::{
     ChatMessage, Clock, GenerateRequest, GenerationEvent, Kv, Role, RuntimeSleep, SystemClock,
@@ -77,6 +77,41 @@ pub(super) struct Inner {
     pub(super) alarm_at: Cell<Option<u64>>,
     /// Event ids and the events not stored yet.
     pub(super) events: RefCell<EventIds>,
+    /// Ended turns' usage and registry report, sent together a little
+    /// after the first of them ([`Inner::defer_bookkeeping`]).
+    pub(super) bookkeeping: RefCell<Bookkeeping>,
+}
+
+/// What ended turns leave to send: their usage records (for the tenant's
+/// ledger) and the registry's view of the session. Sent at most
+/// [`FLUSH_AFTER_MS`] after the first turn that left it, in one ledger call
+/// and one registry report for every turn of that time, never on a turn's
+/// way to its client or the next turn's.
+#[derive(Debug, Default)]
+pub(super) struct Bookkeeping {
+    usage: UsageBuffer,
+    /// The latest ended turn whose registry report is due.
+    report: Option<u64>,
+    /// Whether a send is scheduled.
+    scheduled: bool,
+}
+
+impl Bookkeeping {
+    /// Adds an ended turn's usage and report; true when nothing was
+    /// scheduled yet (the caller then schedules the send).
+    pub(super) fn add(&mut self, used: Option<Used>, turn: u64) -> bool {
+        if let Some(used) = used {
+            self.usage.add(used);
+        }
+        self.report = Some(self.report.map_or(turn, |t| t.max(turn)));
+        !std::mem::replace(&mut self.scheduled, true)
+    }
+
+    /// Everything due, leaving nothing scheduled.
+    pub(super) fn take(&mut self) -> (Vec<Used>, Option<u64>) {
+        self.scheduled = false;
+        (self.usage.take(), self.report.take())
+    }
 }
 
 thread_local! {
@@ -612,13 +647,16 @@ impl Inner {
                 prices.take();
             }
         }
-        account(
+        // The reservation is settled now (its slot and estimate are held
+        // until then); the usage record and the registry report go a little
+        // later, with those of the turns that end meanwhile.
+        let model = turn_model(served_by, ctx.turn.reservation.as_ref());
+        settle(
             &self.env,
             &ctx.tenant,
             &ctx.request_id,
-            ctx.turn.access.key.as_deref(),
             ctx.turn.reservation.as_ref(),
-            served_by,
+            &model,
             used,
             &prices,
         )
@@ -631,10 +669,58 @@ impl Inner {
                 );
             }
         }
-        // After the turn's last event and its accounting: the client never
-        // waits for the registry.
-        self.report_turn(&ctx.tenant, &ctx.request_id, ctx.id).await;
+        let used = used.map(|usage| Used {
+            caller: caller_of(ctx.turn.access.key.as_deref(), true),
+            model,
+            requests: 1,
+            usage,
+        });
+        self.defer_bookkeeping(&ctx.tenant, used, ctx.id);
         self.rearm().await;
+    }
+
+    /// Leaves an ended turn's usage record and registry report to be sent
+    /// with those of the turns that end in the next [`FLUSH_AFTER_MS`]
+    /// ([`Bookkeeping`]): the ledger and the registry (one object each per
+    /// tenant) get one call a second from a busy session instead of two per
+    /// turn. Kept in memory: an isolate reset in that time loses the usage
+    /// records (the turns' reservations are settled already), and the
+    /// registry catches up with the session's next turn.
+    fn defer_bookkeeping(self: &Rc<Self>, tenant: &TenantId, used: Option<Used>, turn: u64) {
+        if !self.bookkeeping.borrow_mut().add(used, turn) {
+            return;
+        }
+        let (this, tenant) = (Rc::clone(self), tenant.clone());
+        self.state.wait_until(async move {
+            worker::Delay::from(std::time::Duration::from_millis(FLUSH_AFTER_MS)).await;
+            this.send_bookkeeping(&tenant).await;
+        });
+    }
+
+    /// Sends what ended turns left: the usage records, priced with the
+    /// tenant's prices, then the registry report of the latest turn.
+    async fn send_bookkeeping(&self, tenant: &TenantId) {
+        let (used, report) = self.bookkeeping.borrow_mut().take();
+        let request_id = RequestId::from_random(crate::entropy::random_bytes());
+        if !used.is_empty() {
+            let prices = crate::limiter::recorder::prices(&self.env, tenant, &request_id).await;
+            let now = crate::ports::SystemClock.now_ms();
+            let recorded = crate::limiter::recorder::record(
+                &self.env,
+                tenant,
+                &request_id,
+                now,
+                &used,
+                &prices,
+            )
+            .await;
+            if let Err(e) = recorded {
+                worker::console_warn!("chat: the turns' usage was not recorded: {e}");
+            }
+        }
+        if let Some(turn) = report {
+            self.report_turn(tenant, &request_id, turn).await;
+        }
     }
 
     /// Tells the tenant's session registry how the session stands after
@@ -1106,9 +1192,7 @@ pub(super) async fn account(
     if used.is_none() && reservation.is_none() {
         return;
     }
-    let model = model
-        .or_else(|| reservation.and_then(|r| r.model.clone()))
-        .unwrap_or_else(|| "unknown".to_owned());
+    let model = turn_model(model, reservation);
     if let Some(usage) = used {
         let turn = [Used {
             caller: caller_of(key, true),
@@ -1123,6 +1207,29 @@ pub(super) async fn account(
             worker::console_warn!("chat: the turn's usage was not recorded: {e}");
         }
     }
+    settle(env, tenant, request_id, reservation, &model, used, prices).await;
+}
+
+/// The model a turn's usage is charged to: the one that served it, else the
+/// one its reservation named.
+fn turn_model(served_by: Option<String>, reservation: Option<&TurnReservation>) -> String {
+    served_by
+        .or_else(|| reservation.and_then(|r| r.model.clone()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Settles a turn's reservation, if it holds one, with what it used (nothing
+/// used: released). A failure is logged: the reservation then expires at
+/// the limiter and is charged its estimate.
+async fn settle(
+    env: &Env,
+    tenant: &TenantId,
+    request_id: &RequestId,
+    reservation: Option<&TurnReservation>,
+    model: &str,
+    used: Option<TokenUsage>,
+    prices: &PriceTable,
+) {
     let Some(reservation) = reservation else {
         return;
     };
@@ -1145,8 +1252,8 @@ pub(super) async fn account(
                     protocol::limits::Settle {
                         reservation_id: id,
                         usage,
-                        price: prices.price(&model),
-                        model: Some(model.clone()),
+                        price: prices.price(model),
+                        model: Some(model.to_owned()),
                     },
                 )
                 .await
@@ -1156,5 +1263,39 @@ pub(super) async fn account(
         if let Err(e) = settled {
             worker::console_warn!("chat: the turn's reservation was not settled: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn used(caller: &str, output: u64) -> Used {
+        Used {
+            caller: caller.into(),
+            model: "local/extractive".into(),
+            requests: 1,
+            usage: TokenUsage {
+                input_tokens: 10,
+                output_tokens: output,
+            },
+        }
+    }
+
+    #[test]
+    fn ended_turns_are_sent_together_once_scheduled() {
+        let mut b = Bookkeeping::default();
+        assert!(b.add(Some(used("k", 5)), 3), "the first turn schedules");
+        assert!(!b.add(Some(used("k", 7)), 5));
+        assert!(
+            !b.add(None, 4),
+            "a turn that used nothing is still reported"
+        );
+        let (usage, report) = b.take();
+        assert_eq!(report, Some(5), "the latest turn's report covers them");
+        assert_eq!(usage.len(), 1, "summed per caller and model");
+        assert_eq!((usage[0].requests, usage[0].usage.output_tokens), (2, 12));
+        assert_eq!(b.take(), (vec![], None), "nothing is sent twice");
+        assert!(b.add(None, 6), "after a send the next turn schedules again");
     }
 }
