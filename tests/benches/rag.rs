@@ -144,6 +144,7 @@ fn latency_rows(server: &Server, docs: &[Value], label: &str, salt: &str) -> Vec
         })
         .collect();
     let mut rows = Vec::new();
+    let mut cached_row = String::new();
     for mode in ["hybrid", "vector", "keyword"] {
         let mut times: Vec<f64> = queries
             .iter()
@@ -156,23 +157,29 @@ fn latency_rows(server: &Server, docs: &[Value], label: &str, salt: &str) -> Vec
             percentile(&times, 50.0),
             percentile(&times, 99.0)
         ));
+        if mode != "hybrid" {
+            continue;
+        }
+        // The same questions again, right away: the tenant's index keeps its
+        // most recent answers (256 at most), so they come from its cache.
+        let mut cached: Vec<f64> = queries
+            .iter()
+            .take(100)
+            .map(|q| search(server, &format!("{q} hybrid"), "hybrid", 5))
+            .map(|(v, ms)| {
+                assert_eq!(v["cached"], true, "{v}");
+                ms
+            })
+            .collect();
+        cached.sort_by(f64::total_cmp);
+        cached_row = format!(
+            "| {label} | hybrid, cached | {} | {:.1} | {:.1} |",
+            cached.len(),
+            percentile(&cached, 50.0),
+            percentile(&cached, 99.0)
+        );
     }
-    let mut cached: Vec<f64> = queries
-        .iter()
-        .take(100)
-        .map(|q| search(server, &format!("{q} hybrid"), "hybrid", 5))
-        .map(|(v, ms)| {
-            assert_eq!(v["cached"], true);
-            ms
-        })
-        .collect();
-    cached.sort_by(f64::total_cmp);
-    rows.push(format!(
-        "| {label} | hybrid, cached | {} | {:.1} | {:.1} |",
-        cached.len(),
-        percentile(&cached, 50.0),
-        percentile(&cached, 99.0)
-    ));
+    rows.push(cached_row);
     rows
 }
 
