@@ -139,8 +139,8 @@ impl Server {
         .expect("write the secrets file");
         let state = dir.join("state");
         // Another test's server may take a port between `free_port` and
-        // wrangler binding it: then it exits at once, and a second pair of
-        // ports is tried.
+        // wrangler binding it: then ours exits at once (and the other one
+        // may answer our probes), and a second pair of ports is tried.
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -150,7 +150,13 @@ impl Server {
                     server._owned_dir = owned;
                     return server;
                 }
-                Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
+                Err(log)
+                    if attempt < 3
+                        && (log.contains("Address already in use")
+                            || log.starts_with("another server")) =>
+                {
+                    continue
+                }
                 Err(log) => panic!(
                     "wrangler dev exited early; log {}:\n{log}",
                     server.log.display()
@@ -356,8 +362,20 @@ impl Server {
                 .set("x-tenant-id", self.deployment.probe_tenant())
                 .timeout(Duration::from_secs(5))
                 .call();
+            // An answer counts once our wrangler says it listens there: a
+            // server another test started on the same port may answer first.
+            let ours = || {
+                std::fs::read_to_string(&self.log)
+                    .is_ok_and(|log| log.contains(&format!("Ready on {}", self.base)))
+            };
             match probe {
-                Ok(_) | Err(ureq::Error::Status(..)) => return Ok(()),
+                Ok(_) | Err(ureq::Error::Status(..)) if ours() => return Ok(()),
+                Ok(_) | Err(ureq::Error::Status(..)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Ok(_) | Err(ureq::Error::Status(..)) => {
+                    return Err(format!("another server answers on {}", self.base))
+                }
                 Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(200))
                 }

@@ -19,9 +19,11 @@
 //! (the limiter under-admits until its bucket refills, never over).
 //!
 //! An advance belongs to the limits it was granted under: when the caller's
-//! or the tenant's limits change, what is left of it goes back unspent.
+//! or the tenant's limits change, what is left of it is dropped (lost, as
+//! spent: given back under the new limits, it could be credited to a tenant
+//! lease it was never taken from).
 
-use protocol::limits::{Limits, RateLimitInfo, MAX_ADVANCE};
+use protocol::limits::{LimitKind, Limits, RateLimitInfo, MAX_ADVANCE};
 use std::collections::HashMap;
 
 /// How long an advance may be spent, and the span over which an isolate's
@@ -31,6 +33,10 @@ pub const ADVANCE_MS: u64 = 500;
 /// The limiters one isolate keeps advances for. An entry is a few dozen
 /// bytes; a flood of anonymous addresses cannot grow memory past this.
 pub const MAX_LIMITERS: usize = 10_000;
+
+/// The most requests an isolate holds for one limiter (two advances whose
+/// asks crossed); more goes back unspent.
+pub const MAX_HELD: u32 = 2 * MAX_ADVANCE;
 
 /// What the limits were when an advance was granted: the caller's and the
 /// tenant's.
@@ -76,10 +82,19 @@ impl Advance {
         }
     }
 
-    /// What is left goes back with the next admit.
+    /// What is left goes back with the next admit (at most
+    /// [`MAX_ADVANCE`]; the rest is lost, as spent).
     fn set_aside(&mut self) {
         self.unspent = self.unspent.saturating_add(self.left).min(MAX_ADVANCE);
         self.left = 0;
+    }
+
+    /// Drops the advance and what would go back: taken under limits that
+    /// no longer apply, it is lost, as spent (the limiter under-admits
+    /// until its bucket refills, never over).
+    fn forget(&mut self) {
+        self.left = 0;
+        self.unspent = 0;
     }
 
     fn stale(&self, now: u64) -> bool {
@@ -137,19 +152,15 @@ impl Advances {
             }
         }
         let entry = self.by_limiter.entry(limiter.to_owned()).or_default();
-        entry.tick(now);
         if entry.terms != Some(terms) {
-            entry.set_aside();
+            entry.forget();
             entry.terms = Some(terms);
         }
+        entry.tick(now);
         entry.seen = entry.seen.saturating_add(1);
         if entry.left > 0 {
             entry.left -= 1;
-            let left = entry.left;
-            return Take::Spent(entry.info.map(|info| RateLimitInfo {
-                remaining: info.remaining.saturating_add(u64::from(left)),
-                ..info
-            }));
+            return Take::Spent(entry.info.map(|info| with_left(info, entry.left)));
         }
         // What this isolate sent this limiter lately, this request left out.
         let recent = entry.seen_before.max(entry.seen.saturating_sub(1));
@@ -175,21 +186,36 @@ impl Advances {
             return info;
         }
         let entry = self.by_limiter.entry(limiter.to_owned()).or_default();
-        entry.tick(now);
         if entry.terms != Some(terms) {
             // The limits changed while it was asked: not to be spent under
-            // the new ones.
-            entry.unspent = entry.unspent.saturating_add(advanced).min(MAX_ADVANCE);
+            // the new ones, nor given back under them (the limiter took it
+            // under the old ones): lost, as spent.
             return info;
         }
-        entry.left = entry.left.saturating_add(advanced).min(2 * MAX_ADVANCE);
+        entry.tick(now);
+        // Grants of asks that crossed: what is past the bound goes back.
+        let total = entry.left.saturating_add(advanced);
+        entry.left = total.min(MAX_HELD);
+        entry.unspent = entry
+            .unspent
+            .saturating_add(total - entry.left)
+            .min(MAX_ADVANCE);
         entry.until_ms = now.saturating_add(ADVANCE_MS);
         entry.info = info;
-        let left = entry.left;
-        info.map(|info| RateLimitInfo {
-            remaining: info.remaining.saturating_add(u64::from(left)),
-            ..info
-        })
+        info.map(|info| with_left(info, entry.left))
+    }
+}
+
+/// The headers' numbers of a request admitted here: what the limiter had
+/// left, plus what remains of the advance when the numbers are about
+/// requests (`rpm`; an advance is no tokens).
+fn with_left(info: RateLimitInfo, left: u32) -> RateLimitInfo {
+    if info.limit_kind != LimitKind::Rpm {
+        return info;
+    }
+    RateLimitInfo {
+        remaining: info.remaining.saturating_add(u64::from(left)),
+        ..info
     }
 }
 
@@ -197,7 +223,7 @@ impl Advances {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-    use protocol::limits::{LimitKind, LimitScope};
+    use protocol::limits::LimitScope;
 
     fn terms(rpm: u32) -> Terms {
         (
@@ -288,18 +314,56 @@ mod tests {
     }
 
     #[test]
-    fn new_limits_set_an_advance_aside() {
+    fn new_limits_drop_an_advance() {
         let mut a = Advances::new();
         let k = "acme:limiter:k";
         let t = 1_000_000;
         a.take(k, terms(1_000), t);
         a.grant(k, terms(1_000), 5, None, t);
-        // The key's limit was lowered: what is left is not spent under it.
-        assert_eq!(ask(a.take(k, terms(10), t + 1)).1, 5);
-        // A grant made under the old limits arriving after the change is
-        // given back too.
+        // The key's limit was lowered: what is left is neither spent under
+        // it nor given back (it was taken under the old one).
+        assert_eq!(ask(a.take(k, terms(10), t + 1)).1, 0);
+        // Nor is a grant made under the old limits arriving after the change.
         a.grant(k, terms(1_000), 2, None, t + 2);
-        assert_eq!(ask(a.take(k, terms(10), t + 3)).1, 2);
+        assert_eq!(ask(a.take(k, terms(10), t + 3)).1, 0);
+        // What expired under the old limits does not go back under the new.
+        let j = "acme:limiter:j";
+        a.take(j, terms(1_000), t);
+        a.grant(j, terms(1_000), 5, None, t);
+        assert_eq!(ask(a.take(j, terms(10), t + ADVANCE_MS + 1)).1, 0);
+    }
+
+    #[test]
+    fn crossed_grants_beyond_the_bound_go_back() {
+        let mut a = Advances::new();
+        let k = "acme:limiter:k";
+        let t = 1_000_000;
+        a.take(k, terms(1_000), t);
+        a.grant(k, terms(1_000), MAX_ADVANCE, None, t);
+        a.grant(k, terms(1_000), MAX_ADVANCE, None, t);
+        a.grant(k, terms(1_000), 3, None, t);
+        for _ in 0..MAX_HELD {
+            assert!(matches!(a.take(k, terms(1_000), t + 1), Take::Spent(_)));
+        }
+        assert_eq!(ask(a.take(k, terms(1_000), t + 2)).1, 3);
+    }
+
+    #[test]
+    fn token_headers_do_not_count_an_advance() {
+        let mut a = Advances::new();
+        let k = "acme:limiter:k";
+        let t = 1_000_000;
+        let tokens = RateLimitInfo {
+            limit_kind: LimitKind::Tpm,
+            ..info(50_000)
+        };
+        a.take(k, terms(1_000), t);
+        assert_eq!(
+            a.grant(k, terms(1_000), 4, Some(tokens), t),
+            Some(tokens),
+            "the advance is requests, not tokens"
+        );
+        assert_eq!(a.take(k, terms(1_000), t + 1), Take::Spent(Some(tokens)));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! with [`LimiterCore::restore`].
 //!
 //! Rules, in the order an admit checks them (all checks before any change,
-//! so a refusal changes nothing):
+//! so a refusal changes nothing but the limits it adopts and the unspent
+//! requests it gives back, [`Admit::unspent`]):
 //! 1. **budgets**: for every budget set, `used + reserved + estimate <= limit`
 //!    in its UTC window, day before month; a refusal names the budget. A
 //!    budget is checked first because waiting for a rate limit would not help.
@@ -84,7 +85,9 @@ pub enum Effect {
     /// request's spend from the rate buckets (and the lease), no
     /// reservation, no budget. An isolate reset before the write forgets
     /// those spends, so a key may be admitted that many requests again: at
-    /// most what it was admitted in the last [`PERSIST_SOON_MS`].
+    /// most what it was admitted in the last [`PERSIST_SOON_MS`], plus what
+    /// isolates give back of advances it granted in that time and forgot
+    /// (at most [`protocol::limits::MAX_ADVANCE`] per isolate).
     PersistSoon,
     /// Set the object's alarm to this time (ms since the Unix epoch).
     SetAlarm(u64),
@@ -695,9 +698,17 @@ impl LimiterCore {
             return 0;
         }
         let s = &mut self.state;
+        // What a counter that has `left` may advance.
+        let share = |left: u64| {
+            if left < 2 * ADVANCE_SHARE {
+                0
+            } else {
+                left / ADVANCE_SHARE
+            }
+        };
         let mut grant = u64::from(admit.advance);
         if let Some(b) = &s.rpm {
-            grant = grant.min(b.available() / ADVANCE_SHARE);
+            grant = grant.min(share(b.available()));
         }
         let tenant_rpm = admit.tenant_limits.rpm.is_some();
         if tenant_rpm {
@@ -706,7 +717,7 @@ impl LimiterCore {
             } else {
                 0
             };
-            grant = grant.min(have / ADVANCE_SHARE);
+            grant = grant.min(share(have));
         }
         if grant == 0 {
             return 0;
@@ -1485,6 +1496,11 @@ mod tests {
             }
         }
         assert_eq!(admitted, 10);
+
+        // Fewer than 32 left (19 here): nothing is advanced.
+        let mut ask = request(limits(Some(20), None, None));
+        ask.advance = MAX_ADVANCE;
+        assert_eq!(advanced(&mut LimiterCore::new(), &ask, t), 0);
 
         // Without any `rpm` (a key with only other limits) there is nothing
         // to count: the whole advance is granted.
