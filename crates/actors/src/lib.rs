@@ -14,7 +14,8 @@
 //! Actors: [`coordinator`] (`TenantCoordinator`) and [`ingest`]
 //! (`IngestQueue`), one of each per tenant; [`chat`] (`ChatSession`), one per
 //! conversation; [`limiter`] (`RateLimiter`), one per key and one ledger per
-//! tenant.
+//! tenant; [`replica`] (`SearchReplica`), `SEARCH_REPLICAS` read copies of a
+//! tenant's index that answer its searches.
 //!
 //! Around them: the [`ports`] (embedder, vector index, KV, clock, sleep, generator)
 //! with their [`cloudflare`] and [`embedded`] implementations, chosen by
@@ -44,6 +45,7 @@ pub mod observe;
 mod porter;
 pub mod ports;
 pub mod providers;
+pub mod replica;
 pub mod retrieval;
 pub mod rpc;
 pub mod sql;
@@ -53,6 +55,7 @@ pub use coordinator::{CoordinatorHandle, TenantCoordinator};
 pub use error::ActorError;
 pub use ingest::{IngestHandle, IngestQueue};
 pub use limiter::{LimiterHandle, RateLimiter};
+pub use replica::{SearchHandle, SearchReplica};
 
 /// Tests of the JS glue and of the wasm-only code paths, run in Node with
 /// `wasm-bindgen-test-runner` (`cargo xtask test` does).

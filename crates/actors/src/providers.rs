@@ -6,7 +6,7 @@
 //! (`embedded` | `vectorize`), `EMBEDDING_MODEL`, `CHUNK_MAX_CHARS`,
 //! `CHUNK_OVERLAP_CHARS`, the bounds (`INGEST_MAX_PENDING_JOBS`,
 //! `INGEST_MAX_BACKLOG_BYTES`, `EMBEDDED_MAX_CHUNKS`, `INGEST_MAX_ATTEMPTS`),
-//! and `FAULT_INJECTION`
+//! `SEARCH_REPLICAS`, and `FAULT_INJECTION`
 //! (tests only; honoured only with the embedded embedder, so no deployed
 //! configuration can enable it).
 
@@ -60,7 +60,16 @@ pub mod vars {
     /// A Workers AI reranking model (`@cf/baai/bge-reranker-base`) that
     /// reorders each search's best documents; unset: no reranking.
     pub const RERANK_MODEL: &str = "RERANK_MODEL";
+    /// Search replicas per tenant (0 to 16): read copies of the index that
+    /// answer its searches, so none runs in the object that writes it.
+    pub const SEARCH_REPLICAS: &str = "SEARCH_REPLICAS";
 }
+
+/// Default of `SEARCH_REPLICAS`: two read copies, so no search runs in the
+/// writer and a busy tenant's searches spread over two objects; each holds
+/// its own copy of the index (with the embedded index, its vectors in
+/// memory once it answers a vector search).
+pub const DEFAULT_SEARCH_REPLICAS: u32 = 2;
 
 /// Default of `INGEST_MAX_PENDING_JOBS`.
 pub const DEFAULT_MAX_PENDING_JOBS: usize = 500;
@@ -119,6 +128,9 @@ pub struct Settings {
     pub reranker: Option<String>,
     /// The bounds.
     pub bounds: Bounds,
+    /// Search replicas per tenant (`SEARCH_REPLICAS`; 0: the writer
+    /// answers searches itself).
+    pub search_replicas: u32,
 }
 
 impl Settings {
@@ -178,6 +190,19 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Settings, String
             ))
         }
     };
+    let search_replicas = match var(vars::SEARCH_REPLICAS).as_deref().map(str::trim) {
+        None | Some("") => DEFAULT_SEARCH_REPLICAS,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if n <= protocol::replica::MAX_REPLICAS => n,
+            _ => {
+                return Err(format!(
+                    "{} is {v:?}; expected a whole number from 0 to {}",
+                    vars::SEARCH_REPLICAS,
+                    protocol::replica::MAX_REPLICAS
+                ))
+            }
+        },
+    };
     let d = Bounds::default();
     let bounds = Bounds {
         max_pending_jobs: usize::try_from(bound(
@@ -202,6 +227,7 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Settings, String
         fault_injection: !workers_ai && var(vars::FAULT_INJECTION).as_deref() == Some("enabled"),
         reranker,
         bounds,
+        search_replicas,
     })
 }
 
@@ -440,6 +466,23 @@ mod tests {
         );
         for bad in ["0", "-1", "lots", "1e6"] {
             assert!(from(&[("EMBEDDED_MAX_CHUNKS", bad)]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn search_replicas_default_to_two_and_are_checked() {
+        assert_eq!(from(&[]).unwrap().search_replicas, DEFAULT_SEARCH_REPLICAS);
+        assert_eq!(
+            from(&[("SEARCH_REPLICAS", " 0 ")]).unwrap().search_replicas,
+            0
+        );
+        assert_eq!(
+            from(&[("SEARCH_REPLICAS", "16")]).unwrap().search_replicas,
+            16
+        );
+        for bad in ["17", "-1", "two", "1.5"] {
+            let e = from(&[("SEARCH_REPLICAS", bad)]).unwrap_err();
+            assert!(e.contains("SEARCH_REPLICAS"), "{bad}: {e}");
         }
     }
 

@@ -19,7 +19,7 @@ use crate::tenant::{TenantMode, TENANT_HEADER};
 use crate::{auth, body, errors, limits, openai, routing};
 use actors::chat::{Resumed, TurnStream};
 use actors::limiter::{admit_applied, Admission, LedgerHandle, LimitedBy, LimiterHandle};
-use actors::{ChatHandle, CoordinatorHandle, IngestHandle};
+use actors::{ChatHandle, CoordinatorHandle, IngestHandle, SearchHandle};
 use futures::StreamExt;
 use protocol::chat::{Access, ChatEvent, TurnReservation, DEFAULT_MAX_TOKENS};
 use protocol::coordinator::{AnonymousAccess, DefaultModels};
@@ -959,7 +959,7 @@ async fn json_reply(
                 caller: Some(caller.identity.caller()),
                 ..search
             };
-            let results = IngestHandle::new(env, &tenant)?
+            let results = SearchHandle::for_query(env, &tenant, &search.query)?
                 .search(request_id, search)
                 .await?;
             ok_json(&results)

@@ -31,7 +31,7 @@ pub mod sse;
 pub mod tenant;
 pub mod ui;
 
-pub use actors::{ChatSession, IngestQueue, RateLimiter, TenantCoordinator};
+pub use actors::{ChatSession, IngestQueue, RateLimiter, SearchReplica, TenantCoordinator};
 
 #[cfg(target_arch = "wasm32")]
 thread_local! {

@@ -206,6 +206,10 @@ pub enum IngestRequest {
     Embed(Embed),
     /// A page of the tenant's indexed documents.
     ListDocuments(crate::listing::ListDocuments),
+    /// Writer → search replica: one change of the index.
+    Replicate(crate::replica::Replicate),
+    /// Search replica → writer: a page of the whole index, to copy it.
+    ExportChunks(crate::replica::ExportChunks),
 }
 
 /// Most texts in one [`Embed`].
@@ -334,6 +338,12 @@ pub enum IngestResponse {
     Embeddings(Embeddings),
     /// Answers `ListDocuments`.
     Documents(crate::listing::DocumentPage),
+    /// Answers `Replicate`.
+    Replicated(crate::replica::Replicated),
+    /// Answers `ExportChunks`.
+    Chunks(crate::replica::ChunkPage),
+    /// Answers `Inspect` at a search replica.
+    Replica(crate::replica::ReplicaView),
 }
 
 /// Where a job is.
@@ -528,6 +538,9 @@ pub struct IngestSnapshot {
     pub vector_backend: String,
     /// Embedder failures still to inject (tests only).
     pub pending_faults: u32,
+    /// Search replicas and what the writer answered itself.
+    #[serde(default)]
+    pub replication: crate::replica::Replication,
 }
 
 /// Why a request is refused.

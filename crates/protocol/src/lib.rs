@@ -23,6 +23,7 @@
 //! - [`listing`]: the operators' listings (sessions, documents, tenants),
 //!   their pages and cursors;
 //! - [`metrics`]: request metrics (cells, latency histograms, the report);
+//! - [`replica`]: the writer's changes to its search replicas, and their copies;
 //! - [`actor`]: what every actor shares, such as [`ActorKind`].
 
 pub mod actor;
@@ -39,6 +40,7 @@ pub mod limits;
 pub mod listing;
 pub mod metrics;
 pub mod models;
+pub mod replica;
 pub mod usage;
 
 pub use actor::ActorKind;

@@ -369,6 +369,24 @@ mod ingest_messages {
             }),
             IngestRequest::Inspect(Inspect {}),
             IngestRequest::InjectFaults(InjectFaults { embed_failures: 2 }),
+            IngestRequest::Replicate(protocol::replica::Replicate {
+                seq: 7,
+                change: protocol::replica::ReplicaChange::Upsert(vec![
+                    protocol::replica::ChunkRecord {
+                        id: "c1".into(),
+                        values: vec![0.5, -1.25],
+                        metadata: meta(),
+                    },
+                ]),
+            }),
+            IngestRequest::Replicate(protocol::replica::Replicate {
+                seq: 8,
+                change: protocol::replica::ReplicaChange::Delete(vec!["c1".into()]),
+            }),
+            IngestRequest::ExportChunks(protocol::replica::ExportChunks {
+                after: 12,
+                limit: 256,
+            }),
         ]
     }
 
@@ -403,8 +421,27 @@ mod ingest_messages {
                 embedder: "local/hashed-768".into(),
                 vector_backend: "embedded-sqlite".into(),
                 pending_faults: 0,
+                replication: protocol::replica::Replication {
+                    replicas: 2,
+                    seq: 8,
+                    searches: 0,
+                    pages_exported: 3,
+                },
             }),
             IngestResponse::FaultsInjected(InjectFaults { embed_failures: 1 }),
+            IngestResponse::Replicated(protocol::replica::Replicated { seq: None }),
+            IngestResponse::Chunks(protocol::replica::ChunkPage {
+                seq: 8,
+                records: vec![],
+                next: Some(300),
+            }),
+            IngestResponse::Replica(protocol::replica::ReplicaView {
+                seq: Some(8),
+                chunks: 40,
+                searches: 2,
+                copies: 1,
+                applied: 5,
+            }),
         ]
     }
 

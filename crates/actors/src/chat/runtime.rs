@@ -21,7 +21,7 @@ use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
 pub(super) use crate::error::internal;
 use crate::generation::routing::{chat_chain, generate_routed};
 use crate::generation::{AnyGenerator, ChainConfig};
-use crate::ingest::IngestHandle;
+use crate::replica::SearchHandle;
 use crate::limiter::admission::{turn_hold_ms, Applied, Work};
 use crate::limiter::recorder::{UsageBuffer, Used, FLUSH_AFTER_MS};
 use crate::limiter::{Admission, LimiterHandle};
@@ -996,7 +996,7 @@ impl Inner {
                     },
                     Err(e) => return (json!({ "error": e }), true),
                 };
-                let found = match IngestHandle::new(&self.env, tenant) {
+                let found = match SearchHandle::for_query(&self.env, tenant, &search.query) {
                     Ok(handle) => handle.search(request_id, search).await,
                     Err(e) => Err(e),
                 };

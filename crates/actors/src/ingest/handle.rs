@@ -27,7 +27,8 @@ macro_rules! expect_reply {
     };
 }
 
-fn variant_name(reply: &IngestResponse) -> &'static str {
+/// The name of `reply`'s variant, for an unexpected reply's error.
+pub(crate) fn variant_name(reply: &IngestResponse) -> &'static str {
     match reply {
         IngestResponse::Accepted(_) => "Accepted",
         IngestResponse::Job(_) => "Job",
@@ -37,6 +38,15 @@ fn variant_name(reply: &IngestResponse) -> &'static str {
         IngestResponse::FaultsInjected(_) => "FaultsInjected",
         IngestResponse::Embeddings(_) => "Embeddings",
         IngestResponse::Documents(_) => "Documents",
+        IngestResponse::Replicated(_) => "Replicated",
+        IngestResponse::Chunks(_) => "Chunks",
+        IngestResponse::Replica(_) => "Replica",
+    }
+}
+
+impl crate::rpc::NamedReply for IngestResponse {
+    fn variant(&self) -> &'static str {
+        variant_name(self)
     }
 }
 
@@ -130,6 +140,19 @@ impl IngestHandle {
     ) -> Result<InjectFaults, ActorError> {
         let message = IngestRequest::InjectFaults(InjectFaults { embed_failures });
         expect_reply!(self.send(request_id, message).await?, FaultsInjected)
+    }
+
+    /// A page of the tenant's index, for a search replica's copy.
+    pub async fn export_chunks(
+        &self,
+        request_id: &RequestId,
+        export: protocol::replica::ExportChunks,
+    ) -> Result<protocol::replica::ChunkPage, ActorError> {
+        expect_reply!(
+            self.send(request_id, IngestRequest::ExportChunks(export))
+                .await?,
+            Chunks
+        )
     }
 
     /// Embeds texts with the tenant's embedding model (nothing is stored).

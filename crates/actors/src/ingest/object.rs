@@ -13,27 +13,20 @@
 use super::core::{Effect, QueueCore, WorkItem};
 use super::facts::JobDoc;
 use super::faults::SqlFaults;
+use super::reader::Reader;
+use super::replication::{self, ReplicatedIndex, Replicator};
 use super::requests::{self, internal};
 use super::restore;
-use super::search::{choose_mode, needs_tenant_floor, ResultCache, SearchPlan, CACHE_TTL_SECS};
 use super::store::QueueStore;
 use super::work::{self, Budget, DocRun, Done, Finish, Step, WorkRun, Worked};
-use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
-use crate::embedding_model;
-use crate::limiter::recorder::{self, Used};
-use crate::ports::{Clock, Embedder, Kv, PortError, Reranker, SystemClock, VectorIndex};
-use crate::providers::{self, AnyEmbedder, AnyIndex, Settings, TenantAi};
-use crate::retrieval::MemIndex;
+use crate::ports::{Clock, Embedder, PortError, SystemClock, VectorIndex};
+use crate::providers::{self, AnyEmbedder, Settings};
 use crate::rpc;
-use protocol::ingest::{Document, Enqueue, IngestRequest, IngestResponse, ScoreFloor, Search};
-use protocol::limits::TokenUsage;
-use protocol::{Envelope, ErrorCode, ErrorReply, RequestId, TenantId};
+use protocol::ingest::{Document, Enqueue, IngestRequest, IngestResponse};
+use protocol::replica::Replication;
+use protocol::{Envelope, ErrorCode, ErrorReply, TenantId};
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 use worker::{durable_object, Env, Request as HttpRequest, Response, ScheduledTime, State};
-
-/// Most texts in one embedder call (Workers AI takes 100).
-const EMBED_BATCH: usize = 100;
 
 /// Clears the "a work run is going" flag when dropped.
 struct Working<'a>(&'a Cell<bool>);
@@ -58,16 +51,13 @@ pub struct IngestQueue {
     clock: SystemClock,
     /// Loaded on first use.
     loaded: RefCell<Option<Loaded>>,
-    /// The embedded index's vectors, loaded on first vector search.
-    mem: Rc<RefCell<Option<MemIndex>>>,
     /// A work loop is running (they must not overlap).
     working: Cell<bool>,
-    /// Embedding usage not yet written to the ledger.
-    usage: Rc<RefCell<recorder::UsageBuffer>>,
-    /// Recent search answers.
-    answers: RefCell<ResultCache>,
-    /// The index's chunk count, once counted (forgotten by every write).
-    chunks: Rc<Cell<Option<u64>>>,
+    /// The read path (searches where no replica answers them, embeddings,
+    /// the embedder's usage).
+    reader: Reader,
+    /// Numbers the index's changes and sends them to the replicas.
+    replicator: Replicator,
 }
 
 impl IngestQueue {
@@ -83,63 +73,22 @@ impl IngestQueue {
         providers::from_env(&self.env).map_err(|e| internal(format!("misconfigured: {e}")))
     }
 
-    /// The tenant's embedding model and route to Workers AI; nothing to
-    /// read in an embedded deployment. Settings that cannot be read are an
-    /// error (the work is retried, the search fails): another model would
-    /// write vectors that cannot be compared with the index's.
-    async fn tenant_ai(
-        &self,
-        tenant: &TenantId,
+    /// The writer's index: its own, each write then sent to every search
+    /// replica as a numbered change.
+    fn index<'a>(
+        &'a self,
+        tenant: &'a TenantId,
         settings: &Settings,
-    ) -> Result<TenantAi, PortError> {
-        if !settings.workers_ai {
-            return Ok(TenantAi::default());
-        }
-        let request_id = RequestId::from_random(crate::entropy::random_bytes());
-        let current = crate::coordinator::tenant_settings(&self.env, tenant, &request_id)
-            .await
-            .map_err(|e| PortError::Failed {
-                service: "TenantCoordinator",
-                message: format!("the tenant's embedding model could not be read: {e}"),
-            })?;
-        let model = embedding_model::model_in_use(settings, &current.default_models.embedding)
-            .map_err(|e| PortError::Unsupported(e.to_string()))?;
-        Ok(TenantAi {
-            embedding_model: model,
-            route: Route {
-                gateway: current.ai_gateway,
-                metadata: GatewayMetadata {
-                    tenant_id: tenant.as_str().to_owned(),
-                    key_id: None,
-                    session_id: None,
-                },
-            },
-        })
-    }
-
-    /// The tenant's `searchFloor`, if it set one, from its settings as
-    /// every actor reads them (cached 1 s in the isolate).
-    async fn tenant_floor(&self, tenant: &TenantId) -> Result<Option<ScoreFloor>, PortError> {
-        let request_id = RequestId::from_random(crate::entropy::random_bytes());
-        crate::coordinator::tenant_settings(&self.env, tenant, &request_id)
-            .await
-            .map(|settings| settings.search_floor)
-            .map_err(|e| PortError::Failed {
-                service: "TenantCoordinator",
-                message: format!("the tenant's search floor could not be read: {e}"),
-            })
-    }
-
-    fn index(&self, tenant: &TenantId, settings: &Settings) -> Result<AnyIndex, PortError> {
-        let sql = self.state.storage().sql();
-        AnyIndex::new(
-            &self.env,
-            settings,
+    ) -> Result<ReplicatedIndex<'a>, PortError> {
+        Ok(ReplicatedIndex {
+            index: self.reader.index(self.state.storage().sql(), tenant, settings)?,
+            replicator: &self.replicator,
+            env: &self.env,
+            sql: self.state.storage().sql(),
             tenant,
-            sql,
-            self.mem.clone(),
-            self.chunks.clone(),
-        )
+            replicas: settings.search_replicas,
+            with_vectors: !settings.vectorize,
+        })
     }
 
     /// Loads the queue (creating the tables on first use). `claimed` is the
@@ -277,7 +226,7 @@ impl IngestQueue {
             Err(e) => return self.stop(&e),
         };
         let faults = Some(SqlFaults::new(self.state.storage().sql()));
-        let ports = match self.tenant_ai(tenant, settings).await {
+        let ports = match self.reader.tenant_ai(tenant, settings).await {
             Ok(ai) => AnyEmbedder::new(&self.env, settings, faults, &ai)
                 .and_then(|embedder| Ok((embedder, self.index(tenant, settings)?))),
             Err(e) => Err(e),
@@ -294,7 +243,13 @@ impl IngestQueue {
                 (Step::Embed, Ok((embedder, _))) => {
                     let embedded = embedder.embed(run.chunks()).await;
                     if embedded.is_ok() {
-                        self.charge(tenant, caller.clone(), embedder.model(), run.chunks());
+                        self.reader.charge(
+                            &self.state,
+                            tenant,
+                            caller.clone(),
+                            embedder.model(),
+                            run.chunks(),
+                        );
                     }
                     embedded.map(Done::Embedded)
                 }
@@ -311,41 +266,6 @@ impl IngestQueue {
                 Err(e) => return self.stop(&e),
             };
         }
-    }
-
-    /// Counts what embedding `texts` used. Usage is gathered in memory and
-    /// written to the ledger at most once a second
-    /// ([`recorder::FLUSH_AFTER_MS`]), beside the work: a search or an
-    /// indexed document never waits for it, and the ledger takes one batch
-    /// a second from a busy queue, not one message per search.
-    fn charge(&self, tenant: &TenantId, caller: Option<String>, model: &str, texts: &[String]) {
-        let used = Used {
-            caller: caller.unwrap_or_else(|| protocol::usage::OPERATOR.to_owned()),
-            model: model.to_owned(),
-            requests: 1,
-            usage: TokenUsage {
-                input_tokens: protocol::usage::embedding_tokens(texts),
-                output_tokens: 0,
-            },
-        };
-        if !self.usage.borrow_mut().add(used) {
-            return;
-        }
-        let (env, tenant, usage) = (self.env.clone(), tenant.clone(), Rc::clone(&self.usage));
-        self.state.wait_until(async move {
-            worker::Delay::from(std::time::Duration::from_millis(recorder::FLUSH_AFTER_MS)).await;
-            let batch = usage.borrow_mut().take();
-            if batch.is_empty() {
-                return;
-            }
-            let request_id = RequestId::from_random(crate::entropy::random_bytes());
-            let prices = recorder::prices(&env, &tenant, &request_id).await;
-            let now = SystemClock.now_ms();
-            if let Err(e) = recorder::record(&env, &tenant, &request_id, now, &batch, &prices).await
-            {
-                worker::console_warn!("ingest queue: embedding usage not recorded: {e}");
-            }
-        });
     }
 
     /// Persists how a document's work ended.
@@ -388,143 +308,6 @@ impl IngestQueue {
         answer
     }
 
-    async fn search(
-        &self,
-        tenant: &TenantId,
-        settings: &Settings,
-        search: Search,
-    ) -> Result<IngestResponse, ErrorReply> {
-        search.validate().map_err(requests::invalid)?;
-        let index = self.index(tenant, settings)?;
-        let mode = choose_mode(search.mode, |m| index.supports(m), index.backend())?;
-        let version = self.with_core(|c| c.index())?;
-        let tenant_floor = if needs_tenant_floor(&search) {
-            self.tenant_floor(tenant).await?
-        } else {
-            None
-        };
-        let plan = SearchPlan::new(tenant, &search, mode, version, tenant_floor)
-            .reranked_by(settings.reranker.as_deref());
-        if let Some(results) = self.answers.borrow_mut().get(&plan) {
-            return Ok(IngestResponse::Results(results));
-        }
-        let cache = providers::cache(&self.env)
-            .filter(|_| plan.uses_kv(settings.workers_ai, settings.vectorize));
-        if let Some(cache) = &cache {
-            if let Some(hit) = cache.get(&plan.key).await.ok().flatten() {
-                if let Some(results) = plan.cached(&hit) {
-                    self.answers.borrow_mut().put(&plan, &results);
-                    return Ok(IngestResponse::Results(results));
-                }
-            }
-        }
-        let vector = if plan.embeds() {
-            // Injected failures are for indexing: a search never takes one.
-            let ai = self.tenant_ai(tenant, settings).await?;
-            let embedder = AnyEmbedder::new(&self.env, settings, None::<SqlFaults>, &ai)?;
-            let query = std::slice::from_ref(&search.query);
-            let vector = embedder.embed(query).await?.into_iter().next();
-            self.charge(tenant, search.caller.clone(), embedder.model(), query);
-            vector
-        } else {
-            None
-        };
-        let hits = index.query(plan.query(&search, vector.as_deref())).await?;
-        let shortlist = plan.shortlist(hits);
-        let (scores, complete) = self.rerank(tenant, settings, &search, &shortlist).await;
-        let results = plan.finish(shortlist, scores);
-        let now = self.now();
-        if !(complete && plan.cacheable(settings.vectorize, now)) {
-            return Ok(IngestResponse::Results(results));
-        }
-        self.answers.borrow_mut().put(&plan, &results);
-        let value = cache
-            .as_ref()
-            .and_then(|_| plan.cache_value(&results, settings.vectorize, now));
-        if let (Some(cache), Some(value)) = (cache, value) {
-            // The answer does not wait for the cache write.
-            let key = plan.key;
-            self.state.wait_until(async move {
-                if let Err(e) = cache.put(&key, &value, CACHE_TTL_SECS).await {
-                    worker::console_warn!("search cache write failed: {e}");
-                }
-            });
-        }
-        Ok(IngestResponse::Results(results))
-    }
-
-    /// The reranker's scores for `shortlist`, where the deployment reranks
-    /// and there is an order to choose, charged to the caller; and whether
-    /// the answer is complete. A reranker that fails leaves retrieval's
-    /// order (the search still answers) in an answer that is not cached.
-    async fn rerank(
-        &self,
-        tenant: &TenantId,
-        settings: &Settings,
-        search: &Search,
-        shortlist: &[crate::ports::VectorHit],
-    ) -> (Option<Vec<f64>>, bool) {
-        if settings.reranker.is_none() || shortlist.len() < 2 {
-            return (None, true);
-        }
-        let texts = SearchPlan::rerank_texts(shortlist);
-        let scored = match self.tenant_ai(tenant, settings).await {
-            Ok(ai) => match providers::reranker(&self.env, settings, &ai) {
-                Ok(Some(reranker)) => reranker
-                    .rerank(&search.query, &texts)
-                    .await
-                    .map(|scores| (scores, reranker.model().to_owned())),
-                Ok(None) => return (None, true),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        match scored {
-            Ok((scores, model)) => {
-                let mut charged = texts;
-                charged.push(search.query.clone());
-                self.charge(tenant, search.caller.clone(), &model, &charged);
-                (Some(scores), true)
-            }
-            Err(e) => {
-                worker::console_warn!("search: the reranker failed, retrieval's order kept: {e}");
-                (None, false)
-            }
-        }
-    }
-
-    /// Embeds texts with the tenant's model, in calls of at most
-    /// [`EMBED_BATCH`] texts, and charges them to the caller.
-    async fn embed(
-        &self,
-        tenant: &TenantId,
-        settings: &providers::Settings,
-        embed: protocol::ingest::Embed,
-    ) -> Result<IngestResponse, ErrorReply> {
-        embed
-            .validate()
-            .map_err(|m| ErrorReply::new(ErrorCode::InvalidRequest, m))?;
-        let ai = self.tenant_ai(tenant, settings).await?;
-        let embedder = AnyEmbedder::new(&self.env, settings, None::<SqlFaults>, &ai)?;
-        let mut vectors = Vec::with_capacity(embed.texts.len());
-        for batch in embed.texts.chunks(EMBED_BATCH) {
-            let got = embedder.embed(batch).await?;
-            if got.len() != batch.len() {
-                return Err(ErrorReply::new(
-                    ErrorCode::BadUpstream,
-                    format!("{} vectors for {} texts", got.len(), batch.len()),
-                ));
-            }
-            vectors.extend(got);
-        }
-        self.charge(tenant, embed.caller.clone(), embedder.model(), &embed.texts);
-        Ok(IngestResponse::Embeddings(protocol::ingest::Embeddings {
-            model: embedder.model().to_owned(),
-            vectors,
-            tokens: protocol::usage::embedding_tokens(&embed.texts),
-        }))
-    }
-
     async fn handle(
         &self,
         envelope: Envelope<IngestRequest>,
@@ -544,18 +327,50 @@ impl IngestQueue {
                 self.delete_document(&tenant, &settings, &delete.doc_id)
                     .await
             }
-            IngestRequest::Search(search) => self.search(&tenant, &settings, search).await,
+            IngestRequest::Search(search) => {
+                // Where the deployment runs no replicas, or a caller still
+                // sends here: the writer's own copy answers.
+                let index = self
+                    .reader
+                    .index(self.state.storage().sql(), &tenant, &settings)?;
+                let version = self.with_core(|c| c.index())?;
+                self.reader
+                    .search(&self.state, &index, &tenant, &settings, version, search)
+                    .await
+            }
             IngestRequest::Inspect(_) => {
                 let counts = self.store().counts()?;
-                let snapshot = self.with_core(|c| requests::snapshot(c, &settings, counts))?;
+                let mut snapshot = self.with_core(|c| requests::snapshot(c, &settings, counts))?;
+                snapshot.replication = Replication {
+                    replicas: settings.search_replicas,
+                    seq: replication::last_seq(&self.state.storage().sql())
+                        .map_err(|e| internal(e.to_string()))?,
+                    searches: self.reader.searches(),
+                    pages_exported: self.replicator.pages_exported(),
+                };
                 Ok(IngestResponse::Snapshot(snapshot))
             }
+            IngestRequest::ExportChunks(export) => {
+                let page = self
+                    .replicator
+                    .export(&self.state.storage().sql(), export)
+                    .map_err(|e| internal(e.to_string()))?;
+                Ok(IngestResponse::Chunks(page))
+            }
+            IngestRequest::Replicate(_) => Err(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                "the tenant's index is written here; changes go to its search replicas",
+            )),
             IngestRequest::InjectFaults(injected) => {
                 requests::allow_fault_injection(&settings)?;
                 self.store().arm_faults(injected.embed_failures)?;
                 Ok(IngestResponse::FaultsInjected(injected))
             }
-            IngestRequest::Embed(embed) => self.embed(&tenant, &settings, embed).await,
+            IngestRequest::Embed(embed) => {
+                self.reader
+                    .embed(&self.state, &tenant, &settings, embed)
+                    .await
+            }
             IngestRequest::ListDocuments(list) => {
                 if !(1..=protocol::listing::MAX_PAGE_LIMIT).contains(&list.limit) {
                     return Err(ErrorReply::new(
@@ -577,15 +392,13 @@ impl worker::DurableObject for IngestQueue {
 
     fn new(state: State, env: Env) -> Self {
         Self {
+            reader: Reader::new(env.clone()),
             state,
             env,
             clock: SystemClock,
             loaded: RefCell::new(None),
-            mem: Rc::new(RefCell::new(None)),
             working: Cell::new(false),
-            usage: Rc::default(),
-            answers: RefCell::default(),
-            chunks: Rc::default(),
+            replicator: Replicator::default(),
         }
     }
 

@@ -138,6 +138,8 @@ pub fn snapshot(core: &QueueCore, settings: &Settings, counts: Counts) -> Ingest
         }
         .to_owned(),
         pending_faults: counts.pending_faults,
+        // Filled in by the shell, which holds the replication state.
+        replication: Default::default(),
     }
 }
 

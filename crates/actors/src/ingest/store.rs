@@ -33,6 +33,7 @@ const SCHEMA: &[&str] = &[
     // documents listing (a table of its own: `documents` predates it).
     "CREATE TABLE IF NOT EXISTS document_titles (doc_id TEXT PRIMARY KEY, title TEXT)",
     faults::SCHEMA,
+    super::replication::SCHEMA,
 ];
 
 /// One queue's tables.

@@ -24,7 +24,7 @@ use crate::errors::ApiError;
 use crate::limits;
 use crate::request_id::REQUEST_ID_HEADER;
 use actors::chat::CompletionStream;
-use actors::{ChatHandle, IngestHandle};
+use actors::{ChatHandle, SearchHandle};
 use errors::OpenAiError;
 use futures::{Future, Stream, StreamExt};
 use protocol::chat::{Turn, TurnReservation, DEFAULT_MAX_TOKENS};
@@ -430,7 +430,8 @@ pub async fn embeddings(ctx: &Context<'_>, body: Value) -> Result<(u16, Value), 
         }
     }
     let caller = caller_of(app::access(ctx.caller).key.as_deref(), true);
-    let embedded = IngestHandle::new(ctx.env, ctx.tenant)?
+    let first = request.texts.first().map_or("", String::as_str);
+    let embedded = SearchHandle::for_query(ctx.env, ctx.tenant, first)?
         .embed(
             ctx.request_id,
             Embed {

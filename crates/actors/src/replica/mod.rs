@@ -1,0 +1,33 @@
+//! `SearchReplica`: read copies of a tenant's index
+//! (`${tenantId}:search-<k>`, `k` below `SEARCH_REPLICAS`), which answer its
+//! searches and embeddings so that none of them runs in the tenant's
+//! `IngestQueue`, the one object that writes the index.
+//!
+//! - [`core`]: which of the writer's numbered changes a replica holds and
+//!   applies, and how a whole copy is taken while changes keep arriving
+//!   (pure, tested natively); [`replica_for`]: which replica a question goes to;
+//! - `object`: the Durable Object (its own SQLite copy of the index, with
+//!   the same tables as the writer's, and the shared read path
+//!   [`crate::ingest::reader::Reader`]);
+//! - [`handle`](SearchHandle): where callers send a search.
+//!
+//! Read-your-writes: the writer sends each change to every replica before
+//! the work that made it is reported (a job's document is `done` only once
+//! every replica holds it), so a search sent after a job is done, or after a
+//! delete answered, sees it on whichever replica answers.
+
+pub mod core;
+mod handle;
+mod object;
+
+pub use self::core::replica_for;
+pub use handle::{replicas, ReplicaHandle, SearchHandle};
+pub use object::SearchReplica;
+
+/// The Durable Object binding name in every wrangler config.
+pub const BINDING: &str = "SEARCH_REPLICA";
+
+/// The resource part of replica `k`'s name (`${tenantId}:search-<k>`).
+pub fn resource(k: u32) -> String {
+    format!("search-{k}")
+}

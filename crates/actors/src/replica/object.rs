@@ -1,0 +1,382 @@
+//! The `SearchReplica` Durable Object: the shell around [`ReplicaCore`].
+//!
+//! It decodes, asks the core what to do with each of the writer's changes,
+//! applies them to its own copy of the index (the same tables as the
+//! writer's) together with the change number in one synchronous step, takes
+//! whole copies from the writer page by page, and answers searches and
+//! embeddings through the shared [`Reader`].
+
+use super::core::{CopyEnd, OnChange, ReplicaCore};
+use crate::ingest::core::IndexVersion;
+use crate::ingest::reader::Reader;
+use crate::ingest::replication::records;
+use crate::ingest::IngestHandle;
+use crate::ports::{Clock, SystemClock, VectorIndex};
+use crate::providers::{self, Settings};
+use crate::rpc;
+use crate::sql::{self, int, SqlError};
+use protocol::ingest::{IngestRequest, IngestResponse};
+use protocol::replica::{ExportChunks, ReplicaChange, ReplicaView, Replicated, MAX_PAGE_CHUNKS};
+use protocol::{Envelope, ErrorCode, ErrorReply, RequestId, TenantId};
+use std::cell::{Cell, RefCell};
+use worker::{durable_object, Env, Request as HttpRequest, Response, State};
+
+/// The replica's own table: the last change its copy holds (`NULL`: no
+/// usable copy) and when it last changed.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS replica (
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER, changed_at INTEGER NOT NULL)";
+
+/// How long a search waits for a copy under way before it is answered 503.
+const COPY_WAIT_MS: u64 = 30_000;
+/// How often a waiting search looks again.
+const COPY_POLL_MS: u64 = 20;
+/// Copies a search tries before it gives up (changes kept meanwhile may be
+/// incomplete under heavy writing).
+const COPY_TRIES: u32 = 3;
+
+struct Loaded {
+    tenant: TenantId,
+    core: ReplicaCore,
+    changed_at: u64,
+}
+
+fn internal(message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Internal, message)
+}
+
+fn storage(e: SqlError) -> ErrorReply {
+    internal(e.to_string())
+}
+
+fn unavailable(message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Unavailable, message)
+}
+
+/// A read copy of one tenant's index.
+#[durable_object]
+pub struct SearchReplica {
+    state: State,
+    env: Env,
+    reader: Reader,
+    loaded: RefCell<Option<Loaded>>,
+    /// Changes applied since the object woke.
+    applied: Cell<u64>,
+    /// Whole copies taken since the object woke.
+    copies: Cell<u64>,
+}
+
+impl SearchReplica {
+    fn sql(&self) -> worker::SqlStorage {
+        self.state.storage().sql()
+    }
+
+    fn settings(&self) -> Result<Settings, ErrorReply> {
+        providers::from_env(&self.env).map_err(|e| internal(format!("misconfigured: {e}")))
+    }
+
+    /// Loads the replica (creating its tables on first use); the first
+    /// tenant to reach it owns it.
+    fn load(&self, claimed: Option<&TenantId>) -> Result<TenantId, ErrorReply> {
+        if let Some(loaded) = self.loaded.borrow().as_ref() {
+            return Ok(sql::check_owner(Some(&loaded.tenant), claimed)?);
+        }
+        let sql = self.sql();
+        for statement in crate::embedded::sql_index::SCHEMA
+            .iter()
+            .chain(std::iter::once(&SCHEMA))
+        {
+            sql::exec(&sql, statement, vec![]).map_err(storage)?;
+        }
+        let tenant = sql::claim_owner(&sql, claimed)?;
+        let row = sql::first::<(Option<u64>, u64)>(
+            &sql,
+            "SELECT seq, changed_at FROM replica WHERE id = 1",
+            vec![],
+        )
+        .map_err(storage)?;
+        let (seq, changed_at) = row.unwrap_or((None, 0));
+        *self.loaded.borrow_mut() = Some(Loaded {
+            tenant: tenant.clone(),
+            core: ReplicaCore::restore(seq),
+            changed_at,
+        });
+        Ok(tenant)
+    }
+
+    fn with_core<T>(&self, f: impl FnOnce(&mut ReplicaCore) -> T) -> Result<T, ErrorReply> {
+        let mut loaded = self.loaded.borrow_mut();
+        let loaded = loaded
+            .as_mut()
+            .ok_or_else(|| internal("replica not loaded"))?;
+        Ok(f(&mut loaded.core))
+    }
+
+    /// Stores the core's change number. After a failed write memory is
+    /// ahead of storage: the core is dropped and reloaded from what storage
+    /// holds on the next message.
+    fn save(&self) -> Result<(), ErrorReply> {
+        let now = SystemClock.now_ms();
+        let seq = self.with_core(|c| c.seq())?;
+        let written = sql::exec(
+            &self.sql(),
+            "INSERT INTO replica (id, seq, changed_at) VALUES (1, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, changed_at = excluded.changed_at",
+            vec![seq.map(int).unwrap_or(worker::SqlStorageValue::Null), int(now)],
+        );
+        match written {
+            Ok(()) => {
+                if let Some(loaded) = self.loaded.borrow_mut().as_mut() {
+                    loaded.changed_at = now;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                *self.loaded.borrow_mut() = None;
+                Err(storage(e))
+            }
+        }
+    }
+
+    /// Writes `change` to the copy. The replica's index has no awaits on
+    /// I/O, so this and [`Self::save`] after it commit together.
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        settings: &Settings,
+        change: ReplicaChange,
+    ) -> Result<(), ErrorReply> {
+        let index = self.reader.local_index(self.sql(), tenant, settings)?;
+        let written = match change {
+            ReplicaChange::Upsert(chunks) => index.upsert(&records(chunks)).await,
+            ReplicaChange::Delete(ids) => index.delete(&ids).await,
+        };
+        if let Err(e) = written {
+            *self.loaded.borrow_mut() = None;
+            return Err(e.into());
+        }
+        self.applied.set(self.applied.get() + 1);
+        Ok(())
+    }
+
+    async fn replicate(
+        &self,
+        tenant: &TenantId,
+        settings: &Settings,
+        change: protocol::replica::Replicate,
+    ) -> Result<IngestResponse, ErrorReply> {
+        match self.with_core(|c| c.on_change(change))? {
+            OnChange::Apply(change) => {
+                self.apply(tenant, settings, change).await?;
+                self.save()?;
+            }
+            OnChange::Lost => {
+                self.save()?;
+                self.copy_soon().await;
+            }
+            OnChange::NoCopy => self.copy_soon().await,
+            OnChange::Ignore | OnChange::Kept => {}
+        }
+        let seq = self.with_core(|c| c.usable().then(|| c.seq()).flatten())?;
+        Ok(IngestResponse::Replicated(Replicated { seq }))
+    }
+
+    /// Has the alarm take a copy now, outside the writer's request.
+    async fn copy_soon(&self) {
+        if self.with_core(|c| c.copying()).unwrap_or(true) {
+            return;
+        }
+        if let Err(e) = self.state.storage().set_alarm(0).await {
+            worker::console_error!("search replica: could not set the alarm: {e}");
+        }
+    }
+
+    /// Takes a whole copy of the writer's index. Ok(false) when another
+    /// copy is already under way, or this one came out incomplete.
+    async fn copy(&self, tenant: &TenantId, settings: &Settings) -> Result<bool, ErrorReply> {
+        if !self.with_core(|c| c.begin_copy())? {
+            return Ok(false);
+        }
+        let copied = self.copy_pages(tenant, settings).await;
+        if let Err(e) = copied {
+            self.with_core(|c| c.abandon_copy())?;
+            self.save()?;
+            return Err(e);
+        }
+        match self.with_core(|c| c.finish_copy())? {
+            CopyEnd::Usable { changes, .. } => {
+                for change in changes {
+                    self.apply(tenant, settings, change).await?;
+                }
+                self.reader.forget();
+                self.save()?;
+                self.copies.set(self.copies.get() + 1);
+                Ok(true)
+            }
+            CopyEnd::Incomplete => {
+                self.save()?;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn copy_pages(&self, tenant: &TenantId, settings: &Settings) -> Result<(), ErrorReply> {
+        let sql = self.sql();
+        for statement in ["DELETE FROM chunk_text", "DELETE FROM vectors"] {
+            sql::exec(&sql, statement, vec![]).map_err(storage)?;
+        }
+        self.reader.forget();
+        self.save()?;
+        let writer = IngestHandle::new(&self.env, tenant)
+            .map_err(|e| unavailable(format!("the tenant's index: {e}")))?;
+        let request_id = RequestId::from_random(crate::entropy::random_bytes());
+        let mut after = 0;
+        loop {
+            let export = ExportChunks {
+                after,
+                limit: MAX_PAGE_CHUNKS,
+            };
+            let page = writer
+                .export_chunks(&request_id, export)
+                .await
+                .map_err(|e| unavailable(format!("copying the tenant's index: {e}")))?;
+            self.with_core(|c| c.page(page.seq))?;
+            if !page.records.is_empty() {
+                let index = self.reader.local_index(self.sql(), tenant, settings)?;
+                index.upsert(&records(page.records)).await?;
+            }
+            match page.next {
+                Some(next) => after = next,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Waits until the copy can answer: takes a copy if there is none and
+    /// none is under way, else waits for the one under way.
+    async fn ready(&self, tenant: &TenantId, settings: &Settings) -> Result<u64, ErrorReply> {
+        let started = SystemClock.now_ms();
+        let mut tries = 0;
+        loop {
+            let (usable, copying, seq) =
+                self.with_core(|c| (c.usable(), c.copying(), c.seq().unwrap_or(0)))?;
+            if usable {
+                return Ok(seq);
+            }
+            if !copying {
+                if tries == COPY_TRIES {
+                    return Err(unavailable(
+                        "the search replica could not copy the index; try again",
+                    ));
+                }
+                tries += 1;
+                self.copy(tenant, settings).await?;
+                continue;
+            }
+            if SystemClock.now_ms().saturating_sub(started) > COPY_WAIT_MS {
+                return Err(unavailable(
+                    "the search replica is still copying the index; try again",
+                ));
+            }
+            worker::Delay::from(std::time::Duration::from_millis(COPY_POLL_MS)).await;
+        }
+    }
+
+    fn view(&self) -> Result<ReplicaView, ErrorReply> {
+        let chunks = sql::scalar::<u64>(&self.sql(), "SELECT COUNT(*) FROM vectors", vec![])
+            .map_err(storage)?;
+        Ok(ReplicaView {
+            seq: self.with_core(|c| c.usable().then(|| c.seq()).flatten())?,
+            chunks,
+            searches: self.reader.searches(),
+            copies: self.copies.get(),
+            applied: self.applied.get(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        envelope: Envelope<IngestRequest>,
+    ) -> Result<IngestResponse, ErrorReply> {
+        let settings = self.settings()?;
+        let tenant = self.load(Some(&envelope.tenant_id))?;
+        match envelope.message {
+            IngestRequest::Replicate(change) => self.replicate(&tenant, &settings, change).await,
+            IngestRequest::Search(search) => {
+                let seq = self.ready(&tenant, &settings).await?;
+                let changed_at_ms = self
+                    .loaded
+                    .borrow()
+                    .as_ref()
+                    .map_or(0, |l| l.changed_at);
+                let version = IndexVersion {
+                    version: seq,
+                    changed_at_ms,
+                };
+                let index = self.reader.index(self.sql(), &tenant, &settings)?;
+                self.reader
+                    .search(&self.state, &index, &tenant, &settings, version, search)
+                    .await
+            }
+            IngestRequest::Embed(embed) => {
+                self.reader
+                    .embed(&self.state, &tenant, &settings, embed)
+                    .await
+            }
+            IngestRequest::Inspect(_) => Ok(IngestResponse::Replica(self.view()?)),
+            _ => Err(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                "a search replica answers searches, embeddings and its writer's changes only",
+            )),
+        }
+    }
+}
+
+impl worker::DurableObject for SearchReplica {
+    rpc::no_websockets!("SearchReplica");
+
+    fn new(state: State, env: Env) -> Self {
+        Self {
+            reader: Reader::new(env.clone()),
+            state,
+            env,
+            loaded: RefCell::new(None),
+            applied: Cell::new(0),
+            copies: Cell::new(0),
+        }
+    }
+
+    async fn fetch(&self, req: HttpRequest) -> worker::Result<Response> {
+        let envelope = match rpc::read_request::<IngestRequest, IngestResponse>(req).await {
+            Ok(envelope) => envelope,
+            Err(response) => return Ok(response),
+        };
+        let request_id = envelope.request_id.clone();
+        let reply = self.handle(envelope).await;
+        Ok(rpc::reply_response(Some(request_id), reply))
+    }
+
+    /// Takes the copy a change asked for, outside the writer's request. An
+    /// error makes the runtime retry the alarm later.
+    async fn alarm(&self) -> worker::Result<Response> {
+        let result = match self.settings() {
+            Ok(settings) => match self.load(None) {
+                Ok(tenant) => {
+                    if self.with_core(|c| c.usable() || c.copying()).unwrap_or(true) {
+                        Ok(())
+                    } else {
+                        self.copy(&tenant, &settings).await.map(|_| ())
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => Response::ok("done"),
+            Err(e) => Err(worker::Error::RustError(format!(
+                "search replica alarm: {}",
+                e.message
+            ))),
+        }
+    }
+}
