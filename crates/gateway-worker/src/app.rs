@@ -1106,6 +1106,30 @@ async fn inspect(
                 "state": state,
             }))
         }
+        ActorKind::Search => {
+            let replicas = actors::replica::replicas(env)?;
+            let k = name
+                .parse::<u32>()
+                .ok()
+                .filter(|k| *k < replicas && name == k.to_string())
+                .ok_or_else(|| {
+                    ApiError::not_found(
+                        "unknown_actor",
+                        format!(
+                            "the deployment runs {replicas} search replicas per tenant \
+                             (SEARCH_REPLICAS): /admin/actors/search/<k> with k below that"
+                        ),
+                    )
+                })?;
+            let state = actors::replica::ReplicaHandle::new(env, tenant, k)?
+                .inspect(request_id)
+                .await?;
+            ok_json(&json!({
+                "kind": kind,
+                "name": tenant.object_name(&actors::replica::resource(k)),
+                "state": state,
+            }))
+        }
         ActorKind::Limiter => {
             // `<keyId>`: that key's limiter; `anon-<digest>`: an anonymous
             // client's; `tenant-budget`: the tenant's budgets; the tenant id:

@@ -17,6 +17,9 @@ pub enum ActorKind {
     /// `RateLimiter`, one per key, named `${tenantId}:limiter:<keyId>` (and
     /// the tenant's ledger, `${tenantId}:limiter`).
     Limiter,
+    /// `SearchReplica`, `SEARCH_REPLICAS` per tenant, named
+    /// `${tenantId}:search-<k>`.
+    Search,
 }
 
 impl ActorKind {
@@ -26,6 +29,7 @@ impl ActorKind {
         ActorKind::Ingest,
         ActorKind::Chat,
         ActorKind::Limiter,
+        ActorKind::Search,
     ];
 
     /// The kind's name in routes and Durable Object names.
@@ -35,6 +39,7 @@ impl ActorKind {
             ActorKind::Ingest => "ingest",
             ActorKind::Chat => "chat",
             ActorKind::Limiter => "limiter",
+            ActorKind::Search => "search",
         }
     }
 

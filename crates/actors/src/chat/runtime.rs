@@ -21,7 +21,6 @@ use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
 pub(super) use crate::error::internal;
 use crate::generation::routing::{chat_chain, generate_routed};
 use crate::generation::{AnyGenerator, ChainConfig};
-use crate::replica::SearchHandle;
 use crate::limiter::admission::{turn_hold_ms, Applied, Work};
 use crate::limiter::recorder::{UsageBuffer, Used, FLUSH_AFTER_MS};
 use crate::limiter::{Admission, LimiterHandle};
@@ -30,6 +29,7 @@ use crate::ports::{
     ToolCall,
 };
 use crate::providers;
+use crate::replica::SearchHandle;
 use futures::channel::mpsc;
 use protocol::chat::TurnUsage;
 use protocol::chat::{

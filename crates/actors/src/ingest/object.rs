@@ -81,7 +81,9 @@ impl IngestQueue {
         settings: &Settings,
     ) -> Result<ReplicatedIndex<'a>, PortError> {
         Ok(ReplicatedIndex {
-            index: self.reader.index(self.state.storage().sql(), tenant, settings)?,
+            index: self
+                .reader
+                .index(self.state.storage().sql(), tenant, settings)?,
             replicator: &self.replicator,
             env: &self.env,
             sql: self.state.storage().sql(),

@@ -229,7 +229,13 @@ impl Reader {
             let embedder = AnyEmbedder::new(&self.env, settings, None::<SqlFaults>, &ai)?;
             let query = std::slice::from_ref(&search.query);
             let vector = embedder.embed(query).await?.into_iter().next();
-            self.charge(state, tenant, search.caller.clone(), embedder.model(), query);
+            self.charge(
+                state,
+                tenant,
+                search.caller.clone(),
+                embedder.model(),
+                query,
+            );
             vector
         } else {
             None

@@ -183,7 +183,8 @@ impl ReplicaCore {
 /// Which of `replicas` replicas answers a search for `query`: the same one
 /// for the same question however it is spaced or cased (so that replica's
 /// recent answers serve it again), the questions spread evenly over them.
-/// FNV-1a over the normalised words; `None` when there are no replicas.
+/// FNV-1a over the normalised words, then mixed; `None` when there are no
+/// replicas.
 pub fn replica_for(query: &str, replicas: u32) -> Option<u32> {
     if replicas == 0 {
         return None;
@@ -200,6 +201,13 @@ pub fn replica_for(query: &str, replicas: u32) -> Option<u32> {
             }
         }
     }
+    // FNV's low bits depend on few input bits (the lowest is the parity of
+    // the bytes): mix every bit into all of them before taking the modulus.
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
     Some((hash % u64::from(replicas)) as u32)
 }
 
@@ -326,13 +334,25 @@ mod tests {
             replica_for("how do i borrowmutably?", 1000),
             "word boundaries count"
         );
-        let mut counts = [0u32; 4];
-        for i in 0..4000 {
-            let q = format!("question number {i} about lifetimes");
-            counts[replica_for(&q, 4).unwrap() as usize] += 1;
-        }
-        for c in counts {
-            assert!((800..1200).contains(&c), "{counts:?}");
+        for replicas in [2u32, 3, 4, 8] {
+            let mut counts = vec![0u32; replicas as usize];
+            // Questions that differ by one repeated word as well as by
+            // numbers: every bit of the input must reach the choice.
+            for i in 0..400 {
+                let q = format!("question {}about lifetimes", "please ".repeat(i));
+                counts[replica_for(&q, replicas).unwrap() as usize] += 1;
+            }
+            for i in 0..3600 {
+                let q = format!("question number {i} about lifetimes");
+                counts[replica_for(&q, replicas).unwrap() as usize] += 1;
+            }
+            let even = 4000 / replicas;
+            for c in &counts {
+                assert!(
+                    (even * 7 / 10..even * 13 / 10).contains(c),
+                    "{replicas}: {counts:?}"
+                );
+            }
         }
     }
 }

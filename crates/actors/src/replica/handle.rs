@@ -50,7 +50,10 @@ impl ReplicaHandle {
     /// The replica's state, for operators.
     pub async fn inspect(&self, request_id: &RequestId) -> Result<ReplicaView, ActorError> {
         let message = IngestRequest::Inspect(protocol::ingest::Inspect {});
-        reply_as!(self.send(request_id, message).await?, IngestResponse::Replica)
+        reply_as!(
+            self.send(request_id, message).await?,
+            IngestResponse::Replica
+        )
     }
 }
 

@@ -121,7 +121,10 @@ impl SearchReplica {
             &self.sql(),
             "INSERT INTO replica (id, seq, changed_at) VALUES (1, ?, ?)
              ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, changed_at = excluded.changed_at",
-            vec![seq.map(int).unwrap_or(worker::SqlStorageValue::Null), int(now)],
+            vec![
+                seq.map(int).unwrap_or(worker::SqlStorageValue::Null),
+                int(now),
+            ],
         );
         match written {
             Ok(()) => {
@@ -303,11 +306,7 @@ impl SearchReplica {
             IngestRequest::Replicate(change) => self.replicate(&tenant, &settings, change).await,
             IngestRequest::Search(search) => {
                 let seq = self.ready(&tenant, &settings).await?;
-                let changed_at_ms = self
-                    .loaded
-                    .borrow()
-                    .as_ref()
-                    .map_or(0, |l| l.changed_at);
+                let changed_at_ms = self.loaded.borrow().as_ref().map_or(0, |l| l.changed_at);
                 let version = IndexVersion {
                     version: seq,
                     changed_at_ms,
@@ -361,7 +360,10 @@ impl worker::DurableObject for SearchReplica {
         let result = match self.settings() {
             Ok(settings) => match self.load(None) {
                 Ok(tenant) => {
-                    if self.with_core(|c| c.usable() || c.copying()).unwrap_or(true) {
+                    if self
+                        .with_core(|c| c.usable() || c.copying())
+                        .unwrap_or(true)
+                    {
                         Ok(())
                     } else {
                         self.copy(&tenant, &settings).await.map(|_| ())

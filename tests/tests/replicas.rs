@@ -1,0 +1,245 @@
+//! Search replicas end to end against `wrangler dev`: every search and
+//! embedding is answered by a `SearchReplica`, none by the tenant's writer
+//! (`IngestQueue`); a search sent after a job is done or a delete answered
+//! sees it on every replica (read-your-writes); a replica that is new, or
+//! that missed one of the writer's changes, copies the index and answers
+//! exactly what the writer holds.
+
+use actors::replica::replica_for;
+use e2e::http::{get, send, Reply};
+use e2e::{Deployment, PersistDir, Server};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const A: &str = "mrrainbowsmoke";
+const INGEST: &str = "Bearer e2e-ingest-token";
+const ADMIN: &str = "Bearer e2e-admin-token";
+
+fn post(server: &Server, path: &str, auth: &str, body: &Value) -> Reply {
+    send(
+        "POST",
+        &server.url(path),
+        &[
+            ("x-tenant-id", A),
+            ("content-type", "application/json"),
+            ("authorization", auth),
+        ],
+        Some(body.to_string().as_bytes()),
+    )
+}
+
+fn ingest_done(server: &Server, docs: Value) {
+    let r = post(server, "/api/ingest", INGEST, &json!({ "documents": docs }));
+    assert!(matches!(r.status, 200 | 202), "{}", r.body);
+    let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = get(
+            &server.url(&format!("/api/ingest/{job_id}")),
+            &[("x-tenant-id", A), ("authorization", INGEST)],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let job = r.json();
+        if job["status"] == "done" {
+            return;
+        }
+        assert_ne!(job["status"], "failed", "{job}");
+        assert!(Instant::now() < deadline, "job not done in 60 s: {job}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn inspect(server: &Server, kind: &str, name: &str) -> Reply {
+    get(
+        &server.url(&format!("/admin/actors/{kind}/{name}")),
+        &[("x-tenant-id", A), ("authorization", ADMIN)],
+    )
+}
+
+fn writer(server: &Server) -> Value {
+    let r = inspect(server, "ingest", A);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["state"].clone()
+}
+
+fn replica(server: &Server, k: u32) -> Value {
+    let r = inspect(server, "search", &k.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["name"], format!("{A}:search-{k}"));
+    r.json()["state"].clone()
+}
+
+/// The document ids a keyword search for `query` finds.
+fn found(server: &Server, query: &str, mode: &str) -> Vec<String> {
+    let r = post(
+        server,
+        "/api/search",
+        &server.bearer(A),
+        &json!({ "query": query, "mode": mode, "topK": 10, "minScore": 0 }),
+    );
+    assert_eq!(r.status, 200, "{query}: {}", r.body);
+    let mut ids: Vec<String> = r.json()["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A question about `word` that replica `k` of `replicas` answers.
+fn question_for(word: &str, k: u32, replicas: u32) -> String {
+    (0..)
+        .map(|n| format!("which text mentions {word} {}", "please ".repeat(n)))
+        .find(|q| replica_for(q, replicas) == Some(k))
+        .unwrap()
+}
+
+fn docs(ids: &[&str]) -> Value {
+    Value::Array(
+        ids.iter()
+            .map(|id| json!({ "id": id, "text": format!("The {id} is an animal; a {id} has its own habits.") }))
+            .collect(),
+    )
+}
+
+#[test]
+fn searches_run_on_replicas_see_every_write_and_never_reach_the_writer() {
+    let dir = PersistDir::new("replicas-basic");
+    let server = Server::start(Deployment::Dedicated(A), &dir);
+    ingest_done(&server, docs(&["heron", "otter", "badger"]));
+    // Read-your-writes on both replicas, at once: the job is done only once
+    // both hold its chunks.
+    for k in 0..2 {
+        for mode in ["keyword", "hybrid", "vector"] {
+            let q = question_for("otter", k, 2);
+            assert!(
+                found(&server, &q, mode).contains(&"otter".to_owned()),
+                "replica {k}, {mode}"
+            );
+        }
+    }
+    let r = post(
+        &server,
+        "/v1/embeddings",
+        &server.bearer(A),
+        &json!({ "input": ["an otter"], "model": "embedding" }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // A delete answered is a delete every replica shows.
+    let r = send(
+        "DELETE",
+        &server.url("/api/documents/otter"),
+        &[("x-tenant-id", A), ("authorization", INGEST)],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for k in 0..2 {
+        let q = question_for("otter", k, 2);
+        assert!(
+            !found(&server, &q, "keyword").contains(&"otter".to_owned()),
+            "replica {k} still has the deleted document"
+        );
+        assert_eq!(
+            found(&server, &question_for("heron", k, 2), "keyword"),
+            vec!["heron"]
+        );
+    }
+
+    // The writer answered none of it; the replicas answered all of it and
+    // hold what the writer holds.
+    let w = writer(&server);
+    assert_eq!(w["replication"]["replicas"], 2, "{w}");
+    assert_eq!(w["replication"]["searches"], 0, "{w}");
+    let seq = w["replication"]["seq"].as_u64().unwrap();
+    assert!(seq >= 2, "an upsert and a delete at least: {w}");
+    let mut searches = 0;
+    for k in 0..2 {
+        let r = replica(&server, k);
+        assert_eq!(r["seq"], seq, "replica {k}: {r}");
+        assert_eq!(r["chunks"], w["chunks"], "replica {k}: {r}");
+        assert!(r["searches"].as_u64().unwrap() > 0, "replica {k}: {r}");
+        searches += r["searches"].as_u64().unwrap();
+    }
+    assert_eq!(searches, 2 * 3 + 2 * 2, "every search reached a replica");
+
+    // Replicas are the deployment's and named by number; the writer takes
+    // no change meant for a replica.
+    for bad in ["2", "01", "-1", "x"] {
+        let r = inspect(&server, "search", bad);
+        assert_eq!(r.status, 404, "{bad}: {}", r.body);
+    }
+}
+
+#[test]
+fn a_replica_that_missed_changes_or_is_new_copies_the_index() {
+    let dir = PersistDir::new("replicas-gap");
+    let with = |replicas: &str| {
+        Server::start_with_vars(
+            Deployment::Dedicated(A),
+            &dir,
+            &[("SEARCH_REPLICAS", replicas)],
+        )
+    };
+    // Two replicas see the first documents.
+    {
+        let server = with("2");
+        ingest_done(&server, docs(&["heron", "otter"]));
+        assert_eq!(
+            found(&server, &question_for("otter", 1, 2), "keyword"),
+            vec!["otter"]
+        );
+    }
+    // Replica 1 is left out of these changes (one replica configured).
+    {
+        let server = with("1");
+        ingest_done(&server, docs(&["badger"]));
+        let r = send(
+            "DELETE",
+            &server.url("/api/documents/heron"),
+            &[("x-tenant-id", A), ("authorization", INGEST)],
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            found(&server, &question_for("badger", 0, 1), "keyword"),
+            vec!["badger"]
+        );
+        assert_eq!(writer(&server)["replication"]["searches"], 0);
+    }
+    // Back to two, and three: replica 1 gets a change past the ones it
+    // missed, replica 2 is new. Both copy the index and answer exactly
+    // what the writer holds.
+    let server = with("3");
+    ingest_done(&server, docs(&["lynx"]));
+    let seq = writer(&server)["replication"]["seq"].as_u64().unwrap();
+    for k in 0..3 {
+        for (word, want) in [
+            ("heron", vec![]),
+            ("otter", vec!["otter"]),
+            ("badger", vec!["badger"]),
+            ("lynx", vec!["lynx"]),
+        ] {
+            assert_eq!(
+                found(&server, &question_for(word, k, 3), "keyword"),
+                want,
+                "replica {k}, {word}"
+            );
+        }
+        let r = replica(&server, k);
+        assert_eq!(r["seq"], seq, "replica {k}: {r}");
+        assert_eq!(r["chunks"], 3, "replica {k}: {r}");
+    }
+    let copies = |k| replica(&server, k)["copies"].as_u64().unwrap();
+    assert_eq!(copies(0), 0, "replica 0 missed nothing");
+    assert!(copies(1) >= 1, "replica 1 missed two changes");
+    assert!(copies(2) >= 1, "replica 2 is new");
+    let w = writer(&server);
+    assert_eq!(w["replication"]["searches"], 0, "{w}");
+    assert!(
+        w["replication"]["pagesExported"].as_u64().unwrap() >= 2,
+        "{w}"
+    );
+}
