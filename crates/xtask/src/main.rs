@@ -378,6 +378,11 @@ fn bench() -> Result<(), ToolError> {
         cargo().args(["bench", "-p", "e2e", "--bench", "quality"]),
         "cargo bench (quality)",
     )?;
+    step("readers benchmark (200 concurrent searches of one tenant: replicas, writer)");
+    run(
+        cargo().args(["bench", "-p", "e2e", "--bench", "readers"]),
+        "cargo bench (readers)",
+    )?;
     step("chat benchmark (first event and full answer over SSE and WebSocket)");
     run(
         cargo().args(["bench", "-p", "e2e", "--bench", "chat"]),

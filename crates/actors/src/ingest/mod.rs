@@ -11,6 +11,13 @@
 //! - [`restore`]: the core from its rows, and the legacy migration;
 //! - [`keys`], [`records`]: vector ids, cache keys, chunk metadata.
 //!
+//! Shared with the search replicas ([`crate::replica`]):
+//! - [`reader`]: the read path over an object's copy of the index (search,
+//!   embeddings, the usage they cost);
+//! - [`replication`]: the writer's side: each change of the index numbered
+//!   and sent to every replica, and the index read out page by page for a
+//!   replica's copy.
+//!
 //! The shell:
 //! - `object`: the Durable Object (decode, load, call the above, perform
 //!   the effects and the port calls, the alarm);
