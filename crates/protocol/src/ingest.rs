@@ -206,8 +206,8 @@ pub enum IngestRequest {
     Embed(Embed),
     /// A page of the tenant's indexed documents.
     ListDocuments(crate::listing::ListDocuments),
-    /// Writer → search replica: one change of the index.
-    Replicate(crate::replica::Replicate),
+    /// Writer → search replica: changes of the index, in order.
+    Replicate(crate::replica::ReplicateBatch),
     /// Search replica → writer: a page of the whole index, to copy it.
     ExportChunks(crate::replica::ExportChunks),
 }

@@ -3,8 +3,8 @@
 //! (`${tenantId}:search-<k>`), which answer its searches.
 //!
 //! The writer numbers every change of its index (`seq`, 1, 2, 3, … with no
-//! gap) and sends each one to every replica before it reports the work
-//! done; a replica applies a change only on top of the one before it, and
+//! gap) and sends them, in batches, to every replica before it reports the
+//! work done; a replica applies a change only on top of the one before it, and
 //! otherwise copies the whole index again from the writer, one
 //! [`ChunkPage`] at a time.
 
@@ -47,7 +47,14 @@ pub struct Replicate {
     pub change: ReplicaChange,
 }
 
-/// Answers [`Replicate`]: where the replica stands after it.
+/// Writer → replica: changes in number order, sent together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicateBatch {
+    /// The changes, numbers rising by one.
+    pub changes: Vec<Replicate>,
+}
+
+/// Answers [`ReplicateBatch`]: where the replica stands after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Replicated {
@@ -107,4 +114,6 @@ pub struct Replication {
     pub searches: u64,
     /// Pages of its index it exported to replicas since it last woke.
     pub pages_exported: u64,
+    /// Batches of changes it sent to the replicas since it last woke.
+    pub batches_sent: u64,
 }

@@ -369,19 +369,23 @@ mod ingest_messages {
             }),
             IngestRequest::Inspect(Inspect {}),
             IngestRequest::InjectFaults(InjectFaults { embed_failures: 2 }),
-            IngestRequest::Replicate(protocol::replica::Replicate {
-                seq: 7,
-                change: protocol::replica::ReplicaChange::Upsert(vec![
-                    protocol::replica::ChunkRecord {
-                        id: "c1".into(),
-                        values: vec![0.5, -1.25],
-                        metadata: meta(),
+            IngestRequest::Replicate(protocol::replica::ReplicateBatch {
+                changes: vec![
+                    protocol::replica::Replicate {
+                        seq: 7,
+                        change: protocol::replica::ReplicaChange::Upsert(vec![
+                            protocol::replica::ChunkRecord {
+                                id: "c1".into(),
+                                values: vec![0.5, -1.25],
+                                metadata: meta(),
+                            },
+                        ]),
                     },
-                ]),
-            }),
-            IngestRequest::Replicate(protocol::replica::Replicate {
-                seq: 8,
-                change: protocol::replica::ReplicaChange::Delete(vec!["c1".into()]),
+                    protocol::replica::Replicate {
+                        seq: 8,
+                        change: protocol::replica::ReplicaChange::Delete(vec!["c1".into()]),
+                    },
+                ],
             }),
             IngestRequest::ExportChunks(protocol::replica::ExportChunks {
                 after: 12,
@@ -426,6 +430,7 @@ mod ingest_messages {
                     seq: 8,
                     searches: 0,
                     pages_exported: 3,
+                    batches_sent: 4,
                 },
             }),
             IngestResponse::FaultsInjected(InjectFaults { embed_failures: 1 }),

@@ -28,6 +28,9 @@ use protocol::{Envelope, ErrorCode, ErrorReply, TenantId};
 use std::cell::{Cell, RefCell};
 use worker::{durable_object, Env, Request as HttpRequest, Response, ScheduledTime, State};
 
+/// How soon the alarm sends again changes a replica did not take (ms).
+const REFLUSH_MS: i64 = 1_000;
+
 /// Clears the "a work run is going" flag when dropped.
 struct Working<'a>(&'a Cell<bool>);
 
@@ -211,7 +214,34 @@ impl IngestQueue {
             }
         }
         drop(working);
+        self.flush(tenant, settings).await;
         self.rearm().await;
+        if self.replicator.has_kept() {
+            // A replica did not take the run's changes: try again soon.
+            if let Err(e) = self.state.storage().set_alarm(REFLUSH_MS).await {
+                worker::console_error!("ingest queue: could not set the alarm: {e}");
+            }
+        }
+    }
+
+    /// Sends the index's kept changes to the search replicas, so that what
+    /// the next answer reports done is what every search sees. A replica
+    /// that does not take them leaves them kept, sent again by the next
+    /// flush (the alarm tries within a second).
+    async fn flush(&self, tenant: &TenantId, settings: &Settings) {
+        let sql = self.state.storage().sql();
+        let flushed = match self.replicator.recover(&sql) {
+            Ok(()) if !self.replicator.has_kept() => return,
+            Ok(()) => {
+                self.replicator
+                    .flush(&self.env, &sql, tenant, settings.search_replicas)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = flushed {
+            worker::console_error!("ingest queue: changes not sent to the search replicas: {e}");
+        }
     }
 
     /// Indexes one document: the [`DocRun`] plans it, then asks for one port
@@ -305,6 +335,7 @@ impl IngestQueue {
         let (answer, effects) =
             self.with_core(|c| requests::finish_delete(c, plan, result, now))?;
         self.perform(&effects, None)?;
+        self.flush(tenant, settings).await;
         // Work that waited for this delete may go on.
         self.rearm().await;
         answer
@@ -322,6 +353,7 @@ impl IngestQueue {
         match envelope.message {
             IngestRequest::Enqueue(enqueue) => self.enqueue(&tenant, enqueue, &settings).await,
             IngestRequest::GetJob(get) => {
+                self.flush(&tenant, &settings).await;
                 let now = self.now();
                 self.with_core(|c| requests::get_job(c, get.job_id, now))?
             }
@@ -341,12 +373,15 @@ impl IngestQueue {
                     .await
             }
             IngestRequest::Inspect(_) => {
+                self.flush(&tenant, &settings).await;
                 let counts = self.store().counts()?;
                 let mut snapshot = self.with_core(|c| requests::snapshot(c, &settings, counts))?;
+                let (seq, _) = replication::numbers(&self.state.storage().sql())
+                    .map_err(|e| internal(e.to_string()))?;
                 snapshot.replication = Replication {
                     replicas: settings.search_replicas,
-                    seq: replication::last_seq(&self.state.storage().sql())
-                        .map_err(|e| internal(e.to_string()))?,
+                    seq,
+                    batches_sent: self.replicator.batches_sent(),
                     searches: self.reader.searches(),
                     pages_exported: self.replicator.pages_exported(),
                 };
@@ -374,6 +409,7 @@ impl IngestQueue {
                     .await
             }
             IngestRequest::ListDocuments(list) => {
+                self.flush(&tenant, &settings).await;
                 if !(1..=protocol::listing::MAX_PAGE_LIMIT).contains(&list.limit) {
                     return Err(ErrorReply::new(
                         protocol::ErrorCode::InvalidRequest,

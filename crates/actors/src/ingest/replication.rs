@@ -1,8 +1,11 @@
 //! The writer's side of search replicas: every change of the tenant's index
-//! is numbered and sent to every replica before the work that made it is
-//! reported done, and the whole index is read out page by page for a
-//! replica that copies it. The replica's side, and why this keeps every
-//! copy equal to the writer's, is in [`crate::replica`].
+//! is numbered once the writer's own index holds it, kept, and sent with the
+//! others kept since to every replica ([`Replicator::flush`]) before the
+//! writer answers anything that reports work done (a job's progress, an
+//! enqueue, a delete, the documents listing) and at the end of every work
+//! run; and the whole index is read out page by page for a replica that
+//! copies it. The replica's side, and why this keeps every copy equal to the
+//! writer's, is in [`crate::replica`].
 
 use crate::embedded::sql_index::from_blob;
 use crate::ports::{PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
@@ -10,23 +13,34 @@ use crate::providers::AnyIndex;
 use crate::replica::ReplicaHandle;
 use crate::sql::{self, int, SqlError};
 use protocol::ingest::{Metadata, SearchMode};
-use protocol::replica::{ChunkPage, ChunkRecord, ExportChunks, ReplicaChange, Replicate};
+use protocol::replica::{
+    ChunkPage, ChunkRecord, ExportChunks, ReplicaChange, Replicate, ReplicateBatch,
+};
 use protocol::{RequestId, TenantId};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use worker::{Env, SqlStorage};
 
-/// The writer's last change number.
+/// The writer's last change number, and the last one every replica took.
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS replication (
-    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)";
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, acked INTEGER NOT NULL DEFAULT 0)";
+
+/// Chunks kept unsent after which a write sends them at once (about 3 MB of
+/// vectors): the kept changes stay bounded in memory and in message size.
+pub const FLUSH_RECORDS: usize = 1000;
 
 /// The writer's replication state in memory.
 #[derive(Default)]
 pub struct Replicator {
-    /// Held while a change is numbered and sent: replicas receive changes
-    /// in their numbers' order.
+    /// Held while changes are sent: replicas receive them in order.
     sending: futures::lock::Mutex<()>,
+    /// Changes numbered and not yet taken by every replica, in order.
+    kept: RefCell<Vec<Replicate>>,
+    /// Chunks (and ids) in `kept`.
+    kept_records: Cell<usize>,
     /// Pages exported since the object woke.
     pages: Cell<u64>,
+    /// Batches sent since the object woke.
+    batches: Cell<u64>,
 }
 
 fn failed(e: impl std::fmt::Display) -> PortError {
@@ -36,25 +50,32 @@ fn failed(e: impl std::fmt::Display) -> PortError {
     }
 }
 
-/// The writer's last change number (0 before the first). The table is
-/// created with the queue's (`QueueStore::create_tables`).
-pub fn last_seq(sql: &SqlStorage) -> Result<u64, SqlError> {
-    Ok(
-        sql::first::<(u64,)>(sql, "SELECT seq FROM replication WHERE id = 1", vec![])?
-            .map_or(0, |(seq,)| seq),
+/// The writer's last change number and the last one every replica took (0
+/// before the first). The table is created with the queue's
+/// (`QueueStore::create_tables`).
+pub fn numbers(sql: &SqlStorage) -> Result<(u64, u64), SqlError> {
+    Ok(sql::first::<(u64, u64)>(
+        sql,
+        "SELECT seq, acked FROM replication WHERE id = 1",
+        vec![],
+    )?
+    .unwrap_or((0, 0)))
+}
+
+fn store(sql: &SqlStorage, seq: u64, acked: u64) -> Result<(), SqlError> {
+    sql::exec(
+        sql,
+        "INSERT INTO replication (id, seq, acked) VALUES (1, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, acked = excluded.acked",
+        vec![int(seq), int(acked)],
     )
 }
 
-/// Numbers the next change and stores the number.
-fn next_seq(sql: &SqlStorage) -> Result<u64, SqlError> {
-    let seq = last_seq(sql)? + 1;
-    sql::exec(
-        sql,
-        "INSERT INTO replication (id, seq) VALUES (1, ?)
-         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
-        vec![int(seq)],
-    )?;
-    Ok(seq)
+fn size(change: &ReplicaChange) -> usize {
+    match change {
+        ReplicaChange::Upsert(chunks) => chunks.len(),
+        ReplicaChange::Delete(ids) => ids.len(),
+    }
 }
 
 impl Replicator {
@@ -63,48 +84,92 @@ impl Replicator {
         self.pages.get()
     }
 
-    /// Numbers `change` (already written to the writer's index) and sends it
-    /// to each of `replicas` replicas, all at once; fails if any of them did
-    /// not take it, so the work is retried (a replica that missed a number
-    /// copies the index again when the next one arrives).
-    pub async fn send(
+    /// Batches sent since the object woke.
+    pub fn batches_sent(&self) -> u64 {
+        self.batches.get()
+    }
+
+    /// Whether changes are waiting to be sent.
+    pub fn has_kept(&self) -> bool {
+        !self.kept.borrow().is_empty()
+    }
+
+    /// Numbers `change`, already written to the writer's index, and keeps
+    /// it for the next [`Self::flush`]. Returns whether enough is kept that
+    /// it should be sent now.
+    pub fn keep(&self, sql: &SqlStorage, change: ReplicaChange) -> Result<bool, PortError> {
+        let (last, acked) = numbers(sql).map_err(failed)?;
+        let seq = last + 1;
+        store(sql, seq, acked).map_err(failed)?;
+        self.kept_records
+            .set(self.kept_records.get() + size(&change).max(1));
+        self.kept.borrow_mut().push(Replicate { seq, change });
+        Ok(self.kept_records.get() >= FLUSH_RECORDS)
+    }
+
+    /// Changes numbered in an earlier life of the object that no replica
+    /// may have taken (they were kept in memory when it was reset): one
+    /// empty change is numbered past them, so every replica that missed
+    /// them sees the gap and copies the index. Nothing to do otherwise.
+    pub fn recover(&self, sql: &SqlStorage) -> Result<(), PortError> {
+        let (last, acked) = numbers(sql).map_err(failed)?;
+        if last > acked && !self.has_kept() {
+            self.keep(sql, ReplicaChange::Delete(Vec::new()))?;
+        }
+        Ok(())
+    }
+
+    /// Sends every kept change to each of `replicas` replicas, all at once,
+    /// and records that they took them. On a failure the changes stay kept
+    /// and are sent again next time (a replica that took them ignores them).
+    pub async fn flush(
         &self,
         env: &Env,
         sql: &SqlStorage,
         tenant: &TenantId,
         replicas: u32,
-        change: ReplicaChange,
     ) -> Result<(), PortError> {
-        if replicas == 0 {
-            return Ok(());
-        }
         let _turn = self.sending.lock().await;
-        let seq = next_seq(sql).map_err(failed)?;
-        let message = Replicate { seq, change };
-        let request_id = RequestId::from_random(crate::entropy::random_bytes());
-        let sends = (0..replicas).map(|k| {
-            let message = message.clone();
-            let request_id = &request_id;
-            async move {
-                ReplicaHandle::new(env, tenant, k)
-                    .map_err(failed)?
-                    .replicate(request_id, message)
-                    .await
-                    .map_err(|e| failed(format!("replica {k}: {e}")))
+        let changes: Vec<Replicate> = self.kept.borrow().clone();
+        let Some(last) = changes.last().map(|c| c.seq) else {
+            return Ok(());
+        };
+        if replicas > 0 {
+            let batch = ReplicateBatch { changes };
+            let request_id = RequestId::from_random(crate::entropy::random_bytes());
+            let sends = (0..replicas).map(|k| {
+                let (batch, request_id) = (batch.clone(), &request_id);
+                async move {
+                    ReplicaHandle::new(env, tenant, k)
+                        .map_err(failed)?
+                        .replicate(request_id, batch)
+                        .await
+                        .map_err(|e| failed(format!("replica {k}: {e}")))
+                }
+            });
+            for sent in futures::future::join_all(sends).await {
+                sent?;
             }
-        });
-        for sent in futures::future::join_all(sends).await {
-            sent?;
+            self.batches.set(self.batches.get() + 1);
         }
-        Ok(())
+        // Changes kept while this batch was out stay for the next one.
+        let mut kept = self.kept.borrow_mut();
+        kept.retain(|c| c.seq > last);
+        self.kept_records
+            .set(kept.iter().map(|c| size(&c.change).max(1)).sum());
+        drop(kept);
+        let (seq, _) = numbers(sql).map_err(failed)?;
+        store(sql, seq, last).map_err(failed)
     }
 
     /// A page of the index for a replica's copy: the rows after
     /// `export.after`, read with the last change number in one synchronous
     /// step (no change can come between them).
     pub fn export(&self, sql: &SqlStorage, export: ExportChunks) -> Result<ChunkPage, SqlError> {
-        let limit = export.limit.clamp(1, protocol::replica::MAX_PAGE_CHUNKS);
-        let seq = last_seq(sql)?;
+        let limit = export
+            .limit
+            .clamp(1, protocol::replica::MAX_PAGE_CHUNKS);
+        let (seq, _) = numbers(sql)?;
         let rows = sql::rows::<(i64, String, Vec<u8>, String)>(
             sql,
             "SELECT rid, id, embedding, metadata FROM vectors WHERE rid > ? ORDER BY rid LIMIT ?",
@@ -149,8 +214,9 @@ pub fn upsert_change(records: &[VectorRecord], with_vectors: bool) -> ReplicaCha
     )
 }
 
-/// The writer's index: each write goes to its own index first, then, as a
-/// numbered change, to every search replica.
+/// The writer's index: each write goes to its own index first, then is
+/// kept as a numbered change for the search replicas (sent at once when
+/// [`FLUSH_RECORDS`] are kept, else by the writer's next flush).
 pub struct ReplicatedIndex<'a> {
     /// The writer's own index.
     pub index: AnyIndex,
@@ -168,6 +234,17 @@ pub struct ReplicatedIndex<'a> {
     pub with_vectors: bool,
 }
 
+impl ReplicatedIndex<'_> {
+    async fn keep(&self, change: ReplicaChange) -> Result<(), PortError> {
+        if self.replicator.keep(&self.sql, change)? {
+            self.replicator
+                .flush(self.env, &self.sql, self.tenant, self.replicas)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 impl VectorIndex for ReplicatedIndex<'_> {
     fn backend(&self) -> &'static str {
         self.index.backend()
@@ -179,18 +256,12 @@ impl VectorIndex for ReplicatedIndex<'_> {
 
     async fn upsert(&self, records: &[VectorRecord]) -> Result<(), PortError> {
         self.index.upsert(records).await?;
-        let change = upsert_change(records, self.with_vectors);
-        self.replicator
-            .send(self.env, &self.sql, self.tenant, self.replicas, change)
-            .await
+        self.keep(upsert_change(records, self.with_vectors)).await
     }
 
     async fn delete(&self, ids: &[String]) -> Result<(), PortError> {
         self.index.delete(ids).await?;
-        let change = ReplicaChange::Delete(ids.to_vec());
-        self.replicator
-            .send(self.env, &self.sql, self.tenant, self.replicas, change)
-            .await
+        self.keep(ReplicaChange::Delete(ids.to_vec())).await
     }
 
     async fn query(&self, query: VectorQuery<'_>) -> Result<Vec<VectorHit>, PortError> {

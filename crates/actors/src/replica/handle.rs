@@ -9,7 +9,7 @@ use crate::error::ActorError;
 use crate::ingest::IngestHandle;
 use crate::rpc::{reply_as, ActorStub};
 use protocol::ingest::{Embed, Embeddings, IngestRequest, IngestResponse, Search, SearchResults};
-use protocol::replica::{ReplicaView, Replicate, Replicated};
+use protocol::replica::{ReplicaView, ReplicateBatch, Replicated};
 use protocol::{RequestId, TenantId};
 use worker::Env;
 
@@ -34,14 +34,14 @@ impl ReplicaHandle {
         self.actor.send(request_id, message).await
     }
 
-    /// Sends one of the writer's changes.
+    /// Sends the writer's changes.
     pub async fn replicate(
         &self,
         request_id: &RequestId,
-        change: Replicate,
+        batch: ReplicateBatch,
     ) -> Result<Replicated, ActorError> {
         reply_as!(
-            self.send(request_id, IngestRequest::Replicate(change))
+            self.send(request_id, IngestRequest::Replicate(batch))
                 .await?,
             IngestResponse::Replicated
         )

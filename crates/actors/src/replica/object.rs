@@ -161,23 +161,36 @@ impl SearchReplica {
         Ok(())
     }
 
+    /// Takes the writer's changes in order. The applied ones and their
+    /// number are written with no await on I/O between them, so they
+    /// commit together.
     async fn replicate(
         &self,
         tenant: &TenantId,
         settings: &Settings,
-        change: protocol::replica::Replicate,
+        batch: protocol::replica::ReplicateBatch,
     ) -> Result<IngestResponse, ErrorReply> {
-        match self.with_core(|c| c.on_change(change))? {
-            OnChange::Apply(change) => {
-                self.apply(tenant, settings, change).await?;
-                self.save()?;
+        let mut applied = false;
+        let mut copy = false;
+        for change in batch.changes {
+            match self.with_core(|c| c.on_change(change))? {
+                OnChange::Apply(change) => {
+                    self.apply(tenant, settings, change).await?;
+                    applied = true;
+                }
+                OnChange::Lost => {
+                    applied = true;
+                    copy = true;
+                }
+                OnChange::NoCopy => copy = true,
+                OnChange::Ignore | OnChange::Kept => {}
             }
-            OnChange::Lost => {
-                self.save()?;
-                self.copy_soon().await;
-            }
-            OnChange::NoCopy => self.copy_soon().await,
-            OnChange::Ignore | OnChange::Kept => {}
+        }
+        if applied {
+            self.save()?;
+        }
+        if copy {
+            self.copy_soon().await;
         }
         let seq = self.with_core(|c| c.usable().then(|| c.seq()).flatten())?;
         Ok(IngestResponse::Replicated(Replicated { seq }))
