@@ -166,9 +166,7 @@ impl Replicator {
     /// `export.after`, read with the last change number in one synchronous
     /// step (no change can come between them).
     pub fn export(&self, sql: &SqlStorage, export: ExportChunks) -> Result<ChunkPage, SqlError> {
-        let limit = export
-            .limit
-            .clamp(1, protocol::replica::MAX_PAGE_CHUNKS);
+        let limit = export.limit.clamp(1, protocol::replica::MAX_PAGE_CHUNKS);
         let (seq, _) = numbers(sql)?;
         let rows = sql::rows::<(i64, String, Vec<u8>, String)>(
             sql,
