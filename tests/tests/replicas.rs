@@ -2,7 +2,7 @@
 //! embedding is answered by a `SearchReplica`, none by the tenant's writer
 //! (`IngestQueue`); a search sent after a job is done or a delete answered
 //! sees it on every replica (read-your-writes); a replica that is new, or
-//! that missed one of the writer's changes, copies the index and answers
+//! that was left out of the writer's changes, copies the index and answers
 //! exactly what the writer holds.
 
 use actors::replica::replica_for;
@@ -209,10 +209,20 @@ fn a_replica_that_missed_changes_or_is_new_copies_the_index() {
         );
         assert_eq!(writer(&server)["replication"]["searches"], 0);
     }
-    // Back to two, and three: replica 1 gets a change past the ones it
-    // missed, replica 2 is new. Both copy the index and answer exactly
-    // what the writer holds.
+    // Three: replica 1 was left out of two changes (the writer told it so
+    // when it lowered the set), replica 2 is new. Before any new write,
+    // both copy the index and answer exactly what the writer holds.
     let server = with("3");
+    for k in 1..3 {
+        for (word, want) in [("heron", vec![]), ("badger", vec!["badger"])] {
+            assert_eq!(
+                found(&server, &question_for(word, k, 3), "keyword"),
+                want,
+                "replica {k}, {word}, before any write"
+            );
+        }
+    }
+    // And they take the next change like the others.
     ingest_done(&server, docs(&["lynx"]));
     let seq = writer(&server)["replication"]["seq"].as_u64().unwrap();
     for k in 0..3 {
@@ -234,7 +244,7 @@ fn a_replica_that_missed_changes_or_is_new_copies_the_index() {
     }
     let copies = |k| replica(&server, k)["copies"].as_u64().unwrap();
     assert_eq!(copies(0), 0, "replica 0 missed nothing");
-    assert!(copies(1) >= 1, "replica 1 missed two changes");
+    assert!(copies(1) >= 1, "replica 1 was left out of two changes");
     assert!(copies(2) >= 1, "replica 2 is new");
     let w = writer(&server);
     assert_eq!(w["replication"]["searches"], 0, "{w}");

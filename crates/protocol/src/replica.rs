@@ -52,6 +52,11 @@ pub struct Replicate {
 pub struct ReplicateBatch {
     /// The changes, numbers rising by one.
     pub changes: Vec<Replicate>,
+    /// The replica has left the deployment's set (`SEARCH_REPLICAS` was
+    /// lowered) and will get no more changes: it drops its copy's number,
+    /// so it copies the index again if it is ever used again.
+    #[serde(default)]
+    pub forget: bool,
 }
 
 /// Answers [`ReplicateBatch`]: where the replica stands after it.

@@ -386,6 +386,11 @@ mod ingest_messages {
                         change: protocol::replica::ReplicaChange::Delete(vec!["c1".into()]),
                     },
                 ],
+                forget: false,
+            }),
+            IngestRequest::Replicate(protocol::replica::ReplicateBatch {
+                changes: vec![],
+                forget: true,
             }),
             IngestRequest::ExportChunks(protocol::replica::ExportChunks {
                 after: 12,

@@ -78,7 +78,8 @@ pub fn join_leg(by_vector: &[(String, f64)], rids: &HashMap<String, i64>) -> Vec
         .collect()
 }
 
-const SERVICE: &str = "embedded index";
+/// The service named in this index's failures.
+pub const SERVICE: &str = "embedded index";
 
 /// The client's error code when the index is full.
 pub const INDEX_FULL: &str = "index_full";
@@ -120,6 +121,11 @@ pub struct SqlVectorIndex {
     /// Whether the embeddings are stored here (the embedded index) or
     /// elsewhere (beside Vectorize).
     vectors: bool,
+    /// A copy that follows a writer (a search replica): it takes every
+    /// write the writer made, whatever the cap, and a write the loaded
+    /// vectors cannot hold drops them (the next vector search answers
+    /// `index_full`, as the writer's would).
+    follower: bool,
 }
 
 impl SqlVectorIndex {
@@ -138,6 +144,28 @@ impl SqlVectorIndex {
             chunks,
             cap,
             vectors: true,
+            follower: false,
+        }
+    }
+
+    /// The index of a search replica in `sql`: as [`SqlVectorIndex::new`],
+    /// but writes are never refused for the cap (the writer decided them),
+    /// and `vectors` says whether embeddings are kept (the embedded index)
+    /// or live in Vectorize.
+    pub fn follower(
+        sql: SqlStorage,
+        mem: Rc<RefCell<Option<MemIndex>>>,
+        chunks: Rc<Cell<Option<u64>>>,
+        cap: u64,
+        vectors: bool,
+    ) -> Self {
+        Self {
+            sql,
+            mem,
+            chunks,
+            cap,
+            vectors,
+            follower: true,
         }
     }
 
@@ -151,6 +179,7 @@ impl SqlVectorIndex {
             chunks,
             cap: u64::MAX,
             vectors: false,
+            follower: false,
         }
     }
 
@@ -476,9 +505,16 @@ impl SqlVectorIndex {
                 ],
             )
             .map_err(storage)?;
-            if let Some(mem) = self.mem.borrow_mut().as_mut() {
+            let mut loaded = self.mem.borrow_mut();
+            if let Some(mem) = loaded.as_mut() {
                 let len = mem.len() as u64;
-                mem.upsert(rid, &r.values).map_err(|e| mem_error(e, len))?;
+                if let Err(e) = mem.upsert(rid, &r.values) {
+                    if !self.follower {
+                        return Err(mem_error(e, len));
+                    }
+                    // Stored; the vectors are read again on next use.
+                    *loaded = None;
+                }
             }
         }
         Ok(())
@@ -610,7 +646,11 @@ impl SqlVectorIndex {
             .map(|r| r.id.as_str())
             .collect::<HashSet<_>>()
             .len() as u64;
-        if self.vectors && adding > 0 && self.count_bound()?.saturating_add(adding) > self.cap {
+        if self.vectors
+            && !self.follower
+            && adding > 0
+            && self.count_bound()?.saturating_add(adding) > self.cap
+        {
             let count = self.count()?;
             if count.saturating_add(adding) > self.cap {
                 return Err(full(count, adding, self.cap));

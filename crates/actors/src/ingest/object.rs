@@ -192,7 +192,8 @@ impl IngestQueue {
         // A head start: small jobs are done before the answer.
         self.work(tenant, settings, work::INLINE).await;
         let job = self.with_core(|c| c.job(&job_id).cloned()).ok().flatten();
-        Ok(requests::enqueue_answer(accepted, job.as_ref()))
+        let answer = requests::enqueue_answer(accepted, job.as_ref());
+        Ok(self.replicated(tenant, settings, answer).await)
     }
 
     /// Works through due documents within `budget`, then re-arms.
@@ -214,33 +215,40 @@ impl IngestQueue {
             }
         }
         drop(working);
-        self.flush(tenant, settings).await;
         self.rearm().await;
-        if self.replicator.has_kept() {
-            // A replica did not take the run's changes: try again soon.
+    }
+
+    /// Sends the index's kept changes to the search replicas. Whatever an
+    /// answer built before this call reports done was kept by then, so
+    /// once this succeeds every search sees it. A replica that does not
+    /// take them leaves them kept: the alarm sends them again in a second.
+    async fn flush(&self, tenant: &TenantId, settings: &Settings) -> Result<(), ErrorReply> {
+        let sql = self.state.storage().sql();
+        let flushed = self
+            .replicator
+            .flush(&self.env, &sql, tenant, settings.search_replicas)
+            .await;
+        if let Err(e) = &flushed {
+            worker::console_error!("ingest queue: changes not sent to the search replicas: {e}");
             if let Err(e) = self.state.storage().set_alarm(REFLUSH_MS).await {
                 worker::console_error!("ingest queue: could not set the alarm: {e}");
             }
         }
+        flushed.map_err(ErrorReply::from)
     }
 
-    /// Sends the index's kept changes to the search replicas, so that what
-    /// the next answer reports done is what every search sees. A replica
-    /// that does not take them leaves them kept, sent again by the next
-    /// flush (the alarm tries within a second).
-    async fn flush(&self, tenant: &TenantId, settings: &Settings) {
-        let sql = self.state.storage().sql();
-        let flushed = match self.replicator.recover(&sql) {
-            Ok(()) if !self.replicator.has_kept() => return,
-            Ok(()) => {
-                self.replicator
-                    .flush(&self.env, &sql, tenant, settings.search_replicas)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = flushed {
-            worker::console_error!("ingest queue: changes not sent to the search replicas: {e}");
+    /// `answer`, built before the flush, once the replicas hold what it
+    /// reports; while they do not, a job is not reported done yet
+    /// ([`requests::unreplicated`]).
+    async fn replicated(
+        &self,
+        tenant: &TenantId,
+        settings: &Settings,
+        answer: IngestResponse,
+    ) -> IngestResponse {
+        match self.flush(tenant, settings).await {
+            Ok(()) => answer,
+            Err(_) => requests::unreplicated(answer),
         }
     }
 
@@ -335,10 +343,21 @@ impl IngestQueue {
         let (answer, effects) =
             self.with_core(|c| requests::finish_delete(c, plan, result, now))?;
         self.perform(&effects, None)?;
-        self.flush(tenant, settings).await;
         // Work that waited for this delete may go on.
         self.rearm().await;
-        answer
+        let answer = answer?;
+        self.flush(tenant, settings).await.map_err(|e| {
+            ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the document is deleted, but not every search replica has taken the \
+                     delete yet, so searches may still show it for a while (retried every \
+                     second): {}",
+                    e.message
+                ),
+            )
+        })?;
+        Ok(answer)
     }
 
     async fn handle(
@@ -353,9 +372,9 @@ impl IngestQueue {
         match envelope.message {
             IngestRequest::Enqueue(enqueue) => self.enqueue(&tenant, enqueue, &settings).await,
             IngestRequest::GetJob(get) => {
-                self.flush(&tenant, &settings).await;
                 let now = self.now();
-                self.with_core(|c| requests::get_job(c, get.job_id, now))?
+                let answer = self.with_core(|c| requests::get_job(c, get.job_id, now))??;
+                Ok(self.replicated(&tenant, &settings, answer).await)
             }
             IngestRequest::DeleteDocument(delete) => {
                 self.delete_document(&tenant, &settings, &delete.doc_id)
@@ -367,17 +386,33 @@ impl IngestQueue {
                 let index = self
                     .reader
                     .index(self.state.storage().sql(), &tenant, &settings)?;
-                let version = self.with_core(|c| c.index())?;
+                // The change number, as the replicas count: one numbering
+                // for every cache key, whoever answers.
+                let changed_at_ms = self.with_core(|c| c.index().changed_at_ms)?;
+                let version = crate::ingest::core::IndexVersion {
+                    version: replication::numbers(&self.state.storage().sql())
+                        .map_err(|e| internal(e.to_string()))?
+                        .seq,
+                    changed_at_ms,
+                };
                 self.reader
-                    .search(&self.state, &index, &tenant, &settings, version, search)
+                    .search(
+                        &self.state,
+                        &index,
+                        &tenant,
+                        &settings,
+                        version,
+                        search,
+                        &|| true,
+                    )
                     .await
             }
             IngestRequest::Inspect(_) => {
-                self.flush(&tenant, &settings).await;
                 let counts = self.store().counts()?;
                 let mut snapshot = self.with_core(|c| requests::snapshot(c, &settings, counts))?;
-                let (seq, _) = replication::numbers(&self.state.storage().sql())
-                    .map_err(|e| internal(e.to_string()))?;
+                let seq = replication::numbers(&self.state.storage().sql())
+                    .map_err(|e| internal(e.to_string()))?
+                    .seq;
                 snapshot.replication = Replication {
                     replicas: settings.search_replicas,
                     seq,
@@ -409,7 +444,6 @@ impl IngestQueue {
                     .await
             }
             IngestRequest::ListDocuments(list) => {
-                self.flush(&tenant, &settings).await;
                 if !(1..=protocol::listing::MAX_PAGE_LIMIT).contains(&list.limit) {
                     return Err(ErrorReply::new(
                         protocol::ErrorCode::InvalidRequest,
@@ -463,6 +497,8 @@ impl worker::DurableObject for IngestQueue {
                     serde_json::Value::Null,
                 );
                 self.work(&tenant, &settings, work::ALARM).await;
+                // Sets the alarm again if a replica did not take the changes.
+                let _ = self.flush(&tenant, &settings).await;
                 Response::ok("done")
             }
             // An error makes the runtime retry the alarm later.

@@ -74,23 +74,22 @@ impl Reader {
         )
     }
 
-    /// The index's rows and full text alone, where a replica writes what
-    /// the writer sends: with Vectorize the vectors are there already, so
-    /// only the object's own rows change.
-    pub fn local_index(
+    /// Where a replica writes what the writer sends: its own rows and full
+    /// text, and with the embedded index the vectors (with Vectorize they
+    /// are there already). Never refused for the chunk cap: the writer
+    /// enforced it.
+    pub fn follower_index(
         &self,
         sql: worker::SqlStorage,
-        tenant: &TenantId,
         settings: &Settings,
-    ) -> Result<AnyIndex, PortError> {
-        if settings.vectorize {
-            Ok(AnyIndex::Sql(crate::embedded::SqlVectorIndex::text_only(
-                sql,
-                self.chunks.clone(),
-            )))
-        } else {
-            self.index(sql, tenant, settings)
-        }
+    ) -> crate::embedded::SqlVectorIndex {
+        crate::embedded::SqlVectorIndex::follower(
+            sql,
+            self.mem.clone(),
+            self.chunks.clone(),
+            settings.bounds.embedded_max_chunks,
+            !settings.vectorize,
+        )
     }
 
     /// Forgets what was derived from the index (the loaded vectors, the
@@ -191,6 +190,9 @@ impl Reader {
     }
 
     /// Answers `search` from `index` (this object's copy, at `version`).
+    /// The answer is cached only if `current()` still holds once it is
+    /// computed (a replica's copy may have been replaced meanwhile).
+    #[allow(clippy::too_many_arguments)]
     pub async fn search(
         &self,
         state: &State,
@@ -199,6 +201,7 @@ impl Reader {
         settings: &Settings,
         version: super::core::IndexVersion,
         search: Search,
+        current: &dyn Fn() -> bool,
     ) -> Result<IngestResponse, ErrorReply> {
         search.validate().map_err(requests::invalid)?;
         self.searches.set(self.searches.get() + 1);
@@ -247,7 +250,7 @@ impl Reader {
             .await;
         let results = plan.finish(shortlist, scores);
         let now = SystemClock.now_ms();
-        if !(complete && plan.cacheable(settings.vectorize, now)) {
+        if !(complete && plan.cacheable(settings.vectorize, now) && current()) {
             return Ok(IngestResponse::Results(results));
         }
         self.answers.borrow_mut().put(&plan, &results);

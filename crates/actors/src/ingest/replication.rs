@@ -20,26 +20,142 @@ use protocol::{RequestId, TenantId};
 use std::cell::{Cell, RefCell};
 use worker::{Env, SqlStorage};
 
-/// The writer's last change number, and the last one every replica took.
+/// The writer's last change number, the last one every replica took, and
+/// how many replicas took it.
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS replication (
-    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, acked INTEGER NOT NULL DEFAULT 0)";
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0, replicas INTEGER NOT NULL DEFAULT 0)";
 
-/// Chunks kept unsent after which a write sends them at once (about 3 MB of
-/// vectors): the kept changes stay bounded in memory and in message size.
+/// The writer's numbers ([`SCHEMA`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Numbers {
+    /// The last change numbered.
+    pub seq: u64,
+    /// The last change every replica took.
+    pub acked: u64,
+    /// How many replicas there were when they took it.
+    pub replicas: u32,
+}
+
+/// Most chunks (or ids) in one numbered change: a document's write is cut
+/// into changes of this size, so no change is too large for a message.
+/// With 768-dimension vectors (5 bytes a number in MessagePack), a chunk's
+/// text and its document's metadata (at most 4 KiB) a chunk is at most
+/// about 10 KB, a change at most about 2.5 MB.
+pub const MAX_CHANGE_RECORDS: usize = 250;
+
+/// Most chunks in one message to a replica (at most about 5 MB, inside the
+/// 16 MiB a message may hold); more kept are sent in several messages, in
+/// order.
+pub const MAX_BATCH_RECORDS: usize = 500;
+
+/// Chunks kept unsent after which a write sends them at once.
 pub const FLUSH_RECORDS: usize = 1000;
+
+/// Most chunks kept while replicas do not take them (about 50 MB at most):
+/// past it they are dropped, and the replicas, which then see a gap in the
+/// numbers, copy the index instead.
+pub const MAX_KEPT_RECORDS: usize = 5000;
+
+fn size(change: &ReplicaChange) -> usize {
+    match change {
+        ReplicaChange::Upsert(chunks) => chunks.len(),
+        ReplicaChange::Delete(ids) => ids.len(),
+    }
+    .max(1)
+}
+
+/// A write's change cut into pieces of at most [`MAX_CHANGE_RECORDS`]
+/// (an empty change stays one piece).
+pub fn pieces(change: ReplicaChange) -> Vec<ReplicaChange> {
+    match change {
+        ReplicaChange::Upsert(chunks) if chunks.len() > MAX_CHANGE_RECORDS => chunks
+            .chunks(MAX_CHANGE_RECORDS)
+            .map(|c| ReplicaChange::Upsert(c.to_vec()))
+            .collect(),
+        ReplicaChange::Delete(ids) if ids.len() > MAX_CHANGE_RECORDS => ids
+            .chunks(MAX_CHANGE_RECORDS)
+            .map(|c| ReplicaChange::Delete(c.to_vec()))
+            .collect(),
+        change => vec![change],
+    }
+}
+
+/// The numbered changes not yet taken by every replica, in order (pure).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Kept {
+    changes: Vec<Replicate>,
+    records: usize,
+}
+
+impl Kept {
+    /// Keeps change `seq`. False when the bound is passed: then nothing is
+    /// kept any more (the caller lets the replicas copy instead).
+    pub fn push(&mut self, seq: u64, change: ReplicaChange) -> bool {
+        self.records += size(&change);
+        self.changes.push(Replicate { seq, change });
+        if self.records > MAX_KEPT_RECORDS {
+            self.clear();
+            return false;
+        }
+        true
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Whether enough is kept that it should be sent now.
+    pub fn full(&self) -> bool {
+        self.records >= FLUSH_RECORDS
+    }
+
+    /// Forgets every kept change.
+    pub fn clear(&mut self) {
+        self.changes.clear();
+        self.records = 0;
+    }
+
+    /// The kept changes as messages of at most [`MAX_BATCH_RECORDS`]
+    /// chunks each (a larger single change alone), in order.
+    pub fn batches(&self) -> Vec<Vec<Replicate>> {
+        let mut batches: Vec<Vec<Replicate>> = Vec::new();
+        let mut records = 0;
+        for change in &self.changes {
+            let n = size(&change.change);
+            match batches.last_mut() {
+                Some(batch) if records + n <= MAX_BATCH_RECORDS => {
+                    batch.push(change.clone());
+                    records += n;
+                }
+                _ => {
+                    batches.push(vec![change.clone()]);
+                    records = n;
+                }
+            }
+        }
+        batches
+    }
+
+    /// Every replica took the changes up to `last`: they are forgotten
+    /// (those kept since stay).
+    pub fn sent(&mut self, last: u64) {
+        self.changes.retain(|c| c.seq > last);
+        self.records = self.changes.iter().map(|c| size(&c.change)).sum();
+    }
+}
 
 /// The writer's replication state in memory.
 #[derive(Default)]
 pub struct Replicator {
     /// Held while changes are sent: replicas receive them in order.
     sending: futures::lock::Mutex<()>,
-    /// Changes numbered and not yet taken by every replica, in order.
-    kept: RefCell<Vec<Replicate>>,
-    /// Chunks (and ids) in `kept`.
-    kept_records: Cell<usize>,
+    /// Changes numbered and not yet taken by every replica.
+    kept: RefCell<Kept>,
     /// Pages exported since the object woke.
     pages: Cell<u64>,
-    /// Batches sent since the object woke.
+    /// Messages of changes sent since the object woke.
     batches: Cell<u64>,
 }
 
@@ -50,32 +166,30 @@ fn failed(e: impl std::fmt::Display) -> PortError {
     }
 }
 
-/// The writer's last change number and the last one every replica took (0
-/// before the first). The table is created with the queue's
-/// (`QueueStore::create_tables`).
-pub fn numbers(sql: &SqlStorage) -> Result<(u64, u64), SqlError> {
-    Ok(sql::first::<(u64, u64)>(
+/// The writer's numbers (all 0 before the first change). The table is
+/// created with the queue's (`QueueStore::create_tables`).
+pub fn numbers(sql: &SqlStorage) -> Result<Numbers, SqlError> {
+    Ok(sql::first::<(u64, u64, u32)>(
         sql,
-        "SELECT seq, acked FROM replication WHERE id = 1",
+        "SELECT seq, acked, replicas FROM replication WHERE id = 1",
         vec![],
     )?
-    .unwrap_or((0, 0)))
+    .map(|(seq, acked, replicas)| Numbers {
+        seq,
+        acked,
+        replicas,
+    })
+    .unwrap_or_default())
 }
 
-fn store(sql: &SqlStorage, seq: u64, acked: u64) -> Result<(), SqlError> {
+fn store(sql: &SqlStorage, n: Numbers) -> Result<(), SqlError> {
     sql::exec(
         sql,
-        "INSERT INTO replication (id, seq, acked) VALUES (1, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, acked = excluded.acked",
-        vec![int(seq), int(acked)],
+        "INSERT INTO replication (id, seq, acked, replicas) VALUES (1, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE
+         SET seq = excluded.seq, acked = excluded.acked, replicas = excluded.replicas",
+        vec![int(n.seq), int(n.acked), int(n.replicas)],
     )
-}
-
-fn size(change: &ReplicaChange) -> usize {
-    match change {
-        ReplicaChange::Upsert(chunks) => chunks.len(),
-        ReplicaChange::Delete(ids) => ids.len(),
-    }
 }
 
 impl Replicator {
@@ -84,7 +198,7 @@ impl Replicator {
         self.pages.get()
     }
 
-    /// Batches sent since the object woke.
+    /// Messages of changes sent since the object woke.
     pub fn batches_sent(&self) -> u64 {
         self.batches.get()
     }
@@ -94,34 +208,68 @@ impl Replicator {
         !self.kept.borrow().is_empty()
     }
 
-    /// Numbers `change`, already written to the writer's index, and keeps
-    /// it for the next [`Self::flush`]. Returns whether enough is kept that
-    /// it should be sent now.
+    /// Numbers `change`, already written to the writer's index (in pieces
+    /// of at most [`MAX_CHANGE_RECORDS`]), and keeps it for the next
+    /// [`Self::flush`]. Returns whether enough is kept that it should be
+    /// sent now. Past [`MAX_KEPT_RECORDS`] nothing is kept: the numbers
+    /// go on, so the replicas see a gap and copy the index.
     pub fn keep(&self, sql: &SqlStorage, change: ReplicaChange) -> Result<bool, PortError> {
-        let (last, acked) = numbers(sql).map_err(failed)?;
-        let seq = last + 1;
-        store(sql, seq, acked).map_err(failed)?;
-        self.kept_records
-            .set(self.kept_records.get() + size(&change).max(1));
-        self.kept.borrow_mut().push(Replicate { seq, change });
-        Ok(self.kept_records.get() >= FLUSH_RECORDS)
+        let n = numbers(sql).map_err(failed)?;
+        let pieces = pieces(change);
+        let seq = n.seq + pieces.len() as u64;
+        store(sql, Numbers { seq, ..n }).map_err(failed)?;
+        let mut kept = self.kept.borrow_mut();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            if !kept.push(n.seq + 1 + i as u64, piece) {
+                worker::console_warn!(
+                    "ingest queue: over {MAX_KEPT_RECORDS} chunks not taken by the search replicas; \
+                     they will copy the index instead"
+                );
+                return Ok(false);
+            }
+        }
+        Ok(kept.full())
     }
 
-    /// Changes numbered in an earlier life of the object that no replica
-    /// may have taken (they were kept in memory when it was reset): one
-    /// empty change is numbered past them, so every replica that missed
-    /// them sees the gap and copies the index. Nothing to do otherwise.
+    /// The writer's index changed without a numbered change (a write failed
+    /// part way): a number is skipped, so every replica sees a gap at the
+    /// next change and copies the index.
+    pub fn diverged(&self, sql: &SqlStorage) {
+        let skipped = numbers(sql).and_then(|n| {
+            store(
+                sql,
+                Numbers {
+                    seq: n.seq + 1,
+                    ..n
+                },
+            )
+        });
+        if let Err(e) = skipped {
+            worker::console_error!("ingest queue: a change number could not be skipped: {e}");
+        }
+        self.kept.borrow_mut().clear();
+    }
+
+    /// Changes numbered that no replica may have taken while none is kept
+    /// (the object was reset with changes in memory, or they were dropped
+    /// past the bound): one empty change is numbered past them, so every
+    /// replica that missed them sees the gap and copies the index.
     pub fn recover(&self, sql: &SqlStorage) -> Result<(), PortError> {
-        let (last, acked) = numbers(sql).map_err(failed)?;
-        if last > acked && !self.has_kept() {
+        let n = numbers(sql).map_err(failed)?;
+        if n.seq > n.acked && !self.has_kept() {
             self.keep(sql, ReplicaChange::Delete(Vec::new()))?;
         }
         Ok(())
     }
 
-    /// Sends every kept change to each of `replicas` replicas, all at once,
-    /// and records that they took them. On a failure the changes stay kept
-    /// and are sent again next time (a replica that took them ignores them).
+    /// Sends every kept change to each of `replicas` replicas, a message at
+    /// a time in order, each to all replicas at once, and records which
+    /// they took. On a failure the changes not taken stay kept and are sent
+    /// again next time (a replica that took them ignores them). Replicas
+    /// that left the set since the last flush (`SEARCH_REPLICAS` was
+    /// lowered) are told to forget their copy, so they cannot answer from it
+    /// if the var is raised again; that is retried until it succeeds, and
+    /// never holds back the others.
     pub async fn flush(
         &self,
         env: &Env,
@@ -130,13 +278,45 @@ impl Replicator {
         replicas: u32,
     ) -> Result<(), PortError> {
         let _turn = self.sending.lock().await;
-        let changes: Vec<Replicate> = self.kept.borrow().clone();
-        let Some(last) = changes.last().map(|c| c.seq) else {
-            return Ok(());
-        };
-        if replicas > 0 {
-            let batch = ReplicateBatch { changes };
-            let request_id = RequestId::from_random(crate::entropy::random_bytes());
+        self.recover(sql)?;
+        let before = numbers(sql).map_err(failed)?;
+        let request_id = RequestId::from_random(crate::entropy::random_bytes());
+        let mut left = before.replicas;
+        if before.replicas > replicas {
+            let forgets = (replicas..before.replicas).map(|k| {
+                let request_id = &request_id;
+                async move {
+                    let batch = ReplicateBatch {
+                        changes: Vec::new(),
+                        forget: true,
+                    };
+                    match ReplicaHandle::new(env, tenant, k) {
+                        Ok(replica) => replica.replicate(request_id, batch).await.map(|_| ()),
+                        Err(e) => Err(e),
+                    }
+                }
+            });
+            match futures::future::join_all(forgets)
+                .await
+                .into_iter()
+                .find_map(Result::err)
+            {
+                None => left = replicas,
+                Some(e) => worker::console_error!(
+                    "ingest queue: a replica left out could not be told to forget its copy: {e}"
+                ),
+            }
+        }
+        let batches = self.kept.borrow().batches();
+        let mut acked = before.acked;
+        for changes in batches {
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                continue;
+            };
+            let batch = ReplicateBatch {
+                changes,
+                forget: false,
+            };
             let sends = (0..replicas).map(|k| {
                 let (batch, request_id) = (batch.clone(), &request_id);
                 async move {
@@ -144,22 +324,36 @@ impl Replicator {
                         .map_err(failed)?
                         .replicate(request_id, batch)
                         .await
+                        .map(|_| ())
                         .map_err(|e| failed(format!("replica {k}: {e}")))
                 }
             });
-            for sent in futures::future::join_all(sends).await {
-                sent?;
+            let sent = futures::future::join_all(sends)
+                .await
+                .into_iter()
+                .find_map(Result::err);
+            if let Some(e) = sent {
+                self.save_acked(sql, acked, left.max(replicas))?;
+                return Err(e);
             }
             self.batches.set(self.batches.get() + 1);
+            self.kept.borrow_mut().sent(last);
+            acked = last;
         }
-        // Changes kept while this batch was out stay for the next one.
-        let mut kept = self.kept.borrow_mut();
-        kept.retain(|c| c.seq > last);
-        self.kept_records
-            .set(kept.iter().map(|c| size(&c.change).max(1)).sum());
-        drop(kept);
-        let (seq, _) = numbers(sql).map_err(failed)?;
-        store(sql, seq, last).map_err(failed)
+        self.save_acked(sql, acked, left.max(replicas))
+    }
+
+    fn save_acked(&self, sql: &SqlStorage, acked: u64, replicas: u32) -> Result<(), PortError> {
+        let now = numbers(sql).map_err(failed)?;
+        store(
+            sql,
+            Numbers {
+                seq: now.seq,
+                acked,
+                replicas,
+            },
+        )
+        .map_err(failed)
     }
 
     /// A page of the index for a replica's copy: the rows after
@@ -167,7 +361,7 @@ impl Replicator {
     /// step (no change can come between them).
     pub fn export(&self, sql: &SqlStorage, export: ExportChunks) -> Result<ChunkPage, SqlError> {
         let limit = export.limit.clamp(1, protocol::replica::MAX_PAGE_CHUNKS);
-        let (seq, _) = numbers(sql)?;
+        let seq = numbers(sql)?.seq;
         let rows = sql::rows::<(i64, String, Vec<u8>, String)>(
             sql,
             "SELECT rid, id, embedding, metadata FROM vectors WHERE rid > ? ORDER BY rid LIMIT ?",
@@ -233,13 +427,39 @@ pub struct ReplicatedIndex<'a> {
 }
 
 impl ReplicatedIndex<'_> {
+    /// Keeps the change of a write that succeeded, and sends what is kept
+    /// when it is enough. A replica that does not take it fails nothing
+    /// here: the write is done, and the changes stay kept for the writer's
+    /// next flush, which decides what may be reported.
     async fn keep(&self, change: ReplicaChange) -> Result<(), PortError> {
-        if self.replicator.keep(&self.sql, change)? {
-            self.replicator
-                .flush(self.env, &self.sql, self.tenant, self.replicas)
-                .await?;
+        match self.replicator.keep(&self.sql, change) {
+            Ok(true) => {
+                let sent = self
+                    .replicator
+                    .flush(self.env, &self.sql, self.tenant, self.replicas)
+                    .await;
+                if let Err(e) = sent {
+                    worker::console_warn!("ingest queue: changes kept for the replicas: {e}");
+                }
+            }
+            Ok(false) => {}
+            // Written but not numbered: the replicas must copy.
+            Err(_) => self.replicator.diverged(&self.sql),
         }
         Ok(())
+    }
+
+    /// The writer's own write failed, perhaps part way: the replicas cannot
+    /// be told exactly what changed, so they copy.
+    fn failed_write(&self, e: PortError) -> PortError {
+        // Only the object's own rows are copied to replicas: a failure of
+        // theirs (storage) may have changed some. A refusal (`Full`) or a
+        // failure of Vectorize (written before the rows) changed none.
+        if matches!(&e, PortError::Failed { service, .. } if *service == crate::embedded::sql_index::SERVICE)
+        {
+            self.replicator.diverged(&self.sql);
+        }
+        e
     }
 }
 
@@ -253,12 +473,18 @@ impl VectorIndex for ReplicatedIndex<'_> {
     }
 
     async fn upsert(&self, records: &[VectorRecord]) -> Result<(), PortError> {
-        self.index.upsert(records).await?;
+        self.index
+            .upsert(records)
+            .await
+            .map_err(|e| self.failed_write(e))?;
         self.keep(upsert_change(records, self.with_vectors)).await
     }
 
     async fn delete(&self, ids: &[String]) -> Result<(), PortError> {
-        self.index.delete(ids).await?;
+        self.index
+            .delete(ids)
+            .await
+            .map_err(|e| self.failed_write(e))?;
         self.keep(ReplicaChange::Delete(ids.to_vec())).await
     }
 
@@ -283,6 +509,74 @@ pub fn records(chunks: Vec<ChunkRecord>) -> Vec<VectorRecord> {
 mod tests {
     use super::*;
     use protocol::ingest::MetaValue;
+
+    fn upsert(n: usize) -> ReplicaChange {
+        ReplicaChange::Upsert(
+            (0..n)
+                .map(|i| ChunkRecord {
+                    id: format!("c{i}"),
+                    values: vec![],
+                    metadata: Metadata::new(),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_large_write_is_cut_into_changes_that_fit_a_message() {
+        let cut = pieces(upsert(2 * MAX_CHANGE_RECORDS + 1));
+        assert_eq!(
+            cut.iter().map(size).collect::<Vec<_>>(),
+            vec![MAX_CHANGE_RECORDS, MAX_CHANGE_RECORDS, 1]
+        );
+        let ReplicaChange::Upsert(last) = &cut[2] else {
+            unreachable!("upserts stay upserts")
+        };
+        assert_eq!(last[0].id, format!("c{}", 2 * MAX_CHANGE_RECORDS));
+        let ids: Vec<String> = (0..MAX_CHANGE_RECORDS + 1).map(|i| i.to_string()).collect();
+        assert_eq!(pieces(ReplicaChange::Delete(ids)).len(), 2);
+        assert_eq!(pieces(ReplicaChange::Delete(vec![])).len(), 1);
+    }
+
+    #[test]
+    fn kept_changes_go_in_ordered_messages_and_only_what_was_sent_is_forgotten() {
+        let mut kept = Kept::default();
+        assert!(kept.is_empty() && kept.batches().is_empty());
+        for seq in 1..=5 {
+            assert!(kept.push(seq, upsert(200)));
+        }
+        assert!(kept.full(), "1,000 chunks");
+        let batches = kept.batches();
+        let numbers: Vec<Vec<u64>> = batches
+            .iter()
+            .map(|b| b.iter().map(|c| c.seq).collect())
+            .collect();
+        assert_eq!(numbers, vec![vec![1, 2], vec![3, 4], vec![5]]);
+        for batch in &batches {
+            let n: usize = batch.iter().map(|c| size(&c.change)).sum();
+            assert!(n <= MAX_BATCH_RECORDS);
+        }
+        // Sent up to 4; 6 was kept meanwhile.
+        assert!(kept.push(6, ReplicaChange::Delete(vec![])));
+        kept.sent(4);
+        let left: Vec<u64> = kept.batches().concat().iter().map(|c| c.seq).collect();
+        assert_eq!(left, vec![5, 6]);
+        assert!(!kept.full());
+        kept.sent(6);
+        assert!(kept.is_empty());
+    }
+
+    #[test]
+    fn past_the_bound_nothing_is_kept() {
+        let mut kept = Kept::default();
+        let mut seq = 0;
+        while kept.push(seq + 1, upsert(MAX_CHANGE_RECORDS)) {
+            seq += 1;
+            assert!(seq as usize * MAX_CHANGE_RECORDS <= MAX_KEPT_RECORDS);
+        }
+        assert!(kept.is_empty(), "dropped: the replicas copy instead");
+        assert_eq!(seq as usize, MAX_KEPT_RECORDS / MAX_CHANGE_RECORDS);
+    }
 
     #[test]
     fn a_change_carries_vectors_only_where_replicas_hold_them() {

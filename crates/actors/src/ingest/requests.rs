@@ -59,6 +59,26 @@ pub fn enqueue_answer(accepted: JobAccepted, job: Option<&JobView>) -> IngestRes
     IngestResponse::Accepted(JobAccepted { status, ..accepted })
 }
 
+/// `reply` as it may be given while the search replicas have not taken
+/// every change of the index yet: a job is not reported `done` (an enqueue
+/// answers `queued`, a job view `running`) until every search would see
+/// its documents; anything else is unchanged.
+pub fn unreplicated(reply: IngestResponse) -> IngestResponse {
+    match reply {
+        IngestResponse::Job(job) if job.status == JobStatus::Done => IngestResponse::Job(JobView {
+            status: JobStatus::Running,
+            ..job
+        }),
+        IngestResponse::Accepted(accepted) if accepted.status == JobStatus::Done => {
+            IngestResponse::Accepted(JobAccepted {
+                status: JobStatus::Queued,
+                ..accepted
+            })
+        }
+        other => other,
+    }
+}
+
 /// A job's view.
 pub fn get_job(
     core: &mut QueueCore,
@@ -415,5 +435,48 @@ mod tests {
             )
         );
         assert!(allow_fault_injection(&settings(&[("FAULT_INJECTION", "enabled")])).is_ok());
+    }
+
+    #[test]
+    fn a_job_is_not_reported_done_before_the_replicas_hold_it() {
+        let accepted = JobAccepted {
+            job_id: "j".into(),
+            count: 1,
+            status: JobStatus::Done,
+        };
+        let queued = JobAccepted {
+            status: JobStatus::Queued,
+            ..accepted.clone()
+        };
+        assert_eq!(
+            unreplicated(IngestResponse::Accepted(accepted)),
+            IngestResponse::Accepted(queued.clone())
+        );
+        assert_eq!(
+            unreplicated(IngestResponse::Accepted(queued.clone())),
+            IngestResponse::Accepted(queued)
+        );
+        let job = |status| JobView {
+            job_id: "j".into(),
+            status,
+            documents_total: 2,
+            documents_done: 2,
+            chunks_done: 3,
+            attempts: 0,
+            last_error: None,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            next_attempt_at_ms: None,
+        };
+        assert_eq!(
+            unreplicated(IngestResponse::Job(job(JobStatus::Done))),
+            IngestResponse::Job(job(JobStatus::Running))
+        );
+        for other in [JobStatus::Failed, JobStatus::Retrying, JobStatus::Running] {
+            assert_eq!(
+                unreplicated(IngestResponse::Job(job(other))),
+                IngestResponse::Job(job(other))
+            );
+        }
     }
 }

@@ -26,9 +26,18 @@
 use protocol::replica::{ReplicaChange, Replicate};
 use std::collections::BTreeMap;
 
-/// Most changes kept while a copy is taken; past it the copy is taken again
-/// (the replica cannot know the writer's state without what it dropped).
-pub const MAX_KEPT_CHANGES: usize = 1024;
+/// Most chunks (or ids) in the changes kept while a copy is taken (about
+/// 50 MB at most); past it the copy is taken again (the replica cannot know
+/// the writer's state without what it dropped).
+pub const MAX_KEPT_RECORDS: usize = 5000;
+
+fn records(change: &ReplicaChange) -> usize {
+    match change {
+        ReplicaChange::Upsert(chunks) => chunks.len(),
+        ReplicaChange::Delete(ids) => ids.len(),
+    }
+    .max(1)
+}
 
 /// What the shell does with one of the writer's changes.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +75,9 @@ struct Copying {
     base: Option<u64>,
     /// Changes that arrived meanwhile, by number.
     kept: BTreeMap<u64, ReplicaChange>,
-    /// More than [`MAX_KEPT_CHANGES`] arrived.
+    /// Chunks (or ids) in `kept`.
+    records: usize,
+    /// More than [`MAX_KEPT_RECORDS`] arrived.
     overflowed: bool,
 }
 
@@ -105,8 +116,13 @@ impl ReplicaCore {
             if copying.base.is_some_and(|base| change.seq <= base) {
                 return OnChange::Ignore;
             }
-            if copying.kept.len() >= MAX_KEPT_CHANGES && !copying.kept.contains_key(&change.seq) {
+            if copying.overflowed || copying.kept.contains_key(&change.seq) {
+                return OnChange::Kept;
+            }
+            copying.records += records(&change.change);
+            if copying.records > MAX_KEPT_RECORDS {
                 copying.overflowed = true;
+                copying.kept.clear();
                 return OnChange::Kept;
             }
             copying.kept.insert(change.seq, change.change);
@@ -124,6 +140,14 @@ impl ReplicaCore {
                 OnChange::Lost
             }
         }
+    }
+
+    /// The replica left the deployment's set: no more changes will come, so
+    /// its copy cannot be trusted if it is used again (a copy under way is
+    /// abandoned).
+    pub fn forget(&mut self) {
+        self.copying = None;
+        self.seq = None;
     }
 
     /// Starts a copy: the shell empties the tables and stores "no copy".
@@ -144,6 +168,7 @@ impl ReplicaCore {
             if copying.base.is_none() {
                 copying.base = Some(writer_seq);
                 copying.kept.retain(|&seq, _| seq > writer_seq);
+                copying.records = copying.kept.values().map(records).sum();
             }
         }
     }
@@ -245,6 +270,20 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_left_out_forgets_its_copy_and_any_copy_under_way() {
+        let mut core = ReplicaCore::restore(Some(9));
+        core.forget();
+        assert!(!core.usable());
+        assert_eq!(core.on_change(change(10, "a")), OnChange::NoCopy);
+        assert!(core.begin_copy());
+        core.page(3);
+        core.forget();
+        assert!(!core.copying());
+        assert_eq!(core.finish_copy(), CopyEnd::Incomplete);
+        assert_eq!(core.seq(), None);
+    }
+
+    #[test]
     fn a_fresh_replica_has_no_copy() {
         let mut core = ReplicaCore::restore(None);
         assert!(!core.usable());
@@ -313,7 +352,7 @@ mod tests {
 
         assert!(core.begin_copy());
         core.page(0);
-        for seq in 1..=(MAX_KEPT_CHANGES as u64 + 1) {
+        for seq in 1..=(MAX_KEPT_RECORDS as u64 + 1) {
             assert_eq!(core.on_change(change(seq, "a")), OnChange::Kept);
         }
         assert_eq!(core.finish_copy(), CopyEnd::Incomplete);

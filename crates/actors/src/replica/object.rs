@@ -63,6 +63,10 @@ pub struct SearchReplica {
     applied: Cell<u64>,
     /// Whole copies taken since the object woke.
     copies: Cell<u64>,
+    /// Bumped whenever the copy's tables are emptied or its number is
+    /// dropped: a copy or a search begun under an older value was
+    /// overtaken (a copy stops, a search is answered again).
+    generation: Cell<u64>,
 }
 
 impl SearchReplica {
@@ -142,13 +146,8 @@ impl SearchReplica {
 
     /// Writes `change` to the copy. The replica's index has no awaits on
     /// I/O, so this and [`Self::save`] after it commit together.
-    async fn apply(
-        &self,
-        tenant: &TenantId,
-        settings: &Settings,
-        change: ReplicaChange,
-    ) -> Result<(), ErrorReply> {
-        let index = self.reader.local_index(self.sql(), tenant, settings)?;
+    async fn apply(&self, settings: &Settings, change: ReplicaChange) -> Result<(), ErrorReply> {
+        let index = self.reader.follower_index(self.sql(), settings);
         let written = match change {
             ReplicaChange::Upsert(chunks) => index.upsert(&records(chunks)).await,
             ReplicaChange::Delete(ids) => index.delete(&ids).await,
@@ -166,27 +165,32 @@ impl SearchReplica {
     /// commit together.
     async fn replicate(
         &self,
-        tenant: &TenantId,
         settings: &Settings,
         batch: protocol::replica::ReplicateBatch,
     ) -> Result<IngestResponse, ErrorReply> {
-        let mut applied = false;
+        if batch.forget {
+            self.generation.set(self.generation.get() + 1);
+            self.with_core(ReplicaCore::forget)?;
+            self.save()?;
+            return Ok(IngestResponse::Replicated(Replicated { seq: None }));
+        }
+        let mut save = false;
         let mut copy = false;
         for change in batch.changes {
             match self.with_core(|c| c.on_change(change))? {
                 OnChange::Apply(change) => {
-                    self.apply(tenant, settings, change).await?;
-                    applied = true;
+                    self.apply(settings, change).await?;
+                    save = true;
                 }
                 OnChange::Lost => {
-                    applied = true;
+                    save = true;
                     copy = true;
                 }
                 OnChange::NoCopy => copy = true,
                 OnChange::Ignore | OnChange::Kept => {}
             }
         }
-        if applied {
+        if save {
             self.save()?;
         }
         if copy {
@@ -212,7 +216,14 @@ impl SearchReplica {
         if !self.with_core(|c| c.begin_copy())? {
             return Ok(false);
         }
-        let copied = self.copy_pages(tenant, settings).await;
+        let generation = self.generation.get() + 1;
+        self.generation.set(generation);
+        let copied = self.copy_pages(tenant, settings, generation).await;
+        if self.generation.get() != generation {
+            // Overtaken (forgotten, or the core reloaded and copying
+            // again): the newer state is not this copy's to change.
+            return Ok(false);
+        }
         if let Err(e) = copied {
             self.with_core(|c| c.abandon_copy())?;
             self.save()?;
@@ -221,7 +232,7 @@ impl SearchReplica {
         match self.with_core(|c| c.finish_copy())? {
             CopyEnd::Usable { changes, .. } => {
                 for change in changes {
-                    self.apply(tenant, settings, change).await?;
+                    self.apply(settings, change).await?;
                 }
                 self.reader.forget();
                 self.save()?;
@@ -235,7 +246,14 @@ impl SearchReplica {
         }
     }
 
-    async fn copy_pages(&self, tenant: &TenantId, settings: &Settings) -> Result<(), ErrorReply> {
+    /// Empties the tables and writes the writer's index into them, page by
+    /// page, while `generation` is current.
+    async fn copy_pages(
+        &self,
+        tenant: &TenantId,
+        settings: &Settings,
+        generation: u64,
+    ) -> Result<(), ErrorReply> {
         let sql = self.sql();
         for statement in ["DELETE FROM chunk_text", "DELETE FROM vectors"] {
             sql::exec(&sql, statement, vec![]).map_err(storage)?;
@@ -255,10 +273,15 @@ impl SearchReplica {
                 .export_chunks(&request_id, export)
                 .await
                 .map_err(|e| unavailable(format!("copying the tenant's index: {e}")))?;
+            if self.generation.get() != generation {
+                return Ok(());
+            }
             self.with_core(|c| c.page(page.seq))?;
             if !page.records.is_empty() {
-                let index = self.reader.local_index(self.sql(), tenant, settings)?;
-                index.upsert(&records(page.records)).await?;
+                self.reader
+                    .follower_index(self.sql(), settings)
+                    .upsert(&records(page.records))
+                    .await?;
             }
             match page.next {
                 Some(next) => after = next,
@@ -297,6 +320,45 @@ impl SearchReplica {
         }
     }
 
+    /// Answers `search` from the copy. A copy begun while it ran (its
+    /// tables emptied under it) makes it answer again, from the new copy.
+    async fn search(
+        &self,
+        tenant: &TenantId,
+        settings: &Settings,
+        search: protocol::ingest::Search,
+    ) -> Result<IngestResponse, ErrorReply> {
+        for _ in 0..COPY_TRIES {
+            let seq = self.ready(tenant, settings).await?;
+            let generation = self.generation.get();
+            let changed_at_ms = self.loaded.borrow().as_ref().map_or(0, |l| l.changed_at);
+            let version = IndexVersion {
+                version: seq,
+                changed_at_ms,
+            };
+            let index = self.reader.index(self.sql(), tenant, settings)?;
+            let current = || self.generation.get() == generation;
+            let answer = self
+                .reader
+                .search(
+                    &self.state,
+                    &index,
+                    tenant,
+                    settings,
+                    version,
+                    search.clone(),
+                    &current,
+                )
+                .await?;
+            if current() {
+                return Ok(answer);
+            }
+        }
+        Err(unavailable(
+            "the search replica's copy of the index kept changing; try again",
+        ))
+    }
+
     fn view(&self) -> Result<ReplicaView, ErrorReply> {
         let chunks = sql::scalar::<u64>(&self.sql(), "SELECT COUNT(*) FROM vectors", vec![])
             .map_err(storage)?;
@@ -316,19 +378,8 @@ impl SearchReplica {
         let settings = self.settings()?;
         let tenant = self.load(Some(&envelope.tenant_id))?;
         match envelope.message {
-            IngestRequest::Replicate(change) => self.replicate(&tenant, &settings, change).await,
-            IngestRequest::Search(search) => {
-                let seq = self.ready(&tenant, &settings).await?;
-                let changed_at_ms = self.loaded.borrow().as_ref().map_or(0, |l| l.changed_at);
-                let version = IndexVersion {
-                    version: seq,
-                    changed_at_ms,
-                };
-                let index = self.reader.index(self.sql(), &tenant, &settings)?;
-                self.reader
-                    .search(&self.state, &index, &tenant, &settings, version, search)
-                    .await
-            }
+            IngestRequest::Replicate(batch) => self.replicate(&settings, batch).await,
+            IngestRequest::Search(search) => self.search(&tenant, &settings, search).await,
             IngestRequest::Embed(embed) => {
                 self.reader
                     .embed(&self.state, &tenant, &settings, embed)
@@ -354,6 +405,7 @@ impl worker::DurableObject for SearchReplica {
             loaded: RefCell::new(None),
             applied: Cell::new(0),
             copies: Cell::new(0),
+            generation: Cell::new(0),
         }
     }
 
