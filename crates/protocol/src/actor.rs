@@ -18,7 +18,7 @@ pub enum ActorKind {
     /// the tenant's ledger, `${tenantId}:limiter`).
     Limiter,
     /// `SearchReplica`, `SEARCH_REPLICAS` per tenant, named
-    /// `${tenantId}:search-<k>`.
+    /// `${tenantId}:search-<k>` (the route's name is `k`).
     Search,
 }
 
