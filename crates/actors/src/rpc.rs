@@ -67,7 +67,14 @@ pub async fn call<M: Serialize, R: DeserializeOwned>(
     stub: &Stub,
     envelope: &Envelope<M>,
 ) -> Result<R, ActorError> {
-    let mut response = post(stub, envelope).await?;
+    call_encoded(stub, &protocol::encode(envelope)?).await
+}
+
+/// Sends an envelope already encoded (`body`, from [`protocol::encode`]) to
+/// the object behind `stub` and decodes its reply: one message sent to
+/// several objects is encoded once.
+pub async fn call_encoded<R: DeserializeOwned>(stub: &Stub, body: &[u8]) -> Result<R, ActorError> {
+    let mut response = post_encoded(stub, body).await?;
     let bytes = response.bytes().await?;
     let reply: ReplyEnvelope<R> = protocol::decode_reply(&bytes)?;
     reply.reply.map_err(ActorError::Refused)
@@ -79,15 +86,16 @@ pub async fn post<M: Serialize>(
     stub: &Stub,
     envelope: &Envelope<M>,
 ) -> Result<Response, ActorError> {
-    let body = protocol::encode(envelope)?;
+    post_encoded(stub, &protocol::encode(envelope)?).await
+}
+
+async fn post_encoded(stub: &Stub, body: &[u8]) -> Result<Response, ActorError> {
     let headers = Headers::new();
     headers.set("content-type", CONTENT_TYPE)?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_headers(headers)
-        .with_body(Some(
-            worker::js_sys::Uint8Array::from(body.as_slice()).into(),
-        ));
+        .with_body(Some(worker::js_sys::Uint8Array::from(body).into()));
     let request = Request::new_with_init(RPC_URL, &init)?;
     Ok(stub.fetch_with_request(request).await?)
 }

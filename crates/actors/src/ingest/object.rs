@@ -29,7 +29,7 @@ use std::cell::{Cell, RefCell};
 use worker::{durable_object, Env, Request as HttpRequest, Response, ScheduledTime, State};
 
 /// How soon the alarm sends again changes a replica did not take (ms).
-const REFLUSH_MS: i64 = 1_000;
+const REFLUSH_MS: u64 = 1_000;
 
 /// Clears the "a work run is going" flag when dropped.
 struct Working<'a>(&'a Cell<bool>);
@@ -159,7 +159,11 @@ impl IngestQueue {
     /// Sets the alarm for the next deadline, if work remains.
     async fn rearm(&self) {
         let now = self.now();
-        let Ok(Some(at)) = self.with_core(|c| work::alarm_at(c, now)) else {
+        let work_at = self.with_core(|c| work::alarm_at(c, now)).ok().flatten();
+        // Changes a replica has not taken are sent again within a second,
+        // whatever the work's own deadline.
+        let flush_at = self.replicator.owes_replicas().then_some(now + REFLUSH_MS);
+        let Some(at) = [work_at, flush_at].into_iter().flatten().min() else {
             return;
         };
         let date = worker::js_sys::Date::new(&worker::wasm_bindgen::JsValue::from_f64(at as f64));
@@ -230,9 +234,9 @@ impl IngestQueue {
             .await;
         if let Err(e) = &flushed {
             worker::console_error!("ingest queue: changes not sent to the search replicas: {e}");
-            if let Err(e) = self.state.storage().set_alarm(REFLUSH_MS).await {
-                worker::console_error!("ingest queue: could not set the alarm: {e}");
-            }
+        }
+        if self.replicator.owes_replicas() {
+            self.rearm().await;
         }
         flushed.map_err(ErrorReply::from)
     }

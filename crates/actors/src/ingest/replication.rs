@@ -1,16 +1,16 @@
 //! The writer's side of search replicas: every change of the tenant's index
-//! is numbered once the writer's own index holds it, kept, and sent with the
-//! others kept since to every replica ([`Replicator::flush`]) before the
-//! writer answers anything that reports work done (a job's progress, an
-//! enqueue, a delete, the documents listing) and at the end of every work
-//! run; and the whole index is read out page by page for a replica that
-//! copies it. The replica's side, and why this keeps every copy equal to the
-//! writer's, is in [`crate::replica`].
+//! is numbered once the writer's own index holds it and kept; kept changes
+//! are sent to every replica ([`Replicator::flush`]) when enough are kept,
+//! after an answer that reports work done is built and before it is sent
+//! (an enqueue, a job lookup, a delete), and from the alarm; and the whole
+//! index is read out page by page for a replica that copies it. The
+//! replica's side, and why this keeps every copy equal to the writer's, is
+//! in [`crate::replica`].
 
 use crate::embedded::sql_index::from_blob;
 use crate::ports::{PortError, VectorHit, VectorIndex, VectorQuery, VectorRecord};
 use crate::providers::AnyIndex;
-use crate::replica::ReplicaHandle;
+use crate::replica::{encode_batch, ReplicaHandle};
 use crate::sql::{self, int, SqlError};
 use protocol::ingest::{Metadata, SearchMode};
 use protocol::replica::{
@@ -20,11 +20,13 @@ use protocol::{RequestId, TenantId};
 use std::cell::{Cell, RefCell};
 use worker::{Env, SqlStorage};
 
-/// The writer's last change number, the last one every replica took, and
-/// how many replicas took it.
+/// The writer's last change number, the last one every replica took, how
+/// many replicas took it, and how many there were before the set was
+/// lowered while some left out were not yet told to forget their copy.
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS replication (
     id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL,
-    acked INTEGER NOT NULL DEFAULT 0, replicas INTEGER NOT NULL DEFAULT 0)";
+    acked INTEGER NOT NULL DEFAULT 0, replicas INTEGER NOT NULL DEFAULT 0,
+    unforgotten INTEGER NOT NULL DEFAULT 0)";
 
 /// The writer's numbers ([`SCHEMA`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,6 +37,9 @@ pub struct Numbers {
     pub acked: u64,
     /// How many replicas there were when they took it.
     pub replicas: u32,
+    /// Replicas below this number and at or above `replicas` left the set
+    /// without being told to forget their copy (0: none).
+    pub unforgotten: u32,
 }
 
 /// Most chunks (or ids) in one numbered change: a document's write is cut
@@ -117,25 +122,21 @@ impl Kept {
         self.records = 0;
     }
 
-    /// The kept changes as messages of at most [`MAX_BATCH_RECORDS`]
-    /// chunks each (a larger single change alone), in order.
-    pub fn batches(&self) -> Vec<Vec<Replicate>> {
-        let mut batches: Vec<Vec<Replicate>> = Vec::new();
+    /// The first message of kept changes: at most [`MAX_BATCH_RECORDS`]
+    /// chunks (a larger single change alone), from the oldest, in order.
+    /// Only this message is copied out; the next is taken once it is sent.
+    pub fn next_batch(&self) -> Vec<Replicate> {
+        let mut batch = Vec::new();
         let mut records = 0;
         for change in &self.changes {
             let n = size(&change.change);
-            match batches.last_mut() {
-                Some(batch) if records + n <= MAX_BATCH_RECORDS => {
-                    batch.push(change.clone());
-                    records += n;
-                }
-                _ => {
-                    batches.push(vec![change.clone()]);
-                    records = n;
-                }
+            if !batch.is_empty() && records + n > MAX_BATCH_RECORDS {
+                break;
             }
+            batch.push(change.clone());
+            records += n;
         }
-        batches
+        batch
     }
 
     /// Every replica took the changes up to `last`: they are forgotten
@@ -157,6 +158,12 @@ pub struct Replicator {
     pages: Cell<u64>,
     /// Messages of changes sent since the object woke.
     batches: Cell<u64>,
+    /// The writer's index changed without a numbered change, and the gap
+    /// that makes the replicas copy is not numbered yet.
+    diverged: Cell<bool>,
+    /// A flush failed, or replicas left out were not told to forget: the
+    /// replicas are owed a flush.
+    owed: Cell<bool>,
 }
 
 fn failed(e: impl std::fmt::Display) -> PortError {
@@ -169,15 +176,16 @@ fn failed(e: impl std::fmt::Display) -> PortError {
 /// The writer's numbers (all 0 before the first change). The table is
 /// created with the queue's (`QueueStore::create_tables`).
 pub fn numbers(sql: &SqlStorage) -> Result<Numbers, SqlError> {
-    Ok(sql::first::<(u64, u64, u32)>(
+    Ok(sql::first::<(u64, u64, u32, u32)>(
         sql,
-        "SELECT seq, acked, replicas FROM replication WHERE id = 1",
+        "SELECT seq, acked, replicas, unforgotten FROM replication WHERE id = 1",
         vec![],
     )?
-    .map(|(seq, acked, replicas)| Numbers {
+    .map(|(seq, acked, replicas, unforgotten)| Numbers {
         seq,
         acked,
         replicas,
+        unforgotten,
     })
     .unwrap_or_default())
 }
@@ -185,10 +193,16 @@ pub fn numbers(sql: &SqlStorage) -> Result<Numbers, SqlError> {
 fn store(sql: &SqlStorage, n: Numbers) -> Result<(), SqlError> {
     sql::exec(
         sql,
-        "INSERT INTO replication (id, seq, acked, replicas) VALUES (1, ?, ?, ?)
+        "INSERT INTO replication (id, seq, acked, replicas, unforgotten) VALUES (1, ?, ?, ?, ?)
          ON CONFLICT (id) DO UPDATE
-         SET seq = excluded.seq, acked = excluded.acked, replicas = excluded.replicas",
-        vec![int(n.seq), int(n.acked), int(n.replicas)],
+         SET seq = excluded.seq, acked = excluded.acked, replicas = excluded.replicas,
+             unforgotten = excluded.unforgotten",
+        vec![
+            int(n.seq),
+            int(n.acked),
+            int(n.replicas),
+            int(n.unforgotten),
+        ],
     )
 }
 
@@ -221,6 +235,7 @@ impl Replicator {
         let mut kept = self.kept.borrow_mut();
         for (i, piece) in pieces.into_iter().enumerate() {
             if !kept.push(n.seq + 1 + i as u64, piece) {
+                self.owed.set(true);
                 worker::console_warn!(
                     "ingest queue: over {MAX_KEPT_RECORDS} chunks not taken by the search replicas; \
                      they will copy the index instead"
@@ -232,10 +247,29 @@ impl Replicator {
     }
 
     /// The writer's index changed without a numbered change (a write failed
-    /// part way): a number is skipped, so every replica sees a gap at the
-    /// next change and copies the index.
-    pub fn diverged(&self, sql: &SqlStorage) {
-        let skipped = numbers(sql).and_then(|n| {
+    /// part way, or its number could not be stored): the kept changes are
+    /// dropped and the next flush skips a number, so every replica sees a
+    /// gap and copies the index.
+    pub fn diverged(&self) {
+        self.diverged.set(true);
+        self.owed.set(true);
+        self.kept.borrow_mut().clear();
+    }
+
+    /// Whether the replicas are owed a flush (changes kept, a gap to
+    /// number, a flush that failed, replicas to tell to forget).
+    pub fn owes_replicas(&self) -> bool {
+        self.has_kept() || self.diverged.get() || self.owed.get()
+    }
+
+    /// Numbers what the replicas must be told before anything else: after a
+    /// divergence, or changes numbered that none of them may have taken
+    /// while none is kept (the object was reset with changes in memory, or
+    /// they were dropped past the bound), a number is skipped and an empty
+    /// change numbered past it, so every replica sees the gap and copies.
+    fn recover(&self, sql: &SqlStorage) -> Result<(), PortError> {
+        let n = numbers(sql).map_err(failed)?;
+        if self.diverged.get() || (n.seq > n.acked && !self.has_kept()) {
             store(
                 sql,
                 Numbers {
@@ -243,33 +277,73 @@ impl Replicator {
                     ..n
                 },
             )
-        });
-        if let Err(e) = skipped {
-            worker::console_error!("ingest queue: a change number could not be skipped: {e}");
-        }
-        self.kept.borrow_mut().clear();
-    }
-
-    /// Changes numbered that no replica may have taken while none is kept
-    /// (the object was reset with changes in memory, or they were dropped
-    /// past the bound): one empty change is numbered past them, so every
-    /// replica that missed them sees the gap and copies the index.
-    pub fn recover(&self, sql: &SqlStorage) -> Result<(), PortError> {
-        let n = numbers(sql).map_err(failed)?;
-        if n.seq > n.acked && !self.has_kept() {
+            .map_err(failed)?;
+            self.kept.borrow_mut().clear();
             self.keep(sql, ReplicaChange::Delete(Vec::new()))?;
+            self.diverged.set(false);
         }
         Ok(())
     }
 
+    /// Tells replicas `from..to` that they left the set: they forget their
+    /// copy. Whether every one of them answered.
+    async fn forget(
+        &self,
+        env: &Env,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        from: u32,
+        to: u32,
+    ) -> bool {
+        let body = match encode_batch(
+            request_id,
+            tenant,
+            ReplicateBatch {
+                changes: Vec::new(),
+                forget: true,
+            },
+        ) {
+            Ok(body) => body,
+            Err(e) => {
+                worker::console_error!("ingest queue: {e}");
+                return false;
+            }
+        };
+        let forgets = (from..to).map(|k| {
+            let body = &body;
+            async move {
+                match ReplicaHandle::new(env, tenant, k) {
+                    Ok(replica) => replica.replicate_encoded(body).await.map(|_| ()),
+                    Err(e) => Err(e),
+                }
+            }
+        });
+        match futures::future::join_all(forgets)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+        {
+            None => true,
+            Some(e) => {
+                worker::console_error!(
+                    "ingest queue: a replica left out could not be told to forget its copy: {e}"
+                );
+                false
+            }
+        }
+    }
+
     /// Sends every kept change to each of `replicas` replicas, a message at
-    /// a time in order, each to all replicas at once, and records which
-    /// they took. On a failure the changes not taken stay kept and are sent
-    /// again next time (a replica that took them ignores them). Replicas
-    /// that left the set since the last flush (`SEARCH_REPLICAS` was
-    /// lowered) are told to forget their copy, so they cannot answer from it
-    /// if the var is raised again; that is retried until it succeeds, and
-    /// never holds back the others.
+    /// a time in order, each encoded once and sent to all replicas at once,
+    /// and records which they took. On a failure the changes not taken stay
+    /// kept and are sent again next time (a replica that took them ignores
+    /// them).
+    ///
+    /// Replicas that left the set (`SEARCH_REPLICAS` was lowered) are told
+    /// to forget their copy, so they cannot answer from it if the var is
+    /// raised again; a failure there holds nothing back and is retried at
+    /// each flush. Should the var be raised before they all were told, a
+    /// number is skipped for every replica, so all of them copy.
     pub async fn flush(
         &self,
         env: &Env,
@@ -278,51 +352,40 @@ impl Replicator {
         replicas: u32,
     ) -> Result<(), PortError> {
         let _turn = self.sending.lock().await;
-        self.recover(sql)?;
         let before = numbers(sql).map_err(failed)?;
         let request_id = RequestId::from_random(crate::entropy::random_bytes());
-        let mut left = before.replicas;
-        if before.replicas > replicas {
-            let forgets = (replicas..before.replicas).map(|k| {
-                let request_id = &request_id;
-                async move {
-                    let batch = ReplicateBatch {
-                        changes: Vec::new(),
-                        forget: true,
-                    };
-                    match ReplicaHandle::new(env, tenant, k) {
-                        Ok(replica) => replica.replicate(request_id, batch).await.map(|_| ()),
-                        Err(e) => Err(e),
-                    }
-                }
-            });
-            match futures::future::join_all(forgets)
+        let left_out = before.replicas.max(before.unforgotten);
+        let mut unforgotten = 0;
+        if left_out > replicas
+            && !self
+                .forget(env, tenant, &request_id, replicas, left_out)
                 .await
-                .into_iter()
-                .find_map(Result::err)
-            {
-                None => left = replicas,
-                Some(e) => worker::console_error!(
-                    "ingest queue: a replica left out could not be told to forget its copy: {e}"
-                ),
-            }
+        {
+            unforgotten = left_out;
         }
-        let batches = self.kept.borrow().batches();
-        let mut acked = before.acked;
-        for changes in batches {
+        if before.unforgotten > 0 && before.unforgotten <= replicas {
+            // Raised again before they were told: every replica copies.
+            self.diverged.set(true);
+        }
+        self.recover(sql)?;
+        let mut acked = numbers(sql).map_err(failed)?.acked;
+        let mut result = Ok(());
+        loop {
+            let changes = self.kept.borrow().next_batch();
             let Some(last) = changes.last().map(|c| c.seq) else {
-                continue;
+                break;
             };
             let batch = ReplicateBatch {
                 changes,
                 forget: false,
             };
+            let body = encode_batch(&request_id, tenant, batch).map_err(failed)?;
             let sends = (0..replicas).map(|k| {
-                let (batch, request_id) = (batch.clone(), &request_id);
+                let body = &body;
                 async move {
                     ReplicaHandle::new(env, tenant, k)
                         .map_err(failed)?
-                        .replicate(request_id, batch)
+                        .replicate_encoded(body)
                         .await
                         .map(|_| ())
                         .map_err(|e| failed(format!("replica {k}: {e}")))
@@ -333,27 +396,26 @@ impl Replicator {
                 .into_iter()
                 .find_map(Result::err);
             if let Some(e) = sent {
-                self.save_acked(sql, acked, left.max(replicas))?;
-                return Err(e);
+                result = Err(e);
+                break;
             }
             self.batches.set(self.batches.get() + 1);
             self.kept.borrow_mut().sent(last);
             acked = last;
         }
-        self.save_acked(sql, acked, left.max(replicas))
-    }
-
-    fn save_acked(&self, sql: &SqlStorage, acked: u64, replicas: u32) -> Result<(), PortError> {
+        self.owed
+            .set(result.is_err() || unforgotten > 0 || self.has_kept());
         let now = numbers(sql).map_err(failed)?;
-        store(
-            sql,
-            Numbers {
-                seq: now.seq,
-                acked,
-                replicas,
-            },
-        )
-        .map_err(failed)
+        let after = Numbers {
+            seq: now.seq,
+            acked,
+            replicas,
+            unforgotten,
+        };
+        if after != now {
+            store(sql, after).map_err(failed)?;
+        }
+        result
     }
 
     /// A page of the index for a replica's copy: the rows after
@@ -444,7 +506,7 @@ impl ReplicatedIndex<'_> {
             }
             Ok(false) => {}
             // Written but not numbered: the replicas must copy.
-            Err(_) => self.replicator.diverged(&self.sql),
+            Err(_) => self.replicator.diverged(),
         }
         Ok(())
     }
@@ -457,7 +519,7 @@ impl ReplicatedIndex<'_> {
         // failure of Vectorize (written before the rows) changed none.
         if matches!(&e, PortError::Failed { service, .. } if *service == crate::embedded::sql_index::SERVICE)
         {
-            self.replicator.diverged(&self.sql);
+            self.replicator.diverged();
         }
         e
     }
@@ -541,29 +603,33 @@ mod tests {
     #[test]
     fn kept_changes_go_in_ordered_messages_and_only_what_was_sent_is_forgotten() {
         let mut kept = Kept::default();
-        assert!(kept.is_empty() && kept.batches().is_empty());
+        assert!(kept.is_empty() && kept.next_batch().is_empty());
         for seq in 1..=5 {
             assert!(kept.push(seq, upsert(200)));
         }
         assert!(kept.full(), "1,000 chunks");
-        let batches = kept.batches();
-        let numbers: Vec<Vec<u64>> = batches
-            .iter()
-            .map(|b| b.iter().map(|c| c.seq).collect())
-            .collect();
-        assert_eq!(numbers, vec![vec![1, 2], vec![3, 4], vec![5]]);
-        for batch in &batches {
-            let n: usize = batch.iter().map(|c| size(&c.change)).sum();
-            assert!(n <= MAX_BATCH_RECORDS);
-        }
+        let numbers = |batch: &[Replicate]| batch.iter().map(|c| c.seq).collect::<Vec<_>>();
+        let first = kept.next_batch();
+        assert_eq!(numbers(&first), vec![1, 2]);
+        assert_eq!(kept.next_batch(), first, "taking a message changes nothing");
+        kept.sent(2);
+        let second = kept.next_batch();
+        assert_eq!(numbers(&second), vec![3, 4]);
         // Sent up to 4; 6 was kept meanwhile.
         assert!(kept.push(6, ReplicaChange::Delete(vec![])));
         kept.sent(4);
-        let left: Vec<u64> = kept.batches().concat().iter().map(|c| c.seq).collect();
-        assert_eq!(left, vec![5, 6]);
+        assert_eq!(numbers(&kept.next_batch()), vec![5, 6]);
         assert!(!kept.full());
         kept.sent(6);
         assert!(kept.is_empty());
+        // Two of the largest changes fill a message.
+        assert!(kept.push(7, upsert(MAX_CHANGE_RECORDS)));
+        assert!(kept.push(8, upsert(MAX_CHANGE_RECORDS)));
+        assert!(kept.push(9, upsert(1)));
+        let full = kept.next_batch();
+        assert_eq!(numbers(&full), vec![7, 8]);
+        let n: usize = full.iter().map(|c| size(&c.change)).sum();
+        assert_eq!(n, MAX_BATCH_RECORDS);
     }
 
     #[test]

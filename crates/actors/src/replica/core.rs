@@ -205,6 +205,12 @@ impl ReplicaCore {
     }
 }
 
+/// The number `k` of a replica named `${tenantId}:search-<k>`.
+pub fn number_in_name(name: &str) -> Option<u32> {
+    let (_, k) = name.rsplit_once(":search-")?;
+    k.parse().ok().filter(|n: &u32| n.to_string() == k)
+}
+
 /// Which of `replicas` replicas answers a search for `query`: the same one
 /// for the same question however it is spaced or cased (so that replica's
 /// recent answers serve it again), the questions spread evenly over them.
@@ -281,6 +287,21 @@ mod tests {
         assert!(!core.copying());
         assert_eq!(core.finish_copy(), CopyEnd::Incomplete);
         assert_eq!(core.seq(), None);
+    }
+
+    #[test]
+    fn a_replica_knows_its_number_from_its_name() {
+        assert_eq!(number_in_name("acme:search-0"), Some(0));
+        assert_eq!(number_in_name("acme:search-15"), Some(15));
+        for bad in [
+            "acme:search-",
+            "acme:search-01",
+            "acme:search-x",
+            "acme:ingest",
+            "search-1",
+        ] {
+            assert_eq!(number_in_name(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -47,6 +47,13 @@ impl ReplicaHandle {
         )
     }
 
+    /// Sends the writer's changes, already encoded as an envelope of
+    /// [`IngestRequest::Replicate`] ([`encode_batch`]).
+    pub async fn replicate_encoded(&self, body: &[u8]) -> Result<Replicated, ActorError> {
+        let reply: IngestResponse = crate::rpc::call_encoded(self.actor.stub(), body).await?;
+        reply_as!(reply, IngestResponse::Replicated)
+    }
+
     /// The replica's state, for operators.
     pub async fn inspect(&self, request_id: &RequestId) -> Result<ReplicaView, ActorError> {
         let message = IngestRequest::Inspect(protocol::ingest::Inspect {});
@@ -55,6 +62,20 @@ impl ReplicaHandle {
             IngestResponse::Replica
         )
     }
+}
+
+/// `batch` as the envelope every replica of `tenant` receives.
+pub fn encode_batch(
+    request_id: &RequestId,
+    tenant: &TenantId,
+    batch: ReplicateBatch,
+) -> Result<Vec<u8>, ActorError> {
+    let envelope = protocol::Envelope::new(
+        request_id.clone(),
+        tenant.clone(),
+        IngestRequest::Replicate(batch),
+    );
+    Ok(protocol::encode(&envelope)?)
 }
 
 /// Where a tenant's searches go.

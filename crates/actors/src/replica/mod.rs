@@ -21,7 +21,7 @@ mod handle;
 mod object;
 
 pub use self::core::replica_for;
-pub use handle::{replicas, ReplicaHandle, SearchHandle};
+pub use handle::{encode_batch, replicas, ReplicaHandle, SearchHandle};
 pub use object::SearchReplica;
 
 /// The Durable Object binding name in every wrangler config.

@@ -371,12 +371,51 @@ impl SearchReplica {
         })
     }
 
+    /// Whether this replica is outside the deployment's set (its number is
+    /// not below `SEARCH_REPLICAS`: the var was lowered, and a late caller
+    /// or an old alarm reached it). It then forgets its copy, so it cannot
+    /// answer from it should the var be raised again, and takes none.
+    fn left_out(&self, settings: &Settings) -> Result<bool, ErrorReply> {
+        let number = self
+            .state
+            .id()
+            .name()
+            .and_then(|name| super::core::number_in_name(&name));
+        if number.is_none_or(|k| k < settings.search_replicas) {
+            return Ok(false);
+        }
+        if self.with_core(|c| c.seq().is_some() || c.copying())? {
+            self.generation.set(self.generation.get() + 1);
+            self.with_core(ReplicaCore::forget)?;
+            self.save()?;
+        }
+        Ok(true)
+    }
+
     async fn handle(
         &self,
         envelope: Envelope<IngestRequest>,
     ) -> Result<IngestResponse, ErrorReply> {
         let settings = self.settings()?;
         let tenant = self.load(Some(&envelope.tenant_id))?;
+        if self.left_out(&settings)? {
+            match envelope.message {
+                // It has forgotten its copy already; it takes no change.
+                IngestRequest::Replicate(_) => {
+                    return Ok(IngestResponse::Replicated(Replicated { seq: None }))
+                }
+                IngestRequest::Search(_) => {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "this search replica is not in use (SEARCH_REPLICAS is {})",
+                            settings.search_replicas
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
         match envelope.message {
             IngestRequest::Replicate(batch) => self.replicate(&settings, batch).await,
             IngestRequest::Search(search) => self.search(&tenant, &settings, search).await,
