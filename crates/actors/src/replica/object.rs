@@ -464,9 +464,11 @@ impl worker::DurableObject for SearchReplica {
         let result = match self.settings() {
             Ok(settings) => match self.load(None) {
                 Ok(tenant) => {
-                    if self
-                        .with_core(|c| c.usable() || c.copying())
-                        .unwrap_or(true)
+                    // Left out of the set: forgets, and copies nothing.
+                    if self.left_out(&settings).unwrap_or(true)
+                        || self
+                            .with_core(|c| c.usable() || c.copying())
+                            .unwrap_or(true)
                     {
                         Ok(())
                     } else {
