@@ -155,6 +155,23 @@ impl Settings {
     }
 }
 
+/// `SEARCH_REPLICAS` from its value, if set: a whole number from 0 to
+/// [`protocol::replica::MAX_REPLICAS`], else [`DEFAULT_SEARCH_REPLICAS`].
+/// Read alone where a caller needs only it (every search picks a replica).
+pub fn search_replicas(value: Option<&str>) -> Result<u32, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(DEFAULT_SEARCH_REPLICAS),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if n <= protocol::replica::MAX_REPLICAS => Ok(n),
+            _ => Err(format!(
+                "{} is {v:?}; expected a whole number from 0 to {}",
+                vars::SEARCH_REPLICAS,
+                protocol::replica::MAX_REPLICAS
+            )),
+        },
+    }
+}
+
 /// Reads the settings from vars given as a lookup function.
 pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
     let choice = |name: &str, embedded: &str, cloud: &str| match var(name).as_deref() {
@@ -190,19 +207,7 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Settings, String
             ))
         }
     };
-    let search_replicas = match var(vars::SEARCH_REPLICAS).as_deref().map(str::trim) {
-        None | Some("") => DEFAULT_SEARCH_REPLICAS,
-        Some(v) => match v.parse::<u32>() {
-            Ok(n) if n <= protocol::replica::MAX_REPLICAS => n,
-            _ => {
-                return Err(format!(
-                    "{} is {v:?}; expected a whole number from 0 to {}",
-                    vars::SEARCH_REPLICAS,
-                    protocol::replica::MAX_REPLICAS
-                ))
-            }
-        },
-    };
+    let search_replicas = search_replicas(var(vars::SEARCH_REPLICAS).as_deref())?;
     let d = Bounds::default();
     let bounds = Bounds {
         max_pending_jobs: usize::try_from(bound(

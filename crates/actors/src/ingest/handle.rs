@@ -2,10 +2,10 @@
 
 use super::{BINDING, RESOURCE};
 use crate::error::ActorError;
-use crate::rpc::ActorStub;
+use crate::rpc::{reply_as, ActorStub};
 use protocol::ingest::{
     DeleteDocument, DocumentDeleted, Enqueue, GetJob, IngestRequest, IngestResponse,
-    IngestSnapshot, InjectFaults, Inspect, JobAccepted, JobView, Search, SearchResults,
+    IngestSnapshot, InjectFaults, Inspect, JobAccepted, JobView,
 };
 use protocol::{RequestId, TenantId};
 use worker::Env;
@@ -13,18 +13,6 @@ use worker::Env;
 /// A tenant's ingest queue, reached by its name `${tenantId}:ingest`.
 pub struct IngestHandle {
     actor: ActorStub,
-}
-
-macro_rules! expect_reply {
-    ($reply:expr, $variant:ident) => {
-        match $reply {
-            IngestResponse::$variant(value) => Ok(value),
-            other => Err(ActorError::UnexpectedReply {
-                expected: stringify!($variant),
-                got: variant_name(&other),
-            }),
-        }
-    };
 }
 
 /// The name of `reply`'s variant, for an unexpected reply's error.
@@ -57,10 +45,10 @@ impl IngestHandle {
         request_id: &RequestId,
         list: protocol::listing::ListDocuments,
     ) -> Result<protocol::listing::DocumentPage, ActorError> {
-        expect_reply!(
+        reply_as!(
             self.send(request_id, IngestRequest::ListDocuments(list))
                 .await?,
-            Documents
+            IngestResponse::Documents
         )
     }
 
@@ -85,19 +73,19 @@ impl IngestHandle {
         request_id: &RequestId,
         enqueue: Enqueue,
     ) -> Result<JobAccepted, ActorError> {
-        expect_reply!(
+        reply_as!(
             self.send(request_id, IngestRequest::Enqueue(enqueue))
                 .await?,
-            Accepted
+            IngestResponse::Accepted
         )
     }
 
     /// A job's progress.
     pub async fn job(&self, request_id: &RequestId, job_id: String) -> Result<JobView, ActorError> {
-        expect_reply!(
+        reply_as!(
             self.send(request_id, IngestRequest::GetJob(GetJob { job_id }))
                 .await?,
-            Job
+            IngestResponse::Job
         )
     }
 
@@ -108,27 +96,18 @@ impl IngestHandle {
         doc_id: String,
     ) -> Result<DocumentDeleted, ActorError> {
         let message = IngestRequest::DeleteDocument(DeleteDocument { doc_id });
-        expect_reply!(self.send(request_id, message).await?, Deleted)
-    }
-
-    /// Searches the tenant's documents.
-    pub async fn search(
-        &self,
-        request_id: &RequestId,
-        search: Search,
-    ) -> Result<SearchResults, ActorError> {
-        expect_reply!(
-            self.send(request_id, IngestRequest::Search(search)).await?,
-            Results
+        reply_as!(
+            self.send(request_id, message).await?,
+            IngestResponse::Deleted
         )
     }
 
     /// The queue's state, for operators.
     pub async fn inspect(&self, request_id: &RequestId) -> Result<IngestSnapshot, ActorError> {
-        expect_reply!(
+        reply_as!(
             self.send(request_id, IngestRequest::Inspect(Inspect {}))
                 .await?,
-            Snapshot
+            IngestResponse::Snapshot
         )
     }
 
@@ -139,7 +118,10 @@ impl IngestHandle {
         embed_failures: u32,
     ) -> Result<InjectFaults, ActorError> {
         let message = IngestRequest::InjectFaults(InjectFaults { embed_failures });
-        expect_reply!(self.send(request_id, message).await?, FaultsInjected)
+        reply_as!(
+            self.send(request_id, message).await?,
+            IngestResponse::FaultsInjected
+        )
     }
 
     /// A page of the tenant's index, for a search replica's copy.
@@ -148,22 +130,10 @@ impl IngestHandle {
         request_id: &RequestId,
         export: protocol::replica::ExportChunks,
     ) -> Result<protocol::replica::ChunkPage, ActorError> {
-        expect_reply!(
+        reply_as!(
             self.send(request_id, IngestRequest::ExportChunks(export))
                 .await?,
-            Chunks
-        )
-    }
-
-    /// Embeds texts with the tenant's embedding model (nothing is stored).
-    pub async fn embed(
-        &self,
-        request_id: &RequestId,
-        embed: protocol::ingest::Embed,
-    ) -> Result<protocol::ingest::Embeddings, ActorError> {
-        expect_reply!(
-            self.send(request_id, IngestRequest::Embed(embed)).await?,
-            Embeddings
+            IngestResponse::Chunks
         )
     }
 }

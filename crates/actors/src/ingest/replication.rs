@@ -556,7 +556,7 @@ impl VectorIndex for ReplicatedIndex<'_> {
 }
 
 /// The records of a change, for a replica's index.
-pub fn records(chunks: Vec<ChunkRecord>) -> Vec<VectorRecord> {
+pub fn vector_records(chunks: Vec<ChunkRecord>) -> Vec<VectorRecord> {
     chunks
         .into_iter()
         .map(|c| VectorRecord {
@@ -660,6 +660,6 @@ mod tests {
             unreachable!("an upsert")
         };
         assert!(without[0].values.is_empty());
-        assert_eq!(super::records(with), records);
+        assert_eq!(vector_records(with), records);
     }
 }

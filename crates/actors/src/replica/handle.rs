@@ -6,7 +6,7 @@
 use super::core::replica_for;
 use super::{resource, BINDING};
 use crate::error::ActorError;
-use crate::ingest::IngestHandle;
+use crate::ingest;
 use crate::rpc::{reply_as, ActorStub};
 use protocol::ingest::{Embed, Embeddings, IngestRequest, IngestResponse, Search, SearchResults};
 use protocol::replica::{ReplicaView, ReplicateBatch, Replicated};
@@ -78,23 +78,24 @@ pub fn encode_batch(
     Ok(protocol::encode(&envelope)?)
 }
 
-/// Where a tenant's searches go.
-pub enum SearchHandle {
-    /// A replica (the deployment runs `SEARCH_REPLICAS` > 0).
-    Replica(ReplicaHandle),
-    /// The tenant's writer itself.
-    Writer(IngestHandle),
+/// The object that answers a tenant's searches: a replica, or the tenant's
+/// `IngestQueue` where the deployment runs none. Both take the same
+/// messages.
+pub struct SearchHandle {
+    actor: ActorStub,
 }
 
 impl SearchHandle {
     /// The object that answers `query` for `tenant`: a replica chosen by
     /// the question ([`replica_for`]), so a question asked again finds its
-    /// answer in that replica's memory.
+    /// answer in that replica's memory; embeddings are placed by their
+    /// first text the same way.
     pub fn for_query(env: &Env, tenant: &TenantId, query: &str) -> Result<Self, ActorError> {
-        match replica_for(query, replicas(env)?) {
-            Some(k) => Ok(Self::Replica(ReplicaHandle::new(env, tenant, k)?)),
-            None => Ok(Self::Writer(IngestHandle::new(env, tenant)?)),
-        }
+        let actor = match replica_for(query, replicas(env)?) {
+            Some(k) => ActorStub::new(env, BINDING, &resource(k), tenant)?,
+            None => ActorStub::new(env, ingest::BINDING, ingest::RESOURCE, tenant)?,
+        };
+        Ok(Self { actor })
     }
 
     /// Searches the tenant's documents.
@@ -103,15 +104,11 @@ impl SearchHandle {
         request_id: &RequestId,
         search: Search,
     ) -> Result<SearchResults, ActorError> {
-        match self {
-            Self::Replica(replica) => reply_as!(
-                replica
-                    .send(request_id, IngestRequest::Search(search))
-                    .await?,
-                IngestResponse::Results
-            ),
-            Self::Writer(writer) => writer.search(request_id, search).await,
-        }
+        let reply: IngestResponse = self
+            .actor
+            .send(request_id, IngestRequest::Search(search))
+            .await?;
+        reply_as!(reply, IngestResponse::Results)
     }
 
     /// Embeds texts with the tenant's embedding model (nothing is stored).
@@ -120,26 +117,25 @@ impl SearchHandle {
         request_id: &RequestId,
         embed: Embed,
     ) -> Result<Embeddings, ActorError> {
-        match self {
-            Self::Replica(replica) => reply_as!(
-                replica
-                    .send(request_id, IngestRequest::Embed(embed))
-                    .await?,
-                IngestResponse::Embeddings
-            ),
-            Self::Writer(writer) => writer.embed(request_id, embed).await,
-        }
+        let reply: IngestResponse = self
+            .actor
+            .send(request_id, IngestRequest::Embed(embed))
+            .await?;
+        reply_as!(reply, IngestResponse::Embeddings)
     }
 }
 
-/// The deployment's number of search replicas per tenant.
+/// The deployment's number of search replicas per tenant (`SEARCH_REPLICAS`
+/// alone: this is read on every search).
 pub fn replicas(env: &Env) -> Result<u32, ActorError> {
-    crate::providers::from_env(env)
-        .map(|settings| settings.search_replicas)
-        .map_err(|e| {
-            ActorError::Refused(protocol::ErrorReply::new(
-                protocol::ErrorCode::Internal,
-                format!("misconfigured: {e}"),
-            ))
-        })
+    let value = env
+        .var(crate::providers::vars::SEARCH_REPLICAS)
+        .ok()
+        .map(|v| v.to_string());
+    crate::providers::search_replicas(value.as_deref()).map_err(|e| {
+        ActorError::Refused(protocol::ErrorReply::new(
+            protocol::ErrorCode::Internal,
+            format!("misconfigured: {e}"),
+        ))
+    })
 }

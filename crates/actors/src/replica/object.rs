@@ -7,9 +7,10 @@
 //! embeddings through the shared [`Reader`].
 
 use super::core::{CopyEnd, OnChange, ReplicaCore};
+use crate::error::internal;
 use crate::ingest::core::IndexVersion;
 use crate::ingest::reader::Reader;
-use crate::ingest::replication::records;
+use crate::ingest::replication::vector_records;
 use crate::ingest::IngestHandle;
 use crate::ports::{Clock, SystemClock, VectorIndex};
 use crate::providers::{self, Settings};
@@ -38,10 +39,6 @@ struct Loaded {
     tenant: TenantId,
     core: ReplicaCore,
     changed_at: u64,
-}
-
-fn internal(message: impl Into<String>) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, message)
 }
 
 fn storage(e: SqlError) -> ErrorReply {
@@ -149,7 +146,7 @@ impl SearchReplica {
     async fn apply(&self, settings: &Settings, change: ReplicaChange) -> Result<(), ErrorReply> {
         let index = self.reader.follower_index(self.sql(), settings);
         let written = match change {
-            ReplicaChange::Upsert(chunks) => index.upsert(&records(chunks)).await,
+            ReplicaChange::Upsert(chunks) => index.upsert(&vector_records(chunks)).await,
             ReplicaChange::Delete(ids) => index.delete(&ids).await,
         };
         if let Err(e) = written {
@@ -280,7 +277,7 @@ impl SearchReplica {
             if !page.records.is_empty() {
                 self.reader
                     .follower_index(self.sql(), settings)
-                    .upsert(&records(page.records))
+                    .upsert(&vector_records(page.records))
                     .await?;
             }
             match page.next {
