@@ -504,10 +504,41 @@ fn concurrent_config_changes_leave_kv_at_the_last_decision() {
             .unwrap_or_else(|| panic!("the last request is not one of this round: {last:?}"));
         // Every answer came once KV held its decision or a later one, so KV
         // now holds exactly the last decision.
+        let session = format!("race-read-{round}");
         assert_eq!(
-            config_through_kv(&server, &format!("race-read-{round}"), "race"),
+            config_through_kv(&server, &session, "race"),
             outcome(n),
             "round {round}: the last decision was {last}"
         );
+        // The turn's bookkeeping reaches the coordinator a second or so
+        // after it ends (its prices, then the session report, under
+        // request ids of their own): wait for it to land, or the next
+        // round's look could name it as the coordinator's last request.
+        wait_for_listed_session(&server, &session);
+    }
+}
+
+/// Waits until the tenant's session registry lists `session`: the last
+/// thing a turn's bookkeeping sends to the coordinator.
+fn wait_for_listed_session(server: &Server, session: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let r = get(
+            &server.url("/admin/sessions?limit=200"),
+            &[("authorization", BEARER)],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let listed = r.json()["sessions"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|e| e["sessionId"] == session));
+        if listed {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "{session} is not listed 15 s after its turn: {}",
+            r.body
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
