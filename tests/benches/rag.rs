@@ -3,7 +3,8 @@
 //! latency at about 1k and 10k chunks, and retrieval quality per mode.
 //!
 //! Run with `cargo xtask bench` (builds the Worker first). The corpus is
-//! `../shared/corpus/rust-docs.jsonl`, or the file named by `RAG_CORPUS`.
+//! `../shared/corpus/rust-docs.jsonl`, or the file named by `RAG_CORPUS`;
+//! `RAG_BENCH_VARS` adds vars to the server's (`"SEARCH_REPLICAS=0"`).
 //! Results go to stdout as Markdown for `docs/benchmarks.md`.
 
 use e2e::corpus::{index_chunks, ingest, load_corpus, search, with_prefix, TENANT};
@@ -242,12 +243,18 @@ fn main() {
     // The grown index holds 10,079 chunks, past the embedded index's default
     // bound (EMBEDDED_MAX_CHUNKS, 10,000): raised for this run (~31 MB of
     // vectors), as an operator would for a tenant that needs it.
-    let server = Server::start_with_vars(
-        Deployment::Dedicated(TENANT),
-        &dir,
-        &[("EMBEDDED_MAX_CHUNKS", "20000")],
-    );
-    println!("corpus: {} documents", corpus.len());
+    // `RAG_BENCH_VARS="SEARCH_REPLICAS=0 …"` runs it with other vars, such
+    // as the writer answering searches alone (the layout before replicas).
+    let extra = std::env::var("RAG_BENCH_VARS").unwrap_or_default();
+    let mut vars = vec![("EMBEDDED_MAX_CHUNKS", "20000")];
+    for pair in extra.split_whitespace() {
+        let (name, value) = pair
+            .split_once('=')
+            .unwrap_or_else(|| panic!("RAG_BENCH_VARS: {pair:?} is not NAME=VALUE"));
+        vars.push((name, value));
+    }
+    let server = Server::start_with_vars(Deployment::Dedicated(TENANT), &dir, &vars);
+    println!("corpus: {} documents, vars {vars:?}", corpus.len());
 
     // About 1k chunks first.
     let mut next = 0;

@@ -23,7 +23,11 @@ pub const MAX_REPLICAS: u32 = 16;
 pub struct ChunkRecord {
     /// The chunk's vector id.
     pub id: String,
-    /// Its embedding; empty where the vectors live in Vectorize.
+    /// Its embedding; empty where the vectors live in Vectorize. Sent as
+    /// one MessagePack `bin` of little-endian `f32`s ([`vector_bytes`]),
+    /// not an array of floats: a chunk's 768 values are one copy each way
+    /// instead of 768 encoded numbers.
+    #[serde(with = "vector_bytes")]
     pub values: Vec<f32>,
     /// Its metadata, `text` and `title` included.
     pub metadata: Metadata,
@@ -121,4 +125,128 @@ pub struct Replication {
     pub pages_exported: u64,
     /// Batches of changes it sent to the replicas since it last woke.
     pub batches_sent: u64,
+}
+
+/// A vector as one byte string of little-endian `f32`s. Reads the byte
+/// string, or an array of numbers (how a vector was sent before).
+pub mod vector_bytes {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    /// Writes `values` as one byte string.
+    pub fn serialize<S: Serializer>(values: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        serializer.serialize_bytes(&bytes)
+    }
+
+    /// Reads a byte string whose length is a multiple of 4, or an array of
+    /// numbers.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
+        deserializer.deserialize_any(Values)
+    }
+
+    struct Values;
+
+    impl<'de> Visitor<'de> for Values {
+        type Value = Vec<f32>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a byte string of little-endian f32s, or an array of numbers")
+        }
+
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<f32>, E> {
+            if bytes.len() % 4 != 0 {
+                return Err(E::invalid_length(bytes.len(), &self));
+            }
+            Ok(bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f32>, A::Error> {
+            let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(v) = seq.next_element::<f32>()? {
+                values.push(v);
+            }
+            Ok(values)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(values: Vec<f32>) -> ChunkRecord {
+        ChunkRecord {
+            id: "c1".into(),
+            values,
+            metadata: Metadata::new(),
+        }
+    }
+
+    #[test]
+    fn a_vector_is_sent_as_one_byte_string_of_its_floats() {
+        let values: Vec<f32> = (0..768).map(|i| i as f32 / 7.0 - 50.0).collect();
+        let bytes = rmp_serde::to_vec_named(&record(values.clone())).unwrap();
+        // `bin 16` (0xc5), its length, then the floats as they are.
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let at = bytes
+            .windows(raw.len())
+            .position(|w| w == raw.as_slice())
+            .expect("the floats' bytes, in one piece");
+        assert_eq!(&bytes[at - 3..at], &[0xc5, 0x0c, 0x00]);
+        let back: ChunkRecord = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back.values, values);
+        // Empty (the vectors live in Vectorize) stays empty.
+        let empty = rmp_serde::to_vec_named(&record(vec![])).unwrap();
+        let back: ChunkRecord = rmp_serde::from_slice(&empty).unwrap();
+        assert!(back.values.is_empty());
+    }
+
+    #[test]
+    fn a_vector_sent_as_an_array_of_numbers_is_still_read() {
+        #[derive(Serialize)]
+        struct Before {
+            id: String,
+            values: Vec<f32>,
+            metadata: Metadata,
+        }
+        let before = Before {
+            id: "c1".into(),
+            values: vec![0.5, -1.25, 3.0],
+            metadata: Metadata::new(),
+        };
+        let bytes = rmp_serde::to_vec_named(&before).unwrap();
+        let read: ChunkRecord = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(read.values, before.values);
+    }
+
+    #[test]
+    fn a_byte_string_that_is_not_whole_floats_is_refused() {
+        #[derive(Serialize)]
+        struct Bad<'a> {
+            id: &'a str,
+            #[serde(with = "serde_bytes_like")]
+            values: &'a [u8],
+            metadata: Metadata,
+        }
+        mod serde_bytes_like {
+            pub fn serialize<S: serde::Serializer>(b: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(b)
+            }
+        }
+        let bytes = rmp_serde::to_vec_named(&Bad {
+            id: "c1",
+            values: &[1, 2, 3, 4, 5],
+            metadata: Metadata::new(),
+        })
+        .unwrap();
+        assert!(rmp_serde::from_slice::<ChunkRecord>(&bytes).is_err());
+    }
 }
