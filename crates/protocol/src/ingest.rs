@@ -522,7 +522,9 @@ impl SearchMatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IngestSnapshot {
-    /// Bumped by every indexed document and delete; part of every cache key.
+    /// The number of the index's last change (grows with every document
+    /// indexed, replaced or deleted): the `indexVersion` searches answer
+    /// with, part of every cache key.
     pub index_version: u64,
     /// Documents in the index.
     pub documents: u64,

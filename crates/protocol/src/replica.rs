@@ -11,8 +11,9 @@
 use crate::ingest::Metadata;
 use serde::{Deserialize, Serialize};
 
-/// Most chunks in one [`ChunkPage`]: about 1 MB of MessagePack at 768
-/// dimensions, far inside [`crate::MAX_MESSAGE_BYTES`].
+/// Most chunks in one [`ChunkPage`]: at 768 dimensions (3 KiB a vector),
+/// with a chunk's text and its document's metadata (at most 4 KiB), at most
+/// about 4 MB of MessagePack, inside [`crate::MAX_MESSAGE_BYTES`].
 pub const MAX_PAGE_CHUNKS: u32 = 256;
 
 /// Most replicas a deployment may run per tenant (`SEARCH_REPLICAS`).

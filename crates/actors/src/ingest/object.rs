@@ -335,7 +335,24 @@ impl IngestQueue {
     ) -> Result<IngestResponse, ErrorReply> {
         let store = self.store();
         let now = self.now();
-        let plan = self.with_core(|c| requests::begin_delete(c, doc_id, &store, now))??;
+        let plan = match self.with_core(|c| requests::begin_delete(c, doc_id, &store, now))? {
+            Ok(plan) => plan,
+            Err(refused) if refused.code == ErrorCode::NotFound => {
+                // Perhaps deleted by an earlier request whose answer was a
+                // 503 (not on every replica yet): a retry learns whether the
+                // replicas hold it now, not a bare 404.
+                if self.replicator.owes_replicas() && self.flush(tenant, settings).await.is_err() {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Unavailable,
+                        "no such document, but changes to the index (perhaps its delete) have not \
+                         reached every search replica yet, so searches may still show it for a \
+                         while (retried every second)",
+                    ));
+                }
+                return Err(refused);
+            }
+            Err(refused) => return Err(refused),
+        };
         // The one await: the core holds the document meanwhile, so an
         // enqueue of it is accepted but not indexed until this completes.
         let result = match self.index(tenant, settings) {
@@ -417,6 +434,8 @@ impl IngestQueue {
                 let seq = replication::numbers(&self.state.storage().sql())
                     .map_err(|e| internal(e.to_string()))?
                     .seq;
+                // The version searches answer with and cache under.
+                snapshot.index_version = seq;
                 snapshot.replication = Replication {
                     replicas: settings.search_replicas,
                     seq,

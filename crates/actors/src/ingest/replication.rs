@@ -44,7 +44,7 @@ pub struct Numbers {
 
 /// Most chunks (or ids) in one numbered change: a document's write is cut
 /// into changes of this size, so no change is too large for a message.
-/// With 768-dimension vectors (5 bytes a number in MessagePack), a chunk's
+/// With 768-dimension vectors (3 KiB as a MessagePack `bin`), a chunk's
 /// text and its document's metadata (at most 4 KiB) a chunk is at most
 /// about 10 KB, a change at most about 2.5 MB.
 pub const MAX_CHANGE_RECORDS: usize = 250;
@@ -145,6 +145,21 @@ impl Kept {
         self.changes.retain(|c| c.seq > last);
         self.records = self.changes.iter().map(|c| size(&c.change)).sum();
     }
+}
+
+/// Whether the replicas must be shown a gap (a number skipped) before any
+/// other change: the writer's index diverged from its numbered changes, or
+/// changes numbered past `acked` are no longer kept to send (the object was
+/// reset, or they were dropped past [`MAX_KEPT_RECORDS`]).
+pub fn needs_gap(diverged: bool, seq: u64, acked: u64, has_kept: bool) -> bool {
+    diverged || (seq > acked && !has_kept)
+}
+
+/// Whether `SEARCH_REPLICAS` was raised (to `replicas`) while replicas left
+/// out of the set earlier were not all told to forget their copy: one of
+/// them may be back in the set with a stale copy.
+pub fn raised_before_told(before: Numbers, replicas: u32) -> bool {
+    before.unforgotten > 0 && replicas > before.replicas
 }
 
 /// The writer's replication state in memory.
@@ -267,9 +282,10 @@ impl Replicator {
     /// while none is kept (the object was reset with changes in memory, or
     /// they were dropped past the bound), a number is skipped and an empty
     /// change numbered past it, so every replica sees the gap and copies.
-    fn recover(&self, sql: &SqlStorage) -> Result<(), PortError> {
+    /// `acked` is the last change every replica took, as this flush knows it.
+    fn recover(&self, sql: &SqlStorage, acked: u64) -> Result<(), PortError> {
         let n = numbers(sql).map_err(failed)?;
-        if self.diverged.get() || (n.seq > n.acked && !self.has_kept()) {
+        if needs_gap(self.diverged.get(), n.seq, acked, self.has_kept()) {
             store(
                 sql,
                 Numbers {
@@ -363,14 +379,20 @@ impl Replicator {
         {
             unforgotten = left_out;
         }
-        if before.unforgotten > 0 && before.unforgotten <= replicas {
-            // Raised again before they were told: every replica copies.
+        if raised_before_told(before, replicas) {
+            // Raised again before the ones left out were all told: any of
+            // them back in the set may hold a stale copy, so every replica
+            // copies.
             self.diverged.set(true);
         }
-        self.recover(sql)?;
-        let mut acked = numbers(sql).map_err(failed)?.acked;
+        let mut acked = before.acked;
         let mut result = Ok(());
         loop {
+            // Before every message: a divergence or kept changes dropped
+            // while the last one was sent are numbered as a gap now, so an
+            // answer built before this flush never reports done what no
+            // replica may hold.
+            self.recover(sql, acked)?;
             let changes = self.kept.borrow().next_batch();
             let Some(last) = changes.last().map(|c| c.seq) else {
                 break;
@@ -404,7 +426,7 @@ impl Replicator {
             acked = last;
         }
         self.owed
-            .set(result.is_err() || unforgotten > 0 || self.has_kept());
+            .set(result.is_err() || unforgotten > 0 || self.has_kept() || self.diverged.get());
         let now = numbers(sql).map_err(failed)?;
         let after = Numbers {
             seq: now.seq,
@@ -630,6 +652,39 @@ mod tests {
         assert_eq!(numbers(&full), vec![7, 8]);
         let n: usize = full.iter().map(|c| size(&c.change)).sum();
         assert_eq!(n, MAX_BATCH_RECORDS);
+    }
+
+    #[test]
+    fn a_gap_is_numbered_when_changes_past_the_acked_one_are_no_longer_kept() {
+        // Everything numbered was taken: nothing to show.
+        assert!(!needs_gap(false, 7, 7, false));
+        // Numbered and still kept: they are sent, no gap.
+        assert!(!needs_gap(false, 9, 7, true));
+        // Numbered, not taken, and gone (dropped past the bound, or cleared
+        // by a divergence while the last message was being sent): a gap.
+        assert!(needs_gap(false, 9, 7, false));
+        // A divergence always is one.
+        assert!(needs_gap(true, 7, 7, false));
+        assert!(needs_gap(true, 9, 7, true));
+    }
+
+    #[test]
+    fn raising_the_replicas_before_every_left_out_one_was_told_makes_all_copy() {
+        let n = |replicas, unforgotten| Numbers {
+            seq: 5,
+            acked: 5,
+            replicas,
+            unforgotten,
+        };
+        // 3 lowered to 1 with replicas 1 and 2 not told (unforgotten 3).
+        assert!(raised_before_told(n(1, 3), 3));
+        // Raised part of the way: replica 1 is back, maybe stale.
+        assert!(raised_before_told(n(1, 3), 2));
+        // Not raised, or every one told: nobody needs to copy.
+        assert!(!raised_before_told(n(1, 3), 1));
+        assert!(!raised_before_told(n(1, 0), 3));
+        // Lowered again: those still out are told, nothing is copied.
+        assert!(!raised_before_told(n(2, 3), 1));
     }
 
     #[test]
