@@ -3,7 +3,8 @@
 //! and over a WebSocket (50 turns on one session, answers capped at 40
 //! tokens), and 50 concurrent sessions over WebSockets.
 //!
-//! Run with `cargo xtask bench`. Results go to stdout as Markdown.
+//! Run with `cargo xtask bench`; `BENCH_VARS` adds vars to the server's
+//! (`"SEARCH_REPLICAS=0"`). Results go to stdout as Markdown.
 
 use e2e::chat::Socket;
 use e2e::http::send;
@@ -84,7 +85,10 @@ fn ws_turn(socket: &mut Socket, n: usize) -> (f64, f64, usize) {
 
 fn main() {
     let dir = PersistDir::new("bench-chat");
-    let server = Server::start(Deployment::Dedicated(TENANT), &dir);
+    // `BENCH_VARS="SEARCH_REPLICAS=0"`: the writer answers the searches.
+    let vars = e2e::bench_vars(&[]);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let server = Server::start_with_vars(Deployment::Dedicated(TENANT), &dir, &vars);
     let docs: Vec<_> = (0..20)
         .map(|i| json!({ "id": format!("light-{i}"), "text": format!("Lighthouse {i} guides ships past the reef with a rotating lamp and a foghorn. Keepers log every ship that passes.") }))
         .collect();

@@ -4,7 +4,7 @@
 //!
 //! Run with `cargo xtask bench` (builds the Worker first). The corpus is
 //! `../shared/corpus/rust-docs.jsonl`, or the file named by `RAG_CORPUS`;
-//! `RAG_BENCH_VARS` adds vars to the server's (`"SEARCH_REPLICAS=0"`).
+//! `BENCH_VARS` adds vars to the server's (`"SEARCH_REPLICAS=0"`).
 //! Results go to stdout as Markdown for `docs/benchmarks.md`.
 
 use e2e::corpus::{index_chunks, ingest, load_corpus, search, with_prefix, TENANT};
@@ -243,16 +243,10 @@ fn main() {
     // The grown index holds 10,079 chunks, past the embedded index's default
     // bound (EMBEDDED_MAX_CHUNKS, 10,000): raised for this run (~31 MB of
     // vectors), as an operator would for a tenant that needs it.
-    // `RAG_BENCH_VARS="SEARCH_REPLICAS=0 …"` runs it with other vars, such
-    // as the writer answering searches alone (the layout before replicas).
-    let extra = std::env::var("RAG_BENCH_VARS").unwrap_or_default();
-    let mut vars = vec![("EMBEDDED_MAX_CHUNKS", "20000")];
-    for pair in extra.split_whitespace() {
-        let (name, value) = pair
-            .split_once('=')
-            .unwrap_or_else(|| panic!("RAG_BENCH_VARS: {pair:?} is not NAME=VALUE"));
-        vars.push((name, value));
-    }
+    // `BENCH_VARS="SEARCH_REPLICAS=0"` runs it with the writer answering
+    // searches alone (the layout before replicas), or other vars.
+    let vars = e2e::bench_vars(&[("EMBEDDED_MAX_CHUNKS", "20000")]);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let server = Server::start_with_vars(Deployment::Dedicated(TENANT), &dir, &vars);
     println!("corpus: {} documents, vars {vars:?}", corpus.len());
 

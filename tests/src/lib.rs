@@ -475,3 +475,20 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
         .copied()
         .unwrap_or(f64::NAN)
 }
+
+/// A bench's server vars: `base`, then those of `BENCH_VARS`
+/// (`"NAME=VALUE NAME=VALUE"`, e.g. `SEARCH_REPLICAS=0`; a later one wins).
+pub fn bench_vars(base: &[(&str, &str)]) -> Vec<(String, String)> {
+    let extra = std::env::var("BENCH_VARS").unwrap_or_default();
+    let mut vars: Vec<(String, String)> = base
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+    for pair in extra.split_whitespace() {
+        let (name, value) = pair
+            .split_once('=')
+            .unwrap_or_else(|| panic!("BENCH_VARS: {pair:?} is not NAME=VALUE"));
+        vars.push((name.to_owned(), value.to_owned()));
+    }
+    vars
+}
