@@ -135,8 +135,12 @@ pub mod vector_bytes {
     use serde::{Deserializer, Serializer};
     use std::fmt;
 
-    /// Writes `values` as one byte string.
+    /// Writes `values` as one byte string (as an array of numbers in a
+    /// human-readable format such as JSON, whose byte strings are arrays).
     pub fn serialize<S: Serializer>(values: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            return serializer.collect_seq(values);
+        }
         let mut bytes = Vec::with_capacity(values.len() * 4);
         for v in values {
             bytes.extend_from_slice(&v.to_le_bytes());
@@ -208,6 +212,14 @@ mod tests {
         let empty = rmp_serde::to_vec_named(&record(vec![])).unwrap();
         let back: ChunkRecord = rmp_serde::from_slice(&empty).unwrap();
         assert!(back.values.is_empty());
+    }
+
+    #[test]
+    fn in_json_a_vector_stays_an_array_of_numbers() {
+        let json = serde_json::to_string(&record(vec![0.5, -1.25])).unwrap();
+        assert!(json.contains(r#""values":[0.5,-1.25]"#), "{json}");
+        let back: ChunkRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.values, vec![0.5, -1.25]);
     }
 
     #[test]

@@ -110,6 +110,9 @@ impl IngestQueue {
         }
         let store = self.store();
         store.create_tables()?;
+        self.replicator
+            .on_load(&self.state.storage().sql())
+            .map_err(ErrorReply::from)?;
         let legacy_owner = store.migrate_legacy()?;
         let tenant = store.claim_owner(legacy_owner.as_ref().or(claimed))?;
         let tenant = crate::sql::check_owner(Some(&tenant), claimed)?;
@@ -341,7 +344,7 @@ impl IngestQueue {
                 // Perhaps deleted by an earlier request whose answer was a
                 // 503 (not on every replica yet): a retry learns whether the
                 // replicas hold it now, not a bare 404.
-                if self.replicator.owes_replicas() && self.flush(tenant, settings).await.is_err() {
+                if self.flush(tenant, settings).await.is_err() {
                     return Err(ErrorReply::new(
                         ErrorCode::Unavailable,
                         "no such document, but changes to the index (perhaps its delete) have not \
@@ -386,8 +389,12 @@ impl IngestQueue {
         envelope: Envelope<IngestRequest>,
     ) -> Result<IngestResponse, ErrorReply> {
         let settings = self.settings()?;
+        let fresh = self.loaded.borrow().is_none();
         let tenant = self.load(Some(&envelope.tenant_id), &settings)?;
-        if self.with_core(|c| work::must_rearm(c, self.working.get()))? {
+        // Loaded with changes the replicas may not hold: the alarm sends
+        // them within a second, whatever this request is.
+        let owed = fresh && self.replicator.owes_replicas();
+        if owed || self.with_core(|c| work::must_rearm(c, self.working.get()))? {
             self.rearm().await;
         }
         match envelope.message {

@@ -271,6 +271,18 @@ impl Replicator {
         self.kept.borrow_mut().clear();
     }
 
+    /// After the object loads its state: changes numbered past the last one
+    /// every replica took are owed (the object was reset before it sent
+    /// them), so the next flush numbers their gap and the alarm comes
+    /// within a second.
+    pub fn on_load(&self, sql: &SqlStorage) -> Result<(), PortError> {
+        let n = numbers(sql).map_err(failed)?;
+        if n.seq > n.acked {
+            self.owed.set(true);
+        }
+        Ok(())
+    }
+
     /// Whether the replicas are owed a flush (changes kept, a gap to
     /// number, a flush that failed, replicas to tell to forget).
     pub fn owes_replicas(&self) -> bool {
@@ -392,7 +404,11 @@ impl Replicator {
             // while the last one was sent are numbered as a gap now, so an
             // answer built before this flush never reports done what no
             // replica may hold.
-            self.recover(sql, acked)?;
+            if let Err(e) = self.recover(sql, acked) {
+                // What was sent is still stored below.
+                result = Err(e);
+                break;
+            }
             let changes = self.kept.borrow().next_batch();
             let Some(last) = changes.last().map(|c| c.seq) else {
                 break;
