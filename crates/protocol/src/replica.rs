@@ -43,6 +43,18 @@ pub enum ReplicaChange {
     Delete(Vec<String>),
 }
 
+impl ReplicaChange {
+    /// The chunks (or ids) it carries, counting an empty change as one:
+    /// what bounds how many are kept and sent together.
+    pub fn records(&self) -> usize {
+        match self {
+            ReplicaChange::Upsert(chunks) => chunks.len(),
+            ReplicaChange::Delete(ids) => ids.len(),
+        }
+        .max(1)
+    }
+}
+
 /// Writer → replica: change number `seq`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Replicate {

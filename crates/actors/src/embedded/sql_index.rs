@@ -160,12 +160,9 @@ impl SqlVectorIndex {
         vectors: bool,
     ) -> Self {
         Self {
-            sql,
-            mem,
-            chunks,
-            cap,
             vectors,
             follower: true,
+            ..Self::new(sql, mem, chunks, cap)
         }
     }
 

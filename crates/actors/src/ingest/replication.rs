@@ -62,14 +62,6 @@ pub const FLUSH_RECORDS: usize = 1000;
 /// numbers, copy the index instead.
 pub const MAX_KEPT_RECORDS: usize = 5000;
 
-fn size(change: &ReplicaChange) -> usize {
-    match change {
-        ReplicaChange::Upsert(chunks) => chunks.len(),
-        ReplicaChange::Delete(ids) => ids.len(),
-    }
-    .max(1)
-}
-
 /// A write's change cut into pieces of at most [`MAX_CHANGE_RECORDS`]
 /// (an empty change stays one piece).
 pub fn pieces(change: ReplicaChange) -> Vec<ReplicaChange> {
@@ -97,7 +89,7 @@ impl Kept {
     /// Keeps change `seq`. False when the bound is passed: then nothing is
     /// kept any more (the caller lets the replicas copy instead).
     pub fn push(&mut self, seq: u64, change: ReplicaChange) -> bool {
-        self.records += size(&change);
+        self.records += change.records();
         self.changes.push(Replicate { seq, change });
         if self.records > MAX_KEPT_RECORDS {
             self.clear();
@@ -129,7 +121,7 @@ impl Kept {
         let mut batch = Vec::new();
         let mut records = 0;
         for change in &self.changes {
-            let n = size(&change.change);
+            let n = change.change.records();
             if !batch.is_empty() && records + n > MAX_BATCH_RECORDS {
                 break;
             }
@@ -143,7 +135,7 @@ impl Kept {
     /// (those kept since stay).
     pub fn sent(&mut self, last: u64) {
         self.changes.retain(|c| c.seq > last);
-        self.records = self.changes.iter().map(|c| size(&c.change)).sum();
+        self.records = self.changes.iter().map(|c| c.change.records()).sum();
     }
 }
 
@@ -626,7 +618,7 @@ mod tests {
     fn a_large_write_is_cut_into_changes_that_fit_a_message() {
         let cut = pieces(upsert(2 * MAX_CHANGE_RECORDS + 1));
         assert_eq!(
-            cut.iter().map(size).collect::<Vec<_>>(),
+            cut.iter().map(ReplicaChange::records).collect::<Vec<_>>(),
             vec![MAX_CHANGE_RECORDS, MAX_CHANGE_RECORDS, 1]
         );
         let ReplicaChange::Upsert(last) = &cut[2] else {
@@ -666,7 +658,7 @@ mod tests {
         assert!(kept.push(9, upsert(1)));
         let full = kept.next_batch();
         assert_eq!(numbers(&full), vec![7, 8]);
-        let n: usize = full.iter().map(|c| size(&c.change)).sum();
+        let n: usize = full.iter().map(|c| c.change.records()).sum();
         assert_eq!(n, MAX_BATCH_RECORDS);
     }
 

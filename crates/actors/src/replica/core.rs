@@ -31,14 +31,6 @@ use std::collections::BTreeMap;
 /// the writer's state without what it dropped).
 pub const MAX_KEPT_RECORDS: usize = 5000;
 
-fn records(change: &ReplicaChange) -> usize {
-    match change {
-        ReplicaChange::Upsert(chunks) => chunks.len(),
-        ReplicaChange::Delete(ids) => ids.len(),
-    }
-    .max(1)
-}
-
 /// What the shell does with one of the writer's changes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OnChange {
@@ -119,7 +111,7 @@ impl ReplicaCore {
             if copying.overflowed || copying.kept.contains_key(&change.seq) {
                 return OnChange::Kept;
             }
-            copying.records += records(&change.change);
+            copying.records += change.change.records();
             if copying.records > MAX_KEPT_RECORDS {
                 copying.overflowed = true;
                 copying.kept.clear();
@@ -168,7 +160,7 @@ impl ReplicaCore {
             if copying.base.is_none() {
                 copying.base = Some(writer_seq);
                 copying.kept.retain(|&seq, _| seq > writer_seq);
-                copying.records = copying.kept.values().map(records).sum();
+                copying.records = copying.kept.values().map(ReplicaChange::records).sum();
             }
         }
     }
