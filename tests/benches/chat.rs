@@ -1,7 +1,9 @@
 //! Chat benchmark through the gateway against `wrangler dev` with the
 //! embedded generator: time to first event and to the full answer, over SSE
 //! and over a WebSocket (50 turns on one session, answers capped at 40
-//! tokens), and 50 concurrent sessions over WebSockets.
+//! tokens), and 50 concurrent sessions over WebSockets; with each, the
+//! runtime's CPU time per turn (`wrangler dev` and `workerd`, read from
+//! `/proc`), which moves far less between runs than the latencies do.
 //!
 //! Run with `cargo xtask bench`; `BENCH_VARS` adds vars to the server's
 //! (`"SEARCH_REPLICAS=0"`). Results go to stdout as Markdown.
@@ -17,16 +19,36 @@ const TENANT: &str = "mrrainbowsmoke";
 const TURNS: usize = 50;
 const SESSIONS: usize = 50;
 
-fn row(label: &str, first: &mut [f64], full: &mut [f64], tokens: &[usize]) -> String {
+fn row(
+    label: &str,
+    first: &mut [f64],
+    full: &mut [f64],
+    tokens: &[usize],
+    cpu: Option<Duration>,
+) -> String {
     let avg_tokens = tokens.iter().sum::<usize>() as f64 / tokens.len().max(1) as f64;
+    let cpu = cpu.map_or("-".to_owned(), |c| {
+        format!(
+            "{:.1}",
+            c.as_secs_f64() * 1000.0 / first.len().max(1) as f64
+        )
+    });
     format!(
-        "| {label} | {} | {avg_tokens:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        "| {label} | {} | {avg_tokens:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {cpu} |",
         first.len(),
         percentile(first, 50.0),
         percentile(first, 99.0),
         percentile(full, 50.0),
         percentile(full, 99.0),
     )
+}
+
+/// The runtime's CPU time since `since` (see [`Server::runtime_cpu`]),
+/// read once the turns' bookkeeping (usage records and registry reports,
+/// sent about a second after a turn) has run, so that it is counted too.
+fn cpu_since(server: &Server, since: Option<Duration>) -> Option<Duration> {
+    std::thread::sleep(Duration::from_millis(1500));
+    Some(server.runtime_cpu()?.saturating_sub(since?))
 }
 
 /// One SSE turn: (ms to the first event, ms to the end, message events).
@@ -125,6 +147,7 @@ fn main() {
 
     let mut rows = Vec::new();
     let (mut first, mut full, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
+    let cpu = server.runtime_cpu();
     for n in 0..TURNS {
         let (a, b, t) = sse_turn(&server, "sse-bench", n);
         first.push(a);
@@ -136,6 +159,7 @@ fn main() {
         &mut first,
         &mut full,
         &tokens,
+        cpu_since(&server, cpu),
     ));
 
     let ws_url = format!(
@@ -145,6 +169,7 @@ fn main() {
     );
     let mut socket = Socket::connect(&ws_url, &[("x-tenant-id", TENANT)]).expect("connect");
     let (mut first, mut full, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
+    let cpu = server.runtime_cpu();
     for n in 0..TURNS {
         let (a, b, t) = ws_turn(&mut socket, n);
         first.push(a);
@@ -152,15 +177,18 @@ fn main() {
         tokens.push(t);
     }
     socket.close();
+    let ws_cpu = cpu_since(&server, cpu);
     rows.push(row(
         &format!("WebSocket, {TURNS} turns on one session"),
         &mut first,
         &mut full,
         &tokens,
+        ws_cpu,
     ));
 
     let base = server.base().replace("http://", "ws://");
     let key = server.key(TENANT);
+    let cpu = server.runtime_cpu();
     let started = Instant::now();
     let threads: Vec<_> = (0..SESSIONS)
         .map(|i| {
@@ -179,6 +207,7 @@ fn main() {
         .map(|t| t.join().expect("a session thread"))
         .collect();
     let wall = started.elapsed().as_secs_f64();
+    let concurrent_cpu = cpu_since(&server, cpu);
     let mut first: Vec<f64> = results.iter().map(|r| r.0).collect();
     let mut full: Vec<f64> = results.iter().map(|r| r.1).collect();
     let tokens: Vec<usize> = results.iter().map(|r| r.2).collect();
@@ -187,11 +216,12 @@ fn main() {
         &mut first,
         &mut full,
         &tokens,
+        concurrent_cpu,
     ));
 
     println!("\n### Chat latency through the gateway (ms)\n");
-    println!("| what | turns | message events per answer | first event p50 | first event p99 | full answer p50 | full answer p99 |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| what | turns | message events per answer | first event p50 | first event p99 | full answer p50 | full answer p99 | runtime CPU ms per turn |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
         println!("{r}");
     }

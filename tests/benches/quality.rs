@@ -10,7 +10,10 @@
 //! (ranking alone).
 //!
 //! Run with `cargo bench -p e2e --bench quality` after `cargo xtask build`.
-//! Results go to stdout as Markdown for `docs/benchmarks.md`.
+//! Results go to stdout as Markdown for `docs/benchmarks.md`. With
+//! `QUALITY_DUMP=<file>`, every on-topic question's first 25 documents per
+//! mode (ids and scores) are also written there as JSON lines, for studying
+//! a ranking change offline.
 
 use e2e::corpus::{index_chunks, ingest, load_corpus, search, search_with, TENANT};
 use e2e::{percentile, Deployment, PersistDir, Server};
@@ -161,6 +164,9 @@ fn main() {
     for (mode, book, r1, r5) in per_book {
         println!("| {mode} | {book} | {r1:.2} | {r5:.2} |");
     }
+    if let Ok(path) = std::env::var("QUALITY_DUMP") {
+        dump(&server, &on_topic, &path);
+    }
     let key = server.key(TENANT);
     drop(server);
     wake(&dir, key, &on_topic);
@@ -202,6 +208,26 @@ fn wake(dir: &PersistDir, key: String, on_topic: &[&Question]) {
     );
     for (what, ms) in rows {
         println!("| {what} | {ms:.1} |");
+    }
+}
+
+/// Writes each on-topic question's first 25 documents per mode to `path`:
+/// `{"mode", "question", "answers", "matches": [[docId, score], ...]}`.
+fn dump(server: &Server, on_topic: &[&Question], path: &str) {
+    use std::io::Write;
+    let mut out = std::fs::File::create(path).unwrap_or_else(|e| panic!("create {path}: {e}"));
+    for mode in MODES {
+        for q in on_topic {
+            let (answer, _) = search(server, &q.text, mode, 25);
+            let matches: Vec<Value> = answer["matches"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| json!([m["metadata"]["docId"], m["score"]]))
+                .collect();
+            let line = json!({ "mode": mode, "question": q.text, "answers": q.answers, "matches": matches });
+            writeln!(out, "{line}").expect("write the dump");
+        }
     }
 }
 

@@ -403,6 +403,15 @@ impl Server {
         &self.log
     }
 
+    /// CPU time (user and system) spent so far by the server's processes:
+    /// `wrangler dev`'s proxy and the `workerd` running the Worker (its
+    /// process group). Differences of it between two points of a bench are
+    /// the runtime's own work, much steadier than wall-clock latency on a
+    /// shared machine. `None` where `/proc` is not Linux's.
+    pub fn runtime_cpu(&self) -> Option<Duration> {
+        process_group_cpu(self.child.id())
+    }
+
     /// The last lines of the server's log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -491,4 +500,64 @@ pub fn bench_vars(base: &[(&str, &str)]) -> Vec<(String, String)> {
         vars.push((name.to_owned(), value.to_owned()));
     }
     vars
+}
+
+/// CPU time of the live processes of process group `pgid`, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in the kernel's fixed 100 ticks a
+/// second for user space).
+pub fn process_group_cpu(pgid: u32) -> Option<Duration> {
+    let mut ticks = 0u64;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name may hold spaces and parentheses: the fields
+        // that follow start after its last ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        // rest: state(3) ppid(4) pgrp(5) ... utime(14) stime(15)
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|f| f.parse::<u32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        if let (Some(user), Some(system)) = (field(11), field(12)) {
+            ticks += user + system;
+            found = true;
+        }
+    }
+    found.then(|| Duration::from_millis(ticks * 10))
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_process_groups_cpu_time_grows_and_an_empty_group_has_none() {
+        use std::os::unix::process::CommandExt;
+        let mut busy = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .process_group(0)
+            .spawn()
+            .expect("start a busy shell");
+        let pgid = busy.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = None;
+        while Instant::now() < deadline {
+            seen = process_group_cpu(pgid);
+            if seen.is_some_and(|c| c >= Duration::from_millis(100)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = busy.kill();
+        let _ = busy.wait();
+        let seen = seen.expect("the group's process is found in /proc");
+        assert!(seen >= Duration::from_millis(100), "{seen:?}");
+        // The shell is gone (reaped): nothing of its group is left.
+        assert_eq!(process_group_cpu(pgid), None);
+    }
 }
