@@ -11,7 +11,7 @@
 //!
 //! Run with `cargo bench -p e2e --bench quality` after `cargo xtask build`.
 //! Results go to stdout as Markdown for `docs/benchmarks.md`. With
-//! `QUALITY_DUMP=<file>`, every on-topic question's first 25 documents per
+//! `QUALITY_DUMP=<file>`, every on-topic question's first 20 documents per
 //! mode (ids and scores) are also written there as JSON lines, for studying
 //! a ranking change offline.
 
@@ -82,9 +82,9 @@ fn main() {
     let on_topic: Vec<&Question> = questions.iter().filter(|q| !q.answers.is_empty()).collect();
     let off_topic: Vec<&Question> = questions.iter().filter(|q| q.answers.is_empty()).collect();
     println!(
-        "\n| mode | questions | recall@1 | recall@5 | uncached p50 ms | p90 ms | p99 ms | off-topic best score (max) | on-topic best score (median) | default floor: off-topic with matches | default floor: on-topic left with none |"
+        "\n| mode | questions | recall@1 | recall@5 | uncached p50 ms | p90 ms | p99 ms | off-topic best score (max) | on-topic best score (median) | default floor: off-topic with matches | default floor: on-topic left with none | matches in another writing system (of the first 5, per question) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut per_book: Vec<(String, String, f64, f64)> = Vec::new();
     for (i, mode) in MODES.iter().enumerate() {
         // The mode is part of the cache key, so every mode's searches are
@@ -93,12 +93,14 @@ fn main() {
         let salt = " ".repeat(i);
         let (mut at1, mut at5, mut ms) = (0usize, 0usize, Vec::new());
         let mut best_on = Vec::new();
+        let mut other_script = 0usize;
         let mut books: std::collections::BTreeMap<&str, (usize, usize, usize)> = Default::default();
         for q in &on_topic {
             let (answer, t) = search(&server, &format!("{}{salt}", q.text), mode, TOP_K);
             assert_eq!(answer["cached"], false, "uncached");
             ms.push(t);
             let docs = documents(&answer);
+            other_script += other_script_matches(&q.text, &answer);
             let first = docs.first().is_some_and(|d| q.answers.contains(d));
             let any = docs.iter().take(5).any(|d| q.answers.contains(d));
             at1 += usize::from(first);
@@ -134,7 +136,7 @@ fn main() {
         }
         let n = on_topic.len() as f64;
         println!(
-            "| {mode} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {:.3} | {with_matches}/{} | {emptied}/{} |",
+            "| {mode} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {:.3} | {with_matches}/{} | {emptied}/{} | {:.2} |",
             on_topic.len(),
             at1 as f64 / n,
             at5 as f64 / n,
@@ -149,6 +151,7 @@ fn main() {
             percentile(&mut best_on, 50.0),
             off_topic.len(),
             on_topic.len(),
+            other_script as f64 / n,
         );
         for (book, (count, first, any)) in books {
             per_book.push((
@@ -211,14 +214,28 @@ fn wake(dir: &PersistDir, key: String, on_topic: &[&Question]) {
     }
 }
 
-/// Writes each on-topic question's first 25 documents per mode to `path`:
+/// How many of the first 5 matches of `answer` are written in another
+/// system than `question` (a Japanese translation for an English question).
+fn other_script_matches(question: &str, answer: &Value) -> usize {
+    use actors::writing::{differs, script_of};
+    let asked = script_of(question);
+    answer["matches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(5)
+        .filter(|m| differs(asked, m["text"].as_str().and_then(script_of)))
+        .count()
+}
+
+/// Writes each on-topic question's first 20 documents per mode to `path`:
 /// `{"mode", "question", "answers", "matches": [[docId, score], ...]}`.
 fn dump(server: &Server, on_topic: &[&Question], path: &str) {
     use std::io::Write;
     let mut out = std::fs::File::create(path).unwrap_or_else(|e| panic!("create {path}: {e}"));
     for mode in MODES {
         for q in on_topic {
-            let (answer, _) = search(server, &q.text, mode, 25);
+            let (answer, _) = search(server, &q.text, mode, 20);
             let matches: Vec<Value> = answer["matches"]
                 .as_array()
                 .into_iter()

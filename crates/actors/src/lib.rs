@@ -49,6 +49,7 @@ pub mod replica;
 pub mod retrieval;
 pub mod rpc;
 pub mod sql;
+pub mod writing;
 
 pub use chat::{ChatHandle, ChatSession};
 pub use coordinator::{CoordinatorHandle, TenantCoordinator};

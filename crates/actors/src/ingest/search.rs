@@ -68,6 +68,9 @@ pub struct SearchPlan {
     pub key: String,
     /// The reranking model that reorders the best documents, if any.
     pub reranker: Option<String>,
+    /// The question's writing system: passages in another one yield to
+    /// close ones in its own ([`crate::writing::adjust`]).
+    pub script: Option<crate::writing::Script>,
 }
 
 /// How many of a search's best documents (or chunks) a reranker scores, at
@@ -99,6 +102,7 @@ impl SearchPlan {
             group: search.group,
             key,
             reranker: None,
+            script: crate::writing::script_of(&search.query),
         }
     }
 
@@ -170,7 +174,9 @@ impl SearchPlan {
     }
 
     /// The candidates of the answer, from the index's hits (chunks, ranked
-    /// best first by their score): grouped by document, the best chunk of
+    /// best first by their score, then a passage in another writing system
+    /// than the question's scored lower: [`crate::writing::adjust`]):
+    /// grouped by document, the best chunk of
     /// each of the first documents, each match named by its document;
     /// grouped by chunk, the first chunks (`topK` of either, or with a
     /// reranker at least [`RERANK_CANDIDATES`]). Then those the floor keeps,
@@ -178,6 +184,7 @@ impl SearchPlan {
     /// answer, never reorders it.
     pub fn shortlist(&self, hits: Vec<VectorHit>) -> Vec<VectorHit> {
         let n = self.candidates();
+        let hits = crate::writing::adjust(self.script, hits);
         let hits = match self.group {
             SearchGroup::Document => one_per_document(hits, n),
             SearchGroup::Chunk => hits.into_iter().take(n).collect(),
@@ -558,6 +565,44 @@ mod tests {
                 ("text".to_owned(), MetaValue::Str(format!("{doc} #{chunk}"))),
             ]),
         }
+    }
+
+    #[test]
+    fn a_translation_yields_to_a_close_passage_in_the_questions_writing_system() {
+        let with_text = |id: &str, doc: &str, score: f64, text: &str| {
+            let mut h = chunk_of(id, doc, 0, score);
+            h.metadata
+                .insert("text".to_owned(), MetaValue::Str(text.to_owned()));
+            h
+        };
+        let hits = || {
+            vec![
+                with_text("ja0", "ja-cfg", 0.62, "環境に応じたコンパイルをするには2種類の方法があります。#[cfg(...)]"),
+                with_text("en0", "en-cfg", 0.58, "Configuration conditional checks are possible through two different operators: #[cfg(...)]"),
+                with_text("ja1", "ja-attr", 0.57, "アトリビュートはモジュール、クレート、要素に対するメタデータです。"),
+                with_text("en1", "en-attr", 0.2, "An attribute is metadata applied to some module, crate or item."),
+            ]
+        };
+        let mut s = search(None);
+        s.min_score = Some(ScoreFloor::new(0.4).unwrap());
+        s.query = "how do I compile code only on linux?".into();
+        let plan = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, None);
+        let r = plan.results(hits());
+        let ids: Vec<_> = r.matches.iter().map(|m| m.id.as_str()).collect();
+        // The Japanese passages score 0.8 of their relevance (0.496, 0.456):
+        // behind the English one, and still above the floor.
+        assert_eq!(ids, ["en-cfg", "ja-cfg", "ja-attr"]);
+        assert!((r.matches[1].score - 0.62 * crate::writing::OTHER_SCRIPT_FACTOR).abs() < 1e-9);
+
+        s.query = "linux でだけコンパイルするには?".into();
+        let plan = SearchPlan::new(&tenant(), &s, SearchMode::Hybrid, VERSION, None);
+        let ids: Vec<_> = plan
+            .results(hits())
+            .matches
+            .iter()
+            .map(|m| m.id.clone())
+            .collect();
+        assert_eq!(ids, ["ja-cfg", "ja-attr", "en-cfg"], "asked in Japanese");
     }
 
     #[test]
