@@ -7,8 +7,10 @@
 //! an English question used to get a Japanese passage in its first five
 //! about one time in four. Search multiplies the relevance of a passage
 //! written in another system than the question by [`OTHER_SCRIPT_FACTOR`]
-//! (see [`adjust`]): it falls behind passages of the question's own system
-//! of about the same relevance, and is still found when nothing else is.
+//! (see [`adjust`]) where the question's own system has passages among the
+//! hits: it falls behind those of about the same relevance, and stays
+//! ahead of much weaker ones. Where none is in the question's system (a
+//! Japanese question to a tenant of English documents), nothing changes.
 //!
 //! This is the writing system, not the language: Spanish and English are
 //! both Latin script and are not told apart.
@@ -18,10 +20,12 @@ use protocol::ingest::MetaValue;
 
 /// The relevance kept by a passage written in another system than the
 /// question. Chosen on the Rust docs corpus with the questions of
-/// `tests/questions` (`cargo bench -p e2e --bench quality`): from 0.9 down,
-/// other-script passages leave the first five of nearly every English
-/// question; lower values change nothing more there, and 0.8 leaves a
-/// strongly matching passage room to stay ahead of a weak one.
+/// `tests/questions`, re-ranking each mode's first 20 documents as
+/// `cargo bench -p e2e --bench quality` dumped them (`QUALITY_DUMP`): from
+/// 0.9 down, other-script passages left the first five of nearly every
+/// English question and recall did not fall; lower values changed nothing
+/// more there, and 0.8 leaves a strongly matching passage room to stay
+/// ahead of a weak one.
 pub const OTHER_SCRIPT_FACTOR: f64 = 0.8;
 
 /// Share of a text's letters that must be in one non-Latin system for the
@@ -129,19 +133,29 @@ pub fn differs(question: Option<Script>, passage: Option<Script>) -> bool {
 /// `hits` (best first) with the score of each hit whose `text` metadata is
 /// in another writing system than `question` multiplied by
 /// [`OTHER_SCRIPT_FACTOR`], then ranked again, best first (a stable sort:
-/// equal scores keep their order). The legs' own relevances
-/// (`vectorScore`, `keywordScore`) are left as the legs gave them.
+/// equal scores keep their order). Only where some hit is in the
+/// question's own system: a question that only passages in other systems
+/// answer (a Japanese question to a tenant of English documents) keeps
+/// their scores, so the relevance floor treats it as before. The legs' own
+/// relevances (`vectorScore`, `keywordScore`) are left as the legs gave
+/// them.
 pub fn adjust(question: Option<Script>, mut hits: Vec<VectorHit>) -> Vec<VectorHit> {
-    if question.is_none() {
+    let Some(question) = question else {
+        return hits;
+    };
+    let scripts: Vec<Option<Script>> = hits
+        .iter()
+        .map(|hit| match hit.metadata.get("text") {
+            Some(MetaValue::Str(text)) => script_of(text),
+            _ => None,
+        })
+        .collect();
+    if !scripts.contains(&Some(question)) {
         return hits;
     }
     let mut changed = false;
-    for hit in &mut hits {
-        let passage = match hit.metadata.get("text") {
-            Some(MetaValue::Str(text)) => script_of(text),
-            _ => None,
-        };
-        if differs(question, passage) {
+    for (hit, passage) in hits.iter_mut().zip(scripts) {
+        if differs(Some(question), passage) {
             hit.score *= OTHER_SCRIPT_FACTOR;
             changed = true;
         }
@@ -241,6 +255,20 @@ mod tests {
         // A question without letters changes nothing.
         assert_eq!(adjust(script_of("404 ::<>"), hits.clone()), hits);
         assert_eq!(ids(&adjust(None, hits)), ["ja", "en", "symbols", "no-text"]);
+    }
+
+    #[test]
+    fn without_a_passage_in_the_questions_system_nothing_changes() {
+        let hits = vec![
+            hit("en0", 0.5, Some("Ownership is how Rust manages memory.")),
+            hit(
+                "en1",
+                0.4,
+                Some("Borrowing lends a value without moving it."),
+            ),
+            hit("symbols", 0.3, Some("&mut T")),
+        ];
+        assert_eq!(adjust(script_of("所有権とは何ですか"), hits.clone()), hits);
     }
 
     #[test]
