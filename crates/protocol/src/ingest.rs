@@ -40,8 +40,13 @@ pub const DEFAULT_SEARCH_FLOOR: f64 = 0.35;
 /// so that no document can claim another tenant or another document.
 pub const RESERVED_METADATA_KEYS: &[&str] = &["text", "tenantId", "docId", "chunk"];
 
-/// A metadata value: a string, a number or a boolean.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A metadata value: a string, a number or a boolean. Written as the bare
+/// value (`"a.md"`, `3`, `0.5`, `true`); read by [`MetaValue`]'s own
+/// `Deserialize`, which takes the value's type from the format in one step
+/// (an untagged enum buffers each value and builds, then drops, an error
+/// message for every variant it tries first: most of the cost of reading a
+/// chunk's metadata).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum MetaValue {
     /// `true` / `false`.
@@ -52,6 +57,56 @@ pub enum MetaValue {
     Float(f64),
     /// A string.
     Str(String),
+}
+
+impl<'de> Deserialize<'de> for MetaValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MetaValueVisitor)
+    }
+}
+
+/// Reads a [`MetaValue`] as the untagged enum did (a boolean, else an
+/// integer that fits `i64`, else a number, else a string), without trying
+/// the variants one by one.
+struct MetaValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for MetaValueVisitor {
+    type Value = MetaValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string, a number or a boolean")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<MetaValue, E> {
+        Ok(MetaValue::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MetaValue, E> {
+        Ok(MetaValue::Int(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MetaValue, E> {
+        // Past i64::MAX the untagged enum fell through to the float.
+        Ok(i64::try_from(v).map_or(MetaValue::Float(v as f64), MetaValue::Int))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<MetaValue, E> {
+        Ok(MetaValue::Float(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MetaValue, E> {
+        Ok(MetaValue::Str(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<MetaValue, E> {
+        Ok(MetaValue::Str(v))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<MetaValue, E> {
+        std::str::from_utf8(v)
+            .map(|s| MetaValue::Str(s.to_owned()))
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Bytes(v), &self))
+    }
 }
 
 /// Metadata of a document or a chunk.
@@ -798,6 +853,102 @@ mod tests {
         assert!(serde_json::from_str::<Metadata>(r#"{"a":{"nested":1}}"#).is_err());
         assert!(serde_json::from_str::<Metadata>(r#"{"a":null}"#).is_err());
         assert!(serde_json::from_str::<Metadata>(r#"{"a":[1]}"#).is_err());
+    }
+
+    #[test]
+    fn metadata_values_read_as_the_untagged_enum_read_them() {
+        // The enum as it was derived before it had its own reader.
+        #[derive(Debug, PartialEq, Deserialize)]
+        #[serde(untagged)]
+        enum Untagged {
+            Bool(bool),
+            Int(i64),
+            Float(f64),
+            Str(String),
+        }
+        fn same(v: &Untagged, m: &MetaValue) -> bool {
+            match (v, m) {
+                (Untagged::Bool(a), MetaValue::Bool(b)) => a == b,
+                (Untagged::Int(a), MetaValue::Int(b)) => a == b,
+                (Untagged::Float(a), MetaValue::Float(b)) => a.to_bits() == b.to_bits(),
+                (Untagged::Str(a), MetaValue::Str(b)) => a == b,
+                _ => false,
+            }
+        }
+        let json = [
+            r#""s""#,
+            r#""""#,
+            r#""ünïcødé 所有権""#,
+            "2",
+            "-2",
+            "0",
+            "2.5",
+            "-0.0",
+            "1e300",
+            "true",
+            "false",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551615",
+            "-9223372036854775808",
+        ];
+        for text in json {
+            let old: Untagged = serde_json::from_str(text).unwrap();
+            let new: MetaValue = serde_json::from_str(text).unwrap();
+            assert!(same(&old, &new), "{text}: {old:?} against {new:?}");
+            // The same value through MessagePack, as actors send it.
+            let packed =
+                rmp_serde::to_vec_named(&serde_json::from_str::<serde_json::Value>(text).unwrap())
+                    .unwrap();
+            let old: Untagged = rmp_serde::from_slice(&packed).unwrap();
+            let new: MetaValue = rmp_serde::from_slice(&packed).unwrap();
+            assert!(same(&old, &new), "{text} packed: {old:?} against {new:?}");
+        }
+        for bad in ["null", "[1]", r#"{"a":1}"#] {
+            assert!(serde_json::from_str::<Untagged>(bad).is_err());
+            let e = serde_json::from_str::<MetaValue>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("a string, a number or a boolean"), "{bad}: {e}");
+        }
+        // A MessagePack byte string of UTF-8 is a string, as before; other bytes are refused.
+        let bin = rmp_serde::to_vec(&serde_bytes_like(b"a.md")).unwrap();
+        assert_eq!(
+            rmp_serde::from_slice::<MetaValue>(&bin).unwrap(),
+            MetaValue::Str("a.md".into())
+        );
+        assert!(
+            matches!(rmp_serde::from_slice::<Untagged>(&bin).unwrap(), Untagged::Str(s) if s == "a.md")
+        );
+        let bad = rmp_serde::to_vec(&serde_bytes_like(&[0xff, 0xfe])).unwrap();
+        assert!(rmp_serde::from_slice::<MetaValue>(&bad).is_err());
+        // Round trip: written as the bare value.
+        for v in [
+            MetaValue::Str("x".into()),
+            MetaValue::Int(-3),
+            MetaValue::Float(0.25),
+            MetaValue::Bool(true),
+        ] {
+            let text = serde_json::to_string(&v).unwrap();
+            assert_eq!(
+                serde_json::from_str::<MetaValue>(&text).unwrap(),
+                v,
+                "{text}"
+            );
+            let packed = rmp_serde::to_vec_named(&v).unwrap();
+            assert_eq!(rmp_serde::from_slice::<MetaValue>(&packed).unwrap(), v);
+        }
+    }
+
+    /// Serializes as a MessagePack byte string (`bin`).
+    fn serde_bytes_like(bytes: &[u8]) -> impl Serialize + '_ {
+        struct Bytes<'a>(&'a [u8]);
+        impl Serialize for Bytes<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        Bytes(bytes)
     }
 
     #[test]
