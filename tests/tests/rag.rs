@@ -287,47 +287,6 @@ fn matches_are_documents_by_default_and_chunks_on_request() {
     assert_eq!(seed["cached"], false);
 }
 
-#[test]
-fn a_translation_yields_to_the_questions_own_writing_system() {
-    let server = shared(Deployment::Dedicated(A));
-    let c = Client {
-        server: &server,
-        tenant: A,
-    };
-    // The same page in English and in Japanese, with the same code: the
-    // Japanese one is shorter in words, so retrieval alone ranks it first
-    // for a question made of the code's words.
-    let en = "Conditional compilation: put #[cfg(target_os = \"linux\")] on a function to compile it only for Linux, and cfg!(target_os = \"linux\") checks the same condition at run time. The cfg attribute takes the same predicates as the macro.";
-    let ja = "条件付きコンパイル：#[cfg(target_os = \"linux\")] を関数に付けると Linux でのみコンパイルされます。cfg!(target_os = \"linux\") は実行時に同じ条件を判定します。";
-    c.ingest_done(json!([
-        { "id": "wsys-en", "text": en, "metadata": { "set": "wsys" } },
-        { "id": "wsys-ja", "text": ja, "metadata": { "set": "wsys" } },
-    ]));
-    let ask = |query: &str| {
-        c.search_ok(json!({ "query": query, "mode": "hybrid", "minScore": 0,
-                            "filter": { "set": "wsys" } }))
-    };
-    // Retrieval's own relevance of a match, from its legs' scores.
-    let retrieval = |m: &Value| {
-        0.3 * m["vectorScore"].as_f64().unwrap_or(0.0)
-            + 0.7 * m["keywordScore"].as_f64().unwrap_or(0.0)
-    };
-    let english = ask("cfg target_os linux?");
-    assert_eq!(doc_ids(&english), ["wsys-en", "wsys-ja"], "{english}");
-    let (first, second) = (&english["matches"][0], &english["matches"][1]);
-    assert!(
-        retrieval(second) > retrieval(first),
-        "the premise: retrieval alone prefers the translation: {english}"
-    );
-    let scaled = retrieval(second) * 0.8;
-    let score = second["score"].as_f64().unwrap();
-    assert!((score - scaled).abs() < 1e-3, "0.8 of {scaled}: {english}");
-    assert!((first["score"].as_f64().unwrap() - retrieval(first)).abs() < 1e-3);
-
-    let japanese = ask("linux で cfg を使うには");
-    assert_eq!(doc_ids(&japanese), ["wsys-ja", "wsys-en"], "{japanese}");
-}
-
 /// Repeats a search until it is answered from the cache (at most 5 s).
 fn eventually_cached(c: &Client, q: &Value) -> Value {
     let deadline = Instant::now() + Duration::from_secs(5);

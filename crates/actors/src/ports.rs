@@ -139,7 +139,9 @@ pub struct VectorHit {
     /// The vector id.
     pub id: String,
     /// Relevance in [0, 1], higher is better, by mode: the clamped cosine,
-    /// the normalised BM25, or their weighted mean (see `retrieval`).
+    /// the normalised BM25, or their weighted mean (see `retrieval`); the
+    /// search plan scales it for a passage in another writing system than
+    /// the query (`writing::adjust`).
     pub score: f64,
     /// Hybrid only: the vector leg's relevance, if that leg found the chunk.
     pub vector_score: Option<f64>,

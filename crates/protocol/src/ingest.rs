@@ -494,10 +494,12 @@ pub struct SearchMatch {
     /// The document's id (grouped by document), or the chunk's vector id
     /// (grouped by chunk).
     pub id: String,
-    /// Relevance in [0, 1], higher is better, the match's rank follows it:
-    /// vector mode the cosine similarity clamped to [0, 1]; keyword mode
-    /// the BM25 normalised to [0, 1); hybrid the weighted mean of the two
-    /// (see docs/api.md).
+    /// Relevance in [0, 1], higher is better, the match's rank follows it
+    /// (unless a reranker reordered the matches): vector mode the cosine
+    /// similarity clamped to [0, 1]; keyword mode the BM25 normalised to
+    /// [0, 1); hybrid the weighted mean of the two; in every mode × 0.8 for
+    /// a passage in another writing system than the query (see
+    /// docs/api.md).
     pub score: f64,
     /// Hybrid only: the vector leg's relevance, absent when that leg did
     /// not find the chunk.
@@ -884,6 +886,8 @@ mod tests {
             "0",
             "2.5",
             "-0.0",
+            "-0",
+            "1.0",
             "1e300",
             "true",
             "false",
@@ -911,6 +915,12 @@ mod tests {
                 .to_string();
             assert!(e.contains("a string, a number or a boolean"), "{bad}: {e}");
         }
+        // A MessagePack f32 is widened to a float, as before.
+        let f32_packed = rmp_serde::to_vec(&1.5f32).unwrap();
+        let old: Untagged = rmp_serde::from_slice(&f32_packed).unwrap();
+        let new: MetaValue = rmp_serde::from_slice(&f32_packed).unwrap();
+        assert!(same(&old, &new), "f32: {old:?} against {new:?}");
+        assert_eq!(new, MetaValue::Float(1.5));
         // A MessagePack byte string of UTF-8 is a string, as before; other bytes are refused.
         let bin = rmp_serde::to_vec(&serde_bytes_like(b"a.md")).unwrap();
         assert_eq!(

@@ -32,10 +32,11 @@ pub fn vector_id(tenant: &TenantId, doc_id: &str, chunk: u32) -> String {
 
 /// What the scores and the version of a cached answer mean; part of every
 /// search key, so an answer scored another way (before scores were
-/// relevances in [0, 1]), or keyed by another numbering of the index (before
-/// the change numbers of search replicas), is never served. Change it
-/// whenever either changes.
-pub const SCORING: &str = "relevance-3";
+/// relevances in [0, 1]), keyed by another numbering of the index (before
+/// the change numbers of search replicas), or ranked before passages in
+/// another writing system yielded (`relevance-3`), is never served. Change
+/// it whenever either changes.
+pub const SCORING: &str = "relevance-4";
 
 /// The KV key of a cached search: `${tenantId}:search:<hash>` where the hash
 /// covers the normalised query, `topK`, filter, grouping, mode, the floor

@@ -102,7 +102,7 @@ impl SearchPlan {
             group: search.group,
             key,
             reranker: None,
-            script: crate::writing::script_of(&search.query),
+            script: crate::writing::question_script_of(&search.query),
         }
     }
 
@@ -184,7 +184,7 @@ impl SearchPlan {
     /// answer, never reorders it.
     pub fn shortlist(&self, hits: Vec<VectorHit>) -> Vec<VectorHit> {
         let n = self.candidates();
-        let hits = crate::writing::adjust(self.script, hits);
+        let hits = crate::writing::adjust(self.script, hits, |score| self.floor.keeps(score));
         let hits = match self.group {
             SearchGroup::Document => one_per_document(hits, n),
             SearchGroup::Chunk => hits.into_iter().take(n).collect(),
