@@ -5,26 +5,9 @@
 //! One server of its own: BM25 depends on every chunk of the tenant, so no
 //! other test's documents may change the two pages' relevances.
 
-use e2e::http::{send, Reply};
-use e2e::{shared, Deployment, Server};
+use e2e::corpus::{search_with, TENANT as T};
+use e2e::{shared, Deployment};
 use serde_json::{json, Value};
-
-const T: &str = "mrrainbowsmoke";
-
-fn search(server: &Server, body: &Value) -> Value {
-    let r: Reply = send(
-        "POST",
-        &server.url("/api/search"),
-        &[
-            ("x-tenant-id", T),
-            ("authorization", &server.bearer(T)),
-            ("content-type", "application/json"),
-        ],
-        Some(body.to_string().as_bytes()),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()
-}
 
 /// The matches' document ids and scores, and each one's relevance as
 /// retrieval gave it, from its legs' scores (hybrid: 0.3 × vector + 0.7 ×
@@ -71,10 +54,13 @@ fn a_translation_yields_to_the_questions_own_writing_system() {
     docs.push(json!({ "id": "wsys-ja", "text": ja }));
     server.ingest(T, Value::Array(docs));
     let ask = |query: &str| {
-        ranked(&search(
-            &server,
-            &json!({ "query": query, "mode": "hybrid", "minScore": 0 }),
-        ))
+        ranked(
+            &search_with(
+                &server,
+                json!({ "query": query, "mode": "hybrid", "minScore": 0 }),
+            )
+            .0,
+        )
         .into_iter()
         .filter(|m| m.0.starts_with("wsys-"))
         .collect::<Vec<_>>()
