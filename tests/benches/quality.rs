@@ -217,8 +217,8 @@ fn wake(dir: &PersistDir, key: String, on_topic: &[&Question]) {
 /// How many of the first 5 matches of `answer` are written in another
 /// system than `question` (a Japanese translation for an English question).
 fn other_script_matches(question: &str, answer: &Value) -> usize {
-    use actors::writing::{differs, script_of};
-    let asked = script_of(question);
+    use actors::writing::{differs, question_script_of, script_of};
+    let asked = question_script_of(question);
     answer["matches"]
         .as_array()
         .into_iter()
