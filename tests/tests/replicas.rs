@@ -1,9 +1,11 @@
-//! Search replicas end to end against `wrangler dev`: every search and
-//! embedding is answered by a `SearchReplica`, none by the tenant's writer
-//! (`IngestQueue`); a search sent after a job is done or a delete answered
-//! sees it on every replica (read-your-writes); a replica that is new, or
-//! that was left out of the writer's changes, copies the index and answers
-//! exactly what the writer holds.
+//! Search replicas end to end against `wrangler dev`: once the replicas
+//! hold a copy, every search and embedding is answered by a
+//! `SearchReplica`, none by the tenant's writer (`IngestQueue`); a search
+//! sent after a job is done or a delete answered sees it on every replica
+//! (read-your-writes); a replica that is new, or that was left out of the
+//! writer's changes, copies the index in the background (its searches are
+//! answered by the writer meanwhile) and then answers exactly what the
+//! writer holds.
 
 use actors::replica::replica_for;
 use e2e::http::{get, send, Reply};
@@ -69,6 +71,28 @@ fn replica(server: &Server, k: u32) -> Value {
     r.json()["state"].clone()
 }
 
+/// Waits until each of `n` replicas holds a usable copy at the writer's
+/// last change (a replica copies the index in the background, from its
+/// alarm).
+fn caught_up(server: &Server, n: u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seq = writer(server)["replication"]["seq"].clone();
+        let behind: Vec<Value> = (0..n)
+            .map(|k| replica(server, k))
+            .filter(|r| r["seq"] != seq)
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas not at change {seq} after 60 s: {behind:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The document ids a keyword search for `query` finds.
 fn found(server: &Server, query: &str, mode: &str) -> Vec<String> {
     let r = post(
@@ -109,6 +133,8 @@ fn searches_run_on_replicas_see_every_write_and_never_reach_the_writer() {
     let dir = PersistDir::new("replicas-basic");
     let server = Server::start(Deployment::Dedicated(A), &dir);
     ingest_done(&server, docs(&["heron", "otter", "badger"]));
+    // New replicas copy the tenant's index on its first change.
+    caught_up(&server, 2);
     // Read-your-writes on both replicas, at once: the job is done only once
     // both hold its chunks.
     for k in 0..2 {
@@ -191,6 +217,7 @@ fn a_replica_that_missed_changes_or_is_new_copies_the_index() {
             found(&server, &question_for("otter", 1, 2), "keyword"),
             vec!["otter"]
         );
+        caught_up(&server, 2);
     }
     // Replica 1 is left out of these changes (one replica configured).
     {
@@ -211,8 +238,11 @@ fn a_replica_that_missed_changes_or_is_new_copies_the_index() {
     }
     // Three: replica 1 was left out of two changes (the writer told it so
     // when it lowered the set), replica 2 is new. Before any new write,
-    // both copy the index and answer exactly what the writer holds.
+    // their searches are answered at once with exactly what the writer
+    // holds (by the writer, while they copy, or by the replica once it
+    // holds its copy); every search is answered by exactly one object.
     let server = with("3");
+    let mut sent = 0;
     for k in 1..3 {
         for (word, want) in [("heron", vec![]), ("badger", vec!["badger"])] {
             assert_eq!(
@@ -220,9 +250,21 @@ fn a_replica_that_missed_changes_or_is_new_copies_the_index() {
                 want,
                 "replica {k}, {word}, before any write"
             );
+            sent += 1;
         }
     }
-    // And they take the next change like the others.
+    caught_up(&server, 3);
+    let answered = |server: &Server| {
+        let by_replicas: u64 = (0..3)
+            .map(|k| replica(server, k)["searches"].as_u64().unwrap())
+            .sum();
+        let by_writer = writer(server)["replication"]["searches"].as_u64().unwrap();
+        (by_replicas, by_writer)
+    };
+    let (by_replicas, by_writer) = answered(&server);
+    assert_eq!(by_replicas + by_writer, sent, "each search answered once");
+    // And they take the next change like the others, and answer every
+    // search themselves.
     ingest_done(&server, docs(&["lynx"]));
     let seq = writer(&server)["replication"]["seq"].as_u64().unwrap();
     for k in 0..3 {
@@ -242,14 +284,73 @@ fn a_replica_that_missed_changes_or_is_new_copies_the_index() {
         assert_eq!(r["seq"], seq, "replica {k}: {r}");
         assert_eq!(r["chunks"], 3, "replica {k}: {r}");
     }
+    assert_eq!(
+        answered(&server),
+        (by_replicas + 12, by_writer),
+        "replicas that hold a copy answer every search"
+    );
     let copies = |k| replica(&server, k)["copies"].as_u64().unwrap();
     assert_eq!(copies(0), 0, "replica 0 missed nothing");
     assert!(copies(1) >= 1, "replica 1 was left out of two changes");
     assert!(copies(2) >= 1, "replica 2 is new");
     let w = writer(&server);
-    assert_eq!(w["replication"]["searches"], 0, "{w}");
     assert!(
         w["replication"]["pagesExported"].as_u64().unwrap() >= 2,
         "{w}"
     );
+}
+
+/// A new replica does not hold a search while it copies a large index: the
+/// writer answers, and the replica takes over once its copy is usable.
+#[test]
+fn a_new_replicas_searches_are_answered_by_the_writer_while_it_copies() {
+    let dir = PersistDir::new("replicas-standin");
+    // A large enough index that a copy takes a while: 6 pages of 256.
+    let many: Vec<Value> = (0..1500)
+        .map(|i| json!({ "id": format!("doc-{i}"), "text": format!("Passage {i} about the heron number {i}.") }))
+        .collect();
+    {
+        let server =
+            Server::start_with_vars(Deployment::Dedicated(A), &dir, &[("SEARCH_REPLICAS", "0")]);
+        for part in many.chunks(100) {
+            ingest_done(&server, Value::Array(part.to_vec()));
+        }
+    }
+    let server =
+        Server::start_with_vars(Deployment::Dedicated(A), &dir, &[("SEARCH_REPLICAS", "1")]);
+    let q = question_for("heron", 0, 1);
+    // The replica has no copy: this search starts one and is answered by
+    // the writer, with what the writer holds.
+    let first = post(
+        &server,
+        "/api/search",
+        &server.bearer(A),
+        &json!({ "query": q, "mode": "keyword", "topK": 3 }),
+    );
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["matches"].as_array().unwrap().len(), 3);
+    assert_eq!(writer(&server)["replication"]["searches"], 1);
+    caught_up(&server, 1);
+    let r = replica(&server, 0);
+    assert_eq!(r["chunks"], 1500, "{r}");
+    assert_eq!(r["copies"], 1, "{r}");
+    // Now the replica answers, the same matches.
+    let again = post(
+        &server,
+        "/api/search",
+        &server.bearer(A),
+        &json!({ "query": q, "mode": "keyword", "topK": 3 }),
+    );
+    assert_eq!(again.status, 200, "{}", again.body);
+    let ids = |r: &Reply| -> Vec<String> {
+        r.json()["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&again), ids(&first));
+    assert_eq!(writer(&server)["replication"]["searches"], 1);
+    assert_eq!(replica(&server, 0)["searches"], 1);
 }

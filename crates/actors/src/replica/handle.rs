@@ -80,9 +80,13 @@ pub fn encode_batch(
 
 /// The object that answers a tenant's searches: a replica, or the tenant's
 /// `IngestQueue` where the deployment runs none. Both take the same
-/// messages.
+/// messages. A replica that cannot answer (it has no usable copy yet, or
+/// the runtime could not reach it) is stood in for by the writer, which
+/// holds every change ([`asks_writer`]).
 pub struct SearchHandle {
     actor: ActorStub,
+    /// Where the writer is asked instead, when `actor` is a replica.
+    writer: Option<(Env, TenantId)>,
 }
 
 impl SearchHandle {
@@ -91,11 +95,36 @@ impl SearchHandle {
     /// answer in that replica's memory; embeddings are placed by their
     /// first text the same way.
     pub fn for_query(env: &Env, tenant: &TenantId, query: &str) -> Result<Self, ActorError> {
-        let actor = match replica_for(query, replicas(env)?) {
-            Some(k) => ActorStub::new(env, BINDING, &resource(k), tenant)?,
-            None => ActorStub::new(env, ingest::BINDING, ingest::RESOURCE, tenant)?,
+        Ok(match replica_for(query, replicas(env)?) {
+            Some(k) => Self {
+                actor: ActorStub::new(env, BINDING, &resource(k), tenant)?,
+                writer: Some((env.clone(), tenant.clone())),
+            },
+            None => Self {
+                actor: ActorStub::new(env, ingest::BINDING, ingest::RESOURCE, tenant)?,
+                writer: None,
+            },
+        })
+    }
+
+    /// Sends `message` to the chosen object, and to the writer when a
+    /// replica could not answer it.
+    async fn send(
+        &self,
+        request_id: &RequestId,
+        message: IngestRequest,
+    ) -> Result<IngestResponse, ActorError> {
+        let Some((env, tenant)) = &self.writer else {
+            return self.actor.send(request_id, message).await;
         };
-        Ok(Self { actor })
+        match self.actor.send(request_id, message.clone()).await {
+            Err(e) if asks_writer(&e) => {
+                ActorStub::new(env, ingest::BINDING, ingest::RESOURCE, tenant)?
+                    .send(request_id, message)
+                    .await
+            }
+            answer => answer,
+        }
     }
 
     /// Searches the tenant's documents.
@@ -104,10 +133,7 @@ impl SearchHandle {
         request_id: &RequestId,
         search: Search,
     ) -> Result<SearchResults, ActorError> {
-        let reply: IngestResponse = self
-            .actor
-            .send(request_id, IngestRequest::Search(search))
-            .await?;
+        let reply = self.send(request_id, IngestRequest::Search(search)).await?;
         reply_as!(reply, IngestResponse::Results)
     }
 
@@ -117,11 +143,21 @@ impl SearchHandle {
         request_id: &RequestId,
         embed: Embed,
     ) -> Result<Embeddings, ActorError> {
-        let reply: IngestResponse = self
-            .actor
-            .send(request_id, IngestRequest::Embed(embed))
-            .await?;
+        let reply = self.send(request_id, IngestRequest::Embed(embed)).await?;
         reply_as!(reply, IngestResponse::Embeddings)
+    }
+}
+
+/// Whether a replica's failure is one the writer answers instead: the
+/// replica said it cannot answer now ([`super::NOT_READY`]), or the runtime
+/// could not reach it or read its answer (a reset, an overloaded object).
+/// Searches and embeddings change nothing, so asking again is safe; any
+/// other refusal (a bad request, a failed model) would be the writer's too.
+pub fn asks_writer(error: &ActorError) -> bool {
+    match error {
+        ActorError::Refused(reply) => reply.reason.as_deref() == Some(super::NOT_READY),
+        ActorError::Runtime(_) => true,
+        ActorError::Protocol(_) | ActorError::UnexpectedReply { .. } => false,
     }
 }
 
@@ -138,4 +174,39 @@ pub fn replicas(env: &Env) -> Result<u32, ActorError> {
             format!("misconfigured: {e}"),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{ErrorCode, ErrorReply};
+
+    #[test]
+    fn the_writer_stands_in_only_for_a_replica_that_cannot_answer() {
+        let not_ready = ErrorReply::new(ErrorCode::Unavailable, "copying")
+            .with_reason(crate::replica::NOT_READY);
+        assert!(asks_writer(&ActorError::Refused(not_ready)));
+        assert!(asks_writer(&ActorError::Runtime(
+            "Durable Object is overloaded".into()
+        )));
+        // The same refusal the writer would give: a bad request, a model
+        // that failed, an unavailable service without the replica's reason.
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+            ErrorCode::QuotaExceeded,
+        ] {
+            let refused = ActorError::Refused(ErrorReply::new(code, "no"));
+            assert!(!asks_writer(&refused), "{code:?}");
+        }
+        let other_reason = ErrorReply::new(ErrorCode::Unavailable, "no").with_reason("index_full");
+        assert!(!asks_writer(&ActorError::Refused(other_reason)));
+        let garbled = protocol::decode::<u8>(&[0xc1]).unwrap_err();
+        assert!(!asks_writer(&ActorError::Protocol(garbled)));
+        assert!(!asks_writer(&ActorError::UnexpectedReply {
+            expected: "Results",
+            got: "Job",
+        }));
+    }
 }

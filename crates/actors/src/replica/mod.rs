@@ -15,6 +15,11 @@
 //! the work that made it is reported (a job's document is `done` only once
 //! every replica holds it), so a search sent after a job is done, or after a
 //! delete answered, sees it on whichever replica answers.
+//!
+//! A replica without a usable copy (new, or one that missed a change) does
+//! not hold a search while it copies the index: it starts the copy in the
+//! background and refuses the search as [`NOT_READY`], and
+//! [`SearchHandle`] asks the writer instead, which holds every change.
 
 pub mod core;
 mod handle;
@@ -23,6 +28,10 @@ mod object;
 pub use self::core::replica_for;
 pub use handle::{encode_batch, replicas, ReplicaHandle, SearchHandle};
 pub use object::SearchReplica;
+
+/// The reason a replica refuses a search it cannot answer now (no usable
+/// copy yet, or it left the set): the caller asks the writer instead.
+pub const NOT_READY: &str = "replica_not_ready";
 
 /// The Durable Object binding name in every wrangler config.
 pub const BINDING: &str = "SEARCH_REPLICA";

@@ -27,12 +27,9 @@ use worker::{durable_object, Env, Request as HttpRequest, Response, State};
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS replica (
     id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER, changed_at INTEGER NOT NULL)";
 
-/// How long a search waits for a copy under way before it is answered 503.
-const COPY_WAIT_MS: u64 = 30_000;
-/// How often a waiting search looks again.
-const COPY_POLL_MS: u64 = 20;
-/// Copies a search tries before it gives up (changes kept meanwhile may be
-/// incomplete under heavy writing).
+/// Copies the alarm takes in a row before it gives up and lets the runtime
+/// retry it later (changes kept meanwhile may be incomplete under heavy
+/// writing).
 const COPY_TRIES: u32 = 3;
 
 struct Loaded {
@@ -47,6 +44,12 @@ fn storage(e: SqlError) -> ErrorReply {
 
 fn unavailable(message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(ErrorCode::Unavailable, message)
+}
+
+/// A search this replica cannot answer now (no usable copy, or it left the
+/// set): its caller asks the writer instead ([`super::SearchHandle`]).
+fn not_ready(message: impl Into<String>) -> ErrorReply {
+    unavailable(message).with_reason(super::NOT_READY)
 }
 
 /// A read copy of one tenant's index.
@@ -287,73 +290,80 @@ impl SearchReplica {
         }
     }
 
-    /// Waits until the copy can answer: takes a copy if there is none and
-    /// none is under way, else waits for the one under way.
-    async fn ready(&self, tenant: &TenantId, settings: &Settings) -> Result<u64, ErrorReply> {
-        let started = SystemClock.now_ms();
-        let mut tries = 0;
-        loop {
-            let (usable, copying, seq) =
-                self.with_core(|c| (c.usable(), c.copying(), c.seq().unwrap_or(0)))?;
-            if usable {
-                return Ok(seq);
-            }
-            if !copying {
-                if tries == COPY_TRIES {
-                    return Err(unavailable(
-                        "the search replica could not copy the index; try again",
-                    ));
-                }
-                tries += 1;
-                self.copy(tenant, settings).await?;
-                continue;
-            }
-            if SystemClock.now_ms().saturating_sub(started) > COPY_WAIT_MS {
-                return Err(unavailable(
-                    "the search replica is still copying the index; try again",
-                ));
-            }
-            worker::Delay::from(std::time::Duration::from_millis(COPY_POLL_MS)).await;
+    /// The last change of the copy when it can answer now. Without a usable
+    /// copy the search is not held until one is taken (tens of seconds on a
+    /// large index): the alarm starts one, unless one is under way, and the
+    /// search is refused as [`not_ready`], which its caller answers from the
+    /// writer meanwhile.
+    async fn ready(&self) -> Result<u64, ErrorReply> {
+        let (usable, seq) = self.with_core(|c| (c.usable(), c.seq().unwrap_or(0)))?;
+        if usable {
+            return Ok(seq);
         }
+        self.copy_soon().await;
+        Err(not_ready(
+            "the search replica has no usable copy of the index yet; it is taking one",
+        ))
     }
 
     /// Answers `search` from the copy. A copy begun while it ran (its
-    /// tables emptied under it) makes it answer again, from the new copy.
+    /// tables emptied under it) makes the answer [`not_ready`].
     async fn search(
         &self,
         tenant: &TenantId,
         settings: &Settings,
         search: protocol::ingest::Search,
     ) -> Result<IngestResponse, ErrorReply> {
-        for _ in 0..COPY_TRIES {
-            let seq = self.ready(tenant, settings).await?;
-            let generation = self.generation.get();
-            let changed_at_ms = self.loaded.borrow().as_ref().map_or(0, |l| l.changed_at);
-            let version = IndexVersion {
-                version: seq,
-                changed_at_ms,
-            };
-            let index = self.reader.index(self.sql(), tenant, settings)?;
-            let current = || self.generation.get() == generation;
-            let answer = self
-                .reader
-                .search(
-                    &self.state,
-                    &index,
-                    tenant,
-                    settings,
-                    version,
-                    search.clone(),
-                    &current,
-                )
-                .await?;
-            if current() {
-                return Ok(answer);
-            }
+        let seq = self.ready().await?;
+        let generation = self.generation.get();
+        let changed_at_ms = self.loaded.borrow().as_ref().map_or(0, |l| l.changed_at);
+        let version = IndexVersion {
+            version: seq,
+            changed_at_ms,
+        };
+        let index = self.reader.index(self.sql(), tenant, settings)?;
+        let current = || self.generation.get() == generation;
+        let answer = self
+            .reader
+            .search(
+                &self.state,
+                &index,
+                tenant,
+                settings,
+                version,
+                search,
+                &current,
+            )
+            .await?;
+        if current() {
+            Ok(answer)
+        } else {
+            Err(not_ready(
+                "the search replica's copy of the index changed while it searched",
+            ))
         }
-        Err(unavailable(
-            "the search replica's copy of the index kept changing; try again",
-        ))
+    }
+
+    /// Takes a copy unless one is usable or under way (the alarm's work).
+    /// Incomplete copies are taken again, [`COPY_TRIES`] in all; an error
+    /// when none came out usable, so the runtime retries the alarm later.
+    async fn copy_in_background(
+        &self,
+        tenant: &TenantId,
+        settings: &Settings,
+    ) -> Result<(), ErrorReply> {
+        for _ in 0..COPY_TRIES {
+            if self.with_core(|c| c.usable() || c.copying())? {
+                return Ok(());
+            }
+            self.copy(tenant, settings).await?;
+        }
+        if self.with_core(|c| c.usable() || c.copying())? {
+            return Ok(());
+        }
+        Err(unavailable(format!(
+            "the search replica's copy came out incomplete {COPY_TRIES} times (heavy writing); retried later"
+        )))
     }
 
     fn view(&self) -> Result<ReplicaView, ErrorReply> {
@@ -402,13 +412,10 @@ impl SearchReplica {
                     return Ok(IngestResponse::Replicated(Replicated { seq: None }))
                 }
                 IngestRequest::Search(_) => {
-                    return Err(ErrorReply::new(
-                        ErrorCode::Unavailable,
-                        format!(
-                            "this search replica is not in use (SEARCH_REPLICAS is {})",
-                            settings.search_replicas
-                        ),
-                    ))
+                    return Err(not_ready(format!(
+                        "this search replica is not in use (SEARCH_REPLICAS is {})",
+                        settings.search_replicas
+                    )))
                 }
                 _ => {}
             }
@@ -455,21 +462,17 @@ impl worker::DurableObject for SearchReplica {
         Ok(rpc::reply_response(Some(request_id), reply))
     }
 
-    /// Takes the copy a change asked for, outside the writer's request. An
-    /// error makes the runtime retry the alarm later.
+    /// Takes the copy a change or a search asked for, outside their
+    /// requests. An error makes the runtime retry the alarm later.
     async fn alarm(&self) -> worker::Result<Response> {
         let result = match self.settings() {
             Ok(settings) => match self.load(None) {
                 Ok(tenant) => {
                     // Left out of the set: forgets, and copies nothing.
-                    if self.left_out(&settings).unwrap_or(true)
-                        || self
-                            .with_core(|c| c.usable() || c.copying())
-                            .unwrap_or(true)
-                    {
+                    if self.left_out(&settings).unwrap_or(true) {
                         Ok(())
                     } else {
-                        self.copy(&tenant, &settings).await.map(|_| ())
+                        self.copy_in_background(&tenant, &settings).await
                     }
                 }
                 Err(e) => Err(e),
