@@ -691,3 +691,84 @@ fn a_long_conversation_reserves_its_size_against_tpm() {
         r.body
     );
 }
+
+/// Requests built to break the embedded generator or the deployed
+/// bindings get a clear answer, and the Worker keeps serving.
+#[test]
+fn adversarial_completions_get_a_clear_answer_and_the_worker_keeps_serving() {
+    let server = shared(Deployment::Dedicated(A));
+    let chat_key = server.create_key(A, &["chat"]);
+    let operator = e2e::ADMIN_TOKEN;
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    // A model name byte 128 of whose stand-in name falls inside a
+    // character (the operator may name any model): 400, not a panic.
+    let r = post(
+        &server,
+        operator,
+        "/v1/chat/completions",
+        &json!({"model": "é".repeat(64), "messages": hi}),
+        &[],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "model");
+    // A seed JavaScript cannot hold: 400 naming it, not a failed model.
+    let r = post(
+        &server,
+        &chat_key,
+        "/v1/chat/completions",
+        &json!({"model": "chat", "messages": hi, "seed": 9_007_199_254_740_993u64}),
+        &[],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "seed");
+    // A tool whose schema requires a thousand properties, a long question
+    // and a forced call: the made-up call stays small.
+    let required: Vec<String> = (0..1000).map(|i| format!("p{i}")).collect();
+    let r = post(
+        &server,
+        &chat_key,
+        "/v1/chat/completions",
+        &json!({
+            "model": "chat",
+            "messages": [{"role": "user", "content": "a".repeat(150_000)}],
+            "tools": [{"type": "function", "function": {"name": "f",
+                "parameters": {"type": "object", "required": required}}}],
+            "tool_choice": "required"
+        }),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", &r.body[..r.body.len().min(500)]);
+    let call = &r.json()["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "f");
+    let arguments: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    let arguments = arguments.as_object().unwrap();
+    assert!(arguments.len() <= 32, "{} arguments", arguments.len());
+    assert!(arguments
+        .values()
+        .all(|v| v.as_str().unwrap().chars().count() <= 500));
+    // A conversation without a user message: answered, not searched until
+    // the tool limit (a 502).
+    let r = post(
+        &server,
+        &chat_key,
+        "/v1/chat/completions",
+        &json!({"model": "rag", "messages": [{"role": "system", "content": "be brief"}]}),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let content = r.json()["choices"][0]["message"]["content"].clone();
+    assert!(
+        content.as_str().is_some_and(|c| !c.is_empty()),
+        "{}",
+        r.body
+    );
+    // And the Worker still answers.
+    let r = post(
+        &server,
+        &chat_key,
+        "/v1/chat/completions",
+        &json!({"model": "chat", "messages": hi}),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}

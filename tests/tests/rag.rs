@@ -515,6 +515,13 @@ fn bad_input_is_refused_and_changes_nothing() {
             "invalid_documents",
         ),
         (
+            "a whole number JavaScript cannot hold exactly",
+            vec![auth, ct],
+            br#"{"documents":[{"id":"a","text":"b","metadata":{"n":9007199254740993}}]}"#.to_vec(),
+            400,
+            "invalid_documents",
+        ),
+        (
             "oversized text",
             vec![auth, ct],
             json!({"documents":[{"id":"a","text":big_text}]})
@@ -540,6 +547,16 @@ fn bad_input_is_refused_and_changes_nothing() {
         ),
         ("zero topK", json!({"query":"x","topK":0}), "invalid_search"),
         ("empty query", json!({"query":""}), "invalid_search"),
+        (
+            "a filter's number beyond 2^53",
+            json!({"query":"x","filter":{"n":9_007_199_254_740_993u64}}),
+            "invalid_search",
+        ),
+        (
+            "a filter of 1901 bytes",
+            json!({"query":"x","filter":{"k":"v".repeat(1893)}}),
+            "invalid_search",
+        ),
         ("missing query", json!({"topK":3}), "invalid_json"),
         ("wrong type", json!({"query":["x"]}), "invalid_json"),
         (

@@ -86,6 +86,24 @@ mod wasm_tests {
     }
 
     #[wasm_bindgen_test]
+    fn a_clients_int64_bound_reaches_a_model_as_a_number() {
+        // A JSON schema's int64 bound: `to_js` refuses the whole value, the
+        // JSON route reads it as JSON.parse does.
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": { "n": { "type": "integer", "maximum": 9223372036854775807u64 } }
+        });
+        assert!(to_js(&schema).is_err());
+        let value = crate::cloudflare::to_js_via_json(&schema).unwrap();
+        assert!(value.is_instance_of::<Object>());
+        let n = Reflect::get(&value, &JsValue::from_str("properties"))
+            .and_then(|p| Reflect::get(&p, &JsValue::from_str("n")))
+            .and_then(|n| Reflect::get(&n, &JsValue::from_str("maximum")))
+            .unwrap();
+        assert_eq!(n.as_f64(), Some(9.223372036854776e18));
+    }
+
+    #[wasm_bindgen_test]
     fn bindings_get_plain_objects_not_maps() {
         // Vectorize and Workers AI read plain JS objects; serde_wasm_bindgen's
         // default would turn a map into a JS `Map`, which they ignore.

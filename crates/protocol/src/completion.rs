@@ -182,6 +182,12 @@ pub enum CompletionError {
         "stop holds at most {MAX_STOP_SEQUENCES} sequences of 1 to {MAX_STOP_CHARS} characters"
     )]
     Stop,
+    /// A model name that cannot be one.
+    #[error("model must be 1 to 128 characters of A-Z a-z 0-9 @ . _ / : -")]
+    Model,
+    /// A seed JavaScript cannot hold exactly.
+    #[error("seed must be at most {}", crate::ingest::MAX_SAFE_INTEGER)]
+    Seed,
 }
 
 impl Complete {
@@ -212,6 +218,20 @@ impl Complete {
         let stop_ok = |s: &String| (1..=MAX_STOP_CHARS).contains(&s.chars().count());
         if self.options.stop.len() > MAX_STOP_SEQUENCES || !self.options.stop.iter().all(stop_ok) {
             return Err(CompletionError::Stop);
+        }
+        if self
+            .model
+            .as_deref()
+            .is_some_and(|m| !crate::keys::valid_model(m))
+        {
+            return Err(CompletionError::Model);
+        }
+        if self
+            .options
+            .seed
+            .is_some_and(|s| s > crate::ingest::MAX_SAFE_INTEGER)
+        {
+            return Err(CompletionError::Seed);
         }
         Ok(())
     }
@@ -358,6 +378,20 @@ mod tests {
         let mut bad = complete.clone();
         bad.options.stop = vec![String::new()];
         assert_eq!(bad.validate(), Err(CompletionError::Stop));
+        // A model name is ASCII of the allowed characters (a generator cuts
+        // it by bytes), and a seed is what JavaScript holds exactly.
+        for name in ["é".repeat(64), "a b".into(), String::new(), "m".repeat(129)] {
+            let mut bad = complete.clone();
+            bad.model = Some(name.clone());
+            assert_eq!(bad.validate(), Err(CompletionError::Model), "{name:?}");
+        }
+        let mut ok = complete.clone();
+        ok.model = Some("@cf/meta/llama-3.1-8b-instruct".into());
+        ok.options.seed = Some(crate::ingest::MAX_SAFE_INTEGER);
+        assert_eq!(ok.validate(), Ok(()));
+        let mut bad = complete.clone();
+        bad.options.seed = Some(crate::ingest::MAX_SAFE_INTEGER + 1);
+        assert_eq!(bad.validate(), Err(CompletionError::Seed));
         let bytes = rmp_serde::to_vec_named(&complete).unwrap();
         let back: Complete = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back, complete);

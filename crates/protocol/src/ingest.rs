@@ -19,8 +19,12 @@ pub const MAX_METADATA_KEYS: usize = 32;
 pub const MAX_METADATA_KEY_LEN: usize = 64;
 /// Largest metadata of one document, as compact JSON.
 pub const MAX_METADATA_BYTES: usize = 4096;
-/// Largest search filter, as compact JSON (Vectorize refuses 2 KiB or more).
-pub const MAX_FILTER_BYTES: usize = 2000;
+/// Largest search filter, as compact JSON: Vectorize refuses 2 KiB or more,
+/// and the platform adds the `tenantId` condition (up to 80 bytes) to it.
+pub const MAX_FILTER_BYTES: usize = 1900;
+/// Largest whole number a metadata value or filter may hold (either sign):
+/// 2^53 - 1, the largest JavaScript (and so Vectorize) holds exactly.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// Longest search query, in characters.
 pub const MAX_QUERY_CHARS: usize = 2000;
 /// Largest `topK` (Vectorize's limit when metadata is returned).
@@ -690,10 +694,16 @@ fn check_metadata(metadata: &Metadata, allow_reserved: bool) -> Result<(), Strin
         if !allow_reserved && RESERVED_METADATA_KEYS.contains(&key.as_str()) {
             return Err(format!("key {key:?} is set by the platform"));
         }
-        if let MetaValue::Float(f) = value {
-            if !f.is_finite() {
+        match value {
+            MetaValue::Float(f) if !f.is_finite() => {
                 return Err(format!("value of {key:?} must be a finite number"));
             }
+            MetaValue::Int(i) if i.unsigned_abs() > MAX_SAFE_INTEGER => {
+                return Err(format!(
+                    "value of {key:?} must be a whole number from -{MAX_SAFE_INTEGER} to {MAX_SAFE_INTEGER} (what JavaScript, and so Vectorize, holds exactly)"
+                ));
+            }
+            _ => {}
         }
     }
     let size = serde_json::to_vec(metadata)
@@ -830,6 +840,15 @@ mod tests {
         };
         assert_eq!(with("source", MetaValue::Str("a.md".into())), Ok(()));
         assert_eq!(with("page", MetaValue::Int(3)), Ok(()));
+        // Whole numbers JavaScript (and so Vectorize) holds exactly.
+        let max = MAX_SAFE_INTEGER as i64;
+        for ok in [max, -max, 0] {
+            assert_eq!(with("n", MetaValue::Int(ok)), Ok(()), "{ok}");
+        }
+        for big in [max + 1, -max - 1, i64::MAX, i64::MIN] {
+            assert!(with("n", MetaValue::Int(big)).is_err(), "{big}");
+        }
+        assert_eq!(with("f", MetaValue::Float(1e300)), Ok(()));
         for reserved in RESERVED_METADATA_KEYS {
             assert!(
                 with(reserved, MetaValue::Str("x".into())).is_err(),
@@ -986,8 +1005,31 @@ mod tests {
         }
         assert!(
             matches!(f.validate(), Err(IngestError::Filter(_))),
-            "over 2000 bytes"
+            "over {MAX_FILTER_BYTES} bytes"
         );
+        let mut big = s("q", 1);
+        big.filter
+            .insert("n".into(), MetaValue::Int(MAX_SAFE_INTEGER as i64 + 2));
+        assert!(matches!(big.validate(), Err(IngestError::Filter(_))));
+    }
+
+    #[test]
+    fn the_largest_filter_with_the_tenant_condition_stays_under_vectorizes_2_kib() {
+        // One long value fills the bound; the platform then adds the
+        // tenant's condition, with the longest tenant id.
+        let mut filter = Metadata::new();
+        filter.insert("k".into(), MetaValue::Str(String::new()));
+        let overhead = serde_json::to_vec(&filter).unwrap().len();
+        filter.insert(
+            "k".into(),
+            MetaValue::Str("v".repeat(MAX_FILTER_BYTES - overhead)),
+        );
+        assert_eq!(serde_json::to_vec(&filter).unwrap().len(), MAX_FILTER_BYTES);
+        filter.insert(
+            "tenantId".into(),
+            MetaValue::Str("t".repeat(crate::ids::MAX_TENANT_ID_LEN)),
+        );
+        assert!(serde_json::to_vec(&filter).unwrap().len() < 2048);
     }
 
     #[test]

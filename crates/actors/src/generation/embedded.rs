@@ -46,8 +46,13 @@ impl ExtractiveGenerator {
             return Self::default();
         }
         let mut name = format!("{EXTRACTIVE_MODEL}:{model}");
-        // Model names are ASCII: any byte is a character boundary.
-        name.truncate(protocol::coordinator::MAX_MODEL_NAME_LEN);
+        // Model names are checked ASCII before they get here; cut at a
+        // character boundary all the same, so no name can panic.
+        let mut end = name.len().min(protocol::coordinator::MAX_MODEL_NAME_LEN);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
         Self { name }
     }
 }
@@ -143,13 +148,28 @@ fn mentions(question: &str, name: &str) -> bool {
     question.contains(&name) || question.contains(&name.replace(['_', '-'], " "))
 }
 
+/// Most required properties a made-up call fills ([`arguments_for`]).
+const MAX_ARGUMENTS: usize = 32;
+/// Most characters of the question a made-up string argument carries.
+const MAX_ARGUMENT_CHARS: usize = 500;
+
 /// Arguments for a call of `tool` about `question`, from its JSON schema:
-/// each required property gets the question (a string), 0, false, an empty
-/// array or object by its type; nothing else is made up.
+/// each required property gets the question (a string, its first
+/// [`MAX_ARGUMENT_CHARS`] characters), 0, false, an empty array or object
+/// by its type; nothing else is made up. At most [`MAX_ARGUMENTS`]
+/// properties: a model's call is bounded by its output, and a schema
+/// listing thousands must not make an answer of the question times
+/// thousands.
 fn arguments_for(tool: &ToolSpec, question: &str) -> Value {
     let schema = &tool.parameters;
+    let question: String = question.chars().take(MAX_ARGUMENT_CHARS).collect();
     let mut arguments = serde_json::Map::new();
-    for name in schema["required"].as_array().into_iter().flatten() {
+    for name in schema["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(MAX_ARGUMENTS)
+    {
         let Some(name) = name.as_str() else { continue };
         let value = match schema["properties"][name]["type"].as_str() {
             Some("integer") | Some("number") => json!(0),
@@ -195,15 +215,14 @@ impl Generator for ExtractiveGenerator {
             .collect();
         let has_tool = |name: &str| offered.iter().any(|t| t.name == name);
         let last_user = request.messages.iter().rposition(|m| m.role == Role::User);
-        let tool_results: Vec<&ChatMessage> = match last_user {
-            Some(i) => request
-                .messages
-                .iter()
-                .skip(i + 1)
-                .filter(|m| m.role == Role::Tool)
-                .collect(),
-            None => Vec::new(),
-        };
+        // The tools' answers to the question (to the whole conversation
+        // when it holds no user message).
+        let tool_results: Vec<&ChatMessage> = request
+            .messages
+            .iter()
+            .skip(last_user.map_or(0, |i| i + 1))
+            .filter(|m| m.role == Role::Tool)
+            .collect();
         let question = last_user
             .and_then(|i| request.messages.get(i))
             .map(|m| m.content.as_str())
@@ -218,6 +237,8 @@ impl Generator for ExtractiveGenerator {
             let call = match (kv_key_in(question), named) {
                 (_, Some(tool)) => Some((tool.name.as_str(), arguments_for(tool, question))),
                 (Some(key), None) if has_tool("kv_get") => Some(("kv_get", json!({ "key": key }))),
+                // No question, nothing to search for.
+                _ if question.trim().is_empty() && request.tool_choice == ToolChoice::Auto => None,
                 _ if has_tool("vector_search") => {
                     Some(("vector_search", json!({ "query": question, "topK": 3 })))
                 }
@@ -235,8 +256,12 @@ impl Generator for ExtractiveGenerator {
                 }));
                 return Ok(());
             }
-            "I can only answer from this tenant's documents, and I have no tool to read them."
-                .to_owned()
+            if question.trim().is_empty() {
+                "There is no question to answer: send a user message.".to_owned()
+            } else {
+                "I can only answer from this tenant's documents, and I have no tool to read them."
+                    .to_owned()
+            }
         } else {
             compose_answer(&tool_results)
         };
@@ -335,6 +360,77 @@ mod tests {
         };
         assert_eq!(call.name, "vector_search");
         assert_eq!(call.arguments["query"], "How do lifetimes work?");
+    }
+
+    #[test]
+    fn a_stand_in_for_any_name_is_cut_at_a_character_boundary() {
+        // 17 bytes of prefix, then two-byte characters: byte 128 falls
+        // inside one.
+        let g = ExtractiveGenerator::standing_in_for(&"é".repeat(64));
+        assert!(g.model().len() <= protocol::coordinator::MAX_MODEL_NAME_LEN);
+        assert!(g.model().starts_with("local/extractive:éé"));
+    }
+
+    #[test]
+    fn made_up_arguments_are_bounded_whatever_the_schema() {
+        let names: Vec<String> = (0..1000).map(|i| format!("p{i}")).collect();
+        let tool = ToolSpec {
+            name: "f".into(),
+            description: String::new(),
+            parameters: json!({ "type": "object", "required": names }),
+        };
+        let question = "a".repeat(150_000);
+        let args = arguments_for(&tool, &question);
+        let args = args.as_object().unwrap();
+        assert_eq!(args.len(), MAX_ARGUMENTS);
+        assert!(args
+            .values()
+            .all(|v| v.as_str().unwrap().chars().count() == MAX_ARGUMENT_CHARS));
+        // Typed properties keep their placeholders.
+        let typed = ToolSpec {
+            parameters: json!({ "required": ["n", "q"], "properties": { "n": { "type": "integer" } } }),
+            ..tool
+        };
+        assert_eq!(
+            arguments_for(&typed, "why?"),
+            json!({ "n": 0, "q": "why?" })
+        );
+    }
+
+    #[test]
+    fn a_conversation_without_a_question_is_answered_not_searched_forever() {
+        // No user message: nothing to search for.
+        let events = run(&request(vec![msg(Role::System, "be brief", None)]));
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, GenerationEvent::ToolCall(_))),
+            "{events:?}"
+        );
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, GenerationEvent::Text(t) if t.contains("no"))));
+        // Bound to call a tool, it calls one once; the tool's answer (here
+        // an error) is then composed, not searched again.
+        let mut req = request(vec![msg(Role::System, "be brief", None)]);
+        req.tool_choice = ToolChoice::Required;
+        assert!(matches!(
+            run(&req).as_slice(),
+            [GenerationEvent::ToolCall(_)]
+        ));
+        req.messages.push(msg(Role::Assistant, "", None));
+        req.messages.push(msg(
+            Role::Tool,
+            r#"{"error":"query must be 1 to 2000 characters"}"#,
+            Some("vector_search"),
+        ));
+        let events = run(&req);
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, GenerationEvent::ToolCall(_))),
+            "{events:?}"
+        );
     }
 
     #[test]

@@ -325,7 +325,9 @@ impl Generator for WorkersAiGenerator {
         on_event: &mut dyn FnMut(GenerationEvent),
     ) -> Result<(), PortError> {
         use worker::wasm_bindgen::JsCast;
-        let input = crate::cloudflare::to_js(&chat_input(request)).map_err(bad)?;
+        // A client's tool schemas ride in the input: read as JSON reads
+        // them, so an int64 bound in one is a number, not a failed turn.
+        let input = crate::cloudflare::to_js_via_json(&chat_input(request)).map_err(bad)?;
         let output =
             crate::cloudflare::ai_binding::run(&self.ai, &request.model, input, &self.route)
                 .await?;

@@ -114,10 +114,10 @@ fn number(
 
 fn model(body: &Map<String, Value>) -> Result<String, OpenAiError> {
     match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() && m.len() <= 128 => Ok(m.clone()),
+        Some(Value::String(m)) if protocol::keys::valid_model(m) => Ok(m.clone()),
         Some(_) => Err(invalid(
             "model",
-            "model must be a string of 1 to 128 characters",
+            "model must be a string of 1 to 128 characters of A-Z a-z 0-9 @ . _ / : -",
         )),
         None => Err(invalid("model", "model is required")),
     }
@@ -502,7 +502,13 @@ pub fn chat_completion(body: &Value) -> Result<ChatCompletion, OpenAiError> {
         None | Some(Value::Null) => None,
         Some(v) => Some(
             v.as_u64()
-                .ok_or_else(|| invalid("seed", "seed must be a whole number of 0 or more"))?,
+                .filter(|s| *s <= protocol::ingest::MAX_SAFE_INTEGER)
+                .ok_or_else(|| {
+                    invalid(
+                        "seed",
+                        "seed must be a whole number from 0 to 9007199254740991 (2^53 - 1)",
+                    )
+                })?,
         ),
     };
     let tenant_tools = match body.get("tenant_tools") {
@@ -776,6 +782,19 @@ mod tests {
             Some("tenant_tools")
         );
         assert_eq!(param(&with(json!({"model": 5}))), Some("model"));
+        // A model name is ASCII of the allowed characters.
+        for bad in ["é".repeat(64), "gpt 4".into(), String::new()] {
+            assert_eq!(param(&with(json!({ "model": bad }))), Some("model"));
+        }
+        // A seed JavaScript holds exactly, or 400 (not a failed model call).
+        assert_eq!(
+            param(&with(json!({"seed": 9_007_199_254_740_993u64}))),
+            Some("seed")
+        );
+        assert_eq!(param(&with(json!({"seed": -1}))), Some("seed"));
+        let ok = json!({"model": "@cf/meta/llama-3.1-8b-instruct", "seed": 9_007_199_254_740_991u64,
+            "messages": [{"role": "user", "content": "hi"}]});
+        assert!(chat_completion(&ok).is_ok());
         let e = chat_completion(&json!([1])).unwrap_err();
         assert_eq!((e.status, param(&e)), (400, None));
     }
