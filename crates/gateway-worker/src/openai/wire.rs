@@ -431,11 +431,43 @@ const CHAT_PARAMETERS: &[&str] = &[
     "tenant_tools",
 ];
 
+/// Whether `value` of OpenAI's chat parameter `name`, one we do not
+/// implement, asks for nothing: null, or the value that means OpenAI's own
+/// default (what client libraries send when they fill in every field).
+/// `None`: not a parameter of OpenAI's chat completions.
+fn asks_nothing(name: &str, value: &Value) -> Option<bool> {
+    let default = match name {
+        "audio" | "prediction" | "web_search_options" | "reasoning_effort" | "verbosity" => false,
+        "functions" => value.as_array().is_some_and(Vec::is_empty),
+        "function_call" => value == "none",
+        "logit_bias" => value.as_object().is_some_and(Map::is_empty),
+        "top_logprobs" => value.as_u64() == Some(0),
+        "modalities" => value == &serde_json::json!(["text"]),
+        "service_tier" => value == "auto" || value == "default",
+        // Labels for stored completions (none are stored) and hints for
+        // OpenAI's own caching and abuse checks: nothing to do.
+        "metadata" => value.is_object(),
+        "prompt_cache_key" | "safety_identifier" => value.is_string(),
+        _ => return None,
+    };
+    Some(default || value.is_null())
+}
+
 /// Reads a chat completion request.
 pub fn chat_completion(body: &Value) -> Result<ChatCompletion, OpenAiError> {
     let body = object(body)?;
-    if let Some(other) = body.keys().find(|k| !CHAT_PARAMETERS.contains(&k.as_str())) {
-        return Err(unsupported(other, "this server does not implement it"));
+    for (name, value) in body {
+        if CHAT_PARAMETERS.contains(&name.as_str()) {
+            continue;
+        }
+        match asks_nothing(name, value) {
+            Some(true) => {}
+            Some(false) => return Err(unsupported(
+                name,
+                "this server does not implement it (null, or OpenAI's default value, is accepted)",
+            )),
+            None => return Err(unsupported(name, "this server does not implement it")),
+        }
     }
     match body.get("n") {
         None | Some(Value::Null) => {}
@@ -708,9 +740,9 @@ mod tests {
         for (field, value) in [
             ("n", json!(2)),
             ("logprobs", json!(true)),
-            ("logit_bias", json!({})),
+            ("logit_bias", json!({"1": 5})),
             ("audio", json!({})),
-            ("functions", json!([])),
+            ("functions", json!([{"name": "f"}])),
             ("parallel_tool_calls", json!(false)),
             ("store", json!(true)),
         ] {
@@ -797,6 +829,51 @@ mod tests {
         assert!(chat_completion(&ok).is_ok());
         let e = chat_completion(&json!([1])).unwrap_err();
         assert_eq!((e.status, param(&e)), (400, None));
+    }
+
+    #[test]
+    fn openais_other_parameters_are_accepted_when_they_ask_for_nothing() {
+        let with = |name: &str, value: Value| {
+            let mut body =
+                json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]});
+            body[name] = value;
+            chat_completion(&body)
+        };
+        for (name, value) in [
+            ("logit_bias", json!({})),
+            ("logit_bias", Value::Null),
+            ("top_logprobs", json!(0)),
+            ("modalities", json!(["text"])),
+            ("service_tier", json!("auto")),
+            ("service_tier", json!("default")),
+            ("metadata", json!({"app": "x"})),
+            ("prompt_cache_key", json!("k")),
+            ("safety_identifier", json!("u-1")),
+            ("functions", json!([])),
+            ("function_call", json!("none")),
+            ("audio", Value::Null),
+            ("prediction", Value::Null),
+            ("reasoning_effort", Value::Null),
+            ("verbosity", Value::Null),
+            ("web_search_options", Value::Null),
+        ] {
+            assert!(with(name, value.clone()).is_ok(), "{name}: {value}");
+        }
+        for (name, value) in [
+            ("logit_bias", json!({"50256": -100})),
+            ("top_logprobs", json!(3)),
+            ("modalities", json!(["text", "audio"])),
+            ("service_tier", json!("flex")),
+            ("functions", json!([{"name": "f"}])),
+            ("function_call", json!("auto")),
+            ("reasoning_effort", json!("high")),
+            ("audio", json!({"voice": "alloy"})),
+            ("metadata", json!("x")),
+            ("frobnicate", Value::Null),
+        ] {
+            let e = with(name, value.clone()).unwrap_err();
+            assert_eq!(param(&e), Some(name), "{name}: {value}");
+        }
     }
 
     #[test]
