@@ -475,6 +475,31 @@ fn size(m: &ChatMessage) -> usize {
             .sum::<usize>()
 }
 
+/// The newest messages of a history that [`context`] keeps within `budget`
+/// characters, read from `newest_first` (the history, newest first) no
+/// further than needed: the first message that does not fit ends the
+/// reading. Oldest first; `context` over them is `context` over the whole
+/// history, so a long session's context costs what fits, not what is
+/// stored.
+pub fn within_budget<E>(
+    newest_first: impl Iterator<Item = Result<ChatMessage, E>>,
+    budget: usize,
+) -> Result<Vec<ChatMessage>, E> {
+    let mut used = 0;
+    let mut kept = Vec::new();
+    for m in newest_first {
+        let m = m?;
+        let s = size(&m);
+        if !kept.is_empty() && used + s > budget {
+            break;
+        }
+        used += s;
+        kept.push(m);
+    }
+    kept.reverse();
+    Ok(kept)
+}
+
 /// The messages sent to the model: the system prompt, then the most recent
 /// history that fits `budget` characters. The newest message is always kept,
 /// and the context never starts with a tool result whose call was cut off.
@@ -524,6 +549,43 @@ mod tests {
             name: "vector_search".into(),
             arguments: json!({}),
         }
+    }
+
+    #[test]
+    fn reading_only_what_fits_gives_the_same_context() {
+        let call_msg = || ChatMessage {
+            tool_calls: vec![call()],
+            ..msg(Role::Assistant, "")
+        };
+        // Histories of every shape: user, a call, its (long) result, an
+        // answer; budgets from below one message to above them all.
+        let mut history = Vec::new();
+        for i in 0..40 {
+            history.push(msg(Role::User, &"q".repeat(10 + i * 7)));
+            history.push(call_msg());
+            history.push(msg(Role::Tool, &"r".repeat(50 + (i * 37) % 300)));
+            history.push(msg(Role::Assistant, &"a".repeat(20 + i)));
+        }
+        for len in [0, 1, 2, 3, 5, 17, 80, 160] {
+            let h = &history[..len];
+            for budget in [0, 5, 60, 100, 333, 1000, 5000, 100_000] {
+                let read = within_budget(h.iter().rev().cloned().map(Ok::<_, ()>), budget);
+                let read = read.unwrap();
+                assert_eq!(
+                    context("s", &read, budget),
+                    context("s", h, budget),
+                    "{len} messages, budget {budget}"
+                );
+                assert!(read.len() <= len);
+                let total: usize = h.iter().map(size).sum();
+                if len > 1 && total > budget {
+                    assert!(read.len() < len, "read no further than fits");
+                }
+            }
+        }
+        // A failed read is the reading's failure.
+        let failing = vec![Ok(msg(Role::User, "x")), Err("storage")];
+        assert_eq!(within_budget(failing.into_iter(), 1000), Err("storage"));
     }
 
     #[test]

@@ -923,7 +923,7 @@ impl Inner {
     /// One generation, routed over the chain: its pieces go to the machine
     /// (and out) as they arrive.
     pub(super) async fn generate(&self, ctx: &TurnContext, chain: &[AnyGenerator]) -> Vec<Effect> {
-        let history = match self.store.recent() {
+        let history = match self.store.recent(CONTEXT_BUDGET_CHARS) {
             Ok(h) => h,
             Err(e) => return self.feed(ctx.id, |m| m.fail("storage_failed", e.message)),
         };

@@ -2,7 +2,7 @@
 //! runs against them, with the rows decoded into typed values. No decision
 //! is made here: the cores decide, the shell calls these.
 
-use super::core::Owner;
+use super::core::{within_budget, Owner};
 use crate::ports::{ChatMessage, Role, ToolCall};
 use crate::sql::{self, int, FromRow, FromValue, SqlError};
 use protocol::chat::{
@@ -235,10 +235,24 @@ impl SessionStore {
         })
     }
 
-    /// The newest messages, as the model reads them.
-    pub fn recent(&self) -> Result<Vec<ChatMessage>, ErrorReply> {
-        let page = self.page(None, CONTEXT_ROWS)?;
-        Ok(page.messages.iter().map(to_port).collect())
+    /// The newest messages, as the model reads them: at most
+    /// [`CONTEXT_ROWS`], read newest first and no further than what fits
+    /// `budget` characters ([`within_budget`]).
+    pub fn recent(&self, budget: usize) -> Result<Vec<ChatMessage>, ErrorReply> {
+        const QUERY: &str = "SELECT role, content, tool_calls, tool_call_id, name \
+            FROM messages ORDER BY seq DESC LIMIT ?";
+        let cursor = self
+            .sql
+            .exec(QUERY, vec![int(CONTEXT_ROWS)])
+            .map_err(|e| SqlError::Exec(e.to_string()))?;
+        let rows = cursor.raw().map(|row| {
+            let row = row.map_err(|e| SqlError::Exec(e.to_string()))?;
+            context_message(&row).map_err(|message| SqlError::Shape {
+                query: QUERY.into(),
+                message,
+            })
+        });
+        Ok(within_budget(rows, budget)?)
     }
 
     /// How many messages are stored.
@@ -538,8 +552,29 @@ impl FromRow for StoredMessage {
     }
 }
 
-fn to_port(m: &StoredMessage) -> ChatMessage {
-    let role = match m.role.as_str() {
+/// A row of [`SessionStore::recent`]'s query, as the model reads it.
+fn context_message(row: &[SqlStorageValue]) -> Result<ChatMessage, String> {
+    let role: String = column(row, 0)?;
+    let calls: String = column(row, 2)?;
+    let calls: Vec<ToolCallRecord> =
+        serde_json::from_str(&calls).map_err(|e| format!("tool_calls: {e}"))?;
+    Ok(port_message(
+        &role,
+        column(row, 1)?,
+        &calls,
+        column(row, 3)?,
+        column(row, 4)?,
+    ))
+}
+
+fn port_message(
+    role: &str,
+    content: String,
+    calls: &[ToolCallRecord],
+    tool_call_id: Option<String>,
+    name: Option<String>,
+) -> ChatMessage {
+    let role = match role {
         "assistant" => Role::Assistant,
         "tool" => Role::Tool,
         "system" => Role::System,
@@ -547,9 +582,8 @@ fn to_port(m: &StoredMessage) -> ChatMessage {
     };
     ChatMessage {
         role,
-        content: m.content.clone(),
-        tool_calls: m
-            .tool_calls
+        content,
+        tool_calls: calls
             .iter()
             .map(|c| ToolCall {
                 id: c.id.clone(),
@@ -557,8 +591,8 @@ fn to_port(m: &StoredMessage) -> ChatMessage {
                 arguments: serde_json::from_str(&c.arguments).unwrap_or(Value::Null),
             })
             .collect(),
-        tool_call_id: m.tool_call_id.clone(),
-        name: m.name.clone(),
+        tool_call_id,
+        name,
     }
 }
 
