@@ -46,6 +46,10 @@ pub enum CoordinatorRequest {
     RecordSession(crate::listing::SessionReport),
     /// A page of the tenant's sessions.
     ListSessions(crate::listing::ListSessions),
+    /// Several sessions' changes at once (at most
+    /// [`crate::listing::MAX_SESSION_BATCH`]), as the tenant's ledger passes
+    /// them on from the turns' usage records.
+    RecordSessions(Vec<crate::listing::SessionReport>),
     /// The tenant's summary for the tenants listing; unlike every other
     /// message, it does not create the tenant's record.
     Summary,
@@ -153,6 +157,8 @@ pub enum CoordinatorResponse {
     /// Answers `RecordSession`: whether the change was applied (an older
     /// report than the registry holds is not).
     SessionRecorded(bool),
+    /// Answers `RecordSessions`: how many changes were applied.
+    SessionsRecorded(u64),
     /// Answers `ListSessions`.
     Sessions(crate::listing::SessionPage),
     /// Answers `Summary`.

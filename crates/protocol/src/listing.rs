@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_PAGE_LIMIT: u32 = 50;
 /// The largest page.
 pub const MAX_PAGE_LIMIT: u32 = 200;
+/// Most session reports in one batch to the registry.
+pub const MAX_SESSION_BATCH: usize = 100;
 /// The longest cursor accepted, in characters.
 pub const MAX_CURSOR_LEN: usize = 600;
 

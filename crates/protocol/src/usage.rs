@@ -291,7 +291,21 @@ pub enum UsageRequest {
     Report(UsageQuery),
     /// Tokens and cost over the last hour and day (the metrics' windows).
     Recent,
+    /// Add these records (at most [`MAX_RECORDS`]), and pass the sessions'
+    /// registry reports (at most [`MAX_SESSION_REPORTS`]) on to the tenant's
+    /// coordinator within a second, with those of other turns: one call
+    /// from each ended turn instead of two, and one to the coordinator for
+    /// many turns. Answered `Recorded` once the records are stored.
+    RecordTurns {
+        /// The turns' usage.
+        records: Vec<UsageRecord>,
+        /// The sessions' registry reports.
+        sessions: Vec<crate::listing::SessionReport>,
+    },
 }
+
+/// Most session reports one [`UsageRequest::RecordTurns`] carries.
+pub const MAX_SESSION_REPORTS: usize = 16;
 
 /// The ledger's answer to a [`UsageRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -698,38 +698,45 @@ impl Inner {
     }
 
     /// Sends what ended turns left: the usage records, priced with the
-    /// tenant's prices, then the registry report of the latest turn.
+    /// tenant's prices, and the registry report of the latest turn, in one
+    /// call to the tenant's ledger, which passes the report on to the
+    /// registry with other turns' ([`crate::limiter::relay`]). The report
+    /// goes to the registry itself when there is no usage to carry it, or
+    /// the ledger did not take it.
     async fn send_bookkeeping(&self, tenant: &TenantId) {
         let (used, report) = self.bookkeeping.borrow_mut().take();
         let request_id = RequestId::from_random(crate::entropy::random_bytes());
+        let mut report = report.and_then(|turn| self.turn_report(tenant, turn));
         if !used.is_empty() {
             let prices = crate::limiter::recorder::prices(&self.env, tenant, &request_id).await;
             let now = crate::ports::SystemClock.now_ms();
-            let recorded = crate::limiter::recorder::record(
+            let recorded = crate::limiter::recorder::record_with_sessions(
                 &self.env,
                 tenant,
                 &request_id,
                 now,
                 &used,
                 &prices,
+                report.clone().into_iter().collect(),
             )
             .await;
-            if let Err(e) = recorded {
-                worker::console_warn!("chat: the turns' usage was not recorded: {e}");
+            match recorded {
+                Ok(()) => report = None,
+                Err(e) => worker::console_warn!("chat: the turns' usage was not recorded: {e}"),
             }
         }
-        if let Some(turn) = report {
-            self.report_turn(tenant, &request_id, turn).await;
+        if let Some(report) = report {
+            self.send_report(tenant, &request_id, report).await;
         }
     }
 
-    /// Tells the tenant's session registry how the session stands after
-    /// turn `turn` ended (its version). A failure is logged, never the
-    /// turn's: the registry is corrected by the session's next report.
-    pub(super) async fn report_turn(&self, tenant: &TenantId, request_id: &RequestId, turn: u64) {
-        let Some((_, session)) = self.bound.borrow().clone() else {
-            return;
-        };
+    /// The registry report of how the session stands after turn `turn`
+    /// ended (its version); `None` when nothing is stored (erased
+    /// meanwhile: the erase reported it) or it could not be read (logged).
+    /// A report that fails on the way is logged, never the turn's: the
+    /// registry is corrected by the session's next report.
+    fn turn_report(&self, tenant: &TenantId, turn: u64) -> Option<SessionReport> {
+        let (_, session) = self.bound.borrow().clone()?;
         let entry = (|| {
             let owner = self.store.owner()?;
             let last = self.store.last_activity();
@@ -747,16 +754,18 @@ impl Inner {
                 }
             }))
         })();
-        let change = match entry {
-            Ok(Some(entry)) => SessionChange::Touched(entry),
+        match entry {
+            Ok(Some(entry)) => Some(SessionReport {
+                change: SessionChange::Touched(entry),
+                version: turn,
+            }),
             // Nothing stored (erased meanwhile): the erase reported it.
-            Ok(None) => return,
+            Ok(None) => None,
             Err(e) => {
                 registry_failed(tenant, session.as_str(), "read", &e.message);
-                return;
+                None
             }
-        };
-        self.report_session(tenant, request_id, change, turn).await;
+        }
     }
 
     /// Tells the registry the session was erased; `version` is its highest
@@ -773,21 +782,16 @@ impl Inner {
         let change = SessionChange::Erased {
             session_id: session.as_str().to_owned(),
         };
-        self.report_session(tenant, request_id, change, version)
+        self.send_report(tenant, request_id, SessionReport { change, version })
             .await;
     }
 
-    async fn report_session(
-        &self,
-        tenant: &TenantId,
-        request_id: &RequestId,
-        change: SessionChange,
-        version: u64,
-    ) {
-        let session = change.session_id().to_owned();
+    /// Sends `report` to the tenant's registry (a failure is logged).
+    async fn send_report(&self, tenant: &TenantId, request_id: &RequestId, report: SessionReport) {
+        let session = report.change.session_id().to_owned();
         let sent = match crate::coordinator::CoordinatorHandle::new(&self.env, tenant) {
             Ok(coordinator) => coordinator
-                .record_session(request_id, SessionReport { change, version })
+                .record_session(request_id, report)
                 .await
                 .map(|_| ()),
             Err(e) => Err(e),

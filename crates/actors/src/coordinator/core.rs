@@ -288,6 +288,7 @@ impl CoordinatorCore {
             // Storage and KV answer these (the shell, with `owns` and
             // `pending_config`); a core that receives one was misused.
             CoordinatorRequest::RecordSession(_)
+            | CoordinatorRequest::RecordSessions(_)
             | CoordinatorRequest::ListSessions(_)
             | CoordinatorRequest::GetConfig(_)
             | CoordinatorRequest::Summary => Err(ErrorReply::new(

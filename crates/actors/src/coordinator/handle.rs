@@ -28,6 +28,7 @@ impl NamedReply for CoordinatorResponse {
             CoordinatorResponse::Key(_) => "Key",
             CoordinatorResponse::Verification(_) => "Verification",
             CoordinatorResponse::SessionRecorded(_) => "SessionRecorded",
+            CoordinatorResponse::SessionsRecorded(_) => "SessionsRecorded",
             CoordinatorResponse::Sessions(_) => "Sessions",
             CoordinatorResponse::Summary(_) => "Summary",
             CoordinatorResponse::Config(_) => "Config",
@@ -62,6 +63,20 @@ impl CoordinatorHandle {
             self.send(request_id, CoordinatorRequest::RecordSession(report))
                 .await?,
             CoordinatorResponse::SessionRecorded
+        )
+    }
+
+    /// Reports several sessions' changes (at most
+    /// [`protocol::listing::MAX_SESSION_BATCH`]); how many applied.
+    pub async fn record_sessions(
+        &self,
+        request_id: &RequestId,
+        reports: Vec<SessionReport>,
+    ) -> Result<u64, ActorError> {
+        reply_as!(
+            self.send(request_id, CoordinatorRequest::RecordSessions(reports))
+                .await?,
+            CoordinatorResponse::SessionsRecorded
         )
     }
 

@@ -247,6 +247,26 @@ impl TenantCoordinator {
                     .map(CoordinatorResponse::SessionRecorded)
                     .map_err(storage)
             }
+            CoordinatorRequest::RecordSessions(reports) => {
+                if reports.len() > protocol::listing::MAX_SESSION_BATCH {
+                    return Err(ErrorReply::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "at most {} session reports at once",
+                            protocol::listing::MAX_SESSION_BATCH
+                        ),
+                    ));
+                }
+                // One event, so the batch commits together.
+                let now = now_ms();
+                let mut applied = 0;
+                for report in &reports {
+                    if super::sessions::record(&sql, report, now).map_err(storage)? {
+                        applied += 1;
+                    }
+                }
+                Ok(CoordinatorResponse::SessionsRecorded(applied))
+            }
             CoordinatorRequest::ListSessions(list) => {
                 if !(1..=MAX_PAGE_LIMIT).contains(&list.limit) {
                     return Err(ErrorReply::new(
@@ -609,6 +629,7 @@ impl worker::DurableObject for TenantCoordinator {
         if matches!(
             envelope.message,
             CoordinatorRequest::RecordSession(_)
+                | CoordinatorRequest::RecordSessions(_)
                 | CoordinatorRequest::ListSessions(_)
                 | CoordinatorRequest::GetConfig(_)
         ) {

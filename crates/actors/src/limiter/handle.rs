@@ -318,6 +318,24 @@ impl LedgerHandle {
         }
     }
 
+    /// Adds turns' usage records (at most [`protocol::usage::MAX_RECORDS`])
+    /// and hands their sessions' registry reports to the ledger, which
+    /// passes them on to the coordinator ([`super::relay`]).
+    pub async fn record_turns(
+        &self,
+        request_id: &RequestId,
+        records: Vec<UsageRecord>,
+        sessions: Vec<protocol::listing::SessionReport>,
+    ) -> Result<u64, ActorError> {
+        match self
+            .usage(request_id, UsageRequest::RecordTurns { records, sessions })
+            .await?
+        {
+            UsageResponse::Recorded(n) => Ok(n),
+            other => Err(usage_unexpected("Recorded", other)),
+        }
+    }
+
     /// Tokens and cost over the last hour and day.
     pub async fn recent_usage(
         &self,

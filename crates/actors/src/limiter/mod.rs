@@ -9,6 +9,8 @@
 //! - [`bucket`]: the exact integer token bucket both use;
 //! - [`calendar`]: UTC day and month windows.
 //!
+//! - [`relay`]: the session registry reports the ledger takes with turns'
+//!   usage and passes on to the coordinator together (pure);
 //! - [`object`]: the `RateLimiter` Durable Object, the shell of both roles;
 //! - [`handle`]: typed handles, [`LimiterHandle`] and [`LedgerHandle`].
 //!
@@ -66,6 +68,7 @@ mod handle;
 pub mod ledger;
 mod object;
 pub mod recorder;
+pub mod relay;
 mod usage;
 
 pub use self::core::{Effect, LimiterCore, LimiterState, Outcome};

@@ -14,6 +14,7 @@
 use super::core::{Effect, LimiterCore, LimiterState, Outcome, PERSIST_SOON_MS};
 use super::handle::LedgerHandle;
 use super::ledger::{LedgerCore, LedgerState};
+use super::relay::{Held, Relay, RELAY_AFTER_MS};
 use crate::error::internal;
 use crate::metrics::{self, core::MetricsCore};
 use crate::ports::{Clock, SystemClock};
@@ -80,6 +81,8 @@ pub struct RateLimiter {
     /// Whether a [`Effect::PersistSoon`] write is scheduled and not yet
     /// done (a [`Effect::Persist`] does it too).
     unwritten: Rc<Cell<bool>>,
+    /// The sessions' registry reports a ledger holds for the coordinator.
+    relay: Rc<RefCell<Relay>>,
 }
 
 /// Stores the state of `loaded` (one row); on failure memory is ahead of
@@ -368,18 +371,78 @@ impl RateLimiter {
     }
 
     /// Usage records and reports, at the tenant's ledger.
-    fn usage(&self, request: UsageRequest) -> std::result::Result<UsageResponse, ErrorReply> {
+    fn usage(
+        &self,
+        tenant: &TenantId,
+        request: UsageRequest,
+    ) -> std::result::Result<UsageResponse, ErrorReply> {
         let sql = self.state.storage().sql();
         let now = self.now();
         match request {
             UsageRequest::Record(records) => {
                 super::usage::record(&sql, &records, now).map(UsageResponse::Recorded)
             }
+            UsageRequest::RecordTurns { records, sessions } => {
+                if sessions.len() > protocol::usage::MAX_SESSION_REPORTS {
+                    return Err(ErrorReply::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "at most {} session reports with one usage record",
+                            protocol::usage::MAX_SESSION_REPORTS
+                        ),
+                    ));
+                }
+                let recorded = super::usage::record(&sql, &records, now)?;
+                self.relay_sessions(tenant, sessions);
+                Ok(UsageResponse::Recorded(recorded))
+            }
             UsageRequest::Report(query) => {
                 super::usage::read(&sql, &query).map(UsageResponse::Report)
             }
             UsageRequest::Recent => super::usage::recent(&sql, now).map(UsageResponse::Recent),
         }
+    }
+
+    /// Holds `sessions` for the coordinator, and passes them on, with every
+    /// report that arrives meanwhile, [`RELAY_AFTER_MS`] after the first
+    /// ([`Relay`]). A failure to pass them on is logged; each session's
+    /// next report corrects the registry.
+    fn relay_sessions(&self, tenant: &TenantId, sessions: Vec<protocol::listing::SessionReport>) {
+        let mut schedule = false;
+        for report in sessions {
+            match self.relay.borrow_mut().hold(report) {
+                Held::First => schedule = true,
+                Held::Added => {}
+                Held::Full => worker::console_warn!(
+                    "ledger: a session report was dropped ({} sessions held)",
+                    super::relay::MAX_HELD
+                ),
+            }
+        }
+        if !schedule {
+            return;
+        }
+        let (relay, env, tenant) = (Rc::clone(&self.relay), self.env.clone(), tenant.clone());
+        self.state.wait_until(async move {
+            worker::Delay::from(std::time::Duration::from_millis(RELAY_AFTER_MS)).await;
+            let batches = relay.borrow_mut().take();
+            let request_id = RequestId::from_random(crate::entropy::random_bytes());
+            let coordinator = match crate::coordinator::CoordinatorHandle::new(&env, &tenant) {
+                Ok(c) => c,
+                Err(e) => {
+                    worker::console_error!("ledger: session reports not passed on: {e}");
+                    return;
+                }
+            };
+            for batch in batches {
+                let n = batch.len();
+                if let Err(e) = coordinator.record_sessions(&request_id, batch).await {
+                    worker::console_error!(
+                        "ledger: {n} session reports not passed on to the registry: {e}"
+                    );
+                }
+            }
+        });
     }
 
     /// One request to a metrics object: counted in memory, stored as the
@@ -443,6 +506,7 @@ impl worker::DurableObject for RateLimiter {
             loaded: Rc::new(RefCell::new(None)),
             alarm_at: Cell::new(None),
             unwritten: Rc::new(Cell::new(false)),
+            relay: Rc::new(RefCell::new(Relay::default())),
         }
     }
 
@@ -463,7 +527,7 @@ impl worker::DurableObject for RateLimiter {
                 Err(e) => Err(e),
             },
             RateLimiterRequest::Usage(request) => match self.load(Some(&tenant), "ledger") {
-                Ok(()) => self.usage(request).map(RateLimiterResponse::Usage),
+                Ok(()) => self.usage(&tenant, request).map(RateLimiterResponse::Usage),
                 Err(e) => Err(e),
             },
             RateLimiterRequest::Metrics(request) => match self.load(Some(&tenant), "metrics") {

@@ -95,9 +95,35 @@ pub async fn record(
     used: &[Used],
     prices: &PriceTable,
 ) -> Result<(), ActorError> {
+    record_with_sessions(env, tenant, request_id, now_ms, used, prices, Vec::new()).await
+}
+
+/// Records `used` like [`record`], and hands `sessions` (registry reports,
+/// at most [`protocol::usage::MAX_SESSION_REPORTS`]) to the ledger with the
+/// last records, which passes them on to the coordinator
+/// ([`super::relay`]): one call for both. With nothing `used` nothing is
+/// sent, the reports neither: the caller sends them itself.
+pub async fn record_with_sessions(
+    env: &Env,
+    tenant: &TenantId,
+    request_id: &RequestId,
+    now_ms: u64,
+    used: &[Used],
+    prices: &PriceTable,
+    mut sessions: Vec<protocol::listing::SessionReport>,
+) -> Result<(), ActorError> {
     let ledger = LedgerHandle::new(env, tenant)?;
-    for batch in records(used, now_ms, prices).chunks(MAX_RECORDS) {
-        ledger.record_usage(request_id, batch.to_vec()).await?;
+    let all = records(used, now_ms, prices);
+    let mut batches = all.chunks(MAX_RECORDS).peekable();
+    while let Some(batch) = batches.next() {
+        if batches.peek().is_none() && !sessions.is_empty() {
+            let sessions = std::mem::take(&mut sessions);
+            ledger
+                .record_turns(request_id, batch.to_vec(), sessions)
+                .await?;
+        } else {
+            ledger.record_usage(request_id, batch.to_vec()).await?;
+        }
     }
     Ok(())
 }
