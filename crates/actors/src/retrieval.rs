@@ -202,13 +202,50 @@ impl MemIndex {
                 want: self.dims,
             });
         }
-        let mut unit = vector.to_vec();
-        embedding::normalize(&mut unit);
-        if let Some(&pos) = self.positions.get(&key) {
-            if let Some(slot) = self.slot_mut(pos) {
-                slot.copy_from_slice(&unit);
+        let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let slot = self.slot_for(key)?;
+        slot.copy_from_slice(vector);
+        if norm > 0.0 {
+            slot.iter_mut().for_each(|x| *x /= norm);
+        }
+        Ok(())
+    }
+
+    /// [`Self::upsert`] of a vector stored as little-endian `f32`s (a
+    /// `vectors.embedding` blob), read straight into its slot: loading an
+    /// index copies each vector once, not through three temporary vectors.
+    /// The same values as `upsert(key, &from_blob(bytes))`, bit for bit.
+    pub fn upsert_le_bytes(&mut self, key: i64, bytes: &[u8]) -> Result<(), MemIndexError> {
+        if bytes.len() != self.dims * 4 {
+            return Err(MemIndexError::Dimensions {
+                got: bytes.len() / 4,
+                want: self.dims,
+            });
+        }
+        let value = |c: &[u8]| match c {
+            [a, b, c, d] => f32::from_le_bytes([*a, *b, *c, *d]),
+            _ => 0.0,
+        };
+        let norm = bytes
+            .chunks_exact(4)
+            .map(|c| value(c) * value(c))
+            .sum::<f32>()
+            .sqrt();
+        let slot = self.slot_for(key)?;
+        for (x, c) in slot.iter_mut().zip(bytes.chunks_exact(4)) {
+            *x = value(c);
+            if norm > 0.0 {
+                *x /= norm;
             }
-            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// The slot of `key`: its own if held, else a new one (zeros) at the
+    /// end, or an error beyond the cap or out of memory.
+    fn slot_for(&mut self, key: i64) -> Result<&mut [f32], MemIndexError> {
+        if let Some(&pos) = self.positions.get(&key) {
+            return self.slot_mut(pos).ok_or(MemIndexError::OutOfMemory);
         }
         if self.keys.len() >= self.cap {
             return Err(MemIndexError::Full { cap: self.cap });
@@ -233,10 +270,11 @@ impl MemIndex {
         let Some(block) = self.blocks.last_mut() else {
             return Err(MemIndexError::OutOfMemory);
         };
-        block.extend_from_slice(&unit);
+        // Within the block's reserved capacity: no reallocation.
+        block.resize(block.len() + self.dims, 0.0);
         self.keys.push(key);
         self.positions.insert(key, pos);
-        Ok(())
+        self.slot_mut(pos).ok_or(MemIndexError::OutOfMemory)
     }
 
     /// Removes `key`; returns whether it was there. The last vector moves
@@ -602,6 +640,48 @@ mod tests {
         assert_eq!(
             idx.upsert(9, &[1.0]),
             Err(MemIndexError::Dimensions { got: 1, want: 2 })
+        );
+    }
+
+    #[test]
+    fn a_stored_blob_loads_as_the_vector_it_holds_bit_for_bit() {
+        use crate::embedded::sql_index::{from_blob, to_blob};
+        let dims = 768;
+        let vectors: Vec<Vec<f32>> = (0..40)
+            .map(|k| {
+                (0..dims)
+                    .map(|i| ((i * 7 + k * 13) as f32 * 0.37).sin() * (k as f32 + 0.5))
+                    .collect()
+            })
+            .chain([vec![0.0; dims]])
+            .collect();
+        let (mut by_values, mut by_bytes) = (MemIndex::new(dims, 100), MemIndex::new(dims, 100));
+        for (k, v) in vectors.iter().enumerate() {
+            let blob = to_blob(v);
+            by_values.upsert(k as i64, &from_blob(&blob)).unwrap();
+            by_bytes.upsert_le_bytes(k as i64, &blob).unwrap();
+        }
+        // A replacement too.
+        let blob = to_blob(&vectors[3]);
+        by_values.upsert(0, &from_blob(&blob)).unwrap();
+        by_bytes.upsert_le_bytes(0, &blob).unwrap();
+        assert_eq!(by_values.len(), by_bytes.len());
+        for pos in 0..by_values.len() {
+            let (a, b) = (by_values.slot(pos).unwrap(), by_bytes.slot(pos).unwrap());
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "vector {pos}"
+            );
+        }
+        assert_eq!(
+            by_bytes.upsert_le_bytes(99, &[0; 12]),
+            Err(MemIndexError::Dimensions { got: 3, want: dims })
+        );
+        let mut full = MemIndex::new(2, 1);
+        full.upsert_le_bytes(1, &to_blob(&[1.0, 0.0])).unwrap();
+        assert_eq!(
+            full.upsert_le_bytes(2, &to_blob(&[0.0, 1.0])),
+            Err(MemIndexError::Full { cap: 1 })
         );
     }
 

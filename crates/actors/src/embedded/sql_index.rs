@@ -248,9 +248,17 @@ impl SqlVectorIndex {
             .map_err(failed)?;
         for row in cursor.raw() {
             let row = row.map_err(failed)?;
-            let (rid, blob): (i64, Vec<u8>) = sql::FromRow::from_row(&row).map_err(failed)?;
+            // The blob is read in place, straight into the index's slot.
+            let (Some(SqlStorageValue::Integer(rid)), Some(SqlStorageValue::Blob(blob))) =
+                (row.first(), row.get(1))
+            else {
+                return Err(failed(format!(
+                    "a vectors row is not (integer, blob): {:?}",
+                    row.first()
+                )));
+            };
             index
-                .upsert(rid, &from_blob(&blob))
+                .upsert_le_bytes(*rid, blob)
                 .map_err(|e| mem_error(e, count))?;
         }
         *self.mem.borrow_mut() = Some(index);
