@@ -319,14 +319,17 @@ fn a_new_replicas_searches_are_answered_by_the_writer_while_it_copies() {
     let server =
         Server::start_with_vars(Deployment::Dedicated(A), &dir, &[("SEARCH_REPLICAS", "1")]);
     let q = question_for("heron", 0, 1);
+    let search = || {
+        post(
+            &server,
+            "/api/search",
+            &server.bearer(A),
+            &json!({ "query": q, "mode": "keyword", "topK": 3 }),
+        )
+    };
     // The replica has no copy: this search starts one and is answered by
     // the writer, with what the writer holds.
-    let first = post(
-        &server,
-        "/api/search",
-        &server.bearer(A),
-        &json!({ "query": q, "mode": "keyword", "topK": 3 }),
-    );
+    let first = search();
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(first.json()["matches"].as_array().unwrap().len(), 3);
     assert_eq!(writer(&server)["replication"]["searches"], 1);
@@ -335,12 +338,7 @@ fn a_new_replicas_searches_are_answered_by_the_writer_while_it_copies() {
     assert_eq!(r["chunks"], 1500, "{r}");
     assert_eq!(r["copies"], 1, "{r}");
     // Now the replica answers, the same matches.
-    let again = post(
-        &server,
-        "/api/search",
-        &server.bearer(A),
-        &json!({ "query": q, "mode": "keyword", "topK": 3 }),
-    );
+    let again = search();
     assert_eq!(again.status, 200, "{}", again.body);
     let ids = |r: &Reply| -> Vec<String> {
         r.json()["matches"]

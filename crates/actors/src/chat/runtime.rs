@@ -710,7 +710,7 @@ impl Inner {
         if !used.is_empty() {
             let prices = crate::limiter::recorder::prices(&self.env, tenant, &request_id).await;
             let now = crate::ports::SystemClock.now_ms();
-            let recorded = crate::limiter::recorder::record_with_sessions(
+            let recorded = crate::limiter::recorder::record(
                 &self.env,
                 tenant,
                 &request_id,
@@ -1205,8 +1205,16 @@ pub(super) async fn account(
             usage,
         }];
         let now = crate::ports::SystemClock.now_ms();
-        if let Err(e) =
-            crate::limiter::recorder::record(env, tenant, request_id, now, &turn, prices).await
+        if let Err(e) = crate::limiter::recorder::record(
+            env,
+            tenant,
+            request_id,
+            now,
+            &turn,
+            prices,
+            Vec::new(),
+        )
+        .await
         {
             worker::console_warn!("chat: the turn's usage was not recorded: {e}");
         }

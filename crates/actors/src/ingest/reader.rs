@@ -182,7 +182,8 @@ impl Reader {
             let request_id = RequestId::from_random(crate::entropy::random_bytes());
             let prices = recorder::prices(&env, &tenant, &request_id).await;
             let now = SystemClock.now_ms();
-            if let Err(e) = recorder::record(&env, &tenant, &request_id, now, &batch, &prices).await
+            if let Err(e) =
+                recorder::record(&env, &tenant, &request_id, now, &batch, &prices, Vec::new()).await
             {
                 worker::console_warn!("embedding usage not recorded: {e}");
             }

@@ -86,24 +86,13 @@ pub fn records(used: &[Used], now_ms: u64, prices: &PriceTable) -> Vec<UsageReco
         .collect()
 }
 
-/// Records `used` at the tenant's ledger, priced by `prices`.
-pub async fn record(
-    env: &Env,
-    tenant: &TenantId,
-    request_id: &RequestId,
-    now_ms: u64,
-    used: &[Used],
-    prices: &PriceTable,
-) -> Result<(), ActorError> {
-    record_with_sessions(env, tenant, request_id, now_ms, used, prices, Vec::new()).await
-}
-
-/// Records `used` like [`record`], and hands `sessions` (registry reports,
-/// at most [`protocol::usage::MAX_SESSION_REPORTS`]) to the ledger with the
-/// last records, which passes them on to the coordinator
+/// Records `used` at the tenant's ledger, priced by `prices`, and hands
+/// `sessions` (registry reports, at most
+/// [`protocol::usage::MAX_SESSION_REPORTS`]; usually none) to the ledger
+/// with the last records, which passes them on to the coordinator
 /// ([`super::relay`]): one call for both. With nothing `used` nothing is
 /// sent, the reports neither: the caller sends them itself.
-pub async fn record_with_sessions(
+pub async fn record(
     env: &Env,
     tenant: &TenantId,
     request_id: &RequestId,
