@@ -432,6 +432,16 @@ fn embeddings_in_both_encodings_and_the_models() {
         decoded, floats.data[0].embedding,
         "base64 holds the same floats"
     );
+    // The model an answer names can be sent back.
+    let again = CreateEmbeddingRequestArgs::default()
+        .model(floats.model.clone())
+        .input("lighthouse keeper")
+        .build()
+        .unwrap();
+    let again = rt
+        .block_on(openai.embeddings().create(again))
+        .unwrap_or_else(|e| panic!("{}: {e}", floats.model));
+    assert_eq!(again.data[0].embedding, floats.data[0].embedding);
 
     // A dimension other than the model's, and token arrays, are refused.
     let r = post(
@@ -467,6 +477,34 @@ fn embeddings_in_both_encodings_and_the_models() {
         .block_on(openai.models().retrieve("chat"))
         .expect("the chat alias");
     assert_eq!(chat.id, "chat");
+    // A model id with `@` and `/`, escaped in the path as client libraries
+    // may send it, is the same model.
+    let listed = list
+        .data
+        .iter()
+        .find(|m| m.id.contains('/'))
+        .map(|m| m.id.clone())
+        .expect("a model with a path-like id");
+    for path in [
+        format!("/v1/models/{listed}"),
+        format!(
+            "/v1/models/{}",
+            listed.replace('@', "%40").replace('/', "%2F")
+        ),
+    ] {
+        let r = send(
+            "GET",
+            &server.url(&path),
+            &[("authorization", &format!("Bearer {key}"))],
+            None,
+        );
+        assert_eq!(
+            (r.status, r.json()["id"].as_str()),
+            (200, Some(listed.as_str())),
+            "{path}: {}",
+            r.body
+        );
+    }
     let missing = rt.block_on(openai.models().retrieve("no-such-model"));
     match missing {
         Err(OpenAIError::ApiError(e)) => {

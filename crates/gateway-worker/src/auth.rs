@@ -341,8 +341,14 @@ fn credential<'a>(
     authorization: Option<&'a str>,
     query_key: Option<&'a str>,
 ) -> Result<Option<&'a str>, ApiError> {
+    // The scheme's name is case-insensitive (RFC 9110): `bearer` is Bearer.
     let header = authorization
-        .map(|h| h.strip_prefix("Bearer ").filter(|t| !t.is_empty()))
+        .map(|h| {
+            h.get(..7)
+                .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+                .and_then(|_| h.get(7..))
+                .filter(|t| !t.is_empty())
+        })
         .map(|t| t.ok_or_else(ApiError::invalid_key))
         .transpose()?;
     // Only an API key may travel in a URL (URLs are logged, kept in browser
@@ -508,12 +514,19 @@ mod tests {
             claimed_tenant: None,
         };
         assert!(is_operator(&presented(Some("Bearer op-secret")), &tokens));
+        // The scheme's name in any case (RFC 9110), the token as it is.
+        assert!(is_operator(&presented(Some("bearer op-secret")), &tokens));
+        assert!(is_operator(&presented(Some("BEARER op-secret")), &tokens));
         for other in [
             None,
             Some("Bearer in-secret"),
             Some("Bearer op-secre"),
+            Some("Bearer OP-SECRET"),
             Some("op-secret"),
             Some("Bearer "),
+            Some("Bearerop-secret"),
+            Some("Basic op-secret"),
+            Some("béarer op-secret"),
         ] {
             assert!(!is_operator(&presented(other), &tokens), "{other:?}");
         }
@@ -608,7 +621,7 @@ mod tests {
             "Bearer wrong-token".into(),
             "Bearer admin-secre".into(),
             format!("Basic {k}"),
-            format!("bearer {k}"),
+            format!("bearer{k}"),
             k.clone(),
             "Bearer ".into(),
         ] {
@@ -618,6 +631,25 @@ mod tests {
                 "{auth}"
             );
             // A presented but invalid credential never falls back to anonymous.
+        }
+        // The scheme's name is case-insensitive: the key is checked.
+        for auth in [format!("bearer {k}"), format!("BEARER {k}")] {
+            assert!(
+                matches!(
+                    decide(
+                        SEARCH,
+                        &Presented {
+                            authorization: Some(&auth),
+                            query_key: None,
+                            claimed_tenant: Some("acme"),
+                        },
+                        &shared(),
+                        &Tokens::default()
+                    ),
+                    Ok(Decision::Verify { .. })
+                ),
+                "{auth}"
+            );
         }
     }
 

@@ -292,6 +292,28 @@ pub fn is_openai_path(path: &str) -> bool {
 }
 
 /// Finds the route for `method` and `path`.
+/// `s` with its `%XX` escapes decoded; `None` for a broken escape or bytes
+/// that are not UTF-8.
+fn percent_decoded(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (allow, found): (&[&'static str], Option<Route>) = match segments.as_slice() {
@@ -390,7 +412,13 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         ["v1", "models"] => (&["GET"], (method == "GET").then_some(Route::V1Models)),
         ["v1", "models", id @ ..] if !id.is_empty() => (
             &["GET"],
-            (method == "GET").then(|| Route::V1Model { id: id.join("/") }),
+            (method == "GET").then(|| {
+                // Client libraries escape the id (`%40cf%2Fmeta%2F…`).
+                let raw = id.join("/");
+                Route::V1Model {
+                    id: percent_decoded(&raw).unwrap_or(raw),
+                }
+            }),
         ),
         ["api", "chat", "ws"] => (&["GET"], (method == "GET").then_some(Route::ChatSocket)),
         ["api", "chat", session, "stream"] => (
@@ -443,6 +471,24 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_id_in_the_path_is_read_escaped_or_not() {
+        let model = |path: &str| match route("GET", path) {
+            Ok(Route::V1Model { id }) => id,
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(model("/v1/models/@cf/meta/llama-3"), "@cf/meta/llama-3");
+        assert_eq!(
+            model("/v1/models/%40cf%2Fmeta%2Fllama-3"),
+            "@cf/meta/llama-3"
+        );
+        assert_eq!(model("/v1/models/%40cf%2fmeta/llama-3"), "@cf/meta/llama-3");
+        // A broken escape is left as it is (and names no model).
+        assert_eq!(model("/v1/models/a%4"), "a%4");
+        assert_eq!(model("/v1/models/a%+1"), "a%+1");
+        assert_eq!(model("/v1/models/%ff"), "%ff");
+    }
 
     #[test]
     fn known_routes() {

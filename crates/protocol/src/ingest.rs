@@ -666,13 +666,17 @@ pub enum IngestError {
     Group,
 }
 
-/// Checks a document id (also used for `DELETE /api/documents/<id>`).
+/// Checks a document id (also used for `DELETE /api/documents/<id>`). An
+/// id of dots alone (`.`, `..`) is refused: a URL's path drops or resolves
+/// such a segment before any server sees it, so the document could never
+/// be deleted.
 pub fn valid_doc_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_DOC_ID_LEN
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !id.bytes().all(|b| b == b'.')
 }
 
 fn check_metadata(metadata: &Metadata, allow_reserved: bool) -> Result<(), String> {
@@ -787,7 +791,7 @@ mod tests {
     fn enqueue_validation() {
         let ok = Enqueue {
             caller: None,
-            documents: vec![doc("a-1.md", "hello")],
+            documents: vec![doc("a-1.md", "hello"), doc("...a", "dots and more")],
         };
         assert_eq!(ok.validate(), Ok(()));
         let cases = [
@@ -801,6 +805,12 @@ mod tests {
             (
                 vec![doc(&"a".repeat(129), "x")],
                 IngestError::DocId { index: 0 },
+            ),
+            // A URL cannot name these: they could never be deleted.
+            (vec![doc("..", "x")], IngestError::DocId { index: 0 }),
+            (
+                vec![doc("a", "x"), doc(".", "x")],
+                IngestError::DocId { index: 1 },
             ),
             (
                 vec![doc("a", "x"), doc("a", "y")],

@@ -411,7 +411,16 @@ pub async fn embeddings(ctx: &Context<'_>, body: Value) -> Result<(u16, Value), 
     let defaults = app::tenant_policy(ctx.env, ctx.tenant, ctx.request_id)
         .await?
         .default_models;
-    if request.model != EMBEDDING_ALIAS && request.model != defaults.embedding {
+    // The alias, the tenant's model, or the model that embeds for it here
+    // (what an answer's `model` names: `local/hashed-768` in the embedded
+    // configuration), so a client may send back the name it was given.
+    let in_use = actors::providers::from_env(ctx.env)
+        .ok()
+        .and_then(|s| actors::embedding_model::model_in_use(&s, &defaults.embedding).ok());
+    if request.model != EMBEDDING_ALIAS
+        && request.model != defaults.embedding
+        && in_use.as_deref() != Some(request.model.as_str())
+    {
         return Err(OpenAiError::model_not_found(&request.model).into());
     }
     if let (Some(asked), Some(has)) = (
