@@ -291,7 +291,6 @@ pub fn is_openai_path(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/")
 }
 
-/// Finds the route for `method` and `path`.
 /// `s` with its `%XX` escapes decoded; `None` for a broken escape or bytes
 /// that are not UTF-8.
 fn percent_decoded(s: &str) -> Option<String> {
@@ -314,6 +313,7 @@ fn percent_decoded(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Finds the route for `method` and `path`.
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (allow, found): (&[&'static str], Option<Route>) = match segments.as_slice() {

@@ -721,7 +721,8 @@ impl Inner {
             )
             .await;
             match recorded {
-                Ok(()) => report = None,
+                Ok(true) => report = None,
+                Ok(false) => {}
                 Err(e) => worker::console_warn!("chat: the turns' usage was not recorded: {e}"),
             }
         }

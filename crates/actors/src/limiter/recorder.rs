@@ -90,8 +90,10 @@ pub fn records(used: &[Used], now_ms: u64, prices: &PriceTable) -> Vec<UsageReco
 /// `sessions` (registry reports, at most
 /// [`protocol::usage::MAX_SESSION_REPORTS`]; usually none) to the ledger
 /// with the last records, which passes them on to the coordinator
-/// ([`super::relay`]): one call for both. With nothing `used` nothing is
-/// sent, the reports neither: the caller sends them itself.
+/// ([`super::relay`]): one call for both. Whether the ledger took the
+/// reports: not when nothing was `used` (nothing is sent), nor when the
+/// ledger does not know the message (an older version, during a deploy:
+/// the records then go alone); the caller sends them itself.
 pub async fn record(
     env: &Env,
     tenant: &TenantId,
@@ -100,21 +102,29 @@ pub async fn record(
     used: &[Used],
     prices: &PriceTable,
     mut sessions: Vec<protocol::listing::SessionReport>,
-) -> Result<(), ActorError> {
+) -> Result<bool, ActorError> {
     let ledger = LedgerHandle::new(env, tenant)?;
     let all = records(used, now_ms, prices);
     let mut batches = all.chunks(MAX_RECORDS).peekable();
+    let mut taken = false;
     while let Some(batch) = batches.next() {
         if batches.peek().is_none() && !sessions.is_empty() {
             let sessions = std::mem::take(&mut sessions);
-            ledger
+            match ledger
                 .record_turns(request_id, batch.to_vec(), sessions)
-                .await?;
+                .await
+            {
+                Ok(_) => taken = true,
+                Err(ActorError::Refused(r)) if r.code == protocol::ErrorCode::Protocol => {
+                    ledger.record_usage(request_id, batch.to_vec()).await?;
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             ledger.record_usage(request_id, batch.to_vec()).await?;
         }
     }
-    Ok(())
+    Ok(taken)
 }
 
 #[cfg(test)]

@@ -80,9 +80,8 @@ pub fn encode_batch(
 
 /// The object that answers a tenant's searches: a replica, or the tenant's
 /// `IngestQueue` where the deployment runs none. Both take the same
-/// messages. A replica that cannot answer (it has no usable copy yet, or
-/// the runtime could not reach it) is stood in for by the writer, which
-/// holds every change ([`asks_writer`]).
+/// messages. A replica that has no usable copy yet is stood in for by the
+/// writer, which holds every change ([`asks_writer`]).
 pub struct SearchHandle {
     actor: ActorStub,
     /// Where the writer is asked instead, when `actor` is a replica.
@@ -149,15 +148,18 @@ impl SearchHandle {
 }
 
 /// Whether a replica's failure is one the writer answers instead: the
-/// replica said it cannot answer now ([`super::NOT_READY`]), or the runtime
-/// could not reach it or read its answer (a reset, an overloaded object).
-/// Searches and embeddings change nothing, so asking again is safe; any
-/// other refusal (a bad request, a failed model) would be the writer's too.
+/// replica said it has no usable copy now ([`super::NOT_READY`]). Not a
+/// failure to reach it: an overloaded or failing replica's searches would
+/// then all land on the one object that also ingests (and a request that
+/// broke the replica would be tried on the writer); they are answered 503
+/// as before. Any other refusal (a bad request, a failed model) would be
+/// the writer's too.
 pub fn asks_writer(error: &ActorError) -> bool {
     match error {
         ActorError::Refused(reply) => reply.reason.as_deref() == Some(super::NOT_READY),
-        ActorError::Runtime(_) => true,
-        ActorError::Protocol(_) | ActorError::UnexpectedReply { .. } => false,
+        ActorError::Runtime(_) | ActorError::Protocol(_) | ActorError::UnexpectedReply { .. } => {
+            false
+        }
     }
 }
 
@@ -186,7 +188,9 @@ mod tests {
         let not_ready = ErrorReply::new(ErrorCode::Unavailable, "copying")
             .with_reason(crate::replica::NOT_READY);
         assert!(asks_writer(&ActorError::Refused(not_ready)));
-        assert!(asks_writer(&ActorError::Runtime(
+        // Not an overloaded or unreachable replica: its load would move to
+        // the writer.
+        assert!(!asks_writer(&ActorError::Runtime(
             "Durable Object is overloaded".into()
         )));
         // The same refusal the writer would give: a bad request, a model

@@ -18,8 +18,9 @@
 //!
 //! A replica without a usable copy (new, or one that missed a change) does
 //! not hold a search while it copies the index: it starts the copy in the
-//! background and refuses the search as [`NOT_READY`], and
-//! [`SearchHandle`] asks the writer instead, which holds every change.
+//! background (at most one attempt per [`COPY_RETRY_MS`] after one that
+//! failed) and refuses the search as [`NOT_READY`], and [`SearchHandle`]
+//! asks the writer instead, which holds every change.
 
 pub mod core;
 mod handle;
@@ -32,6 +33,11 @@ pub use object::SearchReplica;
 /// The reason a replica refuses a search it cannot answer now (no usable
 /// copy yet, or it left the set): the caller asks the writer instead.
 pub const NOT_READY: &str = "replica_not_ready";
+
+/// Least time between two copies a replica starts (the first starts at
+/// once): searches that find no usable copy while copies keep failing do
+/// not make it empty its tables and read the whole index again each time.
+pub const COPY_RETRY_MS: u64 = 5_000;
 
 /// The Durable Object binding name in every wrangler config.
 pub const BINDING: &str = "SEARCH_REPLICA";

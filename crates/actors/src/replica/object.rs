@@ -65,8 +65,11 @@ pub struct SearchReplica {
     copies: Cell<u64>,
     /// Bumped whenever the copy's tables are emptied or its number is
     /// dropped: a copy or a search begun under an older value was
-    /// overtaken (a copy stops, a search is answered again).
+    /// overtaken (a copy stops, a search is refused as not ready and the
+    /// writer answers it).
     generation: Cell<u64>,
+    /// When this isolate last started a copy.
+    copy_started_at: Cell<Option<u64>>,
 }
 
 impl SearchReplica {
@@ -200,12 +203,20 @@ impl SearchReplica {
         Ok(IngestResponse::Replicated(Replicated { seq }))
     }
 
-    /// Has the alarm take a copy now, outside the writer's request.
+    /// Has the alarm take a copy, outside the request that asks: now, or
+    /// [`super::COPY_RETRY_MS`] after the last copy this isolate started.
     async fn copy_soon(&self) {
         if self.with_core(|c| c.copying()).unwrap_or(true) {
             return;
         }
-        if let Err(e) = self.state.storage().set_alarm(0).await {
+        // An offset from now (an i64 is one to the runtime).
+        let due = self
+            .copy_started_at
+            .get()
+            .map_or(0, |t| t.saturating_add(super::COPY_RETRY_MS));
+        let wait = due.saturating_sub(SystemClock.now_ms());
+        let wait = i64::try_from(wait).unwrap_or(i64::MAX);
+        if let Err(e) = self.state.storage().set_alarm(wait).await {
             worker::console_error!("search replica: could not set the alarm: {e}");
         }
     }
@@ -216,6 +227,7 @@ impl SearchReplica {
         if !self.with_core(|c| c.begin_copy())? {
             return Ok(false);
         }
+        self.copy_started_at.set(Some(SystemClock.now_ms()));
         let generation = self.generation.get() + 1;
         self.generation.set(generation);
         let copied = self.copy_pages(tenant, settings, generation).await;
@@ -449,6 +461,7 @@ impl worker::DurableObject for SearchReplica {
             applied: Cell::new(0),
             copies: Cell::new(0),
             generation: Cell::new(0),
+            copy_started_at: Cell::new(None),
         }
     }
 
