@@ -202,12 +202,9 @@ impl MemIndex {
                 want: self.dims,
             });
         }
-        let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
         let slot = self.slot_for(key)?;
         slot.copy_from_slice(vector);
-        if norm > 0.0 {
-            slot.iter_mut().for_each(|x| *x /= norm);
-        }
+        embedding::normalize(slot);
         Ok(())
     }
 
@@ -222,22 +219,13 @@ impl MemIndex {
                 want: self.dims,
             });
         }
-        let value = |c: &[u8]| match c {
-            [a, b, c, d] => f32::from_le_bytes([*a, *b, *c, *d]),
-            _ => 0.0,
-        };
-        let norm = bytes
-            .chunks_exact(4)
-            .map(|c| value(c) * value(c))
-            .sum::<f32>()
-            .sqrt();
         let slot = self.slot_for(key)?;
         for (x, c) in slot.iter_mut().zip(bytes.chunks_exact(4)) {
-            *x = value(c);
-            if norm > 0.0 {
-                *x /= norm;
+            if let [a, b, c, d] = c {
+                *x = f32::from_le_bytes([*a, *b, *c, *d]);
             }
         }
+        embedding::normalize(slot);
         Ok(())
     }
 

@@ -154,22 +154,29 @@ pub fn exec(sql: &SqlStorage, query: &str, bindings: Vec<SqlStorageValue>) -> Re
     Ok(())
 }
 
+/// The rows of a query, each decoded as it is read: a caller that stops
+/// early reads no further.
+pub fn rows_lazily<'q, T: FromRow>(
+    sql: &SqlStorage,
+    query: &'q str,
+    bindings: Vec<SqlStorageValue>,
+) -> Result<impl Iterator<Item = Result<T, SqlError>> + 'q, SqlError> {
+    let cursor = sql
+        .exec(query, bindings)
+        .map_err(|e| SqlError::Exec(e.to_string()))?;
+    Ok(cursor.raw().map(move |row| {
+        let row = row.map_err(|e| SqlError::Exec(e.to_string()))?;
+        T::from_row(&row).map_err(|m| shape(query, m))
+    }))
+}
+
 /// Every row of a query, decoded.
 pub fn rows<T: FromRow>(
     sql: &SqlStorage,
     query: &str,
     bindings: Vec<SqlStorageValue>,
 ) -> Result<Vec<T>, SqlError> {
-    let cursor = sql
-        .exec(query, bindings)
-        .map_err(|e| SqlError::Exec(e.to_string()))?;
-    cursor
-        .raw()
-        .map(|row| {
-            let row = row.map_err(|e| SqlError::Exec(e.to_string()))?;
-            T::from_row(&row).map_err(|m| shape(query, m))
-        })
-        .collect()
+    rows_lazily(sql, query, bindings)?.collect()
 }
 
 /// The first row of a query, decoded, if there is one.
@@ -178,17 +185,7 @@ pub fn first<T: FromRow>(
     query: &str,
     bindings: Vec<SqlStorageValue>,
 ) -> Result<Option<T>, SqlError> {
-    let cursor = sql
-        .exec(query, bindings)
-        .map_err(|e| SqlError::Exec(e.to_string()))?;
-    let mut raw = cursor.raw();
-    match raw.next() {
-        None => Ok(None),
-        Some(row) => {
-            let row = row.map_err(|e| SqlError::Exec(e.to_string()))?;
-            T::from_row(&row).map(Some).map_err(|m| shape(query, m))
-        }
-    }
+    rows_lazily(sql, query, bindings)?.next().transpose()
 }
 
 /// The single value of a query that always yields one row (`COUNT(*)`,

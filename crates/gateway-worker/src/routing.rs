@@ -291,28 +291,6 @@ pub fn is_openai_path(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/")
 }
 
-/// `s` with its `%XX` escapes decoded; `None` for a broken escape or bytes
-/// that are not UTF-8.
-fn percent_decoded(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Finds the route for `method` and `path`.
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -414,9 +392,14 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             &["GET"],
             (method == "GET").then(|| {
                 // Client libraries escape the id (`%40cf%2Fmeta%2F…`).
+                // A broken escape stays as it is; bytes that are not UTF-8
+                // leave the id as sent.
                 let raw = id.join("/");
+                let id = percent_encoding::percent_decode_str(&raw)
+                    .decode_utf8()
+                    .map(|id| id.into_owned());
                 Route::V1Model {
-                    id: percent_decoded(&raw).unwrap_or(raw),
+                    id: id.unwrap_or(raw),
                 }
             }),
         ),

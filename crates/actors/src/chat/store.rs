@@ -239,20 +239,13 @@ impl SessionStore {
     /// [`CONTEXT_ROWS`], read newest first and no further than what fits
     /// `budget` characters ([`within_budget`]).
     pub fn recent(&self, budget: usize) -> Result<Vec<ChatMessage>, ErrorReply> {
-        const QUERY: &str = "SELECT role, content, tool_calls, tool_call_id, name \
-            FROM messages ORDER BY seq DESC LIMIT ?";
-        let cursor = self
-            .sql
-            .exec(QUERY, vec![int(CONTEXT_ROWS)])
-            .map_err(|e| SqlError::Exec(e.to_string()))?;
-        let rows = cursor.raw().map(|row| {
-            let row = row.map_err(|e| SqlError::Exec(e.to_string()))?;
-            context_message(&row).map_err(|message| SqlError::Shape {
-                query: QUERY.into(),
-                message,
-            })
-        });
-        Ok(within_budget(rows, budget)?)
+        let rows = sql::rows_lazily::<ContextMessage>(
+            &self.sql,
+            "SELECT role, content, tool_calls, tool_call_id, name \
+             FROM messages ORDER BY seq DESC LIMIT ?",
+            vec![int(CONTEXT_ROWS)],
+        )?;
+        Ok(within_budget(rows.map(|r| r.map(|m| m.0)), budget)?)
     }
 
     /// How many messages are stored.
@@ -553,18 +546,22 @@ impl FromRow for StoredMessage {
 }
 
 /// A row of [`SessionStore::recent`]'s query, as the model reads it.
-fn context_message(row: &[SqlStorageValue]) -> Result<ChatMessage, String> {
-    let role: String = column(row, 0)?;
-    let calls: String = column(row, 2)?;
-    let calls: Vec<ToolCallRecord> =
-        serde_json::from_str(&calls).map_err(|e| format!("tool_calls: {e}"))?;
-    Ok(port_message(
-        &role,
-        column(row, 1)?,
-        &calls,
-        column(row, 3)?,
-        column(row, 4)?,
-    ))
+struct ContextMessage(ChatMessage);
+
+impl FromRow for ContextMessage {
+    fn from_row(row: &[SqlStorageValue]) -> Result<Self, String> {
+        let role: String = column(row, 0)?;
+        let calls: String = column(row, 2)?;
+        let calls: Vec<ToolCallRecord> =
+            serde_json::from_str(&calls).map_err(|e| format!("tool_calls: {e}"))?;
+        Ok(Self(port_message(
+            &role,
+            column(row, 1)?,
+            &calls,
+            column(row, 3)?,
+            column(row, 4)?,
+        )))
+    }
 }
 
 fn port_message(

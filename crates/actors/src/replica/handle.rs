@@ -106,43 +106,39 @@ impl SearchHandle {
         })
     }
 
-    /// Sends `message` to the chosen object, and to the writer when a
-    /// replica could not answer it.
-    async fn send(
-        &self,
-        request_id: &RequestId,
-        message: IngestRequest,
-    ) -> Result<IngestResponse, ActorError> {
-        let Some((env, tenant)) = &self.writer else {
-            return self.actor.send(request_id, message).await;
-        };
-        match self.actor.send(request_id, message.clone()).await {
-            Err(e) if asks_writer(&e) => {
-                ActorStub::new(env, ingest::BINDING, ingest::RESOURCE, tenant)?
-                    .send(request_id, message)
-                    .await
-            }
-            answer => answer,
-        }
-    }
-
-    /// Searches the tenant's documents.
+    /// Searches the tenant's documents: at the chosen object, and at the
+    /// writer when a replica has no usable copy yet.
     pub async fn search(
         &self,
         request_id: &RequestId,
         search: Search,
     ) -> Result<SearchResults, ActorError> {
-        let reply = self.send(request_id, IngestRequest::Search(search)).await?;
+        let message = IngestRequest::Search(search);
+        let reply = match &self.writer {
+            None => self.actor.send(request_id, message).await?,
+            Some((env, tenant)) => match self.actor.send(request_id, message.clone()).await {
+                Err(e) if asks_writer(&e) => {
+                    ActorStub::new(env, ingest::BINDING, ingest::RESOURCE, tenant)?
+                        .send(request_id, message)
+                        .await?
+                }
+                answer => answer?,
+            },
+        };
         reply_as!(reply, IngestResponse::Results)
     }
 
-    /// Embeds texts with the tenant's embedding model (nothing is stored).
+    /// Embeds texts with the tenant's embedding model (nothing is stored;
+    /// a replica needs no copy of the index for it).
     pub async fn embed(
         &self,
         request_id: &RequestId,
         embed: Embed,
     ) -> Result<Embeddings, ActorError> {
-        let reply = self.send(request_id, IngestRequest::Embed(embed)).await?;
+        let reply: IngestResponse = self
+            .actor
+            .send(request_id, IngestRequest::Embed(embed))
+            .await?;
         reply_as!(reply, IngestResponse::Embeddings)
     }
 }
@@ -155,12 +151,7 @@ impl SearchHandle {
 /// as before. Any other refusal (a bad request, a failed model) would be
 /// the writer's too.
 pub fn asks_writer(error: &ActorError) -> bool {
-    match error {
-        ActorError::Refused(reply) => reply.reason.as_deref() == Some(super::NOT_READY),
-        ActorError::Runtime(_) | ActorError::Protocol(_) | ActorError::UnexpectedReply { .. } => {
-            false
-        }
-    }
+    matches!(error, ActorError::Refused(reply) if reply.reason.as_deref() == Some(super::NOT_READY))
 }
 
 /// The deployment's number of search replicas per tenant (`SEARCH_REPLICAS`
