@@ -70,19 +70,33 @@ mod wasm_tests {
     use worker::wasm_bindgen::{JsCast, JsValue};
 
     #[wasm_bindgen_test]
-    fn simd_dot_matches_the_plain_sum() {
-        for n in [0usize, 3, 8, 13, 15, 16, 17, 31, 32, 33, 768] {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            let got = crate::retrieval::dot(&a, &b);
-            assert!(
-                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                "n={n}: {got} vs {want}"
-            );
+    fn simd_search_scores_are_the_plain_cosines() {
+        // Over three blocks (the last part full), with sparse questions and
+        // a dense query: the SIMD group scorer gives every vector's cosine.
+        use crate::embedding::{embed, DIMENSIONS};
+        use crate::retrieval::{cosine, MemIndex, BLOCK_VECTORS};
+        let n = 2 * BLOCK_VECTORS + 21;
+        let vectors: Vec<Vec<f32>> = (0..n)
+            .map(|k| {
+                embed(&format!(
+                    "chunk {k} on borrowing, traits number {} and cargo",
+                    k % 7
+                ))
+            })
+            .collect();
+        let mut idx = MemIndex::new(DIMENSIONS, n);
+        for (k, v) in vectors.iter().enumerate() {
+            idx.upsert(k as i64, v).unwrap();
         }
-        // The shorter length wins.
-        assert_eq!(crate::retrieval::dot(&[1.0; 20], &[2.0; 17]), 34.0);
+        let dense: Vec<f32> = (0..DIMENSIONS).map(|d| (d as f32 * 0.37).sin()).collect();
+        for q in [embed("how do traits and borrowing work?"), dense] {
+            let got = idx.nearest(&q, n, None);
+            assert_eq!(got.len(), n);
+            for (key, score) in got {
+                let want = cosine(&q, &vectors[key as usize]);
+                assert!((score - want).abs() <= 1e-5, "{key}: {score} vs {want}");
+            }
+        }
     }
 
     #[wasm_bindgen_test]

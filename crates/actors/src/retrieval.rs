@@ -11,60 +11,13 @@ use protocol::ingest::{MetaValue, Metadata, SearchMode};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
-/// Dot product; the cosine similarity of two unit vectors. The hot loop of
-/// exact search: with wasm SIMD (enabled for the Worker in
-/// `.cargo/config.toml`) four lanes at a time.
-///
-/// Written as a plain index loop over raw loads: the release build optimises
-/// for size (`opt-level = "z"`), which leaves iterator adapters (`zip`,
-/// `chunks_exact`) as a function call per step and the sums in memory; this
-/// form keeps four independent sums in registers.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
+/// Dot product; the cosine similarity of two unit vectors (over the shorter
+/// length). Eight independent sums, so the compiler can keep them in vector
+/// registers. Not the search's hot loop: [`MemIndex::nearest`] scores a
+/// block's vectors a group at a time.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    use core::arch::wasm32::{
-        f32x4_add, f32x4_extract_lane, f32x4_mul, f32x4_splat, v128, v128_load,
-    };
     let n = a.len().min(b.len());
-    let whole = n - n % 16;
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let (mut s0, mut s1, mut s2, mut s3) = (
-        f32x4_splat(0.0),
-        f32x4_splat(0.0),
-        f32x4_splat(0.0),
-        f32x4_splat(0.0),
-    );
-    let mut i = 0;
-    while i < whole {
-        // SAFETY: `i + 16 <= whole <= n`, and both slices hold at least `n`
-        // `f32`s, so every 16-byte load (at `i`, `i + 4`, `i + 8`, `i + 12`)
-        // is inside both; wasm's `v128.load` has no alignment requirement.
-        unsafe {
-            let (xa, xb) = (pa.add(i).cast::<v128>(), pb.add(i).cast::<v128>());
-            s0 = f32x4_add(s0, f32x4_mul(v128_load(xa), v128_load(xb)));
-            s1 = f32x4_add(s1, f32x4_mul(v128_load(xa.add(1)), v128_load(xb.add(1))));
-            s2 = f32x4_add(s2, f32x4_mul(v128_load(xa.add(2)), v128_load(xb.add(2))));
-            s3 = f32x4_add(s3, f32x4_mul(v128_load(xa.add(3)), v128_load(xb.add(3))));
-        }
-        i += 16;
-    }
-    let v = f32x4_add(f32x4_add(s0, s1), f32x4_add(s2, s3));
-    let mut sum = f32x4_extract_lane::<0>(v)
-        + f32x4_extract_lane::<1>(v)
-        + f32x4_extract_lane::<2>(v)
-        + f32x4_extract_lane::<3>(v);
-    while i < n {
-        sum += a[i] * b[i];
-        i += 1;
-    }
-    sum
-}
-
-/// Dot product; the cosine similarity of two unit vectors. Eight independent
-/// sums, so the compiler can keep them in vector registers.
-#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-#[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 8];
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
@@ -106,6 +59,10 @@ pub fn matches_filter(metadata: &Metadata, filter: &Metadata) -> bool {
 /// Vectors per block of [`MemIndex`]: 256 × 768 `f32`s are 768 KiB.
 pub const BLOCK_VECTORS: usize = 256;
 
+/// Vectors of a block scored together by [`MemIndex::nearest`]: sixteen
+/// sums, four wasm SIMD registers.
+const GROUP: usize = 16;
+
 /// Why [`MemIndex::upsert`] refused a vector.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MemIndexError {
@@ -132,11 +89,16 @@ pub enum MemIndexError {
 /// metadata and text stay in SQLite, read for the top k only). Each vector is
 /// known by an integer key (the SQLite row id).
 ///
-/// Vectors live in fixed blocks of [`BLOCK_VECTORS`], allocated with
+/// Vectors live in fixed blocks of [`BLOCK_VECTORS`], allocated whole with
 /// `try_reserve_exact`: growing never copies the whole index (in wasm, memory
 /// once grown is never returned, so a doubling `Vec` would cost up to three
 /// times the data at its peak), an allocation failure is an error rather than
 /// an abort, and at most `cap` vectors are ever held.
+///
+/// A block is stored dimension by dimension (`block[d * BLOCK_VECTORS + j]`
+/// is dimension `d` of its vector `j`), so a search reads only the
+/// dimensions its query fills: a question embedded by `local/hashed-768`
+/// fills about 70 of the 768, and reads a tenth of the index.
 #[derive(Debug, Default)]
 pub struct MemIndex {
     dims: usize,
@@ -144,6 +106,9 @@ pub struct MemIndex {
     keys: Vec<i64>,
     blocks: Vec<Vec<f32>>,
     positions: HashMap<i64, usize>,
+    /// A vector being written (normalised before it is spread over its
+    /// block's dimensions); kept to spare an allocation per upsert.
+    scratch: Vec<f32>,
 }
 
 impl MemIndex {
@@ -181,16 +146,32 @@ impl MemIndex {
         self.blocks.iter().map(|b| b.capacity()).sum::<usize>() * std::mem::size_of::<f32>()
     }
 
-    fn slot_mut(&mut self, pos: usize) -> Option<&mut [f32]> {
-        let (block, offset) = (pos / BLOCK_VECTORS, (pos % BLOCK_VECTORS) * self.dims);
-        self.blocks
-            .get_mut(block)?
-            .get_mut(offset..offset + self.dims)
+    /// The vector at `pos`, gathered from its block.
+    fn vector(&self, pos: usize) -> Option<Vec<f32>> {
+        if pos >= self.keys.len() {
+            return None;
+        }
+        let (block, j) = (self.blocks.get(pos / BLOCK_VECTORS)?, pos % BLOCK_VECTORS);
+        (0..self.dims)
+            .map(|d| block.get(d * BLOCK_VECTORS + j).copied())
+            .collect()
     }
 
-    fn slot(&self, pos: usize) -> Option<&[f32]> {
-        let (block, offset) = (pos / BLOCK_VECTORS, (pos % BLOCK_VECTORS) * self.dims);
-        self.blocks.get(block)?.get(offset..offset + self.dims)
+    /// Writes `values` (of `dims`) as the vector at `pos`.
+    fn write(blocks: &mut [Vec<f32>], pos: usize, values: &[f32]) -> Result<(), MemIndexError> {
+        let (block, j) = (
+            blocks
+                .get_mut(pos / BLOCK_VECTORS)
+                .ok_or(MemIndexError::OutOfMemory)?,
+            pos % BLOCK_VECTORS,
+        );
+        for (x, cell) in values
+            .iter()
+            .zip(block.iter_mut().skip(j).step_by(BLOCK_VECTORS))
+        {
+            *cell = *x;
+        }
+        Ok(())
     }
 
     /// Inserts or replaces `key`. The vector is normalised; a vector of the
@@ -202,16 +183,18 @@ impl MemIndex {
                 want: self.dims,
             });
         }
-        let slot = self.slot_for(key)?;
-        slot.copy_from_slice(vector);
-        embedding::normalize(slot);
-        Ok(())
+        let mut v = std::mem::take(&mut self.scratch);
+        v.clear();
+        v.extend_from_slice(vector);
+        let written = self.put(key, &mut v);
+        self.scratch = v;
+        written
     }
 
     /// [`Self::upsert`] of a vector stored as little-endian `f32`s (a
-    /// `vectors.embedding` blob), read straight into its slot: loading an
-    /// index copies each vector once, not through three temporary vectors.
-    /// The same values as `upsert(key, &from_blob(bytes))`, bit for bit.
+    /// `vectors.embedding` blob): loading an index decodes each vector once,
+    /// into a buffer kept between calls. The same values as
+    /// `upsert(key, &from_blob(bytes))`, bit for bit.
     pub fn upsert_le_bytes(&mut self, key: i64, bytes: &[u8]) -> Result<(), MemIndexError> {
         if bytes.len() != self.dims * 4 {
             return Err(MemIndexError::Dimensions {
@@ -219,21 +202,31 @@ impl MemIndex {
                 want: self.dims,
             });
         }
-        let slot = self.slot_for(key)?;
-        for (x, c) in slot.iter_mut().zip(bytes.chunks_exact(4)) {
-            if let [a, b, c, d] = c {
-                *x = f32::from_le_bytes([*a, *b, *c, *d]);
-            }
-        }
-        embedding::normalize(slot);
-        Ok(())
+        let mut v = std::mem::take(&mut self.scratch);
+        v.clear();
+        v.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        let written = self.put(key, &mut v);
+        self.scratch = v;
+        written
     }
 
-    /// The slot of `key`: its own if held, else a new one (zeros) at the
-    /// end, or an error beyond the cap or out of memory.
-    fn slot_for(&mut self, key: i64) -> Result<&mut [f32], MemIndexError> {
+    /// Normalises `v` and writes it as `key`'s vector.
+    fn put(&mut self, key: i64, v: &mut [f32]) -> Result<(), MemIndexError> {
+        embedding::normalize(v);
+        let pos = self.position_for(key)?;
+        Self::write(&mut self.blocks, pos, v)
+    }
+
+    /// The position of `key`: its own if held, else a new one at the end
+    /// (in a new block of zeros when the last is full), or an error beyond
+    /// the cap or out of memory.
+    fn position_for(&mut self, key: i64) -> Result<usize, MemIndexError> {
         if let Some(&pos) = self.positions.get(&key) {
-            return self.slot_mut(pos).ok_or(MemIndexError::OutOfMemory);
+            return Ok(pos);
         }
         if self.keys.len() >= self.cap {
             return Err(MemIndexError::Full { cap: self.cap });
@@ -247,6 +240,8 @@ impl MemIndex {
             self.blocks
                 .try_reserve(1)
                 .map_err(|_| MemIndexError::OutOfMemory)?;
+            // Within the reserved capacity: no reallocation.
+            block.resize(BLOCK_VECTORS * self.dims, 0.0);
             self.blocks.push(block);
         }
         self.keys
@@ -255,14 +250,9 @@ impl MemIndex {
         self.positions
             .try_reserve(1)
             .map_err(|_| MemIndexError::OutOfMemory)?;
-        let Some(block) = self.blocks.last_mut() else {
-            return Err(MemIndexError::OutOfMemory);
-        };
-        // Within the block's reserved capacity: no reallocation.
-        block.resize(block.len() + self.dims, 0.0);
         self.keys.push(key);
         self.positions.insert(key, pos);
-        self.slot_mut(pos).ok_or(MemIndexError::OutOfMemory)
+        Ok(pos)
     }
 
     /// Removes `key`; returns whether it was there. The last vector moves
@@ -273,21 +263,19 @@ impl MemIndex {
         };
         let last = self.keys.len().saturating_sub(1);
         if pos != last {
-            let moved = self.slot(last).map(<[f32]>::to_vec);
-            if let (Some(moved), Some(dst)) = (moved, self.slot_mut(pos)) {
-                dst.copy_from_slice(&moved);
+            if let Some(moved) = self.vector(last) {
+                // Both positions are held: the write cannot fail.
+                let _ = Self::write(&mut self.blocks, pos, &moved);
             }
         }
         self.keys.swap_remove(pos);
         if let Some(&moved) = self.keys.get(pos) {
             self.positions.insert(moved, pos);
         }
-        if let Some(block) = self.blocks.last_mut() {
-            block.truncate(block.len().saturating_sub(self.dims));
-            if block.is_empty() {
-                self.blocks.pop();
-            }
-        }
+        // The last block's place `last` is free now; when it was its
+        // first, the block is empty.
+        self.blocks
+            .truncate(self.keys.len().div_ceil(BLOCK_VECTORS));
         true
     }
 
@@ -304,25 +292,38 @@ impl MemIndex {
         }
         let mut q = query.to_vec();
         embedding::normalize(&mut q);
+        // The dimensions the query fills, each as its offset in a block
+        // and its weight: an empty dimension adds nothing to any score.
+        let filled: Vec<(usize, f32)> = q
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w != 0.0)
+            .map(|(d, w)| (d * BLOCK_VECTORS, *w))
+            .collect();
         let mut best = Best::new(k);
+        // Plain index loops: the release build optimises for size
+        // (`opt-level = "z"`), which leaves iterator adapters (`step_by`,
+        // `take`, `enumerate`) as a function call per step.
         for (b, block) in self.blocks.iter().enumerate() {
             let first = b * BLOCK_VECTORS;
-            let vectors = block.chunks_exact(self.dims);
-            match allowed {
-                // The hot loop: a plain scan of one block.
-                None => {
-                    for (j, v) in vectors.enumerate() {
-                        best.offer(dot(&q, v), first + j);
+            let held = self.keys.len().saturating_sub(first).min(BLOCK_VECTORS);
+            let mut start = 0;
+            while start < held {
+                let scores = group_scores(block, start, &filled);
+                let n = (held - start).min(GROUP);
+                let mut j = 0;
+                while j < n {
+                    let pos = first + start + j;
+                    let wanted = match allowed {
+                        None => true,
+                        Some(allowed) => self.keys.get(pos).is_some_and(|k| allowed.contains(k)),
+                    };
+                    if wanted {
+                        best.offer(scores[j], pos);
                     }
+                    j += 1;
                 }
-                Some(allowed) => {
-                    let keys = self.keys.get(first..).unwrap_or_default();
-                    for (j, (v, key)) in vectors.zip(keys).enumerate() {
-                        if allowed.contains(key) {
-                            best.offer(dot(&q, v), first + j);
-                        }
-                    }
-                }
+                start += GROUP;
             }
         }
         let heap = best.heap;
@@ -333,6 +334,72 @@ impl MemIndex {
         out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         out
     }
+}
+
+/// The dot products of `filled` (block offsets of a query's dimensions, with
+/// their weights) with the [`GROUP`] vectors of `block` from `start`: the
+/// hot loop of exact search. With wasm SIMD (enabled for the Worker in
+/// `.cargo/config.toml`) the sixteen sums stay in four registers, and each
+/// dimension adds one 64-byte row of the block to them.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn group_scores(block: &[f32], start: usize, filled: &[(usize, f32)]) -> [f32; GROUP] {
+    use core::arch::wasm32::{f32x4_add, f32x4_mul, f32x4_splat, v128, v128_load, v128_store};
+    let (mut s0, mut s1, mut s2, mut s3) = (
+        f32x4_splat(0.0),
+        f32x4_splat(0.0),
+        f32x4_splat(0.0),
+        f32x4_splat(0.0),
+    );
+    let mut i = 0;
+    while i < filled.len() {
+        let (offset, w) = filled[i];
+        i += 1;
+        let at = offset + start;
+        if at + GROUP > block.len() {
+            continue;
+        }
+        let w = f32x4_splat(w);
+        // SAFETY: `at + GROUP <= block.len()`, so the GROUP (16) `f32`s
+        // from `at`, 64 bytes, are inside `block`: the four 16-byte loads at
+        // `p`, `p + 1`, `p + 2`, `p + 3` are in bounds; wasm's `v128.load`
+        // has no alignment requirement.
+        unsafe {
+            let p = block.as_ptr().add(at).cast::<v128>();
+            s0 = f32x4_add(s0, f32x4_mul(w, v128_load(p)));
+            s1 = f32x4_add(s1, f32x4_mul(w, v128_load(p.add(1))));
+            s2 = f32x4_add(s2, f32x4_mul(w, v128_load(p.add(2))));
+            s3 = f32x4_add(s3, f32x4_mul(w, v128_load(p.add(3))));
+        }
+    }
+    let mut out = [0f32; GROUP];
+    let o = out.as_mut_ptr().cast::<v128>();
+    // SAFETY: `out` is GROUP (16) `f32`s, 64 bytes: four 16-byte stores at
+    // `o` to `o + 3` fill it; `v128.store` has no alignment requirement.
+    unsafe {
+        v128_store(o, s0);
+        v128_store(o.add(1), s1);
+        v128_store(o.add(2), s2);
+        v128_store(o.add(3), s3);
+    }
+    out
+}
+
+/// The dot products of `filled` with the [`GROUP`] vectors of `block` from
+/// `start` (see the wasm version above); natively, plain sums the compiler
+/// vectorises.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+#[inline(always)]
+fn group_scores(block: &[f32], start: usize, filled: &[(usize, f32)]) -> [f32; GROUP] {
+    let mut out = [0f32; GROUP];
+    for &(offset, w) in filled {
+        if let Some(row) = block.get(offset + start..offset + start + GROUP) {
+            for (sum, x) in out.iter_mut().zip(row) {
+                *sum += w * x;
+            }
+        }
+    }
+    out
 }
 
 /// The best `k` (score, position) pairs seen, in a heap whose top is the
@@ -655,9 +722,12 @@ mod tests {
         by_bytes.upsert_le_bytes(0, &blob).unwrap();
         assert_eq!(by_values.len(), by_bytes.len());
         for pos in 0..by_values.len() {
-            let (a, b) = (by_values.slot(pos).unwrap(), by_bytes.slot(pos).unwrap());
+            let (a, b) = (
+                by_values.vector(pos).unwrap(),
+                by_bytes.vector(pos).unwrap(),
+            );
             assert!(
-                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
                 "vector {pos}"
             );
         }
@@ -738,6 +808,98 @@ mod tests {
         assert!(idx.is_empty());
         assert_eq!(idx.vector_bytes(), 0);
         assert!(idx.nearest(&[1.0, 0.0], 3, None).is_empty());
+    }
+
+    /// The exact search by a plain scan: every held vector's cosine with the
+    /// query, best first (ties by key).
+    fn scanned(vectors: &HashMap<i64, Vec<f32>>, query: &[f32], k: usize) -> Vec<(i64, f32)> {
+        let mut all: Vec<(i64, f32)> = vectors
+            .iter()
+            .map(|(key, v)| (*key, cosine(query, v)))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(k);
+        all
+    }
+
+    #[test]
+    fn nearest_is_the_exact_scan_across_blocks_removals_and_sparse_queries() {
+        // Embedded texts (sparse, as the embedded embedder makes them), over
+        // three blocks, the last one part full; then removals (the last
+        // vector moves, a block empties) and replacements.
+        let text = |k: i64| {
+            format!(
+                "chunk {k} about {} and {} with {}",
+                [
+                    "borrowing",
+                    "lifetimes",
+                    "traits",
+                    "cargo features",
+                    "unsafe code"
+                ][k as usize % 5],
+                ["iterators", "closures", "macros", "async tasks"][k as usize % 4],
+                ["errors", "generics", "modules"][k as usize % 3],
+            )
+        };
+        let n = 2 * BLOCK_VECTORS as i64 + 37;
+        let mut idx = MemIndex::new(embedding::DIMENSIONS, n as usize);
+        let mut held: HashMap<i64, Vec<f32>> = HashMap::new();
+        for k in 0..n {
+            let v = embedding::embed(&text(k));
+            idx.upsert(k, &v).unwrap();
+            held.insert(k, v);
+        }
+        let queries = [
+            embedding::embed("how do I share data between async tasks?"),
+            embedding::embed("cargo features of a chunk"),
+            // Dense: every dimension filled.
+            (0..embedding::DIMENSIONS)
+                .map(|d| ((d * 31 % 17) as f32 - 8.0) / 8.0)
+                .collect::<Vec<f32>>(),
+        ];
+        let check = |idx: &MemIndex, held: &HashMap<i64, Vec<f32>>, when: &str| {
+            assert_eq!(idx.len(), held.len(), "{when}");
+            for (qi, q) in queries.iter().enumerate() {
+                let got = idx.nearest(q, 40, None);
+                let want = scanned(held, q, 40);
+                assert_eq!(got.len(), want.len(), "{when}, query {qi}");
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g.1 - w.1).abs() < 1e-5,
+                        "{when}, query {qi}: {g:?} vs {w:?}"
+                    );
+                    // The same key, or another of the same score (a tie).
+                    assert!(
+                        g.0 == w.0 || (cosine(q, &held[&g.0]) - w.1).abs() < 1e-5,
+                        "{when}, query {qi}: {g:?} vs {w:?}"
+                    );
+                }
+            }
+            // A filter keeps only its keys, whatever their block.
+            let only: HashSet<i64> = held.keys().copied().filter(|k| k % 97 == 5).collect();
+            let got = idx.nearest(&queries[0], 100, Some(&only));
+            assert_eq!(got.len(), only.len(), "{when}");
+            assert!(got.iter().all(|(k, _)| only.contains(k)), "{when}");
+        };
+        check(&idx, &held, "filled");
+        for k in (0..n).step_by(3) {
+            assert!(idx.remove(k));
+            held.remove(&k);
+        }
+        check(&idx, &held, "after removals");
+        for k in (1..n).step_by(7) {
+            let v = embedding::embed(&format!("{} replaced by macros", text(k + 1)));
+            if held.contains_key(&k) {
+                idx.upsert(k, &v).unwrap();
+                held.insert(k, v);
+            }
+        }
+        check(&idx, &held, "after replacements");
+        assert_eq!(
+            idx.vector_bytes(),
+            held.len().div_ceil(BLOCK_VECTORS) * BLOCK_VECTORS * embedding::DIMENSIONS * 4,
+            "only the blocks in use are held"
+        );
     }
 
     #[test]
