@@ -2,8 +2,9 @@
 //! vectors of the shared corpus (as a wake does, from their stored blobs)
 //! and the nearest 50 to each question of `tests/questions` (as the vector
 //! leg of a hybrid search asks), with the questions' own embeddings (sparse:
-//! a question fills few of the 768 buckets) and with chunks' embeddings
-//! (dense).
+//! a question fills few of the 768 buckets), with chunks' embeddings (about
+//! half filled) and with queries that fill every bucket (as a neural
+//! model's would).
 //!
 //! ```bash
 //! cargo bench -p actors --bench vectors
@@ -72,6 +73,14 @@ fn main() {
         .map(|b| actors::embedded::sql_index::from_blob(b))
         .collect();
     let dense = median(dense_queries.iter().map(|q| filled(q) as f64).collect());
+    // Every bucket filled, as a neural embedding (`bge-base-en-v1.5`) would.
+    let full_queries: Vec<Vec<f32>> = (0..questions.len())
+        .map(|i| {
+            (0..DIMENSIONS)
+                .map(|d| ((d * 31 + i * 17) as f32 * 0.37).sin())
+                .collect()
+        })
+        .collect();
 
     let mut loads = Vec::new();
     let mut index = MemIndex::new(DIMENSIONS, VECTORS);
@@ -93,6 +102,7 @@ fn main() {
     for (name, queries, filled) in [
         ("questions", &questions, sparse),
         ("chunks", &dense_queries, dense),
+        ("dense queries", &full_queries, DIMENSIONS as f64),
     ] {
         let mut ms = Vec::new();
         for _ in 0..5 {

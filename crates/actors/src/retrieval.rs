@@ -59,10 +59,6 @@ pub fn matches_filter(metadata: &Metadata, filter: &Metadata) -> bool {
 /// Vectors per block of [`MemIndex`]: 256 × 768 `f32`s are 768 KiB.
 pub const BLOCK_VECTORS: usize = 256;
 
-/// Vectors of a block scored together by [`MemIndex::nearest`]: sixteen
-/// sums, four wasm SIMD registers.
-const GROUP: usize = 16;
-
 /// Why [`MemIndex::upsert`] refused a vector.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MemIndexError {
@@ -97,8 +93,9 @@ pub enum MemIndexError {
 ///
 /// A block is stored dimension by dimension (`block[d * BLOCK_VECTORS + j]`
 /// is dimension `d` of its vector `j`), so a search reads only the
-/// dimensions its query fills: a question embedded by `local/hashed-768`
-/// fills about 70 of the 768, and reads a tenth of the index.
+/// dimensions its query fills, each in order: a question embedded by
+/// `local/hashed-768` fills about 70 of the 768, and reads a tenth of the
+/// index.
 #[derive(Debug, Default)]
 pub struct MemIndex {
     dims: usize,
@@ -301,29 +298,25 @@ impl MemIndex {
             .map(|(d, w)| (d * BLOCK_VECTORS, *w))
             .collect();
         let mut best = Best::new(k);
+        let mut scores = [0f32; BLOCK_VECTORS];
         // Plain index loops: the release build optimises for size
-        // (`opt-level = "z"`), which leaves iterator adapters (`step_by`,
-        // `take`, `enumerate`) as a function call per step.
+        // (`opt-level = "z"`), which leaves iterator adapters (`take`,
+        // `enumerate`) as a function call per step.
         for (b, block) in self.blocks.iter().enumerate() {
             let first = b * BLOCK_VECTORS;
             let held = self.keys.len().saturating_sub(first).min(BLOCK_VECTORS);
-            let mut start = 0;
-            while start < held {
-                let scores = group_scores(block, start, &filled);
-                let n = (held - start).min(GROUP);
-                let mut j = 0;
-                while j < n {
-                    let pos = first + start + j;
-                    let wanted = match allowed {
-                        None => true,
-                        Some(allowed) => self.keys.get(pos).is_some_and(|k| allowed.contains(k)),
-                    };
-                    if wanted {
-                        best.offer(scores[j], pos);
-                    }
-                    j += 1;
+            block_scores(block, &filled, &mut scores);
+            let mut j = 0;
+            while j < held {
+                let pos = first + j;
+                let wanted = match allowed {
+                    None => true,
+                    Some(allowed) => self.keys.get(pos).is_some_and(|k| allowed.contains(k)),
+                };
+                if wanted {
+                    best.offer(scores[j], pos);
                 }
-                start += GROUP;
+                j += 1;
             }
         }
         let heap = best.heap;
@@ -337,69 +330,55 @@ impl MemIndex {
 }
 
 /// The dot products of `filled` (block offsets of a query's dimensions, with
-/// their weights) with the [`GROUP`] vectors of `block` from `start`: the
-/// hot loop of exact search. With wasm SIMD (enabled for the Worker in
-/// `.cargo/config.toml`) the sixteen sums stay in four registers, and each
-/// dimension adds one 64-byte row of the block to them.
+/// their weights) with every vector of `block`, into `scores`: the hot loop
+/// of exact search. Each filled dimension adds its row of the block (the
+/// dimension of all its vectors, 1 KiB read in order) to the sums, which
+/// stay in the first level of cache; with wasm SIMD (enabled for the Worker
+/// in `.cargo/config.toml`) four at a time.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[inline(always)]
-fn group_scores(block: &[f32], start: usize, filled: &[(usize, f32)]) -> [f32; GROUP] {
+fn block_scores(block: &[f32], filled: &[(usize, f32)], scores: &mut [f32; BLOCK_VECTORS]) {
     use core::arch::wasm32::{f32x4_add, f32x4_mul, f32x4_splat, v128, v128_load, v128_store};
-    let (mut s0, mut s1, mut s2, mut s3) = (
-        f32x4_splat(0.0),
-        f32x4_splat(0.0),
-        f32x4_splat(0.0),
-        f32x4_splat(0.0),
-    );
+    *scores = [0.0; BLOCK_VECTORS];
+    let sums = scores.as_mut_ptr().cast::<v128>();
     let mut i = 0;
     while i < filled.len() {
         let (offset, w) = filled[i];
         i += 1;
-        let at = offset + start;
-        if at + GROUP > block.len() {
+        if offset + BLOCK_VECTORS > block.len() {
             continue;
         }
         let w = f32x4_splat(w);
-        // SAFETY: `at + GROUP <= block.len()`, so the GROUP (16) `f32`s
-        // from `at`, 64 bytes, are inside `block`: the four 16-byte loads at
-        // `p`, `p + 1`, `p + 2`, `p + 3` are in bounds; wasm's `v128.load`
-        // has no alignment requirement.
-        unsafe {
-            let p = block.as_ptr().add(at).cast::<v128>();
-            s0 = f32x4_add(s0, f32x4_mul(w, v128_load(p)));
-            s1 = f32x4_add(s1, f32x4_mul(w, v128_load(p.add(1))));
-            s2 = f32x4_add(s2, f32x4_mul(w, v128_load(p.add(2))));
-            s3 = f32x4_add(s3, f32x4_mul(w, v128_load(p.add(3))));
+        let mut j = 0;
+        while j < BLOCK_VECTORS / 4 {
+            // SAFETY: `offset + BLOCK_VECTORS <= block.len()`, and `j <
+            // BLOCK_VECTORS / 4`, so the 16-byte load at `offset + 4 j` is
+            // inside `block`, and the load and store at `sums + j` inside
+            // `scores` (BLOCK_VECTORS `f32`s); wasm's `v128.load` and
+            // `v128.store` have no alignment requirement.
+            unsafe {
+                let row = block.as_ptr().add(offset).cast::<v128>().add(j);
+                let sum = sums.add(j);
+                v128_store(sum, f32x4_add(v128_load(sum), f32x4_mul(w, v128_load(row))));
+            }
+            j += 1;
         }
     }
-    let mut out = [0f32; GROUP];
-    let o = out.as_mut_ptr().cast::<v128>();
-    // SAFETY: `out` is GROUP (16) `f32`s, 64 bytes: four 16-byte stores at
-    // `o` to `o + 3` fill it; `v128.store` has no alignment requirement.
-    unsafe {
-        v128_store(o, s0);
-        v128_store(o.add(1), s1);
-        v128_store(o.add(2), s2);
-        v128_store(o.add(3), s3);
-    }
-    out
 }
 
-/// The dot products of `filled` with the [`GROUP`] vectors of `block` from
-/// `start` (see the wasm version above); natively, plain sums the compiler
-/// vectorises.
+/// The dot products of `filled` with every vector of `block` (see the wasm
+/// version above); natively, plain sums the compiler vectorises.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 #[inline(always)]
-fn group_scores(block: &[f32], start: usize, filled: &[(usize, f32)]) -> [f32; GROUP] {
-    let mut out = [0f32; GROUP];
+fn block_scores(block: &[f32], filled: &[(usize, f32)], scores: &mut [f32; BLOCK_VECTORS]) {
+    *scores = [0.0; BLOCK_VECTORS];
     for &(offset, w) in filled {
-        if let Some(row) = block.get(offset + start..offset + start + GROUP) {
-            for (sum, x) in out.iter_mut().zip(row) {
+        if let Some(row) = block.get(offset..offset + BLOCK_VECTORS) {
+            for (sum, x) in scores.iter_mut().zip(row) {
                 *sum += w * x;
             }
         }
     }
-    out
 }
 
 /// The best `k` (score, position) pairs seen, in a heap whose top is the
