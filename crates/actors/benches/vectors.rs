@@ -68,7 +68,7 @@ fn main() {
     let sparse = median(questions.iter().map(|q| filled(q) as f64).collect());
     let dense_queries: Vec<Vec<f32>> = blobs
         .iter()
-        .step_by(blobs.len() / questions.len().max(1))
+        .step_by((blobs.len() / questions.len().max(1)).max(1))
         .take(questions.len())
         .map(|b| actors::embedded::sql_index::from_blob(b))
         .collect();
@@ -116,6 +116,27 @@ fn main() {
             "| nearest {K} of {} for {} {name} ({filled:.0} of {DIMENSIONS} buckets filled, median) | {:.3} |",
             index.len(),
             queries.len(),
+            median(ms)
+        );
+    }
+    // With a metadata filter: the keys it keeps (every n-th).
+    for every in [100, 5] {
+        let allowed: std::collections::HashSet<i64> = (1..=index.len() as i64)
+            .filter(|k| k % every == 0)
+            .collect();
+        let mut ms = Vec::new();
+        for _ in 0..5 {
+            for q in questions.iter() {
+                let t = Instant::now();
+                black_box(index.nearest(black_box(q), K, Some(&allowed)));
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        println!(
+            "| nearest {K} of {} for {} questions, a filter keeping {} (median) | {:.3} |",
+            index.len(),
+            questions.len(),
+            allowed.len(),
             median(ms)
         );
     }

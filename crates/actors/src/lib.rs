@@ -72,7 +72,7 @@ mod wasm_tests {
     #[wasm_bindgen_test]
     fn simd_search_scores_are_the_plain_cosines() {
         // Over three blocks (the last part full), with sparse questions and
-        // a dense query: the SIMD group scorer gives every vector's cosine.
+        // a dense query: the SIMD block scorer gives every vector's cosine.
         use crate::embedding::{embed, DIMENSIONS};
         use crate::retrieval::{cosine, MemIndex, BLOCK_VECTORS};
         let n = 2 * BLOCK_VECTORS + 21;

@@ -14,7 +14,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 /// Dot product; the cosine similarity of two unit vectors (over the shorter
 /// length). Eight independent sums, so the compiler can keep them in vector
 /// registers. Not the search's hot loop: [`MemIndex::nearest`] scores a
-/// block's vectors a group at a time.
+/// block a dimension's row at a time.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -204,7 +204,7 @@ impl MemIndex {
         v.extend(
             bytes
                 .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                .filter_map(|c| c.try_into().ok().map(f32::from_le_bytes)),
         );
         let written = self.put(key, &mut v);
         self.scratch = v;
@@ -230,15 +230,18 @@ impl MemIndex {
         }
         let pos = self.keys.len();
         if pos / BLOCK_VECTORS >= self.blocks.len() {
+            let size = BLOCK_VECTORS
+                .checked_mul(self.dims)
+                .ok_or(MemIndexError::OutOfMemory)?;
             let mut block = Vec::new();
             block
-                .try_reserve_exact(BLOCK_VECTORS * self.dims)
+                .try_reserve_exact(size)
                 .map_err(|_| MemIndexError::OutOfMemory)?;
             self.blocks
                 .try_reserve(1)
                 .map_err(|_| MemIndexError::OutOfMemory)?;
             // Within the reserved capacity: no reallocation.
-            block.resize(BLOCK_VECTORS * self.dims, 0.0);
+            block.resize(size, 0.0);
             self.blocks.push(block);
         }
         self.keys
@@ -295,13 +298,29 @@ impl MemIndex {
             .iter()
             .enumerate()
             .filter(|(_, w)| **w != 0.0)
-            .map(|(d, w)| (d * BLOCK_VECTORS, *w))
+            .filter_map(|(d, w)| Some((d.checked_mul(BLOCK_VECTORS)?, *w)))
             .collect();
         let mut best = Best::new(k);
+        if let Some(allowed) = allowed {
+            if allowed.len().saturating_mul(FEW_ALLOWED) < self.keys.len() {
+                // A filter that keeps few vectors: those alone are scored,
+                // in the order of their places (ties go the same way as in
+                // a scan), with the same sums as a scan's.
+                let mut places: Vec<usize> = allowed
+                    .iter()
+                    .filter_map(|key| self.positions.get(key).copied())
+                    .collect();
+                places.sort_unstable();
+                for pos in places {
+                    best.offer(self.score_at(pos, &filled), pos);
+                }
+                return self.ranked(best);
+            }
+        }
         let mut scores = [0f32; BLOCK_VECTORS];
-        // Plain index loops: the release build optimises for size
-        // (`opt-level = "z"`), which leaves iterator adapters (`take`,
-        // `enumerate`) as a function call per step.
+        // A plain index loop over each block's places: the release build
+        // optimises for size (`opt-level = "z"`), which leaves iterator
+        // adapters (`take`, `enumerate`) as a function call per step.
         for (b, block) in self.blocks.iter().enumerate() {
             let first = b * BLOCK_VECTORS;
             let held = self.keys.len().saturating_sub(first).min(BLOCK_VECTORS);
@@ -319,8 +338,28 @@ impl MemIndex {
                 j += 1;
             }
         }
-        let heap = best.heap;
-        let mut out: Vec<(i64, f32)> = heap
+        self.ranked(best)
+    }
+
+    /// The sum [`block_scores`] gives the vector at `pos`, alone.
+    fn score_at(&self, pos: usize, filled: &[(usize, f32)]) -> f32 {
+        let Some(block) = self.blocks.get(pos / BLOCK_VECTORS) else {
+            return 0.0;
+        };
+        let j = pos % BLOCK_VECTORS;
+        let mut sum = 0.0;
+        for &(offset, w) in filled {
+            if let Some(x) = offset.checked_add(j).and_then(|i| block.get(i)) {
+                sum += w * x;
+            }
+        }
+        sum
+    }
+
+    /// The best of `best` as (key, cosine), best first (ties by key).
+    fn ranked(&self, best: Best) -> Vec<(i64, f32)> {
+        let mut out: Vec<(i64, f32)> = best
+            .heap
             .into_iter()
             .filter_map(|HeapEntry(score, i)| Some((*self.keys.get(i)?, score)))
             .collect();
@@ -328,6 +367,10 @@ impl MemIndex {
         out
     }
 }
+
+/// A filter keeping fewer than one vector in this many has its vectors
+/// scored one by one ([`MemIndex::score_at`]) instead of every block.
+const FEW_ALLOWED: usize = 8;
 
 /// The dot products of `filled` (block offsets of a query's dimensions, with
 /// their weights) with every vector of `block`, into `scores`: the hot loop
@@ -345,19 +388,23 @@ fn block_scores(block: &[f32], filled: &[(usize, f32)], scores: &mut [f32; BLOCK
     while i < filled.len() {
         let (offset, w) = filled[i];
         i += 1;
-        if offset + BLOCK_VECTORS > block.len() {
+        let Some(row) = offset
+            .checked_add(BLOCK_VECTORS)
+            .and_then(|end| block.get(offset..end))
+        else {
             continue;
-        }
+        };
         let w = f32x4_splat(w);
+        let row = row.as_ptr().cast::<v128>();
         let mut j = 0;
         while j < BLOCK_VECTORS / 4 {
-            // SAFETY: `offset + BLOCK_VECTORS <= block.len()`, and `j <
-            // BLOCK_VECTORS / 4`, so the 16-byte load at `offset + 4 j` is
-            // inside `block`, and the load and store at `sums + j` inside
-            // `scores` (BLOCK_VECTORS `f32`s); wasm's `v128.load` and
+            // SAFETY: `row` and `scores` each hold BLOCK_VECTORS `f32`s
+            // (BLOCK_VECTORS / 4 `v128`s), and `j < BLOCK_VECTORS / 4`, so
+            // the loads at `row + j` and `sums + j` and the store at
+            // `sums + j` are inside them; wasm's `v128.load` and
             // `v128.store` have no alignment requirement.
             unsafe {
-                let row = block.as_ptr().add(offset).cast::<v128>().add(j);
+                let row = row.add(j);
                 let sum = sums.add(j);
                 v128_store(sum, f32x4_add(v128_load(sum), f32x4_mul(w, v128_load(row))));
             }
@@ -783,6 +830,10 @@ mod tests {
         let top = idx.nearest(&[1.0, 3.0], 1, None);
         assert_eq!(top[0].0, 3);
         assert!((top[0].1 - 1.0).abs() < 1e-6);
+        // The place 3 left still holds its old copy: never offered, so
+        // the best two are two held keys, not 3 twice.
+        let two = idx.nearest(&[1.0, 3.0], 2, None);
+        assert_eq!(two.iter().map(|h| h.0).collect::<Vec<_>>(), vec![3, 2]);
         assert!(idx.remove(3) && idx.remove(0) && idx.remove(2));
         assert!(idx.is_empty());
         assert_eq!(idx.vector_bytes(), 0);
@@ -854,11 +905,35 @@ mod tests {
                     );
                 }
             }
-            // A filter keeps only its keys, whatever their block.
-            let only: HashSet<i64> = held.keys().copied().filter(|k| k % 97 == 5).collect();
-            let got = idx.nearest(&queries[0], 100, Some(&only));
-            assert_eq!(got.len(), only.len(), "{when}");
-            assert!(got.iter().all(|(k, _)| only.contains(k)), "{when}");
+            // Everything asked for, when k is the count.
+            assert_eq!(
+                idx.nearest(&queries[0], held.len(), None).len(),
+                held.len(),
+                "{when}"
+            );
+            // A filter keeps only its keys, whatever their block: a few
+            // (scored one by one) or many (every block scanned), with the
+            // scan's scores.
+            for every in [97, 2] {
+                let only: HashMap<i64, Vec<f32>> = held
+                    .iter()
+                    .filter(|(k, _)| *k % every == 5 % every)
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect();
+                let keys: HashSet<i64> = only.keys().copied().collect();
+                for q in &queries {
+                    let got = idx.nearest(q, 100, Some(&keys));
+                    let want = scanned(&only, q, 100);
+                    assert_eq!(got.len(), want.len(), "{when}, 1 in {every}");
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(keys.contains(&g.0), "{when}, 1 in {every}");
+                        assert!(
+                            (g.1 - w.1).abs() < 1e-5,
+                            "{when}, 1 in {every}: {g:?} vs {w:?}"
+                        );
+                    }
+                }
+            }
         };
         check(&idx, &held, "filled");
         for k in (0..n).step_by(3) {

@@ -248,7 +248,7 @@ impl SqlVectorIndex {
             .map_err(failed)?;
         for row in cursor.raw() {
             let row = row.map_err(failed)?;
-            // The blob is read in place, straight into the index's slot.
+            // The blob is decoded once, into the index's buffer, then its block.
             let (Some(SqlStorageValue::Integer(rid)), Some(SqlStorageValue::Blob(blob))) =
                 (row.first(), row.get(1))
             else {
