@@ -414,12 +414,15 @@ pub async fn embeddings(ctx: &Context<'_>, body: Value) -> Result<(u16, Value), 
     // The alias, the tenant's model, or the model that embeds for it here
     // (what an answer's `model` names: `local/hashed-768` in the embedded
     // configuration), so a client may send back the name it was given.
-    let in_use = actors::providers::from_env(ctx.env)
-        .ok()
-        .and_then(|s| actors::embedding_model::model_in_use(&s, &defaults.embedding).ok());
+    // The settings are read only when the first two do not match.
+    let in_use = || {
+        actors::providers::from_env(ctx.env)
+            .ok()
+            .and_then(|s| actors::embedding_model::model_in_use(&s, &defaults.embedding).ok())
+    };
     if request.model != EMBEDDING_ALIAS
         && request.model != defaults.embedding
-        && in_use.as_deref() != Some(request.model.as_str())
+        && in_use().as_deref() != Some(request.model.as_str())
     {
         return Err(OpenAiError::model_not_found(&request.model).into());
     }
