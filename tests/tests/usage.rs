@@ -203,6 +203,84 @@ fn usage_sums_the_turns_usage_priced_by_the_operator() {
     }
 }
 
+/// The chat rows of a usage report grouped by model (every model but the
+/// embedder's): (requests, input tokens, output tokens) summed.
+fn chat_totals(report: &Value) -> (u64, u64, u64) {
+    report["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r["group"] != "local/hashed-768")
+                .fold((0, 0, 0), |(n, i, o), r| {
+                    (
+                        n + r["requests"].as_u64().unwrap_or(0),
+                        i + r["inputTokens"].as_u64().unwrap_or(0),
+                        o + r["outputTokens"].as_u64().unwrap_or(0),
+                    )
+                })
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_turns_of_many_sessions_at_once_are_each_recorded_once() {
+    // The sessions of an isolate send their ended turns' usage and registry
+    // reports together (one ledger call for up to sixteen sessions): twenty
+    // one-turn sessions at once make more than one batch, and every turn
+    // must be counted exactly once and every session listed.
+    let server = shared(Deployment::Dedicated(A));
+    let (key, id) = new_key(&server, A, json!(["chat", "admin"]));
+    const SESSIONS: u64 = 20;
+    let threads: Vec<_> = (0..SESSIONS)
+        .map(|n| {
+            let (server, key) = (server.clone(), key.clone());
+            std::thread::spawn(move || {
+                turn(
+                    &server,
+                    &key,
+                    &format!("many-at-once-{n}"),
+                    &format!("question {n}: how are lighthouse lamps trimmed?"),
+                )
+                .map_err(|r| format!("{} {}", r.status, r.body))
+            })
+        })
+        .collect();
+    let mut sent = (0, 0);
+    for t in threads {
+        let (input, output) = t.join().expect("a session thread").expect("its turn");
+        sent = (sent.0 + input, sent.1 + output);
+    }
+    let path = format!("/admin/usage?groupBy=model&key={id}");
+    let report = report_when(&server, A, &path, |r| chat_totals(r).0 >= SESSIONS);
+    assert_eq!(
+        chat_totals(&report),
+        (SESSIONS, sent.0, sent.1),
+        "every turn's done usage, once: {report}"
+    );
+    let start = Instant::now();
+    loop {
+        let r = server.with_key(&key, "GET", "/admin/sessions?limit=200", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let listed = r.json();
+        let ids: Vec<&str> = listed["sessions"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|e| e["sessionId"].as_str()).collect())
+            .unwrap_or_default();
+        let missing: Vec<String> = (0..SESSIONS)
+            .map(|n| format!("many-at-once-{n}"))
+            .filter(|s| !ids.contains(&s.as_str()))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "sessions never listed: {missing:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_tenants_daily_token_budget_holds_across_its_keys() {
     let server = shared(Deployment::Dedicated(B));

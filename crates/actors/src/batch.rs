@@ -5,9 +5,12 @@
 //! one beside every answer, where it took turns with the work still being
 //! answered (a chat stream's events).
 //!
-//! Only for a stateless Worker's requests: Durable Objects of one isolate
-//! must not share such a batch (a flush would run in one object's I/O
-//! context on behalf of others; see docs/benchmarks.md).
+//! Only plain items are shared: whoever began a batch sends it, making the
+//! call itself in its own request's I/O context. No promise or I/O object
+//! may be shared between requests (or between Durable Objects, whose chat
+//! sessions batch their ended turns the same way: `chat::runtime`'s
+//! `TurnBooks`): the runtime refuses to let one await I/O another began
+//! (see docs/benchmarks.md).
 //!
 //! Every item is sent exactly once, in the order it was added. Items still
 //! gathered when the isolate is evicted are lost: at most

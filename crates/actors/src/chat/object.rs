@@ -241,7 +241,6 @@ impl worker::DurableObject for ChatSession {
                 listeners: RefCell::new(Vec::new()),
                 alarm_at: Cell::new(None),
                 events: RefCell::new(EventIds::default()),
-                bookkeeping: RefCell::new(Default::default()),
             }),
         }
     }

@@ -39,11 +39,11 @@ use protocol::chat::{
 use protocol::coordinator::TenantSettings;
 use protocol::limits::{PriceTable, TokenUsage};
 use protocol::listing::{SessionChange, SessionEntry, SessionReport};
-use protocol::usage::caller_of;
+use protocol::usage::{caller_of, MAX_SESSION_REPORTS};
 use protocol::{ErrorCode, ErrorReply, RequestId, SessionId, TenantId};
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use worker::{Env, ScheduledTime, State, WebSocket};
 
@@ -77,40 +77,87 @@ pub(super) struct Inner {
     pub(super) alarm_at: Cell<Option<u64>>,
     /// Event ids and the events not stored yet.
     pub(super) events: RefCell<EventIds>,
-    /// Ended turns' usage and registry report, sent together a little
-    /// after the first of them ([`Inner::defer_bookkeeping`]).
-    pub(super) bookkeeping: RefCell<Bookkeeping>,
 }
 
-/// What ended turns leave to send: their usage records (for the tenant's
-/// ledger) and the registry's view of the session. Sent at most
-/// [`FLUSH_AFTER_MS`] after the first turn that left it, in one ledger call
-/// and one registry report for every turn of that time, never on a turn's
-/// way to its client or the next turn's.
+/// Ended turns' bookkeeping not sent yet, per tenant, gathered from every
+/// session of an isolate: their usage, summed per caller and model, and each
+/// session's latest registry report (a later turn's view replaces an
+/// earlier one's). A batch goes in one ledger call, which carries at most
+/// [`MAX_SESSION_REPORTS`] sessions' reports: a busy session's turns of a
+/// second share one call, and so do sixteen sessions that each asked one
+/// question.
 #[derive(Debug, Default)]
-pub(super) struct Bookkeeping {
-    usage: UsageBuffer,
-    /// The latest ended turn whose registry report is due.
-    report: Option<u64>,
-    /// Whether a send is scheduled.
-    scheduled: bool,
+pub(super) struct TurnBooks {
+    pending: HashMap<TenantId, Books>,
 }
 
-impl Bookkeeping {
-    /// Adds an ended turn's usage and report; true when nothing was
-    /// scheduled yet (the caller then schedules the send).
-    pub(super) fn add(&mut self, used: Option<Used>, turn: u64) -> bool {
+/// One tenant's batch: what one ledger call sends.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Books {
+    usage: UsageBuffer,
+    reports: Vec<SessionReport>,
+}
+
+impl Books {
+    /// The usage records and the reports.
+    pub(super) fn into_parts(mut self) -> (Vec<Used>, Vec<SessionReport>) {
+        (self.usage.take(), self.reports)
+    }
+}
+
+/// What the caller does after [`TurnBooks::add`].
+#[derive(Debug, PartialEq)]
+pub(super) enum Booked {
+    /// The tenant's batch has just begun: send it in [`FLUSH_AFTER_MS`]
+    /// ([`TurnBooks::take`]).
+    FlushLater,
+    /// The batch holds as many sessions as a call carries: send it now.
+    FlushNow(Books),
+    /// Gathered into a batch whose send is already arranged.
+    Gathered,
+}
+
+impl TurnBooks {
+    /// Adds an ended turn of `tenant`: its usage (none when it used no
+    /// model) and its session's report (none when there is nothing to
+    /// report).
+    pub(super) fn add(
+        &mut self,
+        tenant: &TenantId,
+        used: Option<Used>,
+        report: Option<SessionReport>,
+    ) -> Booked {
+        let began = !self.pending.contains_key(tenant);
+        let books = self.pending.entry(tenant.clone()).or_default();
         if let Some(used) = used {
-            self.usage.add(used);
+            books.usage.add(used);
         }
-        self.report = Some(self.report.map_or(turn, |t| t.max(turn)));
-        !std::mem::replace(&mut self.scheduled, true)
+        if let Some(report) = report {
+            let session = report.change.session_id().to_owned();
+            match books
+                .reports
+                .iter_mut()
+                .find(|r| r.change.session_id() == session)
+            {
+                Some(earlier) => *earlier = report,
+                None => books.reports.push(report),
+            }
+        }
+        if books.reports.len() >= MAX_SESSION_REPORTS {
+            // The flush arranged for this batch finds none, or a newer one
+            // (which arranged its own): nothing is sent twice.
+            let full = self.pending.remove(tenant).unwrap_or_default();
+            Booked::FlushNow(full)
+        } else if began {
+            Booked::FlushLater
+        } else {
+            Booked::Gathered
+        }
     }
 
-    /// Everything due, leaving nothing scheduled.
-    pub(super) fn take(&mut self) -> (Vec<Used>, Option<u64>) {
-        self.scheduled = false;
-        (self.usage.take(), self.report.take())
+    /// `tenant`'s batch, leaving none.
+    pub(super) fn take(&mut self, tenant: &TenantId) -> Books {
+        self.pending.remove(tenant).unwrap_or_default()
     }
 }
 
@@ -119,6 +166,10 @@ thread_local! {
     /// every session in this isolate, so a key is asked about at most once a
     /// second per isolate, not once per session.
     static KEY_CHECKS: RefCell<KeyChecks> = RefCell::new(KeyChecks::new(KEY_CHECKS_HELD));
+
+    /// Ended turns not sent yet, gathered from every session of this
+    /// isolate ([`Inner::defer_bookkeeping`]).
+    static ENDED: RefCell<TurnBooks> = RefCell::new(TurnBooks::default());
 }
 
 /// Records that a socket key verified at `at` (the gateway's verification
@@ -680,54 +731,34 @@ impl Inner {
     }
 
     /// Leaves an ended turn's usage record and registry report to be sent
-    /// with those of the turns that end in the next [`FLUSH_AFTER_MS`]
-    /// ([`Bookkeeping`]): the ledger and the registry (one object each per
-    /// tenant) get one call a second from a busy session instead of two per
-    /// turn. Kept in memory: an isolate reset in that time loses the usage
-    /// records (the turns' reservations are settled already), and the
-    /// registry catches up with the session's next turn.
+    /// with those of the turns that end in the next [`FLUSH_AFTER_MS`] in
+    /// any session of this isolate ([`ENDED`]), by the session whose turn
+    /// began the batch, or at once when the batch is full. The ledger and
+    /// the registry (one object each per tenant) get one call a second from
+    /// an isolate instead of one per session: fifty sessions that each ask
+    /// one question cost them four calls, not fifty. Only plain data is
+    /// shared: the sending session makes the call itself, in its own I/O
+    /// context, with its own tenant's handle (every item of a batch is that
+    /// tenant's). Kept in memory: an isolate reset in that time loses the
+    /// usage records (the turns' reservations are settled already), and the
+    /// registry catches up with each session's next turn.
     fn defer_bookkeeping(self: &Rc<Self>, tenant: &TenantId, used: Option<Used>, turn: u64) {
-        if !self.bookkeeping.borrow_mut().add(used, turn) {
+        let report = self.turn_report(tenant, turn);
+        if used.is_none() && report.is_none() {
             return;
         }
-        let (this, tenant) = (Rc::clone(self), tenant.clone());
-        self.state.wait_until(async move {
-            worker::Delay::from(std::time::Duration::from_millis(FLUSH_AFTER_MS)).await;
-            this.send_bookkeeping(&tenant).await;
-        });
-    }
-
-    /// Sends what ended turns left: the usage records, priced with the
-    /// tenant's prices, and the registry report of the latest turn, in one
-    /// call to the tenant's ledger, which passes the report on to the
-    /// registry with other turns' ([`crate::limiter::relay`]). The report
-    /// goes to the registry itself when there is no usage to carry it, or
-    /// the ledger did not take it.
-    async fn send_bookkeeping(&self, tenant: &TenantId) {
-        let (used, report) = self.bookkeeping.borrow_mut().take();
-        let request_id = RequestId::from_random(crate::entropy::random_bytes());
-        let mut report = report.and_then(|turn| self.turn_report(tenant, turn));
-        if !used.is_empty() {
-            let prices = crate::limiter::recorder::prices(&self.env, tenant, &request_id).await;
-            let now = crate::ports::SystemClock.now_ms();
-            let recorded = crate::limiter::recorder::record(
-                &self.env,
-                tenant,
-                &request_id,
-                now,
-                &used,
-                &prices,
-                report.clone().into_iter().collect(),
-            )
-            .await;
-            match recorded {
-                Ok(true) => report = None,
-                Ok(false) => {}
-                Err(e) => worker::console_warn!("chat: the turns' usage was not recorded: {e}"),
-            }
-        }
-        if let Some(report) = report {
-            self.send_report(tenant, &request_id, report).await;
+        let booked = ENDED.with(|b| b.borrow_mut().add(tenant, used, report));
+        let (env, tenant) = (self.env.clone(), tenant.clone());
+        match booked {
+            Booked::Gathered => {}
+            Booked::FlushNow(books) => self.state.wait_until(async move {
+                send_bookkeeping(&env, &tenant, books).await;
+            }),
+            Booked::FlushLater => self.state.wait_until(async move {
+                worker::Delay::from(std::time::Duration::from_millis(FLUSH_AFTER_MS)).await;
+                let books = ENDED.with(|b| b.borrow_mut().take(&tenant));
+                send_bookkeeping(&env, &tenant, books).await;
+            }),
         }
     }
 
@@ -1171,6 +1202,50 @@ fn registry_failed(tenant: &TenantId, session: &str, stage: &str, error: &str) {
     );
 }
 
+/// Sends a batch of ended turns ([`TurnBooks`]): the usage records, priced
+/// with the tenant's prices, and the sessions' registry reports, in one call
+/// to the tenant's ledger, which passes the reports on to the registry
+/// ([`crate::limiter::relay`]). The reports go to the registry directly
+/// when there is no usage to carry them, or the ledger did not take them.
+async fn send_bookkeeping(env: &Env, tenant: &TenantId, books: Books) {
+    let (used, mut reports) = books.into_parts();
+    let request_id = RequestId::from_random(crate::entropy::random_bytes());
+    if !used.is_empty() {
+        let prices = crate::limiter::recorder::prices(env, tenant, &request_id).await;
+        let now = crate::ports::SystemClock.now_ms();
+        let recorded = crate::limiter::recorder::record(
+            env,
+            tenant,
+            &request_id,
+            now,
+            &used,
+            &prices,
+            reports.clone(),
+        )
+        .await;
+        match recorded {
+            Ok(true) => reports.clear(),
+            Ok(false) => {}
+            Err(e) => worker::console_warn!("chat: the turns' usage was not recorded: {e}"),
+        }
+    }
+    if reports.is_empty() {
+        return;
+    }
+    let sent = match crate::coordinator::CoordinatorHandle::new(env, tenant) {
+        Ok(coordinator) => coordinator
+            .record_sessions(&request_id, reports.clone())
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
+        for report in &reports {
+            registry_failed(tenant, report.change.session_id(), "send", &e.to_string());
+        }
+    }
+}
+
 pub(super) fn wrong_session() -> ErrorReply {
     ErrorReply::new(
         ErrorCode::WrongTenant,
@@ -1295,20 +1370,95 @@ mod tests {
         }
     }
 
+    fn report(session: &str, version: u64) -> SessionReport {
+        SessionReport {
+            change: SessionChange::Touched(SessionEntry {
+                session_id: session.into(),
+                message_count: version * 4,
+                last_activity_ms: version,
+                created_at_ms: 1,
+                key_id: None,
+                user_id: None,
+            }),
+            version,
+        }
+    }
+
     #[test]
-    fn ended_turns_are_sent_together_once_scheduled() {
-        let mut b = Bookkeeping::default();
-        assert!(b.add(Some(used("k", 5)), 3), "the first turn schedules");
-        assert!(!b.add(Some(used("k", 7)), 5));
-        assert!(
-            !b.add(None, 4),
+    fn a_busy_sessions_turns_share_one_call() {
+        let tenant = TenantId::parse("acme").expect("a tenant id");
+        let mut books = TurnBooks::default();
+        assert_eq!(
+            books.add(&tenant, Some(used("k", 5)), Some(report("s1", 3))),
+            Booked::FlushLater,
+            "the first turn arranges the send"
+        );
+        for n in 4..60 {
+            assert_eq!(
+                books.add(&tenant, Some(used("k", 1)), Some(report("s1", n))),
+                Booked::Gathered,
+                "turn {n}"
+            );
+        }
+        assert_eq!(
+            books.add(&tenant, None, Some(report("s1", 60))),
+            Booked::Gathered,
             "a turn that used nothing is still reported"
         );
-        let (usage, report) = b.take();
-        assert_eq!(report, Some(5), "the latest turn's report covers them");
-        assert_eq!(usage.len(), 1, "summed per caller and model");
-        assert_eq!((usage[0].requests, usage[0].usage.output_tokens), (2, 12));
-        assert_eq!(b.take(), (vec![], None), "nothing is sent twice");
-        assert!(b.add(None, 6), "after a send the next turn schedules again");
+        let (used_, reports) = books.take(&tenant).into_parts();
+        assert_eq!(reports, [report("s1", 60)], "the session's latest view");
+        assert_eq!(used_.len(), 1, "summed per caller and model");
+        assert_eq!((used_[0].requests, used_[0].usage.output_tokens), (57, 61));
+        assert_eq!(
+            books.take(&tenant),
+            Books::default(),
+            "nothing is sent twice"
+        );
+        assert_eq!(
+            books.add(&tenant, None, Some(report("s1", 61))),
+            Booked::FlushLater
+        );
+    }
+
+    #[test]
+    fn sixteen_sessions_fill_a_call_and_every_turn_is_sent_once() {
+        let (a, b) = (
+            TenantId::parse("acme").expect("a tenant id"),
+            TenantId::parse("other").expect("a tenant id"),
+        );
+        let mut books = TurnBooks::default();
+        let mut calls = Vec::new();
+        for n in 0..50u64 {
+            match books.add(&a, Some(used("k", 1)), Some(report(&format!("s{n}"), 1))) {
+                Booked::FlushNow(full) => calls.push(full),
+                Booked::FlushLater => assert!(n % 16 == 0, "{n} begins a batch"),
+                Booked::Gathered => {}
+            }
+        }
+        assert_eq!(
+            books.add(&b, Some(used("k", 1)), Some(report("b1", 1))),
+            Booked::FlushLater,
+            "per tenant"
+        );
+        calls.push(books.take(&a));
+        assert_eq!(calls.len(), 4, "fifty one-turn sessions, four calls");
+        let mut sessions = Vec::new();
+        let mut requests = 0;
+        for call in calls {
+            let (used_, reports) = call.into_parts();
+            assert!(reports.len() <= MAX_SESSION_REPORTS);
+            sessions.extend(reports.iter().map(|r| r.change.session_id().to_owned()));
+            requests += used_.iter().map(|u| u.requests).sum::<u64>();
+        }
+        assert_eq!(
+            sessions,
+            (0..50).map(|n| format!("s{n}")).collect::<Vec<_>>()
+        );
+        assert_eq!(requests, 50, "every turn once");
+        assert_eq!(
+            books.take(&b).into_parts().1,
+            [report("b1", 1)],
+            "b's own batch"
+        );
     }
 }

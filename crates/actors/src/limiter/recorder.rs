@@ -31,7 +31,7 @@ pub const FLUSH_AFTER_MS: u64 = 1_000;
 /// caller and model, so a batch holds at most one record for each. Records
 /// still here when the isolate is evicted are lost (at most
 /// [`FLUSH_AFTER_MS`] of them).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct UsageBuffer {
     pending: Vec<Used>,
 }
