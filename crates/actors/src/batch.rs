@@ -7,10 +7,11 @@
 //!
 //! Only plain items are shared: whoever began a batch sends it, making the
 //! call itself in its own request's I/O context. No promise or I/O object
-//! may be shared between requests (or between Durable Objects, whose chat
-//! sessions batch their ended turns the same way: `chat::runtime`'s
-//! `TurnBooks`): the runtime refuses to let one await I/O another began
-//! (see docs/benchmarks.md).
+//! may be shared between requests (nor between Durable Objects: the chat
+//! sessions of an isolate share their ended turns' bookkeeping on the same
+//! rule, in `chat::runtime`'s `TurnBooks`, which sums and replaces rather
+//! than keeps every item): the runtime refuses to let one await I/O
+//! another began (see docs/benchmarks.md).
 //!
 //! Every item is sent exactly once, in the order it was added. Items still
 //! gathered when the isolate is evicted are lost: at most

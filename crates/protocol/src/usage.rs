@@ -294,8 +294,8 @@ pub enum UsageRequest {
     /// Add these records (at most [`MAX_RECORDS`]), and pass the sessions'
     /// registry reports (at most [`MAX_SESSION_REPORTS`]) on to the tenant's
     /// coordinator within a second, with those of other turns: one call
-    /// from each ended turn instead of two, and one to the coordinator for
-    /// many turns. Answered `Recorded` once the records are stored.
+    /// for the turns that ended in a second in up to 16 sessions of an
+    /// isolate, and one to the coordinator for many such calls. Answered `Recorded` once the records are stored.
     RecordTurns {
         /// The turns' usage.
         records: Vec<UsageRecord>,

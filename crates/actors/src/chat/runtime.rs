@@ -96,6 +96,8 @@ pub(super) struct TurnBooks {
 pub(super) struct Books {
     usage: UsageBuffer,
     reports: Vec<SessionReport>,
+    /// When the batch began (ms).
+    began_ms: u64,
 }
 
 impl Books {
@@ -117,18 +119,28 @@ pub(super) enum Booked {
     Gathered,
 }
 
+/// A batch whose send was arranged this long ago and that is still here was
+/// not taken (the session that began it was reset or evicted before its
+/// send): the next turn sends it at once instead of joining it.
+pub(super) const STALE_BATCH_MS: u64 = 3 * FLUSH_AFTER_MS;
+
 impl TurnBooks {
-    /// Adds an ended turn of `tenant`: its usage (none when it used no
-    /// model) and its session's report (none when there is nothing to
-    /// report).
+    /// Adds a turn of `tenant` that ended at `now_ms`: its usage (none when
+    /// it used no model) and its session's report (none when there is
+    /// nothing to report).
     pub(super) fn add(
         &mut self,
         tenant: &TenantId,
         used: Option<Used>,
         report: Option<SessionReport>,
+        now_ms: u64,
     ) -> Booked {
         let began = !self.pending.contains_key(tenant);
-        let books = self.pending.entry(tenant.clone()).or_default();
+        let books = self.pending.entry(tenant.clone()).or_insert_with(|| Books {
+            began_ms: now_ms,
+            ..Books::default()
+        });
+        let stale = now_ms.saturating_sub(books.began_ms) >= STALE_BATCH_MS;
         if let Some(used) = used {
             books.usage.add(used);
         }
@@ -139,11 +151,14 @@ impl TurnBooks {
                 .iter_mut()
                 .find(|r| r.change.session_id() == session)
             {
-                Some(earlier) => *earlier = report,
+                // Turns may end out of order (one cut by its deadline):
+                // the registry keeps the highest version, and so does this.
+                Some(earlier) if report.version >= earlier.version => *earlier = report,
+                Some(_) => {}
                 None => books.reports.push(report),
             }
         }
-        if books.reports.len() >= MAX_SESSION_REPORTS {
+        if books.reports.len() >= MAX_SESSION_REPORTS || stale {
             // The flush arranged for this batch finds none, or a newer one
             // (which arranged its own): nothing is sent twice.
             let full = self.pending.remove(tenant).unwrap_or_default();
@@ -747,7 +762,8 @@ impl Inner {
         if used.is_none() && report.is_none() {
             return;
         }
-        let booked = ENDED.with(|b| b.borrow_mut().add(tenant, used, report));
+        let now = crate::ports::SystemClock.now_ms();
+        let booked = ENDED.with(|b| b.borrow_mut().add(tenant, used, report, now));
         let (env, tenant) = (self.env.clone(), tenant.clone());
         match booked {
             Booked::Gathered => {}
@@ -1389,19 +1405,19 @@ mod tests {
         let tenant = TenantId::parse("acme").expect("a tenant id");
         let mut books = TurnBooks::default();
         assert_eq!(
-            books.add(&tenant, Some(used("k", 5)), Some(report("s1", 3))),
+            books.add(&tenant, Some(used("k", 5)), Some(report("s1", 3)), 0),
             Booked::FlushLater,
             "the first turn arranges the send"
         );
         for n in 4..60 {
             assert_eq!(
-                books.add(&tenant, Some(used("k", 1)), Some(report("s1", n))),
+                books.add(&tenant, Some(used("k", 1)), Some(report("s1", n)), n),
                 Booked::Gathered,
                 "turn {n}"
             );
         }
         assert_eq!(
-            books.add(&tenant, None, Some(report("s1", 60))),
+            books.add(&tenant, None, Some(report("s1", 60)), 60),
             Booked::Gathered,
             "a turn that used nothing is still reported"
         );
@@ -1415,7 +1431,7 @@ mod tests {
             "nothing is sent twice"
         );
         assert_eq!(
-            books.add(&tenant, None, Some(report("s1", 61))),
+            books.add(&tenant, None, Some(report("s1", 61)), 61),
             Booked::FlushLater
         );
     }
@@ -1429,14 +1445,14 @@ mod tests {
         let mut books = TurnBooks::default();
         let mut calls = Vec::new();
         for n in 0..50u64 {
-            match books.add(&a, Some(used("k", 1)), Some(report(&format!("s{n}"), 1))) {
+            match books.add(&a, Some(used("k", 1)), Some(report(&format!("s{n}"), 1)), n) {
                 Booked::FlushNow(full) => calls.push(full),
                 Booked::FlushLater => assert!(n % 16 == 0, "{n} begins a batch"),
                 Booked::Gathered => {}
             }
         }
         assert_eq!(
-            books.add(&b, Some(used("k", 1)), Some(report("b1", 1))),
+            books.add(&b, Some(used("k", 1)), Some(report("b1", 1)), 50),
             Booked::FlushLater,
             "per tenant"
         );
@@ -1459,6 +1475,45 @@ mod tests {
             books.take(&b).into_parts().1,
             [report("b1", 1)],
             "b's own batch"
+        );
+    }
+
+    #[test]
+    fn an_older_report_never_replaces_a_newer_one() {
+        let tenant = TenantId::parse("acme").expect("a tenant id");
+        let mut books = TurnBooks::default();
+        books.add(&tenant, None, Some(report("s1", 7)), 0);
+        books.add(&tenant, None, Some(report("s1", 6)), 1);
+        assert_eq!(books.take(&tenant).into_parts().1, [report("s1", 7)]);
+    }
+
+    #[test]
+    fn a_batch_nobody_sent_goes_with_the_next_turn() {
+        let tenant = TenantId::parse("acme").expect("a tenant id");
+        let mut books = TurnBooks::default();
+        assert_eq!(
+            books.add(&tenant, Some(used("k", 1)), Some(report("s1", 1)), 1_000),
+            Booked::FlushLater
+        );
+        // The session that began it is gone before its send: the batch
+        // stays, and turns join it until it is stale.
+        assert_eq!(
+            books.add(&tenant, Some(used("k", 1)), Some(report("s2", 1)), 2_500),
+            Booked::Gathered
+        );
+        let late = 1_000 + STALE_BATCH_MS;
+        match books.add(&tenant, Some(used("k", 1)), Some(report("s3", 1)), late) {
+            Booked::FlushNow(stuck) => {
+                let (used_, reports) = stuck.into_parts();
+                assert_eq!(used_[0].requests, 3, "every turn, the new one with them");
+                assert_eq!(reports.len(), 3);
+            }
+            other => panic!("a stale batch is sent at once: {other:?}"),
+        }
+        assert_eq!(
+            books.add(&tenant, None, Some(report("s4", 1)), late + 1),
+            Booked::FlushLater,
+            "and the next turn begins a new one"
         );
     }
 }

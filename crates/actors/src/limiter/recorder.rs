@@ -88,7 +88,8 @@ pub fn records(used: &[Used], now_ms: u64, prices: &PriceTable) -> Vec<UsageReco
 
 /// Records `used` at the tenant's ledger, priced by `prices`, and hands
 /// `sessions` (registry reports, at most
-/// [`protocol::usage::MAX_SESSION_REPORTS`]; usually none) to the ledger
+/// [`protocol::usage::MAX_SESSION_REPORTS`]: chat sessions' reports, none
+/// for other callers) to the ledger
 /// with the last records, which passes them on to the coordinator
 /// ([`super::relay`]): one call for both. Whether the ledger took the
 /// reports: not when nothing was `used` (nothing is sent), nor when the
