@@ -3,7 +3,8 @@
 //! and over a WebSocket (50 turns on one session, answers capped at 40
 //! tokens), and 50 concurrent sessions over WebSockets; with each, the
 //! runtime's CPU time per turn (`wrangler dev` and `workerd`, read from
-//! `/proc`), which moves far less between runs than the latencies do.
+//! `/proc`), which moves far less between runs than the latencies do, and
+//! that time by kind of thread.
 //!
 //! Run with `cargo xtask bench`; `BENCH_VARS` adds vars to the server's
 //! (`"SEARCH_REPLICAS=0"`). Results go to stdout as Markdown.
@@ -12,6 +13,7 @@ use e2e::chat::Socket;
 use e2e::http::send;
 use e2e::{percentile, Deployment, PersistDir, Server};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -43,12 +45,39 @@ fn row(
     )
 }
 
-/// The runtime's CPU time since `since` (see [`Server::runtime_cpu`]),
-/// read once the turns' bookkeeping (usage records and registry reports,
-/// sent about a second after a turn) has run, so that it is counted too.
-fn cpu_since(server: &Server, since: Option<Duration>) -> Option<Duration> {
-    std::thread::sleep(Duration::from_millis(1500));
-    Some(server.runtime_cpu()?.saturating_sub(since?))
+/// The runtime's CPU time so far: in all (see [`Server::runtime_cpu`]) and
+/// by kind of thread (see [`Server::runtime_cpu_by_thread`]).
+struct Cpu {
+    total: Option<Duration>,
+    by_thread: BTreeMap<&'static str, Duration>,
+}
+
+impl Cpu {
+    fn now(server: &Server) -> Self {
+        Self {
+            total: server.runtime_cpu(),
+            by_thread: server.runtime_cpu_by_thread(),
+        }
+    }
+
+    /// The CPU time spent since `self`, read once the turns' bookkeeping
+    /// (usage records and registry reports, sent about a second after a
+    /// turn) has run, so that it is counted too.
+    fn since(&self, server: &Server) -> Self {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = Self::now(server);
+        Self {
+            total: now.total.zip(self.total).map(|(n, s)| n.saturating_sub(s)),
+            by_thread: now
+                .by_thread
+                .iter()
+                .map(|(kind, n)| {
+                    let before = self.by_thread.get(kind).copied().unwrap_or_default();
+                    (*kind, n.saturating_sub(before))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One SSE turn: (ms to the first event, ms to the end, message events).
@@ -147,20 +176,18 @@ fn main() {
 
     let mut rows = Vec::new();
     let (mut first, mut full, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
-    let cpu = server.runtime_cpu();
+    let mut by_thread = Vec::new();
+    let cpu = Cpu::now(&server);
     for n in 0..TURNS {
         let (a, b, t) = sse_turn(&server, "sse-bench", n);
         first.push(a);
         full.push(b);
         tokens.push(t);
     }
-    rows.push(row(
-        &format!("SSE, {TURNS} turns on one session"),
-        &mut first,
-        &mut full,
-        &tokens,
-        cpu_since(&server, cpu),
-    ));
+    let sse_cpu = cpu.since(&server);
+    let label = format!("SSE, {TURNS} turns on one session");
+    rows.push(row(&label, &mut first, &mut full, &tokens, sse_cpu.total));
+    by_thread.push((label, sse_cpu.by_thread));
 
     let ws_url = format!(
         "{}/api/chat/ws?sessionId=ws-bench&key={}",
@@ -169,7 +196,7 @@ fn main() {
     );
     let mut socket = Socket::connect(&ws_url, &[("x-tenant-id", TENANT)]).expect("connect");
     let (mut first, mut full, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
-    let cpu = server.runtime_cpu();
+    let cpu = Cpu::now(&server);
     for n in 0..TURNS {
         let (a, b, t) = ws_turn(&mut socket, n);
         first.push(a);
@@ -177,18 +204,14 @@ fn main() {
         tokens.push(t);
     }
     socket.close();
-    let ws_cpu = cpu_since(&server, cpu);
-    rows.push(row(
-        &format!("WebSocket, {TURNS} turns on one session"),
-        &mut first,
-        &mut full,
-        &tokens,
-        ws_cpu,
-    ));
+    let ws_cpu = cpu.since(&server);
+    let label = format!("WebSocket, {TURNS} turns on one session");
+    rows.push(row(&label, &mut first, &mut full, &tokens, ws_cpu.total));
+    by_thread.push((label, ws_cpu.by_thread));
 
     let base = server.base().replace("http://", "ws://");
     let key = server.key(TENANT);
-    let cpu = server.runtime_cpu();
+    let cpu = Cpu::now(&server);
     let started = Instant::now();
     let threads: Vec<_> = (0..SESSIONS)
         .map(|i| {
@@ -207,17 +230,19 @@ fn main() {
         .map(|t| t.join().expect("a session thread"))
         .collect();
     let wall = started.elapsed().as_secs_f64();
-    let concurrent_cpu = cpu_since(&server, cpu);
+    let concurrent_cpu = cpu.since(&server);
     let mut first: Vec<f64> = results.iter().map(|r| r.0).collect();
     let mut full: Vec<f64> = results.iter().map(|r| r.1).collect();
     let tokens: Vec<usize> = results.iter().map(|r| r.2).collect();
+    let label = format!("WebSocket, {SESSIONS} concurrent sessions (one turn each)");
     rows.push(row(
-        &format!("WebSocket, {SESSIONS} concurrent sessions (one turn each)"),
+        &label,
         &mut first,
         &mut full,
         &tokens,
-        concurrent_cpu,
+        concurrent_cpu.total,
     ));
+    by_thread.push((label, concurrent_cpu.by_thread));
 
     println!("\n### Chat latency through the gateway (ms)\n");
     println!("| what | turns | message events per answer | first event p50 | first event p99 | full answer p50 | full answer p99 | runtime CPU ms per turn |");
@@ -226,4 +251,30 @@ fn main() {
         println!("{r}");
     }
     println!("\n{SESSIONS} concurrent sessions: all answered in {wall:.2} s of wall time (connects included).");
+    print_threads(&by_thread);
+}
+
+/// Each series' runtime CPU by kind of thread, in ms for the whole series
+/// (its 1.5 s of settling included): which of the runtime's threads did the
+/// work, e.g. V8 compiling the Worker's wasm in the background.
+fn print_threads(series: &[(String, BTreeMap<&'static str, Duration>)]) {
+    let mut kinds: Vec<&'static str> = series
+        .iter()
+        .flat_map(|(_, by_thread)| by_thread.keys().copied())
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    println!("\n### The runtime's CPU by thread (ms per series, live threads)\n");
+    println!("| what | {} |", kinds.join(" | "));
+    println!("| --- |{}", " --- |".repeat(kinds.len()));
+    for (label, by_thread) in series {
+        let cells: Vec<String> = kinds
+            .iter()
+            .map(|kind| {
+                let ms = by_thread.get(kind).copied().unwrap_or_default().as_millis();
+                ms.to_string()
+            })
+            .collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    }
 }

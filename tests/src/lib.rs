@@ -11,6 +11,7 @@ pub mod corpus;
 pub mod http;
 pub mod webdriver;
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -412,6 +413,12 @@ impl Server {
         process_group_cpu(self.child.id())
     }
 
+    /// [`Self::runtime_cpu`] by kind of thread (see [`thread_kind`]): the
+    /// runtime's main thread, V8's background threads, wrangler's.
+    pub fn runtime_cpu_by_thread(&self) -> BTreeMap<&'static str, Duration> {
+        process_group_cpu_by_thread(self.child.id())
+    }
+
     /// The last lines of the server's log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -502,33 +509,89 @@ pub fn bench_vars(base: &[(&str, &str)]) -> Vec<(String, String)> {
     vars
 }
 
+/// One line of `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat`: the
+/// command name, the process group (field 5) and the CPU ticks (user and
+/// system, fields 14 and 15, in the kernel's fixed 100 ticks a second for
+/// user space).
+struct Stat {
+    name: String,
+    pgrp: u32,
+    ticks: u64,
+}
+
+fn read_stat(path: &Path) -> Option<Stat> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name may hold spaces and parentheses: the fields that
+    // follow start after its last ')'.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    // rest: state(3) ppid(4) pgrp(5) ... utime(14) stime(15)
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Some(Stat {
+        name,
+        pgrp: u32::try_from(field(2)?).ok()?,
+        ticks: field(11)? + field(12)?,
+    })
+}
+
+/// The live processes of process group `pgid`: each one's folder in `/proc`
+/// and its stat.
+fn group_processes(pgid: u32) -> Vec<(PathBuf, Stat)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let stat = read_stat(&entry.path().join("stat"))?;
+            (stat.pgrp == pgid).then(|| (entry.path(), stat))
+        })
+        .collect()
+}
+
 /// CPU time of the live processes of process group `pgid`, from
-/// `/proc/<pid>/stat` (fields 14 and 15, in the kernel's fixed 100 ticks a
-/// second for user space).
+/// `/proc/<pid>/stat`.
 pub fn process_group_cpu(pgid: u32) -> Option<Duration> {
-    let mut ticks = 0u64;
-    let mut found = false;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+    let processes = group_processes(pgid);
+    let found = !processes.is_empty();
+    let ticks: u64 = processes.iter().map(|(_, stat)| stat.ticks).sum();
+    found.then(|| Duration::from_millis(ticks * 10))
+}
+
+/// The kind of a thread of the local runtime's processes, for
+/// [`process_group_cpu_by_thread`].
+pub fn thread_kind(process: &str, thread: &str) -> &'static str {
+    match (process, thread) {
+        ("workerd", "workerd") => "workerd main thread",
+        // V8's platform workers ("V8 DefaultWorker", cut to 15 bytes):
+        // its optimising compiler and the concurrent parts of its GC.
+        ("workerd", t) if t.starts_with("V8 ") => "V8 background threads",
+        ("workerd", _) => "workerd, other threads",
+        ("node", _) => "wrangler (node)",
+        ("esbuild", _) => "esbuild (wrangler's bundler)",
+        _ => "other",
+    }
+}
+
+/// CPU time of the live threads of process group `pgid`, summed by
+/// [`thread_kind`], from `/proc/<pid>/task/<tid>/stat`. The time of threads
+/// that have ended is missing here (it is in [`process_group_cpu`]).
+pub fn process_group_cpu_by_thread(pgid: u32) -> BTreeMap<&'static str, Duration> {
+    let mut by_kind = BTreeMap::new();
+    for (folder, process) in group_processes(pgid) {
+        let Ok(tasks) = std::fs::read_dir(folder.join("task")) else {
             continue;
         };
-        // The command name may hold spaces and parentheses: the fields
-        // that follow start after its last ')'.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        // rest: state(3) ppid(4) pgrp(5) ... utime(14) stime(15)
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(2).and_then(|f| f.parse::<u32>().ok()) != Some(pgid) {
-            continue;
-        }
-        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-        if let (Some(user), Some(system)) = (field(11), field(12)) {
-            ticks += user + system;
-            found = true;
+        for task in tasks.flatten() {
+            if let Some(thread) = read_stat(&task.path().join("stat")) {
+                *by_kind
+                    .entry(thread_kind(&process.name, &thread.name))
+                    .or_insert(Duration::ZERO) += Duration::from_millis(thread.ticks * 10);
+            }
         }
     }
-    found.then(|| Duration::from_millis(ticks * 10))
+    by_kind
 }
 
 #[cfg(test)]
@@ -553,11 +616,38 @@ mod cpu_tests {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let by_thread = process_group_cpu_by_thread(pgid);
         let _ = busy.kill();
         let _ = busy.wait();
         let seen = seen.expect("the group's process is found in /proc");
         assert!(seen >= Duration::from_millis(100), "{seen:?}");
+        // The shell is not the runtime: all its time is "other".
+        assert_eq!(by_thread.keys().copied().collect::<Vec<_>>(), ["other"]);
+        assert!(
+            by_thread["other"] >= Duration::from_millis(100),
+            "{by_thread:?}"
+        );
         // The shell is gone (reaped): nothing of its group is left.
         assert_eq!(process_group_cpu(pgid), None);
+        assert!(process_group_cpu_by_thread(pgid).is_empty());
+    }
+
+    #[test]
+    fn the_runtimes_threads_are_told_apart() {
+        assert_eq!(thread_kind("workerd", "workerd"), "workerd main thread");
+        assert_eq!(
+            thread_kind("workerd", "V8 DefaultWorke"),
+            "V8 background threads"
+        );
+        assert_eq!(
+            thread_kind("workerd", "kj-thread"),
+            "workerd, other threads"
+        );
+        assert_eq!(thread_kind("node", "libuv-worker"), "wrangler (node)");
+        assert_eq!(
+            thread_kind("esbuild", "esbuild"),
+            "esbuild (wrangler's bundler)"
+        );
+        assert_eq!(thread_kind("sh", "sh"), "other");
     }
 }
