@@ -586,7 +586,7 @@ impl FrameDecoder {
             let Some(body) = self.buf.get(4..4 + len) else {
                 break;
             };
-            events.push(rmp_serde::from_slice(body)?);
+            events.push(crate::msgpack::from_slice(body)?);
             self.buf.drain(..4 + len);
         }
         Ok(events)
@@ -732,7 +732,10 @@ mod tests {
         let back: ChatEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, found);
         let bytes = rmp_serde::to_vec_named(&found).unwrap();
-        assert_eq!(rmp_serde::from_slice::<ChatEvent>(&bytes).unwrap(), found);
+        assert_eq!(
+            crate::msgpack::from_slice::<ChatEvent>(&bytes).unwrap(),
+            found
+        );
         // Text that is not JSON goes as a JSON string, and comes back.
         let plain = event("the tool broke");
         let json = serde_json::to_value(&plain).unwrap();
@@ -785,7 +788,7 @@ mod tests {
             message_seq: 5,
         })
         .unwrap();
-        let old: ChatEvent = rmp_serde::from_slice(&bytes).unwrap();
+        let old: ChatEvent = crate::msgpack::from_slice(&bytes).unwrap();
         assert!(matches!(old, ChatEvent::Done { message_seq: 5, .. }));
     }
 

@@ -393,7 +393,7 @@ mod tests {
         bad.options.seed = Some(crate::ingest::MAX_SAFE_INTEGER + 1);
         assert_eq!(bad.validate(), Err(CompletionError::Seed));
         let bytes = rmp_serde::to_vec_named(&complete).unwrap();
-        let back: Complete = rmp_serde::from_slice(&bytes).unwrap();
+        let back: Complete = crate::msgpack::from_slice(&bytes).unwrap();
         assert_eq!(back, complete);
         let done = CompletionFrame {
             id: 3,

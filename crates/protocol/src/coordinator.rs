@@ -758,14 +758,17 @@ mod tests {
             settings
         );
         let bytes = rmp_serde::to_vec_named(&set).unwrap();
-        assert_eq!(rmp_serde::from_slice::<SettingsPatch>(&bytes).unwrap(), set);
+        assert_eq!(
+            crate::msgpack::from_slice::<SettingsPatch>(&bytes).unwrap(),
+            set
+        );
         let reset = SettingsPatch {
             search_floor: Some(FloorPatch::Default),
             ..SettingsPatch::default()
         };
         let bytes = rmp_serde::to_vec_named(&reset).unwrap();
         assert_eq!(
-            rmp_serde::from_slice::<SettingsPatch>(&bytes).unwrap(),
+            crate::msgpack::from_slice::<SettingsPatch>(&bytes).unwrap(),
             reset
         );
         assert!(settings.apply(&reset));
@@ -868,7 +871,7 @@ mod tests {
         assert_eq!(settings.ai_gateway, None);
         // The removal survives the wire (MessagePack), unlike a nil would.
         let bytes = rmp_serde::to_vec_named(&remove).unwrap();
-        let back: SettingsPatch = rmp_serde::from_slice(&bytes).unwrap();
+        let back: SettingsPatch = crate::msgpack::from_slice(&bytes).unwrap();
         assert_eq!(back, remove);
     }
 }

@@ -73,7 +73,7 @@ pub fn encode<M: Serialize>(envelope: &Envelope<M>) -> Result<Vec<u8>, ProtocolE
 /// Decodes a request envelope, checking size and version first.
 pub fn decode<M: DeserializeOwned>(bytes: &[u8]) -> Result<Envelope<M>, ProtocolError> {
     check(bytes)?;
-    Ok(rmp_serde::from_slice(bytes)?)
+    Ok(crate::msgpack::from_slice(bytes)?)
 }
 
 /// Encodes a reply envelope as named MessagePack.
@@ -84,7 +84,7 @@ pub fn encode_reply<R: Serialize>(reply: &ReplyEnvelope<R>) -> Result<Vec<u8>, P
 /// Decodes a reply envelope, checking size and version first.
 pub fn decode_reply<R: DeserializeOwned>(bytes: &[u8]) -> Result<ReplyEnvelope<R>, ProtocolError> {
     check(bytes)?;
-    Ok(rmp_serde::from_slice(bytes)?)
+    Ok(crate::msgpack::from_slice(bytes)?)
 }
 
 fn check(bytes: &[u8]) -> Result<(), ProtocolError> {
@@ -94,7 +94,7 @@ fn check(bytes: &[u8]) -> Result<(), ProtocolError> {
             max: MAX_MESSAGE_BYTES,
         });
     }
-    let probe: VersionProbe = rmp_serde::from_slice(bytes)?;
+    let probe: VersionProbe = crate::msgpack::from_slice(bytes)?;
     if probe.v != PROTOCOL_VERSION {
         return Err(ProtocolError::UnsupportedVersion {
             got: probe.v,

@@ -23,7 +23,7 @@ pub enum ProtocolError {
     },
     /// The input is not a well-formed message (garbage, truncated, wrong shape).
     #[error("malformed message: {0}")]
-    Decode(#[from] rmp_serde::decode::Error),
+    Decode(#[from] crate::msgpack::DecodeError),
     /// A message could not be encoded.
     #[error("could not encode message: {0}")]
     Encode(#[from] rmp_serde::encode::Error),

@@ -933,8 +933,8 @@ mod tests {
             let packed =
                 rmp_serde::to_vec_named(&serde_json::from_str::<serde_json::Value>(text).unwrap())
                     .unwrap();
-            let old: Untagged = rmp_serde::from_slice(&packed).unwrap();
-            let new: MetaValue = rmp_serde::from_slice(&packed).unwrap();
+            let old: Untagged = crate::msgpack::from_slice(&packed).unwrap();
+            let new: MetaValue = crate::msgpack::from_slice(&packed).unwrap();
             assert!(same(&old, &new), "{text} packed: {old:?} against {new:?}");
         }
         for bad in ["null", "[1]", r#"{"a":1}"#] {
@@ -946,21 +946,21 @@ mod tests {
         }
         // A MessagePack f32 is widened to a float, as before.
         let f32_packed = rmp_serde::to_vec(&1.5f32).unwrap();
-        let old: Untagged = rmp_serde::from_slice(&f32_packed).unwrap();
-        let new: MetaValue = rmp_serde::from_slice(&f32_packed).unwrap();
+        let old: Untagged = crate::msgpack::from_slice(&f32_packed).unwrap();
+        let new: MetaValue = crate::msgpack::from_slice(&f32_packed).unwrap();
         assert!(same(&old, &new), "f32: {old:?} against {new:?}");
         assert_eq!(new, MetaValue::Float(1.5));
         // A MessagePack byte string of UTF-8 is a string, as before; other bytes are refused.
         let bin = rmp_serde::to_vec(&serde_bytes_like(b"a.md")).unwrap();
         assert_eq!(
-            rmp_serde::from_slice::<MetaValue>(&bin).unwrap(),
+            crate::msgpack::from_slice::<MetaValue>(&bin).unwrap(),
             MetaValue::Str("a.md".into())
         );
         assert!(
-            matches!(rmp_serde::from_slice::<Untagged>(&bin).unwrap(), Untagged::Str(s) if s == "a.md")
+            matches!(crate::msgpack::from_slice::<Untagged>(&bin).unwrap(), Untagged::Str(s) if s == "a.md")
         );
         let bad = rmp_serde::to_vec(&serde_bytes_like(&[0xff, 0xfe])).unwrap();
-        assert!(rmp_serde::from_slice::<MetaValue>(&bad).is_err());
+        assert!(crate::msgpack::from_slice::<MetaValue>(&bad).is_err());
         // Round trip: written as the bare value.
         for v in [
             MetaValue::Str("x".into()),
@@ -975,7 +975,7 @@ mod tests {
                 "{text}"
             );
             let packed = rmp_serde::to_vec_named(&v).unwrap();
-            assert_eq!(rmp_serde::from_slice::<MetaValue>(&packed).unwrap(), v);
+            assert_eq!(crate::msgpack::from_slice::<MetaValue>(&packed).unwrap(), v);
         }
     }
 
@@ -1130,7 +1130,7 @@ mod tests {
         );
         assert!(serde_json::from_str::<ScoreFloor>("1.5").is_err());
         let bytes = rmp_serde::to_vec_named(&2.0f64).unwrap();
-        assert!(rmp_serde::from_slice::<ScoreFloor>(&bytes).is_err());
+        assert!(crate::msgpack::from_slice::<ScoreFloor>(&bytes).is_err());
     }
 
     #[test]
@@ -1145,7 +1145,10 @@ mod tests {
             group: SearchGroup::Chunk,
         };
         let bytes = rmp_serde::to_vec_named(&search).unwrap();
-        assert_eq!(rmp_serde::from_slice::<Search>(&bytes).unwrap(), search);
+        assert_eq!(
+            crate::msgpack::from_slice::<Search>(&bytes).unwrap(),
+            search
+        );
         // A search of a sender that knows no floor: the tenant's floor.
         #[derive(Serialize)]
         struct OldSearch {
@@ -1159,7 +1162,7 @@ mod tests {
             mode: None,
         };
         let decoded: Search =
-            rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+            crate::msgpack::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
         assert_eq!(decoded.min_score, None);
         assert_eq!(
             decoded.group,

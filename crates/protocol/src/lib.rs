@@ -2,7 +2,8 @@
 //!
 //! The gateway Worker and the Durable Object actors talk in MessagePack
 //! (`rmp_serde::to_vec_named`, so a field added later does not break an older
-//! reader). Encoding and decoding live only in this crate.
+//! reader; read back by [`msgpack`]). Encoding and decoding live only in
+//! this crate.
 //!
 //! Layout:
 //! - [`ids`]: validated identifiers ([`TenantId`], [`RequestId`]) that are
@@ -24,7 +25,9 @@
 //!   their pages and cursors;
 //! - [`metrics`]: request metrics (cells, latency histograms, the report);
 //! - [`replica`]: the writer's changes to its search replicas, and their copies;
-//! - [`actor`]: what every actor shares, such as [`ActorKind`].
+//! - [`actor`]: what every actor shares, such as [`ActorKind`];
+//! - [`msgpack`]: the MessagePack reader every decode goes through (the
+//!   writer is `rmp_serde`'s).
 
 pub mod actor;
 pub mod calendar;
@@ -40,6 +43,7 @@ pub mod limits;
 pub mod listing;
 pub mod metrics;
 pub mod models;
+pub mod msgpack;
 pub mod replica;
 pub mod usage;
 

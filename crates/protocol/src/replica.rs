@@ -218,11 +218,11 @@ mod tests {
             .position(|w| w == raw.as_slice())
             .expect("the floats' bytes, in one piece");
         assert_eq!(&bytes[at - 3..at], &[0xc5, 0x0c, 0x00]);
-        let back: ChunkRecord = rmp_serde::from_slice(&bytes).unwrap();
+        let back: ChunkRecord = crate::msgpack::from_slice(&bytes).unwrap();
         assert_eq!(back.values, values);
         // Empty (the vectors live in Vectorize) stays empty.
         let empty = rmp_serde::to_vec_named(&record(vec![])).unwrap();
-        let back: ChunkRecord = rmp_serde::from_slice(&empty).unwrap();
+        let back: ChunkRecord = crate::msgpack::from_slice(&empty).unwrap();
         assert!(back.values.is_empty());
     }
 
@@ -248,7 +248,7 @@ mod tests {
             metadata: Metadata::new(),
         };
         let bytes = rmp_serde::to_vec_named(&before).unwrap();
-        let read: ChunkRecord = rmp_serde::from_slice(&bytes).unwrap();
+        let read: ChunkRecord = crate::msgpack::from_slice(&bytes).unwrap();
         assert_eq!(read.values, before.values);
     }
 
@@ -272,6 +272,6 @@ mod tests {
             metadata: Metadata::new(),
         })
         .unwrap();
-        assert!(rmp_serde::from_slice::<ChunkRecord>(&bytes).is_err());
+        assert!(crate::msgpack::from_slice::<ChunkRecord>(&bytes).is_err());
     }
 }

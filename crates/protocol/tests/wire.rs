@@ -734,6 +734,6 @@ fn anonymous_access_on_the_wire() {
         last_request_id: None,
     };
     let bytes = rmp_serde::to_vec_named(&old).unwrap();
-    let snap: CoordinatorSnapshot = rmp_serde::from_slice(&bytes).unwrap();
+    let snap: CoordinatorSnapshot = protocol::msgpack::from_slice(&bytes).unwrap();
     assert_eq!(snap.key_count, 0);
 }
