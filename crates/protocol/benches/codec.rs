@@ -49,7 +49,9 @@ fn metadata(i: usize) -> Metadata {
     ])
 }
 
-/// One row: the message's size and both readers' mean µs.
+/// One row: the message's size and both readers' µs a read, each the
+/// median of 15 rounds that alternate the two (this machine's speed moves
+/// between runs; alternating keeps the comparison fair).
 fn row<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
     what: &str,
     value: &T,
@@ -58,13 +60,26 @@ fn row<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
     let bytes = rmp_serde::to_vec_named(value).expect("encode");
     let ours: T = protocol::msgpack::from_slice(&bytes).expect("read");
     assert_eq!(&ours, value);
-    let theirs = time(n, || {
-        black_box(rmp_serde::from_slice::<T>(black_box(&bytes)).expect("read"));
-    });
-    let mine = time(n, || {
-        black_box(protocol::msgpack::from_slice::<T>(black_box(&bytes)).expect("read"));
-    });
-    println!("| {what} | {} | {theirs:.2} | {mine:.2} |", bytes.len());
+    let (mut theirs, mut mine) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        theirs.push(time(n, || {
+            black_box(rmp_serde::from_slice::<T>(black_box(&bytes)).expect("read"));
+        }));
+        mine.push(time(n, || {
+            black_box(protocol::msgpack::from_slice::<T>(black_box(&bytes)).expect("read"));
+        }));
+    }
+    println!(
+        "| {what} | {} | {:.2} | {:.2} |",
+        bytes.len(),
+        median(&mut theirs),
+        median(&mut mine)
+    );
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 fn main() {
@@ -100,7 +115,7 @@ fn main() {
     );
     println!("| message | bytes | rmp_serde µs | protocol::msgpack µs |");
     println!("| --- | --- | --- | --- |");
-    row("search request in its envelope", &search, 200_000);
-    row("chat frame (one `message` event)", &frame, 200_000);
-    row("replica change, 250 chunks", &change, 200);
+    row("search request in its envelope", &search, 20_000);
+    row("chat frame (one `message` event)", &frame, 20_000);
+    row("replica change, 250 chunks", &change, 20);
 }

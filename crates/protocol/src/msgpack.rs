@@ -19,19 +19,24 @@
 //! - `None` is nil, `Some(x)` is `x`;
 //! - a string that is not UTF-8 is offered to the visitor as bytes;
 //! - a visitor must take every item of an array or a map it is given;
-//! - nesting is limited to [`MAX_DEPTH`].
+//! - a 128-bit integer is an integer or 16 big-endian bytes;
+//! - nesting is limited to [`MAX_DEPTH`] (arrays, maps and, here also,
+//!   enums' one-entry maps: `rmp_serde` does not count those).
 //!
 //! It is stricter where the platform never writes the input: bytes left
 //! after the value and MessagePack extension types are errors; a struct (and
 //! a struct variant) is read only from a map, a sequence or tuple only from
-//! an array; `bin` is read as bytes only. (`rmp_serde` also reads a struct
+//! an array; a name (a field, a variant, a key gathered by
+//! `#[serde(flatten)]`) only from a string, a non-negative integer or bytes,
+//! a string only from a string or bytes; `bin` is read as bytes only. (`rmp_serde` also reads a struct
 //! from an array of its fields, as `rmp_serde::to_vec` writes it, and `bin`
 //! as a sequence of `u8`; the platform writes only with `to_vec_named`.)
 
 use serde::de::{self, DeserializeSeed, Visitor};
 use std::fmt;
 
-/// How deep arrays, maps and enums may nest (as `rmp_serde`'s default).
+/// How deep arrays, maps and enums may nest (`rmp_serde`'s default, which
+/// counts arrays and maps only).
 pub const MAX_DEPTH: u32 = 1024;
 
 /// Why bytes could not be read as a value.
@@ -166,13 +171,19 @@ impl<'de> Deserializer<'de> {
     /// Reads the head of the next value: a scalar whole, a string's or
     /// bin's bytes, an array's or map's length (its items follow).
     fn head(&mut self) -> Result<Head<'de>, DecodeError> {
+        self.head_checking::<true>()
+    }
+
+    /// [`Self::head`]; a string's bytes are checked to be UTF-8 only when
+    /// `UTF8` (a skipped string is not). Two copies, each without the test.
+    fn head_checking<const UTF8: bool>(&mut self) -> Result<Head<'de>, DecodeError> {
         let at = self.pos;
         let marker = self.byte()?;
         Ok(match marker {
             0x00..=0x7f => Head::Uint(u64::from(marker)),
             0x80..=0x8f => Head::Map(u32::from(marker & 0x0f)),
             0x90..=0x9f => Head::Array(u32::from(marker & 0x0f)),
-            0xa0..=0xbf => return self.str(u32::from(marker & 0x1f)),
+            0xa0..=0xbf => return self.str(u32::from(marker & 0x1f), UTF8),
             0xc0 => Head::Nil,
             0xc2 => Head::Bool(false),
             0xc3 => Head::Bool(true),
@@ -200,15 +211,15 @@ impl<'de> Deserializer<'de> {
             0xd3 => Head::Int(i64::from_be_bytes(self.be()?)),
             0xd9 => {
                 let n = self.len::<1>()?;
-                return self.str(n);
+                return self.str(n, UTF8);
             }
             0xda => {
                 let n = self.len::<2>()?;
-                return self.str(n);
+                return self.str(n, UTF8);
             }
             0xdb => {
                 let n = self.len::<4>()?;
-                return self.str(n);
+                return self.str(n, UTF8);
             }
             0xdc => Head::Array(self.len::<2>()?),
             0xdd => Head::Array(self.len::<4>()?),
@@ -220,9 +231,12 @@ impl<'de> Deserializer<'de> {
         })
     }
 
-    fn str(&mut self, n: u32) -> Result<Head<'de>, DecodeError> {
+    fn str(&mut self, n: u32, utf8: bool) -> Result<Head<'de>, DecodeError> {
         let at = self.pos;
         let bytes = self.take(n as usize)?;
+        if !utf8 {
+            return Ok(Head::BadStr(bytes, at));
+        }
         Ok(match std::str::from_utf8(bytes) {
             Ok(s) => Head::Str(s),
             Err(_) => Head::BadStr(bytes, at),
@@ -235,7 +249,7 @@ impl<'de> Deserializer<'de> {
         let mut pending: u64 = 1;
         while pending > 0 {
             pending -= 1;
-            match self.head()? {
+            match self.head_checking::<false>()? {
                 Head::Array(n) => pending += u64::from(n),
                 Head::Map(n) => pending += 2 * u64::from(n),
                 _ => {}
@@ -245,11 +259,15 @@ impl<'de> Deserializer<'de> {
     }
 
     fn enter(&mut self) -> Result<(), DecodeError> {
-        self.depth -= 1;
-        if self.depth == 0 {
-            return Err(DecodeError::TooDeep);
+        // An error on the way in leaves the count where it was (the read
+        // is abandoned), so it never wraps even if a visitor went on.
+        match self.depth.checked_sub(1) {
+            Some(depth) if depth > 0 => {
+                self.depth = depth;
+                Ok(())
+            }
+            _ => Err(DecodeError::TooDeep),
         }
-        Ok(())
     }
 
     fn leave(&mut self) {
@@ -319,6 +337,39 @@ impl<'de> Deserializer<'de> {
             Head::Map(len) => self.map(len, visitor),
             other => Err(unexpected(other, at, "a map (a struct)")),
         }
+    }
+}
+
+/// A 128-bit integer as written: a plain integer, or 16 bytes.
+enum Int128 {
+    Small(Head<'static>),
+    Wide([u8; 16]),
+}
+
+impl Deserializer<'_> {
+    fn int128(&mut self) -> Result<Int128, DecodeError> {
+        let at = self.pos;
+        match self.head()? {
+            Head::Uint(n) => Ok(Int128::Small(Head::Uint(n))),
+            Head::Int(n) => Ok(Int128::Small(Head::Int(n))),
+            Head::Bin(bytes) if bytes.len() == 16 => {
+                let mut wide = [0u8; 16];
+                wide.copy_from_slice(bytes);
+                Ok(Int128::Wide(wide))
+            }
+            other => Err(unexpected(other, at, "a 128-bit integer")),
+        }
+    }
+}
+
+fn visit_int<'de, V: Visitor<'de>>(
+    head: Head<'static>,
+    visitor: V,
+) -> Result<V::Value, DecodeError> {
+    match head {
+        Head::Int(n) => visitor.visit_i64(n),
+        Head::Uint(n) => visitor.visit_u64(n),
+        _ => Err(DecodeError::Shape("not an integer".into())),
     }
 }
 
@@ -393,12 +444,12 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
-        // A map (or, as rmp_serde also reads, an array) of one entry holds
-        // the variant and its content; anything else is the variant alone.
+        // A map of one entry holds the variant and its content; anything
+        // else is the variant alone (and then must be a name).
         let at = self.pos;
         match self.peek() {
-            Some(0x80..=0x9f | 0xdc..=0xdf) => match self.head()? {
-                Head::Map(1) | Head::Array(1) => {
+            Some(0x80..=0x8f | 0xde..=0xdf) => match self.head()? {
+                Head::Map(1) => {
                     self.enter()?;
                     let value = visitor.visit_enum(Variant {
                         de: &mut *self,
@@ -407,8 +458,8 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
                     self.leave();
                     Ok(value)
                 }
-                Head::Map(len) | Head::Array(len) => Err(DecodeError::Shape(format!(
-                    "an enum at byte {at} is a map or array of {len} items, not 1"
+                Head::Map(len) => Err(DecodeError::Shape(format!(
+                    "an enum at byte {at} is a map of {len} entries, not 1"
                 ))),
                 other => Err(DecodeError::Shape(format!(
                     "an enum at byte {at} reads as {other:?}"
@@ -468,6 +519,21 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         self.array(visitor)
     }
 
+    // rmp_serde writes a 128-bit integer as 16 big-endian bytes (`bin`).
+    fn deserialize_i128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        match self.int128()? {
+            Int128::Small(head) => visit_int(head, visitor),
+            Int128::Wide(bytes) => visitor.visit_i128(i128::from_be_bytes(bytes)),
+        }
+    }
+
+    fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        match self.int128()? {
+            Int128::Small(head) => visit_int(head, visitor),
+            Int128::Wide(bytes) => visitor.visit_u128(u128::from_be_bytes(bytes)),
+        }
+    }
+
     // A field's or variant's name, or a string: only the heads these can
     // be, so that the many identifier visitors do not each get every arm.
     fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
@@ -506,7 +572,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
     }
 
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 char
+        bool i8 i16 i32 i64 u8 u16 u32 u64 char
         bytes byte_buf unit map
     }
 }
@@ -844,10 +910,55 @@ mod tests {
             b"\x81\xa5Point\x93\x01\x02\x03",
             b"\x81\xa4Rect\x82\xa1w\x01\xa1h\x02",
             b"\x81\xa7Unknown\xc0",
+            // An array is not an enum's map, whatever follows it.
+            b"\x91\xa5Empty\xc0",
+            b"\x91\xa6Circle\x05",
+            // map16 of one entry.
+            b"\xde\x00\x01\xa5Point\x92\x01\x02",
         ] {
             let (ours, theirs) = both::<Shape>(bytes);
             assert_eq!(ours.ok(), theirs.ok(), "{bytes:?}");
         }
+    }
+
+    #[test]
+    fn wide_integers_and_long_lengths_read_as_rmp_serde_reads_them() {
+        round_trip(&u128::MAX);
+        round_trip(&i128::MIN);
+        round_trip(&-5i128);
+        round_trip(&(1u128 << 70));
+        // A 128-bit integer written small (as an `u64` field that grew).
+        assert_eq!(from_slice::<u128>(b"\x07").unwrap(), 7);
+        assert_eq!(from_slice::<i128>(b"\xff").unwrap(), -1);
+        assert!(from_slice::<i128>(b"\xc4\x02\x00\x01").is_err());
+        // bin32, str32, array32 and map32 heads, which the writer uses only
+        // past 65,535 items or bytes: written by hand here.
+        let mut bin32 = vec![0xc6, 0, 0, 0, 3];
+        bin32.extend([1, 2, 3]);
+        let (ours, theirs) = both::<serde_json::Value>(&bin32);
+        assert!(ours.is_err() && theirs.is_err(), "Value takes no bytes");
+        let mut str32 = vec![0xdb, 0, 0, 0, 2];
+        str32.extend(b"hi");
+        assert_eq!(from_slice::<String>(&str32).unwrap(), "hi");
+        let array32 = [0xdd, 0, 0, 0, 2, 0x01, 0x02];
+        assert_eq!(from_slice::<Vec<u8>>(&array32).unwrap(), [1, 2]);
+        let map32 = [0xdf, 0, 0, 0, 1, 0xa1, b'v', 0x05];
+        let (ours, theirs) = both::<BTreeMap<String, u8>>(&map32);
+        assert_eq!(ours.unwrap(), theirs.unwrap());
+    }
+
+    #[test]
+    fn a_skipped_field_is_not_read_for_its_strings() {
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Only {
+            v: u8,
+        }
+        // {"z": <string of bytes 0xff 0xfe>, "v": 1}: the unknown field's
+        // string is skipped unread, as rmp_serde skips it.
+        let bytes = b"\x82\xa1z\xa2\xff\xfe\xa1v\x01";
+        let (ours, theirs) = both::<Only>(bytes);
+        assert_eq!(ours.unwrap(), Only { v: 1 });
+        assert_eq!(theirs.unwrap(), Only { v: 1 });
     }
 
     #[test]

@@ -327,6 +327,31 @@ impl SessionCore {
     }
 }
 
+/// How many messages a session stores and when the first and the last were
+/// stored: what its registry report, its idle expiry and its history cap
+/// read. The store reads it once and keeps it up to date as it appends, so
+/// a turn does not count the table again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Messages stored.
+    pub count: u64,
+    /// When the first was stored (ms), if any.
+    pub first_ms: Option<u64>,
+    /// When the last was stored (ms), if any.
+    pub last_ms: Option<u64>,
+}
+
+impl Activity {
+    /// After one more message, stored at `now_ms`.
+    pub fn appended(self, now_ms: u64) -> Self {
+        Self {
+            count: self.count.saturating_add(1),
+            first_ms: Some(self.first_ms.map_or(now_ms, |f| f.min(now_ms))),
+            last_ms: Some(self.last_ms.map_or(now_ms, |l| l.max(now_ms))),
+        }
+    }
+}
+
 /// Who a session belongs to: the key that started its first turn (`""` for
 /// an anonymous one) and the end user named inside that key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -532,6 +557,26 @@ mod tests {
     use super::*;
     use crate::ports::ToolCall;
     use serde_json::json;
+
+    #[test]
+    fn activity_counts_appends_and_keeps_the_first_and_last_times() {
+        let empty = Activity::default();
+        let one = empty.appended(500);
+        assert_eq!(
+            one,
+            Activity {
+                count: 1,
+                first_ms: Some(500),
+                last_ms: Some(500)
+            }
+        );
+        let three = one.appended(900).appended(700);
+        assert_eq!(three.count, 3);
+        // What `MIN` and `MAX` of the stored times would say, whatever the
+        // order the appends came in.
+        assert_eq!((three.first_ms, three.last_ms), (Some(500), Some(900)));
+        assert_eq!(one.appended(100).first_ms, Some(100));
+    }
 
     fn msg(role: Role, content: &str) -> ChatMessage {
         ChatMessage {

@@ -2,7 +2,7 @@
 //! runs against them, with the rows decoded into typed values. No decision
 //! is made here: the cores decide, the shell calls these.
 
-use super::core::{within_budget, Owner};
+use super::core::{within_budget, Activity, Owner};
 use crate::ports::{ChatMessage, Role, ToolCall};
 use crate::sql::{self, int, FromRow, FromValue, SqlError};
 use protocol::chat::{
@@ -66,6 +66,11 @@ pub struct SessionStore {
     /// The owner as last read or written here (`None`: not read yet). It
     /// only ever changes from none to one, through [`Self::set_owner`].
     owner: std::cell::RefCell<Option<Option<Owner>>>,
+    /// The messages' count and times as last read, kept up to date by
+    /// [`Self::append`] (`None`: read them next time). Every statement that
+    /// writes `messages` is in this file and updates or forgets it; the
+    /// object is the table's only writer.
+    activity: std::cell::Cell<Option<Activity>>,
 }
 
 impl SessionStore {
@@ -74,6 +79,7 @@ impl SessionStore {
         Self {
             sql,
             owner: std::cell::RefCell::new(None),
+            activity: std::cell::Cell::new(None),
         }
     }
 
@@ -175,7 +181,7 @@ impl SessionStore {
         let calls: Vec<ToolCallRecord> = m.tool_calls.iter().map(record).collect();
         let calls = serde_json::to_string(&calls)
             .map_err(|e| ErrorReply::new(protocol::ErrorCode::Internal, e.to_string()))?;
-        Ok(sql::scalar(
+        let seq = sql::scalar(
             &self.sql,
             "INSERT INTO messages (role, content, tool_calls, tool_call_id, name, usage, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
@@ -188,7 +194,19 @@ impl SessionStore {
                 usage.and_then(|u| serde_json::to_string(&u).ok()).into(),
                 int(now_ms),
             ],
-        )?)
+        );
+        match seq {
+            Ok(seq) => {
+                self.activity
+                    .set(self.activity.get().map(|a| a.appended(now_ms)));
+                Ok(seq)
+            }
+            Err(e) => {
+                // Whether the row was written is not known: read again.
+                self.activity.set(None);
+                Err(e.into())
+            }
+        }
     }
 
     /// Appends `messages` (a tool round) whole: if one fails, the ones
@@ -207,6 +225,7 @@ impl SessionStore {
                 Err(e) => {
                     if let Some(first) = first {
                         let _ = self.exec("DELETE FROM messages WHERE seq >= ?", vec![int(first)]);
+                        self.activity.set(None);
                     }
                     return Err(e);
                 }
@@ -248,20 +267,35 @@ impl SessionStore {
         Ok(within_budget(rows.map(|r| r.map(|m| m.0)), budget)?)
     }
 
+    /// How many messages are stored, and when the first and the last were:
+    /// read once (one statement), then kept up to date here.
+    pub fn activity(&self) -> Result<Activity, ErrorReply> {
+        if let Some(activity) = self.activity.get() {
+            return Ok(activity);
+        }
+        let (count, first_ms, last_ms): (u64, Option<u64>, Option<u64>) = sql::first(
+            &self.sql,
+            "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM messages",
+            vec![],
+        )?
+        .unwrap_or((0, None, None));
+        let activity = Activity {
+            count,
+            first_ms,
+            last_ms,
+        };
+        self.activity.set(Some(activity));
+        Ok(activity)
+    }
+
     /// How many messages are stored.
     pub fn message_count(&self) -> Result<u64, ErrorReply> {
-        Ok(sql::scalar(
-            &self.sql,
-            "SELECT COUNT(*) FROM messages",
-            vec![],
-        )?)
+        Ok(self.activity()?.count)
     }
 
     /// When the last message was stored.
     pub fn last_activity(&self) -> Option<u64> {
-        sql::scalar::<Option<u64>>(&self.sql, "SELECT MAX(created_at) FROM messages", vec![])
-            .ok()
-            .flatten()
+        self.activity().ok().and_then(|a| a.last_ms)
     }
 
     /// Records a running turn started by user message `user_seq`; its id.
@@ -468,9 +502,7 @@ impl SessionStore {
 
     /// When the first stored message was stored.
     pub fn first_activity(&self) -> Option<u64> {
-        sql::scalar::<Option<u64>>(&self.sql, "SELECT MIN(created_at) FROM messages", vec![])
-            .ok()
-            .flatten()
+        self.activity().ok().and_then(|a| a.first_ms)
     }
 
     /// The last event id stored.
@@ -485,6 +517,7 @@ impl SessionStore {
     /// Erases the conversation (messages, turns, events); the binding stays,
     /// and ids keep growing (`AUTOINCREMENT`).
     pub fn erase(&self) -> Result<(), ErrorReply> {
+        self.activity.set(None);
         for table in ["messages", "turns", "turn_events"] {
             self.exec(&format!("DELETE FROM {table}"), vec![])?;
         }
