@@ -10,44 +10,16 @@
 // A bench: a failed read is a broken bench, and stops it.
 #![allow(clippy::expect_used)]
 
+mod common;
+
+use common::{metadata, time};
 use protocol::chat::{ChatEvent, TurnFrame};
-use protocol::ingest::{IngestRequest, MetaValue, Metadata, Search, SearchGroup, SearchMode};
+use protocol::ingest::{IngestRequest, Metadata, Search, SearchGroup, SearchMode};
 use protocol::replica::{ChunkRecord, ReplicaChange};
 use protocol::{Envelope, RequestId, TenantId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::hint::black_box;
-use std::time::Instant;
-
-/// Mean µs of `f` over `n` runs, after a warm-up.
-fn time(n: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..n / 10 {
-        f();
-    }
-    let t = Instant::now();
-    for _ in 0..n {
-        f();
-    }
-    t.elapsed().as_secs_f64() * 1e6 / n as f64
-}
-
-fn metadata(i: usize) -> Metadata {
-    Metadata::from([
-        (
-            "docId".to_owned(),
-            MetaValue::Str(format!("book-ch13-01-closures-{i}")),
-        ),
-        ("chunk".to_owned(), MetaValue::Int(i as i64 % 7)),
-        (
-            "title".to_owned(),
-            MetaValue::Str("Capturing References or Moving Ownership".into()),
-        ),
-        (
-            "text".to_owned(),
-            MetaValue::Str("Closures can capture values from their environment. ".repeat(20)),
-        ),
-    ])
-}
 
 /// One row: the message's size and both readers' µs a read, each the
 /// median of 15 rounds that alternate the two (this machine's speed moves

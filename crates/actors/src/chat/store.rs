@@ -197,8 +197,10 @@ impl SessionStore {
         );
         match seq {
             Ok(seq) => {
+                // As `int` stores it.
+                let stored_at = now_ms.min(i64::MAX as u64);
                 self.activity
-                    .set(self.activity.get().map(|a| a.appended(now_ms)));
+                    .set(self.activity.get().map(|a| a.appended(stored_at)));
                 Ok(seq)
             }
             Err(e) => {
@@ -631,5 +633,45 @@ fn record(call: &ToolCall) -> ToolCallRecord {
         id: call.id.clone(),
         name: call.name.clone(),
         arguments: call.arguments.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A tripwire for [`super::SessionStore`]'s kept activity: every
+    /// statement of this file that writes `messages` must be followed,
+    /// within a few lines, by an update of it (`self.activity.set`), or the
+    /// kept count and times could go stale.
+    #[test]
+    fn every_write_of_messages_updates_the_kept_activity() {
+        let source = include_str!("store.rs");
+        let (code, _) = source.split_once("#[cfg(test)]").unwrap_or((source, ""));
+        let lines: Vec<&str> = code.lines().collect();
+        let writes: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| {
+                [
+                    "INTO messages",
+                    "DELETE FROM messages",
+                    "UPDATE messages",
+                    "[\"messages\"",
+                ]
+                .iter()
+                .any(|w| l.contains(w))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        // append's INSERT, append_all's rollback, erase's table list.
+        assert_eq!(writes.len(), 3, "{writes:?}");
+        for i in writes {
+            let around = &lines[i.saturating_sub(3)..(i + 25).min(lines.len())];
+            assert!(
+                around.iter().any(|l| l.contains("self.activity.set(")),
+                "line {}: {}",
+                i + 1,
+                lines[i]
+            );
+        }
     }
 }
