@@ -59,12 +59,6 @@ impl<R> ReplyEnvelope<R> {
     }
 }
 
-/// Reads only the version, whatever else a message holds.
-#[derive(Deserialize)]
-struct VersionProbe {
-    v: u16,
-}
-
 /// Encodes a request envelope as named MessagePack.
 pub fn encode<M: Serialize>(envelope: &Envelope<M>) -> Result<Vec<u8>, ProtocolError> {
     Ok(rmp_serde::to_vec_named(envelope)?)
@@ -94,10 +88,13 @@ fn check(bytes: &[u8]) -> Result<(), ProtocolError> {
             max: MAX_MESSAGE_BYTES,
         });
     }
-    let probe: VersionProbe = crate::msgpack::from_slice(bytes)?;
-    if probe.v != PROTOCOL_VERSION {
+    // Only the version is read here (the envelope's first field); the
+    // decode that follows reads the rest.
+    let v = crate::msgpack::field::<u16>(bytes, "v")?
+        .ok_or_else(|| <crate::msgpack::DecodeError as serde::de::Error>::missing_field("v"))?;
+    if v != PROTOCOL_VERSION {
         return Err(ProtocolError::UnsupportedVersion {
-            got: probe.v,
+            got: v,
             supported: PROTOCOL_VERSION,
         });
     }

@@ -104,6 +104,28 @@ pub fn from_slice<'de, T: de::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, D
     }
 }
 
+/// Reads the entry `name` of the map that `bytes` holds: the entries
+/// before it are skipped, none after it is read (a message's version,
+/// its first field, costs the same whatever the message carries). `None`
+/// when the map has no such entry.
+pub fn field<'de, T: de::Deserialize<'de>>(
+    bytes: &'de [u8],
+    name: &str,
+) -> Result<Option<T>, DecodeError> {
+    let mut de = Deserializer::new(bytes);
+    let len = match de.head()? {
+        Head::Map(len) => len,
+        other => return Err(unexpected(other, 0, "a map")),
+    };
+    for _ in 0..len {
+        if matches!(de.head()?, Head::Str(key) if key == name) {
+            return T::deserialize(&mut de).map(Some);
+        }
+        de.skip()?;
+    }
+    Ok(None)
+}
+
 /// What a value starts with: its kind and, for a scalar, the value itself.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Head<'de> {
@@ -1112,6 +1134,22 @@ mod tests {
         bytes.extend(std::iter::repeat_n(0x91, 100_000));
         bytes.push(0xc0);
         assert!(from_slice::<Only>(&bytes).is_ok());
+    }
+
+    #[test]
+    fn a_field_is_read_without_what_follows_it() {
+        let head = rmp_serde::to_vec_named(&json!({"v": 1})).unwrap();
+        assert_eq!(field::<u16>(&head, "v"), Ok(Some(1)));
+        // What follows the field is not read, even when it is broken.
+        let mut cut = rmp_serde::to_vec_named(&json!({"v": 2, "w": "x".repeat(40)})).unwrap();
+        cut.truncate(cut.len() - 10);
+        assert_eq!(field::<u16>(&cut, "v"), Ok(Some(2)));
+        // Fields before it are skipped, whatever they hold.
+        let later = rmp_serde::to_vec_named(&json!({"a": [1, {"b": null}], "v": 3})).unwrap();
+        assert_eq!(field::<u16>(&later, "v"), Ok(Some(3)));
+        assert_eq!(field::<u16>(&later, "z"), Ok(None));
+        assert!(field::<u16>(b"\x92\x01\x02", "v").is_err());
+        assert!(field::<u16>(b"\x81\xa1v\xa1x", "v").is_err());
     }
 
     #[test]
