@@ -248,14 +248,15 @@ impl Inner {
             return Ok(());
         }
         self.store.create_tables()?;
-        match self.store.binding()? {
-            Some((t, s)) if &t != tenant || &s != session => return Err(wrong_session()),
+        let wake = self.store.wake()?;
+        match &wake.binding {
+            Some((t, s)) if t != tenant || s != session => return Err(wrong_session()),
             Some(_) => {}
             None => self.store.bind(tenant, session)?,
         }
         *self.bound.borrow_mut() = Some((tenant.clone(), session.clone()));
-        *self.events.borrow_mut() = EventIds::restore(self.store.issued_event_id()?);
-        self.recover()?;
+        *self.events.borrow_mut() = EventIds::restore(wake.issued_event_id);
+        self.recover(&wake.running_turns);
         Ok(())
     }
 
@@ -367,17 +368,16 @@ impl Inner {
         }
     }
 
-    /// Marks failed every turn that storage calls running but that is not
-    /// running here (its isolate was reset or evicted mid-turn), with an
-    /// `error` event a resuming client sees.
+    /// Marks failed every turn of `running` (those storage calls running)
+    /// that is not running here (its isolate was reset or evicted
+    /// mid-turn), with an `error` event a resuming client sees.
     /// A lost turn's limiter reservation is settled with the usage its
     /// stored messages carry (the model calls it completed; none: a
     /// release), beside the request that found it, so its concurrency slot
     /// and the rest of its estimate come back at once instead of at its
     /// deadline.
-    pub(super) fn recover(&self) -> std::result::Result<(), ErrorReply> {
-        let running = self.store.running_turns()?;
-        let lost = self.core.borrow().interrupted(&running);
+    pub(super) fn recover(&self, running: &[u64]) {
+        let lost = self.core.borrow().interrupted(running);
         for id in lost {
             self.fail_turn(
                 id,
@@ -386,7 +386,6 @@ impl Inner {
             );
             self.settle_lost(id);
         }
-        Ok(())
     }
 
     /// Settles the reservation lost turn `id` held (see [`Self::recover`]).
@@ -975,7 +974,7 @@ impl Inner {
     /// One generation, routed over the chain: its pieces go to the machine
     /// (and out) as they arrive.
     pub(super) async fn generate(&self, ctx: &TurnContext, chain: &[AnyGenerator]) -> Vec<Effect> {
-        let history = match self.store.recent(CONTEXT_BUDGET_CHARS) {
+        let history = match self.store.recent() {
             Ok(h) => h,
             Err(e) => return self.feed(ctx.id, |m| m.fail("storage_failed", e.message)),
         };

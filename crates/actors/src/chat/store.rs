@@ -2,7 +2,7 @@
 //! runs against them, with the rows decoded into typed values. No decision
 //! is made here: the cores decide, the shell calls these.
 
-use super::core::{within_budget, Activity, Owner};
+use super::core::{within_budget, Activity, Owner, CONTEXT_BUDGET_CHARS};
 use crate::ports::{ChatMessage, Role, ToolCall};
 use crate::sql::{self, int, FromRow, FromValue, SqlError};
 use protocol::chat::{
@@ -68,9 +68,29 @@ pub struct SessionStore {
     owner: std::cell::RefCell<Option<Option<Owner>>>,
     /// The messages' count and times as last read, kept up to date by
     /// [`Self::append`] (`None`: read them next time). Every statement that
-    /// writes `messages` is in this file and updates or forgets it; the
-    /// object is the table's only writer.
+    /// writes `messages` is in this file and updates or forgets it (and
+    /// `context`) through `kept_messages_appended` or
+    /// `kept_messages_forgotten`; the object is the table's only writer.
     activity: std::cell::Cell<Option<Activity>>,
+    /// The model's context as [`Self::recent`] reads it, oldest first
+    /// (`None`: read it next time); kept like `activity`.
+    context: std::cell::RefCell<Option<Vec<ChatMessage>>>,
+    /// The highest stored event id as last read (`Some(None)`: no event
+    /// stored; `None`: read it next time). [`Self::append_events`] raises
+    /// it; every other statement that writes `turn_events` forgets it.
+    last_event: std::cell::Cell<Option<Option<u64>>>,
+}
+
+/// What a session's object reads when it wakes (one statement): its binding,
+/// where its event ids stand and which turns storage calls running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wake {
+    /// The tenant and session the object was bound to, if it was.
+    pub binding: Option<(TenantId, SessionId)>,
+    /// The highest event id handed out before (stored or reserved).
+    pub issued_event_id: u64,
+    /// The turns recorded as running.
+    pub running_turns: Vec<u64>,
 }
 
 impl SessionStore {
@@ -80,6 +100,8 @@ impl SessionStore {
             sql,
             owner: std::cell::RefCell::new(None),
             activity: std::cell::Cell::new(None),
+            context: std::cell::RefCell::new(None),
+            last_event: std::cell::Cell::new(None),
         }
     }
 
@@ -120,6 +142,74 @@ impl SessionStore {
         }
     }
 
+    /// Reads, in one statement, what the object needs when it wakes, and
+    /// keeps what the store caches (the owner, the messages' activity, the
+    /// last event id): a new session's first request would otherwise run
+    /// (and prepare) one statement for each.
+    pub fn wake(&self) -> Result<Wake, ErrorReply> {
+        const WAKE: &str = "SELECT \
+            (SELECT tenant FROM session_meta WHERE id = 1), \
+            (SELECT session FROM session_meta WHERE id = 1), \
+            (SELECT reserved FROM event_ids WHERE id = 1), \
+            (SELECT MAX(id) FROM turn_events), \
+            (SELECT key FROM session_owner WHERE id = 1), \
+            (SELECT user FROM session_owner WHERE id = 1), \
+            (SELECT COUNT(*) FROM messages), \
+            (SELECT MIN(created_at) FROM messages), \
+            (SELECT MAX(created_at) FROM messages), \
+            (SELECT group_concat(id) FROM turns WHERE status = 'running')";
+        let shape = |message: &str| {
+            ErrorReply::from(SqlError::Shape {
+                query: WAKE.into(),
+                message: message.into(),
+            })
+        };
+        let row: Option<WakeRow> = sql::first(&self.sql, WAKE, vec![])?;
+        let WakeRow {
+            tenant,
+            session,
+            reserved,
+            last_event,
+            key,
+            user,
+            activity,
+            running,
+        } = row.ok_or_else(|| shape("no row"))?;
+        let binding = match (tenant, session) {
+            (Some(tenant), Some(session)) => {
+                match (TenantId::parse(&tenant), SessionId::parse(&session)) {
+                    (Ok(t), Ok(s)) => Some((t, s)),
+                    _ => return Err(shape("a stored tenant or session id is invalid")),
+                }
+            }
+            _ => None,
+        };
+        let running_turns = running
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|id| !id.is_empty())
+            .map(|id| id.parse::<u64>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| shape("a running turn's id is not a number"))?;
+        // As `owner` and `read_owner` decide.
+        let owner = match key {
+            Some(key) => Some(Owner { key, user }),
+            None => (activity.count > 0).then(|| Owner {
+                key: String::new(),
+                user: None,
+            }),
+        };
+        *self.owner.borrow_mut() = Some(owner);
+        self.activity.set(Some(activity));
+        self.last_event.set(Some(last_event));
+        Ok(Wake {
+            binding,
+            issued_event_id: reserved.unwrap_or(0).max(last_event.unwrap_or(0)),
+            running_turns,
+        })
+    }
+
     /// Binds the object to `tenant` and `session` for good.
     pub fn bind(&self, tenant: &TenantId, session: &SessionId) -> Result<(), ErrorReply> {
         self.exec(
@@ -158,11 +248,17 @@ impl SessionStore {
     pub fn set_owner(&self, owner: &Owner) -> Result<(), ErrorReply> {
         // Forgotten first: if the write fails, the next read asks storage.
         *self.owner.borrow_mut() = None;
-        self.exec(
+        let written: Vec<(String,)> = sql::rows(
+            &self.sql,
             "INSERT INTO session_owner (id, key, user) VALUES (1, ?, ?) \
-             ON CONFLICT(id) DO NOTHING",
+             ON CONFLICT(id) DO NOTHING RETURNING key",
             vec![owner.key.as_str().into(), owner.user.clone().into()],
-        )
+        )?;
+        // Written: that is the owner. Not (one was there): read it next time.
+        if !written.is_empty() {
+            *self.owner.borrow_mut() = Some(Some(owner.clone()));
+        }
+        Ok(())
     }
 
     /// Appends a message at `now_ms`; its sequence number.
@@ -179,7 +275,7 @@ impl SessionStore {
             Role::Tool => "tool",
         };
         let calls: Vec<ToolCallRecord> = m.tool_calls.iter().map(record).collect();
-        let calls = serde_json::to_string(&calls)
+        let calls_json = serde_json::to_string(&calls)
             .map_err(|e| ErrorReply::new(protocol::ErrorCode::Internal, e.to_string()))?;
         let seq = sql::scalar(
             &self.sql,
@@ -188,7 +284,7 @@ impl SessionStore {
             vec![
                 role.into(),
                 m.content.as_str().into(),
-                calls.into(),
+                calls_json.into(),
                 m.tool_call_id.clone().into(),
                 m.name.clone().into(),
                 usage.and_then(|u| serde_json::to_string(&u).ok()).into(),
@@ -197,15 +293,21 @@ impl SessionStore {
         );
         match seq {
             Ok(seq) => {
-                // As `int` stores it.
+                // As `int` stores it, and as `recent` reads it back.
                 let stored_at = now_ms.min(i64::MAX as u64);
-                self.activity
-                    .set(self.activity.get().map(|a| a.appended(stored_at)));
+                let stored = port_message(
+                    role,
+                    m.content.clone(),
+                    &calls,
+                    m.tool_call_id.clone(),
+                    m.name.clone(),
+                );
+                self.kept_messages_appended(stored, stored_at);
                 Ok(seq)
             }
             Err(e) => {
                 // Whether the row was written is not known: read again.
-                self.activity.set(None);
+                self.kept_messages_forgotten();
                 Err(e.into())
             }
         }
@@ -227,7 +329,7 @@ impl SessionStore {
                 Err(e) => {
                     if let Some(first) = first {
                         let _ = self.exec("DELETE FROM messages WHERE seq >= ?", vec![int(first)]);
-                        self.activity.set(None);
+                        self.kept_messages_forgotten();
                     }
                     return Err(e);
                 }
@@ -258,15 +360,43 @@ impl SessionStore {
 
     /// The newest messages, as the model reads them: at most
     /// [`CONTEXT_ROWS`], read newest first and no further than what fits
-    /// `budget` characters ([`within_budget`]).
-    pub fn recent(&self, budget: usize) -> Result<Vec<ChatMessage>, ErrorReply> {
+    /// [`CONTEXT_BUDGET_CHARS`] ([`within_budget`]). Read once, then kept up
+    /// to date as messages are appended.
+    pub fn recent(&self) -> Result<Vec<ChatMessage>, ErrorReply> {
+        if let Some(kept) = self.context.borrow().as_ref() {
+            return Ok(kept.clone());
+        }
         let rows = sql::rows_lazily::<ContextMessage>(
             &self.sql,
             "SELECT role, content, tool_calls, tool_call_id, name \
              FROM messages ORDER BY seq DESC LIMIT ?",
             vec![int(CONTEXT_ROWS)],
         )?;
-        Ok(within_budget(rows.map(|r| r.map(|m| m.0)), budget)?)
+        let recent = within_budget(rows.map(|r| r.map(|m| m.0)), CONTEXT_BUDGET_CHARS)?;
+        *self.context.borrow_mut() = Some(recent.clone());
+        Ok(recent)
+    }
+
+    /// Keeps what the store caches of `messages` up to date after `message`
+    /// was stored at `stored_at`.
+    fn kept_messages_appended(&self, message: ChatMessage, stored_at: u64) {
+        let before = self.activity.get();
+        self.activity.set(before.map(|a| a.appended(stored_at)));
+        let mut context = self.context.borrow_mut();
+        // A session known to be empty has nothing else to read back.
+        if context.is_none() && before.is_some_and(|a| a.count == 0) {
+            *context = Some(Vec::new());
+        }
+        if let Some(kept) = context.as_mut() {
+            kept.push(message);
+            *kept = recent_after_append(std::mem::take(kept), CONTEXT_BUDGET_CHARS);
+        }
+    }
+
+    /// Forgets what the store caches of `messages`: read again next time.
+    fn kept_messages_forgotten(&self) {
+        self.activity.set(None);
+        *self.context.borrow_mut() = None;
     }
 
     /// How many messages are stored, and when the first and the last were:
@@ -359,16 +489,6 @@ impl SessionStore {
         Ok(total)
     }
 
-    /// The turns recorded as running.
-    pub fn running_turns(&self) -> Result<Vec<u64>, ErrorReply> {
-        let rows: Vec<(u64,)> = sql::rows(
-            &self.sql,
-            "SELECT id FROM turns WHERE status = 'running'",
-            vec![],
-        )?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
-    }
-
     /// Records turn `id` as answered.
     pub fn turn_done(&self, id: u64, now_ms: u64) -> Result<(), ErrorReply> {
         self.exec(
@@ -417,21 +537,16 @@ impl SessionStore {
                 bindings.push(int(*turn));
                 bindings.push(json.as_str().into());
             }
-            self.exec(&query, bindings)?;
+            if let Err(e) = self.exec(&query, bindings) {
+                // Whether the rows were written is not known: read again.
+                self.last_event.set(None);
+                return Err(e);
+            }
+            let newest = rows.iter().map(|(id, _, _)| *id).max();
+            self.last_event
+                .set(self.last_event.get().map(|known| known.max(newest)));
         }
         Ok(())
-    }
-
-    /// The highest event id handed out before (stored or reserved).
-    pub fn issued_event_id(&self) -> Result<u64, ErrorReply> {
-        let reserved: Option<u64> = sql::first::<(u64,)>(
-            &self.sql,
-            "SELECT reserved FROM event_ids WHERE id = 1",
-            vec![],
-        )?
-        .map(|(r,)| r);
-        let stored = self.last_event_id()?;
-        Ok(reserved.unwrap_or(0).max(stored.unwrap_or(0)))
     }
 
     /// Reserves event ids up to `through`.
@@ -445,6 +560,7 @@ impl SessionStore {
 
     /// Drops the events of turns up to `through`.
     pub fn drop_events(&self, through: u64) -> Result<(), ErrorReply> {
+        self.last_event.set(None);
         self.exec(
             "DELETE FROM turn_events WHERE turn_id <= ?",
             vec![int(through)],
@@ -509,17 +625,19 @@ impl SessionStore {
 
     /// The last event id stored.
     pub fn last_event_id(&self) -> Result<Option<u64>, ErrorReply> {
-        Ok(sql::scalar(
-            &self.sql,
-            "SELECT MAX(id) FROM turn_events",
-            vec![],
-        )?)
+        if let Some(known) = self.last_event.get() {
+            return Ok(known);
+        }
+        let last = sql::scalar(&self.sql, "SELECT MAX(id) FROM turn_events", vec![])?;
+        self.last_event.set(Some(last));
+        Ok(last)
     }
 
     /// Erases the conversation (messages, turns, events); the binding stays,
     /// and ids keep growing (`AUTOINCREMENT`).
     pub fn erase(&self) -> Result<(), ErrorReply> {
-        self.activity.set(None);
+        self.kept_messages_forgotten();
+        self.last_event.set(None);
         for table in ["messages", "turns", "turn_events"] {
             self.exec(&format!("DELETE FROM {table}"), vec![])?;
         }
@@ -580,6 +698,37 @@ impl FromRow for StoredMessage {
     }
 }
 
+/// The row of [`SessionStore::wake`]'s query.
+struct WakeRow {
+    tenant: Option<String>,
+    session: Option<String>,
+    reserved: Option<u64>,
+    last_event: Option<u64>,
+    key: Option<String>,
+    user: Option<String>,
+    activity: Activity,
+    running: Option<String>,
+}
+
+impl FromRow for WakeRow {
+    fn from_row(row: &[SqlStorageValue]) -> Result<Self, String> {
+        Ok(Self {
+            tenant: column(row, 0)?,
+            session: column(row, 1)?,
+            reserved: column(row, 2)?,
+            last_event: column(row, 3)?,
+            key: column(row, 4)?,
+            user: column(row, 5)?,
+            activity: Activity {
+                count: column(row, 6)?,
+                first_ms: column(row, 7)?,
+                last_ms: column(row, 8)?,
+            },
+            running: column(row, 9)?,
+        })
+    }
+}
+
 /// A row of [`SessionStore::recent`]'s query, as the model reads it.
 struct ContextMessage(ChatMessage);
 
@@ -596,6 +745,24 @@ impl FromRow for ContextMessage {
             column(row, 3)?,
             column(row, 4)?,
         )))
+    }
+}
+
+/// What [`SessionStore::recent`] reads after a message was appended, from
+/// what it read before plus that message (oldest first): the same rule,
+/// [`CONTEXT_ROWS`] rows then the budget, over a list that holds every row
+/// the rule can still reach (one more message only ever leaves room for
+/// fewer older ones).
+fn recent_after_append(kept: Vec<ChatMessage>, budget: usize) -> Vec<ChatMessage> {
+    let start = kept.len().saturating_sub(CONTEXT_ROWS as usize);
+    let newest_first = kept
+        .into_iter()
+        .skip(start)
+        .rev()
+        .map(Ok::<_, std::convert::Infallible>);
+    match within_budget(newest_first, budget) {
+        Ok(recent) => recent,
+        Err(never) => match never {},
     }
 }
 
@@ -638,40 +805,108 @@ fn record(call: &ToolCall) -> ToolCallRecord {
 
 #[cfg(test)]
 mod tests {
-    /// A tripwire for [`super::SessionStore`]'s kept activity: every
-    /// statement of this file that writes `messages` must be followed,
-    /// within a few lines, by an update of it (`self.activity.set`), or the
-    /// kept count and times could go stale.
-    #[test]
-    fn every_write_of_messages_updates_the_kept_activity() {
+    /// The lines of `store.rs` (before its tests) that write `table`, each
+    /// checked to have `kept` (the cache's update) within a few lines.
+    fn writes_update(table: &str, kept: &str) -> usize {
         let source = include_str!("store.rs");
         let (code, _) = source.split_once("#[cfg(test)]").unwrap_or((source, ""));
         let lines: Vec<&str> = code.lines().collect();
+        let patterns = [
+            format!("INTO {table} "),
+            format!("DELETE FROM {table}"),
+            format!("UPDATE {table} "),
+            format!("\"{table}\""),
+        ];
         let writes: Vec<usize> = lines
             .iter()
             .enumerate()
-            .filter(|(_, l)| {
-                [
-                    "INTO messages",
-                    "DELETE FROM messages",
-                    "UPDATE messages",
-                    "[\"messages\"",
-                ]
-                .iter()
-                .any(|w| l.contains(w))
-            })
+            .filter(|(_, l)| patterns.iter().any(|w| l.contains(w.as_str())))
             .map(|(i, _)| i)
             .collect();
-        // append's INSERT, append_all's rollback, erase's table list.
-        assert_eq!(writes.len(), 3, "{writes:?}");
-        for i in writes {
+        for &i in &writes {
             let around = &lines[i.saturating_sub(3)..(i + 25).min(lines.len())];
             assert!(
-                around.iter().any(|l| l.contains("self.activity.set(")),
-                "line {}: {}",
+                around.iter().any(|l| l.contains(kept)),
+                "line {} writes {table} without {kept}: {}",
                 i + 1,
                 lines[i]
             );
         }
+        writes.len()
+    }
+
+    /// A tripwire for [`super::SessionStore`]'s kept activity and context:
+    /// every statement of this file that writes `messages` must be followed,
+    /// within a few lines, by an update of them (`self.kept_messages_*`), or
+    /// the kept count, times and context could go stale.
+    #[test]
+    fn every_write_of_messages_updates_the_kept_activity() {
+        // append's INSERT, append_all's rollback, erase's table list.
+        assert_eq!(writes_update("messages", "self.kept_messages_"), 3);
+    }
+
+    /// The kept context, updated message by message, is what reading the
+    /// table again would give: for budgets that cut by size and by the row
+    /// limit, messages of every size, and every length of history.
+    #[test]
+    fn the_kept_context_is_what_a_new_read_gives() {
+        use super::{recent_after_append, within_budget, ChatMessage, Role, CONTEXT_ROWS};
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let read_again = |table: &[ChatMessage], budget: usize| {
+            let newest_first = table
+                .iter()
+                .rev()
+                .take(CONTEXT_ROWS as usize)
+                .cloned()
+                .map(Ok::<_, ()>);
+            within_budget(newest_first, budget).unwrap()
+        };
+        for budget in [0, 50, 2_000, 24_000, usize::MAX] {
+            let mut table: Vec<ChatMessage> = Vec::new();
+            let mut kept = Vec::new();
+            for i in 0..450 {
+                let len = match next(4) {
+                    0 => 0,
+                    1 => next(40),
+                    2 => next(400),
+                    _ => next(6_000),
+                } as usize;
+                let m = ChatMessage {
+                    role: if i % 2 == 0 {
+                        Role::User
+                    } else {
+                        Role::Assistant
+                    },
+                    content: "x".repeat(len),
+                    tool_calls: vec![],
+                    tool_call_id: None,
+                    name: None,
+                };
+                table.push(m.clone());
+                kept.push(m);
+                kept = recent_after_append(kept, budget);
+                assert_eq!(
+                    kept,
+                    read_again(&table, budget),
+                    "budget {budget}, message {i}"
+                );
+            }
+            if budget == usize::MAX {
+                assert_eq!(kept.len(), CONTEXT_ROWS as usize);
+            }
+        }
+    }
+
+    /// The same for the kept last event id: `append_events`' INSERT,
+    /// `drop_events`' DELETE, erase's table list.
+    #[test]
+    fn every_write_of_events_updates_the_kept_last_event_id() {
+        assert_eq!(writes_update("turn_events", "self.last_event.set("), 3);
     }
 }

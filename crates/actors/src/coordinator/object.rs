@@ -105,7 +105,7 @@ impl TenantCoordinator {
 
     fn load(&self) -> std::result::Result<CoordinatorCore, String> {
         let sql = self.sql();
-        for statement in SCHEMA {
+        for statement in SCHEMA.iter().chain(super::sessions::SCHEMA) {
             sql.exec(statement, None).map_err(|e| e.to_string())?;
         }
         let rows: Vec<StateRow> = sql

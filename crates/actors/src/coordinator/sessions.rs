@@ -11,7 +11,9 @@ use protocol::listing::{
 };
 use worker::{SqlStorage, SqlStorageValue};
 
-const SCHEMA: &[&str] = &[
+/// Created when the coordinator loads ([`super::object`]'s `load`), once
+/// per instance, not with each report.
+pub(super) const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY, version INTEGER NOT NULL, erased INTEGER NOT NULL,
         message_count INTEGER NOT NULL, last_activity_ms INTEGER NOT NULL,
@@ -23,13 +25,6 @@ const SCHEMA: &[&str] = &[
 /// How long an erased session's tombstone is kept: far longer than any
 /// report can be late (reports leave a session right after its turn).
 pub const TOMBSTONE_MS: u64 = 24 * 60 * 60 * 1000;
-
-fn create(sql_storage: &SqlStorage) -> Result<(), SqlError> {
-    for statement in SCHEMA {
-        sql::exec(sql_storage, statement, vec![])?;
-    }
-    Ok(())
-}
 
 type Row = (
     u64,
@@ -48,7 +43,6 @@ pub fn record(
     report: &SessionReport,
     now_ms: u64,
 ) -> Result<bool, SqlError> {
-    create(sql_storage)?;
     let id = report.change.session_id();
     let stored = sql::first::<Row>(
         sql_storage,
@@ -128,7 +122,6 @@ pub fn list(
     limit: u32,
     after: Option<&SessionCursor>,
 ) -> Result<SessionPage, SqlError> {
-    create(sql_storage)?;
     const COLUMNS: &str =
         "session_id, message_count, last_activity_ms, created_at_ms, key_id, user_id";
     let take = sql::int(u64::from(limit) + 1);
