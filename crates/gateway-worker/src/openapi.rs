@@ -13,8 +13,9 @@ use crate::request_id::REQUEST_ID_HEADER;
 use protocol::RequestId;
 use worker::{Headers, Response};
 
-/// The document, as served.
-pub const DOCUMENT: &str = include_str!("../openapi.json");
+/// The document, as served: the checked-in file without the whitespace
+/// between its tokens (`build.rs`).
+pub const DOCUMENT: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.min.json"));
 
 /// The document as a JSON value (the tests read it; the route sends the
 /// text as it is).
@@ -48,6 +49,15 @@ mod tests {
 
     fn doc() -> Value {
         document().unwrap()
+    }
+
+    /// What is served is the checked-in document, and smaller.
+    #[test]
+    fn the_served_document_is_the_checked_in_one_minified() {
+        let checked_in: Value = serde_json::from_str(include_str!("../openapi.json")).unwrap();
+        assert_eq!(doc(), checked_in);
+        assert!(DOCUMENT.len() * 10 < include_str!("../openapi.json").len() * 7);
+        assert!(!DOCUMENT.contains("\n"));
     }
 
     /// Every (METHOD, path, operation) of the document.

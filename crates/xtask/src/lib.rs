@@ -11,7 +11,9 @@
 //!   `cargo xtask tenant new`;
 //! - [`provision`]: what a tenant needs on Cloudflare (`cargo xtask provision`);
 //! - [`stamp`]: the fingerprint of the Worker's inputs that lets a build be
-//!   skipped when nothing changed.
+//!   skipped when nothing changed;
+//! - [`wasm_names`]: the built Worker's function names without rustc's
+//!   symbol hashes.
 
 pub mod browser;
 pub mod devkey;
@@ -20,6 +22,7 @@ pub mod stamp;
 pub mod tenant;
 pub mod toolchain;
 pub mod vectorize;
+pub mod wasm_names;
 pub mod wrangler;
 
 use std::path::{Path, PathBuf};

@@ -84,6 +84,7 @@ impl Toolchain {
         }
         crate::stamp::clear(&root).map_err(ToolError)?;
         self.run_worker_build()?;
+        strip_symbol_hashes(&root.join("crates/gateway-worker/build/index_bg.wasm"))?;
         crate::stamp::write(&root, &fingerprint).map_err(ToolError)
     }
 
@@ -97,6 +98,7 @@ impl Toolchain {
         )?;
         Ok(vec![
             format!("worker-build {WORKER_BUILD_VERSION} --release"),
+            "function names without symbol hashes".to_owned(),
             format!("wasm-bindgen {}", wasm_bindgen_version()?),
             format!("target {WASM_TARGET}"),
             rustc,
@@ -116,6 +118,21 @@ impl Toolchain {
             .env("ESBUILD_BIN", self.npm_bin.join("esbuild"));
         run(&mut cmd, "worker-build --release")
     }
+}
+
+/// Removes rustc's symbol hashes from the built module's function names
+/// ([`crate::wasm_names`]), in place.
+fn strip_symbol_hashes(wasm: &Path) -> Result<(), ToolError> {
+    let fail = |e: String| ToolError(format!("{}: {e}", wasm.display()));
+    let bytes = std::fs::read(wasm).map_err(|e| fail(e.to_string()))?;
+    let (stripped, what) = crate::wasm_names::strip_symbol_hashes(&bytes).map_err(fail)?;
+    std::fs::write(wasm, stripped).map_err(|e| fail(e.to_string()))?;
+    step(&format!(
+        "function names: {} symbol hashes removed ({:.1} KiB)",
+        what.names,
+        what.bytes as f64 / 1024.0
+    ));
+    Ok(())
 }
 
 /// The versioned install folder of a cargo-installed tool.
