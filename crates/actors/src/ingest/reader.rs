@@ -24,6 +24,28 @@ use worker::{Env, State};
 /// Most texts in one embedder call (Workers AI takes 100).
 pub const EMBED_BATCH: usize = 100;
 
+/// One model call's usage: `texts` embedded (or reranked) by `model` for
+/// `caller`.
+fn used(caller: Option<String>, model: &str, texts: &[String]) -> Used {
+    Used {
+        caller: caller.unwrap_or_else(|| protocol::usage::OPERATOR.to_owned()),
+        model: model.to_owned(),
+        requests: 1,
+        usage: TokenUsage {
+            input_tokens: protocol::usage::embedding_tokens(texts),
+            output_tokens: 0,
+        },
+    }
+}
+
+/// Whether a search's usage is charged where it ran: unless it succeeded
+/// after its copy of the index changed (its caller then gets `not_ready`
+/// and the writer answers, and charges, the same search). A failed search
+/// is charged for what it used, as it always was.
+fn answered_here(succeeded: bool, copy_unchanged: bool) -> bool {
+    !succeeded || copy_unchanged
+}
+
 /// One object's read path over its copy of the index.
 pub struct Reader {
     env: Env,
@@ -160,15 +182,10 @@ impl Reader {
         model: &str,
         texts: &[String],
     ) {
-        let used = Used {
-            caller: caller.unwrap_or_else(|| protocol::usage::OPERATOR.to_owned()),
-            model: model.to_owned(),
-            requests: 1,
-            usage: TokenUsage {
-                input_tokens: protocol::usage::embedding_tokens(texts),
-                output_tokens: 0,
-            },
-        };
+        self.charge_used(state, tenant, used(caller, model, texts));
+    }
+
+    fn charge_used(&self, state: &State, tenant: &TenantId, used: Used) {
         if !self.usage.borrow_mut().add(used) {
             return;
         }
@@ -193,6 +210,11 @@ impl Reader {
     /// Answers `search` from `index` (this object's copy, at `version`).
     /// The answer is cached only if `current()` still holds once it is
     /// computed (a replica's copy may have been replaced meanwhile).
+    ///
+    /// What the search used (its query's embedding, the reranker) is charged
+    /// once it is known whether the answer is given: an answer computed
+    /// while `current()` stopped holding is thrown away by the replica and
+    /// searched again by the writer, which charges that search itself.
     #[allow(clippy::too_many_arguments)]
     pub async fn search(
         &self,
@@ -203,6 +225,32 @@ impl Reader {
         version: super::core::IndexVersion,
         search: Search,
         current: &dyn Fn() -> bool,
+    ) -> Result<IngestResponse, ErrorReply> {
+        let used = RefCell::new(Vec::new());
+        let answer = self
+            .answer(
+                state, index, tenant, settings, version, search, current, &used,
+            )
+            .await;
+        if answered_here(answer.is_ok(), current()) {
+            for used in used.into_inner() {
+                self.charge_used(state, tenant, used);
+            }
+        }
+        answer
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        &self,
+        state: &State,
+        index: &AnyIndex,
+        tenant: &TenantId,
+        settings: &Settings,
+        version: super::core::IndexVersion,
+        search: Search,
+        current: &dyn Fn() -> bool,
+        charges: &RefCell<Vec<Used>>,
     ) -> Result<IngestResponse, ErrorReply> {
         search.validate().map_err(requests::invalid)?;
         self.searches.set(self.searches.get() + 1);
@@ -233,13 +281,9 @@ impl Reader {
             let embedder = AnyEmbedder::new(&self.env, settings, None::<SqlFaults>, &ai)?;
             let query = std::slice::from_ref(&search.query);
             let vector = embedder.embed(query).await?.into_iter().next();
-            self.charge(
-                state,
-                tenant,
-                search.caller.clone(),
-                embedder.model(),
-                query,
-            );
+            charges
+                .borrow_mut()
+                .push(used(search.caller.clone(), embedder.model(), query));
             vector
         } else {
             None
@@ -247,7 +291,7 @@ impl Reader {
         let hits = index.query(plan.query(&search, vector.as_deref())).await?;
         let shortlist = plan.shortlist(hits);
         let (scores, complete) = self
-            .rerank(state, tenant, settings, &search, &shortlist)
+            .rerank(tenant, settings, &search, &shortlist, charges)
             .await;
         let results = plan.finish(shortlist, scores);
         let now = SystemClock.now_ms();
@@ -276,11 +320,11 @@ impl Reader {
     /// order (the search still answers) in an answer that is not cached.
     async fn rerank(
         &self,
-        state: &State,
         tenant: &TenantId,
         settings: &Settings,
         search: &Search,
         shortlist: &[crate::ports::VectorHit],
+        charges: &RefCell<Vec<Used>>,
     ) -> (Option<Vec<f64>>, bool) {
         if settings.reranker.is_none() || shortlist.len() < 2 {
             return (None, true);
@@ -301,7 +345,9 @@ impl Reader {
             Ok((scores, model)) => {
                 let mut charged = texts;
                 charged.push(search.query.clone());
-                self.charge(state, tenant, search.caller.clone(), &model, &charged);
+                charges
+                    .borrow_mut()
+                    .push(used(search.caller.clone(), &model, &charged));
                 (Some(scores), true)
             }
             Err(e) => {
