@@ -368,23 +368,13 @@ impl worker::DurableObject for ChatSession {
     async fn alarm(&self) -> Result<Response> {
         let inner = &self.inner;
         inner.alarm_at.set(None);
-        let binding = match inner.bound.borrow().clone() {
-            Some(b) => Some(b),
-            None => {
-                // Woken with nothing in memory: the tables may not exist yet.
-                inner
-                    .store
-                    .create_tables()
-                    .and_then(|()| inner.store.binding())
-                    .map_err(|e| worker::Error::RustError(e.message))?
-            }
-        };
+        // Woken with nothing in memory, the binding comes from storage.
+        let binding = inner
+            .bind_stored()
+            .map_err(|e| worker::Error::RustError(e.message))?;
         let Some((tenant, session)) = binding else {
             return Response::ok("nothing stored");
         };
-        inner
-            .bind(&tenant, &session)
-            .map_err(|e| worker::Error::RustError(e.message))?;
         let now = inner.now();
         let (turn, effects) = inner.core.borrow_mut().on_alarm(now);
         crate::observe::event(

@@ -14,7 +14,7 @@ use super::events::{is_terminal, EventIds};
 use super::socket::{
     replay_to_socket, socket_text, KeyChecks, Rejected, SocketInfo, KEY_CHECKS_HELD,
 };
-use super::store::SessionStore;
+use super::store::{SessionStore, Wake};
 use super::tools;
 use super::turn::Effect;
 use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
@@ -254,10 +254,35 @@ impl Inner {
             Some(_) => {}
             None => self.store.bind(tenant, session)?,
         }
-        *self.bound.borrow_mut() = Some((tenant.clone(), session.clone()));
+        self.woken((tenant.clone(), session.clone()), &wake);
+        Ok(())
+    }
+
+    /// The tenant and session the object is bound to, binding it from
+    /// storage the first time in an isolate (the alarm's way in: it has no
+    /// request to name them); `None` when nothing was ever stored.
+    pub(super) fn bind_stored(
+        &self,
+    ) -> std::result::Result<Option<(TenantId, SessionId)>, ErrorReply> {
+        if let Some(bound) = self.bound.borrow().clone() {
+            return Ok(Some(bound));
+        }
+        self.store.create_tables()?;
+        let wake = self.store.wake()?;
+        let Some(binding) = wake.binding.clone() else {
+            return Ok(None);
+        };
+        self.woken(binding.clone(), &wake);
+        Ok(Some(binding))
+    }
+
+    /// Holds `binding` from now on and takes up what storage says after a
+    /// wake: the event ids handed out, the turns an earlier isolate left
+    /// running.
+    fn woken(&self, binding: (TenantId, SessionId), wake: &Wake) {
+        *self.bound.borrow_mut() = Some(binding);
         *self.events.borrow_mut() = EventIds::restore(wake.issued_event_id);
         self.recover(&wake.running_turns);
-        Ok(())
     }
 
     /// Whether the key a socket connected with still verifies (not revoked,
@@ -509,7 +534,11 @@ impl Inner {
     /// Keeps the events of the last `resumable_turns` turns only.
     pub(super) fn prune_events(&self, ended: u64) {
         let keep = self.limits().map(|l| l.resumable_turns).unwrap_or(20);
-        let _ = self.store.drop_events(ended.saturating_sub(keep));
+        let through = ended.saturating_sub(keep);
+        // Turn ids start at 1: nothing to drop yet.
+        if through > 0 {
+            let _ = self.store.drop_events(through);
+        }
     }
 
     /// Performs the effects that need no waiting, in order, and returns the

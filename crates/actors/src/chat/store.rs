@@ -122,26 +122,6 @@ impl SessionStore {
         Ok(())
     }
 
-    /// The tenant and session the object was bound to, if it was.
-    pub fn binding(&self) -> Result<Option<(TenantId, SessionId)>, ErrorReply> {
-        let row: Option<(String, String)> = sql::first(
-            &self.sql,
-            "SELECT tenant, session FROM session_meta WHERE id = 1",
-            vec![],
-        )?;
-        let Some((tenant, session)) = row else {
-            return Ok(None);
-        };
-        match (TenantId::parse(&tenant), SessionId::parse(&session)) {
-            (Ok(t), Ok(s)) => Ok(Some((t, s))),
-            _ => Err(SqlError::Shape {
-                query: "SELECT tenant, session FROM session_meta".into(),
-                message: "a stored tenant or session id is invalid".into(),
-            }
-            .into()),
-        }
-    }
-
     /// Reads, in one statement, what the object needs when it wakes, and
     /// keeps what the store caches (the owner, the messages' activity, the
     /// last event id): a new session's first request would otherwise run
@@ -712,6 +692,9 @@ struct WakeRow {
 
 impl FromRow for WakeRow {
     fn from_row(row: &[SqlStorageValue]) -> Result<Self, String> {
+        if row.len() != 10 {
+            return Err(format!("{} columns, not 10", row.len()));
+        }
         Ok(Self {
             tenant: column(row, 0)?,
             session: column(row, 1)?,
@@ -901,6 +884,12 @@ mod tests {
                 assert_eq!(kept.len(), CONTEXT_ROWS as usize);
             }
         }
+    }
+
+    /// The same for the kept owner: `set_owner`'s INSERT.
+    #[test]
+    fn every_write_of_the_owner_updates_the_kept_owner() {
+        assert_eq!(writes_update("session_owner", "self.owner.borrow_mut()"), 1);
     }
 
     /// The same for the kept last event id: `append_events`' INSERT,

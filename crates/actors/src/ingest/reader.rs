@@ -38,14 +38,6 @@ fn used(caller: Option<String>, model: &str, texts: &[String]) -> Used {
     }
 }
 
-/// Whether a search's usage is charged where it ran: unless it succeeded
-/// after its copy of the index changed (its caller then gets `not_ready`
-/// and the writer answers, and charges, the same search). A failed search
-/// is charged for what it used, as it always was.
-fn answered_here(succeeded: bool, copy_unchanged: bool) -> bool {
-    !succeeded || copy_unchanged
-}
-
 /// One object's read path over its copy of the index.
 pub struct Reader {
     env: Env,
@@ -212,9 +204,11 @@ impl Reader {
     /// computed (a replica's copy may have been replaced meanwhile).
     ///
     /// What the search used (its query's embedding, the reranker) is charged
-    /// once it is known whether the answer is given: an answer computed
-    /// while `current()` stopped holding is thrown away by the replica and
-    /// searched again by the writer, which charges that search itself.
+    /// once it is known whether the outcome is given, that is if `current()`
+    /// still holds: a replica throws away what it computed over a copy that
+    /// changed under it and the writer searches again, charging that search
+    /// itself (nothing, should the writer answer from a cache: the caller is
+    /// charged for one search, at most).
     #[allow(clippy::too_many_arguments)]
     pub async fn search(
         &self,
@@ -232,7 +226,7 @@ impl Reader {
                 state, index, tenant, settings, version, search, current, &used,
             )
             .await;
-        if answered_here(answer.is_ok(), current()) {
+        if current() {
             for used in used.into_inner() {
                 self.charge_used(state, tenant, used);
             }

@@ -319,7 +319,7 @@ impl SearchReplica {
     }
 
     /// Answers `search` from the copy. A copy begun while it ran (its
-    /// tables emptied under it) makes the answer [`not_ready`].
+    /// tables emptied under it) makes the answer, or the error, [`not_ready`].
     async fn search(
         &self,
         tenant: &TenantId,
@@ -346,9 +346,12 @@ impl SearchReplica {
                 search,
                 &current,
             )
-            .await?;
+            .await;
+        // Whatever came out (an answer or an error) was computed over a copy
+        // that changed under it: the writer answers instead, and the reader
+        // charged nothing for it.
         if current() {
-            Ok(answer)
+            answer
         } else {
             Err(not_ready(
                 "the search replica's copy of the index changed while it searched",
