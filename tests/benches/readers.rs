@@ -105,13 +105,15 @@ fn burst(server: &Arc<Server>, questions: &[String], top_ks: [u32; 2]) -> (f64, 
 }
 
 fn start(dir: &PersistDir, replicas: &str) -> Arc<Server> {
+    let vars = e2e::bench_vars(&[
+        ("EMBEDDED_MAX_CHUNKS", "20000"),
+        ("SEARCH_REPLICAS", replicas),
+    ]);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     Arc::new(Server::start_with_vars(
         Deployment::Dedicated(TENANT),
         dir,
-        &[
-            ("EMBEDDED_MAX_CHUNKS", "20000"),
-            ("SEARCH_REPLICAS", replicas),
-        ],
+        &vars,
     ))
 }
 

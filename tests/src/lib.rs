@@ -183,13 +183,7 @@ impl Server {
             inspector_port: Some(free_port()),
             persist_to: state,
             env_file,
-            // The tests inject embedder failures; deployed configurations
-            // never set this, and it only works with the embedded embedder.
-            vars: [("FAULT_INJECTION", "enabled")]
-                .iter()
-                .chain(extra_vars)
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            vars: server_vars(extra_vars),
         };
         let log_dir = xtask::repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&log_dir).expect("create target/e2e-logs");
@@ -492,12 +486,29 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// A bench's server vars: `base`, then those of `BENCH_VARS`
-/// (`"NAME=VALUE NAME=VALUE"`, e.g. `SEARCH_REPLICAS=0`; a later one wins).
+/// The vars a server starts with: `FAULT_INJECTION=enabled` (the tests
+/// inject embedder and model failures; deployed configurations never set
+/// it, and it only works with the embedded providers), then `extra`, each
+/// replacing an earlier one of the same name.
+fn server_vars(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for (name, value) in [("FAULT_INJECTION", "enabled")].iter().chain(extra) {
+        vars.retain(|(n, _)| n != name);
+        vars.push(((*name).to_owned(), (*value).to_owned()));
+    }
+    vars
+}
+
+/// A bench's server vars: `FAULT_INJECTION=disabled` (a bench measures
+/// what a deployment runs, without the tests' hooks: the embedder's
+/// injected failures cost a storage read per indexed document), `base`,
+/// then those of `BENCH_VARS` (`"NAME=VALUE NAME=VALUE"`, e.g.
+/// `SEARCH_REPLICAS=0`; a later one wins).
 pub fn bench_vars(base: &[(&str, &str)]) -> Vec<(String, String)> {
     let extra = std::env::var("BENCH_VARS").unwrap_or_default();
-    let mut vars: Vec<(String, String)> = base
+    let mut vars: Vec<(String, String)> = [("FAULT_INJECTION", "disabled")]
         .iter()
+        .chain(base)
         .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
         .collect();
     for pair in extra.split_whitespace() {
@@ -592,6 +603,37 @@ pub fn process_group_cpu_by_thread(pgid: u32) -> BTreeMap<&'static str, Duration
         }
     }
     by_kind
+}
+
+#[cfg(test)]
+mod vars_tests {
+    use super::{bench_vars, server_vars};
+
+    #[test]
+    fn a_later_var_replaces_an_earlier_one() {
+        let owned = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            server_vars(&[("SEARCH_REPLICAS", "0")]),
+            owned(&[("FAULT_INJECTION", "enabled"), ("SEARCH_REPLICAS", "0")])
+        );
+        assert_eq!(
+            server_vars(&[("FAULT_INJECTION", "disabled"), ("A", "1"), ("A", "2")]),
+            owned(&[("FAULT_INJECTION", "disabled"), ("A", "2")])
+        );
+        // A bench's server runs without the tests' hooks.
+        let bench = bench_vars(&[("EMBEDDED_MAX_CHUNKS", "20000")]);
+        let bench: Vec<(&str, &str)> = bench
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let started = server_vars(&bench);
+        assert!(started.contains(&("FAULT_INJECTION".to_owned(), "disabled".to_owned())));
+        assert!(!started.contains(&("FAULT_INJECTION".to_owned(), "enabled".to_owned())));
+    }
 }
 
 #[cfg(test)]
