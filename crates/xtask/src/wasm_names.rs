@@ -46,42 +46,49 @@ pub fn strip_symbol_hashes(wasm: &[u8]) -> Result<(Vec<u8>, Stripped), String> {
     let mut names = 0;
     let mut at = HEADER.len();
     while at < wasm.len() {
-        let id = wasm[at];
-        let (size, body_at) = read_u32(wasm, at + 1)?;
-        let body = wasm
-            .get(body_at..body_at + size as usize)
-            .ok_or("a section runs past the end of the module")?;
-        match (id, custom_name(body)?) {
+        let (id, body, end) = entry(wasm, at, "a section runs past the end of the module")?;
+        match (id, custom_name(body)) {
             (0, Some(("name", rest))) => {
                 let (subsections, n) = strip_subsections(rest)?;
                 names += n;
                 let mut section = Vec::with_capacity(body.len());
                 write_name(&mut section, "name");
                 section.extend_from_slice(&subsections);
-                out.push(0);
-                write_u32(&mut out, len_u32(section.len())?);
-                out.extend_from_slice(&section);
+                write_entry(&mut out, 0, &section)?;
             }
-            _ => out.extend_from_slice(&wasm[at..body_at + size as usize]),
+            _ => out.extend_from_slice(&wasm[at..end]),
         }
-        at = body_at + size as usize;
+        at = end;
     }
     let bytes = wasm.len() - out.len();
     Ok((out, Stripped { names, bytes }))
 }
 
+/// The section or subsection at `at`: its id, its bytes, and where it ends.
+fn entry<'a>(bytes: &'a [u8], at: usize, past_end: &str) -> Result<(u8, &'a [u8], usize), String> {
+    let id = bytes[at];
+    let (size, body_at) = read_u32(bytes, at + 1)?;
+    let end = body_at + size as usize;
+    let body = bytes.get(body_at..end).ok_or(past_end)?;
+    Ok((id, body, end))
+}
+
+/// Writes a section or subsection: `id`, the length of `body`, `body`.
+fn write_entry(out: &mut Vec<u8>, id: u8, body: &[u8]) -> Result<(), String> {
+    out.push(id);
+    write_u32(out, len_u32(body.len())?);
+    out.extend_from_slice(body);
+    Ok(())
+}
+
 /// The name of a custom section and the bytes after it (`None` when the
 /// section has no valid name: then it is not ours to read).
-fn custom_name(body: &[u8]) -> Result<Option<(&str, &[u8])>, String> {
-    let Ok((len, at)) = read_u32(body, 0) else {
-        return Ok(None);
-    };
-    let Some(name) = body.get(at..at + len as usize) else {
-        return Ok(None);
-    };
-    Ok(std::str::from_utf8(name)
+fn custom_name(body: &[u8]) -> Option<(&str, &[u8])> {
+    let (len, at) = read_u32(body, 0).ok()?;
+    let name = body.get(at..at + len as usize)?;
+    std::str::from_utf8(name)
         .ok()
-        .map(|name| (name, &body[at + len as usize..])))
+        .map(|name| (name, &body[at + len as usize..]))
 }
 
 /// The `name` section's subsections with the function names stripped, and
@@ -91,21 +98,15 @@ fn strip_subsections(bytes: &[u8]) -> Result<(Vec<u8>, usize), String> {
     let mut stripped = 0;
     let mut at = 0;
     while at < bytes.len() {
-        let id = bytes[at];
-        let (size, body_at) = read_u32(bytes, at + 1)?;
-        let body = bytes
-            .get(body_at..body_at + size as usize)
-            .ok_or("a name subsection runs past its section")?;
+        let (id, body, end) = entry(bytes, at, "a name subsection runs past its section")?;
         if id == 1 {
             let (functions, n) = strip_function_names(body)?;
             stripped += n;
-            out.push(1);
-            write_u32(&mut out, len_u32(functions.len())?);
-            out.extend_from_slice(&functions);
+            write_entry(&mut out, 1, &functions)?;
         } else {
-            out.extend_from_slice(&bytes[at..body_at + size as usize]);
+            out.extend_from_slice(&bytes[at..end]);
         }
-        at = body_at + size as usize;
+        at = end;
     }
     Ok((out, stripped))
 }
@@ -196,9 +197,8 @@ mod tests {
     use super::*;
 
     fn section(id: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![id];
-        write_u32(&mut out, body.len() as u32);
-        out.extend_from_slice(body);
+        let mut out = Vec::new();
+        write_entry(&mut out, id, body).unwrap();
         out
     }
 
@@ -291,8 +291,7 @@ mod tests {
         let wasm = sample(&[(0, "f::h0123456789abcdef")]);
         let mut boundaries = vec![8];
         while let Some(&at) = boundaries.last().filter(|&&at| at < wasm.len()) {
-            let (size, body_at) = read_u32(&wasm, at + 1).unwrap();
-            boundaries.push(body_at + size as usize);
+            boundaries.push(entry(&wasm, at, "past the end").unwrap().2);
         }
         assert_eq!(boundaries.len(), 4);
         for cut in 9..wasm.len() {
