@@ -13,8 +13,10 @@
 //!   wasm32 rustflags), `package.json` and `package-lock.json` (esbuild,
 //!   wasm-opt, wrangler versions), and a `rust-toolchain(.toml)` if any;
 //! - the build's own arguments and the versions of the tools it runs
-//!   (`rustc -vV`, worker-build, wasm-bindgen), and the environment variables
-//!   that change what cargo builds (`RUSTFLAGS`, `CARGO_PROFILE_*`, ...).
+//!   (`rustc -vV`, worker-build, wasm-bindgen), a fingerprint of the code of
+//!   the name rewrite that follows them ([`crate::wasm_names`]), and the
+//!   environment variables that change what cargo builds (`RUSTFLAGS`,
+//!   `CARGO_PROFILE_*`, ...).
 //!
 //! It is written beside the build output ([`STAMP_FILE`]) after a build
 //! succeeds and removed before one starts, so a failed or interrupted build

@@ -616,6 +616,9 @@ impl SessionStore {
     /// Erases the conversation (messages, turns, events); the binding stays,
     /// and ids keep growing (`AUTOINCREMENT`).
     pub fn erase(&self) -> Result<(), ErrorReply> {
+        // A session from before owners were stored is owned by its having
+        // messages (`read_owner`): read it again after they go.
+        *self.owner.borrow_mut() = None;
         self.kept_messages_forgotten();
         self.last_event.set(None);
         for table in ["messages", "turns", "turn_events"] {

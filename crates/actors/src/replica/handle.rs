@@ -149,7 +149,8 @@ impl SearchHandle {
 /// then all land on the one object that also ingests (and a request that
 /// broke the replica would be tried on the writer); they are answered 503
 /// as before. Any other refusal (a bad request, a failed model) would be
-/// the writer's too.
+/// the writer's too; the replica turns one into [`super::NOT_READY`] only
+/// when a copy began while the search ran.
 pub fn asks_writer(error: &ActorError) -> bool {
     matches!(error, ActorError::Refused(reply) if reply.reason.as_deref() == Some(super::NOT_READY))
 }
