@@ -118,9 +118,12 @@ pub fn field<'de, T: de::Deserialize<'de>>(
         other => return Err(unexpected(other, 0, "a map")),
     };
     for _ in 0..len {
-        if matches!(de.head()?, Head::Str(key) if key == name) {
+        let key = de.head()?;
+        if matches!(key, Head::Str(key) if key == name) {
             return T::deserialize(&mut de).map(Some);
         }
+        // A key that is an array or a map is skipped whole, then its value.
+        de.skip_items_of(key)?;
         de.skip()?;
     }
     Ok(None)
@@ -270,15 +273,25 @@ impl<'de> Deserializer<'de> {
 
     /// Skips the next value, however deep, without a visitor.
     fn skip(&mut self) -> Result<(), DecodeError> {
+        let head = self.head_checking::<false>()?;
+        self.skip_items_of(head)
+    }
+
+    /// Skips what follows `head`, already read: an array's or a map's items,
+    /// however deep (nothing after a scalar).
+    fn skip_items_of(&mut self, head: Head<'de>) -> Result<(), DecodeError> {
+        fn items(head: Head<'_>) -> u64 {
+            match head {
+                Head::Array(n) => u64::from(n),
+                Head::Map(n) => 2 * u64::from(n),
+                _ => 0,
+            }
+        }
         // Values still to skip; an array or map adds its items.
-        let mut pending: u64 = 1;
+        let mut pending = items(head);
         while pending > 0 {
             pending -= 1;
-            match self.head_checking::<false>()? {
-                Head::Array(n) => pending += u64::from(n),
-                Head::Map(n) => pending += 2 * u64::from(n),
-                _ => {}
-            }
+            pending += items(self.head_checking::<false>()?);
         }
         Ok(())
     }
@@ -1148,6 +1161,10 @@ mod tests {
         let later = rmp_serde::to_vec_named(&json!({"a": [1, {"b": null}], "v": 3})).unwrap();
         assert_eq!(field::<u16>(&later, "v"), Ok(Some(3)));
         assert_eq!(field::<u16>(&later, "z"), Ok(None));
+        // A key that is not a string, even an array or a map, is skipped
+        // whole: {[1, 2]: 0, {"v": 9}: 0, "v": 4}.
+        let odd_keys = b"\x83\x92\x01\x02\x00\x81\xa1v\x09\x00\xa1v\x04";
+        assert_eq!(field::<u16>(odd_keys, "v"), Ok(Some(4)));
         assert!(field::<u16>(b"\x92\x01\x02", "v").is_err());
         assert!(field::<u16>(b"\x81\xa1v\xa1x", "v").is_err());
     }
