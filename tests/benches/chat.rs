@@ -137,9 +137,7 @@ fn ws_turn(socket: &mut Socket, n: usize) -> (f64, f64, usize) {
 fn main() {
     let dir = PersistDir::new("bench-chat");
     // `BENCH_VARS="SEARCH_REPLICAS=0"`: the writer answers the searches.
-    let vars = e2e::bench_vars(&[]);
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let server = Server::start_with_vars(Deployment::Dedicated(TENANT), &dir, &vars);
+    let server = Server::start_bench(Deployment::Dedicated(TENANT), &dir, &[], &[]);
     let docs: Vec<_> = (0..20)
         .map(|i| json!({ "id": format!("light-{i}"), "text": format!("Lighthouse {i} guides ships past the reef with a rotating lamp and a foghorn. Keepers log every ship that passes.") }))
         .collect();

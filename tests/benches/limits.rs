@@ -111,9 +111,7 @@ fn main() {
     println!("|---|---|---|---|");
     println!("| admit + state serialised | {rate:.0} | {admitted} | {row} bytes |\n");
     let dir = PersistDir::new("bench-limits");
-    let vars = e2e::bench_vars(&[]);
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let server = Server::start_with_vars(Deployment::Dedicated(TENANT), &dir, &vars);
+    let server = Server::start_bench(Deployment::Dedicated(TENANT), &dir, &[], &[]);
     server.ingest(
         TENANT,
         json!([

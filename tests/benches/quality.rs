@@ -70,9 +70,12 @@ fn main() {
     let corpus = load_corpus();
     let questions = questions();
     let dir = PersistDir::new("bench-quality");
-    let vars = e2e::bench_vars(&[("EMBEDDED_MAX_CHUNKS", "20000")]);
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let server = Server::start_with_vars(Deployment::Dedicated(TENANT), &dir, &vars);
+    let server = Server::start_bench(
+        Deployment::Dedicated(TENANT),
+        &dir,
+        &[("EMBEDDED_MAX_CHUNKS", "20000")],
+        &[],
+    );
     let (chunks, secs) = ingest(&server, &corpus);
     println!(
         "corpus: {} documents, {chunks} chunks ({} in the index), ingested in {secs:.0} s",
@@ -223,9 +226,12 @@ fn at_ten_thousand(server: &Server, corpus: &[Value], on_topic: &[&Question]) {
 /// tenant's object wakes with nothing in memory, and its first vector search
 /// loads the index's vectors from SQLite.
 fn wake(dir: &PersistDir, key: String, on_topic: &[&Question]) {
-    let vars = e2e::bench_vars(&[("EMBEDDED_MAX_CHUNKS", "20000")]);
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let server = Server::start_with_vars(Deployment::Dedicated(TENANT), dir, &vars);
+    let server = Server::start_bench(
+        Deployment::Dedicated(TENANT),
+        dir,
+        &[("EMBEDDED_MAX_CHUNKS", "20000")],
+        &[],
+    );
     server.adopt_key(TENANT, key);
     // Wake the gateway, the key check and the object, without a vector
     // search (a keyword search loads no vectors).

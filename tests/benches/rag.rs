@@ -245,9 +245,9 @@ fn main() {
     // vectors), as an operator would for a tenant that needs it.
     // `BENCH_VARS="SEARCH_REPLICAS=0"` runs it with the writer answering
     // searches alone (the layout before replicas), or other vars.
-    let vars = e2e::bench_vars(&[("EMBEDDED_MAX_CHUNKS", "20000")]);
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let server = Server::start_with_vars(Deployment::Dedicated(TENANT), &dir, &vars);
+    let base = [("EMBEDDED_MAX_CHUNKS", "20000")];
+    let server = Server::start_bench(Deployment::Dedicated(TENANT), &dir, &base, &[]);
+    let vars = e2e::bench_vars(&base);
     println!("corpus: {} documents, vars {vars:?}", corpus.len());
 
     // About 1k chunks first.

@@ -106,13 +106,11 @@ fn burst(server: &Arc<Server>, questions: &[String], top_ks: [u32; 2]) -> (f64, 
 
 fn start(dir: &PersistDir, replicas: &str) -> Arc<Server> {
     // The replica count is this bench's own, whatever `BENCH_VARS` says.
-    let vars = e2e::bench_vars(&[("EMBEDDED_MAX_CHUNKS", "20000")]);
-    let mut vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    vars.push(("SEARCH_REPLICAS", replicas));
-    Arc::new(Server::start_with_vars(
+    Arc::new(Server::start_bench(
         Deployment::Dedicated(TENANT),
         dir,
-        &vars,
+        &[("EMBEDDED_MAX_CHUNKS", "20000")],
+        &[("SEARCH_REPLICAS", replicas)],
     ))
 }
 

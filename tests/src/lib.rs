@@ -120,6 +120,23 @@ impl Server {
         Self::start_in(deployment, dir.path(), None, vars)
     }
 
+    /// Starts a bench's server: the vars of [`bench_vars`] for `base`, then
+    /// `fixed`, which `BENCH_VARS` does not change.
+    pub fn start_bench(
+        deployment: Deployment,
+        dir: &PersistDir,
+        base: &[(&str, &str)],
+        fixed: &[(&str, &str)],
+    ) -> Self {
+        let vars = bench_vars(base);
+        let vars: Vec<(&str, &str)> = vars
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .chain(fixed.iter().copied())
+            .collect();
+        Self::start_in(deployment, dir.path(), None, &vars)
+    }
+
     fn start_in(
         deployment: Deployment,
         dir: &Path,
