@@ -751,3 +751,73 @@ fn bounds_refuse_early_and_a_failed_job_leaves_its_documents_deletable() {
     let job = c.ingest_done(json!([{ "id": "fits", "text": fits }]));
     assert_eq!(job["chunksDone"], 2);
 }
+
+/// The index keeps its chunk count between writes (counted once, then
+/// changed by each insert, replacement and delete); keyword relevance is
+/// scaled by it. The scores after a run of writes must be those a fresh
+/// count gives after a restart, on the writer (no replicas) and on the
+/// replicas (the default).
+#[test]
+fn the_kept_chunk_count_is_the_stored_one() {
+    let para = |word: &str| format!("{word} ").repeat(120);
+    let long = format!("{}\n\n{}\n\n{}", para("zebra"), para("yak"), para("walrus"));
+    let query = json!({ "query": "the value goes out of scope with its owner", "mode": "keyword" });
+    let scores = |r: &Value| -> Vec<(String, f64)> {
+        r["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().to_owned(),
+                    m["score"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    for vars in [&[("SEARCH_REPLICAS", "0")][..], &[]] {
+        let dir = PersistDir::new("rag-count");
+        let before;
+        {
+            let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, vars);
+            let c = Client {
+                server: &server,
+                tenant: A,
+            };
+            let mut docs = corpus();
+            docs.as_array_mut()
+                .unwrap()
+                .push(json!({ "id": "shrinks", "text": long }));
+            assert_eq!(c.ingest_done(docs)["chunksDone"], 8);
+            // Counted here, then kept through the writes below.
+            assert!(!scores(&c.search_ok(query.clone())).is_empty());
+            let job =
+                c.ingest_done(json!([{ "id": "shrinks", "text": "A zebra owns its scope." }]));
+            assert_eq!(job["chunksDone"], 1);
+            assert_eq!(c.delete("closures").status, 200);
+            c.ingest_done(json!([
+                { "id": "drop", "text": "A value is dropped when its owner goes out of scope." }
+            ]));
+            assert_eq!(c.inspect()["chunks"], 6);
+            before = scores(&c.search_ok(query.clone()));
+        }
+        let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, vars);
+        let c = Client {
+            server: &server,
+            tenant: A,
+        };
+        let after = scores(&c.search_ok(query.clone()));
+        assert!(before.len() > 1, "{vars:?}: {before:?}");
+        assert_eq!(
+            before.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            after.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            "{vars:?}"
+        );
+        for ((id, b), (_, a)) in before.iter().zip(&after) {
+            assert!(
+                (a - b).abs() < 1e-9,
+                "{vars:?}: {id}: {b} before the restart, {a} after"
+            );
+        }
+    }
+}

@@ -215,7 +215,9 @@ impl SqlVectorIndex {
 
     /// The chunks the index holds: from memory where the vectors are
     /// loaded, else counted once (a scan of the table, which Durable Object
-    /// storage bills row by row) and remembered until the next write.
+    /// storage bills row by row) and kept: every write through this index
+    /// adds what it inserted and takes off what it deleted, and one that
+    /// fails forgets it.
     fn count(&self) -> Result<u64, PortError> {
         if let Some(mem) = self.mem.borrow().as_ref() {
             return Ok(mem.len() as u64);
@@ -263,22 +265,6 @@ impl SqlVectorIndex {
         }
         *self.mem.borrow_mut() = Some(index);
         Ok(())
-    }
-
-    /// An upper bound of the chunk count that needs no scan (`COUNT(*)`
-    /// walks a whole index; an upsert per document paid it): row ids are
-    /// positive and distinct, so the highest is at least the count. Exact
-    /// when the vectors are in memory.
-    fn count_bound(&self) -> Result<u64, PortError> {
-        if let Some(mem) = self.mem.borrow().as_ref() {
-            return Ok(mem.len() as u64);
-        }
-        sql::scalar(
-            &self.sql,
-            "SELECT COALESCE(MAX(rid), 0) FROM vectors",
-            vec![],
-        )
-        .map_err(storage)
     }
 
     /// The row ids of those of `ids` that are stored, in one statement per
@@ -460,11 +446,13 @@ impl SqlVectorIndex {
     }
 
     /// Writes `records`; `stored` holds the row ids of those already stored.
+    /// Returns how many rows it inserted.
     fn write(
         &self,
         records: &[VectorRecord],
         mut stored: HashMap<String, i64>,
-    ) -> Result<(), PortError> {
+    ) -> Result<u64, PortError> {
+        let mut inserted = 0;
         for r in records {
             let meta = serde_json::to_string(&r.metadata).map_err(failed)?;
             let embedding = if self.vectors {
@@ -497,6 +485,7 @@ impl SqlVectorIndex {
                     .map_err(storage)?;
                     // The same id again in this write is an update.
                     stored.insert(r.id.clone(), rid);
+                    inserted += 1;
                     rid
                 }
             };
@@ -522,7 +511,7 @@ impl SqlVectorIndex {
                 }
             }
         }
-        Ok(())
+        Ok(inserted)
     }
 }
 
@@ -620,16 +609,15 @@ impl VectorIndex for SqlVectorIndex {
     }
 
     async fn upsert(&self, records: &[VectorRecord]) -> Result<(), PortError> {
-        let written = self.upsert_rows(records);
-        // The count changed (or may have, part way through a failure).
-        self.chunks.set(None);
-        written
+        let added = self.upsert_rows(records);
+        self.recount(added.as_ref().ok().map(|n| i128::from(*n)));
+        added.map(|_| ())
     }
 
     async fn delete(&self, ids: &[String]) -> Result<(), PortError> {
         let deleted = self.delete_rows(ids);
-        self.chunks.set(None);
-        deleted
+        self.recount(deleted.as_ref().ok().map(|n| -i128::from(*n)));
+        deleted.map(|_| ())
     }
 
     async fn query(&self, q: VectorQuery<'_>) -> Result<Vec<VectorHit>, PortError> {
@@ -638,11 +626,24 @@ impl VectorIndex for SqlVectorIndex {
 }
 
 impl SqlVectorIndex {
-    fn upsert_rows(&self, records: &[VectorRecord]) -> Result<(), PortError> {
+    /// Keeps the known chunk count ([`Self::count`]) after a write that
+    /// changed it by `by` rows; `None`, a write that failed (part of it may
+    /// be stored), forgets it.
+    fn recount(&self, by: Option<i128>) {
+        let kept = match (self.chunks.get(), by) {
+            (Some(n), Some(by)) => u64::try_from(i128::from(n) + by).ok(),
+            _ => None,
+        };
+        self.chunks.set(kept);
+    }
+
+    /// Writes `records`; returns how many rows it inserted (the rest
+    /// replaced stored ones).
+    fn upsert_rows(&self, records: &[VectorRecord]) -> Result<u64, PortError> {
         // Refuse before writing anything if the new ids would not fit: the
-        // stored ids in one read, the count only when the cheap bound
-        // leaves it in doubt. Only the embedded index has a cap: beside
-        // Vectorize nothing is held in memory.
+        // stored ids in one read, the count counted once and then kept.
+        // Only the embedded index has a cap: beside Vectorize nothing is
+        // held in memory.
         let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
         let stored = self.rids(&ids)?;
         let adding = records
@@ -651,11 +652,7 @@ impl SqlVectorIndex {
             .map(|r| r.id.as_str())
             .collect::<HashSet<_>>()
             .len() as u64;
-        if self.vectors
-            && !self.follower
-            && adding > 0
-            && self.count_bound()?.saturating_add(adding) > self.cap
-        {
+        if self.vectors && !self.follower && adding > 0 {
             let count = self.count()?;
             if count.saturating_add(adding) > self.cap {
                 return Err(full(count, adding, self.cap));
@@ -665,7 +662,9 @@ impl SqlVectorIndex {
             .inspect_err(|_| self.forget_memory())
     }
 
-    fn delete_rows(&self, ids: &[String]) -> Result<(), PortError> {
+    /// Deletes the rows of `ids`; returns how many were stored.
+    fn delete_rows(&self, ids: &[String]) -> Result<u64, PortError> {
+        let mut deleted = 0;
         for id in ids {
             let Some(rid) = self.rid(id)? else {
                 continue;
@@ -686,11 +685,12 @@ impl SqlVectorIndex {
                 self.forget_memory();
                 storage(e)
             })?;
+            deleted += 1;
             if let Some(mem) = self.mem.borrow_mut().as_mut() {
                 mem.remove(rid);
             }
         }
-        Ok(())
+        Ok(deleted)
     }
 
     fn answer(&self, q: VectorQuery<'_>) -> Result<Vec<VectorHit>, PortError> {

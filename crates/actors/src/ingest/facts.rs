@@ -12,6 +12,7 @@ use crate::chunking;
 use crate::providers::Settings;
 use crate::sql::SqlError;
 use protocol::ingest::{Document, Metadata};
+use std::collections::HashMap;
 
 /// What storage says about indexed documents and the documents of
 /// unfinished jobs. Synchronous, so a plan can be taken between two awaits
@@ -19,6 +20,8 @@ use protocol::ingest::{Document, Metadata};
 pub trait Records {
     /// The chunk count on record for `doc_id`, if it is indexed.
     fn stored_chunks(&self, doc_id: &str) -> Result<Option<u32>, SqlError>;
+    /// The chunk counts on record for those of `doc_ids` that are indexed.
+    fn stored_chunks_of(&self, doc_ids: &[&str]) -> Result<HashMap<String, u32>, SqlError>;
     /// The chunks of every indexed document together.
     fn indexed_chunks(&self) -> Result<u64, SqlError>;
     /// An unfinished job that stores `doc_id`, if any.
@@ -67,11 +70,17 @@ pub fn enqueue_facts(
     records: &impl Records,
 ) -> Result<EnqueueFacts, SqlError> {
     let counting = settings.queue_bounds().max_chunks.is_some();
+    let stored = if counting {
+        let ids: Vec<&str> = documents.iter().map(|d| d.id.as_str()).collect();
+        records.stored_chunks_of(&ids)?
+    } else {
+        HashMap::new()
+    };
     let mut docs = Vec::with_capacity(documents.len());
     for d in documents {
         let (chunks, replaces_chunks) = if counting {
             let chunks = chunking::chunk(&d.text, settings.chunking).len();
-            let stored = records.stored_chunks(&d.id)?.unwrap_or(0);
+            let stored = stored.get(&d.id).copied().unwrap_or(0);
             (u32::try_from(chunks).unwrap_or(u32::MAX), stored)
         } else {
             (0, 0)
@@ -154,6 +163,14 @@ pub(crate) mod memory {
         fn stored_chunks(&self, doc_id: &str) -> Result<Option<u32>, SqlError> {
             self.read()?;
             Ok(self.documents.get(doc_id).copied())
+        }
+
+        fn stored_chunks_of(&self, doc_ids: &[&str]) -> Result<HashMap<String, u32>, SqlError> {
+            self.read()?;
+            Ok(doc_ids
+                .iter()
+                .filter_map(|id| Some(((*id).to_owned(), *self.documents.get(*id)?)))
+                .collect())
         }
 
         fn indexed_chunks(&self) -> Result<u64, SqlError> {

@@ -14,7 +14,7 @@ use super::core::{Effect, QueueCore, WorkItem};
 use super::facts::JobDoc;
 use super::faults::SqlFaults;
 use super::reader::Reader;
-use super::replication::{self, ReplicatedIndex, Replicator};
+use super::replication::{ReplicatedIndex, Replicator};
 use super::requests::{self, internal};
 use super::restore;
 use super::store::QueueStore;
@@ -418,7 +418,9 @@ impl IngestQueue {
                 // for every cache key, whoever answers.
                 let changed_at_ms = self.with_core(|c| c.index().changed_at_ms)?;
                 let version = crate::ingest::core::IndexVersion {
-                    version: replication::numbers(&self.state.storage().sql())
+                    version: self
+                        .replicator
+                        .numbers(&self.state.storage().sql())
                         .map_err(|e| internal(e.to_string()))?
                         .seq,
                     changed_at_ms,
@@ -438,7 +440,9 @@ impl IngestQueue {
             IngestRequest::Inspect(_) => {
                 let counts = self.store().counts()?;
                 let mut snapshot = self.with_core(|c| requests::snapshot(c, &settings, counts))?;
-                let seq = replication::numbers(&self.state.storage().sql())
+                let seq = self
+                    .replicator
+                    .numbers(&self.state.storage().sql())
                     .map_err(|e| internal(e.to_string()))?
                     .seq;
                 // The version searches answer with and cache under.

@@ -171,6 +171,10 @@ pub struct Replicator {
     /// A flush failed, or replicas left out were not told to forget: the
     /// replicas are owed a flush.
     owed: Cell<bool>,
+    /// The numbers as last read or written: only this object writes them,
+    /// and every write goes through [`Self::store`], so they are read from
+    /// storage once per wake, not once per indexed document.
+    known: Cell<Option<Numbers>>,
 }
 
 fn failed(e: impl std::fmt::Display) -> PortError {
@@ -214,6 +218,25 @@ fn store(sql: &SqlStorage, n: Numbers) -> Result<(), SqlError> {
 }
 
 impl Replicator {
+    /// The writer's numbers ([`numbers`]), kept in memory once read.
+    pub fn numbers(&self, sql: &SqlStorage) -> Result<Numbers, SqlError> {
+        if let Some(n) = self.known.get() {
+            return Ok(n);
+        }
+        let n = numbers(sql)?;
+        self.known.set(Some(n));
+        Ok(n)
+    }
+
+    /// Writes the writer's numbers, and keeps them once written (forgets
+    /// them if the write failed: storage may hold either).
+    fn store(&self, sql: &SqlStorage, n: Numbers) -> Result<(), SqlError> {
+        self.known.set(None);
+        store(sql, n)?;
+        self.known.set(Some(n));
+        Ok(())
+    }
+
     /// Pages exported since the object woke.
     pub fn pages_exported(&self) -> u64 {
         self.pages.get()
@@ -235,10 +258,10 @@ impl Replicator {
     /// sent now. Past [`MAX_KEPT_RECORDS`] nothing is kept: the numbers
     /// go on, so the replicas see a gap and copy the index.
     pub fn keep(&self, sql: &SqlStorage, change: ReplicaChange) -> Result<bool, PortError> {
-        let n = numbers(sql).map_err(failed)?;
+        let n = self.numbers(sql).map_err(failed)?;
         let pieces = pieces(change);
         let seq = n.seq + pieces.len() as u64;
-        store(sql, Numbers { seq, ..n }).map_err(failed)?;
+        self.store(sql, Numbers { seq, ..n }).map_err(failed)?;
         let mut kept = self.kept.borrow_mut();
         for (i, piece) in pieces.into_iter().enumerate() {
             if !kept.push(n.seq + 1 + i as u64, piece) {
@@ -268,7 +291,7 @@ impl Replicator {
     /// them), so the next flush numbers their gap and the alarm comes
     /// within a second.
     pub fn on_load(&self, sql: &SqlStorage) -> Result<(), PortError> {
-        let n = numbers(sql).map_err(failed)?;
+        let n = self.numbers(sql).map_err(failed)?;
         if n.seq > n.acked {
             self.owed.set(true);
         }
@@ -288,9 +311,9 @@ impl Replicator {
     /// change numbered past it, so every replica sees the gap and copies.
     /// `acked` is the last change every replica took, as this flush knows it.
     fn recover(&self, sql: &SqlStorage, acked: u64) -> Result<(), PortError> {
-        let n = numbers(sql).map_err(failed)?;
+        let n = self.numbers(sql).map_err(failed)?;
         if needs_gap(self.diverged.get(), n.seq, acked, self.has_kept()) {
-            store(
+            self.store(
                 sql,
                 Numbers {
                     seq: n.seq + 1,
@@ -372,7 +395,7 @@ impl Replicator {
         replicas: u32,
     ) -> Result<(), PortError> {
         let _turn = self.sending.lock().await;
-        let before = numbers(sql).map_err(failed)?;
+        let before = self.numbers(sql).map_err(failed)?;
         let request_id = RequestId::from_random(crate::entropy::random_bytes());
         let left_out = before.replicas.max(before.unforgotten);
         let mut unforgotten = 0;
@@ -435,7 +458,7 @@ impl Replicator {
         }
         self.owed
             .set(result.is_err() || unforgotten > 0 || self.has_kept() || self.diverged.get());
-        let now = numbers(sql).map_err(failed)?;
+        let now = self.numbers(sql).map_err(failed)?;
         let after = Numbers {
             seq: now.seq,
             acked,
@@ -443,7 +466,7 @@ impl Replicator {
             unforgotten,
         };
         if after != now {
-            store(sql, after).map_err(failed)?;
+            self.store(sql, after).map_err(failed)?;
         }
         result
     }
@@ -453,7 +476,7 @@ impl Replicator {
     /// step (no change can come between them).
     pub fn export(&self, sql: &SqlStorage, export: ExportChunks) -> Result<ChunkPage, SqlError> {
         let limit = export.limit.clamp(1, protocol::replica::MAX_PAGE_CHUNKS);
-        let seq = numbers(sql)?.seq;
+        let seq = self.numbers(sql)?.seq;
         let rows = sql::rows::<(i64, String, Vec<u8>, String)>(
             sql,
             "SELECT rid, id, embedding, metadata FROM vectors WHERE rid > ? ORDER BY rid LIMIT ?",

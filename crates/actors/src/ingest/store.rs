@@ -18,6 +18,7 @@ use crate::sql::{self, int, SqlError};
 use protocol::ingest::Document;
 use protocol::listing::{encode_cursor, DocumentEntry, DocumentPage};
 use protocol::{ErrorReply, TenantId};
+use std::collections::HashMap;
 use worker::SqlStorage;
 
 const SCHEMA: &[&str] = &[
@@ -284,6 +285,20 @@ impl Records for QueueStore {
             vec![doc_id.into()],
         )?
         .map(|(n,)| n))
+    }
+
+    fn stored_chunks_of(&self, doc_ids: &[&str]) -> Result<HashMap<String, u32>, SqlError> {
+        let mut found = HashMap::with_capacity(doc_ids.len());
+        // One statement per 90 ids (an enqueue holds up to 100 documents).
+        for batch in doc_ids.chunks(90) {
+            let marks = vec!["?"; batch.len()].join(", ");
+            found.extend(sql::rows::<(String, u32)>(
+                &self.sql,
+                &format!("SELECT doc_id, chunks FROM documents WHERE doc_id IN ({marks})"),
+                batch.iter().map(|id| (*id).into()).collect(),
+            )?);
+        }
+        Ok(found)
     }
 
     fn indexed_chunks(&self) -> Result<u64, SqlError> {
