@@ -24,6 +24,10 @@ pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 /// The ingest token every test server is started with.
 pub const INGEST_TOKEN: &str = "e2e-ingest-token";
 
+/// The environment variable with which wrangler (4.x) runs a local
+/// collector of the Worker's invocations and spans (default: on).
+const LOCAL_OBSERVABILITY: &str = "X_LOCAL_OBSERVABILITY";
+
 /// Which deployment to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deployment {
@@ -216,6 +220,13 @@ impl Server {
             .stderr(log_file)
             // Logs of wrangler itself go next to ours, not to the home folder.
             .env("WRANGLER_LOG_PATH", &log_dir);
+        // Without wrangler's local observability (on by default): it streams
+        // every invocation and span of the Worker to a collector in the same
+        // runtime, which took 12 % of the isolate's CPU during ingest and
+        // does not exist deployed. `X_LOCAL_OBSERVABILITY=true` keeps it.
+        if std::env::var_os(LOCAL_OBSERVABILITY).is_none() {
+            cmd.env(LOCAL_OBSERVABILITY, "false");
+        }
         // Its own process group, so that stopping it also stops the workerd
         // it spawns, and nothing else.
         use std::os::unix::process::CommandExt;

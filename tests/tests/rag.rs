@@ -756,11 +756,18 @@ fn bounds_refuse_early_and_a_failed_job_leaves_its_documents_deletable() {
 /// changed by each insert, replacement and delete); keyword relevance is
 /// scaled by it. The scores after a run of writes must be those a fresh
 /// count gives after a restart, on the writer (no replicas) and on the
-/// replicas (the default).
+/// replicas (the default). A document of 40 chunks takes more than one
+/// multi-row statement (33 rows each) on the writer and the replicas.
 #[test]
 fn the_kept_chunk_count_is_the_stored_one() {
     let para = |word: &str| format!("{word} ").repeat(120);
     let long = format!("{}\n\n{}\n\n{}", para("zebra"), para("yak"), para("walrus"));
+    let many = |n: usize| {
+        (0..n)
+            .map(|i| format!("token{i}x ").repeat(80))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    };
     let query = json!({ "query": "the value goes out of scope with its owner", "mode": "keyword" });
     let scores = |r: &Value| -> Vec<(String, f64)> {
         r["matches"]
@@ -775,6 +782,15 @@ fn the_kept_chunk_count_is_the_stored_one() {
             })
             .collect()
     };
+    let chunk_texts = |c: &Client, word: &str| -> Vec<String> {
+        let r = c.search_ok(json!({ "query": word, "mode": "keyword", "group": "chunk" }));
+        r["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["metadata"]["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
     for vars in [&[("SEARCH_REPLICAS", "0")][..], &[]] {
         let dir = PersistDir::new("rag-count");
         let before;
@@ -785,10 +801,10 @@ fn the_kept_chunk_count_is_the_stored_one() {
                 tenant: A,
             };
             let mut docs = corpus();
-            docs.as_array_mut()
-                .unwrap()
-                .push(json!({ "id": "shrinks", "text": long }));
-            assert_eq!(c.ingest_done(docs)["chunksDone"], 8);
+            let list = docs.as_array_mut().unwrap();
+            list.push(json!({ "id": "shrinks", "text": long }));
+            list.push(json!({ "id": "many", "text": many(40) }));
+            assert_eq!(c.ingest_done(docs)["chunksDone"], 48);
             // Counted here, then kept through the writes below.
             assert!(!scores(&c.search_ok(query.clone())).is_empty());
             let job =
@@ -798,7 +814,21 @@ fn the_kept_chunk_count_is_the_stored_one() {
             c.ingest_done(json!([
                 { "id": "drop", "text": "A value is dropped when its owner goes out of scope." }
             ]));
-            assert_eq!(c.inspect()["chunks"], 6);
+            let job = c.ingest_done(json!([{ "id": "many", "text": many(35) }]));
+            assert_eq!(job["chunksDone"], 35);
+            assert_eq!(c.inspect()["chunks"], 41);
+            for (word, want) in [("token0x", true), ("token34x", true), ("token35x", false)] {
+                let texts = chunk_texts(&c, word);
+                assert_eq!(
+                    texts.len(),
+                    usize::from(want),
+                    "{vars:?}: {word}: {texts:?}"
+                );
+                assert!(
+                    texts.iter().all(|t| t.starts_with(word)),
+                    "{vars:?}: {texts:?}"
+                );
+            }
             before = scores(&c.search_ok(query.clone()));
         }
         let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, vars);

@@ -447,72 +447,143 @@ impl SqlVectorIndex {
 
     /// Writes `records`; `stored` holds the row ids of those already stored.
     /// Returns how many rows it inserted.
+    ///
+    /// New rows go in with [`ROWS_PER_INSERT`] rows a statement, and so do
+    /// their full-text rows: FTS5 writes what it holds in memory to a new
+    /// segment of its index at every statement that begins while it holds
+    /// something (the statement's savepoint), so a statement per chunk made
+    /// a segment per chunk, and the merging of them, on the writer and on
+    /// every replica.
     fn write(
         &self,
         records: &[VectorRecord],
-        mut stored: HashMap<String, i64>,
+        stored: HashMap<String, i64>,
     ) -> Result<u64, PortError> {
-        let mut inserted = 0;
-        for r in records {
-            let meta = serde_json::to_string(&r.metadata).map_err(failed)?;
-            let embedding = if self.vectors {
-                to_blob(&r.values)
-            } else {
-                Vec::new()
-            };
-            let rid = match stored.get(&r.id).copied() {
-                Some(rid) => {
-                    sql::exec(
-                        &self.sql,
-                        "DELETE FROM chunk_text WHERE rowid = ?",
-                        vec![int(rid)],
-                    )
-                    .map_err(storage)?;
-                    sql::exec(
-                        &self.sql,
-                        "UPDATE vectors SET embedding = ?, metadata = ? WHERE rid = ?",
-                        vec![embedding.into(), meta.into(), int(rid)],
-                    )
-                    .map_err(storage)?;
-                    rid
-                }
-                None => {
-                    let rid: i64 = sql::scalar(
-                        &self.sql,
-                        "INSERT INTO vectors (id, embedding, metadata) VALUES (?, ?, ?) RETURNING rid",
-                        vec![r.id.as_str().into(), embedding.into(), meta.into()],
-                    )
-                    .map_err(storage)?;
-                    // The same id again in this write is an update.
-                    stored.insert(r.id.clone(), rid);
-                    inserted += 1;
-                    rid
-                }
+        let records = latest_by_id(records);
+        let mut rids: HashMap<&str, i64> = HashMap::with_capacity(records.len());
+        let (replaced, new): (Vec<&VectorRecord>, Vec<&VectorRecord>) = records
+            .iter()
+            .partition(|r| stored.contains_key(r.id.as_str()));
+        for batch in replaced.chunks(90) {
+            let marks = vec!["?"; batch.len()].join(", ");
+            sql::exec(
+                &self.sql,
+                &format!("DELETE FROM chunk_text WHERE rowid IN ({marks})"),
+                batch
+                    .iter()
+                    .filter_map(|r| stored.get(r.id.as_str()).copied().map(int))
+                    .collect(),
+            )
+            .map_err(storage)?;
+        }
+        for r in &replaced {
+            let Some(&rid) = stored.get(r.id.as_str()) else {
+                continue;
             };
             sql::exec(
                 &self.sql,
-                "INSERT INTO chunk_text (rowid, title, text) VALUES (?, ?, ?)",
-                vec![
-                    int(rid),
-                    title_of(&r.metadata).into(),
-                    text_of(&r.metadata).into(),
-                ],
+                "UPDATE vectors SET embedding = ?, metadata = ? WHERE rid = ?",
+                vec![self.embedding(r).into(), metadata_json(r)?.into(), int(rid)],
             )
             .map_err(storage)?;
-            let mut loaded = self.mem.borrow_mut();
-            if let Some(mem) = loaded.as_mut() {
+            rids.insert(r.id.as_str(), rid);
+        }
+        for batch in new.chunks(ROWS_PER_INSERT) {
+            let marks = vec!["(?, ?, ?)"; batch.len()].join(", ");
+            let mut bindings = Vec::with_capacity(3 * batch.len());
+            for r in batch {
+                bindings.push(r.id.as_str().into());
+                bindings.push(self.embedding(r).into());
+                bindings.push(metadata_json(r)?.into());
+            }
+            let inserted = sql::rows::<(String, i64)>(
+                &self.sql,
+                &format!(
+                    "INSERT INTO vectors (id, embedding, metadata) VALUES {marks} RETURNING id, rid"
+                ),
+                bindings,
+            )
+            .map_err(storage)?;
+            for (id, rid) in inserted {
+                if let Some(r) = batch.iter().find(|r| r.id == id) {
+                    rids.insert(r.id.as_str(), rid);
+                }
+            }
+        }
+        let written: Vec<(&VectorRecord, i64)> = records
+            .iter()
+            .map(|r| {
+                rids.get(r.id.as_str())
+                    .map(|rid| (*r, *rid))
+                    .ok_or_else(|| failed(format!("no row id for {} after its write", r.id)))
+            })
+            .collect::<Result<_, _>>()?;
+        for batch in written.chunks(ROWS_PER_INSERT) {
+            let marks = vec!["(?, ?, ?)"; batch.len()].join(", ");
+            let mut bindings = Vec::with_capacity(3 * batch.len());
+            for (r, rid) in batch {
+                bindings.push(int(*rid));
+                bindings.push(title_of(&r.metadata).into());
+                bindings.push(text_of(&r.metadata).into());
+            }
+            sql::exec(
+                &self.sql,
+                &format!("INSERT INTO chunk_text (rowid, title, text) VALUES {marks}"),
+                bindings,
+            )
+            .map_err(storage)?;
+        }
+        let mut loaded = self.mem.borrow_mut();
+        if let Some(mem) = loaded.as_mut() {
+            for (r, rid) in &written {
                 let len = mem.len() as u64;
-                if let Err(e) = mem.upsert(rid, &r.values) {
+                if let Err(e) = mem.upsert(*rid, &r.values) {
                     if !self.follower {
                         return Err(mem_error(e, len));
                     }
                     // Stored; the vectors are read again on next use.
                     *loaded = None;
+                    break;
                 }
             }
         }
-        Ok(inserted)
+        Ok(new.len() as u64)
     }
+
+    /// What `r`'s row stores as its embedding: nothing beside Vectorize.
+    fn embedding(&self, r: &VectorRecord) -> Vec<u8> {
+        if self.vectors {
+            to_blob(&r.values)
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// `records` with each id once: the later of two records of an id is the
+/// one kept, as if the earlier were written, then replaced (a replica
+/// writes the changes of a message together, and a document may change
+/// twice in one). In the order of the records kept.
+fn latest_by_id(records: &[VectorRecord]) -> Vec<&VectorRecord> {
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        last.insert(r.id.as_str(), i);
+    }
+    records
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| last.get(r.id.as_str()) == Some(i))
+        .map(|(_, r)| r)
+        .collect()
+}
+
+/// Rows a multi-row `INSERT` writes: three values each, within the 100
+/// bound parameters a statement may have.
+const ROWS_PER_INSERT: usize = 33;
+const _: () = assert!(3 * ROWS_PER_INSERT <= 100);
+
+fn metadata_json(r: &VectorRecord) -> Result<String, PortError> {
+    serde_json::to_string(&r.metadata).map_err(failed)
 }
 
 fn mem_error(e: MemIndexError, count: u64) -> PortError {
@@ -723,6 +794,28 @@ impl SqlVectorIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_keeps_the_latest_record_of_each_id_in_order() {
+        let record = |id: &str, v: f32| VectorRecord {
+            id: id.to_owned(),
+            values: vec![v],
+            metadata: Metadata::new(),
+        };
+        let records = [
+            record("a", 1.0),
+            record("b", 2.0),
+            record("a", 3.0),
+            record("c", 4.0),
+            record("b", 5.0),
+        ];
+        let kept: Vec<(&str, f32)> = latest_by_id(&records)
+            .into_iter()
+            .map(|r| (r.id.as_str(), r.values[0]))
+            .collect();
+        assert_eq!(kept, vec![("a", 3.0), ("c", 4.0), ("b", 5.0)]);
+        assert!(latest_by_id(&[]).is_empty());
+    }
 
     #[test]
     fn blobs_round_trip() {

@@ -147,9 +147,18 @@ impl SearchReplica {
         }
     }
 
-    /// Writes `change` to the copy. The replica's index has no awaits on
-    /// I/O, so this and [`Self::save`] after it commit together.
-    async fn apply(&self, settings: &Settings, change: ReplicaChange) -> Result<(), ErrorReply> {
+    /// Writes `change` (`changes` of the writer's, run together) to the
+    /// copy. The replica's index has no awaits on I/O, so this and
+    /// [`Self::save`] after it commit together.
+    async fn apply(
+        &self,
+        settings: &Settings,
+        change: ReplicaChange,
+        changes: u64,
+    ) -> Result<(), ErrorReply> {
+        if changes == 0 {
+            return Ok(());
+        }
         let index = self.reader.follower_index(self.sql(), settings);
         let written = match change {
             ReplicaChange::Upsert(chunks) => index.upsert(&vector_records(chunks)).await,
@@ -159,7 +168,7 @@ impl SearchReplica {
             *self.loaded.borrow_mut() = None;
             return Err(e.into());
         }
-        self.applied.set(self.applied.get() + 1);
+        self.applied.set(self.applied.get() + changes);
         Ok(())
     }
 
@@ -179,10 +188,24 @@ impl SearchReplica {
         }
         let mut save = false;
         let mut copy = false;
+        // Upserts in a row are written as one (a statement per 33 chunks,
+        // not per document); anything else writes them first.
+        let (mut upserts, mut changes) = (Vec::new(), 0);
         for change in batch.changes {
-            match self.with_core(|c| c.on_change(change))? {
+            let next = self.with_core(|c| c.on_change(change))?;
+            if !matches!(next, OnChange::Apply(ReplicaChange::Upsert(_))) {
+                let run = ReplicaChange::Upsert(std::mem::take(&mut upserts));
+                self.apply(settings, run, std::mem::take(&mut changes))
+                    .await?;
+            }
+            match next {
+                OnChange::Apply(ReplicaChange::Upsert(chunks)) => {
+                    upserts.extend(chunks);
+                    changes += 1;
+                    save = true;
+                }
                 OnChange::Apply(change) => {
-                    self.apply(settings, change).await?;
+                    self.apply(settings, change, 1).await?;
                     save = true;
                 }
                 OnChange::Lost => {
@@ -193,6 +216,8 @@ impl SearchReplica {
                 OnChange::Ignore | OnChange::Kept => {}
             }
         }
+        self.apply(settings, ReplicaChange::Upsert(upserts), changes)
+            .await?;
         if save {
             self.save()?;
         }
@@ -244,7 +269,7 @@ impl SearchReplica {
         match self.with_core(|c| c.finish_copy())? {
             CopyEnd::Usable { changes, .. } => {
                 for change in changes {
-                    self.apply(settings, change).await?;
+                    self.apply(settings, change, 1).await?;
                 }
                 self.reader.forget();
                 self.save()?;
