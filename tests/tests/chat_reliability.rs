@@ -468,3 +468,75 @@ fn a_turn_interrupted_by_a_restart_is_marked_failed() {
     let events = sse_turn(&server, A, "interrupted-1", "and the lighthouse?");
     assert_eq!(last_type(&events), "done");
 }
+
+/// The turn's deadline is the object's alarm, written once the turn's first
+/// event is sent (so that the event is not held for the alarm's write), or
+/// a second after the turn began if no event comes by then. Seen in the
+/// session's admin view while a turn hangs after its first piece, and while
+/// one waits for a model that produces nothing.
+#[test]
+fn a_running_turns_deadline_alarm_is_set_with_or_without_a_first_event() {
+    let dir = PersistDir::new("chat-armed");
+    // A model that produces nothing is given up after 4 s (two attempts).
+    let server = std::sync::Arc::new(Server::start_with_vars(
+        Deployment::Dedicated(A),
+        &dir,
+        &[("CHAT_FIRST_OUTPUT_TIMEOUT_SECS", "4")],
+    ));
+    server.ingest(A, docs());
+    let view = |session: &str| -> Value {
+        let r = get(
+            &server.url(&format!("/admin/actors/chat/{session}")),
+            &[
+                ("x-tenant-id", A),
+                ("authorization", "Bearer e2e-admin-token"),
+            ],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["state"].clone()
+    };
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // The default turn timeout (CHAT_TURN_TIMEOUT_SECS): 120 s.
+    let deadline_near = |state: &Value, began: u64| {
+        let at = state["alarmAtMs"].as_u64().unwrap_or(0);
+        at >= began + 110_000 && at <= now_ms() + 121_000
+    };
+
+    // Hangs after its first piece: three events seen, the turn still runs.
+    let began = now_ms();
+    let seen = sse_then_disconnect(&server, A, "armed-hang", "ferry? [[hang-model]]", 3);
+    assert_eq!(seen.len(), 3);
+    let state = view("armed-hang");
+    assert_eq!(state["inFlight"], true, "{state}");
+    assert!(deadline_near(&state, began), "{state}");
+
+    // Produces nothing: no event for seconds, and the alarm still comes
+    // within about a second.
+    let began = now_ms();
+    let stalled = {
+        let server = std::sync::Arc::clone(&server);
+        std::thread::spawn(move || {
+            sse_turn(&server, A, "armed-stall", "ferry? [[model-all-stall]]")
+        })
+    };
+    let waited = Instant::now();
+    let state = loop {
+        let state = view("armed-stall");
+        if state["inFlight"] == true && deadline_near(&state, began) {
+            break state;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "no deadline alarm for a turn without events: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(state["lastEventId"], Value::Null, "{state}");
+    let events = stalled.join().expect("the stalled turn");
+    assert_eq!(last_type(&events), "error", "{events:?}");
+}

@@ -343,6 +343,11 @@ pub struct ChatSnapshot {
     /// The last event id stored (what a client that saw everything has).
     #[serde(default)]
     pub last_event_id: Option<u64>,
+    /// When the object's alarm is set to run (ms since the epoch): a running
+    /// turn's deadline, or the session's idle expiry; none before its first
+    /// turn.
+    #[serde(default)]
+    pub alarm_at_ms: Option<u64>,
 }
 
 /// One event of a turn, in order: any number of `tool_call` / `tool_result`

@@ -592,6 +592,7 @@ mod chat_messages {
                 generator: "local/extractive".into(),
                 latest_turn: None,
                 last_event_id: Some(12),
+                alarm_at_ms: Some(1_700_000_000_000),
             }),
         ];
         for reply in replies {

@@ -156,12 +156,20 @@ impl ChatSession {
                     Err(e) => reply(Err(e)),
                 }
             }
-            ChatRequest::Inspect(inspect) => reply(
-                inner
-                    .bind(&tenant, &inspect.session_id)
-                    .and_then(|_| inner.snapshot())
-                    .map(ChatResponse::Snapshot),
-            ),
+            ChatRequest::Inspect(inspect) => {
+                let alarm = match inner.state.storage().get_alarm().await {
+                    Ok(at) => at.and_then(|ms| u64::try_from(ms).ok()),
+                    Err(e) => {
+                        return reply(Err(ErrorReply::new(ErrorCode::Internal, e.to_string())))
+                    }
+                };
+                reply(
+                    inner
+                        .bind(&tenant, &inspect.session_id)
+                        .and_then(|_| inner.snapshot(alarm))
+                        .map(ChatResponse::Snapshot),
+                )
+            }
         }
     }
 
@@ -241,6 +249,7 @@ impl worker::DurableObject for ChatSession {
                 listeners: RefCell::new(Vec::new()),
                 alarm_at: Cell::new(None),
                 events: RefCell::new(EventIds::default()),
+                arming: RefCell::new(Vec::new()),
             }),
         }
     }

@@ -77,6 +77,9 @@ pub(super) struct Inner {
     pub(super) alarm_at: Cell<Option<u64>>,
     /// Event ids and the events not stored yet.
     pub(super) events: RefCell<EventIds>,
+    /// Running turns whose first event is not sent yet, each with the
+    /// signal that sets its deadline alarm ([`Inner::drive`]).
+    pub(super) arming: RefCell<Vec<(u64, futures::channel::oneshot::Sender<()>)>>,
 }
 
 /// Ended turns' bookkeeping not sent yet, per tenant, gathered from every
@@ -123,6 +126,10 @@ pub(super) enum Booked {
 /// not taken (the session that began it was reset or evicted before its
 /// send): the next turn sends it at once instead of joining it.
 pub(super) const STALE_BATCH_MS: u64 = 3 * FLUSH_AFTER_MS;
+
+/// How long a turn's deadline alarm waits for the turn's first event at
+/// most ([`Inner::drive`]).
+const ARM_WITHIN_MS: u64 = 1_000;
 
 impl TurnBooks {
     /// Adds a turn of `tenant` that ended at `now_ms`: its usage (none when
@@ -495,6 +502,12 @@ impl Inner {
                 let _ = socket.send_with_str(&json);
             }
         }
+        // Sent: the turn's deadline alarm may be written now.
+        let mut arming = self.arming.borrow_mut();
+        if let Some(at) = arming.iter().position(|(t, _)| *t == turn) {
+            let (_, sent) = arming.swap_remove(at);
+            let _ = sent.send(());
+        }
     }
 
     /// Stores the events sent but not stored yet.
@@ -700,10 +713,20 @@ impl Inner {
     /// Runs a started turn to its end: performs what waits (the model, the
     /// tools) and feeds the results back to the machine.
     pub(super) async fn drive(self: Rc<Self>, ctx: TurnContext, mut waiting: VecDeque<Effect>) {
-        // The alarm (the turn's deadline) is set beside the turn, not before
-        // it: the first event does not wait for it.
+        // The alarm (the turn's deadline) is set once the turn's first event
+        // is sent, or after ARM_WITHIN_MS if none is by then: a message is
+        // held until the storage writes made before it are written (the
+        // output gate), and the alarm's is one more (a second file, its own
+        // sync, locally). An isolate lost before the alarm is set leaves the
+        // turn `running` until the session wakes again (`recover`).
+        let (sent, first_sent) = futures::channel::oneshot::channel();
+        self.arming.borrow_mut().push((ctx.id, sent));
         let arming = Rc::clone(&self);
-        self.state.wait_until(async move { arming.rearm().await });
+        self.state.wait_until(async move {
+            let by = worker::Delay::from(std::time::Duration::from_millis(ARM_WITHIN_MS));
+            let _ = futures::future::select(first_sent, by).await;
+            arming.rearm().await;
+        });
         // The prices of the turn's models (for its `done` event, its usage
         // record and its settle: one table for all three), fetched beside
         // them (both from the tenant's settings, cached).
@@ -730,6 +753,8 @@ impl Inner {
             };
             waiting.extend(self.perform(ctx.id, more));
         }
+        // Ended without an event (it cannot, but its alarm must not wait).
+        self.arming.borrow_mut().retain(|(t, _)| *t != ctx.id);
         let used = self.core.borrow().used(ctx.id);
         let served_by = self.core.borrow().served_by(ctx.id);
         self.core.borrow_mut().finish(ctx.id);
@@ -1198,7 +1223,10 @@ impl Inner {
         }
     }
 
-    pub(super) fn snapshot(&self) -> std::result::Result<ChatSnapshot, ErrorReply> {
+    pub(super) fn snapshot(
+        &self,
+        alarm_at_ms: Option<u64>,
+    ) -> std::result::Result<ChatSnapshot, ErrorReply> {
         let count = self.store.message_count()?;
         let workers_ai = self.settings()?.workers_ai;
         let latest_turn = self.store.latest_turn()?;
@@ -1218,6 +1246,7 @@ impl Inner {
                 self.flush_events();
                 self.store.last_event_id()?
             },
+            alarm_at_ms,
         })
     }
 
