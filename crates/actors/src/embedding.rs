@@ -280,6 +280,27 @@ mod tests {
         }
     }
 
+    /// The buckets of a text are part of every stored embedded index: a
+    /// change to the hashing would make stored vectors and new questions
+    /// disagree. Pinned: the five content words of this text land, one
+    /// each, in these buckets with these signs (weight 1 each, so the
+    /// largest entries), and 35 buckets are used.
+    #[test]
+    fn the_hashing_is_the_one_stored_indexes_were_built_with() {
+        let v = embed("Durable Objects keep state at the edge");
+        let top = v[10];
+        assert!(top > 0.3, "{top}");
+        for (bucket, sign) in [(10, 1.0), (42, 1.0), (221, 1.0), (259, 1.0), (321, -1.0)] {
+            assert!(
+                (v[bucket] - sign * top).abs() < 1e-6,
+                "bucket {bucket}: {}",
+                v[bucket]
+            );
+        }
+        assert!(v.iter().all(|x| x.abs() <= top + 1e-6));
+        assert_eq!(v.iter().filter(|x| **x != 0.0).count(), 35);
+    }
+
     #[test]
     fn words_are_unicode_aware() {
         assert_eq!(

@@ -343,9 +343,10 @@ pub struct ChatSnapshot {
     /// The last event id stored (what a client that saw everything has).
     #[serde(default)]
     pub last_event_id: Option<u64>,
-    /// When the object's alarm is set to run (ms since the epoch): a running
-    /// turn's deadline, or the session's idle expiry; none before its first
-    /// turn.
+    /// When the object's alarm runs next (ms since the epoch): a running
+    /// turn's deadline, an ended turn's deadline not yet passed (the alarm
+    /// then sets the next one), or the session's idle expiry; none before
+    /// its first turn.
     #[serde(default)]
     pub alarm_at_ms: Option<u64>,
 }

@@ -724,7 +724,14 @@ impl Inner {
         let arming = Rc::clone(&self);
         self.state.wait_until(async move {
             let by = worker::Delay::from(std::time::Duration::from_millis(ARM_WITHIN_MS));
-            let _ = futures::future::select(first_sent, by).await;
+            if let futures::future::Either::Left(_) = futures::future::select(first_sent, by).await
+            {
+                // A WebSocket frame is with the runtime once `emit` returns;
+                // an SSE chunk is taken from the turn's channel by the
+                // response stream in a later microtask: one timer tick
+                // later it has left too.
+                worker::Delay::from(std::time::Duration::ZERO).await;
+            }
             arming.rearm().await;
         });
         // The prices of the turn's models (for its `done` event, its usage

@@ -114,8 +114,8 @@ fn full(count: u64, adding: u64, cap: u64) -> PortError {
 pub struct SqlVectorIndex {
     sql: SqlStorage,
     mem: Rc<RefCell<Option<MemIndex>>>,
-    /// The object's count of the index's chunks, once counted; forgotten
-    /// by every write and delete.
+    /// The object's count of the index's chunks, once counted; changed by
+    /// every write and delete, forgotten by one that fails.
     chunks: Rc<Cell<Option<u64>>>,
     cap: u64,
     /// Whether the embeddings are stored here (the embedded index) or

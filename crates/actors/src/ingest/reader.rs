@@ -43,7 +43,8 @@ pub struct Reader {
     env: Env,
     /// The embedded index's vectors, loaded on first vector search.
     mem: Rc<RefCell<Option<MemIndex>>>,
-    /// The index's chunk count, once counted (forgotten by every write).
+    /// The index's chunk count, once counted (changed by every write,
+    /// forgotten by one that fails or a copy).
     chunks: Rc<Cell<Option<u64>>>,
     /// Embedding usage not yet written to the ledger.
     usage: Rc<RefCell<recorder::UsageBuffer>>,
