@@ -13,7 +13,7 @@
 use super::core::{Effect, QueueCore, WorkItem};
 use super::facts::JobDoc;
 use super::faults::SqlFaults;
-use super::reader::Reader;
+use super::reader::{Reader, SearchScope};
 use super::replication::{ReplicatedIndex, Replicator};
 use super::requests::{self, internal};
 use super::restore;
@@ -425,17 +425,15 @@ impl IngestQueue {
                         .seq,
                     changed_at_ms,
                 };
-                self.reader
-                    .search(
-                        &self.state,
-                        &index,
-                        &tenant,
-                        &settings,
-                        version,
-                        search,
-                        &|| true,
-                    )
-                    .await
+                let scope = SearchScope {
+                    state: &self.state,
+                    index: &index,
+                    tenant: &tenant,
+                    settings: &settings,
+                    version,
+                    current: &|| true,
+                };
+                self.reader.search(&scope, search).await
             }
             IngestRequest::Inspect(_) => {
                 let counts = self.store().counts()?;

@@ -38,6 +38,24 @@ fn used(caller: Option<String>, model: &str, texts: &[String]) -> Used {
     }
 }
 
+/// What a search runs over: the object, its copy of the index at
+/// `version`, and whether that copy is still the one searched (`current`).
+#[derive(Clone, Copy)]
+pub struct SearchScope<'a> {
+    /// The object (its `waitUntil`, for cache writes and charges).
+    pub state: &'a State,
+    /// Its copy of the index.
+    pub index: &'a AnyIndex,
+    /// The tenant searched.
+    pub tenant: &'a TenantId,
+    /// The deployment's settings.
+    pub settings: &'a Settings,
+    /// The copy's version (the cache key's).
+    pub version: super::core::IndexVersion,
+    /// Whether the copy is still the one searched.
+    pub current: &'a dyn Fn() -> bool,
+}
+
 /// One object's read path over its copy of the index.
 pub struct Reader {
     env: Env,
@@ -200,9 +218,9 @@ impl Reader {
         });
     }
 
-    /// Answers `search` from `index` (this object's copy, at `version`).
-    /// The answer is cached only if `current()` still holds once it is
-    /// computed (a replica's copy may have been replaced meanwhile).
+    /// Answers `search` over `scope` (this object's copy of the index).
+    /// The answer is cached only if `scope.current()` still holds once it
+    /// is computed (a replica's copy may have been replaced meanwhile).
     ///
     /// What the search used (its query's embedding, the reranker) is charged
     /// once it is known whether the outcome is given, that is if `current()`
@@ -210,43 +228,35 @@ impl Reader {
     /// changed under it and the writer searches again, charging that search
     /// itself (nothing, should the writer answer from a cache: the caller is
     /// charged for one search, at most).
-    #[allow(clippy::too_many_arguments)]
     pub async fn search(
         &self,
-        state: &State,
-        index: &AnyIndex,
-        tenant: &TenantId,
-        settings: &Settings,
-        version: super::core::IndexVersion,
+        scope: &SearchScope<'_>,
         search: Search,
-        current: &dyn Fn() -> bool,
     ) -> Result<IngestResponse, ErrorReply> {
         let used = RefCell::new(Vec::new());
-        let answer = self
-            .answer(
-                state, index, tenant, settings, version, search, current, &used,
-            )
-            .await;
-        if current() {
+        let answer = self.answer(scope, search, &used).await;
+        if (scope.current)() {
             for used in used.into_inner() {
-                self.charge_used(state, tenant, used);
+                self.charge_used(scope.state, scope.tenant, used);
             }
         }
         answer
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
-        state: &State,
-        index: &AnyIndex,
-        tenant: &TenantId,
-        settings: &Settings,
-        version: super::core::IndexVersion,
+        scope: &SearchScope<'_>,
         search: Search,
-        current: &dyn Fn() -> bool,
         charges: &RefCell<Vec<Used>>,
     ) -> Result<IngestResponse, ErrorReply> {
+        let SearchScope {
+            state,
+            index,
+            tenant,
+            settings,
+            version,
+            current,
+        } = *scope;
         search.validate().map_err(requests::invalid)?;
         self.searches.set(self.searches.get() + 1);
         let mode = choose_mode(search.mode, |m| index.supports(m), index.backend())?;

@@ -9,7 +9,7 @@
 use super::core::{CopyEnd, OnChange, ReplicaCore};
 use crate::error::internal;
 use crate::ingest::core::IndexVersion;
-use crate::ingest::reader::Reader;
+use crate::ingest::reader::{Reader, SearchScope};
 use crate::ingest::replication::vector_records;
 use crate::ingest::IngestHandle;
 use crate::ports::{Clock, SystemClock, VectorIndex};
@@ -360,18 +360,15 @@ impl SearchReplica {
         };
         let index = self.reader.index(self.sql(), tenant, settings)?;
         let current = || self.generation.get() == generation;
-        let answer = self
-            .reader
-            .search(
-                &self.state,
-                &index,
-                tenant,
-                settings,
-                version,
-                search,
-                &current,
-            )
-            .await;
+        let scope = SearchScope {
+            state: &self.state,
+            index: &index,
+            tenant,
+            settings,
+            version,
+            current: &current,
+        };
+        let answer = self.reader.search(&scope, search).await;
         // Whatever came out (an answer or an error) was computed over a copy
         // that changed under it: the writer answers instead, and the reader
         // charged nothing for it.
