@@ -830,13 +830,7 @@ async fn json_reply(
         }
         Route::InspectActor { kind, name } => inspect(env, &tenant, kind, &name, request_id).await,
         Route::Usage => {
-            let url = req.url().ok();
-            let param = |name: &str| {
-                url.as_ref()?
-                    .query_pairs()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.into_owned())
-            };
+            let param = |name: &str| query(&req, name);
             let today = protocol::calendar::day_of_ms(worker::Date::now().as_millis());
             let query = UsageQuery::parse(
                 param("from").as_deref(),
@@ -1253,13 +1247,9 @@ pub(crate) fn access(caller: &Caller) -> Access {
     }
 }
 
+/// Query parameter `name` of the request (see [`crate::query`]).
 fn query(req: &Request, name: &str) -> Option<String> {
-    let url = req.url().ok()?;
-    let value = url
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned());
-    value
+    crate::query::param(&req.inner().url(), name)
 }
 
 fn header(req: &Request, name: &str) -> Option<String> {

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod observe;
 pub mod openai;
 pub mod openapi;
+pub mod query;
 pub mod request_id;
 pub mod routing;
 pub mod sse;
