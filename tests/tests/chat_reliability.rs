@@ -1,7 +1,8 @@
 //! Chat reliability against `wrangler dev`: WebSocket protocol errors sent
 //! byte for byte over raw TCP do not disturb other tenants' turns; a turn
 //! survives its client and its events resume exactly (SSE `Last-Event-ID`,
-//! WebSocket `resume`); a turn interrupted by a restart is marked failed.
+//! WebSocket `resume`); a turn interrupted by a restart is marked failed,
+//! by the next request or, with none, by the session's alarm.
 
 use e2e::chat::{parse_sse, Socket};
 use e2e::http::{get, send};
@@ -466,6 +467,66 @@ fn a_turn_interrupted_by_a_restart_is_marked_failed() {
     assert_eq!(last.data["code"], "turn_interrupted");
     // The session takes the next turn.
     let events = sse_turn(&server, A, "interrupted-1", "and the lighthouse?");
+    assert_eq!(last_type(&events), "done");
+}
+
+/// A turn lost with its isolate is failed by the session's own alarm in the
+/// next runtime, with no request to the session: the deadline alarm the turn
+/// set survives the restart, and the object it wakes finds the turn running
+/// in storage and fails it. Seen in the server's log (the `turn_failed`
+/// event, what an operator sees) before anything asks for the session.
+#[test]
+fn the_alarm_fails_a_turn_lost_with_its_isolate_without_a_request() {
+    let dir = PersistDir::new("chat-alarm-restart");
+    let vars = [("CHAT_TURN_TIMEOUT_SECS", "5")];
+    let key;
+    {
+        let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, &vars);
+        key = server.key(A);
+        server.ingest(A, docs());
+        // The model hangs after the first piece: the deadline alarm is set
+        // by then (after the first event), and the runtime stops mid-turn.
+        let seen = sse_then_disconnect(
+            &server,
+            A,
+            "alarmed-1",
+            "when does the ferry leave? [[hang-model]]",
+            3,
+        );
+        let types: Vec<&str> = seen
+            .iter()
+            .map(|(_, d)| d["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["tool_call", "tool_result", "message"]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, &vars);
+    server.adopt_key(A, key);
+    let session_failed = |line: &str| -> Option<Value> {
+        let event: Value = serde_json::from_str(&line[line.find('{')?..]).ok()?;
+        (event["event"] == "turn_failed" && event["sessionId"] == "alarmed-1").then_some(event)
+    };
+    let started = Instant::now();
+    let failed = loop {
+        let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+        if let Some(event) = log.lines().find_map(session_failed) {
+            break event;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no turn_failed event for the session within 60 s; log {}",
+            server.log_path().display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(failed["code"], "turn_interrupted", "{failed}");
+    assert_eq!(failed["tenant"], A, "{failed}");
+    // The history says so too, and the session takes the next turn.
+    let h = history(&server, A, "alarmed-1");
+    let messages = h["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["turn"]["status"], "failed", "{h}");
+    assert_eq!(messages[0]["turn"]["error"]["code"], "turn_interrupted");
+    let events = sse_turn(&server, A, "alarmed-1", "and the lighthouse?");
     assert_eq!(last_type(&events), "done");
 }
 
