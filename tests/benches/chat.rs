@@ -22,6 +22,9 @@ const TENANT: &str = "mrrainbowsmoke";
 const TURNS: usize = 50;
 const SESSIONS: usize = 50;
 const ROUNDS: usize = 5;
+/// How long a turn's bookkeeping (usage record, registry report) may take to
+/// leave after the turn: about a second.
+const SETTLE: Duration = Duration::from_millis(1500);
 
 fn row(
     label: &str,
@@ -66,7 +69,7 @@ impl Cpu {
     /// (usage records and registry reports, sent about a second after a
     /// turn) has run, so that it is counted too.
     fn since(&self, server: &Server) -> Self {
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(SETTLE);
         let now = Self::now(server);
         Self {
             total: now.total.zip(self.total).map(|(n, s)| n.saturating_sub(s)),
@@ -214,13 +217,17 @@ fn main() {
     // once: one round is 50 samples, and its p50 moves by half between runs
     // of one build (the order in which the runtime takes fifty connects and
     // fifty turns); five rounds give a p99 that is not the slowest turn of
-    // one round.
+    // one round. The runtime CPU and the threads' table cover all five.
     let base = server.base().replace("http://", "ws://");
     let key = server.key(TENANT);
     let cpu = Cpu::now(&server);
     let mut walls = Vec::new();
     let mut results: Vec<(f64, f64, usize)> = Vec::new();
     for round in 0..ROUNDS {
+        if round > 0 {
+            // Each round starts once the last one's bookkeeping has left.
+            std::thread::sleep(SETTLE);
+        }
         let started = Instant::now();
         let threads: Vec<_> = (0..SESSIONS)
             .map(|i| {

@@ -502,23 +502,30 @@ fn the_alarm_fails_a_turn_lost_with_its_isolate_without_a_request() {
     }
     let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, &vars);
     server.adopt_key(A, key);
-    let session_failed = |line: &str| -> Option<Value> {
+    // The session's events in the log: `turn_failed` from the recovery of
+    // the object the alarm woke, then the chat `alarm` event itself (a
+    // request would have woken it without the second).
+    let session_event = |line: &str, name: &str| -> Option<Value> {
         let event: Value = serde_json::from_str(&line[line.find('{')?..]).ok()?;
-        (event["event"] == "turn_failed" && event["sessionId"] == "alarmed-1").then_some(event)
+        (event["event"] == name && event["actor"] == "chat" && event["sessionId"] == "alarmed-1")
+            .then_some(event)
     };
     let started = Instant::now();
-    let failed = loop {
+    let (failed, alarm) = loop {
         let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
-        if let Some(event) = log.lines().find_map(session_failed) {
-            break event;
+        let failed = log.lines().find_map(|l| session_event(l, "turn_failed"));
+        let alarm = log.lines().find_map(|l| session_event(l, "alarm"));
+        if let (Some(failed), Some(alarm)) = (failed, alarm) {
+            break (failed, alarm);
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "no turn_failed event for the session within 60 s; log {}",
+            "no turn_failed and alarm events for the session within 60 s; log {}",
             server.log_path().display()
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    assert_eq!(alarm["tenant"], A, "{alarm}");
     assert_eq!(failed["code"], "turn_interrupted", "{failed}");
     assert_eq!(failed["tenant"], A, "{failed}");
     // The history says so too, and the session takes the next turn.
