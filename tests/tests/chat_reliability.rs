@@ -416,32 +416,38 @@ fn websocket_protocol_errors_do_not_break_other_tenants_turns() {
     assert_eq!(last_type(&events), "done");
 }
 
+/// Starts a server on `dir` (with `vars`) and a turn of `session` whose
+/// model hangs after the first piece of its answer, then stops the server in
+/// the middle of the turn. Returns the key that started the turn and the
+/// events its client saw: the tool round and the first piece.
+fn interrupted_turn(
+    dir: &PersistDir,
+    vars: &[(&str, &str)],
+    session: &str,
+) -> (String, Vec<(String, Value)>) {
+    let server = Server::start_with_vars(Deployment::Dedicated(A), dir, vars);
+    let key = server.key(A);
+    server.ingest(A, docs());
+    let seen = sse_then_disconnect(
+        &server,
+        A,
+        session,
+        "when does the ferry leave? [[hang-model]]",
+        3,
+    );
+    let types: Vec<&str> = seen
+        .iter()
+        .map(|(_, d)| d["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["tool_call", "tool_result", "message"]);
+    std::thread::sleep(Duration::from_millis(300));
+    (key, seen)
+}
+
 #[test]
 fn a_turn_interrupted_by_a_restart_is_marked_failed() {
     let dir = PersistDir::new("chat-interrupted");
-    let tool_round;
-    let key;
-    {
-        let server = Server::start(Deployment::Dedicated(A), &dir);
-        key = server.key(A);
-        server.ingest(A, docs());
-        // The model hangs after the first piece of its answer; the server
-        // stops in the middle of the turn.
-        let seen = sse_then_disconnect(
-            &server,
-            A,
-            "interrupted-1",
-            "when does the ferry leave? [[hang-model]]",
-            3,
-        );
-        let types: Vec<&str> = seen
-            .iter()
-            .map(|(_, d)| d["type"].as_str().unwrap())
-            .collect();
-        assert_eq!(types, ["tool_call", "tool_result", "message"]);
-        tool_round = seen;
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let (key, tool_round) = interrupted_turn(&dir, &[], "interrupted-1");
     let server = Server::start(Deployment::Dedicated(A), &dir);
     // The session is its key's: the same key after the restart.
     server.adopt_key(A, key);
@@ -479,27 +485,8 @@ fn a_turn_interrupted_by_a_restart_is_marked_failed() {
 fn the_alarm_fails_a_turn_lost_with_its_isolate_without_a_request() {
     let dir = PersistDir::new("chat-alarm-restart");
     let vars = [("CHAT_TURN_TIMEOUT_SECS", "5")];
-    let key;
-    {
-        let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, &vars);
-        key = server.key(A);
-        server.ingest(A, docs());
-        // The model hangs after the first piece: the deadline alarm is set
-        // by then (after the first event), and the runtime stops mid-turn.
-        let seen = sse_then_disconnect(
-            &server,
-            A,
-            "alarmed-1",
-            "when does the ferry leave? [[hang-model]]",
-            3,
-        );
-        let types: Vec<&str> = seen
-            .iter()
-            .map(|(_, d)| d["type"].as_str().unwrap())
-            .collect();
-        assert_eq!(types, ["tool_call", "tool_result", "message"]);
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    // The deadline alarm is set by the time the first piece is sent.
+    let (key, _) = interrupted_turn(&dir, &vars, "alarmed-1");
     let server = Server::start_with_vars(Deployment::Dedicated(A), &dir, &vars);
     server.adopt_key(A, key);
     // The session's events in the log: `turn_failed` from the recovery of
