@@ -214,7 +214,7 @@ fn main() {
 
     // The concurrent series is ROUNDS rounds of SESSIONS new sessions, one
     // after another, each session connecting and sending its one turn at
-    // once: one round is 50 samples, and its p50 moves by half between runs
+    // once: one round is 50 samples, and its p50 varied twofold between runs
     // of one build (the order in which the runtime takes fifty connects and
     // fifty turns); five rounds give a p99 that is not the slowest turn of
     // one round. The runtime CPU and the threads' table cover all five.

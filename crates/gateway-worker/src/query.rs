@@ -1,13 +1,14 @@
 //! Query parameters, read from the request URL's text.
 //!
 //! `worker::Request::url` parses the whole URL, and the `url` crate runs its
-//! host through IDNA processing on every parse: in the chat bench's
-//! concurrent series that was about 3 % of the isolate's busy time
-//! (docs/benchmarks.md, sixteenth session): the gateway reads the `tenant`
-//! parameter of every request, and other parameters on some routes. The runtime hands the Worker an
-//! already serialized URL, so its query is the text after the first `?`
-//! before the `#`, decoded as a form (`application/x-www-form-urlencoded`: `+`
-//! is a space, `%xx` a byte), as `Url::query_pairs` decodes it.
+//! host through IDNA processing on every parse. The gateway reads the
+//! `tenant` parameter of every request, and others on some routes: in the
+//! chat bench's concurrent series that parsing was about 3 % of the
+//! isolate's busy time (docs/benchmarks.md, sixteenth session). The runtime
+//! hands the Worker an already serialized URL, so its query is the text
+//! after the first `?` and before the `#`, decoded as a form
+//! (`application/x-www-form-urlencoded`: `+` is a space, `%xx` a byte), as
+//! `Url::query_pairs` decodes it.
 
 /// The first value of parameter `name` in `url`'s query, decoded; `None`
 /// when the URL has no query or the query has no such parameter.
