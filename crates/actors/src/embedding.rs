@@ -22,10 +22,13 @@ const STOPWORDS: &[&str] = &[
 
 /// Lowercased words of `text`: runs of alphanumeric characters and `_`.
 pub fn words(text: &str) -> Vec<String> {
+    raw_words(text).map(str::to_lowercase).collect()
+}
+
+/// The words of `text` as they are written (see [`words`]).
+fn raw_words(text: &str) -> impl Iterator<Item = &str> {
     text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
 }
 
 /// Embeds one text as a unit vector of [`DIMENSIONS`] (all zeros if the text
@@ -106,10 +109,7 @@ impl ContentWords {
             text: String::with_capacity(text.len()),
             ends: Vec::new(),
         };
-        for raw in text.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-            if raw.is_empty() {
-                continue;
-            }
+        for raw in raw_words(text) {
             let start = words.text.len();
             if raw.is_ascii() {
                 words

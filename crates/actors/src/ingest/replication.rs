@@ -184,9 +184,10 @@ fn failed(e: impl std::fmt::Display) -> PortError {
     }
 }
 
-/// The writer's numbers (all 0 before the first change). The table is
-/// created with the queue's (`QueueStore::create_tables`).
-pub fn numbers(sql: &SqlStorage) -> Result<Numbers, SqlError> {
+/// The writer's numbers (all 0 before the first change), read from storage:
+/// everyone else reads them through [`Replicator::numbers`], which keeps
+/// them. The table is created with the queue's (`QueueStore::create_tables`).
+fn numbers(sql: &SqlStorage) -> Result<Numbers, SqlError> {
     Ok(sql::first::<(u64, u64, u32, u32)>(
         sql,
         "SELECT seq, acked, replicas, unforgotten FROM replication WHERE id = 1",
