@@ -8,7 +8,8 @@
 //! that time by kind of thread.
 //!
 //! Run with `cargo xtask bench`; `BENCH_VARS` adds vars to the server's
-//! (`"SEARCH_REPLICAS=0"`). Results go to stdout as Markdown.
+//! (`"SEARCH_REPLICAS=2"`; the local configuration runs none). Results go
+//! to stdout as Markdown.
 
 use e2e::chat::Socket;
 use e2e::http::send;
@@ -141,7 +142,8 @@ fn ws_turn(socket: &mut Socket, n: usize) -> (f64, f64, usize) {
 
 fn main() {
     let dir = PersistDir::new("bench-chat");
-    // `BENCH_VARS="SEARCH_REPLICAS=0"`: the writer answers the searches.
+    // The writer answers the searches, as the local configuration has it;
+    // `BENCH_VARS="SEARCH_REPLICAS=2"`: two replicas do, as deployed.
     let server = Server::start_bench(Deployment::Dedicated(TENANT), &dir, &[], &[]);
     let docs: Vec<_> = (0..20)
         .map(|i| json!({ "id": format!("light-{i}"), "text": format!("Lighthouse {i} guides ships past the reef with a rotating lamp and a foghorn. Keepers log every ship that passes.") }))

@@ -4,7 +4,8 @@
 //!
 //! Run with `cargo xtask bench` (builds the Worker first). The corpus is
 //! `../shared/corpus/rust-docs.jsonl`, or the file named by `RAG_CORPUS`;
-//! `BENCH_VARS` adds vars to the server's (`"SEARCH_REPLICAS=0"`).
+//! `BENCH_VARS` adds vars to the server's (`"SEARCH_REPLICAS=2"`: the
+//! deployed replicas, which the local configuration does not run).
 //! Results go to stdout as Markdown for `docs/benchmarks.md`.
 
 use e2e::corpus::{index_chunks, ingest, load_corpus, search, with_prefix, TENANT};
@@ -243,8 +244,9 @@ fn main() {
     // The grown index holds 10,079 chunks, past the embedded index's default
     // bound (EMBEDDED_MAX_CHUNKS, 10,000): raised for this run (~31 MB of
     // vectors), as an operator would for a tenant that needs it.
-    // `BENCH_VARS="SEARCH_REPLICAS=0"` runs it with the writer answering
-    // searches alone (the layout before replicas), or other vars.
+    // The writer answers searches alone, as the local configuration has it;
+    // `BENCH_VARS="SEARCH_REPLICAS=2"` runs it with the deployed replicas,
+    // or other vars.
     let base = [("EMBEDDED_MAX_CHUNKS", "20000")];
     let server = Server::start_bench(Deployment::Dedicated(TENANT), &dir, &base, &[]);
     let vars = e2e::bench_vars(&base);

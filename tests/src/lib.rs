@@ -111,7 +111,7 @@ pub struct Server {
 impl Server {
     /// Starts `deployment` with its state in `dir` and waits until it answers.
     pub fn start(deployment: Deployment, dir: &PersistDir) -> Self {
-        Self::start_in(deployment, dir.path(), None, &[])
+        Self::start_in(deployment, dir.path(), None, TEST_VARS, &[])
     }
 
     /// Starts `deployment` with extra vars (`--var NAME:VALUE`), such as a
@@ -121,11 +121,12 @@ impl Server {
         dir: &PersistDir,
         vars: &[(&str, &str)],
     ) -> Self {
-        Self::start_in(deployment, dir.path(), None, vars)
+        Self::start_in(deployment, dir.path(), None, TEST_VARS, vars)
     }
 
     /// Starts a bench's server: the vars of [`bench_vars`] for `base`, then
-    /// `fixed`, which `BENCH_VARS` does not change.
+    /// `fixed`, which `BENCH_VARS` does not change; the local configuration's
+    /// for the rest (not [`TEST_VARS`]).
     pub fn start_bench(
         deployment: Deployment,
         dir: &PersistDir,
@@ -138,15 +139,19 @@ impl Server {
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .chain(fixed.iter().copied())
             .collect();
-        Self::start_in(deployment, dir.path(), None, &vars)
+        Self::start_in(deployment, dir.path(), None, &[], &vars)
     }
 
+    /// Starts `deployment` with the vars `defaults`, then `extra_vars`
+    /// ([`server_vars`]).
     fn start_in(
         deployment: Deployment,
         dir: &Path,
         owned: Option<PersistDir>,
+        defaults: &[(&str, &str)],
         extra_vars: &[(&str, &str)],
     ) -> Self {
+        let vars = server_vars(defaults, extra_vars);
         let shim = xtask::worker_shim();
         assert!(
             shim.is_file(),
@@ -166,7 +171,7 @@ impl Server {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut server = Self::spawn(deployment, &env_file, &state, extra_vars);
+            let mut server = Self::spawn(deployment, &env_file, &state, &vars);
             match server.wait_ready() {
                 Ok(()) => {
                     server._owned_dir = owned;
@@ -192,7 +197,7 @@ impl Server {
         deployment: Deployment,
         env_file: &Path,
         state: &Path,
-        extra_vars: &[(&str, &str)],
+        vars: &[(String, String)],
     ) -> Self {
         let env_file = env_file.to_path_buf();
         let state = state.to_path_buf();
@@ -204,7 +209,7 @@ impl Server {
             inspector_port: Some(free_port()),
             persist_to: state,
             env_file,
-            vars: server_vars(extra_vars),
+            vars: vars.to_vec(),
         };
         let log_dir = xtask::repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&log_dir).expect("create target/e2e-logs");
@@ -492,7 +497,13 @@ pub fn shared(deployment: Deployment) -> Arc<Server> {
     }
     let dir = PersistDir::new(deployment.label());
     let path = dir.path().to_path_buf();
-    let server = Arc::new(Server::start_in(deployment, &path, Some(dir), &[]));
+    let server = Arc::new(Server::start_in(
+        deployment,
+        &path,
+        Some(dir),
+        TEST_VARS,
+        &[],
+    ));
     servers.push((deployment, Arc::downgrade(&server)));
     server
 }
@@ -514,13 +525,20 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// The vars a server starts with: `FAULT_INJECTION=enabled` (the tests
-/// inject embedder and model failures; deployed configurations never set
-/// it, and it only works with the embedded providers), then `extra`, each
-/// replacing an earlier one of the same name.
-fn server_vars(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+/// The vars a test's server starts with unless the test sets them:
+/// - `FAULT_INJECTION=enabled`: the tests inject embedder and model
+///   failures (deployed configurations never set it, and it only works with
+///   the embedded providers);
+/// - `SEARCH_REPLICAS=2`, the deployed default: the local configuration
+///   runs none (`tenants/*/wrangler.toml`, `[env.local.vars]`), and with two
+///   every test's searches and writes also go through the replicas.
+pub const TEST_VARS: &[(&str, &str)] = &[("FAULT_INJECTION", "enabled"), ("SEARCH_REPLICAS", "2")];
+
+/// The vars a server starts with: `defaults`, then `extra`, each replacing
+/// an earlier one of the same name.
+fn server_vars(defaults: &[(&str, &str)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut vars: Vec<(String, String)> = Vec::new();
-    for (name, value) in [("FAULT_INJECTION", "enabled")].iter().chain(extra) {
+    for (name, value) in defaults.iter().chain(extra) {
         vars.retain(|(n, _)| n != name);
         vars.push(((*name).to_owned(), (*value).to_owned()));
     }
@@ -529,7 +547,8 @@ fn server_vars(extra: &[(&str, &str)]) -> Vec<(String, String)> {
 
 /// A bench's server vars: `FAULT_INJECTION=disabled` (a bench measures
 /// what a deployment runs, without the tests' hooks: the embedder's
-/// injected failures cost a storage read per indexed document), `base`,
+/// injected failures cost a storage read per indexed document; the rest as
+/// the local configuration has it, so no search replicas), `base`,
 /// then those of `BENCH_VARS` (`"NAME=VALUE NAME=VALUE"`, e.g.
 /// `SEARCH_REPLICAS=0`; a later one wins).
 pub fn bench_vars(base: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -635,7 +654,7 @@ pub fn process_group_cpu_by_thread(pgid: u32) -> BTreeMap<&'static str, Duration
 
 #[cfg(test)]
 mod vars_tests {
-    use super::{bench_vars, server_vars};
+    use super::{bench_vars, server_vars, TEST_VARS};
 
     #[test]
     fn a_later_var_replaces_an_earlier_one() {
@@ -644,23 +663,40 @@ mod vars_tests {
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect()
         };
+        // A test's server has the tests' hooks and the deployed replicas,
+        // unless the test says otherwise.
         assert_eq!(
-            server_vars(&[("SEARCH_REPLICAS", "0")]),
+            server_vars(TEST_VARS, &[]),
+            owned(&[("FAULT_INJECTION", "enabled"), ("SEARCH_REPLICAS", "2")])
+        );
+        assert_eq!(
+            server_vars(TEST_VARS, &[("SEARCH_REPLICAS", "0")]),
             owned(&[("FAULT_INJECTION", "enabled"), ("SEARCH_REPLICAS", "0")])
         );
         assert_eq!(
-            server_vars(&[("FAULT_INJECTION", "disabled"), ("A", "1"), ("A", "2")]),
-            owned(&[("FAULT_INJECTION", "disabled"), ("A", "2")])
+            server_vars(
+                TEST_VARS,
+                &[("FAULT_INJECTION", "disabled"), ("A", "1"), ("A", "2")]
+            ),
+            owned(&[
+                ("SEARCH_REPLICAS", "2"),
+                ("FAULT_INJECTION", "disabled"),
+                ("A", "2")
+            ])
         );
-        // A bench's server runs without the tests' hooks.
+        // A bench's server runs without the tests' hooks, and with the local
+        // configuration's replicas (none) unless BENCH_VARS sets them.
         let bench = bench_vars(&[("EMBEDDED_MAX_CHUNKS", "20000")]);
         let bench: Vec<(&str, &str)> = bench
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        let started = server_vars(&bench);
+        let started = server_vars(&[], &bench);
         assert!(started.contains(&("FAULT_INJECTION".to_owned(), "disabled".to_owned())));
         assert!(!started.contains(&("FAULT_INJECTION".to_owned(), "enabled".to_owned())));
+        if std::env::var_os("BENCH_VARS").is_none() {
+            assert!(!started.iter().any(|(n, _)| n == "SEARCH_REPLICAS"));
+        }
     }
 }
 
