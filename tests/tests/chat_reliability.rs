@@ -544,7 +544,7 @@ fn a_running_turns_deadline_alarm_is_set_with_or_without_a_first_event() {
             &server.url(&format!("/admin/actors/chat/{session}")),
             &[
                 ("x-tenant-id", A),
-                ("authorization", "Bearer e2e-admin-token"),
+                ("authorization", &format!("Bearer {}", e2e::ADMIN_TOKEN)),
             ],
         );
         assert_eq!(r.status, 200, "{}", r.body);
