@@ -2,7 +2,8 @@
 //! embedded generator: time to first event and to the full answer, over SSE
 //! and over a WebSocket (50 turns on one session, answers capped at 40
 //! tokens), and five rounds of 50 concurrent new sessions over WebSockets
-//! (each connecting and sending one turn at once); with each, the
+//! (each sending one turn as soon as it is connected, and all sending one
+//! turn together once all are connected); with each, the
 //! runtime's CPU time per turn (`wrangler dev` and `workerd`, read from
 //! `/proc`), which moves far less between runs than the latencies do, and
 //! that time by kind of thread.
@@ -214,56 +215,54 @@ fn main() {
     rows.push(row(&label, &mut first, &mut full, &tokens, ws_cpu.total));
     by_thread.push((label, ws_cpu.by_thread));
 
-    // The concurrent series is ROUNDS rounds of SESSIONS new sessions, one
-    // after another, each session connecting and sending its one turn at
-    // once: one round is 50 samples, and its p50 varied twofold between runs
-    // of one build (the order in which the runtime takes fifty connects and
-    // fifty turns); five rounds give a p99 that is not the slowest turn of
-    // one round. The runtime CPU and the threads' table cover all five.
+    // The concurrent series are ROUNDS rounds of SESSIONS new sessions, one
+    // after another: one round is 50 samples, and its p50 varied twofold
+    // between runs of one build (the order in which the runtime takes fifty
+    // connects and fifty turns); five rounds give a p99 that is not the
+    // slowest turn of one round. The runtime CPU and the threads' table
+    // cover all five.
+    // - "each connecting and sending at once": a session sends its turn as
+    //   soon as it is connected, while the others still connect. The
+    //   connects end together, about 300 ms into a round, on both sides of
+    //   every comparison here; a session connected in the first 50 ms waits
+    //   for its first event until they have, so this series' p99s are
+    //   mostly how long the round's connects take.
+    // - "all connected, then one turn each at once": the same sessions
+    //   send their turns together once all fifty are connected, so the
+    //   latencies are those of fifty concurrent turns alone.
     let base = server.base().replace("http://", "ws://");
     let key = server.key(TENANT);
-    let cpu = Cpu::now(&server);
     let mut walls = Vec::new();
-    let mut results: Vec<(f64, f64, usize)> = Vec::new();
-    for round in 0..ROUNDS {
-        if round > 0 {
-            // Each round starts once the last one's bookkeeping has left.
-            std::thread::sleep(SETTLE);
+    for (series, together) in [
+        ("each connecting and sending at once", false),
+        ("all connected, then one turn each at once", true),
+    ] {
+        let cpu = Cpu::now(&server);
+        let rounds = concurrent(&base, &key, together);
+        let concurrent_cpu = cpu.since(&server);
+        let mut results = Vec::new();
+        for mut round in rounds {
+            walls.push(format!(
+                "{series}: {:.2} s, connects done by {:.0} ms (median {:.0})",
+                round.wall,
+                round.connects.iter().copied().fold(0.0, f64::max),
+                percentile(&mut round.connects, 50.0)
+            ));
+            results.extend(round.turns);
         }
-        let started = Instant::now();
-        let threads: Vec<_> = (0..SESSIONS)
-            .map(|i| {
-                let url = format!("{base}/api/chat/ws?sessionId=concurrent-{round}-{i}&key={key}");
-                std::thread::spawn(move || {
-                    let mut socket =
-                        Socket::connect(&url, &[("x-tenant-id", TENANT)]).expect("connect");
-                    let result = ws_turn(&mut socket, i);
-                    socket.close();
-                    result
-                })
-            })
-            .collect();
-        results.extend(
-            threads
-                .into_iter()
-                .map(|t| t.join().expect("a session thread")),
-        );
-        walls.push(started.elapsed().as_secs_f64());
+        let mut first: Vec<f64> = results.iter().map(|r| r.0).collect();
+        let mut full: Vec<f64> = results.iter().map(|r| r.1).collect();
+        let tokens: Vec<usize> = results.iter().map(|r| r.2).collect();
+        let label = format!("WebSocket, {SESSIONS} new sessions {series}, {ROUNDS} rounds");
+        rows.push(row(
+            &label,
+            &mut first,
+            &mut full,
+            &tokens,
+            concurrent_cpu.total,
+        ));
+        by_thread.push((label, concurrent_cpu.by_thread));
     }
-    let concurrent_cpu = cpu.since(&server);
-    let mut first: Vec<f64> = results.iter().map(|r| r.0).collect();
-    let mut full: Vec<f64> = results.iter().map(|r| r.1).collect();
-    let tokens: Vec<usize> = results.iter().map(|r| r.2).collect();
-    let label =
-        format!("WebSocket, {SESSIONS} concurrent sessions (one turn each), {ROUNDS} rounds");
-    rows.push(row(
-        &label,
-        &mut first,
-        &mut full,
-        &tokens,
-        concurrent_cpu.total,
-    ));
-    by_thread.push((label, concurrent_cpu.by_thread));
 
     println!("\n### Chat latency through the gateway (ms)\n");
     println!("| what | turns | message events per answer | first event p50 | first event p99 | full answer p50 | full answer p99 | runtime CPU ms per turn |");
@@ -271,12 +270,66 @@ fn main() {
     for r in rows {
         println!("{r}");
     }
-    let walls: Vec<String> = walls.iter().map(|w| format!("{w:.2}")).collect();
     println!(
-        "\n{SESSIONS} concurrent sessions: each round all answered in {} s of wall time (connects included).",
-        walls.join(", ")
+        "\n{SESSIONS} new sessions, each round's wall time (connects included) and when its connects were done:\n"
     );
+    for w in walls {
+        println!("- {w}");
+    }
     print_threads(&by_thread);
+}
+
+/// One round of [`concurrent`].
+struct Round {
+    /// Its wall time (s).
+    wall: f64,
+    /// When each session was connected (ms from the round's start).
+    connects: Vec<f64>,
+    /// Each turn's first event and full answer (ms from its sending) and
+    /// its message events.
+    turns: Vec<(f64, f64, usize)>,
+}
+
+/// [`ROUNDS`] rounds of [`SESSIONS`] new sessions with one turn each, over
+/// WebSockets at `base` with `key`, each round [`SETTLE`] after the last:
+/// each session sends its turn once it is connected, or, `together`, once
+/// every session of the round is.
+fn concurrent(base: &str, key: &str, together: bool) -> Vec<Round> {
+    let mut rounds = Vec::new();
+    for round in 0..ROUNDS {
+        // Each round starts once the last one's bookkeeping has left.
+        std::thread::sleep(SETTLE);
+        let started = Instant::now();
+        let all_connected = std::sync::Arc::new(std::sync::Barrier::new(SESSIONS));
+        let threads: Vec<_> = (0..SESSIONS)
+            .map(|i| {
+                let mode = if together { "together" } else { "at-once" };
+                let url = format!("{base}/api/chat/ws?sessionId={mode}-{round}-{i}&key={key}");
+                let all_connected = all_connected.clone();
+                std::thread::spawn(move || {
+                    let mut socket =
+                        Socket::connect(&url, &[("x-tenant-id", TENANT)]).expect("connect");
+                    let connected = started.elapsed().as_secs_f64() * 1000.0;
+                    if together {
+                        all_connected.wait();
+                    }
+                    let result = ws_turn(&mut socket, i);
+                    socket.close();
+                    (connected, result)
+                })
+            })
+            .collect();
+        let (connects, turns): (Vec<f64>, Vec<_>) = threads
+            .into_iter()
+            .map(|t| t.join().expect("a session thread"))
+            .unzip();
+        rounds.push(Round {
+            wall: started.elapsed().as_secs_f64(),
+            connects,
+            turns,
+        });
+    }
+    rounds
 }
 
 /// Each series' runtime CPU by kind of thread, in ms for the whole series
