@@ -6,7 +6,7 @@
 
 use e2e::chat::{parse_sse, Socket};
 use e2e::http::{get, send, Reply};
-use e2e::{shared, Deployment, Server, ADMIN_TOKEN};
+use e2e::{shared, Deployment, PersistDir, Server, ADMIN_TOKEN};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -470,5 +470,65 @@ fn an_open_websocket_stops_working_when_its_key_is_revoked() {
     match s.next_frame() {
         Ok(tungstenite::Message::Close(_)) | Err(_) => {}
         Ok(other) => panic!("the socket stayed open: {other:?}"),
+    }
+}
+
+/// Requests handled by `tenant`'s coordinator so far (this read included).
+fn coordinator_requests(server: &Server, tenant: &str) -> u64 {
+    let r = admin(
+        server,
+        tenant,
+        "GET",
+        &format!("/admin/actors/coordinator/{tenant}"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["state"]["requestsHandled"]
+        .as_u64()
+        .expect("requestsHandled")
+}
+
+#[test]
+fn a_burst_of_chat_turns_costs_the_coordinator_one_read_per_cache() {
+    // Its own server: no other test's requests reach this coordinator.
+    let dir = PersistDir::new("keys-burst");
+    let server = Server::start(Deployment::Dedicated(A), &dir);
+    let key = server.key(A);
+    let base = server.base().replace("http://", "ws://");
+    const SESSIONS: usize = 30;
+    for round in 0..3 {
+        // Past the isolates' 1 s: the key's check and the tenant's
+        // settings are all stale when the sessions connect and turn.
+        std::thread::sleep(Duration::from_millis(1_300));
+        let before = coordinator_requests(&server, A);
+        let all_connected = std::sync::Arc::new(std::sync::Barrier::new(SESSIONS));
+        let threads: Vec<_> = (0..SESSIONS)
+            .map(|i| {
+                let url = format!("{base}/api/chat/ws?sessionId=burst-{round}-{i}&key={key}");
+                let all_connected = all_connected.clone();
+                std::thread::spawn(move || {
+                    let mut socket = Socket::connect(&url, &[]).expect("connect");
+                    all_connected.wait();
+                    socket.send(&json!({ "type": "message", "content": "what guides ships?", "maxTokens": 8 }).to_string());
+                    let events = socket.events_until_end();
+                    socket.close();
+                    events.last().map(|e| e["type"].clone())
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().expect("a session thread"), Some(json!("done")));
+        }
+        // The turns' registry reports (batched) are sent within a second.
+        std::thread::sleep(Duration::from_millis(1_500));
+        let handled = coordinator_requests(&server, A) - before - 1;
+        // The gateway's key check and tenant policy, the actors' settings
+        // and the registry's batched reports: a few requests, not several
+        // per session (the isolates' caches, when each miss read for
+        // itself, made 21 and 121 in this round).
+        assert!(
+            handled <= 10,
+            "round {round}: {SESSIONS} turns made {handled} coordinator requests"
+        );
     }
 }

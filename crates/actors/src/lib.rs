@@ -38,6 +38,7 @@ pub mod entropy;
 pub mod error;
 pub mod generation;
 pub mod ingest;
+pub mod isolate_cache;
 pub mod limiter;
 pub mod metrics;
 pub mod observe;

@@ -10,7 +10,6 @@ use crate::advances::{Advances, Take};
 use crate::api::{self, FaultsBody, IngestBody, SearchBody};
 use crate::auth::{Caller, Decision, Identity, KeyGrant};
 use crate::errors::ApiError;
-use crate::isolate_cache::TtlCache;
 use crate::observe::Observation;
 use crate::request_id::REQUEST_ID_HEADER;
 use crate::routing::Route;
@@ -18,6 +17,7 @@ use crate::sse;
 use crate::tenant::{TenantMode, TENANT_HEADER};
 use crate::{auth, body, errors, limits, openai, routing};
 use actors::chat::{Resumed, TurnStream};
+use actors::isolate_cache::{cached, TtlCache};
 use actors::limiter::{admit_applied, Admission, LedgerHandle, LimitedBy, LimiterHandle};
 use actors::{ChatHandle, CoordinatorHandle, IngestHandle, SearchHandle};
 use futures::StreamExt;
@@ -553,9 +553,10 @@ thread_local! {
 }
 
 /// A key's verification and when it was fetched, from the isolate's cache
-/// when at most 1 s old, else
-/// from the tenant's coordinator. Invalid answers are cached too, so a burst
-/// of one wrong key costs the coordinator one check a second.
+/// when at most 1 s old, else from the tenant's coordinator, one check for
+/// all the requests of the isolate that need it at once ([`cached`]).
+/// Invalid answers are cached too, so a burst of one wrong key costs the
+/// coordinator one check a second.
 async fn verified(
     env: &Env,
     tenant: &TenantId,
@@ -567,17 +568,13 @@ async fn verified(
         verify.id.clone(),
         verify.secret_sha256.clone(),
     );
-    let now = now_ms();
-    if let Some(hit) = VERIFICATIONS.with(|c| c.borrow().get_with_time(&key, now)) {
-        return Ok(hit);
-    }
-    let verification = CoordinatorHandle::new(env, tenant)?
-        .verify_key(request_id, verify)
-        .await?;
-    let grant = KeyGrant::from_verification(verification);
-    let fetched = now_ms();
-    VERIFICATIONS.with(|c| c.borrow_mut().insert(key, grant.clone(), fetched));
-    Ok((grant, fetched))
+    cached(&VERIFICATIONS, &key, now_ms, || async move {
+        let verification = CoordinatorHandle::new(env, tenant)?
+            .verify_key(request_id, verify)
+            .await?;
+        Ok(KeyGrant::from_verification(verification))
+    })
+    .await
 }
 
 /// Forgets this isolate's verifications of key `id` (revoked or rotated
@@ -589,30 +586,26 @@ fn forget_key(tenant: &TenantId, id: &str) {
     });
 }
 
-/// The tenant's anonymous access and default chat model, cached like keys.
+/// The tenant's anonymous access and default chat model, cached like keys
+/// (one read for the requests of the isolate that need it at once).
 pub(crate) async fn tenant_policy(
     env: &Env,
     tenant: &TenantId,
     request_id: &RequestId,
 ) -> Result<TenantPolicy, ApiError> {
-    if let Some(hit) = POLICIES.with(|c| c.borrow().get(tenant, now_ms())) {
-        return Ok(hit);
-    }
-    let record = CoordinatorHandle::new(env, tenant)?
-        .get_tenant(request_id)
-        .await?;
-    let policy = TenantPolicy {
-        anonymous: record.settings.anonymous,
-        prices: record.settings.prices(),
-        default_models: record.settings.default_models,
-        budget: record.settings.budget,
-        limits: record.settings.limits,
-    };
-    let fetched = now_ms();
-    POLICIES.with(|c| {
-        c.borrow_mut()
-            .insert(tenant.clone(), policy.clone(), fetched)
-    });
+    let (policy, _) = cached(&POLICIES, tenant, now_ms, || async move {
+        let record = CoordinatorHandle::new(env, tenant)?
+            .get_tenant(request_id)
+            .await?;
+        Ok::<_, ApiError>(TenantPolicy {
+            anonymous: record.settings.anonymous,
+            prices: record.settings.prices(),
+            default_models: record.settings.default_models,
+            budget: record.settings.budget,
+            limits: record.settings.limits,
+        })
+    })
+    .await?;
     Ok(policy)
 }
 

@@ -20,7 +20,6 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod errors;
-pub mod isolate_cache;
 pub mod limits;
 pub mod observe;
 pub mod openai;
