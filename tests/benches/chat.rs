@@ -307,12 +307,13 @@ fn concurrent(base: &str, key: &str, together: bool) -> Vec<Round> {
                 let url = format!("{base}/api/chat/ws?sessionId={mode}-{round}-{i}&key={key}");
                 let all_connected = all_connected.clone();
                 std::thread::spawn(move || {
-                    let mut socket =
-                        Socket::connect(&url, &[("x-tenant-id", TENANT)]).expect("connect");
+                    let socket = Socket::connect(&url, &[("x-tenant-id", TENANT)]);
                     let connected = started.elapsed().as_secs_f64() * 1000.0;
                     if together {
+                        // Every thread reaches the barrier, connected or not.
                         all_connected.wait();
                     }
+                    let mut socket = socket.expect("connect");
                     let result = ws_turn(&mut socket, i);
                     socket.close();
                     (connected, result)

@@ -550,7 +550,7 @@ fn server_vars(defaults: &[(&str, &str)], extra: &[(&str, &str)]) -> Vec<(String
 /// injected failures cost a storage read per indexed document; the rest as
 /// the local configuration has it, so no search replicas), `base`,
 /// then those of `BENCH_VARS` (`"NAME=VALUE NAME=VALUE"`, e.g.
-/// `SEARCH_REPLICAS=0`; a later one wins).
+/// `SEARCH_REPLICAS=2`; a later one wins).
 pub fn bench_vars(base: &[(&str, &str)]) -> Vec<(String, String)> {
     let extra = std::env::var("BENCH_VARS").unwrap_or_default();
     let mut vars: Vec<(String, String)> = [("FAULT_INJECTION", "disabled")]

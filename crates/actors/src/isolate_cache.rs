@@ -9,13 +9,19 @@
 //! One fetch for a burst ([`TtlCache::lookup`], [`cached`]): while one
 //! request fetches an entry that is missing or stale, the others of the
 //! isolate wait for it (polling the map on a short timer) instead of each
-//! fetching it too: fifty new chat sessions at once made 22 to 78 reads of
-//! the tenant's settings within 32 ms. They cannot await the one fetch
-//! itself: each object of an isolate has its own I/O context, and awaiting
-//! a read begun by another breaks the waiter's next storage write (see
-//! `coordinator::settings`). A fetch that has not answered within
-//! [`FETCH_WAIT_MS`] (or that failed, or whose request went away) no longer
-//! holds anyone: the next caller fetches.
+//! fetching it too: thirty chat turns at once after the caches expired made
+//! 21 to 121 coordinator requests (`tests/tests/keys.rs`). They cannot
+//! await the one fetch itself: each object of an isolate has its own I/O
+//! context, and awaiting a read begun by another breaks the waiter's next
+//! storage write (see `coordinator::settings`).
+//!
+//! - A caller waits at most [`FETCH_WAIT_MS`], then fetches for itself.
+//! - A fetch that failed makes the callers of the next [`FETCH_WAIT_MS`]
+//!   fetch for themselves, together, rather than one after another; one
+//!   whose request went away hands the fetch to the next caller.
+//! - An answer is stored as of when its fetch began, and never over one
+//!   fetched later; a fetch begun before [`TtlCache::remove_where`] (a
+//!   revoked key) stores nothing.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -34,13 +40,39 @@ pub const WAIT_STEP: Duration = Duration::from_millis(2);
 /// What [`TtlCache::lookup`] tells a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup<V> {
-    /// The value, fresh, and when it was fetched.
+    /// The value, fresh, and when its fetch began.
     Hit(V, u64),
     /// Another caller is fetching it: look again shortly.
     Wait,
-    /// Fetch it: the caller is now the one fetching, until it
-    /// [inserts](TtlCache::insert) the value or [gives up](TtlCache::abandon).
-    Fetch,
+    /// Fetch it, and end the fetch with [`TtlCache::finish`],
+    /// [`TtlCache::fail`] or [`TtlCache::abandon`]: the callers of the
+    /// next [`FETCH_WAIT_MS`] may be waiting for it.
+    Fetch(Ticket),
+}
+
+/// One fetch of an entry: which, when it began, and the cache's generation
+/// then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    id: u64,
+    started: u64,
+    generation: u64,
+}
+
+impl Ticket {
+    /// When the fetch began (ms).
+    pub fn started(&self) -> u64 {
+        self.started
+    }
+}
+
+/// An entry's fetch as the callers after it see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetching {
+    /// Under way: wait for it.
+    Running(Ticket),
+    /// Failed at this time: fetch for yourself.
+    Failed(u64),
 }
 
 /// A map whose entries expire `max_age_ms` after they were stored.
@@ -49,8 +81,12 @@ pub struct TtlCache<K, V> {
     entries: HashMap<K, (V, u64)>,
     max_entries: usize,
     max_age_ms: u64,
-    /// The keys being fetched, and since when (at most `max_entries`).
-    fetching: HashMap<K, u64>,
+    /// The keys being fetched (at most `max_entries`).
+    fetching: HashMap<K, Fetching>,
+    /// Moved by [`Self::remove_where`]: a fetch begun before stores nothing.
+    generation: u64,
+    /// The last ticket's id.
+    tickets: u64,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
@@ -61,6 +97,8 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
             max_entries,
             max_age_ms,
             fetching: HashMap::new(),
+            generation: 0,
+            tickets: 0,
         }
     }
 
@@ -97,33 +135,92 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     }
 
     /// `key`'s value for a caller at `now_ms` that fetches it on
-    /// [`Lookup::Fetch`]: fresh, or wait while another caller has been
-    /// fetching it for less than [`FETCH_WAIT_MS`], or fetch.
+    /// [`Lookup::Fetch`]: fresh; or wait while another caller has been
+    /// fetching it for less than [`FETCH_WAIT_MS`]; or fetch (for itself
+    /// while a failure is that recent, else as the one others wait for).
     pub fn lookup(&mut self, key: &K, now_ms: u64) -> Lookup<V> {
         if let Some((value, at)) = self.get_with_time(key, now_ms) {
             return Lookup::Hit(value, at);
         }
-        if let Some(since) = self.fetching.get(key) {
-            if now_ms.saturating_sub(*since) < FETCH_WAIT_MS {
-                return Lookup::Wait;
+        match self.fetching.get(key) {
+            Some(Fetching::Running(t)) if now_ms.saturating_sub(t.started) < FETCH_WAIT_MS => {
+                return Lookup::Wait
             }
-        } else if self.fetching.len() >= self.max_entries {
-            // As many fetches under way as entries: forget those that no
-            // longer hold anyone, or fetch without telling anyone.
-            self.fetching
-                .retain(|_, since| now_ms.saturating_sub(*since) < FETCH_WAIT_MS);
-            if self.fetching.len() >= self.max_entries {
-                return Lookup::Fetch;
+            Some(Fetching::Failed(at)) if now_ms.saturating_sub(*at) < FETCH_WAIT_MS => {
+                return Lookup::Fetch(self.ticket(now_ms))
             }
+            Some(_) => {}
+            None if self.fetching.len() >= self.max_entries => {
+                // As many fetches followed as entries: forget those that no
+                // longer hold anyone, or fetch without being followed.
+                self.fetching.retain(|_, f| {
+                    let since = match f {
+                        Fetching::Running(t) => t.started,
+                        Fetching::Failed(at) => *at,
+                    };
+                    now_ms.saturating_sub(since) < FETCH_WAIT_MS
+                });
+                if self.fetching.len() >= self.max_entries {
+                    return Lookup::Fetch(self.ticket(now_ms));
+                }
+            }
+            None => {}
         }
-        self.fetching.insert(key.clone(), now_ms);
-        Lookup::Fetch
+        let ticket = self.ticket(now_ms);
+        self.fetching.insert(key.clone(), Fetching::Running(ticket));
+        Lookup::Fetch(ticket)
     }
 
-    /// The caller fetching `key` could not (or went away): the next caller
-    /// fetches it.
-    pub fn abandon(&mut self, key: &K) {
-        self.fetching.remove(key);
+    /// A fetch at `now_ms` that nobody waits for (a caller that waited long
+    /// enough fetches for itself).
+    pub fn ticket(&mut self, now_ms: u64) -> Ticket {
+        self.tickets += 1;
+        Ticket {
+            id: self.tickets,
+            started: now_ms,
+            generation: self.generation,
+        }
+    }
+
+    /// Whether `key` is followed as fetched by `ticket`.
+    fn followed(&self, key: &K, ticket: Ticket) -> bool {
+        matches!(self.fetching.get(key), Some(Fetching::Running(t)) if t.id == ticket.id)
+    }
+
+    /// `ticket`'s fetch of `key` answered `value`: stored as of when the
+    /// fetch began, unless a later fetch's answer is stored or keys were
+    /// removed since it began ([`Self::remove_where`]).
+    pub fn finish(&mut self, key: K, value: V, ticket: Ticket) {
+        if self.followed(&key, ticket) {
+            self.fetching.remove(&key);
+        }
+        if ticket.generation != self.generation {
+            return;
+        }
+        if self
+            .entries
+            .get(&key)
+            .is_some_and(|(_, at)| *at > ticket.started)
+        {
+            return;
+        }
+        self.insert(key, value, ticket.started);
+    }
+
+    /// `ticket`'s fetch of `key` failed at `now_ms`: the callers of the
+    /// next [`FETCH_WAIT_MS`] fetch for themselves.
+    pub fn fail(&mut self, key: &K, ticket: Ticket, now_ms: u64) {
+        if self.followed(key, ticket) {
+            self.fetching.insert(key.clone(), Fetching::Failed(now_ms));
+        }
+    }
+
+    /// `ticket`'s fetch of `key` will not answer (its request went away):
+    /// the next caller fetches.
+    pub fn abandon(&mut self, key: &K, ticket: Ticket) {
+        if self.followed(key, ticket) {
+            self.fetching.remove(key);
+        }
     }
 
     /// Stores `value` for `key` as fetched at `now_ms`. When the cache is
@@ -146,16 +243,19 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
                 }
             }
         }
-        self.fetching.remove(&key);
         if self.max_entries > 0 {
             self.entries.insert(key, (value, now_ms));
         }
     }
 
     /// Drops every entry whose key matches (a revoked or rotated key, so this
-    /// isolate refuses it at once rather than within `max_age_ms`).
+    /// isolate refuses it at once rather than within `max_age_ms`), and
+    /// keeps any fetch under way from storing its answer: it may have been
+    /// answered before the change.
     pub fn remove_where(&mut self, mut matches: impl FnMut(&K) -> bool) {
         self.entries.retain(|k, _| !matches(k));
+        self.fetching.retain(|k, _| !matches(k));
+        self.generation += 1;
     }
 
     fn fresh(&self, at: u64, now_ms: u64) -> bool {
@@ -163,12 +263,12 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     }
 }
 
-/// `key`'s value in `cache` and when it was fetched: from the cache when
-/// fresh, else from the fetch another request of the isolate has under way,
-/// else from `fetch`, whose answer is cached for everyone (an error is not,
-/// and hands the fetch to the next caller, as does a request that goes away
-/// mid-fetch). `now` reads the clock (Workers' advances with I/O, such as
-/// the wait between two looks).
+/// `key`'s value in `cache` and when its fetch began: from the cache when
+/// fresh, else from the fetch another request of the isolate has under way
+/// (waited for up to [`FETCH_WAIT_MS`], looking every [`WAIT_STEP`]), else
+/// from `fetch`, whose answer is cached for everyone (an error is not).
+/// `now` reads the clock (Workers' advances with I/O, such as the timer
+/// between two looks).
 pub async fn cached<K, V, E, Fut>(
     cache: &'static LocalKey<RefCell<TtlCache<K, V>>>,
     key: &K,
@@ -180,38 +280,74 @@ where
     V: Clone + 'static,
     Fut: Future<Output = Result<V, E>>,
 {
-    loop {
-        match cache.with(|c| c.borrow_mut().lookup(key, now())) {
-            Lookup::Hit(value, at) => return Ok((value, at)),
-            Lookup::Wait => worker::Delay::from(WAIT_STEP).await,
-            Lookup::Fetch => break,
+    cached_with(cache, key, now, worker::Delay::from, fetch).await
+}
+
+/// [`cached`], with `sleep` for its waits.
+pub async fn cached_with<K, V, E, Fut, Sleep>(
+    cache: &'static LocalKey<RefCell<TtlCache<K, V>>>,
+    key: &K,
+    now: impl Fn() -> u64,
+    sleep: impl Fn(Duration) -> Sleep,
+    fetch: impl FnOnce() -> Fut,
+) -> Result<(V, u64), E>
+where
+    K: Eq + Hash + Clone + 'static,
+    V: Clone + 'static,
+    Fut: Future<Output = Result<V, E>>,
+    Sleep: Future<Output = ()>,
+{
+    let mut waiting_since = None;
+    let ticket = loop {
+        let at = now();
+        match cache.with(|c| c.borrow_mut().lookup(key, at)) {
+            Lookup::Hit(value, fetched) => return Ok((value, fetched)),
+            Lookup::Fetch(ticket) => break ticket,
+            Lookup::Wait => {
+                let since = *waiting_since.get_or_insert(at);
+                if at.saturating_sub(since) >= FETCH_WAIT_MS {
+                    break cache.with(|c| c.borrow_mut().ticket(at));
+                }
+                sleep(WAIT_STEP).await;
+            }
         }
-    }
-    // Gives the fetch up if this request's future is dropped before it ends.
-    struct Fetching<'a, K: Eq + Hash + Clone + 'static, V: Clone + 'static> {
+    };
+    // Hands the fetch on if this request's future is dropped before it ends.
+    struct Pending<'a, K: Eq + Hash + Clone + 'static, V: Clone + 'static> {
         cache: &'static LocalKey<RefCell<TtlCache<K, V>>>,
         key: &'a K,
-        done: bool,
+        ticket: Ticket,
+        ended: bool,
     }
-    impl<K: Eq + Hash + Clone + 'static, V: Clone + 'static> Drop for Fetching<'_, K, V> {
+    impl<K: Eq + Hash + Clone + 'static, V: Clone + 'static> Drop for Pending<'_, K, V> {
         fn drop(&mut self) {
-            if !self.done {
-                let _ = self
-                    .cache
-                    .try_with(|c| c.try_borrow_mut().map(|mut c| c.abandon(self.key)));
+            if !self.ended {
+                let _ = self.cache.try_with(|c| {
+                    c.try_borrow_mut()
+                        .map(|mut c| c.abandon(self.key, self.ticket))
+                });
             }
         }
     }
-    let mut fetching = Fetching {
+    let mut pending = Pending {
         cache,
         key,
-        done: false,
+        ticket,
+        ended: false,
     };
-    let value = fetch().await?;
-    let at = now();
-    cache.with(|c| c.borrow_mut().insert(key.clone(), value.clone(), at));
-    fetching.done = true;
-    Ok((value, at))
+    let answer = fetch().await;
+    pending.ended = true;
+    match answer {
+        Ok(value) => {
+            cache.with(|c| c.borrow_mut().finish(key.clone(), value.clone(), ticket));
+            Ok((value, ticket.started))
+        }
+        Err(e) => {
+            let at = now();
+            cache.with(|c| c.borrow_mut().fail(key, ticket, at));
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -266,51 +402,212 @@ mod tests {
         assert!(none.is_empty());
     }
 
+    fn fetch_ticket<V: std::fmt::Debug>(l: Lookup<V>) -> Ticket {
+        match l {
+            Lookup::Fetch(t) => t,
+            other => panic!("expected a fetch, got {other:?}"),
+        }
+    }
+
     #[test]
     fn one_caller_fetches_and_the_others_wait_for_it() {
         let mut c = TtlCache::new(10, 1_000);
-        assert_eq!(c.lookup(&"a", 0), Lookup::Fetch, "nothing stored");
+        let t = fetch_ticket(c.lookup(&"a", 0));
         assert_eq!(c.lookup(&"a", 1), Lookup::Wait, "the first caller fetches");
-        assert_eq!(c.lookup(&"b", 1), Lookup::Fetch, "another key is its own");
-        c.insert("a", 1, 5);
-        assert_eq!(c.lookup(&"a", 6), Lookup::Hit(1, 5));
+        fetch_ticket(c.lookup(&"b", 1));
+        c.finish("a", 1, t);
+        assert_eq!(
+            c.lookup(&"a", 6),
+            Lookup::Hit(1, 0),
+            "as of the fetch's start"
+        );
         // Stale: again one fetch, the others wait for it.
-        assert_eq!(c.lookup(&"a", 1_005), Lookup::Fetch);
+        let t = fetch_ticket(c.lookup(&"a", 1_000));
         assert_eq!(c.lookup(&"a", 1_006), Lookup::Wait);
         assert_eq!(c.get(&"a", 1_006), None, "a stale value is never answered");
-        c.insert("a", 2, 1_010);
-        assert_eq!(c.lookup(&"a", 1_011), Lookup::Hit(2, 1_010));
+        c.finish("a", 2, t);
+        assert_eq!(c.lookup(&"a", 1_011), Lookup::Hit(2, 1_000));
     }
 
     #[test]
-    fn a_fetch_that_fails_or_lingers_holds_nobody() {
+    fn a_failed_fetch_lets_the_next_callers_fetch_together() {
         let mut c: TtlCache<&str, u32> = TtlCache::new(10, 1_000);
-        assert_eq!(c.lookup(&"a", 0), Lookup::Fetch);
-        c.abandon(&"a");
-        assert_eq!(c.lookup(&"a", 1), Lookup::Fetch, "the next caller fetches");
-        assert_eq!(c.lookup(&"a", FETCH_WAIT_MS), Lookup::Wait);
-        assert_eq!(
-            c.lookup(&"a", 1 + FETCH_WAIT_MS),
-            Lookup::Fetch,
-            "a fetch that has not answered within the wait"
+        let t = fetch_ticket(c.lookup(&"a", 0));
+        c.fail(&"a", t, 10);
+        let (t1, t2) = (
+            fetch_ticket(c.lookup(&"a", 11)),
+            fetch_ticket(c.lookup(&"a", 12)),
         );
-        assert_eq!(c.lookup(&"a", 2 + FETCH_WAIT_MS), Lookup::Wait);
-        c.abandon(&"b");
+        assert_ne!(t1, t2);
+        // Once the failure is older than the wait, one fetch is followed
+        // again.
+        let t3 = fetch_ticket(c.lookup(&"a", 10 + FETCH_WAIT_MS));
+        assert_eq!(c.lookup(&"a", 11 + FETCH_WAIT_MS), Lookup::Wait);
+        // A fetch that is not the one followed changes nothing of it.
+        c.abandon(&"a", t1);
+        c.fail(&"a", t2, 12 + FETCH_WAIT_MS);
+        assert_eq!(c.lookup(&"a", 13 + FETCH_WAIT_MS), Lookup::Wait);
+        c.abandon(&"a", t3);
+        fetch_ticket(c.lookup(&"a", 14 + FETCH_WAIT_MS));
     }
 
     #[test]
-    fn fetches_under_way_are_bounded_like_the_entries() {
+    fn a_fetch_that_lingers_holds_nobody_past_the_wait() {
+        let mut c: TtlCache<&str, u32> = TtlCache::new(10, 1_000);
+        let slow = fetch_ticket(c.lookup(&"a", 0));
+        assert_eq!(c.lookup(&"a", FETCH_WAIT_MS - 1), Lookup::Wait);
+        let fast = fetch_ticket(c.lookup(&"a", FETCH_WAIT_MS));
+        c.finish("a", 2, fast);
+        // The slow fetch began first: its answer does not replace the
+        // later one.
+        c.finish("a", 1, slow);
+        assert_eq!(
+            c.lookup(&"a", FETCH_WAIT_MS + 1),
+            Lookup::Hit(2, FETCH_WAIT_MS)
+        );
+    }
+
+    #[test]
+    fn a_fetch_begun_before_a_removal_stores_nothing() {
+        let mut c: TtlCache<&str, u32> = TtlCache::new(10, 1_000);
+        let a = fetch_ticket(c.lookup(&"a", 0));
+        c.remove_where(|k| *k == "a");
+        // Its callers no longer wait for it.
+        let again = fetch_ticket(c.lookup(&"a", 1));
+        c.finish("a", 1, a);
+        assert_eq!(c.get(&"a", 2), None, "answered before the removal");
+        c.finish("a", 2, again);
+        assert_eq!(c.get(&"a", 3), Some(2));
+    }
+
+    #[test]
+    fn fetches_followed_are_bounded_like_the_entries() {
         let mut c: TtlCache<u32, ()> = TtlCache::new(2, 1_000);
-        assert_eq!(c.lookup(&1, 0), Lookup::Fetch);
-        assert_eq!(c.lookup(&2, 0), Lookup::Fetch);
-        // Full of fetches that still hold their callers: fetch, untracked.
-        assert_eq!(c.lookup(&3, 10), Lookup::Fetch);
-        assert_eq!(c.lookup(&3, 11), Lookup::Fetch);
+        fetch_ticket(c.lookup(&1, 0));
+        fetch_ticket(c.lookup(&2, 0));
+        // Full of fetches that still hold their callers: fetch, unfollowed.
+        fetch_ticket(c.lookup(&3, 10));
+        fetch_ticket(c.lookup(&3, 11));
         assert_eq!(c.fetching.len(), 2);
         // Once they no longer hold anyone, they make room.
-        assert_eq!(c.lookup(&3, FETCH_WAIT_MS), Lookup::Fetch);
+        fetch_ticket(c.lookup(&3, FETCH_WAIT_MS));
         assert_eq!(c.lookup(&3, FETCH_WAIT_MS + 1), Lookup::Wait);
         assert!(c.fetching.len() <= 2);
+    }
+
+    mod cached {
+        use super::super::*;
+        use super::fetch_ticket;
+        use std::cell::Cell;
+        use std::rc::Rc;
+
+        thread_local! {
+            static CACHE: RefCell<TtlCache<&'static str, u32>> = RefCell::new(TtlCache::new(10, 1_000));
+        }
+
+        fn reset() {
+            CACHE.with(|c| *c.borrow_mut() = TtlCache::new(10, 1_000));
+        }
+
+        #[test]
+        fn a_caller_waits_for_the_fetch_under_way_and_fetches_nothing() {
+            reset();
+            let clock = Rc::new(Cell::new(100));
+            let other = CACHE.with(|c| fetch_ticket(c.borrow_mut().lookup(&"a", 100)));
+            let sleeps = Cell::new(0);
+            let answer = futures::executor::block_on(cached_with(
+                &CACHE,
+                &"a",
+                || clock.get(),
+                |d| {
+                    clock.set(clock.get() + d.as_millis() as u64);
+                    sleeps.set(sleeps.get() + 1);
+                    if sleeps.get() == 3 {
+                        CACHE.with(|c| c.borrow_mut().finish("a", 7, other));
+                    }
+                    std::future::ready(())
+                },
+                || async { panic!("the caller fetched too") as Result<u32, ()> },
+            ));
+            assert_eq!(answer, Ok((7, 100)));
+            assert_eq!(sleeps.get(), 3);
+        }
+
+        #[test]
+        fn a_caller_fetches_for_itself_after_waiting_long_enough() {
+            reset();
+            let clock = Rc::new(Cell::new(0));
+            CACHE.with(|c| fetch_ticket(c.borrow_mut().lookup(&"a", 0)));
+            clock.set(10);
+            let fetches = Cell::new(0);
+            let taken_over = Cell::new(false);
+            let answer = futures::executor::block_on(cached_with(
+                &CACHE,
+                &"a",
+                || clock.get(),
+                |d| {
+                    clock.set(clock.get() + d.as_millis() as u64);
+                    // The first fetch lingers past the wait, and another
+                    // caller takes it over: this one keeps waiting, but
+                    // only up to its own deadline.
+                    if clock.get() >= FETCH_WAIT_MS && !taken_over.get() {
+                        taken_over.set(true);
+                        CACHE.with(|c| fetch_ticket(c.borrow_mut().lookup(&"a", clock.get())));
+                    }
+                    std::future::ready(())
+                },
+                || async {
+                    fetches.set(fetches.get() + 1);
+                    Ok::<_, ()>(9)
+                },
+            ));
+            assert_eq!(fetches.get(), 1);
+            let (value, started) = answer.unwrap();
+            assert_eq!(value, 9);
+            assert!(
+                (10 + FETCH_WAIT_MS..10 + FETCH_WAIT_MS + 2 * WAIT_STEP.as_millis() as u64)
+                    .contains(&started),
+                "{started}"
+            );
+        }
+
+        #[test]
+        fn an_error_is_not_cached_and_the_next_callers_fetch_together() {
+            reset();
+            let answer = futures::executor::block_on(cached_with(
+                &CACHE,
+                &"a",
+                || 0,
+                |_| std::future::ready(()),
+                || async { Err::<u32, _>("down") },
+            ));
+            assert_eq!(answer, Err("down"));
+            CACHE.with(|c| {
+                let mut c = c.borrow_mut();
+                assert_eq!(c.get(&"a", 1), None);
+                fetch_ticket(c.lookup(&"a", 1));
+                fetch_ticket(c.lookup(&"a", 1));
+            });
+        }
+
+        #[test]
+        fn a_request_that_goes_away_mid_fetch_hands_the_fetch_on() {
+            reset();
+            let fetch = cached_with(
+                &CACHE,
+                &"a",
+                || 0,
+                |_| std::future::ready(()),
+                futures::future::pending::<Result<u32, ()>>,
+            );
+            let mut fetch = Box::pin(fetch);
+            let waker = futures::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            assert!(fetch.as_mut().poll(&mut cx).is_pending());
+            CACHE.with(|c| assert_eq!(c.borrow_mut().lookup(&"a", 1), Lookup::Wait));
+            drop(fetch);
+            CACHE.with(|c| fetch_ticket(c.borrow_mut().lookup(&"a", 2)));
+        }
     }
 
     #[test]
