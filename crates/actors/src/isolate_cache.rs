@@ -34,8 +34,14 @@ use std::time::Duration;
 /// before fetching it themselves. A coordinator read takes a few ms.
 pub const FETCH_WAIT_MS: u64 = 500;
 
-/// How often a waiting caller looks at the map again.
-pub const WAIT_STEP: Duration = Duration::from_millis(2);
+/// How long a waiting caller first waits before it looks at the map again;
+/// each wait after is twice the last, up to [`WAIT_STEP_MAX`]: a fetch that
+/// answers within a few ms is seen within about a ms, and fifty callers
+/// waiting for a slow one wake a few times each, not every ms.
+pub const WAIT_STEP: Duration = Duration::from_millis(1);
+
+/// The longest wait between two looks.
+pub const WAIT_STEP_MAX: Duration = Duration::from_millis(8);
 
 /// What [`TtlCache::lookup`] tells a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,7 +271,8 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 
 /// `key`'s value in `cache` and when its fetch began: from the cache when
 /// fresh, else from the fetch another request of the isolate has under way
-/// (waited for up to [`FETCH_WAIT_MS`], looking every [`WAIT_STEP`]), else
+/// (waited for up to [`FETCH_WAIT_MS`], looking again after [`WAIT_STEP`],
+/// then at doubling intervals up to [`WAIT_STEP_MAX`]), else
 /// from `fetch`, whose answer is cached for everyone (an error is not).
 /// `now` reads the clock (Workers' advances with I/O, such as the timer
 /// between two looks).
@@ -298,6 +305,7 @@ where
     Sleep: Future<Output = ()>,
 {
     let mut waiting_since = None;
+    let mut step = WAIT_STEP;
     let ticket = loop {
         let at = now();
         match cache.with(|c| c.borrow_mut().lookup(key, at)) {
@@ -308,7 +316,8 @@ where
                 if at.saturating_sub(since) >= FETCH_WAIT_MS {
                     break cache.with(|c| c.borrow_mut().ticket(at));
                 }
-                sleep(WAIT_STEP).await;
+                sleep(step).await;
+                step = (step * 2).min(WAIT_STEP_MAX);
             }
         }
     };
@@ -565,7 +574,7 @@ mod tests {
             let (value, started) = answer.unwrap();
             assert_eq!(value, 9);
             assert!(
-                (10 + FETCH_WAIT_MS..10 + FETCH_WAIT_MS + 2 * WAIT_STEP.as_millis() as u64)
+                (10 + FETCH_WAIT_MS..10 + FETCH_WAIT_MS + WAIT_STEP_MAX.as_millis() as u64)
                     .contains(&started),
                 "{started}"
             );
