@@ -19,9 +19,9 @@
 //! - A fetch that failed makes the callers of the next [`FETCH_WAIT_MS`]
 //!   fetch for themselves, together, rather than one after another; one
 //!   whose request went away hands the fetch to the next caller.
-//! - An answer is stored as of when its fetch began, and never over one
-//!   fetched later; a fetch begun before [`TtlCache::remove_where`] (a
-//!   revoked key) stores nothing.
+//! - An answer is stored as of when its fetch began (not when already
+//!   stale), and never over one fetched later; a fetch of any key begun
+//!   before [`TtlCache::remove_where`] (a revoked key) stores nothing.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -81,13 +81,15 @@ enum Fetching {
     Failed(u64),
 }
 
-/// A map whose entries expire `max_age_ms` after they were stored.
+/// A map whose entries expire `max_age_ms` after they were fetched (stored
+/// with [`TtlCache::insert`], or since their fetch began).
 #[derive(Debug)]
 pub struct TtlCache<K, V> {
     entries: HashMap<K, (V, u64)>,
     max_entries: usize,
     max_age_ms: u64,
-    /// The keys being fetched (at most `max_entries`).
+    /// The keys being fetched, or whose fetch recently failed (at most
+    /// `max_entries`).
     fetching: HashMap<K, Fetching>,
     /// Moved by [`Self::remove_where`]: a fetch begun before stores nothing.
     generation: u64,
@@ -193,14 +195,17 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         matches!(self.fetching.get(key), Some(Fetching::Running(t)) if t.id == ticket.id)
     }
 
-    /// `ticket`'s fetch of `key` answered `value`: stored as of when the
-    /// fetch began, unless a later fetch's answer is stored or keys were
-    /// removed since it began ([`Self::remove_where`]).
-    pub fn finish(&mut self, key: K, value: V, ticket: Ticket) {
-        if self.followed(&key, ticket) {
+    /// `ticket`'s fetch of `key` answered `value` at `now_ms`: stored as of
+    /// when the fetch began, unless it is already stale, a later fetch's
+    /// answer is stored, or keys were removed since it began
+    /// ([`Self::remove_where`]). A recent failure of `key` is forgotten.
+    pub fn finish(&mut self, key: K, value: V, ticket: Ticket, now_ms: u64) {
+        if self.followed(&key, ticket)
+            || matches!(self.fetching.get(&key), Some(Fetching::Failed(_)))
+        {
             self.fetching.remove(&key);
         }
-        if ticket.generation != self.generation {
+        if ticket.generation != self.generation || !self.fresh(ticket.started, now_ms) {
             return;
         }
         if self
@@ -348,7 +353,11 @@ where
     pending.ended = true;
     match answer {
         Ok(value) => {
-            cache.with(|c| c.borrow_mut().finish(key.clone(), value.clone(), ticket));
+            let at = now();
+            cache.with(|c| {
+                c.borrow_mut()
+                    .finish(key.clone(), value.clone(), ticket, at)
+            });
             Ok((value, ticket.started))
         }
         Err(e) => {
@@ -424,7 +433,7 @@ mod tests {
         let t = fetch_ticket(c.lookup(&"a", 0));
         assert_eq!(c.lookup(&"a", 1), Lookup::Wait, "the first caller fetches");
         fetch_ticket(c.lookup(&"b", 1));
-        c.finish("a", 1, t);
+        c.finish("a", 1, t, 5);
         assert_eq!(
             c.lookup(&"a", 6),
             Lookup::Hit(1, 0),
@@ -434,7 +443,7 @@ mod tests {
         let t = fetch_ticket(c.lookup(&"a", 1_000));
         assert_eq!(c.lookup(&"a", 1_006), Lookup::Wait);
         assert_eq!(c.get(&"a", 1_006), None, "a stale value is never answered");
-        c.finish("a", 2, t);
+        c.finish("a", 2, t, 1_010);
         assert_eq!(c.lookup(&"a", 1_011), Lookup::Hit(2, 1_000));
     }
 
@@ -466,10 +475,10 @@ mod tests {
         let slow = fetch_ticket(c.lookup(&"a", 0));
         assert_eq!(c.lookup(&"a", FETCH_WAIT_MS - 1), Lookup::Wait);
         let fast = fetch_ticket(c.lookup(&"a", FETCH_WAIT_MS));
-        c.finish("a", 2, fast);
+        c.finish("a", 2, fast, FETCH_WAIT_MS);
         // The slow fetch began first: its answer does not replace the
         // later one.
-        c.finish("a", 1, slow);
+        c.finish("a", 1, slow, FETCH_WAIT_MS);
         assert_eq!(
             c.lookup(&"a", FETCH_WAIT_MS + 1),
             Lookup::Hit(2, FETCH_WAIT_MS)
@@ -483,9 +492,14 @@ mod tests {
         c.remove_where(|k| *k == "a");
         // Its callers no longer wait for it.
         let again = fetch_ticket(c.lookup(&"a", 1));
-        c.finish("a", 1, a);
+        c.finish("a", 1, a, 2);
         assert_eq!(c.get(&"a", 2), None, "answered before the removal");
-        c.finish("a", 2, again);
+        assert_eq!(
+            c.lookup(&"a", 2),
+            Lookup::Wait,
+            "the later fetch is still followed"
+        );
+        c.finish("a", 2, again, 3);
         assert_eq!(c.get(&"a", 3), Some(2));
     }
 
@@ -501,7 +515,7 @@ mod tests {
         // Once they no longer hold anyone, they make room.
         fetch_ticket(c.lookup(&3, FETCH_WAIT_MS));
         assert_eq!(c.lookup(&3, FETCH_WAIT_MS + 1), Lookup::Wait);
-        assert!(c.fetching.len() <= 2);
+        assert_eq!(c.fetching.len(), 1);
     }
 
     mod cached {
@@ -532,7 +546,7 @@ mod tests {
                     clock.set(clock.get() + d.as_millis() as u64);
                     sleeps.set(sleeps.get() + 1);
                     if sleeps.get() == 3 {
-                        CACHE.with(|c| c.borrow_mut().finish("a", 7, other));
+                        CACHE.with(|c| c.borrow_mut().finish("a", 7, other, clock.get()));
                     }
                     std::future::ready(())
                 },

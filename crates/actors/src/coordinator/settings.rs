@@ -1,8 +1,9 @@
 //! A tenant's settings as the other actors read them: from the tenant's
 //! coordinator, reused by the isolate for [`SETTINGS_TTL_MS`], so a chat
-//! turn, a search or an indexed document costs the coordinator at most one
-//! read a second per tenant and isolate once the cache is warm, and a
-//! settings change reaches every actor within that time.
+//! turn, a search or an indexed document costs the coordinator about one
+//! read a second per tenant and isolate (more after a failed read, or one
+//! slower than [`crate::isolate_cache::FETCH_WAIT_MS`]), and a settings
+//! change reaches every actor within that second.
 //!
 //! Reads that miss at the same moment are *not* shared as one future: the
 //! objects of one isolate each have their own I/O context, and an object
