@@ -65,13 +65,6 @@ pub struct Ticket {
     generation: u64,
 }
 
-impl Ticket {
-    /// When the fetch began (ms).
-    pub fn started(&self) -> u64 {
-        self.started
-    }
-}
-
 /// An entry's fetch as the callers after it see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fetching {
@@ -181,7 +174,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 
     /// A fetch at `now_ms` that nobody waits for (a caller that waited long
     /// enough fetches for itself).
-    pub fn ticket(&mut self, now_ms: u64) -> Ticket {
+    fn ticket(&mut self, now_ms: u64) -> Ticket {
         self.tickets += 1;
         Ticket {
             id: self.tickets,
@@ -295,8 +288,8 @@ where
     cached_with(cache, key, now, worker::Delay::from, fetch).await
 }
 
-/// [`cached`], with `sleep` for its waits.
-pub async fn cached_with<K, V, E, Fut, Sleep>(
+/// [`cached`], with `sleep` for its waits (a fake one in the tests).
+async fn cached_with<K, V, E, Fut, Sleep>(
     cache: &'static LocalKey<RefCell<TtlCache<K, V>>>,
     key: &K,
     now: impl Fn() -> u64,
