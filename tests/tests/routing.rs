@@ -43,13 +43,11 @@ fn start(label: &str) -> (PersistDir, Server) {
     (dir, server)
 }
 
-/// Changes the tenant's settings; they reach the actors' caches within 1 s.
+/// Changes the tenant's settings: the next turn runs on them (the one
+/// isolate of `wrangler dev` forgets the ones it held:
+/// `a_settings_change_applies_to_the_next_turn_at_once`).
 fn patch_tenant(server: &Server, body: Value) -> Reply {
-    let r = server.as_operator(A, "PATCH", "/admin/tenant", Some(body));
-    if r.status == 200 {
-        std::thread::sleep(Duration::from_millis(1_100));
-    }
-    r
+    server.as_operator(A, "PATCH", "/admin/tenant", Some(body))
 }
 
 /// A whole SSE turn: the events' data, in order.
@@ -149,6 +147,30 @@ fn fallbacks_serve_a_turn_the_default_model_cannot() {
     );
     assert_eq!(last(&events)["type"], "error", "{events:?}");
     assert_eq!(last(&events)["code"], "model_failed");
+}
+
+/// The coordinator that took a settings change makes its isolate forget
+/// the settings it held (`coordinator::settings::forget`): its next turn,
+/// even right after one that read them, runs on the new ones. (Under
+/// `wrangler dev` every object shares that isolate; deployed, the others
+/// see the change within their caches' bounds.)
+#[test]
+fn a_settings_change_applies_to_the_next_turn_at_once() {
+    let (_dir, server) = start("routing-next-turn");
+    let events = ask(&server, "next-1", "when does the ferry leave?");
+    assert_eq!(last(&events)["type"], "done", "{events:?}");
+    assert_ne!(last(&events)["model"], stand_in(FALLBACK), "{events:?}");
+    // No wait: the turn above read the settings less than a second ago.
+    let r = server.as_operator(
+        A,
+        "PATCH",
+        "/admin/tenant",
+        Some(json!({ "defaultModels": { "chat": FALLBACK } })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = ask(&server, "next-2", "when does the ferry leave?");
+    assert_eq!(last(&events)["type"], "done", "{events:?}");
+    assert_eq!(last(&events)["model"], stand_in(FALLBACK), "{events:?}");
 }
 
 #[test]

@@ -22,11 +22,18 @@
 //! - An answer is stored as of when its fetch began (not when already
 //!   stale), and never over one fetched later; a fetch of any key begun
 //!   before [`TtlCache::remove_where`] (a revoked key) stores nothing.
+//!
+//! A caller that may act on a value a little late can take a stale one
+//! ([`TtlCache::lookup_within`], [`cached_or_refresh`]): up to its window
+//! past the entry's age, it is answered at once and one caller fetches the
+//! entry again in the background, so a burst after a quiet second waits for
+//! nothing. Key checks never do.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::thread::LocalKey;
 use std::time::Duration;
 
@@ -46,7 +53,9 @@ pub const WAIT_STEP_MAX: Duration = Duration::from_millis(8);
 /// What [`TtlCache::lookup`] tells a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup<V> {
-    /// The value, fresh, and when its fetch began.
+    /// The value, and when its fetch began: fresh, or (for
+    /// [`TtlCache::lookup_within`]) stale within the caller's window while
+    /// another caller fetches it again.
     Hit(V, u64),
     /// Another caller is fetching it: look again shortly.
     Wait,
@@ -54,6 +63,10 @@ pub enum Lookup<V> {
     /// [`TtlCache::fail`] or [`TtlCache::abandon`]: the callers of the
     /// next [`FETCH_WAIT_MS`] may be waiting for it.
     Fetch(Ticket),
+    /// The value, stale but within the caller's window, and when its fetch
+    /// began: answer it, and fetch the entry again beside it, ending the
+    /// fetch like a [`Lookup::Fetch`].
+    Refresh(V, u64, Ticket),
 }
 
 /// One fetch of an entry: which, when it began, and the cache's generation
@@ -140,36 +153,63 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     /// fetching it for less than [`FETCH_WAIT_MS`]; or fetch (for itself
     /// while a failure is that recent, else as the one others wait for).
     pub fn lookup(&mut self, key: &K, now_ms: u64) -> Lookup<V> {
+        self.lookup_within(key, now_ms, 0)
+    }
+
+    /// [`Self::lookup`] for a caller that takes a value up to `stale_ms`
+    /// past its age: while it is that recent, it is answered, with a
+    /// [`Lookup::Refresh`] to the one caller that fetches it again (none
+    /// while a fetch is under way or failed less than [`FETCH_WAIT_MS`]
+    /// ago).
+    pub fn lookup_within(&mut self, key: &K, now_ms: u64, stale_ms: u64) -> Lookup<V> {
         if let Some((value, at)) = self.get_with_time(key, now_ms) {
             return Lookup::Hit(value, at);
         }
-        match self.fetching.get(key) {
-            Some(Fetching::Running(t)) if now_ms.saturating_sub(t.started) < FETCH_WAIT_MS => {
-                return Lookup::Wait
+        let window = self.max_age_ms.saturating_add(stale_ms);
+        let usable = match self.entries.get(key) {
+            Some((value, at)) if stale_ms > 0 && now_ms.saturating_sub(*at) < window => {
+                Some((value.clone(), *at))
             }
-            Some(Fetching::Failed(at)) if now_ms.saturating_sub(*at) < FETCH_WAIT_MS => {
-                return Lookup::Fetch(self.ticket(now_ms))
+            _ => None,
+        };
+        let recent = |since: u64| now_ms.saturating_sub(since) < FETCH_WAIT_MS;
+        match (self.fetching.get(key).copied(), usable) {
+            (Some(Fetching::Running(t)), Some((value, at))) if recent(t.started) => {
+                Lookup::Hit(value, at)
             }
-            Some(_) => {}
-            None if self.fetching.len() >= self.max_entries => {
-                // As many fetches followed as entries: forget those that no
-                // longer hold anyone, or fetch without being followed.
-                self.fetching.retain(|_, f| {
-                    let since = match f {
-                        Fetching::Running(t) => t.started,
-                        Fetching::Failed(at) => *at,
-                    };
-                    now_ms.saturating_sub(since) < FETCH_WAIT_MS
-                });
-                if self.fetching.len() >= self.max_entries {
-                    return Lookup::Fetch(self.ticket(now_ms));
+            (Some(Fetching::Failed(f)), Some((value, at))) if recent(f) => Lookup::Hit(value, at),
+            (Some(Fetching::Running(t)), None) if recent(t.started) => Lookup::Wait,
+            (Some(Fetching::Failed(f)), None) if recent(f) => Lookup::Fetch(self.ticket(now_ms)),
+            (_, usable) => {
+                let ticket = self.follow(key, now_ms);
+                match usable {
+                    Some((value, at)) => Lookup::Refresh(value, at, ticket),
+                    None => Lookup::Fetch(ticket),
                 }
             }
-            None => {}
+        }
+    }
+
+    /// A fetch of `key` at `now_ms` that the callers after it follow,
+    /// unless as many fetches are followed as there are entries and all
+    /// still hold their callers (then nobody waits for it).
+    fn follow(&mut self, key: &K, now_ms: u64) -> Ticket {
+        if !self.fetching.contains_key(key) && self.fetching.len() >= self.max_entries {
+            // Forget the fetches that no longer hold anyone.
+            self.fetching.retain(|_, f| {
+                let since = match f {
+                    Fetching::Running(t) => t.started,
+                    Fetching::Failed(at) => *at,
+                };
+                now_ms.saturating_sub(since) < FETCH_WAIT_MS
+            });
+            if self.fetching.len() >= self.max_entries {
+                return self.ticket(now_ms);
+            }
         }
         let ticket = self.ticket(now_ms);
         self.fetching.insert(key.clone(), Fetching::Running(ticket));
-        Lookup::Fetch(ticket)
+        ticket
     }
 
     /// A fetch at `now_ms` that nobody waits for (a caller that waited long
@@ -302,36 +342,150 @@ where
     Fut: Future<Output = Result<V, E>>,
     Sleep: Future<Output = ()>,
 {
+    match find(cache, key, &now, &sleep, 0).await {
+        Lookup::Hit(value, fetched) => Ok((value, fetched)),
+        // (No stale window: never a refresh.)
+        Lookup::Fetch(ticket) | Lookup::Refresh(_, _, ticket) => {
+            fetch_into(cache, key.clone(), ticket, &now, fetch())
+                .await
+                .map(|value| (value, ticket.started))
+        }
+        Lookup::Wait => unreachable!("find waits"),
+    }
+}
+
+/// A fetch begun in the background: what [`cached_or_refresh`] hands its
+/// caller to run beside its request (`state.wait_until`).
+pub type Background = Pin<Box<dyn Future<Output = ()>>>;
+
+/// [`cached`], for a caller that may act on a value up to `stale_ms` past
+/// its age: such a value is answered at once, and the entry is fetched
+/// again by the future given to `background` (one caller's, while the
+/// others of the isolate keep answering the stale value). Older or missing
+/// values are waited for as by [`cached`].
+pub async fn cached_or_refresh<K, V, E, Fut>(
+    cache: &'static LocalKey<RefCell<TtlCache<K, V>>>,
+    key: &K,
+    stale_ms: u64,
+    now: impl Fn() -> u64 + 'static,
+    fetch: impl FnOnce() -> Fut,
+    background: impl FnOnce(Background),
+) -> Result<(V, u64), E>
+where
+    K: Eq + Hash + Clone + 'static,
+    V: Clone + 'static,
+    E: 'static,
+    Fut: Future<Output = Result<V, E>> + 'static,
+{
+    refresh_with(
+        cache,
+        key,
+        stale_ms,
+        now,
+        worker::Delay::from,
+        fetch,
+        background,
+    )
+    .await
+}
+
+/// [`cached_or_refresh`], with `sleep` for its waits (a fake one in the
+/// tests).
+async fn refresh_with<K, V, E, Fut, Sleep>(
+    cache: &'static LocalKey<RefCell<TtlCache<K, V>>>,
+    key: &K,
+    stale_ms: u64,
+    now: impl Fn() -> u64 + 'static,
+    sleep: impl Fn(Duration) -> Sleep,
+    fetch: impl FnOnce() -> Fut,
+    background: impl FnOnce(Background),
+) -> Result<(V, u64), E>
+where
+    K: Eq + Hash + Clone + 'static,
+    V: Clone + 'static,
+    E: 'static,
+    Fut: Future<Output = Result<V, E>> + 'static,
+    Sleep: Future<Output = ()>,
+{
+    match find(cache, key, &now, &sleep, stale_ms).await {
+        Lookup::Hit(value, fetched) => Ok((value, fetched)),
+        Lookup::Fetch(ticket) => fetch_into(cache, key.clone(), ticket, &now, fetch())
+            .await
+            .map(|value| (value, ticket.started)),
+        Lookup::Refresh(value, fetched, ticket) => {
+            let (key, fetching) = (key.clone(), fetch());
+            background(Box::pin(async move {
+                // A failure is marked in the map; the fetch's own future
+                // reports it.
+                let _ = fetch_into(cache, key, ticket, now, fetching).await;
+            }));
+            Ok((value, fetched))
+        }
+        Lookup::Wait => unreachable!("find waits"),
+    }
+}
+
+/// Looks `key` up until it is answered or is the caller's to fetch (never
+/// [`Lookup::Wait`]): waits while another caller fetches it, at most
+/// [`FETCH_WAIT_MS`], looking again after [`WAIT_STEP`], then at doubling
+/// intervals up to [`WAIT_STEP_MAX`].
+async fn find<K, V, Sleep>(
+    cache: &'static LocalKey<RefCell<TtlCache<K, V>>>,
+    key: &K,
+    now: &impl Fn() -> u64,
+    sleep: &impl Fn(Duration) -> Sleep,
+    stale_ms: u64,
+) -> Lookup<V>
+where
+    K: Eq + Hash + Clone + 'static,
+    V: Clone + 'static,
+    Sleep: Future<Output = ()>,
+{
     let mut waiting_since = None;
     let mut step = WAIT_STEP;
-    let ticket = loop {
+    loop {
         let at = now();
-        match cache.with(|c| c.borrow_mut().lookup(key, at)) {
-            Lookup::Hit(value, fetched) => return Ok((value, fetched)),
-            Lookup::Fetch(ticket) => break ticket,
+        match cache.with(|c| c.borrow_mut().lookup_within(key, at, stale_ms)) {
             Lookup::Wait => {
                 let since = *waiting_since.get_or_insert(at);
                 if at.saturating_sub(since) >= FETCH_WAIT_MS {
-                    break cache.with(|c| c.borrow_mut().ticket(at));
+                    return Lookup::Fetch(cache.with(|c| c.borrow_mut().ticket(at)));
                 }
                 sleep(step).await;
                 step = (step * 2).min(WAIT_STEP_MAX);
             }
+            found => return found,
         }
-    };
-    // Hands the fetch on if this request's future is dropped before it ends.
-    struct Pending<'a, K: Eq + Hash + Clone + 'static, V: Clone + 'static> {
+    }
+}
+
+/// Runs `ticket`'s fetch of `key` and ends it in `cache`: its answer
+/// stored ([`TtlCache::finish`]), its failure marked ([`TtlCache::fail`]),
+/// or, if the future is dropped before it ends (its request went away),
+/// handed on ([`TtlCache::abandon`]).
+async fn fetch_into<K, V, E>(
+    cache: &'static LocalKey<RefCell<TtlCache<K, V>>>,
+    key: K,
+    ticket: Ticket,
+    now: impl Fn() -> u64,
+    fetch: impl Future<Output = Result<V, E>>,
+) -> Result<V, E>
+where
+    K: Eq + Hash + Clone + 'static,
+    V: Clone + 'static,
+{
+    struct Pending<K: Eq + Hash + Clone + 'static, V: Clone + 'static> {
         cache: &'static LocalKey<RefCell<TtlCache<K, V>>>,
-        key: &'a K,
+        key: K,
         ticket: Ticket,
         ended: bool,
     }
-    impl<K: Eq + Hash + Clone + 'static, V: Clone + 'static> Drop for Pending<'_, K, V> {
+    impl<K: Eq + Hash + Clone + 'static, V: Clone + 'static> Drop for Pending<K, V> {
         fn drop(&mut self) {
             if !self.ended {
                 let _ = self.cache.try_with(|c| {
                     c.try_borrow_mut()
-                        .map(|mut c| c.abandon(self.key, self.ticket))
+                        .map(|mut c| c.abandon(&self.key, self.ticket))
                 });
             }
         }
@@ -342,23 +496,17 @@ where
         ticket,
         ended: false,
     };
-    let answer = fetch().await;
+    let answer = fetch.await;
     pending.ended = true;
-    match answer {
-        Ok(value) => {
-            let at = now();
-            cache.with(|c| {
-                c.borrow_mut()
-                    .finish(key.clone(), value.clone(), ticket, at)
-            });
-            Ok((value, ticket.started))
-        }
-        Err(e) => {
-            let at = now();
-            cache.with(|c| c.borrow_mut().fail(key, ticket, at));
-            Err(e)
-        }
+    let at = now();
+    match &answer {
+        Ok(value) => cache.with(|c| {
+            c.borrow_mut()
+                .finish(pending.key.clone(), value.clone(), ticket, at)
+        }),
+        Err(_) => cache.with(|c| c.borrow_mut().fail(&pending.key, ticket, at)),
     }
+    answer
 }
 
 #[cfg(test)]
@@ -511,6 +659,71 @@ mod tests {
         assert_eq!(c.fetching.len(), 1);
     }
 
+    fn refresh_ticket<V: std::fmt::Debug>(l: Lookup<V>) -> (V, u64, Ticket) {
+        match l {
+            Lookup::Refresh(value, at, t) => (value, at, t),
+            other => panic!("expected a refresh, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stale_value_within_the_window_is_answered_while_one_caller_refreshes_it() {
+        let mut c = TtlCache::new(10, 1_000);
+        c.insert("a", 1, 0);
+        let (value, at, t) = refresh_ticket(c.lookup_within(&"a", 1_500, 2_000));
+        assert_eq!((value, at), (1, 0));
+        assert_eq!(
+            c.lookup_within(&"a", 1_501, 2_000),
+            Lookup::Hit(1, 0),
+            "the others answer it too, and fetch nothing"
+        );
+        assert_eq!(
+            c.lookup(&"a", 1_502),
+            Lookup::Wait,
+            "a caller without a window waits for the fetch"
+        );
+        c.finish("a", 2, t, 1_510);
+        assert_eq!(c.lookup_within(&"a", 1_511, 2_000), Lookup::Hit(2, 1_500));
+        // Past the window: waited for like a missing value.
+        fetch_ticket(c.lookup_within(&"a", 1_500 + 3_000, 2_000));
+        assert_eq!(c.lookup_within(&"a", 4_501, 2_000), Lookup::Wait);
+        // Without a window a stale value is never answered.
+        let mut strict = TtlCache::new(10, 1_000);
+        strict.insert("a", 1, 0);
+        fetch_ticket(strict.lookup(&"a", 1_000));
+    }
+
+    #[test]
+    fn a_failed_refresh_keeps_the_stale_value_until_the_next_try() {
+        let mut c = TtlCache::new(10, 1_000);
+        c.insert("a", 1, 0);
+        let (_, _, t) = refresh_ticket(c.lookup_within(&"a", 1_500, 5_000));
+        c.fail(&"a", t, 1_520);
+        // Not every caller refreshes after a failure: they answer the value.
+        assert_eq!(c.lookup_within(&"a", 1_530, 5_000), Lookup::Hit(1, 0));
+        assert_eq!(
+            c.lookup_within(&"a", 1_519 + FETCH_WAIT_MS, 5_000),
+            Lookup::Hit(1, 0)
+        );
+        let (_, _, again) = refresh_ticket(c.lookup_within(&"a", 1_520 + FETCH_WAIT_MS, 5_000));
+        // A refresh that went away hands the refresh on.
+        c.abandon(&"a", again);
+        refresh_ticket(c.lookup_within(&"a", 1_521 + FETCH_WAIT_MS, 5_000));
+    }
+
+    #[test]
+    fn a_removed_value_is_never_answered_stale() {
+        let mut c = TtlCache::new(10, 1_000);
+        c.insert("a", 1, 0);
+        c.insert("b", 1, 0);
+        let (_, _, t) = refresh_ticket(c.lookup_within(&"b", 1_500, 5_000));
+        c.remove_where(|k| *k == "a" || *k == "b");
+        fetch_ticket(c.lookup_within(&"a", 1_500, 5_000));
+        // The refresh begun before the removal stores nothing.
+        c.finish("b", 2, t, 1_510);
+        fetch_ticket(c.lookup_within(&"b", 1_511, 5_000));
+    }
+
     mod cached {
         use super::super::*;
         use super::fetch_ticket;
@@ -604,6 +817,54 @@ mod tests {
                 fetch_ticket(c.lookup(&"a", 1));
                 fetch_ticket(c.lookup(&"a", 1));
             });
+        }
+
+        #[test]
+        fn a_stale_value_is_answered_at_once_and_refreshed_in_the_background() {
+            reset();
+            CACHE.with(|c| c.borrow_mut().insert("a", 1, 0));
+            let spawned: RefCell<Option<Background>> = RefCell::new(None);
+            let answer = futures::executor::block_on(refresh_with(
+                &CACHE,
+                &"a",
+                5_000,
+                || 1_500,
+                |_| async { panic!("the caller waited") },
+                || async { Ok::<u32, ()>(2) },
+                |f| *spawned.borrow_mut() = Some(f),
+            ));
+            assert_eq!(answer, Ok((1, 0)), "the stale value, at once");
+            // Another caller before the refresh ends: the same, and no
+            // second refresh.
+            let again = futures::executor::block_on(refresh_with(
+                &CACHE,
+                &"a",
+                5_000,
+                || 1_501,
+                |_| async { panic!("the caller waited") },
+                || async { panic!("a second fetch") as Result<u32, ()> },
+                |_| panic!("a second refresh"),
+            ));
+            assert_eq!(again, Ok((1, 0)));
+            let refresh = spawned.take().expect("a refresh was handed over");
+            futures::executor::block_on(refresh);
+            CACHE.with(|c| assert_eq!(c.borrow().get_with_time(&"a", 1_502), Some((2, 1_500))));
+        }
+
+        #[test]
+        fn past_the_window_a_caller_waits_for_the_value() {
+            reset();
+            CACHE.with(|c| c.borrow_mut().insert("a", 1, 0));
+            let answer = futures::executor::block_on(refresh_with(
+                &CACHE,
+                &"a",
+                5_000,
+                || 6_000,
+                |_| async { panic!("nobody else fetches") },
+                || async { Ok::<u32, ()>(2) },
+                |_| panic!("not in the background"),
+            ));
+            assert_eq!(answer, Ok((2, 6_000)));
         }
 
         #[test]

@@ -67,8 +67,11 @@ impl ChatSession {
                 if let Err(e) = inner.bind(&tenant, &turn.session_id) {
                     return reply(Err(e));
                 }
+                // Read before the turn's first write (the user message):
+                // see `Inner::tenant_settings`.
+                let settings = inner.tenant_settings(&tenant, &rid).await;
                 let (tx, rx) = mpsc::unbounded();
-                match inner.begin(&tenant, &rid, turn, Some(tx)) {
+                match inner.begin(&tenant, &rid, turn, Some(tx), settings) {
                     Ok((ctx, waiting)) => {
                         // The turn runs beside this request, not inside its
                         // response: a client that goes away does not stop it.
@@ -315,13 +318,14 @@ impl worker::DurableObject for ChatSession {
             }
         };
         let request_id = RequestId::from_random(crate::entropy::random_bytes());
+        let settings = self.inner.tenant_settings(&info.tenant, &request_id).await;
         // Admitted like a `POST /api/chat` turn, with the limits the socket
         // was admitted with, kept current with the key's and the tenant's:
         // a socket is no way around them.
-        if let Some(applied) = &self.inner.socket_limits(&info, &request_id).await {
+        if let Some(applied) = &self.inner.socket_limits(&info, settings.as_ref()) {
             match self
                 .inner
-                .admit_turn(&info.tenant, &request_id, applied, &turn)
+                .admit_turn(&info.tenant, &request_id, applied, &turn, settings.as_ref())
                 .await
             {
                 Ok(reservation) => turn.reservation = reservation,
@@ -332,7 +336,10 @@ impl worker::DurableObject for ChatSession {
             }
         }
         let reservation = turn.reservation.clone();
-        match self.inner.begin(&info.tenant, &request_id, turn, None) {
+        match self
+            .inner
+            .begin(&info.tenant, &request_id, turn, None, settings)
+        {
             Ok((ctx, waiting)) => {
                 let running = Rc::clone(&self.inner);
                 self.inner.state.wait_until(running.drive(ctx, waiting));

@@ -59,6 +59,9 @@ pub(super) struct TurnContext {
     pub(super) tenant: TenantId,
     pub(super) request_id: RequestId,
     pub(super) turn: Turn,
+    /// The tenant's settings as the turn read them before it began
+    /// ([`Inner::tenant_settings`]); `None` if they could not be read.
+    pub(super) settings: Option<TenantSettings>,
 }
 
 /// The session as this isolate holds it, and the I/O it performs.
@@ -335,14 +338,16 @@ impl Inner {
     /// The limits a socket's next turn is admitted with: those its upgrade
     /// was admitted with until its key is checked again (at most a second
     /// later), then the key's as that check found them over the tenant's
-    /// current defaults and budget (its settings, cached for a second), so
-    /// a change of either reaches an open socket within about a second. An
-    /// anonymous socket follows the tenant's. If the settings cannot be
-    /// read, the upgrade's limits stay.
-    pub(super) async fn socket_limits(
+    /// current defaults and budget (`settings`, as the turn read them:
+    /// [`Self::tenant_settings`]), so a change of either reaches an open
+    /// socket within about a second (the tenant's, in an isolate quiet for
+    /// longer, with its next burst at worst). An anonymous socket follows
+    /// the tenant's. If the settings could not be read (`None`), the
+    /// upgrade's limits stay.
+    pub(super) fn socket_limits(
         &self,
         info: &SocketInfo,
-        request_id: &RequestId,
+        settings: Option<&TenantSettings>,
     ) -> Option<Applied> {
         let own = match (&info.access.key, &info.access.proof) {
             (Some(id), Some(proof)) => {
@@ -365,14 +370,9 @@ impl Inner {
             // which only the gateway knows.
             (None, None) => return None,
         };
-        let settings =
-            match crate::coordinator::tenant_settings(&self.env, &info.tenant, request_id).await {
-                Ok(settings) => settings,
-                Err(e) => {
-                    worker::console_warn!("chat: the tenant's limits are unavailable: {e}");
-                    return info.limits.clone();
-                }
-            };
+        let Some(settings) = settings else {
+            return info.limits.clone();
+        };
         let (limits, budget) = own.unwrap_or_default();
         crate::limiter::admission::applied_now(
             limiter,
@@ -656,6 +656,7 @@ impl Inner {
         request_id: &RequestId,
         turn: Turn,
         listener: Option<FrameSender>,
+        settings: Option<TenantSettings>,
     ) -> std::result::Result<(TurnContext, VecDeque<Effect>), ErrorReply> {
         self.allow(&turn.access, Action::Turn)?;
         let limits = self.limits()?;
@@ -706,6 +707,7 @@ impl Inner {
             tenant: tenant.clone(),
             request_id: request_id.clone(),
             turn,
+            settings,
         };
         Ok((context, self.perform(id, effects)))
     }
@@ -734,13 +736,15 @@ impl Inner {
             }
             arming.rearm().await;
         });
-        // The prices of the turn's models (for its `done` event, its usage
-        // record and its settle: one table for all three), fetched beside
-        // them (both from the tenant's settings, cached).
-        let (generator, prices) = futures::join!(
-            self.generator(&ctx),
-            crate::limiter::recorder::prices(&self.env, &ctx.tenant, &ctx.request_id)
-        );
+        // The turn's models, and their prices (for its `done` event, its
+        // usage record and its settle: one table for all three), both from
+        // the settings the turn read.
+        let generator = self.generator(&ctx);
+        let prices = ctx
+            .settings
+            .as_ref()
+            .map(TenantSettings::prices)
+            .unwrap_or_default();
         *self.turn_prices.borrow_mut() = Some((ctx.id, prices.clone()));
         while let Some(effect) = waiting.pop_front() {
             let more = match effect {
@@ -917,8 +921,9 @@ impl Inner {
         request_id: &RequestId,
         applied: &Applied,
         turn: &Turn,
+        settings: Option<&TenantSettings>,
     ) -> std::result::Result<Option<TurnReservation>, Rejected> {
-        let prices = crate::limiter::recorder::prices(&self.env, tenant, request_id).await;
+        let prices = settings.map(TenantSettings::prices).unwrap_or_default();
         let work = Work::Turn {
             input_tokens: crate::limiter::admission::TURN_INPUT_ESTIMATE,
             max_tokens: turn.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
@@ -989,39 +994,39 @@ impl Inner {
     /// The generators of the turn's model chain (the model it names, or
     /// the tenant's default and fallbacks), reached through the tenant's AI
     /// Gateway when it has one.
-    pub(super) async fn generator(
+    pub(super) fn generator(
         &self,
         ctx: &TurnContext,
     ) -> std::result::Result<Vec<AnyGenerator>, String> {
         self.chain(
             &ctx.tenant,
-            &ctx.request_id,
+            ctx.settings.as_ref(),
             ctx.turn.model.as_deref(),
             ctx.turn.access.key.clone(),
             Some(ctx.turn.session_id.as_str().to_owned()),
         )
-        .await
     }
 
     /// The generators of `model`'s chain (or the tenant's default and its
-    /// fallbacks), reached through the tenant's AI Gateway when it has one,
-    /// with `key` and `session` in the gateway's metadata.
-    pub(super) async fn chain(
+    /// fallbacks, from its `tenant` settings), reached through the tenant's
+    /// AI Gateway when it has one, with `key` and `session` in the gateway's
+    /// metadata. Without the tenant's settings, the platform's default
+    /// model, directly.
+    pub(super) fn chain(
         &self,
         tenant_id: &TenantId,
-        request_id: &RequestId,
+        tenant: Option<&TenantSettings>,
         model: Option<&str>,
         key: Option<String>,
         session: Option<String>,
     ) -> std::result::Result<Vec<AnyGenerator>, String> {
         let settings = self.settings().map_err(|e| e.message)?;
-        let tenant = self.tenant_settings(tenant_id, request_id).await;
         let chain = chat_chain(model, tenant.as_ref().map(|t| &t.default_models));
         let config = ChainConfig {
             workers_ai: settings.workers_ai,
             fault_injection: settings.fault_injection,
             route: Route {
-                gateway: tenant.and_then(|t| t.ai_gateway),
+                gateway: tenant.and_then(|t| t.ai_gateway.clone()),
                 metadata: GatewayMetadata {
                     tenant_id: tenant_id.as_str().to_owned(),
                     key_id: key,
@@ -1138,14 +1143,25 @@ impl Inner {
         }
     }
 
-    /// The tenant's settings from its coordinator; `None` if they cannot be
-    /// read (the turn then runs on the platform's default model, directly).
-    async fn tenant_settings(
+    /// The tenant's settings for a turn (its limits, models, gateway and
+    /// prices), read once, before the turn's first write; `None` if they
+    /// cannot be read (the turn then runs on the platform's default model,
+    /// directly, at default prices, under the limits its socket was
+    /// admitted with). Up to [`crate::coordinator::settings::SETTINGS_STALE_MS`]
+    /// past their second, the isolate's are taken at once while they are
+    /// read again beside this request.
+    pub(super) async fn tenant_settings(
         &self,
         tenant: &TenantId,
         request_id: &RequestId,
     ) -> Option<TenantSettings> {
-        match crate::coordinator::tenant_settings(&self.env, tenant, request_id).await {
+        let read = crate::coordinator::settings::tenant_settings_or_refresh(
+            &self.env,
+            tenant,
+            request_id,
+            |refresh| self.state.wait_until(refresh),
+        );
+        match read.await {
             Ok(settings) => Some(settings),
             Err(e) => {
                 worker::console_warn!("chat: the tenant's settings could not be read: {e}");

@@ -10,6 +10,7 @@ use crate::generation::routing::generate_routed;
 use crate::ports::{Clock, GenerationEvent, RuntimeSleep, SystemClock, ToolSpec};
 use protocol::chat::{encode_frame_of, Usage};
 use protocol::completion::{Complete, CompletionEvent, CompletionFrame};
+use protocol::coordinator::TenantSettings;
 use protocol::usage::caller_of;
 use protocol::{RequestId, TenantId};
 use serde_json::Value;
@@ -89,16 +90,18 @@ impl Inner {
             }
         };
         let give_up_at = SystemClock.now_ms().saturating_add(limits.turn_timeout_ms);
-        let (chain, prices) = futures::join!(
-            self.chain(
-                &tenant,
-                &request_id,
-                complete.model.as_deref(),
-                complete.access.key.clone(),
-                None,
-            ),
-            crate::limiter::recorder::prices(&self.env, &tenant, &request_id)
+        let settings = self.tenant_settings(&tenant, &request_id).await;
+        let chain = self.chain(
+            &tenant,
+            settings.as_ref(),
+            complete.model.as_deref(),
+            complete.access.key.clone(),
+            None,
         );
+        let prices = settings
+            .as_ref()
+            .map(TenantSettings::prices)
+            .unwrap_or_default();
         let (mut machine, first) = CompletionMachine::start(
             model_messages(&complete.messages),
             offered_tools(&complete),

@@ -658,10 +658,15 @@ impl worker::DurableObject for TenantCoordinator {
             CoordinatorRequest::CreateKey(_) | CoordinatorRequest::RotateKey(_) => key_entropy(),
             _ => None,
         };
+        let settings_update = matches!(envelope.message, CoordinatorRequest::UpdateSettings(_));
         let (mut reply, effects) = match self.handle_sync(envelope, now_ms(), entropy) {
             Ok(done) => done,
             Err(reply) => (Err(reply), Effects::default()),
         };
+        if settings_update && reply.is_ok() {
+            // This isolate's actors apply them from their next read on.
+            super::settings::forget(&tenant);
+        }
         // The effects that need I/O run after the core's borrow ended.
         if let (Ok(_), Some(decided)) = (&reply, effects.config_decided) {
             let (done, answered) = oneshot::channel();
