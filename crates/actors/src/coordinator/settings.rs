@@ -18,10 +18,11 @@
 //! A chat turn takes them up to [`SETTINGS_STALE_MS`] older still
 //! ([`tenant_settings_or_refresh`]): the first turns of a burst after a quiet
 //! second start at once on the settings the isolate holds while one of them
-//! reads them again, instead of all waiting for the coordinator (fifty
-//! turns at once reached their first event 35 % later for that wait). A
-//! change made through the coordinator of this isolate applies here from
-//! the next read on ([`forget`]).
+//! reads them again, instead of all waiting for the coordinator (in the
+//! chat bench, fifty turns at once reached their first event at a median
+//! of 76 ms over nine runs when they waited, 63 over twelve with this:
+//! docs/benchmarks.md). A change made through the coordinator of this
+//! isolate applies here from the next read on ([`forget`]).
 
 use super::CoordinatorHandle;
 use crate::error::ActorError;
