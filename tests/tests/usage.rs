@@ -8,7 +8,7 @@
 
 use e2e::chat::parse_sse;
 use e2e::http::Reply;
-use e2e::{shared, Deployment, Server};
+use e2e::{shared, Deployment, PersistDir, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -355,4 +355,59 @@ fn a_tenants_daily_token_budget_holds_across_its_keys() {
     std::thread::sleep(Duration::from_millis(1_100));
     turn(&server, &keys[0], "tenant-budget-0", "one more, please")
         .unwrap_or_else(|r| panic!("{} {}", r.status, r.body));
+}
+
+/// A turn runs on the settings it read (`TurnContext::settings`), and its
+/// usage record carries the cost its `done` event reported, even when the
+/// prices change before the record is sent (about a second after the turn).
+#[test]
+fn a_turns_record_costs_what_its_done_event_reported() {
+    let dir = PersistDir::new("usage-fixed-cost");
+    let server = Server::start(Deployment::Dedicated(A), &dir);
+    let prices = |per_million: u64| {
+        json!({
+            "defaultModels": { "chat": "local/extractive" },
+            "prices": { "local/extractive": {
+                "inputPerMillionMicros": per_million,
+                "outputPerMillionMicros": 2 * per_million
+            } }
+        })
+    };
+    let r = server.as_operator(A, "PATCH", "/admin/tenant", Some(prices(1_000_000)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (key, id) = new_key(&server, A, json!(["chat"]));
+    let r = server.with_key(
+        &key,
+        "POST",
+        "/api/chat",
+        Some(json!({ "sessionId": "fixed-cost", "message": "how are lamps trimmed?", "maxTokens": 40 })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = parse_sse(r.body.as_bytes());
+    let done = &events.last().expect("events").data;
+    assert_eq!(done["type"], "done", "{done}");
+    let usage = &done["usage"];
+    let (input, output) = (
+        usage["inputTokens"].as_u64().expect("inputTokens"),
+        usage["outputTokens"].as_u64().expect("outputTokens"),
+    );
+    assert_eq!(
+        usage["costMicros"].as_u64(),
+        Some(input + 2 * output),
+        "{done}"
+    );
+    // Ten times the prices, before the turn's record leaves.
+    let r = server.as_operator(A, "PATCH", "/admin/tenant", Some(prices(10_000_000)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let path = format!("/admin/usage?groupBy=model&key={id}");
+    let report = report_when(&server, A, &path, |r| {
+        row(r, "local/extractive")["requests"] == 1
+    });
+    let chat = row(&report, "local/extractive");
+    assert_eq!(chat["requests"], 1, "{report}");
+    assert_eq!(
+        chat["costMicros"].as_u64(),
+        Some(input + 2 * output),
+        "the cost the done event reported: {report}"
+    );
 }

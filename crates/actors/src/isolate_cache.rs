@@ -346,7 +346,7 @@ where
         Lookup::Hit(value, fetched) => Ok((value, fetched)),
         // (No stale window: never a refresh.)
         Lookup::Fetch(ticket) | Lookup::Refresh(_, _, ticket) => {
-            fetch_into(cache, key.clone(), ticket, &now, fetch())
+            fetch_into(Pending::new(cache, key.clone(), ticket), &now, fetch())
                 .await
                 .map(|value| (value, ticket.started))
         }
@@ -409,15 +409,19 @@ where
 {
     match find(cache, key, &now, &sleep, stale_ms).await {
         Lookup::Hit(value, fetched) => Ok((value, fetched)),
-        Lookup::Fetch(ticket) => fetch_into(cache, key.clone(), ticket, &now, fetch())
-            .await
-            .map(|value| (value, ticket.started)),
+        Lookup::Fetch(ticket) => {
+            fetch_into(Pending::new(cache, key.clone(), ticket), &now, fetch())
+                .await
+                .map(|value| (value, ticket.started))
+        }
         Lookup::Refresh(value, fetched, ticket) => {
-            let (key, fetching) = (key.clone(), fetch());
+            // Held from here: a refresh dropped before it ran hands the
+            // fetch on too.
+            let (pending, fetching) = (Pending::new(cache, key.clone(), ticket), fetch());
             background(Box::pin(async move {
                 // A failure is marked in the map; the fetch's own future
                 // reports it.
-                let _ = fetch_into(cache, key, ticket, now, fetching).await;
+                let _ = fetch_into(pending, now, fetching).await;
             }));
             Ok((value, fetched))
         }
@@ -459,14 +463,42 @@ where
     }
 }
 
-/// Runs `ticket`'s fetch of `key` and ends it in `cache`: its answer
-/// stored ([`TtlCache::finish`]), its failure marked ([`TtlCache::fail`]),
-/// or, if the future is dropped before it ends (its request went away),
-/// handed on ([`TtlCache::abandon`]).
-async fn fetch_into<K, V, E>(
+/// A fetch handed out by the map, until it ends: dropped before
+/// [`fetch_into`] ended it (its request went away), it hands the fetch on
+/// ([`TtlCache::abandon`]).
+struct Pending<K: Eq + Hash + Clone + 'static, V: Clone + 'static> {
     cache: &'static LocalKey<RefCell<TtlCache<K, V>>>,
     key: K,
     ticket: Ticket,
+    ended: bool,
+}
+
+impl<K: Eq + Hash + Clone + 'static, V: Clone + 'static> Pending<K, V> {
+    fn new(cache: &'static LocalKey<RefCell<TtlCache<K, V>>>, key: K, ticket: Ticket) -> Self {
+        Self {
+            cache,
+            key,
+            ticket,
+            ended: false,
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone + 'static, V: Clone + 'static> Drop for Pending<K, V> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.cache.try_with(|c| {
+                c.try_borrow_mut()
+                    .map(|mut c| c.abandon(&self.key, self.ticket))
+            });
+        }
+    }
+}
+
+/// Runs `pending`'s fetch and ends it in its map: its answer stored
+/// ([`TtlCache::finish`]) or its failure marked ([`TtlCache::fail`]).
+async fn fetch_into<K, V, E>(
+    mut pending: Pending<K, V>,
     now: impl Fn() -> u64,
     fetch: impl Future<Output = Result<V, E>>,
 ) -> Result<V, E>
@@ -474,31 +506,9 @@ where
     K: Eq + Hash + Clone + 'static,
     V: Clone + 'static,
 {
-    struct Pending<K: Eq + Hash + Clone + 'static, V: Clone + 'static> {
-        cache: &'static LocalKey<RefCell<TtlCache<K, V>>>,
-        key: K,
-        ticket: Ticket,
-        ended: bool,
-    }
-    impl<K: Eq + Hash + Clone + 'static, V: Clone + 'static> Drop for Pending<K, V> {
-        fn drop(&mut self) {
-            if !self.ended {
-                let _ = self.cache.try_with(|c| {
-                    c.try_borrow_mut()
-                        .map(|mut c| c.abandon(&self.key, self.ticket))
-                });
-            }
-        }
-    }
-    let mut pending = Pending {
-        cache,
-        key,
-        ticket,
-        ended: false,
-    };
     let answer = fetch.await;
     pending.ended = true;
-    let at = now();
+    let (cache, ticket, at) = (pending.cache, pending.ticket, now());
     match &answer {
         Ok(value) => cache.with(|c| {
             c.borrow_mut()
@@ -849,6 +859,39 @@ mod tests {
             let refresh = spawned.take().expect("a refresh was handed over");
             futures::executor::block_on(refresh);
             CACHE.with(|c| assert_eq!(c.borrow().get_with_time(&"a", 1_502), Some((2, 1_500))));
+        }
+
+        #[test]
+        fn a_failed_or_dropped_refresh_keeps_the_stale_value_and_is_tried_again() {
+            reset();
+            CACHE.with(|c| c.borrow_mut().insert("a", 1, 0));
+            let refresh = |at: u64, fetched: Result<u32, ()>| {
+                let spawned: RefCell<Option<Background>> = RefCell::new(None);
+                let answer = futures::executor::block_on(refresh_with(
+                    &CACHE,
+                    &"a",
+                    5_000,
+                    move || at,
+                    |_| async { panic!("the caller waited") },
+                    move || async move { fetched },
+                    |f| *spawned.borrow_mut() = Some(f),
+                ));
+                (answer, spawned.take())
+            };
+            let (answer, failing) = refresh(1_500, Err(()));
+            assert_eq!(answer, Ok((1, 0)));
+            futures::executor::block_on(failing.expect("a refresh"));
+            // Failed: the next callers answer the stale value and start no
+            // refresh until the failure is older than the wait.
+            let (answer, none) = refresh(1_501, Ok(9));
+            assert_eq!((answer, none.is_none()), (Ok((1, 0)), true));
+            let (_, dropped) = refresh(1_500 + FETCH_WAIT_MS, Ok(9));
+            // A refresh dropped before it ran hands the fetch on.
+            drop(dropped.expect("tried again"));
+            let (answer, again) = refresh(1_501 + FETCH_WAIT_MS, Ok(9));
+            assert_eq!(answer, Ok((1, 0)));
+            futures::executor::block_on(again.expect("handed on"));
+            CACHE.with(|c| assert_eq!(c.borrow().get(&"a", 1_502 + FETCH_WAIT_MS), Some(9)));
         }
 
         #[test]

@@ -67,8 +67,8 @@ impl ChatSession {
                 if let Err(e) = inner.bind(&tenant, &turn.session_id) {
                     return reply(Err(e));
                 }
-                // Read before the turn's first write (the user message):
-                // see `Inner::tenant_settings`.
+                // Read before the turn is stored: see
+                // `Inner::tenant_settings`.
                 let settings = inner.tenant_settings(&tenant, &rid).await;
                 let (tx, rx) = mpsc::unbounded();
                 match inner.begin(&tenant, &rid, turn, Some(tx), settings) {

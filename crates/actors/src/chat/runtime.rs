@@ -340,9 +340,9 @@ impl Inner {
     /// later), then the key's as that check found them over the tenant's
     /// current defaults and budget (`settings`, as the turn read them:
     /// [`Self::tenant_settings`]), so a change of either reaches an open
-    /// socket within about a second (the tenant's, in an isolate quiet for
-    /// longer, with its next burst at worst). An anonymous socket follows
-    /// the tenant's. If the settings could not be read (`None`), the
+    /// socket within about a second (the tenant's as they reach any turn:
+    /// read less than 11 s before it). An anonymous socket follows the
+    /// tenant's. If the settings could not be read (`None`), the
     /// upgrade's limits stay.
     pub(super) fn socket_limits(
         &self,
@@ -799,8 +799,11 @@ impl Inner {
                 );
             }
         }
+        // Priced as its `done` event was, whatever the tenant's prices are
+        // when the record is sent.
         let used = used.map(|usage| Used {
             caller: caller_of(ctx.turn.access.key.as_deref(), true),
+            cost_micros: Some(prices.cost_micros(&model, usage).unwrap_or(0)),
             model,
             requests: 1,
             usage,
@@ -1144,7 +1147,7 @@ impl Inner {
     }
 
     /// The tenant's settings for a turn (its limits, models, gateway and
-    /// prices), read once, before the turn's first write; `None` if they
+    /// prices), read once, before the turn is stored; `None` if they
     /// cannot be read (the turn then runs on the platform's default model,
     /// directly, at default prices, under the limits its socket was
     /// admitted with). Up to [`crate::coordinator::settings::SETTINGS_STALE_MS`]
@@ -1161,13 +1164,9 @@ impl Inner {
             request_id,
             |refresh| self.state.wait_until(refresh),
         );
-        match read.await {
-            Ok(settings) => Some(settings),
-            Err(e) => {
-                worker::console_warn!("chat: the tenant's settings could not be read: {e}");
-                None
-            }
-        }
+        // A failed read logs itself (once, whether this request or the
+        // background made it).
+        read.await.ok()
     }
 
     pub(super) fn event_log(&self) -> std::result::Result<EventLog, ErrorReply> {
@@ -1375,6 +1374,7 @@ pub(super) async fn account(
             model: model.clone(),
             requests: 1,
             usage,
+            cost_micros: None,
         }];
         let now = crate::ports::SystemClock.now_ms();
         if let Err(e) = crate::limiter::recorder::record(
@@ -1463,6 +1463,7 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: output,
             },
+            cost_micros: None,
         }
     }
 

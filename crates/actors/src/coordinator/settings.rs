@@ -3,7 +3,7 @@
 //! turn, a search or an indexed document costs the coordinator about one
 //! read a second per tenant and isolate (more after a failed read, or one
 //! slower than [`crate::isolate_cache::FETCH_WAIT_MS`]), and a settings
-//! change reaches every actor within that second.
+//! change reaches every actor within that second, except chat turns (below).
 //!
 //! Reads that miss at the same moment are *not* shared as one future: the
 //! objects of one isolate each have their own I/O context, and an object
@@ -100,7 +100,7 @@ pub async fn tenant_settings_or_refresh(
             match read.await {
                 Ok(record) => Ok(record.settings),
                 Err(e) => {
-                    worker::console_warn!("the tenant's settings could not be read: {e}");
+                    worker::console_warn!("chat: the tenant's settings could not be read: {e}");
                     Err(e)
                 }
             }

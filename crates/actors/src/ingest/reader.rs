@@ -35,6 +35,7 @@ fn used(caller: Option<String>, model: &str, texts: &[String]) -> Used {
             input_tokens: protocol::usage::embedding_tokens(texts),
             output_tokens: 0,
         },
+        cost_micros: None,
     }
 }
 

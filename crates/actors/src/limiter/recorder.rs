@@ -21,6 +21,10 @@ pub struct Used {
     pub requests: u64,
     /// Their tokens.
     pub usage: TokenUsage,
+    /// What they cost in micro-dollars, when the caller fixed it (a chat
+    /// turn: what its `done` event reported, priced with the settings the
+    /// turn read); `None`: priced by the tenant's prices when recorded.
+    pub cost_micros: Option<u64>,
 }
 
 /// How long an actor gathers usage before it writes it to the ledger: a
@@ -41,13 +45,17 @@ impl UsageBuffer {
     /// a flush in [`FLUSH_AFTER_MS`]).
     pub fn add(&mut self, used: Used) -> bool {
         let was_empty = self.pending.is_empty();
-        match self
-            .pending
-            .iter_mut()
-            .find(|u| u.caller == used.caller && u.model == used.model)
-        {
+        match self.pending.iter_mut().find(|u| {
+            u.caller == used.caller
+                && u.model == used.model
+                && u.cost_micros.is_some() == used.cost_micros.is_some()
+        }) {
             Some(u) => {
                 u.requests = u.requests.saturating_add(used.requests);
+                u.cost_micros = u
+                    .cost_micros
+                    .zip(used.cost_micros)
+                    .map(|(a, b)| a.saturating_add(b));
                 u.usage.input_tokens = u.usage.input_tokens.saturating_add(used.usage.input_tokens);
                 u.usage.output_tokens = u
                     .usage
@@ -78,11 +86,19 @@ pub async fn prices(env: &Env, tenant: &TenantId, request_id: &RequestId) -> Pri
     }
 }
 
-/// The records of `used` on the day of `now_ms`, priced by `prices`.
+/// The records of `used` on the day of `now_ms`, priced by `prices`
+/// unless their cost is fixed.
 pub fn records(used: &[Used], now_ms: u64, prices: &PriceTable) -> Vec<UsageRecord> {
     let day = day_of_ms(now_ms);
     used.iter()
-        .map(|u| UsageRecord::new(day, &u.caller, &u.model, u.requests, u.usage, prices))
+        .map(|u| {
+            let mut record =
+                UsageRecord::new(day, &u.caller, &u.model, u.requests, u.usage, prices);
+            if let Some(cost) = u.cost_micros {
+                record.cost_micros = cost;
+            }
+            record
+        })
         .collect()
 }
 
@@ -141,6 +157,7 @@ mod tests {
                 input_tokens: input,
                 output_tokens: 0,
             },
+            cost_micros: None,
         }
     }
 
@@ -167,5 +184,24 @@ mod tests {
             &prices,
         );
         assert_eq!((r[0].day, r[0].cost_micros), (20_786, 67_000));
+    }
+
+    #[test]
+    fn a_cost_fixed_by_the_caller_is_kept_and_summed_apart() {
+        let fixed = |input, cost| Used {
+            cost_micros: Some(cost),
+            ..used("k", "@cf/baai/bge-base-en-v1.5", input)
+        };
+        let mut b = UsageBuffer::default();
+        b.add(fixed(1_000_000, 5));
+        b.add(fixed(1_000_000, 7));
+        b.add(used("k", "@cf/baai/bge-base-en-v1.5", 1_000_000));
+        let batch = b.take();
+        assert_eq!(batch.len(), 2, "fixed and unfixed costs are not merged");
+        assert_eq!(batch[0].cost_micros, Some(12));
+        // The tenant's prices at the flush do not change a fixed cost.
+        let r = records(&batch, 0, &PriceTable::workers_ai_defaults());
+        assert_eq!(r[0].cost_micros, 12);
+        assert_eq!(r[1].cost_micros, 67_000);
     }
 }
