@@ -548,12 +548,14 @@ fn server_vars(defaults: &[(&str, &str)], extra: &[(&str, &str)]) -> Vec<(String
 /// A bench's server vars: `FAULT_INJECTION=disabled` (a bench measures
 /// what a deployment runs, without the tests' hooks: the embedder's
 /// injected failures cost a storage read per indexed document; the rest as
-/// the local configuration has it, so no search replicas), `base`,
+/// the local configuration has it, so no search replicas),
+/// `REQUEST_LOG=off` (wrangler's Node process would print a line per
+/// request while it proxies them: see `gateway_worker::observe`), `base`,
 /// then those of `BENCH_VARS` (`"NAME=VALUE NAME=VALUE"`, e.g.
-/// `SEARCH_REPLICAS=2`; a later one wins).
+/// `SEARCH_REPLICAS=2` or `REQUEST_LOG=on`; a later one wins).
 pub fn bench_vars(base: &[(&str, &str)]) -> Vec<(String, String)> {
     let extra = std::env::var("BENCH_VARS").unwrap_or_default();
-    let mut vars: Vec<(String, String)> = [("FAULT_INJECTION", "disabled")]
+    let mut vars: Vec<(String, String)> = [("FAULT_INJECTION", "disabled"), ("REQUEST_LOG", "off")]
         .iter()
         .chain(base)
         .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
@@ -693,6 +695,9 @@ mod vars_tests {
             .collect();
         let started = server_vars(&[], &bench);
         assert!(started.contains(&("FAULT_INJECTION".to_owned(), "disabled".to_owned())));
+        if std::env::var_os("BENCH_VARS").is_none() {
+            assert!(started.contains(&("REQUEST_LOG".to_owned(), "off".to_owned())));
+        }
         assert!(!started.contains(&("FAULT_INJECTION".to_owned(), "enabled".to_owned())));
         if std::env::var_os("BENCH_VARS").is_none() {
             assert!(!started.iter().any(|(n, _)| n == "SEARCH_REPLICAS"));

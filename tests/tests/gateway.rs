@@ -542,3 +542,45 @@ fn wait_for_listed_session(server: &Server, session: &str) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Whether `server`'s log has the `request` line of `request_id`, looked
+/// for until wrangler's own line for one more `GET /health` than `before`
+/// is there (the Worker's line for a request is written before its answer).
+fn request_line_logged(server: &Server, request_id: &str) -> bool {
+    let health_lines = |log: &str| log.matches("GET /health 200").count();
+    let before = health_lines(&std::fs::read_to_string(server.log_path()).unwrap_or_default());
+    let r = get(&server.url("/health"), &[("x-request-id", request_id)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let started = std::time::Instant::now();
+    loop {
+        let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+        if health_lines(&log) > before {
+            return log
+                .lines()
+                .any(|l| l.contains("\"event\":\"request\"") && l.contains(request_id));
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "wrangler logged no GET /health within 10 s: {}",
+            server.log_path().display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Every request has its JSON log line, unless `REQUEST_LOG=off` (what the
+/// benches run with).
+#[test]
+fn requests_are_logged_unless_request_log_is_off() {
+    let dir = PersistDir::new("request-log");
+    let on = Server::start(Deployment::Dedicated("mrrainbowsmoke"), &dir);
+    assert!(request_line_logged(&on, "log-probe-on-0001"));
+    drop(on);
+    let dir = PersistDir::new("request-log-off");
+    let off = Server::start_with_vars(
+        Deployment::Dedicated("mrrainbowsmoke"),
+        &dir,
+        &[("REQUEST_LOG", "off")],
+    );
+    assert!(!request_line_logged(&off, "log-probe-off-0001"));
+}

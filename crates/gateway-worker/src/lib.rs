@@ -61,10 +61,16 @@ async fn fetch(
     let response = app::handle(req, env.clone(), request_id.clone(), &mut seen).await;
     let latency_ms = worker::Date::now().as_millis().saturating_sub(started);
     let status = response.status_code();
-    worker::console_log!(
-        "{}",
-        seen.log_line(request_id.as_str(), &method, status, latency_ms)
-    );
+    let log_on = env
+        .var(observe::REQUEST_LOG_VAR)
+        .ok()
+        .map(|v| v.to_string());
+    if observe::request_log_on(log_on.as_deref()) {
+        worker::console_log!(
+            "{}",
+            seen.log_line(request_id.as_str(), &method, status, latency_ms)
+        );
+    }
     if let Some((tenant, sample)) = seen.sample(status, latency_ms) {
         // Off the answer's path, and gathered: the isolate sends a tenant's
         // samples once a second (or 64 at once), not one call beside every

@@ -11,6 +11,19 @@ use serde_json::{json, Value};
 /// The route label of a request that matched no route.
 pub const UNMATCHED: &str = "unmatched";
 
+/// The variable that turns the requests' log lines off.
+pub const REQUEST_LOG_VAR: &str = "REQUEST_LOG";
+
+/// Whether each request's log line is written: unless `REQUEST_LOG` is
+/// `off`. The benches turn it off: under `wrangler dev` every console line
+/// is carried and printed by wrangler's Node process, which also proxies
+/// every request and WebSocket, so fifty lines at once delay fifty
+/// upgrades; deployed, Workers collects logs off the request's path. The
+/// metrics samples and the actors' event lines are written either way.
+pub fn request_log_on(value: Option<&str>) -> bool {
+    !value.is_some_and(|v| v.trim().eq_ignore_ascii_case("off"))
+}
+
 /// What the pipeline learned of a request while serving it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observation {
@@ -104,6 +117,15 @@ impl Observation {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_lines_are_on_unless_turned_off() {
+        assert!(request_log_on(None));
+        assert!(request_log_on(Some("on")));
+        assert!(request_log_on(Some("")));
+        assert!(!request_log_on(Some("off")));
+        assert!(!request_log_on(Some(" OFF ")));
+    }
 
     #[test]
     fn a_refused_search_logs_and_samples_its_code_and_never_a_secret() {
