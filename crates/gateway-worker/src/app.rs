@@ -1250,6 +1250,6 @@ fn header(req: &Request, name: &str) -> Option<String> {
 }
 
 /// A var or secret, if it is bound and a string (both arrive as plain strings).
-fn var(env: &Env, name: &str) -> Option<String> {
+pub(crate) fn var(env: &Env, name: &str) -> Option<String> {
     env.var(name).ok().map(|v| v.to_string())
 }

@@ -61,11 +61,7 @@ async fn fetch(
     let response = app::handle(req, env.clone(), request_id.clone(), &mut seen).await;
     let latency_ms = worker::Date::now().as_millis().saturating_sub(started);
     let status = response.status_code();
-    let log_on = env
-        .var(observe::REQUEST_LOG_VAR)
-        .ok()
-        .map(|v| v.to_string());
-    if observe::request_log_on(log_on.as_deref()) {
+    if observe::request_log_on(app::var(&env, observe::REQUEST_LOG_VAR).as_deref()) {
         worker::console_log!(
             "{}",
             seen.log_line(request_id.as_str(), &method, status, latency_ms)

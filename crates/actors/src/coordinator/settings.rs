@@ -63,15 +63,22 @@ pub async fn tenant_settings(
         &SETTINGS,
         tenant,
         || SystemClock.now_ms(),
-        || async move {
-            let record = CoordinatorHandle::new(env, tenant)?
-                .get_tenant(request_id)
-                .await?;
-            Ok::<_, ActorError>(record.settings)
-        },
+        || read(env, tenant, request_id),
     )
     .await?;
     Ok(settings)
+}
+
+/// The tenant's settings from its coordinator.
+async fn read(
+    env: &Env,
+    tenant: &TenantId,
+    request_id: &RequestId,
+) -> Result<TenantSettings, ActorError> {
+    let record = CoordinatorHandle::new(env, tenant)?
+        .get_tenant(request_id)
+        .await?;
+    Ok(record.settings)
 }
 
 /// The tenant's settings as [`tenant_settings`] reads them, or, when the
@@ -92,18 +99,11 @@ pub async fn tenant_settings_or_refresh(
         SETTINGS_STALE_MS,
         || SystemClock.now_ms(),
         move || async move {
-            let read = async {
-                CoordinatorHandle::new(&env, &tenant_id)?
-                    .get_tenant(&request_id)
-                    .await
-            };
-            match read.await {
-                Ok(record) => Ok(record.settings),
-                Err(e) => {
-                    worker::console_warn!("chat: the tenant's settings could not be read: {e}");
-                    Err(e)
-                }
+            let read = read(&env, &tenant_id, &request_id).await;
+            if let Err(e) = &read {
+                worker::console_warn!("chat: the tenant's settings could not be read: {e}");
             }
+            read
         },
         background,
     )
