@@ -8,7 +8,8 @@
 //! `/proc`), which moves far less between runs than the latencies do, and
 //! that time by kind of thread.
 //!
-//! Run with `cargo xtask bench`; `BENCH_VARS` adds vars to the server's
+//! Run with `cargo xtask bench`; `CHAT_ROUNDS` sets the concurrent series'
+//! rounds (default 5); `BENCH_VARS` adds vars to the server's
 //! (`"SEARCH_REPLICAS=2"`; the local configuration runs none). Results go
 //! to stdout as Markdown.
 
@@ -23,7 +24,19 @@ use std::time::{Duration, Instant};
 const TENANT: &str = "mrrainbowsmoke";
 const TURNS: usize = 50;
 const SESSIONS: usize = 50;
+/// The concurrent series' rounds unless `CHAT_ROUNDS` says otherwise (more
+/// rounds give a steadier p99: five give 250 samples, whose p99 is the
+/// third-slowest turn).
 const ROUNDS: usize = 5;
+
+/// The concurrent series' rounds: `CHAT_ROUNDS`, or [`ROUNDS`].
+fn round_count() -> usize {
+    std::env::var("CHAT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(ROUNDS)
+}
 /// How long a turn's bookkeeping (usage record, registry report) may take to
 /// leave after the turn: about a second.
 const SETTLE: Duration = Duration::from_millis(1500);
@@ -253,7 +266,10 @@ fn main() {
         let mut first: Vec<f64> = results.iter().map(|r| r.0).collect();
         let mut full: Vec<f64> = results.iter().map(|r| r.1).collect();
         let tokens: Vec<usize> = results.iter().map(|r| r.2).collect();
-        let label = format!("WebSocket, {SESSIONS} new sessions {series}, {ROUNDS} rounds");
+        let label = format!(
+            "WebSocket, {SESSIONS} new sessions {series}, {} rounds",
+            round_count()
+        );
         rows.push(row(
             &label,
             &mut first,
@@ -290,13 +306,13 @@ struct Round {
     turns: Vec<(f64, f64, usize)>,
 }
 
-/// [`ROUNDS`] rounds of [`SESSIONS`] new sessions with one turn each, over
+/// [`round_count`] rounds of [`SESSIONS`] new sessions with one turn each, over
 /// WebSockets at `base` with `key`, each round [`SETTLE`] after the last:
 /// each session sends its turn once it is connected, or, `together`, once
 /// every session of the round is.
 fn concurrent(base: &str, key: &str, together: bool) -> Vec<Round> {
     let mut rounds = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..round_count() {
         // Each round starts once the last one's bookkeeping has left.
         std::thread::sleep(SETTLE);
         let started = Instant::now();

@@ -202,6 +202,19 @@ fn a_turn_survives_its_client_and_resumes_exactly() {
             .map(|e| (e.id, e.data))
             .collect();
     assert_eq!(whole, joined);
+    // From an event inside a stored row (a turn's pieces are stored
+    // together, several to a row): exactly the events after it.
+    for mid in [joined.len() / 2, joined.len() - 2] {
+        let from_mid: Vec<(String, Value)> = parse_sse(
+            resume_sse(&server, B, "resume-cut", Some(&joined[mid].0))
+                .body
+                .as_bytes(),
+        )
+        .into_iter()
+        .map(|e| (e.id, e.data))
+        .collect();
+        assert_eq!(from_mid, joined[mid + 1..], "after event {mid}");
+    }
     let last = joined.last().unwrap().0.clone();
     let r = resume_sse(&server, B, "resume-cut", Some(&last));
     assert_eq!(r.status, 204, "{}", r.body);

@@ -6,7 +6,8 @@
 //! Events are stored in batches: every event but a `message` piece (tool
 //! calls, results, `done`, `error`) is stored before it is sent, together with
 //! the pieces before it, and so is every [`FLUSH_EVERY`]th piece. Every read
-//! of the stored events flushes first, so a replay is exact.
+//! of the stored events flushes first, so a replay is exact. A batch is
+//! stored as a few rows, one per run of one turn's events ([`event_rows`]).
 
 use protocol::chat::ChatEvent;
 
@@ -17,6 +18,54 @@ pub const FLUSH_EVERY: usize = 32;
 
 /// An event not stored yet: `(id, turn, JSON)`.
 pub type PendingEvent = (u64, u64, String);
+
+/// The most bytes of event JSON one stored row holds; an event larger than
+/// this has a row of its own.
+pub const ROW_BYTES: usize = 64 * 1024;
+
+/// A stored row of events: `(last id, turn, JSON texts one per line)`.
+pub type EventRow = (u64, u64, String);
+
+/// The rows that store `events` (in id order, as [`EventIds`] hands them
+/// out): a run of one turn's events with consecutive ids shares a row, its
+/// JSON texts one per line under the run's last id (the others' ids follow
+/// from it), so a turn's forty-odd events are four rows, not forty-odd
+/// (each one a write, and an entry in the turn index). JSON holds no raw
+/// line break but as whitespace between tokens (a string's is written
+/// `\n`), so a text that has one anyway is stored with a space there.
+pub fn event_rows(events: &[PendingEvent]) -> Vec<EventRow> {
+    let mut rows: Vec<EventRow> = Vec::new();
+    for (id, turn, json) in events {
+        let json = if json.contains('\n') {
+            std::borrow::Cow::Owned(json.replace('\n', " "))
+        } else {
+            std::borrow::Cow::Borrowed(json.as_str())
+        };
+        match rows.last_mut() {
+            Some((last, t, text))
+                if t == turn
+                    && last.checked_add(1) == Some(*id)
+                    && text.len() + 1 + json.len() <= ROW_BYTES =>
+            {
+                *last = *id;
+                text.push('\n');
+                text.push_str(&json);
+            }
+            _ => rows.push((*id, *turn, json.into_owned())),
+        }
+    }
+    rows
+}
+
+/// The events of a stored row `(last id, text)`, `(id, JSON)` in id order.
+/// A row of one event (as every row was before rows held several) is that
+/// event under the row's id.
+pub fn row_events(last: u64, text: &str) -> impl Iterator<Item = (u64, &str)> {
+    let first = last.saturating_sub(text.matches('\n').count() as u64);
+    text.split('\n')
+        .enumerate()
+        .map(move |(i, line)| (first.saturating_add(i as u64), line))
+}
 
 /// What the shell must do for an event given an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +139,109 @@ mod tests {
         ChatEvent::Message {
             content: "x".into(),
         }
+    }
+
+    fn pending(id: u64, turn: u64, json: &str) -> PendingEvent {
+        (id, turn, json.to_owned())
+    }
+
+    /// Every event stored comes back under its id, whatever rows it went in.
+    fn read_back(rows: &[EventRow]) -> Vec<(u64, String)> {
+        rows.iter()
+            .flat_map(|(last, _, text)| row_events(*last, text))
+            .map(|(id, json)| (id, json.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_run_of_one_turns_events_is_one_row_under_its_last_id() {
+        let events: Vec<PendingEvent> = (10..=42)
+            .map(|id| pending(id, 3, &format!(r#"{{"type":"message","content":"p{id}"}}"#)))
+            .collect();
+        let rows = event_rows(&events);
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].0, rows[0].1), (42, 3));
+        let expected: Vec<(u64, String)> =
+            events.iter().map(|(id, _, j)| (*id, j.clone())).collect();
+        assert_eq!(read_back(&rows), expected);
+    }
+
+    #[test]
+    fn another_turn_a_gap_in_the_ids_or_a_full_row_starts_a_new_row() {
+        let big = format!(
+            r#"{{"type":"toolResult","result":"{}"}}"#,
+            "r".repeat(ROW_BYTES - 40)
+        );
+        let events = vec![
+            pending(1, 1, r#"{"type":"done"}"#),
+            pending(2, 2, r#"{"type":"message","content":"a"}"#),
+            pending(3, 2, r#"{"type":"message","content":"b"}"#),
+            // A gap: ids 4 and 5 went to a turn stored elsewhere.
+            pending(6, 2, r#"{"type":"message","content":"c"}"#),
+            pending(7, 2, &big),
+            pending(8, 2, r#"{"type":"done"}"#),
+        ];
+        let rows = event_rows(&events);
+        let lasts: Vec<(u64, u64)> = rows.iter().map(|(last, turn, _)| (*last, *turn)).collect();
+        assert_eq!(lasts, vec![(1, 1), (3, 2), (6, 2), (7, 2), (8, 2)]);
+        assert!(rows.iter().all(|(_, _, text)| text.len() <= ROW_BYTES));
+        let expected: Vec<(u64, String)> =
+            events.iter().map(|(id, _, j)| (*id, j.clone())).collect();
+        assert_eq!(read_back(&rows), expected);
+    }
+
+    #[test]
+    fn a_line_break_in_an_events_json_becomes_a_space() {
+        let events = vec![
+            pending(5, 1, "{\"type\":\n\"done\"}"),
+            pending(6, 1, r#"{"type":"message","content":"line\nbreak"}"#),
+        ];
+        let rows = event_rows(&events);
+        assert_eq!(rows.len(), 1);
+        let back = read_back(&rows);
+        assert_eq!(back.len(), 2);
+        for ((id, json), (want, _, _)) in back.iter().zip(&events) {
+            assert_eq!(id, want);
+            let value: serde_json::Value = serde_json::from_str(json).expect("still JSON");
+            assert!(value.is_object());
+        }
+        assert_eq!(back[1].1, events[1].2, "an escaped line break is kept");
+    }
+
+    #[test]
+    fn a_row_of_one_event_as_stored_before_is_read_as_that_event() {
+        let got: Vec<(u64, &str)> = row_events(77, r#"{"type":"done"}"#).collect();
+        assert_eq!(got, vec![(77, r#"{"type":"done"}"#)]);
+    }
+
+    #[test]
+    fn the_events_of_a_turn_as_emitted_make_four_rows() {
+        // A turn as the bench's: a tool call and its result (each stored
+        // before it is sent), then forty pieces and `done`.
+        let mut ids = EventIds::restore(0);
+        let mut rows = Vec::new();
+        let tool = ChatEvent::error("code", "not a piece");
+        let mut flushes = 0;
+        for n in 0..43 {
+            let event = if n < 2 || n == 42 {
+                tool.clone()
+            } else {
+                piece()
+            };
+            let issued = ids.issue(1, &event, format!(r#"{{"n":{n}}}"#));
+            if issued.flush {
+                flushes += 1;
+                rows.extend(event_rows(&ids.take_pending()));
+            }
+        }
+        assert_eq!(flushes, 4);
+        assert_eq!(rows.len(), 4);
+        let back = read_back(&rows);
+        assert_eq!(back.len(), 43);
+        assert!(back
+            .iter()
+            .enumerate()
+            .all(|(i, (id, json))| *id == i as u64 + 1 && *json == format!(r#"{{"n":{i}}}"#)));
     }
 
     #[test]

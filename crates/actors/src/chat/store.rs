@@ -35,8 +35,11 @@ const SCHEMA: &[&str] = &[
     // here for `recover` to settle.
     "CREATE TABLE IF NOT EXISTS turn_reservations (
         turn_id INTEGER PRIMARY KEY, reservation TEXT NOT NULL)",
-    // Every event of the recent turns, for resuming streams; the id is the
-    // SSE `id:` and grows across the session (AUTOINCREMENT, never reused).
+    // Every event of the recent turns, for resuming streams; an event's id
+    // is the SSE `id:` and grows across the session (never reused). A row
+    // holds a run of one turn's events with consecutive ids, one JSON text
+    // a line, under the run's last id (`events::event_rows`); rows stored
+    // before that hold one event each, which is the same thing.
     "CREATE TABLE IF NOT EXISTS turn_events (
         id INTEGER PRIMARY KEY AUTOINCREMENT, turn_id INTEGER NOT NULL, event TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS turn_events_by_turn ON turn_events (turn_id)",
@@ -504,27 +507,22 @@ impl SessionStore {
         Ok(row.map(|(id, status, code, message)| turn_info(id, &status, code, message)))
     }
 
-    /// Stores events `(id, turn, event JSON)` with the ids they were sent under.
+    /// Stores events `(id, turn, event JSON)` with the ids they were sent
+    /// under: a run of one turn's events in one row
+    /// ([`super::events::event_rows`]), by one statement whatever the run's
+    /// length (a new session's object prepares it once).
     pub fn append_events(&self, events: &[(u64, u64, String)]) -> Result<(), ErrorReply> {
-        // At most 100 bound parameters a statement: 30 rows of 3.
-        for rows in events.chunks(30) {
-            let mut query =
-                String::from("INSERT OR REPLACE INTO turn_events (id, turn_id, event) VALUES ");
-            let mut bindings = Vec::with_capacity(rows.len() * 3);
-            for (i, (id, turn, json)) in rows.iter().enumerate() {
-                query.push_str(if i == 0 { "(?, ?, ?)" } else { ", (?, ?, ?)" });
-                bindings.push(int(*id));
-                bindings.push(int(*turn));
-                bindings.push(json.as_str().into());
-            }
-            if let Err(e) = self.exec(&query, bindings) {
-                // Whether the rows were written is not known: read again.
+        for (last, turn, text) in super::events::event_rows(events) {
+            if let Err(e) = self.exec(
+                "INSERT OR REPLACE INTO turn_events (id, turn_id, event) VALUES (?, ?, ?)",
+                vec![int(last), int(turn), text.into()],
+            ) {
+                // Whether the row was written is not known: read again.
                 self.last_event.set(None);
                 return Err(e);
             }
-            let newest = rows.iter().map(|(id, _, _)| *id).max();
             self.last_event
-                .set(self.last_event.get().map(|known| known.max(newest)));
+                .set(self.last_event.get().map(|known| known.max(Some(last))));
         }
         Ok(())
     }
@@ -551,13 +549,15 @@ impl SessionStore {
     pub fn event_range(&self) -> Result<EventRange, ErrorReply> {
         let latest_turn: Option<(u64, Option<u64>)> = sql::first(
             &self.sql,
-            "SELECT t.id, (SELECT MIN(e.id) FROM turn_events e WHERE e.turn_id = t.id) \
+            "SELECT t.id, (SELECT MIN(e.id - (length(e.event) - length(replace(e.event, char(10), '')))) \
+             FROM turn_events e WHERE e.turn_id = t.id) \
              FROM turns t ORDER BY t.id DESC LIMIT 1",
             vec![],
         )?;
         let (oldest, newest): (Option<u64>, Option<u64>) = sql::first(
             &self.sql,
-            "SELECT MIN(id), MAX(id) FROM turn_events",
+            "SELECT MIN(id - (length(event) - length(replace(event, char(10), '')))), MAX(id) \
+             FROM turn_events",
             vec![],
         )?
         .unwrap_or((None, None));
@@ -570,22 +570,29 @@ impl SessionStore {
 
     /// The stored events after `after`, in order.
     pub fn events_after(&self, after: u64) -> Result<Vec<TurnFrame>, ErrorReply> {
+        // A row's id is its last event's: the rows after `after` hold every
+        // event after it (and the first of them, some before it).
         let rows: Vec<(u64, String)> = sql::rows(
             &self.sql,
             "SELECT id, event FROM turn_events WHERE id > ? ORDER BY id",
             vec![int(after)],
         )?;
-        rows.into_iter()
-            .map(|(id, json)| {
-                let event = serde_json::from_str(&json).map_err(|e| {
+        let mut frames = Vec::new();
+        for (last, text) in &rows {
+            for (id, json) in super::events::row_events(*last, text) {
+                if id <= after {
+                    continue;
+                }
+                let event = serde_json::from_str(json).map_err(|e| {
                     ErrorReply::from(SqlError::Shape {
                         query: "SELECT id, event FROM turn_events".into(),
                         message: format!("a stored event does not decode: {e}"),
                     })
                 })?;
-                Ok(TurnFrame { id, event })
-            })
-            .collect()
+                frames.push(TurnFrame { id, event });
+            }
+        }
+        Ok(frames)
     }
 
     /// The highest turn id given (0 before the first turn). Read before an
