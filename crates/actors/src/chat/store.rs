@@ -28,7 +28,6 @@ const SCHEMA: &[&str] = &[
         id INTEGER PRIMARY KEY AUTOINCREMENT, user_seq INTEGER NOT NULL, status TEXT NOT NULL,
         error_code TEXT, error_message TEXT, started_at INTEGER NOT NULL, ended_at INTEGER)",
     "CREATE INDEX IF NOT EXISTS turns_by_user_seq ON turns (user_seq)",
-    "CREATE INDEX IF NOT EXISTS turns_by_status ON turns (status)",
     // The limiter reservations a running turn holds (JSON of a
     // `TurnReservation`), written with the turn and deleted when the turn
     // has settled them: a turn its isolate lost still has its reservation
@@ -42,7 +41,12 @@ const SCHEMA: &[&str] = &[
     // before that hold one event each, which is the same thing.
     "CREATE TABLE IF NOT EXISTS turn_events (
         id INTEGER PRIMARY KEY AUTOINCREMENT, turn_id INTEGER NOT NULL, event TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS turn_events_by_turn ON turn_events (turn_id)",
+    // No index on `turns.status` nor on `turn_events.turn_id`: the first is
+    // read when the object wakes (a session holds at most `CHAT_MAX_MESSAGES`
+    // turns), the second when a turn ends or a client resumes (the events of
+    // `CHAT_RESUMABLE_TURNS` turns, a few rows each), and either index
+    // cost a write with every row and one more object in every new
+    // session's schema. Sessions created before keep theirs, unused.
     // Event ids handed out ahead of storage: ids up to `reserved` may have
     // reached clients, so a new isolate starts after it and never reuses one.
     "CREATE TABLE IF NOT EXISTS event_ids (id INTEGER PRIMARY KEY CHECK (id = 1), reserved INTEGER NOT NULL)",
