@@ -107,6 +107,11 @@ pub(super) struct Books {
 }
 
 impl Books {
+    /// When the batch is to be sent: [`FLUSH_AFTER_MS`] after it began (ms).
+    pub(super) fn due_ms(&self) -> u64 {
+        self.began_ms.saturating_add(FLUSH_AFTER_MS)
+    }
+
     /// The usage records and the reports.
     pub(super) fn into_parts(mut self) -> (Vec<Used>, Vec<SessionReport>) {
         (self.usage.take(), self.reports)
@@ -119,7 +124,9 @@ pub(super) enum Booked {
     /// The tenant's batch has just begun: send it in [`FLUSH_AFTER_MS`]
     /// ([`TurnBooks::take`]).
     FlushLater,
-    /// The batch holds as many sessions as a call carries: send it now.
+    /// The batch holds as many sessions as a call carries, or its send
+    /// never came: send it at [`Books::due_ms`] (at once when that is past);
+    /// the next turn begins a new batch.
     FlushNow(Books),
     /// Gathered into a batch whose send is already arranged.
     Gathered,
@@ -835,6 +842,15 @@ impl Inner {
         match booked {
             Booked::Gathered => {}
             Booked::FlushNow(books) => self.state.wait_until(async move {
+                // A full batch still leaves when its second is up, not at
+                // once: the bookkeeping of a burst of sessions waits out
+                // the burst. A stale one (its send never came) is due now.
+                let wait = books
+                    .due_ms()
+                    .saturating_sub(crate::ports::SystemClock.now_ms());
+                if wait > 0 {
+                    worker::Delay::from(std::time::Duration::from_millis(wait)).await;
+                }
                 send_bookkeeping(&env, &tenant, books).await;
             }),
             Booked::FlushLater => self.state.wait_until(async move {
@@ -1515,6 +1531,35 @@ mod tests {
             books.add(&tenant, None, Some(report("s1", 61)), 61),
             Booked::FlushLater
         );
+    }
+
+    #[test]
+    fn a_full_batch_is_due_a_second_after_it_began_and_a_stale_one_at_once() {
+        let tenant = TenantId::parse("acme").expect("a tenant id");
+        let mut books = TurnBooks::default();
+        let mut full = None;
+        for n in 0..MAX_SESSION_REPORTS as u64 {
+            if let Booked::FlushNow(batch) =
+                books.add(&tenant, None, Some(report(&format!("s{n}"), 1)), 100 + n)
+            {
+                full = Some((n, batch));
+            }
+        }
+        let (n, full) = full.expect("the sixteenth session fills the batch");
+        assert_eq!(n, MAX_SESSION_REPORTS as u64 - 1);
+        // Filled 15 ms after it began, it still waits for its second.
+        assert_eq!(full.due_ms(), 100 + FLUSH_AFTER_MS);
+        // A batch whose send never came is past due when the next turn
+        // finds it.
+        assert_eq!(
+            books.add(&tenant, None, Some(report("late", 1)), 1_000),
+            Booked::FlushLater
+        );
+        let late = 1_000 + STALE_BATCH_MS;
+        match books.add(&tenant, None, Some(report("later", 1)), late) {
+            Booked::FlushNow(stale) => assert!(stale.due_ms() <= late),
+            other => panic!("a stale batch is sent: {other:?}"),
+        }
     }
 
     #[test]
