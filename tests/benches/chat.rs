@@ -228,12 +228,12 @@ fn main() {
     rows.push(row(&label, &mut first, &mut full, &tokens, ws_cpu.total));
     by_thread.push((label, ws_cpu.by_thread));
 
-    // The concurrent series are ROUNDS rounds of SESSIONS new sessions, one
-    // after another: one round is 50 samples, and its p50 varied twofold
-    // between runs of one build (the order in which the runtime takes fifty
-    // connects and fifty turns); five rounds give a p99 that is not the
-    // slowest turn of one round. The runtime CPU and the threads' table
-    // cover all five.
+    // The concurrent series are ROUNDS rounds (or CHAT_ROUNDS) of SESSIONS
+    // new sessions, one after another: one round is 50 samples, and its p50
+    // varied twofold between runs of one build (the order in which the
+    // runtime takes fifty connects and fifty turns); five rounds give a p99
+    // that is not the slowest turn of one round, twenty a steadier one. The
+    // runtime CPU and the threads' table cover all the rounds.
     // - "each connecting and sending at once": a session sends its turn as
     //   soon as it is connected, while the others still connect. The
     //   connects end together, about 300 ms into a round, on both sides of

@@ -30,7 +30,7 @@ pub type EventRow = (u64, u64, String);
 /// out): a run of one turn's events with consecutive ids shares a row, its
 /// JSON texts one per line under the run's last id (the others' ids follow
 /// from it), so a turn's forty-odd events are four rows, not forty-odd
-/// (each one a write, and an entry in the turn index). JSON holds no raw
+/// (each one a write). JSON holds no raw
 /// line break but as whitespace between tokens (a string's is written
 /// `\n`), so a text that has one anyway is stored with a space there.
 pub fn event_rows(events: &[PendingEvent]) -> Vec<EventRow> {

@@ -88,13 +88,16 @@ pub(super) struct Inner {
 /// Ended turns' bookkeeping not sent yet, per tenant, gathered from every
 /// session of an isolate: their usage, summed per caller and model, and each
 /// session's latest registry report (a later turn's view replaces an
-/// earlier one's). A batch goes in one ledger call, which carries at most
-/// [`MAX_SESSION_REPORTS`] sessions' reports: a busy session's turns of a
-/// second share one call, and so do sixteen sessions that each asked one
-/// question.
+/// earlier one's). A batch goes in one ledger call, a second after it
+/// began, and carries at most [`MAX_SESSION_REPORTS`] sessions' reports: a
+/// busy session's turns of a second share one call, and so do sixteen
+/// sessions that each asked one question; the seventeenth begins the next
+/// batch. A full batch waits for its second like the others, so the
+/// bookkeeping of a burst of new sessions waits out the burst.
 #[derive(Debug, Default)]
 pub(super) struct TurnBooks {
-    pending: HashMap<TenantId, Books>,
+    /// Each tenant's batches, oldest first; turns join the last one.
+    pending: HashMap<TenantId, Vec<Books>>,
 }
 
 /// One tenant's batch: what one ledger call sends.
@@ -107,9 +110,16 @@ pub(super) struct Books {
 }
 
 impl Books {
-    /// When the batch is to be sent: [`FLUSH_AFTER_MS`] after it began (ms).
-    pub(super) fn due_ms(&self) -> u64 {
-        self.began_ms.saturating_add(FLUSH_AFTER_MS)
+    /// Whether a turn with `report` may join: the batch has room for one
+    /// more session's report, or holds this session's already.
+    fn takes(&self, report: Option<&SessionReport>) -> bool {
+        report.is_none_or(|report| {
+            self.reports.len() < MAX_SESSION_REPORTS
+                || self
+                    .reports
+                    .iter()
+                    .any(|r| r.change.session_id() == report.change.session_id())
+        })
     }
 
     /// The usage records and the reports.
@@ -121,13 +131,13 @@ impl Books {
 /// What the caller does after [`TurnBooks::add`].
 #[derive(Debug, PartialEq)]
 pub(super) enum Booked {
-    /// The tenant's batch has just begun: send it in [`FLUSH_AFTER_MS`]
-    /// ([`TurnBooks::take`]).
+    /// A batch began at this turn's end: send it (and any older batch
+    /// still here) in [`FLUSH_AFTER_MS`] ([`TurnBooks::take_through`]).
     FlushLater,
-    /// The batch holds as many sessions as a call carries, or its send
-    /// never came: send it at [`Books::due_ms`] (at once when that is past);
-    /// the next turn begins a new batch.
-    FlushNow(Books),
+    /// The tenant's oldest batch was never sent (the session that began it
+    /// was reset or evicted): send these, every batch of the tenant with
+    /// this turn in the last, now.
+    FlushNow(Vec<Books>),
     /// Gathered into a batch whose send is already arranged.
     Gathered,
 }
@@ -152,12 +162,20 @@ impl TurnBooks {
         report: Option<SessionReport>,
         now_ms: u64,
     ) -> Booked {
-        let began = !self.pending.contains_key(tenant);
-        let books = self.pending.entry(tenant.clone()).or_insert_with(|| Books {
-            began_ms: now_ms,
-            ..Books::default()
-        });
-        let stale = now_ms.saturating_sub(books.began_ms) >= STALE_BATCH_MS;
+        let batches = self.pending.entry(tenant.clone()).or_default();
+        let stale = batches
+            .first()
+            .is_some_and(|b| now_ms.saturating_sub(b.began_ms) >= STALE_BATCH_MS);
+        let began = !batches.last().is_some_and(|b| b.takes(report.as_ref()));
+        if began {
+            batches.push(Books {
+                began_ms: now_ms,
+                ..Books::default()
+            });
+        }
+        let Some(books) = batches.last_mut() else {
+            return Booked::Gathered;
+        };
         if let Some(used) = used {
             books.usage.add(used);
         }
@@ -175,11 +193,10 @@ impl TurnBooks {
                 None => books.reports.push(report),
             }
         }
-        if books.reports.len() >= MAX_SESSION_REPORTS || stale {
-            // The flush arranged for this batch finds none, or a newer one
-            // (which arranged its own): nothing is sent twice.
-            let full = self.pending.remove(tenant).unwrap_or_default();
-            Booked::FlushNow(full)
+        if stale {
+            // The sends arranged for these batches find none: nothing is
+            // sent twice.
+            Booked::FlushNow(self.pending.remove(tenant).unwrap_or_default())
         } else if began {
             Booked::FlushLater
         } else {
@@ -187,9 +204,22 @@ impl TurnBooks {
         }
     }
 
-    /// `tenant`'s batch, leaving none.
-    pub(super) fn take(&mut self, tenant: &TenantId) -> Books {
-        self.pending.remove(tenant).unwrap_or_default()
+    /// `tenant`'s batches that began at or before `began_ms` (the send
+    /// arranged by the batch that began then takes it and any older one
+    /// still here), leaving the later ones to their own sends.
+    pub(super) fn take_through(&mut self, tenant: &TenantId, began_ms: u64) -> Vec<Books> {
+        let Some(batches) = self.pending.get_mut(tenant) else {
+            return Vec::new();
+        };
+        let due = batches
+            .iter()
+            .take_while(|b| b.began_ms <= began_ms)
+            .count();
+        let taken: Vec<Books> = batches.drain(..due).collect();
+        if batches.is_empty() {
+            self.pending.remove(tenant);
+        }
+        taken
     }
 }
 
@@ -822,7 +852,7 @@ impl Inner {
     /// Leaves an ended turn's usage record and registry report to be sent
     /// with those of the turns that end in the next [`FLUSH_AFTER_MS`] in
     /// any session of this isolate ([`ENDED`]), by the session whose turn
-    /// began the batch, or at once when the batch is full. The ledger and
+    /// began the batch (sixteen sessions a batch). The ledger and
     /// the registry (one object each per tenant) get one call a second from
     /// an isolate instead of one per session: fifty sessions that each ask
     /// one question cost them four calls, not fifty. Only plain data is
@@ -841,22 +871,17 @@ impl Inner {
         let (env, tenant) = (self.env.clone(), tenant.clone());
         match booked {
             Booked::Gathered => {}
-            Booked::FlushNow(books) => self.state.wait_until(async move {
-                // A full batch still leaves when its second is up, not at
-                // once: the bookkeeping of a burst of sessions waits out
-                // the burst. A stale one (its send never came) is due now.
-                let wait = books
-                    .due_ms()
-                    .saturating_sub(crate::ports::SystemClock.now_ms());
-                if wait > 0 {
-                    worker::Delay::from(std::time::Duration::from_millis(wait)).await;
+            Booked::FlushNow(batches) => self.state.wait_until(async move {
+                for books in batches {
+                    send_bookkeeping(&env, &tenant, books).await;
                 }
-                send_bookkeeping(&env, &tenant, books).await;
             }),
             Booked::FlushLater => self.state.wait_until(async move {
                 worker::Delay::from(std::time::Duration::from_millis(FLUSH_AFTER_MS)).await;
-                let books = ENDED.with(|b| b.borrow_mut().take(&tenant));
-                send_bookkeeping(&env, &tenant, books).await;
+                let batches = ENDED.with(|b| b.borrow_mut().take_through(&tenant, now));
+                for books in batches {
+                    send_bookkeeping(&env, &tenant, books).await;
+                }
             }),
         }
     }
@@ -1518,13 +1543,15 @@ mod tests {
             Booked::Gathered,
             "a turn that used nothing is still reported"
         );
-        let (used_, reports) = books.take(&tenant).into_parts();
+        let mut batches = books.take_through(&tenant, 0);
+        assert_eq!(batches.len(), 1);
+        let (used_, reports) = batches.remove(0).into_parts();
         assert_eq!(reports, [report("s1", 60)], "the session's latest view");
         assert_eq!(used_.len(), 1, "summed per caller and model");
         assert_eq!((used_[0].requests, used_[0].usage.output_tokens), (57, 61));
         assert_eq!(
-            books.take(&tenant),
-            Books::default(),
+            books.take_through(&tenant, u64::MAX),
+            Vec::new(),
             "nothing is sent twice"
         );
         assert_eq!(
@@ -1534,32 +1561,43 @@ mod tests {
     }
 
     #[test]
-    fn a_full_batch_is_due_a_second_after_it_began_and_a_stale_one_at_once() {
+    fn a_full_batch_waits_for_its_send_and_each_send_takes_its_own() {
         let tenant = TenantId::parse("acme").expect("a tenant id");
         let mut books = TurnBooks::default();
-        let mut full = None;
         for n in 0..MAX_SESSION_REPORTS as u64 {
-            if let Booked::FlushNow(batch) =
-                books.add(&tenant, None, Some(report(&format!("s{n}"), 1)), 100 + n)
-            {
-                full = Some((n, batch));
-            }
+            let booked = books.add(&tenant, None, Some(report(&format!("s{n}"), 1)), 100 + n);
+            let expected = if n == 0 {
+                Booked::FlushLater
+            } else {
+                Booked::Gathered
+            };
+            assert_eq!(booked, expected, "session {n}");
         }
-        let (n, full) = full.expect("the sixteenth session fills the batch");
-        assert_eq!(n, MAX_SESSION_REPORTS as u64 - 1);
-        // Filled 15 ms after it began, it still waits for its second.
-        assert_eq!(full.due_ms(), 100 + FLUSH_AFTER_MS);
-        // A batch whose send never came is past due when the next turn
-        // finds it.
+        // Full: a turn of one of its sessions, or with no report, still
+        // joins it; a new session begins the next batch.
         assert_eq!(
-            books.add(&tenant, None, Some(report("late", 1)), 1_000),
+            books.add(&tenant, Some(used("k", 1)), Some(report("s3", 2)), 120),
+            Booked::Gathered
+        );
+        assert_eq!(
+            books.add(&tenant, Some(used("k", 1)), None, 121),
+            Booked::Gathered
+        );
+        assert_eq!(
+            books.add(&tenant, None, Some(report("s16", 1)), 130),
             Booked::FlushLater
         );
-        let late = 1_000 + STALE_BATCH_MS;
-        match books.add(&tenant, None, Some(report("later", 1)), late) {
-            Booked::FlushNow(stale) => assert!(stale.due_ms() <= late),
-            other => panic!("a stale batch is sent: {other:?}"),
-        }
+        // The first batch's send (arranged at 100) takes it alone.
+        let first = books.take_through(&tenant, 100);
+        assert_eq!(first.len(), 1);
+        let (used_, reports) = first.into_iter().next().expect("a batch").into_parts();
+        assert_eq!(reports.len(), MAX_SESSION_REPORTS);
+        assert!(reports.contains(&report("s3", 2)), "the newer report");
+        assert_eq!(used_.iter().map(|u| u.requests).sum::<u64>(), 2);
+        let second = books.take_through(&tenant, 130);
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].reports, [report("s16", 1)]);
+        assert!(books.take_through(&tenant, u64::MAX).is_empty());
     }
 
     #[test]
@@ -1570,10 +1608,14 @@ mod tests {
         );
         let mut books = TurnBooks::default();
         let mut calls = Vec::new();
+        let mut sends = Vec::new();
         for n in 0..50u64 {
             match books.add(&a, Some(used("k", 1)), Some(report(&format!("s{n}"), 1)), n) {
-                Booked::FlushNow(full) => calls.push(full),
-                Booked::FlushLater => assert!(n % 16 == 0, "{n} begins a batch"),
+                Booked::FlushNow(_) => panic!("nothing is stale"),
+                Booked::FlushLater => {
+                    assert!(n % 16 == 0, "{n} begins a batch");
+                    sends.push(n);
+                }
                 Booked::Gathered => {}
             }
         }
@@ -1582,7 +1624,9 @@ mod tests {
             Booked::FlushLater,
             "per tenant"
         );
-        calls.push(books.take(&a));
+        for began in sends {
+            calls.extend(books.take_through(&a, began));
+        }
         assert_eq!(calls.len(), 4, "fifty one-turn sessions, four calls");
         let mut sessions = Vec::new();
         let mut requests = 0;
@@ -1597,11 +1641,39 @@ mod tests {
             (0..50).map(|n| format!("s{n}")).collect::<Vec<_>>()
         );
         assert_eq!(requests, 50, "every turn once");
-        assert_eq!(
-            books.take(&b).into_parts().1,
-            [report("b1", 1)],
-            "b's own batch"
-        );
+        let b_batches = books.take_through(&b, 50);
+        assert_eq!(b_batches.len(), 1);
+        assert_eq!(b_batches[0].reports, [report("b1", 1)], "b's own batch");
+    }
+
+    #[test]
+    fn a_stale_batch_goes_now_with_every_later_one() {
+        let tenant = TenantId::parse("acme").expect("a tenant id");
+        let mut books = TurnBooks::default();
+        // Seventeen sessions: two batches, whose sends never come.
+        for n in 0..=MAX_SESSION_REPORTS as u64 {
+            books.add(
+                &tenant,
+                Some(used("k", 1)),
+                Some(report(&format!("s{n}"), 1)),
+                n,
+            );
+        }
+        match books.add(&tenant, Some(used("k", 1)), None, STALE_BATCH_MS) {
+            Booked::FlushNow(stuck) => {
+                assert_eq!(stuck.len(), 2);
+                let reports: usize = stuck.iter().map(|b| b.reports.len()).sum();
+                assert_eq!(reports, MAX_SESSION_REPORTS + 1);
+                let requests: u64 = stuck
+                    .into_iter()
+                    .flat_map(|b| b.into_parts().0)
+                    .map(|u| u.requests)
+                    .sum();
+                assert_eq!(requests, MAX_SESSION_REPORTS as u64 + 2, "every turn once");
+            }
+            other => panic!("stale batches are sent at once: {other:?}"),
+        }
+        assert!(books.take_through(&tenant, u64::MAX).is_empty());
     }
 
     #[test]
@@ -1610,7 +1682,9 @@ mod tests {
         let mut books = TurnBooks::default();
         books.add(&tenant, None, Some(report("s1", 7)), 0);
         books.add(&tenant, None, Some(report("s1", 6)), 1);
-        assert_eq!(books.take(&tenant).into_parts().1, [report("s1", 7)]);
+        let batches = books.take_through(&tenant, 0);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].reports, [report("s1", 7)]);
     }
 
     #[test]
@@ -1630,7 +1704,8 @@ mod tests {
         let late = 1_000 + STALE_BATCH_MS;
         match books.add(&tenant, Some(used("k", 1)), Some(report("s3", 1)), late) {
             Booked::FlushNow(stuck) => {
-                let (used_, reports) = stuck.into_parts();
+                assert_eq!(stuck.len(), 1);
+                let (used_, reports) = stuck.into_iter().next().expect("a batch").into_parts();
                 assert_eq!(used_[0].requests, 3, "every turn, the new one with them");
                 assert_eq!(reports.len(), 3);
             }
