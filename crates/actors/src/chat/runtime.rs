@@ -144,7 +144,8 @@ pub(super) enum Booked {
 
 /// A batch whose send was arranged this long ago and that is still here was
 /// not taken (the session that began it was reset or evicted before its
-/// send): the next turn sends it at once instead of joining it.
+/// send, and no later batch's send took it): the next turn to end sends it
+/// at once, with every later batch, itself in the last.
 pub(super) const STALE_BATCH_MS: u64 = 3 * FLUSH_AFTER_MS;
 
 /// How long a turn's deadline alarm waits for the turn's first event at
@@ -173,6 +174,7 @@ impl TurnBooks {
                 ..Books::default()
             });
         }
+        // Never empty here: a batch was pushed above if there was none.
         let Some(books) = batches.last_mut() else {
             return Booked::Gathered;
         };
@@ -206,7 +208,8 @@ impl TurnBooks {
 
     /// `tenant`'s batches that began at or before `began_ms` (the send
     /// arranged by the batch that began then takes it and any older one
-    /// still here), leaving the later ones to their own sends.
+    /// still here, one begun in the same millisecond too), leaving the
+    /// later ones to their own sends.
     pub(super) fn take_through(&mut self, tenant: &TenantId, began_ms: u64) -> Vec<Books> {
         let Some(batches) = self.pending.get_mut(tenant) else {
             return Vec::new();
@@ -1644,6 +1647,54 @@ mod tests {
         let b_batches = books.take_through(&b, 50);
         assert_eq!(b_batches.len(), 1);
         assert_eq!(b_batches[0].reports, [report("b1", 1)], "b's own batch");
+    }
+
+    #[test]
+    fn a_later_send_takes_an_older_batch_whose_send_never_came() {
+        let tenant = TenantId::parse("acme").expect("a tenant id");
+        let mut books = TurnBooks::default();
+        // A full batch begun at 100 (its send lost with its session), then
+        // one begun at 130, and one begun in that same millisecond.
+        for n in 0..MAX_SESSION_REPORTS as u64 {
+            books.add(
+                &tenant,
+                Some(used("k", 1)),
+                Some(report(&format!("s{n}"), 1)),
+                100,
+            );
+        }
+        assert_eq!(
+            books.add(&tenant, Some(used("k", 1)), Some(report("s16", 1)), 130),
+            Booked::FlushLater
+        );
+        for n in 17..=MAX_SESSION_REPORTS as u64 + 16 {
+            books.add(
+                &tenant,
+                Some(used("k", 1)),
+                Some(report(&format!("s{n}"), 1)),
+                130,
+            );
+        }
+        let taken = books.take_through(&tenant, 130);
+        assert_eq!(
+            taken.len(),
+            3,
+            "the lost one, its own, and the same millisecond's"
+        );
+        let reports: usize = taken.iter().map(|b| b.reports.len()).sum();
+        assert_eq!(reports, 2 * MAX_SESSION_REPORTS + 1);
+        let requests: u64 = taken
+            .into_iter()
+            .flat_map(|b| b.into_parts().0)
+            .map(|u| u.requests)
+            .sum();
+        assert_eq!(
+            requests,
+            2 * MAX_SESSION_REPORTS as u64 + 1,
+            "every turn once"
+        );
+        assert!(books.take_through(&tenant, 100).is_empty(), "nothing twice");
+        assert!(books.take_through(&tenant, u64::MAX).is_empty());
     }
 
     #[test]
