@@ -1341,8 +1341,8 @@ fn registry_failed(tenant: &TenantId, session: &str, stage: &str, error: &str) {
     );
 }
 
-/// Sends a batch of ended turns ([`TurnBooks`]): the usage records, priced
-/// with the tenant's prices, and the sessions' registry reports, in one call
+/// Sends a batch of ended turns ([`TurnBooks`]): the usage records (priced
+/// as their turns were), and the sessions' registry reports, in one call
 /// to the tenant's ledger, which passes the reports on to the registry
 /// ([`crate::limiter::relay`]). The reports go to the registry directly
 /// when there is no usage to carry them, or the ledger did not take them.
@@ -1350,7 +1350,13 @@ async fn send_bookkeeping(env: &Env, tenant: &TenantId, books: Books) {
     let (used, mut reports) = books.into_parts();
     let request_id = RequestId::from_random(crate::entropy::random_bytes());
     if !used.is_empty() {
-        let prices = crate::limiter::recorder::prices(env, tenant, &request_id).await;
+        // A turn's record carries its own cost (its `done` event's): the
+        // tenant's prices are read only for a record without one.
+        let prices = if used.iter().any(|u| u.cost_micros.is_none()) {
+            crate::limiter::recorder::prices(env, tenant, &request_id).await
+        } else {
+            PriceTable::default()
+        };
         let now = crate::ports::SystemClock.now_ms();
         let recorded = crate::limiter::recorder::record(
             env,
