@@ -429,8 +429,54 @@ fn websocket_protocol_errors_do_not_break_other_tenants_turns() {
     assert_eq!(last_type(&events), "done");
 }
 
+/// The state of session `session` of tenant `tenant` in the operator's view
+/// of its object (`GET /admin/actors/chat/<id>`).
+fn chat_state(server: &Server, tenant: &str, session: &str) -> Value {
+    let r = get(
+        &server.url(&format!("/admin/actors/chat/{session}")),
+        &[
+            ("x-tenant-id", tenant),
+            ("authorization", &format!("Bearer {}", e2e::ADMIN_TOKEN)),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["state"].clone()
+}
+
+/// Milliseconds since the Unix epoch, as the runtime's clock counts them.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits (up to 10 s) until the operator's view of `session` shows a state
+/// that `ready` accepts, and returns it.
+fn wait_for_state(
+    server: &Server,
+    tenant: &str,
+    session: &str,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let waited = Instant::now();
+    loop {
+        let state = chat_state(server, tenant, session);
+        if ready(&state) {
+            return state;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "{what} not seen within 10 s: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Starts a server on `dir` (with `vars`) and a turn of `session` whose
-/// model hangs after the first piece of its answer, then stops the server in
+/// model hangs after the first piece of its answer, then, once the turn's
+/// deadline alarm is written (a second after it began), stops the server in
 /// the middle of the turn. Returns the key that started the turn and the
 /// events its client saw: the tool round and the first piece.
 fn interrupted_turn(
@@ -453,7 +499,9 @@ fn interrupted_turn(
         .map(|(_, d)| d["type"].as_str().unwrap())
         .collect();
     assert_eq!(types, ["tool_call", "tool_result", "message"]);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_state(&server, A, session, "the deadline alarm", |state| {
+        state["inFlight"] == true && state["alarmAtMs"].is_u64()
+    });
     (key, seen)
 }
 
@@ -537,13 +585,14 @@ fn the_alarm_fails_a_turn_lost_with_its_isolate_without_a_request() {
     assert_eq!(last_type(&events), "done");
 }
 
-/// The turn's deadline is the object's alarm, written once the turn's first
-/// event is sent (so that the event is not held for the alarm's write), or
-/// a second after the turn began if no event comes by then. Seen in the
-/// session's admin view while a turn hangs after its first piece, and while
-/// one waits for a model that produces nothing.
+/// The session's alarm is written a second after a turn began, not during
+/// the turn's first second (a write the turn's next event would wait for):
+/// the turn's deadline if it still runs then, else the session's idle
+/// expiry. Seen in the session's admin view while a turn hangs after its
+/// first piece, while one waits for a model that produces nothing, and
+/// after a turn that ended at once.
 #[test]
-fn a_running_turns_deadline_alarm_is_set_with_or_without_a_first_event() {
+fn a_sessions_alarm_is_its_running_turns_deadline_or_its_idle_expiry() {
     let dir = PersistDir::new("chat-armed");
     // A model that produces nothing is given up after 4 s (two attempts).
     let server = std::sync::Arc::new(Server::start_with_vars(
@@ -552,23 +601,6 @@ fn a_running_turns_deadline_alarm_is_set_with_or_without_a_first_event() {
         &[("CHAT_FIRST_OUTPUT_TIMEOUT_SECS", "4")],
     ));
     server.ingest(A, docs());
-    let view = |session: &str| -> Value {
-        let r = get(
-            &server.url(&format!("/admin/actors/chat/{session}")),
-            &[
-                ("x-tenant-id", A),
-                ("authorization", &format!("Bearer {}", e2e::ADMIN_TOKEN)),
-            ],
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
-        r.json()["state"].clone()
-    };
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
     // The default turn timeout (CHAT_TURN_TIMEOUT_SECS): 120 s.
     let deadline_near = |state: &Value, began: u64| {
         let at = state["alarmAtMs"].as_u64().unwrap_or(0);
@@ -579,9 +611,10 @@ fn a_running_turns_deadline_alarm_is_set_with_or_without_a_first_event() {
     let began = now_ms();
     let seen = sse_then_disconnect(&server, A, "armed-hang", "ferry? [[hang-model]]", 3);
     assert_eq!(seen.len(), 3);
-    let state = view("armed-hang");
+    let state = wait_for_state(&server, A, "armed-hang", "the deadline alarm", |state| {
+        deadline_near(state, began)
+    });
     assert_eq!(state["inFlight"], true, "{state}");
-    assert!(deadline_near(&state, began), "{state}");
 
     // Produces nothing: no event for seconds, and the alarm still comes
     // within about a second.
@@ -592,19 +625,28 @@ fn a_running_turns_deadline_alarm_is_set_with_or_without_a_first_event() {
             sse_turn(&server, A, "armed-stall", "ferry? [[model-all-stall]]")
         })
     };
-    let waited = Instant::now();
-    let state = loop {
-        let state = view("armed-stall");
-        if state["inFlight"] == true && deadline_near(&state, began) {
-            break state;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(10),
-            "no deadline alarm for a turn without events: {state}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let state = wait_for_state(&server, A, "armed-stall", "the deadline alarm", |state| {
+        state["inFlight"] == true && deadline_near(state, began)
+    });
     assert_eq!(state["lastEventId"], Value::Null, "{state}");
     let events = stalled.join().expect("the stalled turn");
     assert_eq!(last_type(&events), "error", "{events:?}");
+
+    // Ends at once (a new session's first turn): its alarm is the idle
+    // expiry (CHAT_IDLE_EXPIRY_DAYS, 30 by default) from the turn.
+    let began = now_ms();
+    let events = sse_turn(&server, A, "armed-quick", "when does the ferry leave?");
+    assert_eq!(last_type(&events), "done", "{events:?}");
+    let ended = now_ms();
+    const DAYS_30: u64 = 30 * 24 * 3600 * 1000;
+    wait_for_state(
+        &server,
+        A,
+        "armed-quick",
+        "the idle expiry alarm",
+        |state| {
+            let at = state["alarmAtMs"].as_u64().unwrap_or(0);
+            state["inFlight"] == false && at >= began + DAYS_30 && at <= ended + DAYS_30
+        },
+    );
 }

@@ -80,9 +80,9 @@ pub(super) struct Inner {
     pub(super) alarm_at: Cell<Option<u64>>,
     /// Event ids and the events not stored yet.
     pub(super) events: RefCell<EventIds>,
-    /// Running turns whose first event is not sent yet, each with the
-    /// signal that sets its deadline alarm ([`Inner::drive`]).
-    pub(super) arming: RefCell<Vec<(u64, futures::channel::oneshot::Sender<()>)>>,
+    /// Turns begun less than [`ARM_WITHIN_MS`] ago, whose alarm is not
+    /// written yet ([`Inner::drive`]).
+    pub(super) arming: RefCell<Vec<u64>>,
 }
 
 /// Ended turns' bookkeeping not sent yet, per tenant, gathered from every
@@ -148,8 +148,8 @@ pub(super) enum Booked {
 /// at once, with every later batch, itself in the last.
 pub(super) const STALE_BATCH_MS: u64 = 3 * FLUSH_AFTER_MS;
 
-/// How long a turn's deadline alarm waits for the turn's first event at
-/// most ([`Inner::drive`]).
+/// How long after a turn began its session's alarm is written
+/// ([`Inner::drive`]).
 const ARM_WITHIN_MS: u64 = 1_000;
 
 impl TurnBooks {
@@ -542,12 +542,6 @@ impl Inner {
                 let _ = socket.send_with_str(&json);
             }
         }
-        // Sent: the turn's deadline alarm may be written now.
-        let mut arming = self.arming.borrow_mut();
-        if let Some(at) = arming.iter().position(|(t, _)| *t == turn) {
-            let (_, sent) = arming.swap_remove(at);
-            let _ = sent.send(());
-        }
     }
 
     /// Stores the events sent but not stored yet.
@@ -755,25 +749,24 @@ impl Inner {
     /// Runs a started turn to its end: performs what waits (the model, the
     /// tools) and feeds the results back to the machine.
     pub(super) async fn drive(self: Rc<Self>, ctx: TurnContext, mut waiting: VecDeque<Effect>) {
-        // The alarm (the turn's deadline) is set once the turn's first event
-        // is sent, or after ARM_WITHIN_MS if none is by then: a message is
-        // held until the storage writes made before it are written (the
-        // output gate), and the alarm's is one more (a second file, its own
-        // sync, locally). An isolate lost before the alarm is set leaves the
-        // turn `running` until the session wakes again (`recover`).
-        let (sent, first_sent) = futures::channel::oneshot::channel();
-        self.arming.borrow_mut().push((ctx.id, sent));
+        // The session's alarm is written ARM_WITHIN_MS after the turn
+        // began: the turn's deadline if it still runs then, else (most
+        // turns of the local generator, a new session's first among them)
+        // the session's idle expiry, which it needs anyway. Not sooner: a
+        // message is held until the storage writes made before it are
+        // written (the output gate), and the alarm's is one more (a second
+        // file, its own sync, locally), so an alarm written during the turn
+        // holds the turn's next event, and fifty new sessions' alarms during
+        // a burst of them hold every turn of the burst. An isolate lost
+        // before the alarm is written leaves the turn `running` until the
+        // session wakes again (`recover`), and a session whose first turn
+        // was lost so without its idle expiry until then.
+        self.arming.borrow_mut().push(ctx.id);
         let arming = Rc::clone(&self);
+        let turn = ctx.id;
         self.state.wait_until(async move {
-            let by = worker::Delay::from(std::time::Duration::from_millis(ARM_WITHIN_MS));
-            if let futures::future::Either::Left(_) = futures::future::select(first_sent, by).await
-            {
-                // A WebSocket frame is with the runtime once `emit` returns;
-                // an SSE chunk is taken from the turn's channel by the
-                // response stream in a later microtask: one timer tick
-                // later it has left too.
-                worker::Delay::from(std::time::Duration::ZERO).await;
-            }
+            worker::Delay::from(std::time::Duration::from_millis(ARM_WITHIN_MS)).await;
+            arming.arming.borrow_mut().retain(|t| *t != turn);
             arming.rearm().await;
         });
         // The turn's models, and their prices (for its `done` event, its
@@ -804,8 +797,6 @@ impl Inner {
             };
             waiting.extend(self.perform(ctx.id, more));
         }
-        // Ended without an event (it cannot, but its alarm must not wait).
-        self.arming.borrow_mut().retain(|(t, _)| *t != ctx.id);
         let used = self.core.borrow().used(ctx.id);
         let served_by = self.core.borrow().served_by(ctx.id);
         self.core.borrow_mut().finish(ctx.id);
@@ -849,7 +840,11 @@ impl Inner {
             usage,
         });
         self.defer_bookkeeping(&ctx.tenant, used, ctx.id);
-        self.rearm().await;
+        // A turn that ended within ARM_WITHIN_MS leaves the alarm to its
+        // arming (above), out of the turn's burst.
+        if !self.arming.borrow().contains(&ctx.id) {
+            self.rearm().await;
+        }
     }
 
     /// Leaves an ended turn's usage record and registry report to be sent
