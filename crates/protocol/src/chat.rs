@@ -346,7 +346,8 @@ pub struct ChatSnapshot {
     /// When the object's alarm runs next (ms since the epoch): a running
     /// turn's deadline, an ended turn's deadline not yet passed (the alarm
     /// then sets the next one), or the session's idle expiry; none before
-    /// its first turn.
+    /// its first turn, nor in the first second of it (a session's alarm is
+    /// written a second after a turn began).
     #[serde(default)]
     pub alarm_at_ms: Option<u64>,
 }

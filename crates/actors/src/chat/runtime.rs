@@ -76,7 +76,8 @@ pub(super) struct Inner {
     pub(super) bound: RefCell<Option<(TenantId, SessionId)>>,
     /// Streams following a running turn.
     pub(super) listeners: RefCell<Vec<Listener>>,
-    /// The alarm this isolate set last, until it fires.
+    /// The alarm pending as this isolate knows it (the one it set last, or
+    /// the one it found stored: [`Inner::ensure_alarm`]), until it fires.
     pub(super) alarm_at: Cell<Option<u64>>,
     /// Event ids and the events not stored yet.
     pub(super) events: RefCell<EventIds>,
@@ -287,7 +288,7 @@ impl Inner {
     /// first use; refuses any other tenant or session afterwards. The first
     /// time in an isolate, fails the turns an earlier isolate left running.
     pub(super) fn bind(
-        &self,
+        self: &Rc<Self>,
         tenant: &TenantId,
         session: &SessionId,
     ) -> std::result::Result<(), ErrorReply> {
@@ -312,7 +313,7 @@ impl Inner {
     /// storage the first time in an isolate (the alarm's way in: it has no
     /// request to name them); `None` when nothing was ever stored.
     pub(super) fn bind_stored(
-        &self,
+        self: &Rc<Self>,
     ) -> std::result::Result<Option<(TenantId, SessionId)>, ErrorReply> {
         if let Some(bound) = self.bound.borrow().clone() {
             return Ok(Some(bound));
@@ -328,11 +329,41 @@ impl Inner {
 
     /// Holds `binding` from now on and takes up what storage says after a
     /// wake: the event ids handed out, the turns an earlier isolate left
-    /// running.
-    fn woken(&self, binding: (TenantId, SessionId), wake: &Wake) {
+    /// running, and, for a session with messages, its alarm a second later
+    /// ([`Self::ensure_alarm`]).
+    fn woken(self: &Rc<Self>, binding: (TenantId, SessionId), wake: &Wake) {
         *self.bound.borrow_mut() = Some(binding);
         *self.events.borrow_mut() = EventIds::restore(wake.issued_event_id);
         self.recover(&wake.running_turns);
+        if self.store.last_activity().is_some() {
+            let this = Rc::clone(self);
+            self.state.wait_until(async move {
+                worker::Delay::from(std::time::Duration::from_millis(ARM_WITHIN_MS)).await;
+                this.ensure_alarm().await;
+            });
+        }
+    }
+
+    /// Writes the session's alarm if none is stored. A turn's arming writes
+    /// it a second after the turn began ([`Self::drive`]), so an isolate
+    /// lost in that second leaves a session with messages and no alarm: no
+    /// idle expiry, and no deadline for a turn it lost. Checked once when an
+    /// isolate binds a session with messages, out of that request's way: a
+    /// read of the stored alarm, and a write only when there is none.
+    async fn ensure_alarm(&self) {
+        if self.alarm_at.get().is_some() {
+            return;
+        }
+        match self.state.storage().get_alarm().await {
+            Ok(Some(at)) => {
+                // Unless a turn's arming set one meanwhile.
+                if self.alarm_at.get().is_none() {
+                    self.alarm_at.set(u64::try_from(at).ok());
+                }
+            }
+            Ok(None) => self.rearm().await,
+            Err(e) => worker::console_error!("chat: the alarm could not be read: {e}"),
+        }
     }
 
     /// Whether the key a socket connected with still verifies (not revoked,
@@ -757,17 +788,25 @@ impl Inner {
         // written (the output gate), and the alarm's is one more (a second
         // file, its own sync, locally), so an alarm written during the turn
         // holds the turn's next event, and fifty new sessions' alarms during
-        // a burst of them hold every turn of the burst. An isolate lost
-        // before the alarm is written leaves the turn `running` until the
-        // session wakes again (`recover`), and a session whose first turn
-        // was lost so without its idle expiry until then.
+        // a burst of them hold every turn of the burst. If a later turn
+        // began less than ARM_WITHIN_MS ago, its own arming writes it
+        // instead (so a quick turn after another is not held either). An
+        // isolate lost before the alarm is written leaves the turn `running`
+        // until the session is next bound in an isolate, which fails it
+        // (`recover`) and writes the missing alarm (`ensure_alarm`).
         self.arming.borrow_mut().push(ctx.id);
-        let arming = Rc::clone(&self);
+        let this = Rc::clone(&self);
         let turn = ctx.id;
         self.state.wait_until(async move {
             worker::Delay::from(std::time::Duration::from_millis(ARM_WITHIN_MS)).await;
-            arming.arming.borrow_mut().retain(|t| *t != turn);
-            arming.rearm().await;
+            let later = {
+                let mut arming = this.arming.borrow_mut();
+                arming.retain(|t| *t != turn);
+                !arming.is_empty()
+            };
+            if !later {
+                this.rearm().await;
+            }
         });
         // The turn's models, and their prices (for its `done` event, its
         // usage record and its settle: one table for all three), both from
@@ -842,7 +881,7 @@ impl Inner {
         self.defer_bookkeeping(&ctx.tenant, used, ctx.id);
         // A turn that ended within ARM_WITHIN_MS leaves the alarm to its
         // arming (above), out of the turn's burst.
-        if !self.arming.borrow().contains(&ctx.id) {
+        if self.arming.borrow().is_empty() {
             self.rearm().await;
         }
     }

@@ -28,6 +28,12 @@ const SCHEMA: &[&str] = &[
         id INTEGER PRIMARY KEY AUTOINCREMENT, user_seq INTEGER NOT NULL, status TEXT NOT NULL,
         error_code TEXT, error_message TEXT, started_at INTEGER NOT NULL, ended_at INTEGER)",
     "CREATE INDEX IF NOT EXISTS turns_by_user_seq ON turns (user_seq)",
+    // The limiter reservations a running turn holds (JSON of a
+    // `TurnReservation`), written with the turn and deleted when the turn
+    // has settled them: a turn its isolate lost still has its reservation
+    // here for `recover` to settle.
+    "CREATE TABLE IF NOT EXISTS turn_reservations (
+        turn_id INTEGER PRIMARY KEY, reservation TEXT NOT NULL)",
     // Every event of the recent turns, for resuming streams; an event's id
     // is the SSE `id:` and grows across the session (never reused). A row
     // holds a run of one turn's events with consecutive ids, one JSON text
@@ -45,15 +51,6 @@ const SCHEMA: &[&str] = &[
     // reached clients, so a new isolate starts after it and never reuses one.
     "CREATE TABLE IF NOT EXISTS event_ids (id INTEGER PRIMARY KEY CHECK (id = 1), reserved INTEGER NOT NULL)",
 ];
-/// The limiter reservations a running turn holds (JSON of a
-/// `TurnReservation`), written with the turn and deleted when the turn has
-/// settled them: a turn its isolate lost still has its reservation here for
-/// `recover` to settle. Created by the first statement that reads or writes
-/// it ([`SessionStore::reservations`]), not with [`SCHEMA`]: a session whose
-/// turns hold no reservation (no limits apply) never has it, and a new
-/// session's first request creates one table fewer.
-const RESERVATIONS: &str = "CREATE TABLE IF NOT EXISTS turn_reservations (
-    turn_id INTEGER PRIMARY KEY, reservation TEXT NOT NULL)";
 const COLUMNS: &str = "m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.name, m.usage, \
     m.created_at, t.id, t.status, t.error_code, t.error_message";
 /// Messages read back to build the model's context (then trimmed to the budget).
@@ -89,8 +86,6 @@ pub struct SessionStore {
     /// stored; `None`: read it next time). [`Self::append_events`] raises
     /// it; every other statement that writes `turn_events` forgets it.
     last_event: std::cell::Cell<Option<Option<u64>>>,
-    /// Whether `turn_reservations` is known to exist ([`RESERVATIONS`]).
-    reservations: std::cell::Cell<bool>,
 }
 
 /// What a session's object reads when it wakes (one statement): its binding,
@@ -114,7 +109,6 @@ impl SessionStore {
             activity: std::cell::Cell::new(None),
             context: std::cell::RefCell::new(None),
             last_event: std::cell::Cell::new(None),
-            reservations: std::cell::Cell::new(false),
         }
     }
 
@@ -441,21 +435,10 @@ impl SessionStore {
     ) -> Result<(), ErrorReply> {
         let json = serde_json::to_string(reservation)
             .map_err(|e| ErrorReply::new(protocol::ErrorCode::Internal, e.to_string()))?;
-        self.reservations()?;
         self.exec(
             "INSERT OR REPLACE INTO turn_reservations (turn_id, reservation) VALUES (?, ?)",
             vec![int(id), json.into()],
         )
-    }
-
-    /// Creates `turn_reservations` unless it is known to exist (once per
-    /// object in an isolate).
-    fn reservations(&self) -> Result<(), ErrorReply> {
-        if !self.reservations.get() {
-            self.exec(RESERVATIONS, vec![])?;
-            self.reservations.set(true);
-        }
-        Ok(())
     }
 
     /// Takes (reads and deletes) the reservation turn `id` held, if any.
@@ -463,7 +446,6 @@ impl SessionStore {
         &self,
         id: u64,
     ) -> Result<Option<protocol::chat::TurnReservation>, ErrorReply> {
-        self.reservations()?;
         let rows: Vec<(String,)> = sql::rows(
             &self.sql,
             "DELETE FROM turn_reservations WHERE turn_id = ? RETURNING reservation",
