@@ -303,8 +303,25 @@ impl SessionCore {
 
     /// When the alarm must next fire: the running turn's deadline, or the
     /// moment the session has been idle for [`ChatLimits::idle_expiry_ms`].
-    pub fn next_alarm(&self, last_activity_ms: Option<u64>, limits: &ChatLimits) -> Option<u64> {
-        let expiry = last_activity_ms.map(|t| t.saturating_add(limits.idle_expiry_ms));
+    /// An expiry already past at `now_ms` (the session was not erased: a
+    /// socket is still open) is checked again [`EXPIRY_RECHECK_MS`] later,
+    /// not at once (an alarm at once would fire again and again while the
+    /// socket stays open).
+    pub fn next_alarm(
+        &self,
+        last_activity_ms: Option<u64>,
+        now_ms: u64,
+        limits: &ChatLimits,
+    ) -> Option<u64> {
+        let expiry = last_activity_ms
+            .map(|t| t.saturating_add(limits.idle_expiry_ms))
+            .map(|at| {
+                if at <= now_ms {
+                    now_ms.saturating_add(EXPIRY_RECHECK_MS)
+                } else {
+                    at
+                }
+            });
         let deadline = self.active.as_ref().and_then(TurnMachine::deadline);
         match (deadline, expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -395,8 +412,13 @@ pub fn may(owner: Option<&Owner>, access: &Access, action: Action) -> bool {
     mine || (access.privileged && action != Action::Turn)
 }
 
-/// Whether the alarm must be set for `next`, given the one this isolate set
-/// last (`pending`, if it has not fired yet). An earlier pending alarm is
+/// How long after its alarm an idle session that could not be erased (a
+/// socket is open) is checked again.
+pub const EXPIRY_RECHECK_MS: u64 = 3_600_000;
+
+/// Whether the alarm must be set for `next`, given the one pending as this
+/// isolate knows it (`pending`: the one it set last, or the one it found
+/// stored, if it has not fired yet). An earlier pending alarm is
 /// enough: when it fires it finds nothing due and sets the next one, so a
 /// busy session writes its alarm about once per turn timeout, not per turn.
 pub fn must_set_alarm(pending: Option<u64>, next: u64, now_ms: u64) -> bool {
@@ -718,14 +740,21 @@ mod tests {
     fn the_alarm_times_out_the_turn_and_expires_an_idle_session() {
         let limits = ChatLimits::default();
         let mut core = SessionCore::default();
-        assert_eq!(core.next_alarm(None, &limits), None, "nothing stored");
+        assert_eq!(core.next_alarm(None, 10, &limits), None, "nothing stored");
         assert_eq!(
-            core.next_alarm(Some(10), &limits),
+            core.next_alarm(Some(10), 10, &limits),
             Some(10 + limits.idle_expiry_ms)
+        );
+        // Past its expiry and still here (a socket is open): an hour later,
+        // not at once, again and again.
+        let past = 10 + limits.idle_expiry_ms;
+        assert_eq!(
+            core.next_alarm(Some(10), past, &limits),
+            Some(past + EXPIRY_RECHECK_MS)
         );
         core.start(1, 100, &limits);
         let deadline = 100 + limits.turn_timeout_ms;
-        assert_eq!(core.next_alarm(Some(100), &limits), Some(deadline));
+        assert_eq!(core.next_alarm(Some(100), 100, &limits), Some(deadline));
         assert_eq!(core.on_alarm(deadline - 1), (Some(1), vec![]));
         assert!(!core.expired(Some(0), u64::MAX, 0, &limits), "a turn runs");
         let (id, fx) = core.on_alarm(deadline);

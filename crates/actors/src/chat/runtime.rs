@@ -691,7 +691,7 @@ impl Inner {
         let next = self
             .core
             .borrow()
-            .next_alarm(self.store.last_activity(), &limits);
+            .next_alarm(self.store.last_activity(), self.now(), &limits);
         if let Some(at) = next {
             if !must_set_alarm(self.alarm_at.get(), at, self.now()) {
                 return;
@@ -789,8 +789,9 @@ impl Inner {
         // file, its own sync, locally), so an alarm written during the turn
         // holds the turn's next event, and fifty new sessions' alarms during
         // a burst of them hold every turn of the burst. If a later turn
-        // began less than ARM_WITHIN_MS ago, its own arming writes it
-        // instead (so a quick turn after another is not held either). An
+        // began less than ARM_WITHIN_MS ago and an alarm is pending, the
+        // later turn's arming writes it instead (so a quick turn after
+        // another is not held either). An
         // isolate lost before the alarm is written leaves the turn `running`
         // until the session is next bound in an isolate, which fails it
         // (`recover`) and writes the missing alarm (`ensure_alarm`).
@@ -804,7 +805,10 @@ impl Inner {
                 arming.retain(|t| *t != turn);
                 !arming.is_empty()
             };
-            if !later {
+            // Left to the later turn's arming only while an alarm is
+            // pending: a run of quick turns does not keep a session without
+            // one.
+            if !later || this.alarm_at.get().is_none() {
                 this.rearm().await;
             }
         });
