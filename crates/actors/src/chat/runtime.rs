@@ -791,10 +791,10 @@ impl Inner {
         // a burst of them hold every turn of the burst. If a later turn
         // began less than ARM_WITHIN_MS ago and an alarm is pending, the
         // later turn's arming writes it instead (so a quick turn after
-        // another is not held either). An
-        // isolate lost before the alarm is written leaves the turn `running`
-        // until the session is next bound in an isolate, which fails it
-        // (`recover`) and writes the missing alarm (`ensure_alarm`).
+        // another is not held either). An isolate lost before the alarm is
+        // written leaves the turn `running` until the session is next bound
+        // in an isolate, which fails it (`recover`) and writes the missing
+        // alarm (`ensure_alarm`).
         self.arming.borrow_mut().push(ctx.id);
         let this = Rc::clone(&self);
         let turn = ctx.id;
