@@ -67,6 +67,14 @@ pub struct PersistDir {
     path: PathBuf,
 }
 
+/// Milliseconds since the Unix epoch, as the runtime's clock counts them.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl PersistDir {
     /// A new, empty folder under the system's temporary directory.
     pub fn new(label: &str) -> Self {

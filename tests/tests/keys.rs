@@ -274,10 +274,7 @@ fn every_scope_opens_its_routes_only() {
 #[test]
 fn expired_keys_and_models_outside_the_list_are_refused() {
     let server = shared(Deployment::Dedicated(A));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now = e2e::now_ms();
     let made = create(
         &server,
         A,

@@ -441,10 +441,7 @@ fn a_keys_daily_token_budget_refuses_with_402_naming_it() {
     );
     let resets = error["resetsAtMs"].as_u64().expect("resetsAtMs");
     assert_eq!(resets % 86_400_000, 0, "the next UTC midnight");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now = e2e::now_ms();
     assert!(
         resets > now && resets - now <= 86_400_000,
         "{resets} vs {now}"

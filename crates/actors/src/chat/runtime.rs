@@ -688,17 +688,18 @@ impl Inner {
     /// expiry), unless an earlier one this isolate set is still pending.
     pub(super) async fn rearm(&self) {
         let Ok(limits) = self.limits() else { return };
+        let now = self.now();
         let next = self
             .core
             .borrow()
-            .next_alarm(self.store.last_activity(), self.now(), &limits);
+            .next_alarm(self.store.last_activity(), now, &limits);
         if let Some(at) = next {
-            if !must_set_alarm(self.alarm_at.get(), at, self.now()) {
+            if !must_set_alarm(self.alarm_at.get(), at, now) {
                 return;
             }
             self.alarm_at.set(Some(at));
             let date = worker::js_sys::Date::new(&worker::wasm_bindgen::JsValue::from_f64(
-                at.max(self.now()) as f64,
+                at.max(now) as f64,
             ));
             if let Err(e) = self
                 .state
