@@ -1169,12 +1169,12 @@ fn ok_json<T: Serialize>(value: &T) -> Result<(u16, serde_json::Value), ApiError
 fn event_stream(frames: TurnStream, request_id: &RequestId) -> Result<Response, ApiError> {
     struct State {
         frames: TurnStream,
-        finished: bool,
+        ending: sse::Ending,
         closed: bool,
     }
     let state = State {
         frames,
-        finished: false,
+        ending: sse::Ending::default(),
         closed: false,
     };
     let stream = futures::stream::unfold(state, |mut st| async move {
@@ -1183,10 +1183,7 @@ fn event_stream(frames: TurnStream, request_id: &RequestId) -> Result<Response, 
         }
         let text = match st.frames.next().await {
             Some(Ok(frame)) => {
-                st.finished |= matches!(
-                    frame.event,
-                    ChatEvent::Done { .. } | ChatEvent::Error { .. }
-                );
+                st.ending.saw(&frame.event);
                 sse::event((frame.id > 0).then_some(frame.id), &frame.event)
             }
             Some(Err(e)) => {
@@ -1197,13 +1194,9 @@ fn event_stream(frames: TurnStream, request_id: &RequestId) -> Result<Response, 
                 };
                 sse::event(None, &ChatEvent::error(code, e.to_string()))
             }
-            None if st.finished => return None,
             None => {
                 st.closed = true;
-                sse::event(
-                    None,
-                    &ChatEvent::error("stream_cut", "the answer ended early"),
-                )
+                sse::event(None, &st.ending.at_end()?)
             }
         };
         Some((Ok::<Vec<u8>, worker::Error>(text.into_bytes()), st))
