@@ -92,14 +92,27 @@ impl ChatSession {
                 match inner.resume(resume.after) {
                     Ok(ResumeAnswer::Frames { frames, follow }) => {
                         let (tx, rx) = mpsc::unbounded();
+                        let mut whole = true;
                         for frame in &frames {
-                            if let Ok(bytes) = encode_frame(frame) {
-                                let _ = tx.unbounded_send(Ok(bytes));
+                            match encode_frame(frame) {
+                                Ok(bytes) => {
+                                    let _ = tx.unbounded_send(Ok(bytes));
+                                }
+                                // Never a gap: the replay ends here with an
+                                // error, after the last event it could send.
+                                Err(e) => {
+                                    let message =
+                                        format!("event {} could not be sent: {e}", frame.id);
+                                    let _ =
+                                        tx.unbounded_send(Err(worker::Error::RustError(message)));
+                                    whole = false;
+                                    break;
+                                }
                             }
                         }
                         // Registered in the same step as the replay read: the
                         // next event it gets is the one after the replay.
-                        if let Some(turn) = follow {
+                        if let (true, Some(turn)) = (whole, follow) {
                             inner.listeners.borrow_mut().push(Listener { turn, tx });
                         }
                         frames_response(rx)

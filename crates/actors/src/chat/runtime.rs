@@ -564,7 +564,20 @@ impl Inner {
                     alive && !terminal
                 });
             }
-            Err(e) => worker::console_error!("chat: an event could not be encoded: {e}"),
+            Err(e) => {
+                worker::console_error!("chat: event {id} could not be encoded: {e}");
+                // Not skipped in silence: the turn's streams end with an
+                // error here, and their clients resume after the last event
+                // they got.
+                let message = format!("event {id} could not be sent: {e}");
+                self.listeners.borrow_mut().retain(|l| {
+                    if l.turn == turn {
+                        let _ =
+                            l.tx.unbounded_send(Err(worker::Error::RustError(message.clone())));
+                    }
+                    l.turn != turn
+                });
+            }
         }
         let sockets = self.state.get_websockets();
         if !sockets.is_empty() {
@@ -637,10 +650,14 @@ impl Inner {
                 }
                 Effect::Complete { answer, usage } => {
                     let now = self.now();
-                    let done = self
-                        .store
-                        .append(&answer, usage, now)
-                        .and_then(|seq| self.store.turn_done(turn, now).map(|()| seq));
+                    // An answer whose turn could not be marked done is
+                    // taken back: the turn then fails without it.
+                    let done = self.store.append(&answer, usage, now).and_then(|seq| {
+                        self.store
+                            .turn_done(turn, now)
+                            .map(|()| seq)
+                            .inspect_err(|_| self.store.take_back(seq))
+                    });
                     match done {
                         Ok(seq) => {
                             let model = self.core.borrow().served_by(turn);
@@ -758,12 +775,18 @@ impl Inner {
             }
         }
         let user_seq = self.store.append(&user, None, now)?;
-        let id = self.store.start_turn(user_seq, now)?;
         // With the turn's row: if this isolate loses the turn, `recover`
-        // finds what it holds at the limiter and settles it.
-        if let Some(reservation) = &turn.reservation {
-            self.store.hold_reservation(id, reservation)?;
-        }
+        // finds what it holds at the limiter and settles it. A write that
+        // fails takes back the ones before it: no user message is left
+        // without its turn.
+        let started = self.store.start_turn(user_seq, now).and_then(|id| {
+            match &turn.reservation {
+                Some(reservation) => self.store.hold_reservation(id, reservation),
+                None => Ok(()),
+            }
+            .map(|()| id)
+        });
+        let id = started.inspect_err(|_| self.store.take_back(user_seq))?;
         let effects = self.core.borrow_mut().start(id, now, &limits);
         if let Some(tx) = listener {
             self.listeners.borrow_mut().push(Listener { turn: id, tx });

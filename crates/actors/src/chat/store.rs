@@ -380,6 +380,21 @@ impl SessionStore {
         }
     }
 
+    /// Takes back what a turn stored from message `from_seq` on when a later
+    /// write of the same step failed: those messages, and the turns (with
+    /// their reservations) that they began. Best effort: a store that refused
+    /// the write may refuse this too, and the turn's recovery then finds it.
+    pub fn take_back(&self, from_seq: u64) {
+        for statement in [
+            "DELETE FROM turn_reservations WHERE turn_id IN (SELECT id FROM turns WHERE user_seq >= ?)",
+            "DELETE FROM turns WHERE user_seq >= ?",
+            "DELETE FROM messages WHERE seq >= ?",
+        ] {
+            let _ = self.exec(statement, vec![int(from_seq)]);
+        }
+        self.kept_messages_forgotten();
+    }
+
     /// Forgets what the store caches of `messages`: read again next time.
     fn kept_messages_forgotten(&self) {
         self.activity.set(None);
