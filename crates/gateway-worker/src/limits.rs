@@ -53,7 +53,7 @@ pub fn limited_by(identity: &Identity, client_address: Option<&str>) -> Option<L
 /// clients apart, and the address itself is never a Durable Object name.
 pub fn client_digest(address: &str) -> String {
     let digest = Sha256::digest(address.trim().as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..8])
 }
 
 /// The limits that apply to `identity`: a key's own over the tenant's
@@ -123,6 +123,13 @@ mod tests {
             models: vec![],
             limits,
         }
+    }
+
+    #[test]
+    fn a_client_digest_is_sixteen_hex_digits_of_the_trimmed_address() {
+        // SHA-256("127.0.0.1") begins 12ca17b49af22894.
+        assert_eq!(client_digest(" 127.0.0.1 "), "12ca17b49af22894");
+        assert_ne!(client_digest("127.0.0.1"), client_digest("127.0.0.2"));
     }
 
     #[test]

@@ -187,22 +187,13 @@ impl RequestId {
 
     /// Builds a request id from 16 random bytes, as 32 lowercase hex digits.
     pub fn from_random(bytes: [u8; 16]) -> Self {
-        let mut s = String::with_capacity(32);
-        for b in bytes {
-            s.push(hex_digit(b >> 4));
-            s.push(hex_digit(b & 0x0f));
-        }
-        Self(s)
+        Self(hex::encode(bytes))
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-fn hex_digit(nibble: u8) -> char {
-    char::from_digit(u32::from(nibble), 16).unwrap_or('0')
 }
 
 impl TryFrom<String> for RequestId {

@@ -40,7 +40,7 @@ pub fn page_limit(raw: Option<&str>) -> Result<u32, ListingError> {
 /// A cursor as clients see it: the position's text in lowercase hex, so
 /// it is one opaque token that needs no escaping in a URL.
 pub fn encode_cursor(position: &str) -> String {
-    position.bytes().map(|b| format!("{b:02x}")).collect()
+    hex::encode(position)
 }
 
 /// The position an [`encode_cursor`] cursor names.
@@ -48,15 +48,11 @@ pub fn decode_cursor(raw: &str) -> Result<String, ListingError> {
     if raw.is_empty() || raw.len() > MAX_CURSOR_LEN || !raw.len().is_multiple_of(2) {
         return Err(ListingError::Cursor);
     }
-    let bytes = (0..raw.len())
-        .step_by(2)
-        .map(|i| {
-            raw.get(i..i + 2)
-                .filter(|pair| pair.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or(ListingError::Cursor)
-        })
-        .collect::<Result<Vec<u8>, _>>()?;
+    // Lowercase only, as `encode_cursor` writes it: one cursor per position.
+    if !raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(ListingError::Cursor);
+    }
+    let bytes = hex::decode(raw).map_err(|_| ListingError::Cursor)?;
     String::from_utf8(bytes).map_err(|_| ListingError::Cursor)
 }
 
@@ -290,6 +286,11 @@ mod tests {
         );
         // Not UTF-8.
         assert_eq!(decode_cursor("ff"), Err(ListingError::Cursor));
+        // One cursor per position: lowercase only, whole bytes only.
+        assert_eq!(encode_cursor("a"), "61");
+        assert_eq!(decode_cursor("6A"), Err(ListingError::Cursor));
+        assert_eq!(decode_cursor("616"), Err(ListingError::Cursor));
+        assert_eq!(decode_cursor("6g"), Err(ListingError::Cursor));
     }
 
     fn entry(id: &str, at: u64) -> SessionEntry {
