@@ -15,7 +15,7 @@ use super::socket::{
     replay_to_socket, socket_text, KeyChecks, Rejected, SocketInfo, KEY_CHECKS_HELD,
 };
 use super::store::{SessionStore, Wake};
-use super::tools;
+use super::tools::{self, ToolRun};
 use super::turn::Effect;
 use crate::cloudflare::ai_binding::{GatewayMetadata, Route};
 pub(super) use crate::error::internal;
@@ -1213,42 +1213,22 @@ impl Inner {
         caller: &str,
         call: &ToolCall,
     ) -> (Value, bool) {
-        match call.name.as_str() {
-            "vector_search" => {
-                let search = match tools::search_request(&call.arguments) {
-                    Ok(s) => protocol::ingest::Search {
-                        caller: Some(caller.to_owned()),
-                        ..s
-                    },
-                    Err(e) => return (json!({ "error": e }), true),
-                };
+        match tools::plan(tenant, caller, call) {
+            ToolRun::Search(search) => {
                 let found = match SearchHandle::for_query(&self.env, tenant, &search.query) {
                     Ok(handle) => handle.search(request_id, search).await,
                     Err(e) => Err(e),
                 };
-                match found {
-                    Ok(results) => (tools::search_result(&results), false),
-                    Err(e) => (json!({ "error": e.to_string() }), true),
-                }
+                tools::search_outcome(found.map_err(|e| e.to_string()))
             }
-            "kv_get" => {
-                let key = call.arguments["key"].clone();
-                let full = match tools::kv_key(tenant, &call.arguments) {
-                    Ok(k) => k,
-                    Err(e) => return (json!({ "key": key, "error": e }), true),
+            ToolRun::KvGet { key, full } => {
+                let read = match providers::cache(&self.env) {
+                    Some(kv) => kv.get(&full).await.map_err(|e| e.to_string()),
+                    None => Err("this deployment has no KV namespace".to_owned()),
                 };
-                let Some(kv) = providers::cache(&self.env) else {
-                    return (
-                        json!({ "key": key, "error": "this deployment has no KV namespace" }),
-                        true,
-                    );
-                };
-                match kv.get(&full).await {
-                    Ok(value) => (json!({ "key": key, "value": value }), false),
-                    Err(e) => (json!({ "key": key, "error": e.to_string() }), true),
-                }
+                tools::kv_result(key, read)
             }
-            other => (json!({ "error": format!("no tool named {other:?}") }), true),
+            ToolRun::Refused(answer) => (answer, true),
         }
     }
 

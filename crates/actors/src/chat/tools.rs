@@ -1,7 +1,9 @@
-//! The built-in tools: their JSON-schema specs and the checks on their
-//! arguments. Running them needs the runtime and lives in the shell.
+//! The built-in tools: their JSON-schema specs, the checks on their
+//! arguments and what a call asks for ([`plan`]), and the answers the model
+//! gets. Running them (a search, a KV read) needs the runtime and lives in
+//! the shell.
 
-use crate::ports::ToolSpec;
+use crate::ports::{ToolCall, ToolSpec};
 use protocol::ingest::{Metadata, Search, SearchGroup, SearchResults, MAX_TOP_K};
 use protocol::TenantId;
 use serde_json::{json, Value};
@@ -109,9 +111,130 @@ pub fn kv_key(tenant: &TenantId, arguments: &Value) -> Result<String, String> {
     Ok(tenant.kv_key(key))
 }
 
+/// What a tool call asks the shell to do, decided without I/O.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolRun {
+    /// Search the tenant's index.
+    Search(Search),
+    /// Read the tenant's KV key `full`; the answer names `key` as the model
+    /// gave it.
+    KvGet {
+        /// The key as the model gave it.
+        key: Value,
+        /// The key in KV, under the tenant's prefix.
+        full: String,
+    },
+    /// The call cannot run: this is its (error) result.
+    Refused(Value),
+}
+
+/// What `call` asks for, on `tenant`'s behalf, by `caller` (the name its
+/// usage is counted under): a known tool with valid arguments, or a refusal
+/// the model reads as the tool's error.
+pub fn plan(tenant: &TenantId, caller: &str, call: &ToolCall) -> ToolRun {
+    match call.name.as_str() {
+        "vector_search" => match search_request(&call.arguments) {
+            Ok(search) => ToolRun::Search(Search {
+                caller: Some(caller.to_owned()),
+                ..search
+            }),
+            Err(e) => ToolRun::Refused(json!({ "error": e })),
+        },
+        "kv_get" => {
+            let key = call.arguments["key"].clone();
+            match kv_key(tenant, &call.arguments) {
+                Ok(full) => ToolRun::KvGet { key, full },
+                Err(e) => ToolRun::Refused(json!({ "key": key, "error": e })),
+            }
+        }
+        other => ToolRun::Refused(json!({ "error": format!("no tool named {other:?}") })),
+    }
+}
+
+/// A `kv_get`'s result, and whether it is an error: the value read (`null`
+/// for a key not set), or why it could not be read.
+pub fn kv_result(key: Value, read: Result<Option<String>, String>) -> (Value, bool) {
+    match read {
+        Ok(value) => (json!({ "key": key, "value": value }), false),
+        Err(e) => (json!({ "key": key, "error": e }), true),
+    }
+}
+
+/// A search's result, and whether it is an error.
+pub fn search_outcome(found: Result<SearchResults, String>) -> (Value, bool) {
+    match found {
+        Ok(results) => (search_result(&results), false),
+        Err(e) => (json!({ "error": e }), true),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn call(name: &str, arguments: Value) -> ToolCall {
+        ToolCall {
+            id: "c1".into(),
+            name: name.into(),
+            arguments,
+        }
+    }
+
+    #[test]
+    fn a_call_is_planned_or_refused_before_any_io() {
+        let t = TenantId::parse("acme").unwrap();
+        match plan(
+            &t,
+            "key:k1",
+            &call("vector_search", json!({"query":"state"})),
+        ) {
+            ToolRun::Search(search) => {
+                assert_eq!(search.query, "state");
+                assert_eq!(search.caller.as_deref(), Some("key:k1"));
+            }
+            other => panic!("expected a search, got {other:?}"),
+        }
+        assert_eq!(
+            plan(&t, "anon", &call("kv_get", json!({"key":"config:theme"}))),
+            ToolRun::KvGet {
+                key: json!("config:theme"),
+                full: "acme:config:theme".into()
+            }
+        );
+        let refused = |name: &str, arguments: Value| match plan(&t, "anon", &call(name, arguments))
+        {
+            ToolRun::Refused(answer) => answer,
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        };
+        assert!(refused("vector_search", json!({}))["error"].is_string());
+        let kv = refused("kv_get", json!({"key":"other:config:x"}));
+        assert_eq!(kv["key"], "other:config:x");
+        assert!(kv["error"].as_str().unwrap().contains("config:"));
+        assert_eq!(
+            refused("shell", json!({"cmd":"ls"}))["error"],
+            "no tool named \"shell\""
+        );
+    }
+
+    #[test]
+    fn results_say_whether_they_are_errors() {
+        assert_eq!(
+            kv_result(json!("config:a"), Ok(Some("dark".into()))),
+            (json!({"key":"config:a","value":"dark"}), false)
+        );
+        assert_eq!(
+            kv_result(json!("config:a"), Ok(None)),
+            (json!({"key":"config:a","value":null}), false)
+        );
+        assert_eq!(
+            kv_result(json!("config:a"), Err("down".into())),
+            (json!({"key":"config:a","error":"down"}), true)
+        );
+        assert_eq!(
+            search_outcome(Err("index unavailable".into())),
+            (json!({"error":"index unavailable"}), true)
+        );
+    }
 
     #[test]
     fn kv_keys_stay_in_the_tenant_and_the_prefix() {
