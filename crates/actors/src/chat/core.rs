@@ -428,6 +428,38 @@ pub fn must_set_alarm(pending: Option<u64>, next: u64, now_ms: u64) -> bool {
     }
 }
 
+/// Which turns' alarm writes are still to come: a turn's arming writes the
+/// session's alarm a second after the turn began, out of the turn's burst
+/// (the shell's `Inner::drive` says why). Plain data: the shell waits, this
+/// decides.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Arming {
+    /// Turns begun less than the arming delay ago, oldest first.
+    waiting: Vec<u64>,
+}
+
+impl Arming {
+    /// Turn `turn` began; its arming comes later.
+    pub fn began(&mut self, turn: u64) {
+        self.waiting.push(turn);
+    }
+
+    /// Turn `turn`'s arming is due: whether it writes the alarm. It leaves
+    /// the write to a later turn's arming only while an alarm is pending
+    /// (`alarm_pending`): a run of quick turns must not keep a session
+    /// without one.
+    pub fn due(&mut self, turn: u64, alarm_pending: bool) -> bool {
+        self.waiting.retain(|t| *t != turn);
+        self.waiting.is_empty() || !alarm_pending
+    }
+
+    /// A turn ended: whether it writes the alarm itself (no arming is to
+    /// come, so nothing else would).
+    pub fn writes_at_end(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
 /// What the session knows about its events, for a resuming client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventLog {
@@ -832,6 +864,35 @@ mod tests {
             must_set_alarm(Some(50), 100, 60),
             "the pending one has passed"
         );
+    }
+
+    #[test]
+    fn the_last_arming_writes_the_alarm_unless_none_is_pending() {
+        // One quick turn: it ends before its arming, which writes the alarm.
+        let mut arming = Arming::default();
+        arming.began(1);
+        assert!(!arming.writes_at_end(), "its arming is still to come");
+        assert!(arming.due(1, false));
+        // A turn that outlives its arming writes at its end too.
+        arming.began(2);
+        assert!(arming.due(2, true));
+        assert!(arming.writes_at_end());
+        // Two turns a moment apart, an alarm pending: the first's arming
+        // leaves it to the second's.
+        arming.began(3);
+        arming.began(4);
+        assert!(!arming.due(3, true));
+        assert!(!arming.writes_at_end());
+        assert!(arming.due(4, true));
+        // No alarm pending (a new session): every arming writes.
+        arming.began(5);
+        arming.began(6);
+        assert!(arming.due(5, false));
+        assert!(arming.due(6, false));
+        // An arming for a turn it never saw begin changes nothing else.
+        arming.began(7);
+        assert!(!arming.due(99, true));
+        assert!(arming.due(7, true));
     }
 
     #[test]

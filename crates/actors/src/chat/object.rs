@@ -12,7 +12,7 @@
 //! stop it; its durable state (`turns`) and the alarm finish or fail a turn
 //! whose isolate was reset. History is one SQLite row per message.
 
-use super::core::{Action, SessionCore};
+use super::core::{Action, Arming, SessionCore};
 use super::events::EventIds;
 use super::runtime::{key_verified, send_rejection, FrameReceiver, Inner, Listener, ResumeAnswer};
 use super::socket::{
@@ -265,7 +265,7 @@ impl worker::DurableObject for ChatSession {
                 listeners: RefCell::new(Vec::new()),
                 alarm_at: Cell::new(None),
                 events: RefCell::new(EventIds::default()),
-                arming: RefCell::new(Vec::new()),
+                arming: RefCell::new(Arming::default()),
             }),
         }
     }

@@ -7,8 +7,8 @@
 //! (requests, sockets, the alarm) are in [`super::object`].
 
 use super::core::{
-    context, may, must_set_alarm, resume_plan, Action, ChatLimits, EventLog, Owner, ResumePlan,
-    SessionCore, CONTEXT_BUDGET_CHARS, SYSTEM_PROMPT,
+    context, may, must_set_alarm, resume_plan, Action, Arming, ChatLimits, EventLog, Owner,
+    ResumePlan, SessionCore, CONTEXT_BUDGET_CHARS, SYSTEM_PROMPT,
 };
 use super::events::{is_terminal, EventIds};
 use super::socket::{
@@ -83,7 +83,7 @@ pub(super) struct Inner {
     pub(super) events: RefCell<EventIds>,
     /// Turns begun less than [`ARM_WITHIN_MS`] ago, whose alarm is not
     /// written yet ([`Inner::drive`]).
-    pub(super) arming: RefCell<Vec<u64>>,
+    pub(super) arming: RefCell<Arming>,
 }
 
 /// Ended turns' bookkeeping not sent yet, per tenant, gathered from every
@@ -819,20 +819,13 @@ impl Inner {
         // written leaves the turn `running` until the session is next bound
         // in an isolate, which fails it (`recover`) and writes the missing
         // alarm (`ensure_alarm`).
-        self.arming.borrow_mut().push(ctx.id);
+        self.arming.borrow_mut().began(ctx.id);
         let this = Rc::clone(&self);
         let turn = ctx.id;
         self.state.wait_until(async move {
             worker::Delay::from(std::time::Duration::from_millis(ARM_WITHIN_MS)).await;
-            let later = {
-                let mut arming = this.arming.borrow_mut();
-                arming.retain(|t| *t != turn);
-                !arming.is_empty()
-            };
-            // Left to the later turn's arming only while an alarm is
-            // pending: a run of quick turns does not keep a session without
-            // one.
-            if !later || this.alarm_at.get().is_none() {
+            let pending = this.alarm_at.get().is_some();
+            if this.arming.borrow_mut().due(turn, pending) {
                 this.rearm().await;
             }
         });
@@ -909,7 +902,7 @@ impl Inner {
         self.defer_bookkeeping(&ctx.tenant, used, ctx.id);
         // A turn that ended within ARM_WITHIN_MS leaves the alarm to its
         // arming (above), out of the turn's burst.
-        if self.arming.borrow().is_empty() {
+        if self.arming.borrow().writes_at_end() {
             self.rearm().await;
         }
     }
