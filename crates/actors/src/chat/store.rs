@@ -853,8 +853,9 @@ mod tests {
     /// the kept count, times and context could go stale.
     #[test]
     fn every_write_of_messages_updates_the_kept_activity() {
-        // append's INSERT, append_all's rollback, erase's table list.
-        assert_eq!(writes_update("messages", "self.kept_messages_"), 3);
+        // append's INSERT, append_all's rollback, take_back's DELETE,
+        // erase's table list.
+        assert_eq!(writes_update("messages", "self.kept_messages_"), 4);
     }
 
     /// The kept context, updated message by message, is what reading the
