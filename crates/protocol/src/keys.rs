@@ -226,7 +226,7 @@ pub enum Verification {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     /// Bad name.
-    #[error("name must be 1 to {MAX_KEY_NAME_CHARS} characters")]
+    #[error("name must be 1 to {MAX_KEY_NAME_CHARS} characters, none of them control characters")]
     Name,
     /// No scope, or one listed twice.
     #[error("scopes must list at least one of search, chat, ingest, admin, each once")]
@@ -265,7 +265,10 @@ impl CreateKey {
     /// Checks every field against `now_ms`.
     pub fn validate(&self, now_ms: u64) -> Result<(), KeyError> {
         let chars = self.name.trim().chars().count();
-        if chars == 0 || self.name.chars().count() > MAX_KEY_NAME_CHARS {
+        if chars == 0
+            || self.name.chars().count() > MAX_KEY_NAME_CHARS
+            || self.name.chars().any(char::is_control)
+        {
             return Err(KeyError::Name);
         }
         let mut scopes = self.scopes.clone();
@@ -349,6 +352,11 @@ mod tests {
             c.validate(1_000)
         };
         assert_eq!(with(&|c| c.name = " ".into()), Err(KeyError::Name));
+        assert_eq!(
+            with(&|c| c.name = "\u{0}\u{1b}".into()),
+            Err(KeyError::Name)
+        );
+        assert_eq!(with(&|c| c.name = "my app\n".into()), Err(KeyError::Name));
         assert_eq!(with(&|c| c.scopes = vec![]), Err(KeyError::Scopes));
         assert_eq!(
             with(&|c| c.scopes = vec![Scope::Chat, Scope::Chat]),
