@@ -237,8 +237,6 @@ impl ChatHandle {
     ) -> Result<Response, ActorError> {
         let headers = Headers::new();
         headers.set("upgrade", "websocket")?;
-        let mut init = RequestInit::new();
-        init.with_method(Method::Get).with_headers(headers);
         let mut url = format!(
             "https://actor.internal/ws?tenant={}&session={}",
             self.actor.tenant().as_str(),
@@ -256,8 +254,8 @@ impl ChatHandle {
             url.push_str("&privileged=1");
         }
         if let Some(proof) = &self.access.proof {
-            // 64 hex digits: no escaping needed.
-            url.push_str(&format!("&proof={proof}"));
+            // In a header: the runtime may print the URL.
+            headers.set(super::socket::PROOF_HEADER, proof)?;
             if let Some(at) = key_checked_at {
                 url.push_str(&format!("&checked={at}"));
             }
@@ -270,6 +268,8 @@ impl ChatHandle {
             parsed.query_pairs_mut().append_pair("limits", &json);
             url = parsed.to_string();
         }
+        let mut init = RequestInit::new();
+        init.with_method(Method::Get).with_headers(headers);
         let request = Request::new_with_init(&url, &init)?;
         let mut response = self.actor.stub().fetch_with_request(request).await?;
         if response.status_code() == 101 {

@@ -17,7 +17,7 @@ use super::events::EventIds;
 use super::runtime::{key_verified, send_rejection, FrameReceiver, Inner, Listener, ResumeAnswer};
 use super::socket::{
     close_code, may_attach, read_frame, refused_turn, socket_turn, ClientFrame, KeyChecks,
-    Rejected, SocketInfo, Upgrade,
+    Rejected, SocketInfo, Upgrade, PROOF_HEADER,
 };
 use super::store::SessionStore;
 use super::FRAMES_CONTENT_TYPE;
@@ -210,13 +210,14 @@ impl ChatSession {
         let Some(Upgrade {
             tenant,
             session,
-            access,
+            mut access,
             key_checked_at,
             limits,
         }) = Upgrade::from_query(url.query_pairs())
         else {
             return refuse(ErrorCode::Protocol, "tenant and session are required");
         };
+        access.proof = req.headers().get(PROOF_HEADER)?;
         let attach = self.inner.bind(&tenant, &session).and_then(|()| {
             if may_attach(self.inner.store.owner()?.as_ref(), &access) {
                 Ok(())

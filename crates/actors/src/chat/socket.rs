@@ -42,8 +42,14 @@ pub struct SocketInfo {
     pub limits: Option<Applied>,
 }
 
+/// The header that carries a socket's key proof (the SHA-256 of the key's
+/// secret) from the gateway to the session: not in the URL, which the
+/// runtime may print (in traces and logs).
+pub const PROOF_HEADER: &str = "x-key-proof";
+
 /// An upgrade request as the gateway forwards it
-/// (`/ws?tenant=..&session=..[&key=..][&user=..][&privileged=1][&proof=..[&checked=ms]]`).
+/// (`/ws?tenant=..&session=..[&key=..][&user=..][&privileged=1][&checked=ms]`,
+/// the key's proof in [`PROOF_HEADER`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upgrade {
     pub tenant: TenantId,
@@ -58,6 +64,7 @@ pub struct Upgrade {
 
 impl Upgrade {
     /// Reads the forwarded query; `None` without a valid tenant and session.
+    /// The proof is not read from it (see [`PROOF_HEADER`]).
     pub fn from_query<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> Option<Self>
     where
         K: AsRef<str>,
@@ -77,7 +84,7 @@ impl Upgrade {
                 key: param("key"),
                 user: param("user"),
                 privileged: param("privileged").is_some(),
-                proof: param("proof"),
+                proof: None,
             },
             key_checked_at: param("checked").and_then(|t| t.parse().ok()),
             limits: match param("limits") {
@@ -313,6 +320,7 @@ mod tests {
         assert_eq!(up.access.key.as_deref(), Some("0123456789ab"));
         assert!(!up.access.privileged);
         assert_eq!(up.key_checked_at, Some(1234));
+        assert_eq!(up.access.proof, None, "a proof never comes in the URL");
         assert!(Upgrade::from_query([("tenant", "acme")]).is_none());
         assert!(Upgrade::from_query([("tenant", "no/pe"), ("session", "s1")]).is_none());
         let up = Upgrade::from_query([("tenant", "acme"), ("session", "s1"), ("privileged", "1")])
