@@ -1163,9 +1163,10 @@ fn ok_json<T: Serialize>(value: &T) -> Result<(u16, serde_json::Value), ApiError
 }
 
 /// Turns a session's event frames into Server-Sent Events as they arrive,
-/// each with the session's sequence id as its `id:`. A stream that breaks or
-/// ends without `done`/`error` ends with an `error` event of its own (no id:
-/// the client resumes after the last event the session stored).
+/// each with the session's sequence id as its `id:`. A stream that breaks, or
+/// ends on an event that is not `done`/`error` ([`sse::Ending`]), ends with an
+/// `error` event of its own (no id: the client resumes after the last event
+/// the session stored).
 fn event_stream(frames: TurnStream, request_id: &RequestId) -> Result<Response, ApiError> {
     struct State {
         frames: TurnStream,

@@ -537,6 +537,71 @@ pub fn encode_frame(frame: &TurnFrame) -> Result<Vec<u8>, ProtocolError> {
     encode_frame_of(frame)
 }
 
+/// Encodes `frame`, or, if it is too large for one frame, a stand-in of the
+/// same kind under the same id ([`ChatEvent::stand_in`]), so a stream and
+/// every replay of it go past the event: never a gap, and never an error that
+/// each resume would meet again.
+pub fn encode_frame_or_stand_in(frame: &TurnFrame) -> Result<Vec<u8>, ProtocolError> {
+    match encode_frame(frame) {
+        Err(ProtocolError::TooLarge { .. }) => encode_frame(&TurnFrame {
+            id: frame.id,
+            event: frame.event.stand_in(),
+        }),
+        other => other,
+    }
+}
+
+/// The longest id, name or code a stand-in keeps, in characters.
+const STAND_IN_NAME_CHARS: usize = 256;
+
+impl ChatEvent {
+    /// This event, small enough for a frame: its large text replaced by a
+    /// note (a tool call's arguments, a tool result, then marked an error),
+    /// an answer piece cut to half a frame, ids and names cut to 256
+    /// characters.
+    pub fn stand_in(&self) -> ChatEvent {
+        const NOTE: &str = r#"{"error":"this event was too large to send"}"#;
+        let clip = |s: &str| s.chars().take(STAND_IN_NAME_CHARS).collect::<String>();
+        match self {
+            ChatEvent::ToolCall { id, tool, .. } => ChatEvent::ToolCall {
+                id: clip(id),
+                tool: clip(tool),
+                arguments: NOTE.into(),
+            },
+            ChatEvent::ToolResult { id, tool, .. } => ChatEvent::ToolResult {
+                id: clip(id),
+                tool: clip(tool),
+                result: NOTE.into(),
+                is_error: true,
+            },
+            ChatEvent::Message { content } => {
+                let mut end = content.len().min(MAX_FRAME_BYTES / 2);
+                while !content.is_char_boundary(end) {
+                    end -= 1;
+                }
+                ChatEvent::Message {
+                    content: content[..end].to_owned(),
+                }
+            }
+            ChatEvent::Done {
+                ok,
+                message_seq,
+                usage,
+                model,
+            } => ChatEvent::Done {
+                ok: *ok,
+                message_seq: *message_seq,
+                usage: *usage,
+                model: model.as_deref().map(clip),
+            },
+            ChatEvent::Error { code, .. } => ChatEvent::Error {
+                code: clip(code),
+                message: "this event was too large to send".into(),
+            },
+        }
+    }
+}
+
 /// Encodes any frame the way [`encode_frame`] does (completions stream
 /// [`crate::completion::CompletionFrame`]s in the same framing).
 pub fn encode_frame_of<T: Serialize>(frame: &T) -> Result<Vec<u8>, ProtocolError> {
@@ -691,6 +756,79 @@ mod tests {
             encode_frame(&frame(MAX_FRAME_BYTES)),
             Err(ProtocolError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn an_event_too_large_for_a_frame_goes_as_a_stand_in_under_its_id() {
+        let big = "é".repeat(MAX_FRAME_BYTES);
+        let decode = |bytes: Vec<u8>| {
+            let mut frames = FrameDecoder::new().push(&bytes).unwrap();
+            assert_eq!(frames.len(), 1);
+            frames.remove(0)
+        };
+        let piece = TurnFrame {
+            id: 7,
+            event: ChatEvent::Message {
+                content: big.clone(),
+            },
+        };
+        assert!(encode_frame(&piece).is_err());
+        let sent = decode(encode_frame_or_stand_in(&piece).unwrap());
+        assert_eq!(sent.id, 7);
+        match sent.event {
+            ChatEvent::Message { content } => {
+                assert!(!content.is_empty() && content.len() <= MAX_FRAME_BYTES / 2);
+                assert!(
+                    big.starts_with(&content),
+                    "a prefix, cut between characters"
+                );
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+        let result = TurnFrame {
+            id: 8,
+            event: ChatEvent::ToolResult {
+                id: "call-1".into(),
+                tool: "vector_search".into(),
+                result: format!("{{\"text\":\"{big}\"}}"),
+                is_error: false,
+            },
+        };
+        match decode(encode_frame_or_stand_in(&result).unwrap()).event {
+            ChatEvent::ToolResult {
+                id,
+                tool,
+                result,
+                is_error,
+            } => {
+                assert_eq!((id.as_str(), tool.as_str()), ("call-1", "vector_search"));
+                assert!(is_error && result.contains("too large"));
+            }
+            other => panic!("expected a tool result, got {other:?}"),
+        }
+        let call = TurnFrame {
+            id: 9,
+            event: ChatEvent::ToolCall {
+                id: "x".repeat(MAX_FRAME_BYTES),
+                tool: "kv_get".into(),
+                arguments: big,
+            },
+        };
+        match decode(encode_frame_or_stand_in(&call).unwrap()).event {
+            ChatEvent::ToolCall { id, arguments, .. } => {
+                assert_eq!(id.len(), STAND_IN_NAME_CHARS);
+                assert!(arguments.contains("too large"));
+            }
+            other => panic!("expected a tool call, got {other:?}"),
+        }
+        // A frame that fits goes as it is.
+        for event in events() {
+            let frame = TurnFrame { id: 3, event };
+            assert_eq!(
+                encode_frame_or_stand_in(&frame).unwrap(),
+                encode_frame(&frame).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::store::SessionStore;
 use super::FRAMES_CONTENT_TYPE;
 use crate::rpc;
 use futures::channel::mpsc;
-use protocol::chat::{encode_frame, ChatRequest, ChatResponse};
+use protocol::chat::{encode_frame_or_stand_in, ChatRequest, ChatResponse};
 use protocol::{ErrorCode, ErrorReply, RequestId};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -94,7 +94,7 @@ impl ChatSession {
                         let (tx, rx) = mpsc::unbounded();
                         let mut whole = true;
                         for frame in &frames {
-                            match encode_frame(frame) {
+                            match encode_frame_or_stand_in(frame) {
                                 Ok(bytes) => {
                                     let _ = tx.unbounded_send(Ok(bytes));
                                 }

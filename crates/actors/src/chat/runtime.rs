@@ -33,8 +33,8 @@ use crate::replica::SearchHandle;
 use futures::channel::mpsc;
 use protocol::chat::TurnUsage;
 use protocol::chat::{
-    encode_frame, Access, ChatEvent, ChatResponse, ChatSnapshot, Cleared, Turn, TurnFrame,
-    TurnReservation, UpToDate, Usage, DEFAULT_MAX_TOKENS,
+    encode_frame_or_stand_in, Access, ChatEvent, ChatResponse, ChatSnapshot, Cleared, Turn,
+    TurnFrame, TurnReservation, UpToDate, Usage, DEFAULT_MAX_TOKENS,
 };
 use protocol::coordinator::TenantSettings;
 use protocol::limits::{PriceTable, TokenUsage};
@@ -553,7 +553,7 @@ impl Inner {
             id,
             event: event.clone(),
         };
-        match encode_frame(&frame) {
+        match encode_frame_or_stand_in(&frame) {
             Ok(bytes) => {
                 let terminal = is_terminal(event);
                 self.listeners.borrow_mut().retain(|l| {
@@ -567,8 +567,8 @@ impl Inner {
             Err(e) => {
                 worker::console_error!("chat: event {id} could not be encoded: {e}");
                 // Not skipped in silence: the turn's streams end with an
-                // error here, and their clients resume after the last event
-                // they got.
+                // error here. (An event too large for a frame goes as its
+                // stand-in; nothing else fails to encode.)
                 let message = format!("event {id} could not be sent: {e}");
                 self.listeners.borrow_mut().retain(|l| {
                     if l.turn == turn {
