@@ -36,7 +36,7 @@ pub struct Ending {
 impl Ending {
     /// Notes an event sent to the client.
     pub fn saw(&mut self, event: &ChatEvent) {
-        self.finished = matches!(event, ChatEvent::Done { .. } | ChatEvent::Error { .. });
+        self.finished = actors::chat::events::is_terminal(event);
     }
 
     /// The event to send when the session's frames end: none after a turn's

@@ -313,15 +313,14 @@ impl SessionCore {
         now_ms: u64,
         limits: &ChatLimits,
     ) -> Option<u64> {
-        let expiry = last_activity_ms
-            .map(|t| t.saturating_add(limits.idle_expiry_ms))
-            .map(|at| {
-                if at <= now_ms {
-                    now_ms.saturating_add(EXPIRY_RECHECK_MS)
-                } else {
-                    at
-                }
-            });
+        let expiry = last_activity_ms.map(|t| {
+            let at = t.saturating_add(limits.idle_expiry_ms);
+            if at <= now_ms {
+                now_ms.saturating_add(EXPIRY_RECHECK_MS)
+            } else {
+                at
+            }
+        });
         let deadline = self.active.as_ref().and_then(TurnMachine::deadline);
         match (deadline, expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),

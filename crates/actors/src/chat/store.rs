@@ -381,12 +381,12 @@ impl SessionStore {
     }
 
     /// Takes back what a turn stored from message `from_seq` on when a later
-    /// write of the same step failed: those messages, and the turns (with
-    /// their reservations) that they began. Best effort: a store that refused
-    /// the write may refuse this too, and the turn's recovery then finds it.
+    /// write of the same step failed: those messages, and the turn rows they
+    /// began (a reservation is a step's last write, so none is left to
+    /// remove). Best effort: a store that refused the write may refuse this
+    /// too, and the turn's recovery then finds it.
     pub fn take_back(&self, from_seq: u64) {
         for statement in [
-            "DELETE FROM turn_reservations WHERE turn_id IN (SELECT id FROM turns WHERE user_seq >= ?)",
             "DELETE FROM turns WHERE user_seq >= ?",
             "DELETE FROM messages WHERE seq >= ?",
         ] {
